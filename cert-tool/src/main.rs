@@ -1,0 +1,137 @@
+//! `drover-cert`: mint the CA and role certificates of a Drover cluster.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use drover_cert::{create_ca, issue, revoke, show, verify, IssueRequest};
+use ssntp::Role;
+
+/// Mints the certificates of a Drover cluster (in the manner of ciao-cert).
+///
+/// A typical cluster:
+///
+///   drover-cert ca --dir pki
+///   drover-cert issue --dir pki --role scheduler --name sched --host sched.example --ip 10.0.0.1
+///   drover-cert issue --dir pki --role controller --name ctl
+///   drover-cert issue --dir pki --role agent --name node1
+///   drover-cert issue --dir pki --role controller --name alice --org admin   # an API user
+///
+/// How ciao-cert's flags map:
+///   -anchor                    → `ca` (the CA is its own certificate, not the scheduler's)
+///   -anchor-cert FILE          → `--dir DIR` (the CA is read from DIR/ca.pem, DIR/ca-key.pem)
+///   -role agent,netagent       → `--role agent` (one role per certificate, on purpose)
+///   -host a,b                  → `--host a --host b` (DNS names or IP literals)
+///   -ip a,b                    → `--ip a --ip b`
+///   -organization ORG          → `--org ORG` (repeatable: tenants, or `admin`)
+///   -directory DIR             → `--dir DIR`
+///   -dump FILE                 → `show FILE`
+///   -verify                    → `verify --dir DIR FILE`
+///   -email                     → dropped (no e-mail SAN)
+///   (none)                     → `revoke --dir DIR FILE` writes DIR/crl.pem for `--crl`
+#[derive(Debug, Parser)]
+#[command(name = "drover-cert", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a CA in DIR: ca.pem, ca-key.pem (0600), an empty crl.pem.
+    Ca {
+        /// CA directory (created if missing; an existing CA is never replaced).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Common Name of the CA.
+        #[arg(long, default_value = "Drover CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a role certificate: DIR/<role>-<name>.pem and DIR/<role>-<name>-key.pem (0600).
+    Issue {
+        /// CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// scheduler, controller, agent, netagent, server or cnciagent.
+        #[arg(long)]
+        role: Role,
+        /// Holder name: Common Name and part of the file names.
+        #[arg(long)]
+        name: String,
+        /// DNS name or IP address clients dial (repeatable; the scheduler needs at least one).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// IP address SAN (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Organization: a tenant the holder may act for, or `admin` (repeatable).
+        #[arg(long = "org")]
+        orgs: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Print a certificate: subject, role, SANs, validity, SPKI fingerprint.
+    Show {
+        /// Certificate file (PEM).
+        file: PathBuf,
+    },
+    /// Check a certificate against the CA in DIR: signature, validity, revocation, role.
+    Verify {
+        /// CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate file (PEM).
+        file: PathBuf,
+    },
+    /// Revoke a certificate and rewrite DIR/crl.pem (give it to the scheduler with --crl).
+    Revoke {
+        /// CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate file (PEM).
+        file: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Ca { dir, name, days } => {
+            let path = create_ca(&dir, &name, days).context("creating the CA")?;
+            println!("CA certificate: {}", path.display());
+        }
+        Cmd::Issue { dir, role, name, hosts, ips, orgs, days } => {
+            if role.intersects(Role::SCHEDULER | Role::SERVER) && hosts.is_empty() && ips.is_empty() {
+                anyhow::bail!("a {role} certificate needs --host or --ip: clients verify the address they dial");
+            }
+            let req = IssueRequest { role, name, hosts, ips, orgs, days };
+            let issued = issue(&dir, &req).context("issuing the certificate")?;
+            println!("certificate: {}\nkey:         {}", issued.cert.display(), issued.key.display());
+        }
+        Cmd::Show { file } => println!("{}", show(&file)?),
+        Cmd::Verify { dir, file } => {
+            let info = verify(&dir, &file).with_context(|| format!("{}", file.display()))?;
+            println!("{}: OK ({} certificate, valid until {})", file.display(), info.roles, info.not_after);
+        }
+        Cmd::Revoke { dir, file } => {
+            let crl = revoke(&dir, &file).context("revoking")?;
+            println!("revoked; CRL written to {}", crl.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover-cert: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

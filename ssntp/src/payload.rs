@@ -1,0 +1,950 @@
+//! Typed payloads: one struct per frame kind, CBOR maps with text keys (serde + ciborium).
+//!
+//! Field names are ciao's YAML names in snake_case, so ciao users recognise them. Decoders ignore
+//! keys they do not know (forward compatibility) and report a missing required key as
+//! [`PayloadError`] (sent to the peer as `invalid_payload`). Optional keys are left out when
+//! empty, so frames stay small.
+//!
+//! [`Message`] ties each [`Kind`] to its payload type: [`Message::decode`] turns a [`Frame`] into
+//! a typed value and [`Message::to_frame`] goes back.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{Command, ErrorCode, Event, Frame, Kind, Status};
+use crate::role::Role;
+use crate::uuid::Uuid;
+
+/// A payload could not be decoded as the type its frame kind names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} payload: {reason}")]
+pub struct PayloadError {
+    /// The frame kind whose payload was bad.
+    pub kind: Kind,
+    /// What was wrong (from the CBOR decoder or a validation rule).
+    pub reason: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+// === handshake ===
+
+/// CONNECT (COMMAND 0): the client's claimed role and identity. The header origin is the same
+/// UUID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connect {
+    /// Claimed roles; must be contained in the certificate's roles.
+    pub role: Role,
+    /// The client's persistent UUID.
+    pub uuid: Uuid,
+    /// Host name of the client, for logs and status tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Software version of the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// CONNECTED (STATUS 0): the server accepted the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connected {
+    /// The server's roles (a client checks them against the server's certificate).
+    pub role: Role,
+    /// The server's UUID.
+    pub uuid: Uuid,
+    /// Cluster configuration the client should apply.
+    pub config: ClusterConfig,
+}
+
+/// Cluster-wide settings the scheduler hands every client in CONNECTED and that a controller
+/// replaces with CONFIGURE. Every field has a default, so an empty map is a valid configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// How often launchers send READY/FULL and STATS, in milliseconds.
+    pub report_interval_ms: u64,
+    /// How long a silent launcher is trusted before it is suspect, in milliseconds.
+    pub node_ttl_ms: u64,
+    /// Largest payload the server accepts, in bytes.
+    pub max_payload: u32,
+    /// Free-form labels for the cluster (name, environment …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            report_interval_ms: 1_000,
+            node_ttl_ms: 10_000,
+            max_payload: u32::try_from(crate::frame::DEFAULT_MAX_PAYLOAD).unwrap_or(u32::MAX),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// CONFIGURE (COMMAND 9): replace the cluster configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configure {
+    /// The new configuration.
+    pub config: ClusterConfig,
+}
+
+// === node reports ===
+
+/// A network interface of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Address in text form.
+    pub ip: String,
+    /// MAC address, colon separated.
+    #[serde(default)]
+    pub mac: String,
+}
+
+/// READY (STATUS 1), and FULL / MAINTENANCE when they carry a report: a node's capacity. The
+/// scheduler's placement input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The launcher's UUID.
+    pub node_uuid: Uuid,
+    /// Memory the node offers, MiB.
+    pub mem_total_mb: u64,
+    /// Memory not in use, MiB.
+    pub mem_available_mb: u64,
+    /// Disk of the state directory, MiB.
+    pub disk_total_mb: u64,
+    /// Free disk of the state directory, MiB.
+    pub disk_available_mb: u64,
+    /// CPUs online (of this NUMA node when the launcher runs per NUMA node).
+    pub cpus_online: u32,
+    /// Host name.
+    pub hostname: String,
+    /// One-minute load average.
+    pub load: f64,
+    /// Network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
+    /// Machine architecture (`x86_64`, `aarch64` …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+    /// Capabilities such as `oci`, `kvm`, `cgroup-v1`, and the backends offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Operator labels (`--label k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// NUMA node this launcher serves, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+    /// vCPUs allocated to instances on this node.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub vcpus_allocated: u32,
+    /// Memory allocated to instances on this node, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_allocated_mb: Option<u64>,
+    /// Number of instances on this node (any state but deleted).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub instance_count: u32,
+}
+
+/// Node state as named inside STATS (`status` key, text as in ciao).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum NodeState {
+    Ready,
+    Full,
+    Offline,
+    Maintenance,
+    /// A state this side does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Instance state as a launcher reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum InstanceState {
+    Pending,
+    /// Running (ciao's text).
+    Active,
+    Exited,
+    Stopping,
+    Stopped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One instance in a STATS report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStat {
+    /// Instance.
+    pub instance_uuid: Uuid,
+    /// State on the node.
+    pub state: InstanceState,
+    /// Real memory use in MiB (cgroup usage minus inactive file, or RSS); -1 unknown.
+    pub memory_usage_mb: i64,
+    /// Disk use of the working directory in MiB; -1 unknown.
+    pub disk_usage_mb: i64,
+    /// CPU use in percent of one CPU; -1 unknown.
+    pub cpu_usage: i32,
+    /// Exit code once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Workload the instance belongs to (for the scheduler's memory estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_uuid: Option<Uuid>,
+}
+
+/// STATS (COMMAND 3): node figures plus every instance's usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The launcher's UUID.
+    pub node_uuid: Uuid,
+    /// The node's computed status.
+    pub status: NodeState,
+    /// Memory the node offers, MiB.
+    pub mem_total_mb: u64,
+    /// Memory not in use, MiB.
+    pub mem_available_mb: u64,
+    /// Disk of the state directory, MiB.
+    pub disk_total_mb: u64,
+    /// Free disk, MiB.
+    pub disk_available_mb: u64,
+    /// One-minute load average.
+    pub load: f64,
+    /// CPUs online.
+    pub cpus_online: u32,
+    /// Host name.
+    pub hostname: String,
+    /// Network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
+    /// Per-instance usage.
+    #[serde(default)]
+    pub instances: Vec<InstanceStat>,
+}
+
+// === work ===
+
+/// How urgently work must run (the sd-taskpacker classes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkClass {
+    /// Must run; started as soon as possible; may use overcommit.
+    Workorder,
+    /// Best effort, by priority and deadline.
+    Batch,
+}
+
+/// Batch size classes; memory in 32 MiB chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum SizeClass {
+    Tiny,
+    Small,
+    Medium,
+    Large,
+}
+
+impl SizeClass {
+    /// Memory of the class in MiB.
+    pub const fn mem_mb(self) -> u64 {
+        match self {
+            Self::Tiny => 32,
+            Self::Small => 128,
+            Self::Medium => 256,
+            Self::Large => 1024,
+        }
+    }
+}
+
+/// What an instance needs from a node (ciao's `requirements`, extended).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Requirements {
+    /// vCPUs (may be overcommitted).
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mb: u64,
+    /// Disk for the working directory, MiB.
+    #[serde(default)]
+    pub disk_mb: u64,
+    /// Pin to this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<Uuid>,
+    /// Pin to a node with this host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Labels the node must carry with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Architecture the node must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Features the node must offer (`oci`, `kvm` …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Must run on a launcher that serves a single NUMA node.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub numa_local: bool,
+}
+
+/// How an instance runs on its node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Backend {
+    /// A process group under cgroup limits.
+    Process {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
+    /// An OCI container run by runc or crun.
+    Oci {
+        /// Root filesystem directory on the node.
+        rootfs: String,
+        /// Program and arguments inside the container.
+        args: Vec<String>,
+        /// Extra environment.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
+    /// No process: "runs" for a while and reports synthetic usage (scale tests).
+    Sim {
+        /// How long the instance runs, ms.
+        duration_ms: u64,
+        /// Memory use to report, MiB.
+        #[serde(default)]
+        mem_usage_mb: u64,
+        /// Exit code to report at the end.
+        #[serde(default)]
+        exit_code: i32,
+    },
+}
+
+impl Backend {
+    /// The backend's name as launchers advertise it in `features`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Process { .. } => "process",
+            Self::Oci { .. } => "oci",
+            Self::Sim { .. } => "sim",
+        }
+    }
+}
+
+/// START (COMMAND 1): run one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Tenant the instance belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_uuid: Option<Uuid>,
+    /// Workload the instance belongs to (memory estimates are kept per workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_uuid: Option<Uuid>,
+    /// Work class.
+    pub class: WorkClass,
+    /// Higher runs first within a class.
+    #[serde(default)]
+    pub priority: u32,
+    /// Latest start time, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_ms: Option<u64>,
+    /// Resources and placement constraints.
+    pub requirements: Requirements,
+    /// How to run it.
+    pub backend: Backend,
+    /// True when this is a restart of an instance that ran before (maybe elsewhere).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart: bool,
+    /// Kill the instance after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_run_time_s: Option<u64>,
+    /// Set by the scheduler when it forwards START: the chosen node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_agent_uuid: Option<Uuid>,
+}
+
+/// STOP (COMMAND 2): stop an instance, keep its results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it runs on.
+    pub workload_agent_uuid: Uuid,
+    /// Time between SIGTERM and SIGKILL, ms; the launcher's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+}
+
+/// DELETE (COMMAND 5): remove an instance and its results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it is on.
+    pub workload_agent_uuid: Uuid,
+    /// ciao's "stop" flag: remove from this node but keep the instance in the cluster (the
+    /// launcher then reports InstanceStopped instead of InstanceDeleted).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stop: bool,
+}
+
+/// RESTART (COMMAND 6): restart an instance on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it is on.
+    pub workload_agent_uuid: Uuid,
+}
+
+/// EVACUATE (COMMAND 4): maintenance, stop everything, let it run elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evacuate {
+    /// The node.
+    pub workload_agent_uuid: Uuid,
+    /// Stop deadline per instance, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// RESTORE (COMMAND 12): leave maintenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The node.
+    pub workload_agent_uuid: Uuid,
+}
+
+/// LOG_FETCH (COMMAND 16): ask for the tail of an instance's `results/output.txt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFetch {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it is on.
+    pub workload_agent_uuid: Uuid,
+    /// At most this many bytes from the end.
+    pub max_bytes: u32,
+    /// Echoed in the answer so the requester can match it.
+    #[serde(default)]
+    pub request_id: u64,
+}
+
+// === events ===
+
+/// INSTANCE_DELETED / INSTANCE_STOPPED / INSTANCE_STARTED: something happened to one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceEvent {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it was on (ciao left this out; Drover always fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_uuid: Option<Uuid>,
+}
+
+/// Why an instance's workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ExitReason {
+    /// Exit code 0.
+    Completed,
+    /// Non-zero exit code.
+    Failed,
+    /// Killed by the memory limit.
+    Oom,
+    /// Killed by a signal or by max run time.
+    Killed,
+    #[serde(other)]
+    Unknown,
+}
+
+/// INSTANCE_EXITED (EVENT 17): a workload ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceExited {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The node it ran on.
+    pub node_uuid: Uuid,
+    /// Exit code, when it exited rather than was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it ended.
+    pub reason: ExitReason,
+}
+
+/// INSTANCE_QUEUED (EVENT 18): a START waits in the scheduler's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceQueued {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Why it waits, counted over the nodes ("0 of 12 nodes fit: …").
+    pub reason: String,
+    /// Position in the queue (0 = next).
+    #[serde(default)]
+    pub position: u32,
+}
+
+/// Kind of node in NODE_CONNECTED / NODE_DISCONNECTED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum NodeType {
+    ComputeNode,
+    NetworkNode,
+    #[serde(other)]
+    Unknown,
+}
+
+/// NODE_CONNECTED (EVENT 7) / NODE_DISCONNECTED (EVENT 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// The node.
+    pub node_uuid: Uuid,
+    /// Its kind.
+    pub node_type: NodeType,
+}
+
+/// NODE_LOST (EVENT 19): a node stayed silent past TTL + grace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLost {
+    /// The node.
+    pub node_uuid: Uuid,
+    /// Instances the scheduler believed were on it.
+    pub instances: Vec<Uuid>,
+}
+
+/// One SSNTP hop of a traced frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceNode {
+    /// The peer.
+    pub ssntp_node_uuid: Uuid,
+    /// Its role.
+    pub ssntp_role: Role,
+    /// Sent, Unix ns.
+    pub tx_timestamp: u64,
+    /// Received, Unix ns.
+    pub rx_timestamp: u64,
+}
+
+/// One traced frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceFrame {
+    /// Label of the trace.
+    pub label: String,
+    /// Frame type byte.
+    #[serde(rename = "type")]
+    pub frame_type: u8,
+    /// Operand byte.
+    pub operand: u8,
+    /// Start, Unix ns.
+    pub start_timestamp: u64,
+    /// End, Unix ns.
+    pub end_timestamp: u64,
+    /// Hops.
+    pub nodes: Vec<TraceNode>,
+}
+
+/// TRACE_REPORT (EVENT 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// Traced frames.
+    pub frames: Vec<TraceFrame>,
+}
+
+/// LOG_DATA (EVENT 20): answer to LOG_FETCH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogData {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The request this answers.
+    #[serde(default)]
+    pub request_id: u64,
+    /// The tail of the output (lossy UTF-8).
+    pub data: String,
+    /// Whether earlier output was cut off.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+// === errors ===
+
+/// Why something failed: ciao's reasons plus Drover's own. Sent as snake_case text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Scheduler: no node fits (ciao).
+    FullCloud,
+    /// Launcher: this node is full (ciao); the scheduler retries elsewhere.
+    FullCn,
+    /// Scheduler: no compute node is connected (ciao).
+    NoCn,
+    /// The node is in maintenance (ciao).
+    NodeMaintenance,
+    /// The payload could not be decoded (ciao).
+    InvalidPayload,
+    /// The payload decoded but its values are unacceptable (ciao).
+    InvalidData,
+    /// The instance already runs here (ciao; not fatal).
+    AlreadyRunning,
+    /// The instance already exists here (ciao; not fatal).
+    InstanceExists,
+    /// The image or rootfs is unusable (ciao).
+    ImageFailure,
+    /// The workload could not be started (ciao).
+    LaunchFailure,
+    /// No such instance on the node (ciao).
+    NoInstance,
+    /// Scheduler: the START waited in the queue past its timeout or deadline.
+    QueueTimeout,
+    /// Scheduler: the queue is full.
+    QueueFull,
+    /// Scheduler: the named node is not connected.
+    NoNode,
+    /// The sender may not send this command (not the master controller, wrong role).
+    NotPermitted,
+    /// Launcher: the backend the workload asks for is not offered here.
+    UnknownBackend,
+    /// Launcher: limits were required but no cgroup controller is usable.
+    NoLimits,
+    /// Launcher: stopping failed.
+    StopFailed,
+    /// A reason this side does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureReason {
+    /// Whether retrying the same request unchanged is pointless (ciao's `IsFatal`, with
+    /// `full_cn` made non-fatal because the scheduler retries it on another node).
+    pub const fn is_fatal(self) -> bool {
+        !matches!(self, Self::AlreadyRunning | Self::InstanceExists | Self::FullCn)
+    }
+}
+
+/// START_FAILURE (ERROR 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartFailure {
+    /// The node that refused, or none when the scheduler refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_uuid: Option<Uuid>,
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Why.
+    pub reason: FailureReason,
+    /// Whether the START was a restart.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart: bool,
+    /// Human explanation, e.g. "0 of 12 nodes fit: 7 insufficient memory, 5 maintenance".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// STOP_FAILURE, RESTART_FAILURE, DELETE_FAILURE (ERROR 2, 4, 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFailure {
+    /// The node that failed, or none when the scheduler answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_uuid: Option<Uuid>,
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Why.
+    pub reason: FailureReason,
+    /// Human explanation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// COMMAND_FAILURE (ERROR 17): EVACUATE, RESTORE or LOG_FETCH failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandFailure {
+    /// Name of the command that failed (`EVACUATE`, `RESTORE`, `LOG_FETCH`).
+    pub command: String,
+    /// The node it was meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_uuid: Option<Uuid>,
+    /// Instance, for LOG_FETCH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_uuid: Option<Uuid>,
+    /// Why.
+    pub reason: FailureReason,
+    /// Human explanation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// INVALID_FRAME_TYPE, CONNECTION_FAILURE, CONNECTION_ABORTED, INVALID_CONFIGURATION,
+/// INVALID_PAYLOAD: a protocol-level refusal. The brief pins at least `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// What went wrong, for a person.
+    pub reason: String,
+}
+
+// === the message table ===
+
+/// A decoded frame payload, one variant per frame kind.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // Each variant is named after its frame kind (see docs/ssntp.md).
+pub enum Message {
+    Connect(Connect),
+    Start(Start),
+    Stop(Stop),
+    Stats(Stats),
+    Evacuate(Evacuate),
+    Delete(Delete),
+    Restart(Restart),
+    Configure(Configure),
+    Restore(Restore),
+    LogFetch(LogFetch),
+
+    Connected(Connected),
+    Ready(NodeReport),
+    /// FULL may carry the same report as READY.
+    Full(Option<NodeReport>),
+    Offline,
+    /// MAINTENANCE may carry the same report as READY.
+    Maintenance(Option<NodeReport>),
+
+    InvalidFrameType(ErrorReport),
+    StartFailure(StartFailure),
+    StopFailure(InstanceFailure),
+    ConnectionFailure(ErrorReport),
+    RestartFailure(InstanceFailure),
+    DeleteFailure(InstanceFailure),
+    ConnectionAborted(ErrorReport),
+    InvalidConfiguration(ErrorReport),
+    InvalidPayload(ErrorReport),
+    CommandFailure(CommandFailure),
+
+    InstanceDeleted(InstanceEvent),
+    TraceReport(TraceReport),
+    NodeConnected(NodeEvent),
+    NodeDisconnected(NodeEvent),
+    InstanceStopped(InstanceEvent),
+    InstanceStarted(InstanceEvent),
+    InstanceExited(InstanceExited),
+    InstanceQueued(InstanceQueued),
+    NodeLost(NodeLost),
+    LogData(LogData),
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    // Writing into a Vec cannot fail, and every payload type serialises (no maps with
+    // non-string keys, no unsupported types); a failure here is a bug in this file.
+    ciborium::into_writer(value, &mut out).expect("payload serialises to CBOR");
+    Bytes::from(out)
+}
+
+/// Decodes `bytes` as exactly one CBOR value of type `T`.
+fn from_cbor<T: serde::de::DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, PayloadError> {
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest)
+        .map_err(|e| PayloadError { kind, reason: e.to_string() })?;
+    if !rest.is_empty() {
+        return Err(PayloadError {
+            kind,
+            reason: format!("{} bytes after the payload", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+fn optional<T: serde::de::DeserializeOwned>(
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<Option<T>, PayloadError> {
+    if bytes.is_empty() {
+        Ok(None)
+    } else {
+        from_cbor(kind, bytes).map(Some)
+    }
+}
+
+fn empty(kind: Kind, bytes: &[u8]) -> Result<(), PayloadError> {
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(PayloadError { kind, reason: "expected an empty payload".into() })
+    }
+}
+
+impl Message {
+    /// The frame kind this message travels as.
+    pub const fn kind(&self) -> Kind {
+        use Kind::{Command as C, Error as X, Event as E, Status as S};
+        match self {
+            Self::Connect(_) => C(Command::Connect),
+            Self::Start(_) => C(Command::Start),
+            Self::Stop(_) => C(Command::Stop),
+            Self::Stats(_) => C(Command::Stats),
+            Self::Evacuate(_) => C(Command::Evacuate),
+            Self::Delete(_) => C(Command::Delete),
+            Self::Restart(_) => C(Command::Restart),
+            Self::Configure(_) => C(Command::Configure),
+            Self::Restore(_) => C(Command::Restore),
+            Self::LogFetch(_) => C(Command::LogFetch),
+            Self::Connected(_) => S(Status::Connected),
+            Self::Ready(_) => S(Status::Ready),
+            Self::Full(_) => S(Status::Full),
+            Self::Offline => S(Status::Offline),
+            Self::Maintenance(_) => S(Status::Maintenance),
+            Self::InvalidFrameType(_) => X(ErrorCode::InvalidFrameType),
+            Self::StartFailure(_) => X(ErrorCode::StartFailure),
+            Self::StopFailure(_) => X(ErrorCode::StopFailure),
+            Self::ConnectionFailure(_) => X(ErrorCode::ConnectionFailure),
+            Self::RestartFailure(_) => X(ErrorCode::RestartFailure),
+            Self::DeleteFailure(_) => X(ErrorCode::DeleteFailure),
+            Self::ConnectionAborted(_) => X(ErrorCode::ConnectionAborted),
+            Self::InvalidConfiguration(_) => X(ErrorCode::InvalidConfiguration),
+            Self::InvalidPayload(_) => X(ErrorCode::InvalidPayload),
+            Self::CommandFailure(_) => X(ErrorCode::CommandFailure),
+            Self::InstanceDeleted(_) => E(Event::InstanceDeleted),
+            Self::TraceReport(_) => E(Event::TraceReport),
+            Self::NodeConnected(_) => E(Event::NodeConnected),
+            Self::NodeDisconnected(_) => E(Event::NodeDisconnected),
+            Self::InstanceStopped(_) => E(Event::InstanceStopped),
+            Self::InstanceStarted(_) => E(Event::InstanceStarted),
+            Self::InstanceExited(_) => E(Event::InstanceExited),
+            Self::InstanceQueued(_) => E(Event::InstanceQueued),
+            Self::NodeLost(_) => E(Event::NodeLost),
+            Self::LogData(_) => E(Event::LogData),
+        }
+    }
+
+    /// The payload bytes.
+    pub fn encode_payload(&self) -> Bytes {
+        match self {
+            Self::Connect(p) => to_cbor(p),
+            Self::Start(p) => to_cbor(p),
+            Self::Stop(p) => to_cbor(p),
+            Self::Stats(p) => to_cbor(p),
+            Self::Evacuate(p) => to_cbor(p),
+            Self::Delete(p) => to_cbor(p),
+            Self::Restart(p) => to_cbor(p),
+            Self::Configure(p) => to_cbor(p),
+            Self::Restore(p) => to_cbor(p),
+            Self::LogFetch(p) => to_cbor(p),
+            Self::Connected(p) => to_cbor(p),
+            Self::Ready(p) => to_cbor(p),
+            Self::Full(p) | Self::Maintenance(p) => p.as_ref().map_or_else(Bytes::new, to_cbor),
+            Self::Offline => Bytes::new(),
+            Self::InvalidFrameType(p)
+            | Self::ConnectionFailure(p)
+            | Self::ConnectionAborted(p)
+            | Self::InvalidConfiguration(p)
+            | Self::InvalidPayload(p) => to_cbor(p),
+            Self::StartFailure(p) => to_cbor(p),
+            Self::StopFailure(p) | Self::RestartFailure(p) | Self::DeleteFailure(p) => to_cbor(p),
+            Self::CommandFailure(p) => to_cbor(p),
+            Self::InstanceDeleted(p) | Self::InstanceStopped(p) | Self::InstanceStarted(p) => {
+                to_cbor(p)
+            }
+            Self::TraceReport(p) => to_cbor(p),
+            Self::NodeConnected(p) | Self::NodeDisconnected(p) => to_cbor(p),
+            Self::InstanceExited(p) => to_cbor(p),
+            Self::InstanceQueued(p) => to_cbor(p),
+            Self::NodeLost(p) => to_cbor(p),
+            Self::LogData(p) => to_cbor(p),
+        }
+    }
+
+    /// The message as a frame from `origin`.
+    pub fn to_frame(&self, origin: Uuid) -> Frame {
+        Frame { kind: self.kind(), origin, payload: self.encode_payload() }
+    }
+
+    /// Decodes the payload of `frame` as the type its kind names.
+    ///
+    /// # Errors
+    /// The payload is not one CBOR value of that type, lacks a required key, or is non-empty
+    /// where the kind carries none.
+    pub fn decode(frame: &Frame) -> Result<Self, PayloadError> {
+        Self::decode_payload(frame.kind, &frame.payload)
+    }
+
+    /// Like [`Message::decode`], from a kind and payload bytes.
+    ///
+    /// # Errors
+    /// See [`Message::decode`].
+    pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Self, PayloadError> {
+        use Kind::{Command as C, Error as X, Event as E, Status as S};
+        let k = kind;
+        Ok(match kind {
+            C(Command::Connect) => Self::Connect(from_cbor(k, p)?),
+            C(Command::Start) => Self::Start(from_cbor(k, p)?),
+            C(Command::Stop) => Self::Stop(from_cbor(k, p)?),
+            C(Command::Stats) => Self::Stats(from_cbor(k, p)?),
+            C(Command::Evacuate) => Self::Evacuate(from_cbor(k, p)?),
+            C(Command::Delete) => Self::Delete(from_cbor(k, p)?),
+            C(Command::Restart) => Self::Restart(from_cbor(k, p)?),
+            C(Command::Configure) => Self::Configure(from_cbor(k, p)?),
+            C(Command::Restore) => Self::Restore(from_cbor(k, p)?),
+            C(Command::LogFetch) => Self::LogFetch(from_cbor(k, p)?),
+            S(Status::Connected) => Self::Connected(from_cbor(k, p)?),
+            S(Status::Ready) => Self::Ready(from_cbor(k, p)?),
+            S(Status::Full) => Self::Full(optional(k, p)?),
+            S(Status::Offline) => {
+                empty(k, p)?;
+                Self::Offline
+            }
+            S(Status::Maintenance) => Self::Maintenance(optional(k, p)?),
+            X(ErrorCode::InvalidFrameType) => Self::InvalidFrameType(from_cbor(k, p)?),
+            X(ErrorCode::StartFailure) => Self::StartFailure(from_cbor(k, p)?),
+            X(ErrorCode::StopFailure) => Self::StopFailure(from_cbor(k, p)?),
+            X(ErrorCode::ConnectionFailure) => Self::ConnectionFailure(from_cbor(k, p)?),
+            X(ErrorCode::RestartFailure) => Self::RestartFailure(from_cbor(k, p)?),
+            X(ErrorCode::DeleteFailure) => Self::DeleteFailure(from_cbor(k, p)?),
+            X(ErrorCode::ConnectionAborted) => Self::ConnectionAborted(from_cbor(k, p)?),
+            X(ErrorCode::InvalidConfiguration) => Self::InvalidConfiguration(from_cbor(k, p)?),
+            X(ErrorCode::InvalidPayload) => Self::InvalidPayload(from_cbor(k, p)?),
+            X(ErrorCode::CommandFailure) => Self::CommandFailure(from_cbor(k, p)?),
+            E(Event::InstanceDeleted) => Self::InstanceDeleted(from_cbor(k, p)?),
+            E(Event::TraceReport) => Self::TraceReport(from_cbor(k, p)?),
+            E(Event::NodeConnected) => Self::NodeConnected(from_cbor(k, p)?),
+            E(Event::NodeDisconnected) => Self::NodeDisconnected(from_cbor(k, p)?),
+            E(Event::InstanceStopped) => Self::InstanceStopped(from_cbor(k, p)?),
+            E(Event::InstanceStarted) => Self::InstanceStarted(from_cbor(k, p)?),
+            E(Event::InstanceExited) => Self::InstanceExited(from_cbor(k, p)?),
+            E(Event::InstanceQueued) => Self::InstanceQueued(from_cbor(k, p)?),
+            E(Event::NodeLost) => Self::NodeLost(from_cbor(k, p)?),
+            E(Event::LogData) => Self::LogData(from_cbor(k, p)?),
+        })
+    }
+
+    /// The roles that may send this message to the scheduler (see the table in
+    /// `docs/ssntp.md`). The server refuses a frame from any other role.
+    pub fn allowed_senders(&self) -> Role {
+        let controller = Role::CONTROLLER;
+        let agent = Role::AGENT | Role::NETAGENT | Role::CNCIAGENT;
+        match self.kind() {
+            Kind::Command(Command::Stats) => agent,
+            Kind::Command(Command::Connect) => Role::from_bits(u32::MAX),
+            Kind::Command(_) => controller,
+            // CONNECTED is the server's; no client sends it.
+            Kind::Status(Status::Connected) => Role::NONE,
+            Kind::Status(_) => agent,
+            Kind::Error(_) => controller | agent,
+            Kind::Event(Event::NodeConnected | Event::NodeDisconnected | Event::NodeLost)
+            | Kind::Event(Event::InstanceQueued) => Role::NONE,
+            Kind::Event(Event::TraceReport) => controller | agent,
+            Kind::Event(_) => agent,
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The SSNTP server: accept loop, handshake, per-connection reader and writer tasks.
+//!
+//! The server decodes and checks everything a peer sends before the application sees it: the
+//! application receives typed [`ServerEvent`]s on one bounded channel and answers through each
+//! peer's [`PeerSender`]. A peer that breaks the protocol gets an ERROR frame and a close; no
+//! other connection notices.
+//!
+//! Bounds and overflow policies:
+//! - connections: at most [`ServerOptions::max_connections`]; the accept loop waits for a free
+//!   permit *before* accepting, so excess clients queue in the kernel's backlog;
+//! - inbound: the application channel is bounded; a full channel stops the reading of peers
+//!   (TCP backpressure), nothing is dropped;
+//! - outbound: each peer has a queue of [`ServerOptions::outbound_queue`] frames;
+//!   [`PeerSender::try_send`] reports `Full` and the application decides (the scheduler closes a
+//!   peer that cannot keep up);
+//! - the handshake must finish within [`ServerOptions::handshake_timeout`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{FrameReader, FrameWriter};
+use crate::error::{Error, Result};
+use crate::frame::{Command, Frame, Kind, DEFAULT_MAX_PAYLOAD};
+use crate::payload::{ClusterConfig, Connect, Connected, Message};
+use crate::role::{roles_from_cert_der, Role};
+use crate::uuid::Uuid;
+
+/// Most bytes the writer gathers from the queue into one TLS write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a write to a peer may block before the peer is dropped as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last frames (an ERROR, say) and close_notify may take when a connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Server settings. [`ServerOptions::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The server's own UUID (origin of the frames it creates).
+    pub uuid: Uuid,
+    /// The role the server announces in CONNECTED.
+    pub role: Role,
+    /// Roles a client may claim; anything else is refused at CONNECT.
+    pub accept_roles: Role,
+    /// Most concurrent connections, handshakes included.
+    pub max_connections: usize,
+    /// Time for TLS plus CONNECT → CONNECTED.
+    pub handshake_timeout: Duration,
+    /// Largest payload accepted from a peer.
+    pub max_payload: usize,
+    /// Frames queued per peer before [`PeerSender::try_send`] reports `Full`.
+    pub outbound_queue: usize,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults for a scheduler with the given UUID.
+    pub fn new(uuid: Uuid) -> Self {
+        Self {
+            uuid,
+            role: Role::SCHEDULER,
+            accept_roles: Role::CONTROLLER | Role::AGENT | Role::NETAGENT | Role::CNCIAGENT,
+            max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            outbound_queue: 1024,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The cluster configuration sent in every CONNECTED; the application replaces it on CONFIGURE.
+pub type SharedConfig = Arc<RwLock<ClusterConfig>>;
+
+/// A connected, authenticated peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Unique per connection (a reconnecting peer gets a new one; events of an old connection
+    /// can be told apart from those of its replacement).
+    pub conn_id: u64,
+    /// The peer's UUID from CONNECT.
+    pub uuid: Uuid,
+    /// The role it claimed (checked against its certificate).
+    pub role: Role,
+    /// Host name it gave, if any.
+    pub hostname: Option<String>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// How to send it frames.
+    pub sender: PeerSender,
+}
+
+/// What the server tells the application.
+#[derive(Debug)]
+pub enum ServerEvent {
+    /// A peer finished the handshake.
+    Connected(Peer),
+    /// A peer sent a frame, decoded and checked against its role.
+    Message {
+        /// The connection.
+        conn_id: u64,
+        /// The peer's UUID.
+        from: Uuid,
+        /// The peer's role.
+        role: Role,
+        /// The raw frame (for forwarding without re-encoding).
+        frame: Frame,
+        /// The decoded payload.
+        message: Message,
+    },
+    /// A peer's connection ended.
+    Disconnected {
+        /// The connection.
+        conn_id: u64,
+        /// The peer's UUID.
+        uuid: Uuid,
+        /// The peer's role.
+        role: Role,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sends frames to one peer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PeerSender {
+    conn_id: u64,
+    origin: Uuid,
+    tx: mpsc::Sender<Frame>,
+    close: CancellationToken,
+}
+
+impl PeerSender {
+    /// The connection this sender belongs to.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// Queues a frame without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Send`] when the queue is full (the peer is slow) or the connection is gone.
+    pub fn try_send_frame(&self, frame: Frame) -> Result<()> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Send("outbound queue full"),
+            mpsc::error::TrySendError::Closed(_) => Error::Send("connection closed"),
+        })
+    }
+
+    /// Queues a frame, waiting for room.
+    ///
+    /// # Errors
+    /// [`Error::Send`] when the connection is gone.
+    pub async fn send_frame(&self, frame: Frame) -> Result<()> {
+        self.tx.send(frame).await.map_err(|_| Error::Send("connection closed"))
+    }
+
+    /// Queues a message created by the server, without waiting.
+    ///
+    /// # Errors
+    /// As [`PeerSender::try_send_frame`].
+    pub fn try_send(&self, message: &Message) -> Result<()> {
+        self.try_send_frame(message.to_frame(self.origin))
+    }
+
+    /// Closes the connection after the frames already queued are written.
+    pub fn close(&self) {
+        self.close.cancel();
+    }
+
+    /// Queues `message` (typically an ERROR) and closes the connection after it.
+    pub fn close_with(&self, message: &Message) {
+        let _ = self.try_send(message);
+        self.close.cancel();
+    }
+
+    /// Whether the connection has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.close.is_cancelled() || self.tx.is_closed()
+    }
+}
+
+/// One entry per connected UUID, so a reconnecting peer replaces its stale connection.
+type Registry = Mutex<HashMap<Uuid, (u64, CancellationToken)>>;
+
+struct Shared {
+    opts: ServerOptions,
+    acceptor: TlsAcceptor,
+    config: SharedConfig,
+    events: mpsc::Sender<ServerEvent>,
+    registry: Registry,
+    next_conn_id: AtomicU64,
+    tracker: TaskTracker,
+}
+
+/// An SSNTP server bound to its TLS configuration and its application channel.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server that reports to `events`.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        opts: ServerOptions,
+        config: SharedConfig,
+        events: mpsc::Sender<ServerEvent>,
+    ) -> Self {
+        let shared = Shared {
+            opts,
+            acceptor: TlsAcceptor::from(tls),
+            config,
+            events,
+            registry: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            tracker: TaskTracker::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then closes every
+    /// connection (queued frames are flushed) and waits up to the shutdown grace for them.
+    ///
+    /// # Errors
+    /// Only if the listener itself fails permanently; per-connection errors are logged.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let shared = self.shared;
+        let limit = Arc::new(Semaphore::new(shared.opts.max_connections));
+        let root = CancellationToken::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                () = &mut shutdown => break,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((tcp, addr)) => {
+                    let token = root.child_token();
+                    let shared2 = shared.clone();
+                    shared.tracker.spawn(connection(shared2, tcp, addr, token, permit));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::info!("ssntp server shutting down");
+        root.cancel();
+        shared.tracker.close();
+        if tokio::time::timeout(shared.opts.shutdown_grace, shared.tracker.wait()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace; abandoning them");
+        }
+        Ok(())
+    }
+}
+
+/// Everything about a peer known once CONNECT was accepted.
+struct Accepted<R, W> {
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    connect: Connect,
+}
+
+/// Reads CONNECT, checks it against the certificate, answers CONNECTED or an ERROR.
+async fn handshake<R, W>(
+    shared: &Shared,
+    cert_roles: std::result::Result<Role, crate::role::CertRoleError>,
+    mut reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+) -> Result<Accepted<R, W>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let checked = async {
+        let certified = cert_roles?;
+        let first = reader.expect_frame().await?;
+        if first.kind != Kind::Command(Command::Connect) {
+            return Err(Error::Protocol(format!("expected CONNECT as the first frame, got {}", first.kind)));
+        }
+        let Message::Connect(connect) = Message::decode(&first)? else {
+            unreachable!("a CONNECT frame decodes to Message::Connect")
+        };
+        if connect.uuid.is_nil() || connect.uuid != first.origin {
+            return Err(Error::Protocol("CONNECT uuid must be non-nil and equal the frame origin".into()));
+        }
+        let claimed = connect.role;
+        if claimed.is_empty()
+            || !certified.contains(claimed)
+            || !shared.opts.accept_roles.contains(claimed)
+        {
+            return Err(Error::RoleMismatch { claimed, certified });
+        }
+        Ok(connect)
+    };
+    match checked.await {
+        Ok(connect) => {
+            let config = shared.config.read().expect("config lock").clone();
+            let connected = Message::Connected(Connected { role: shared.opts.role, uuid: shared.opts.uuid, config });
+            writer.write_message(shared.opts.uuid, &connected).await?;
+            Ok(Accepted { reader, writer, connect })
+        }
+        Err(e) => {
+            if let Some(reply) = e.to_peer_message() {
+                let _ = writer.write_message(shared.opts.uuid, &reply).await;
+            }
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    token: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let accepted = tokio::time::timeout(shared.opts.handshake_timeout, async {
+        // A certificate that fails verification (wrong CA, expired, revoked, no clientAuth)
+        // ends here; the client sees the TLS alert on its first read.
+        let tls = shared.acceptor.accept(tcp).await?;
+        let cert_roles = match tls.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => roles_from_cert_der(leaf),
+            _ => Err(crate::role::CertRoleError::NoRole),
+        };
+        let (r, w) = tokio::io::split(tls);
+        let reader = FrameReader::new(r, shared.opts.max_payload);
+        handshake(&shared, cert_roles, reader, FrameWriter::new(w)).await
+    })
+    .await;
+    let accepted = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%addr, "handshake timed out");
+            return;
+        }
+    };
+    let Accepted { mut reader, writer, connect } = accepted;
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (uuid, role) = (connect.uuid, connect.role);
+    let (tx, rx) = mpsc::channel(shared.opts.outbound_queue);
+    let sender = PeerSender { conn_id, origin: shared.opts.uuid, tx, close: token.clone() };
+
+    if let Some((old_id, old)) = shared.registry.lock().expect("registry lock").insert(uuid, (conn_id, token.clone())) {
+        tracing::info!(%uuid, old_conn = old_id, "peer reconnected; closing its previous connection");
+        old.cancel();
+    }
+    tracing::info!(%addr, %uuid, %role, conn_id, "peer connected");
+    shared.tracker.spawn(write_loop(writer, rx, token.clone()));
+
+    let peer = Peer { conn_id, uuid, role, hostname: connect.hostname, addr, sender: sender.clone() };
+    let reason = if shared.events.send(ServerEvent::Connected(peer)).await.is_err() {
+        "server stopping".to_owned()
+    } else {
+        read_loop(&shared, &mut reader, &sender, conn_id, uuid, role, &token).await
+    };
+    token.cancel();
+    {
+        let mut registry = shared.registry.lock().expect("registry lock");
+        if registry.get(&uuid).is_some_and(|(id, _)| *id == conn_id) {
+            registry.remove(&uuid);
+        }
+    }
+    tracing::info!(%uuid, conn_id, %reason, "peer disconnected");
+    let _ = shared.events.send(ServerEvent::Disconnected { conn_id, uuid, role, reason }).await;
+}
+
+/// Reads, decodes and checks frames until the connection ends; returns why it ended.
+async fn read_loop<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    reader: &mut FrameReader<R>,
+    sender: &PeerSender,
+    conn_id: u64,
+    from: Uuid,
+    role: Role,
+    token: &CancellationToken,
+) -> String {
+    loop {
+        let next = tokio::select! {
+            next = reader.read_frame() => next,
+            () = token.cancelled() => return "closed by server".into(),
+        };
+        let checked = next.and_then(|frame| {
+            let Some(frame) = frame else { return Err(Error::Closed) };
+            let message = Message::decode(&frame)?;
+            if matches!(message, Message::Connect(_)) {
+                return Err(Error::Protocol("CONNECT after the handshake".into()));
+            }
+            if !message.allowed_senders().intersects(role) {
+                return Err(Error::Protocol(format!("role {role} may not send {}", frame.kind)));
+            }
+            Ok((frame, message))
+        });
+        match checked {
+            Ok((frame, message)) => {
+                let event = ServerEvent::Message { conn_id, from, role, frame, message };
+                tokio::select! {
+                    sent = shared.events.send(event) => if sent.is_err() { return "server stopping".into() },
+                    () = token.cancelled() => return "closed by server".into(),
+                }
+            }
+            Err(Error::Closed) => return "closed by peer".into(),
+            Err(e) => {
+                if let Some(reply) = e.to_peer_message() {
+                    tracing::warn!(%from, %role, error = %e, "closing misbehaving peer");
+                    sender.close_with(&reply);
+                }
+                return e.to_string();
+            }
+        }
+    }
+}
+
+/// Drains the peer's queue into batched TLS writes; on close, writes what is left and sends
+/// close_notify.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut rx: mpsc::Receiver<Frame>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                writer.queue(&frame);
+                while writer.pending() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(frame) => writer.queue(&frame),
+                        Err(_) => break,
+                    }
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "write failed");
+                        token.cancel();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("peer stopped reading; dropping it");
+                        token.cancel();
+                        return;
+                    }
+                }
+            }
+            () = token.cancelled() => break,
+        }
+    }
+    while let Ok(frame) = rx.try_recv() {
+        writer.queue(&frame);
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+}

@@ -1,0 +1,385 @@
+//! Test support for Drover. A dev-dependency only.
+//!
+//! # Layout
+//! - [`Pki`]: an ephemeral CA with one certificate per role, minted through `drover-cert`'s
+//!   library (the same code operators run), plus helpers for deliberately bad certificates.
+//! - [`RawPeer`]: a TLS connection that sends arbitrary bytes or frames and expects frames with
+//!   timeouts — for handshake, hostile-input and protocol tests.
+//! - [`TestServer`]: an SSNTP server on `127.0.0.1:0` whose events the test reads.
+//! - [`eventually`] and [`assert_eventually!`]: wait for a condition with a deadline.
+//! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use drover_cert::{CertSpec, IssueRequest};
+use ssntp::conn::FrameReader;
+use ssntp::payload::{ClusterConfig, Connect, Message};
+use ssntp::server::{Server, ServerEvent, ServerOptions};
+use ssntp::tls::{Identity, TlsPaths};
+use ssntp::{Frame, Role, Uuid};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::client::TlsStream;
+
+/// How long helpers wait by default. Generous: CI machines are slow and shared.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Sets up `tracing` output once per test process (honours `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// An ephemeral CA in a temporary directory with a certificate for every role.
+///
+/// Stems of the issued files: `scheduler` (SANs `localhost`, `127.0.0.1`), `controller`,
+/// `agent`, `netagent`, `cnciagent`, `server`.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Mints the CA and the role certificates.
+    ///
+    /// # Panics
+    /// If minting fails (a broken test environment).
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        drover_cert::create_ca(dir.path(), "Test CA", 2).expect("create CA");
+        let pki = Self { dir };
+        for (role, hosts) in [
+            (Role::SCHEDULER, vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+            (Role::CONTROLLER, vec![]),
+            (Role::AGENT, vec![]),
+            (Role::NETAGENT, vec![]),
+            (Role::CNCIAGENT, vec![]),
+            (Role::SERVER, vec!["localhost".to_owned()]),
+        ] {
+            let req = IssueRequest { role, name: "test".into(), hosts, ips: vec![], orgs: vec![], days: 2 };
+            let issued = drover_cert::issue(pki.dir(), &req).expect("issue");
+            std::fs::rename(&issued.cert, pki.cert(&role.to_string())).expect("rename cert");
+            std::fs::rename(&issued.key, pki.key(&role.to_string())).expect("rename key");
+        }
+        pki
+    }
+
+    /// The CA directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate file.
+    pub fn ca(&self) -> PathBuf {
+        self.dir().join(drover_cert::CA_CERT)
+    }
+
+    /// The CRL file.
+    pub fn crl(&self) -> PathBuf {
+        self.dir().join(drover_cert::CRL)
+    }
+
+    /// Certificate file of a stem.
+    pub fn cert(&self, stem: &str) -> PathBuf {
+        self.dir().join(format!("{stem}.pem"))
+    }
+
+    /// Key file of a stem.
+    pub fn key(&self, stem: &str) -> PathBuf {
+        self.dir().join(format!("{stem}-key.pem"))
+    }
+
+    /// Paths for a stem, with or without the CRL.
+    pub fn paths(&self, stem: &str, with_crl: bool) -> TlsPaths {
+        TlsPaths {
+            ca: self.ca(),
+            cert: self.cert(stem),
+            key: Some(self.key(stem)),
+            crl: with_crl.then(|| self.crl()),
+        }
+    }
+
+    /// Loaded identity of a stem.
+    ///
+    /// # Panics
+    /// If the files do not load.
+    pub fn identity(&self, stem: &str) -> Identity {
+        Identity::load(&self.paths(stem, false)).expect("load identity")
+    }
+
+    /// Client TLS configuration for a stem.
+    ///
+    /// # Panics
+    /// If the files do not load.
+    pub fn client_tls(&self, stem: &str) -> Arc<rustls::ClientConfig> {
+        ssntp::tls::client_config(&self.identity(stem)).expect("client config")
+    }
+
+    /// Server TLS configuration for a stem, checking this CA's CRL.
+    ///
+    /// # Panics
+    /// If the files do not load.
+    pub fn server_tls(&self, stem: &str) -> Arc<rustls::ServerConfig> {
+        let id = Identity::load(&self.paths(stem, true)).expect("load identity");
+        ssntp::tls::server_config(&id).expect("server config")
+    }
+
+    /// A spec valid for one day with `clientAuth` and the given roles; tests change fields to
+    /// make bad certificates.
+    pub fn spec(roles: &[Role]) -> CertSpec {
+        let now = time::OffsetDateTime::now_utc();
+        CertSpec {
+            name: "special".into(),
+            roles: roles.to_vec(),
+            client_auth: true,
+            server_auth: false,
+            any_eku: false,
+            dns: vec![],
+            ips: vec![],
+            orgs: vec![],
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(1),
+        }
+    }
+
+    /// Issues a certificate from `spec` under `stem`.
+    ///
+    /// # Panics
+    /// If minting fails.
+    pub fn issue(&self, spec: &CertSpec, stem: &str) {
+        drover_cert::issue_spec(self.dir(), spec, stem).expect("issue spec");
+    }
+
+    /// Revokes the certificate of `stem` (servers built afterwards refuse it).
+    ///
+    /// # Panics
+    /// If revoking fails.
+    pub fn revoke(&self, stem: &str) {
+        drover_cert::revoke(self.dir(), &self.cert(stem)).expect("revoke");
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits until `check` returns true, polling every 10 ms, for at most `timeout`.
+/// Returns whether it became true.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that an async condition becomes true within a timeout (default [`PATIENCE`]).
+///
+/// ```ignore
+/// assert_eventually!(|| async { counter.load(SeqCst) == 3 });
+/// assert_eventually!(Duration::from_secs(2), || async { ready() }, "node never became ready");
+/// ```
+#[macro_export]
+macro_rules! assert_eventually {
+    ($check:expr) => {
+        assert!($crate::eventually($crate::PATIENCE, $check).await, "condition not met within {:?}", $crate::PATIENCE)
+    };
+    ($timeout:expr, $check:expr $(, $($msg:tt)+)?) => {
+        assert!($crate::eventually($timeout, $check).await $(, $($msg)+)?)
+    };
+}
+
+/// A raw TLS connection to an SSNTP server, for tests that need to misbehave.
+#[derive(Debug)]
+pub struct RawPeer {
+    reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+    /// The UUID this peer uses as origin.
+    pub uuid: Uuid,
+}
+
+impl RawPeer {
+    /// Connects with TLS only (no SSNTP handshake). A server that refuses the certificate may
+    /// still let this succeed (TLS 1.3); the refusal shows on the first read.
+    ///
+    /// # Errors
+    /// TCP or TLS errors.
+    pub async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("valid name");
+        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(Self { reader: FrameReader::new(r, 64 * 1024 * 1024), writer: w, uuid: Uuid::new_v4() })
+    }
+
+    /// Connects and does the handshake claiming `role`. Returns the peer and the server's
+    /// first answer (CONNECTED or an ERROR), or the IO error seen instead.
+    ///
+    /// # Errors
+    /// TCP/TLS errors, or an error reading the answer (a TLS alert for a refused certificate).
+    pub async fn connect_as(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        role: Role,
+    ) -> Result<(Self, Frame, Message), ssntp::Error> {
+        let mut peer = Self::connect(addr, tls).await?;
+        peer.send_message(&Message::Connect(Connect { role, uuid: peer.uuid, hostname: None, version: None }))
+            .await?;
+        let (frame, message) = peer.expect(PATIENCE).await?;
+        Ok((peer, frame, message))
+    }
+
+    /// Writes raw bytes.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await?;
+        self.writer.flush().await
+    }
+
+    /// Writes a frame.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn send_frame(&mut self, frame: &Frame) -> std::io::Result<()> {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        self.send_bytes(&buf).await
+    }
+
+    /// Writes a message from this peer's UUID.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn send_message(&mut self, message: &Message) -> std::io::Result<()> {
+        self.send_frame(&message.to_frame(self.uuid)).await
+    }
+
+    /// The next frame and its payload, within `timeout`.
+    ///
+    /// # Errors
+    /// Timeout, IO errors, a clean close ([`ssntp::Error::Closed`]), undecodable input.
+    pub async fn expect(&mut self, timeout: Duration) -> Result<(Frame, Message), ssntp::Error> {
+        let frame = tokio::time::timeout(timeout, self.reader.expect_frame())
+            .await
+            .map_err(|_| ssntp::Error::Timeout("waiting for a frame"))??;
+        let message = Message::decode(&frame)?;
+        Ok((frame, message))
+    }
+
+    /// Reads until the server closes the connection; returns the frames seen on the way.
+    /// Fails if the connection stays open past `timeout`.
+    ///
+    /// # Errors
+    /// Timeout.
+    pub async fn until_closed(&mut self, timeout: Duration) -> Result<Vec<Frame>, ssntp::Error> {
+        let mut frames = Vec::new();
+        let read_all = async {
+            loop {
+                match self.reader.read_frame().await {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read_all).await.map_err(|_| ssntp::Error::Timeout("waiting for close"))?;
+        Ok(frames)
+    }
+}
+
+/// An SSNTP server on `127.0.0.1:0`, run by the scheduler certificate of a [`Pki`].
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it reports.
+    pub events: mpsc::Receiver<ServerEvent>,
+    /// Its UUID.
+    pub uuid: Uuid,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with default options (CRL checked).
+    pub async fn start(pki: &Pki) -> Self {
+        Self::start_with(pki, "scheduler", |_| {}).await
+    }
+
+    /// Starts a server with certificate `stem`, options adjusted by `tune`.
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start_with(pki: &Pki, stem: &str, tune: impl FnOnce(&mut ServerOptions)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(listener, pki, stem, tune)
+    }
+
+    /// Starts a server on an already bound listener.
+    pub fn start_on(listener: TcpListener, pki: &Pki, stem: &str, tune: impl FnOnce(&mut ServerOptions)) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let uuid = Uuid::new_v4();
+        let mut opts = ServerOptions::new(uuid);
+        opts.handshake_timeout = Duration::from_secs(5);
+        tune(&mut opts);
+        let (tx, events) = mpsc::channel(4096);
+        let config = Arc::new(RwLock::new(ClusterConfig::default()));
+        let server = Server::new(pki.server_tls(stem), opts, config, tx);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self { addr, events, uuid, stop: Some(stop), task: Some(task) }
+    }
+
+    /// The next event, within [`PATIENCE`].
+    ///
+    /// # Panics
+    /// If none arrives.
+    pub async fn next_event(&mut self) -> ServerEvent {
+        tokio::time::timeout(PATIENCE, self.events.recv())
+            .await
+            .expect("server event within patience")
+            .expect("server running")
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
