@@ -190,6 +190,17 @@ impl Connection {
         self.writer.write_frame(frame).await
     }
 
+    /// Sends several prepared frames in one write (bulk senders, benchmarks).
+    ///
+    /// # Errors
+    /// IO errors.
+    pub async fn send_batch(&mut self, frames: &[Frame]) -> Result<()> {
+        for frame in frames {
+            self.writer.queue(frame);
+        }
+        self.writer.flush().await
+    }
+
     /// The next frame and its decoded payload; `Ok(None)` when the server closed.
     ///
     /// # Errors

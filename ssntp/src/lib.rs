@@ -16,12 +16,15 @@
 //! - [`client`]: one connection, or a client that reconnects with backoff.
 //! - [`identity`]: a client's UUID persisted per role.
 //! - [`error`]: the error type and its mapping to ERROR frames.
+//! - `cli` (feature `cli`): the TLS flags and exit-code conventions the daemons share.
 //!
 //! This crate depends on no other Drover crate.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod error;

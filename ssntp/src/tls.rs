@@ -94,6 +94,29 @@ pub struct TlsPaths {
     pub crl: Option<PathBuf>,
 }
 
+/// The TLS flags every Drover daemon takes (`--cacert`, `--cert`, `--key`).
+#[cfg(feature = "cli")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate that signed every peer (`drover-cert ca` writes it as ca.pem).
+    #[arg(long, value_name = "PEM")]
+    pub cacert: PathBuf,
+    /// This process's certificate (may also hold the key).
+    #[arg(long, value_name = "PEM")]
+    pub cert: PathBuf,
+    /// This process's key; defaults to the certificate file.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+}
+
+#[cfg(feature = "cli")]
+impl TlsArgs {
+    /// The paths, with an optional CRL.
+    pub fn paths(&self, crl: Option<PathBuf>) -> TlsPaths {
+        TlsPaths { ca: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone(), crl }
+    }
+}
+
 /// Loaded TLS material.
 #[derive(Debug)]
 pub struct Identity {

@@ -1,0 +1,121 @@
+//! The tokio shell around [`Hub`]: runs the SSNTP server, feeds its events to the hub and
+//! delivers the hub's outputs; prints the heartbeat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ssntp::payload::ClusterConfig;
+use ssntp::server::{PeerSender, Server, ServerEvent, ServerOptions};
+use ssntp::tls::Identity;
+use ssntp::{Frame, Role, Uuid};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::cli::Args;
+use crate::heartbeat;
+use crate::hub::{Hub, Input, Output};
+
+/// Capacity of the channel from connections to the hub. When it is full, connections stop
+/// reading (TCP backpressure) until the hub catches up.
+const INBOX: usize = 65_536;
+
+/// Validated configuration: everything that can be wrong with the flags is found here, before
+/// anything is bound.
+#[derive(Debug)]
+pub struct Prepared {
+    args: Args,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// Loads and checks the TLS material named by the flags.
+///
+/// # Errors
+/// Unreadable files, a certificate without the scheduler role, a bad CRL.
+pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
+    let identity = Identity::load(&args.tls.paths(args.crl.clone())).context("loading TLS material")?;
+    identity.require_role(Role::SCHEDULER, &args.tls.cert)?;
+    let tls = ssntp::tls::server_config(&identity).context("building the TLS configuration")?;
+    Ok(Prepared { args, tls })
+}
+
+/// Runs the scheduler until `shutdown` completes.
+///
+/// # Errors
+/// The listen address cannot be bound.
+pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let Prepared { args, tls } = prepared;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let uuid = Uuid::new_v4();
+    tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
+    let mut opts = ServerOptions::new(uuid);
+    opts.max_connections = args.max_connections;
+    opts.max_payload = args.max_payload;
+    let config = Arc::new(RwLock::new(ClusterConfig::default()));
+    let (events_tx, mut events) = mpsc::channel(INBOX);
+    let server = Server::new(tls, opts, config.clone(), events_tx);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut hub = Hub::new(uuid);
+    let mut peers: HashMap<Uuid, PeerSender> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let input = match event {
+                    ServerEvent::Connected(peer) => {
+                        let input = Input::Connected { conn_id: peer.conn_id, uuid: peer.uuid, role: peer.role };
+                        peers.insert(peer.uuid, peer.sender);
+                        input
+                    }
+                    ServerEvent::Disconnected { conn_id, uuid, .. } => {
+                        if peers.get(&uuid).is_some_and(|s| s.conn_id() == conn_id) {
+                            peers.remove(&uuid);
+                        }
+                        Input::Disconnected { conn_id, uuid }
+                    }
+                    ServerEvent::Message { from, role, frame, message, .. } => {
+                        Input::Message { from, role, frame: Some(frame), message }
+                    }
+                };
+                for output in hub.handle(input) {
+                    deliver(&peers, &hub, &config, output);
+                }
+            }
+            _ = ticker.tick(), if args.heartbeat => eprintln!("{}", heartbeat::line(&hub)),
+            () = &mut shutdown => break,
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = server_task.await;
+    Ok(())
+}
+
+fn send(peers: &HashMap<Uuid, PeerSender>, to: Uuid, frame: Frame) {
+    let Some(sender) = peers.get(&to) else { return };
+    if let Err(e) = sender.try_send_frame(frame) {
+        // A peer that cannot take frames as fast as the cluster produces them would make the
+        // scheduler buffer without bound; it is disconnected and will reconnect and resync.
+        tracing::warn!(peer = %to, error = %e, "peer cannot keep up; disconnecting it");
+        sender.close();
+    }
+}
+
+fn deliver(peers: &HashMap<Uuid, PeerSender>, hub: &Hub, config: &RwLock<ClusterConfig>, output: Output) {
+    match output {
+        Output::To { peer, frame } => send(peers, peer, frame),
+        Output::ToControllers(frame) => {
+            for controller in hub.controllers() {
+                send(peers, controller, frame.clone());
+            }
+        }
+        Output::Configure(new) => *config.write().expect("config lock") = new,
+    }
+}
