@@ -1,0 +1,17 @@
+//! `drover-controller` and the `drover` CLI.
+//!
+//! This is the foundation build: the controller daemon connects to the scheduler and logs what
+//! the cluster reports; `drover up` starts a local cluster (scheduler and launcher as child
+//! processes, certificates minted on first run), runs a demo workload through the scheduler and
+//! shows its output. The durable store, API, workload files, restart policies and the rest of
+//! the CLI are the controller issue's.
+//!
+//! # Layout
+//! - [`link`]: the controller's SSNTP connection (a reconnecting client with the controller
+//!   role) and how events are described for people.
+//! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
+
+#![forbid(unsafe_code)]
+
+pub mod link;
+pub mod up;

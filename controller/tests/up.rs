@@ -1,0 +1,69 @@
+//! `drover up --once` end to end with the real binaries: certificates minted, scheduler and
+//! launcher started, a real process placed and run, its output shown, everything stopped.
+
+use std::path::Path;
+use std::process::Command;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn drover_up_runs_a_real_workload_and_stops_cleanly() {
+    let drover = Path::new(env!("CARGO_BIN_EXE_drover"));
+    let bin_dir = drover.parent().unwrap();
+    for sibling in ["drover-scheduler", "drover-launcher"] {
+        assert!(bin_dir.join(sibling).exists(), "{sibling} is built by `cargo test --workspace`; run the whole workspace's tests");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(drover)
+            .args(["up", "--once", "--port", &free_port().to_string()])
+            .current_dir(work.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}\n(if the demo timed out, the sibling binaries may be stale: run `cargo test --workspace`)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("minting certificates"), "{stdout}");
+    assert!(stdout.contains("exited: Completed, code Some(0)"), "{stdout}");
+    assert!(stdout.contains("hello from drover: instance"), "{stdout}");
+    let pki = work.path().join(".drover/pki");
+    for file in ["ca.pem", "scheduler-local.pem", "agent-local.pem", "controller-local.pem"] {
+        assert!(pki.join(file).exists(), "{file}");
+    }
+    // The instance's results survive on the node; nothing else in its directory does.
+    let instances = work.path().join(".drover/launcher/instances");
+    let dirs: Vec<_> = std::fs::read_dir(&instances).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1);
+    let entries: Vec<_> = std::fs::read_dir(dirs[0].path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("results")]);
+
+    // A second run reuses the certificates and the launcher's identity.
+    let node_uuid = std::fs::read_to_string(work.path().join(".drover/launcher/uuid-agent")).unwrap();
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("minting certificates"), "{stdout}");
+    assert!(stdout.contains(&format!("started on node {}", &node_uuid[..8])), "{stdout}");
+}
+
+#[test]
+fn drover_up_explains_a_port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["up", "--once", "--port", &port.to_string()])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use; pick another with --port"), "{stderr}");
+}
