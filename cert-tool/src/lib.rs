@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,
+    SerialNumber,
 };
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject;
@@ -107,13 +107,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
     let mode = if private { 0o600 } else { 0o644 };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
     file.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
@@ -179,8 +174,7 @@ fn ca_params(name: &str, days: u32) -> CertificateParams {
     params.distinguished_name.push(DnType::CommonName, name);
     params.distinguished_name.push(DnType::OrganizationName, "Drover cluster CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(i64::from(days));
     params.serial_number = Some(random_serial());
@@ -395,7 +389,11 @@ impl fmt::Display for CertInfo {
         writeln!(f, "is CA:       {}", self.is_ca)?;
         writeln!(f, "role:        {}", self.roles)?;
         writeln!(f, "usages:      {}", self.usages.join(", "))?;
-        writeln!(f, "organization:{}", if self.orgs.is_empty() { String::new() } else { format!(" {}", self.orgs.join(", ")) })?;
+        writeln!(
+            f,
+            "organization:{}",
+            if self.orgs.is_empty() { String::new() } else { format!(" {}", self.orgs.join(", ")) }
+        )?;
         writeln!(f, "SANs:        {}", self.sans.join(", "))?;
         writeln!(f, "not before:  {}", self.not_before)?;
         writeln!(f, "not after:   {}", self.not_after)?;
@@ -450,11 +448,7 @@ fn info(der: &[u8]) -> Result<CertInfo, String> {
             }
         }
     }
-    let orgs = cert
-        .subject()
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_owned))
-        .collect();
+    let orgs = cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
     let digest = Sha256::digest(cert.public_key().raw);
     let spki_sha256 = digest.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     Ok(CertInfo {
@@ -513,9 +507,7 @@ pub fn verify(dir: &Path, path: &Path) -> Result<CertInfo> {
             .with_crls(crls.clone())
             .build()
             .map_err(|e| CertError::Invalid(e.to_string()))?;
-        verifier
-            .verify_server_cert(&der, &[], &name, &[], now)
-            .map_err(|e| CertError::Invalid(e.to_string()))?;
+        verifier.verify_server_cert(&der, &[], &name, &[], now).map_err(|e| CertError::Invalid(e.to_string()))?;
     } else {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
             .with_crls(crls)
@@ -562,7 +554,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()

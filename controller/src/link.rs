@@ -8,7 +8,11 @@ use ssntp::{Role, Uuid};
 use tokio::sync::mpsc;
 
 /// Starts a reconnecting controller-role client.
-pub fn connect(targets: Vec<String>, tls: Arc<rustls::ClientConfig>, uuid: Uuid) -> (ClientHandle, mpsc::Receiver<ClientEvent>) {
+pub fn connect(
+    targets: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    uuid: Uuid,
+) -> (ClientHandle, mpsc::Receiver<ClientEvent>) {
     let mut opts = ClientOptions::new(targets, tls, Role::CONTROLLER, uuid);
     opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
     Client::spawn(opts)
@@ -20,7 +24,9 @@ pub fn describe(origin: Uuid, message: &Message) -> String {
         Message::NodeConnected(e) => format!("node {} connected", e.node_uuid.short()),
         Message::NodeDisconnected(e) => format!("node {} disconnected", e.node_uuid.short()),
         Message::NodeLost(e) => format!("node {} lost with {} instances", e.node_uuid.short(), e.instances.len()),
-        Message::InstanceStarted(e) => format!("instance {} started on node {}", e.instance_uuid.short(), origin.short()),
+        Message::InstanceStarted(e) => {
+            format!("instance {} started on node {}", e.instance_uuid.short(), origin.short())
+        }
         Message::InstanceStopped(e) => format!("instance {} stopped", e.instance_uuid.short()),
         Message::InstanceDeleted(e) => format!("instance {} deleted", e.instance_uuid.short()),
         Message::InstanceExited(e) => format!(

@@ -23,10 +23,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    ssntp::cli::init_logging();
     let args: Args = ssntp::cli::parse_or_exit();
     let prepared = (|| -> anyhow::Result<_> {
         let identity = ssntp::tls::Identity::load(&args.tls.paths(None))?;

@@ -71,7 +71,8 @@ fn ensure_pki(dir: &Path) -> anyhow::Result<Pki> {
 }
 
 fn tls_args(paths: &TlsPaths) -> Vec<String> {
-    let mut args = vec!["--cacert".into(), paths.ca.display().to_string(), "--cert".into(), paths.cert.display().to_string()];
+    let mut args =
+        vec!["--cacert".into(), paths.ca.display().to_string(), "--cert".into(), paths.cert.display().to_string()];
     if let Some(key) = &paths.key {
         args.extend(["--key".into(), key.display().to_string()]);
     }
@@ -118,7 +119,10 @@ async fn stop_children(children: &mut [(&str, Child)]) {
 /// timestamp; log records do).
 fn last_heartbeat(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().find(|l| !l.is_empty() && !l.starts_with(|c: char| c.is_ascii_digit())).map(|l| l.replace('\t', "  "))
+    text.lines()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.replace('\t', "  "))
 }
 
 fn demo_start(instance: Uuid) -> Message {
@@ -157,19 +161,29 @@ async fn demo(client: &ClientHandle, events: &mut tokio::sync::mpsc::Receiver<Cl
             ClientEvent::ConnectFailed { reason, permanent: true, .. } => bail!("the scheduler refused us: {reason}"),
             ClientEvent::ConnectFailed { .. } | ClientEvent::Disconnected { .. } => {}
             ClientEvent::Message { frame, message } => match message {
-                Message::StartFailure(f) if f.instance_uuid == instance && matches!(f.reason, FailureReason::NoCn | FailureReason::FullCloud) => {
+                Message::StartFailure(f)
+                    if f.instance_uuid == instance
+                        && matches!(f.reason, FailureReason::NoCn | FailureReason::FullCloud) =>
+                {
                     // The launcher has not reported READY yet.
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     client.send(&demo_start(instance)).await?;
                 }
-                Message::StartFailure(f) if f.instance_uuid == instance => bail!("the demo workload failed to start: {:?}: {}", f.reason, f.detail),
+                Message::StartFailure(f) if f.instance_uuid == instance => {
+                    bail!("the demo workload failed to start: {:?}: {}", f.reason, f.detail)
+                }
                 Message::InstanceStarted(e) if e.instance_uuid == instance => {
                     node = Some(frame.origin);
                     println!("instance {} started on node {}", instance.short(), frame.origin.short());
                 }
                 Message::InstanceExited(e) if e.instance_uuid == instance => {
                     println!("instance {} exited: {:?}, code {:?}", instance.short(), e.reason, e.exit_code);
-                    let fetch = LogFetch { instance_uuid: instance, workload_agent_uuid: node.unwrap_or(e.node_uuid), max_bytes: 64 * 1024, request_id: 1 };
+                    let fetch = LogFetch {
+                        instance_uuid: instance,
+                        workload_agent_uuid: node.unwrap_or(e.node_uuid),
+                        max_bytes: 64 * 1024,
+                        request_id: 1,
+                    };
                     client.send(&Message::LogFetch(fetch)).await?;
                 }
                 Message::LogData(log) if log.instance_uuid == instance => {
@@ -198,12 +212,16 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         None => std::env::current_exe()?.parent().context("locating the drover binary")?.to_owned(),
     };
     let addr = format!("127.0.0.1:{}", opts.port);
-    drop(std::net::TcpListener::bind(&addr).with_context(|| format!("port {} is in use; pick another with --port", opts.port))?);
+    drop(
+        std::net::TcpListener::bind(&addr)
+            .with_context(|| format!("port {} is in use; pick another with --port", opts.port))?,
+    );
 
     let mut sched_args = vec!["--listen".to_owned(), addr.clone(), "--heartbeat".to_owned()];
     sched_args.extend(tls_args(&pki.paths("scheduler-local")));
     let scheduler = spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?;
-    let mut launcher_args = vec!["--server".to_owned(), addr.clone(), "--state-dir".to_owned(), dir.join("launcher").display().to_string()];
+    let mut launcher_args =
+        vec!["--server".to_owned(), addr.clone(), "--state-dir".to_owned(), dir.join("launcher").display().to_string()];
     launcher_args.extend(tls_args(&pki.paths("agent-local")));
     let launcher = spawn(&bin_dir, "drover-launcher", &launcher_args, &logs)?;
     let mut children = vec![("drover-scheduler", scheduler), ("drover-launcher", launcher)];

@@ -13,7 +13,10 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     let drover = Path::new(env!("CARGO_BIN_EXE_drover"));
     let bin_dir = drover.parent().unwrap();
     for sibling in ["drover-scheduler", "drover-launcher"] {
-        assert!(bin_dir.join(sibling).exists(), "{sibling} is built by `cargo test --workspace`; run the whole workspace's tests");
+        assert!(
+            bin_dir.join(sibling).exists(),
+            "{sibling} is built by `cargo test --workspace`; run the whole workspace's tests"
+        );
     }
     let work = tempfile::tempdir().unwrap();
     let run = || {

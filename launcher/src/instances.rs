@@ -85,10 +85,13 @@ impl Instances {
         }
         let dir = self.dir(id);
         let results = dir.join("results");
-        std::fs::create_dir_all(&results).map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", results.display())))?;
+        std::fs::create_dir_all(&results)
+            .map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", results.display())))?;
         let instance = match &start.backend {
             Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env)?,
-            Backend::Sim { duration_ms, exit_code, .. } => self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code),
+            Backend::Sim { duration_ms, exit_code, .. } => {
+                self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)
+            }
             Backend::Oci { .. } => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".into()));
@@ -108,7 +111,8 @@ impl Instances {
         let Some((program, args)) = argv.split_first() else {
             return Err((FailureReason::InvalidData, "argv is empty".into()));
         };
-        let output = std::fs::File::create(self.output(id)).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        let output =
+            std::fs::File::create(self.output(id)).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         let stderr = output.try_clone().map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         let mut child = tokio::process::Command::new(program)
             .args(args)
@@ -281,11 +285,17 @@ mod tests {
         instances.start(&start(failing, sh("exit 3"))).unwrap();
         let exit = next(&mut rx).await;
         assert_eq!(exit.code, Some(3));
-        assert_eq!(instances.start(&start(failing, sh("true"))).unwrap_err().0, FailureReason::AlreadyRunning, "until its exit is recorded");
+        assert_eq!(
+            instances.start(&start(failing, sh("true"))).unwrap_err().0,
+            FailureReason::AlreadyRunning,
+            "until its exit is recorded"
+        );
         instances.exited(&exit);
         assert_eq!(instances.start(&start(failing, sh("true"))).unwrap_err().0, FailureReason::InstanceExists);
         let missing = Uuid::new_v4();
-        let refusal = instances.start(&start(missing, Backend::Process { argv: vec!["/no/such/program".into()], env: Default::default() })).unwrap_err();
+        let refusal = instances
+            .start(&start(missing, Backend::Process { argv: vec!["/no/such/program".into()], env: Default::default() }))
+            .unwrap_err();
         assert_eq!(refusal.0, FailureReason::LaunchFailure);
         instances.delete(ok).unwrap();
         assert!(!instances.dir(ok).exists());

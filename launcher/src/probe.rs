@@ -34,7 +34,8 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_meminfo).unwrap_or((0, 0));
     let load = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(parse_loadavg).unwrap_or(0.0);
     let (disk_total, disk_available) = disk_mb(state_dir).unwrap_or((0, 0));
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     NodeReport {
         node_uuid,

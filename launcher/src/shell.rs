@@ -125,7 +125,9 @@ fn command(node: Uuid, instances: &mut Instances, message: Message) -> Option<Me
     };
     Some(match message {
         Message::Start(start) => match instances.start(&start) {
-            Ok(()) => Message::InstanceStarted(InstanceEvent { instance_uuid: start.instance_uuid, node_uuid: Some(node) }),
+            Ok(()) => {
+                Message::InstanceStarted(InstanceEvent { instance_uuid: start.instance_uuid, node_uuid: Some(node) })
+            }
             Err((reason, detail)) => Message::StartFailure(StartFailure {
                 node_uuid: Some(node),
                 instance_uuid: start.instance_uuid,
@@ -142,13 +144,18 @@ fn command(node: Uuid, instances: &mut Instances, message: Message) -> Option<Me
             }
         }
         Message::Delete(delete) => match instances.delete(delete.instance_uuid) {
-            Ok(()) => Message::InstanceDeleted(InstanceEvent { instance_uuid: delete.instance_uuid, node_uuid: Some(node) }),
+            Ok(()) => {
+                Message::InstanceDeleted(InstanceEvent { instance_uuid: delete.instance_uuid, node_uuid: Some(node) })
+            }
             Err(refusal) => Message::DeleteFailure(instance_failure(delete.instance_uuid, refusal)),
         },
         Message::LogFetch(fetch) => match instances.tail(fetch.instance_uuid, fetch.max_bytes) {
-            Ok((data, truncated)) => {
-                Message::LogData(LogData { instance_uuid: fetch.instance_uuid, request_id: fetch.request_id, data, truncated })
-            }
+            Ok((data, truncated)) => Message::LogData(LogData {
+                instance_uuid: fetch.instance_uuid,
+                request_id: fetch.request_id,
+                data,
+                truncated,
+            }),
             Err((reason, detail)) => Message::CommandFailure(CommandFailure {
                 command: "LOG_FETCH".into(),
                 node_uuid: Some(node),

@@ -43,10 +43,8 @@ pub fn line(hub: &Hub) -> String {
             if hub.most_recently_used() == Some(node.uuid) {
                 s.push('*');
             }
-            let (avail, total, load) = node
-                .report
-                .as_ref()
-                .map_or((0, 0, 0.0), |r| (r.mem_available_mb, r.mem_total_mb, r.load));
+            let (avail, total, load) =
+                node.report.as_ref().map_or((0, 0, 0.0), |r| (r.mem_available_mb, r.mem_total_mb, r.load));
             let _ = write!(s, ":{avail}/{total},{load:.2}");
             s
         })
@@ -70,24 +68,7 @@ mod tests {
     }
 
     fn report(node: Uuid, avail: u64, total: u64) -> NodeReport {
-        NodeReport {
-            node_uuid: node,
-            mem_total_mb: total,
-            mem_available_mb: avail,
-            disk_total_mb: 0,
-            disk_available_mb: 0,
-            cpus_online: 1,
-            hostname: "h".into(),
-            load: 0.0,
-            networks: vec![],
-            arch: String::new(),
-            features: vec![],
-            labels: Default::default(),
-            numa_node: None,
-            vcpus_allocated: 0,
-            mem_allocated_mb: None,
-            instance_count: 0,
-        }
+        NodeReport { node_uuid: node, mem_total_mb: total, mem_available_mb: avail, ..Default::default() }
     }
 
     #[test]
@@ -97,10 +78,15 @@ mod tests {
         hub.handle(Input::Connected { conn_id: 1, uuid: uuid(1), role: Role::CONTROLLER });
         hub.handle(Input::Connected { conn_id: 2, uuid: uuid(2), role: Role::CONTROLLER });
         assert_eq!(line(&hub), "controller-00000001:MASTER, controller-00000002:BACKUP\t\t -no Compute Nodes-");
-        for (i, (a, t)) in [(16138, 16138), (256, 256)].into_iter().enumerate() {
-            let n = uuid(i as u8 + 1);
-            hub.handle(Input::Connected { conn_id: 10 + i as u64, uuid: n, role: Role::AGENT });
-            hub.handle(Input::Message { from: n, role: Role::AGENT, frame: None, message: Message::Ready(report(n, a, t)) });
+        for (i, (a, t)) in [(1u8, (16138, 16138)), (2, (256, 256))] {
+            let n = uuid(i);
+            hub.handle(Input::Connected { conn_id: 10 + u64::from(i), uuid: n, role: Role::AGENT });
+            hub.handle(Input::Message {
+                from: n,
+                role: Role::AGENT,
+                frame: None,
+                message: Message::Ready(report(n, a, t)),
+            });
         }
         assert_eq!(
             line(&hub),

@@ -16,6 +16,8 @@ use ssntp::{Frame, Role, Status, Uuid};
 
 /// Something that happened at the shell.
 #[derive(Debug)]
+// A decoded message is ~320 bytes and moved once; boxing it would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// A peer finished the handshake.
     Connected {
@@ -231,7 +233,12 @@ impl Hub {
         let chosen = candidates.iter().copied().find(|u| Some(*u) != self.mru).or(candidates.first().copied());
         let Some(node) = chosen else {
             let ready = self.nodes.values().filter(|n| n.status == Status::Ready).count();
-            let detail = format!("0 of {} nodes fit: {} not READY, {} with less than {need} MiB available", self.nodes.len(), self.nodes.len() - ready, ready);
+            let detail = format!(
+                "0 of {} nodes fit: {} not READY, {} with less than {need} MiB available",
+                self.nodes.len(),
+                self.nodes.len() - ready,
+                ready
+            );
             return self.refuse(from, &Message::Start(start), FailureReason::FullCloud, detail);
         };
         self.mru = Some(node);
@@ -242,7 +249,8 @@ impl Hub {
 
     /// The failure matching a refused command, sent back to its sender.
     fn refuse(&self, to: Uuid, message: &Message, reason: FailureReason, detail: String) -> Vec<Output> {
-        let instance_failure = |instance_uuid, node_uuid| InstanceFailure { node_uuid, instance_uuid, reason, detail: detail.clone() };
+        let instance_failure =
+            |instance_uuid, node_uuid| InstanceFailure { node_uuid, instance_uuid, reason, detail: detail.clone() };
         let command_failure = |node_uuid, instance_uuid| CommandFailure {
             command: message.kind().to_string(),
             node_uuid,
@@ -259,11 +267,17 @@ impl Hub {
                 detail: detail.clone(),
             }),
             Message::Stop(m) => Message::StopFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid))),
-            Message::Delete(m) => Message::DeleteFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid))),
-            Message::Restart(m) => Message::RestartFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid))),
+            Message::Delete(m) => {
+                Message::DeleteFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid)))
+            }
+            Message::Restart(m) => {
+                Message::RestartFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid)))
+            }
             Message::Evacuate(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
             Message::Restore(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
-            Message::LogFetch(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), Some(m.instance_uuid))),
+            Message::LogFetch(m) => {
+                Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), Some(m.instance_uuid)))
+            }
             _ => Message::CommandFailure(command_failure(None, None)),
         };
         vec![Output::To { peer: to, frame: self.own(&failure) }]
@@ -284,19 +298,7 @@ mod tests {
             node_uuid: node,
             mem_total_mb: 4096,
             mem_available_mb: avail,
-            disk_total_mb: 0,
-            disk_available_mb: 0,
-            cpus_online: 2,
-            hostname: format!("h{node}"),
-            load: 0.0,
-            networks: vec![],
-            arch: String::new(),
-            features: vec![],
-            labels: Default::default(),
-            numa_node: None,
-            vcpus_allocated: 0,
-            mem_allocated_mb: None,
-            instance_count: 0,
+            ..Default::default()
         })
     }
 
@@ -378,7 +380,8 @@ mod tests {
         assert_eq!((to, f.reason), (Some(u(1)), FailureReason::NoNode));
         hub.handle(Input::Connected { conn_id: 9, uuid: u(9), role: AGENT });
         assert_eq!(decoded(&msg(&mut hub, u(1), CTL, delete.clone())[0]), (Some(u(9)), delete));
-        let stopped = Message::InstanceStopped(ssntp::payload::InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(9)) });
+        let stopped =
+            Message::InstanceStopped(ssntp::payload::InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(9)) });
         assert_eq!(decoded(&msg(&mut hub, u(9), AGENT, stopped.clone())[0]), (None, stopped));
         // A stale disconnect (old connection of a peer that reconnected) changes nothing.
         hub.handle(Input::Connected { conn_id: 19, uuid: u(9), role: AGENT });

@@ -44,7 +44,10 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
 ///
 /// # Errors
 /// The listen address cannot be bound.
-pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    prepared: Prepared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let Prepared { args, tls } = prepared;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let uuid = Uuid::new_v4();

@@ -21,7 +21,8 @@ fn bad_configuration_exits_64_with_a_reason() {
     assert_eq!(code, 64);
     assert!(err.contains("/no/such.pem"), "{err}");
     // A controller certificate cannot run the scheduler.
-    let (code, err) = scheduler(&["--cacert", &ca, "--cert", &s("controller"), "--key", &k("controller"), "--listen", "127.0.0.1:0"]);
+    let (code, err) =
+        scheduler(&["--cacert", &ca, "--cert", &s("controller"), "--key", &k("controller"), "--listen", "127.0.0.1:0"]);
     assert_eq!(code, 64);
     assert!(err.contains("needs scheduler"), "{err}");
     let (code, err) = scheduler(&["--cacert", &ca, "--cert", &s("scheduler"), "--listen", "nowhere"]);

@@ -17,14 +17,14 @@ use ssntp::{Frame, Role, Uuid};
 use testutil::{Pki, TestServer};
 
 /// Frames each measured iteration pushes through the server, over all clients.
-const FRAMES_PER_ITER: u64 = 200_000;
+const FRAMES_PER_ITER: usize = 200_000;
 /// Frames a client writes per TLS write.
 const BATCH: usize = 256;
 
 struct Rig {
     rt: tokio::runtime::Runtime,
     received: Arc<AtomicU64>,
-    senders: Vec<tokio::sync::mpsc::Sender<u64>>,
+    senders: Vec<tokio::sync::mpsc::Sender<usize>>,
     done: tokio::sync::mpsc::Receiver<()>,
     _pki: Pki,
 }
@@ -50,17 +50,18 @@ fn rig(clients: usize) -> Rig {
         for _ in 0..clients {
             let opts = ClientOptions::new(vec![], pki.client_tls("agent"), Role::AGENT, Uuid::new_v4());
             let mut conn = Connection::connect(&opts, &addr).await.unwrap();
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(1);
             let done = done_tx.clone();
-            let frame = Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::new_v4(), node_uuid: Some(opts.uuid) })
-                .to_frame(opts.uuid);
+            let frame =
+                Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::new_v4(), node_uuid: Some(opts.uuid) })
+                    .to_frame(opts.uuid);
             let batch: Vec<Frame> = vec![frame; BATCH];
             tokio::spawn(async move {
                 while let Some(mut n) = rx.recv().await {
                     while n > 0 {
-                        let k = n.min(BATCH as u64) as usize;
+                        let k = n.min(BATCH);
                         conn.send_batch(&batch[..k]).await.unwrap();
-                        n -= k as u64;
+                        n -= k;
                     }
                     let _ = done.send(()).await;
                 }
@@ -74,9 +75,9 @@ fn rig(clients: usize) -> Rig {
 
 impl Rig {
     /// Sends `total` frames spread over the clients; returns the time until all were received.
-    fn push(&mut self, total: u64) -> Duration {
-        let per = total / self.senders.len() as u64;
-        let target = self.received.load(Ordering::Relaxed) + per * self.senders.len() as u64;
+    fn push(&mut self, total: usize) -> Duration {
+        let per = total / self.senders.len();
+        let target = self.received.load(Ordering::Relaxed) + (per * self.senders.len()) as u64;
         let start = Instant::now();
         self.rt.block_on(async {
             for tx in &self.senders {
@@ -94,14 +95,15 @@ impl Rig {
 }
 
 fn bench(c: &mut Criterion) {
-    let frame_len = Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::nil(), node_uuid: Some(Uuid::nil()) })
-        .to_frame(Uuid::nil())
-        .wire_len();
+    let frame_len =
+        Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::nil(), node_uuid: Some(Uuid::nil()) })
+            .to_frame(Uuid::nil())
+            .wire_len();
     eprintln!("frame size: {frame_len} bytes");
     let mut group = c.benchmark_group("server_throughput");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
-    group.throughput(Throughput::Elements(FRAMES_PER_ITER));
+    group.throughput(Throughput::Elements(FRAMES_PER_ITER as u64));
     for clients in [1usize, 100] {
         let mut rig = rig(clients);
         rig.push(FRAMES_PER_ITER / 4); // warm up connections and buffers

@@ -24,3 +24,49 @@ pub fn usage_error(program: &str, error: &dyn std::fmt::Display) -> ! {
     eprintln!("{program}: invalid configuration: {error}");
     std::process::exit(EX_USAGE);
 }
+
+/// Logs to stderr with `RUST_LOG` (default `info`); set `NO_COLOR` to drop colours.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Completes on SIGINT or SIGTERM: the daemons' shutdown trigger.
+///
+/// # Panics
+/// If the signal handlers cannot be installed (no signal support at all).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received; shutting down");
+}
+
+/// The whole `main` of a daemon: logging, command line (exit 64 when invalid), `prepare` (load
+/// and check configuration; exit 64 on error, before anything is bound or dialled), then `run`
+/// until SIGINT or SIGTERM (exit 1 with the error's chain on failure).
+pub async fn run_daemon<A, P, E1, E2, Fut>(
+    program: &str,
+    prepare: impl FnOnce(A) -> Result<P, E1>,
+    run: impl FnOnce(P, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+) -> std::process::ExitCode
+where
+    A: clap::Parser,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<(), E2>>,
+{
+    init_logging();
+    let args: A = parse_or_exit();
+    let prepared = prepare(args).unwrap_or_else(|e| usage_error(program, &format_args!("{e:#}")));
+    match run(prepared, Box::pin(shutdown_signal())).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

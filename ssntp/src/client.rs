@@ -144,7 +144,14 @@ impl Connection {
         // A server without the expected role is told so (ciao sent ConnectionFailure) and left.
         let certified = match certified {
             Ok(role) if role.contains(opts.server_role) => role,
-            Ok(role) => return Err(refuse(&mut writer, opts.uuid, Error::RoleMismatch { claimed: opts.server_role, certified: role }).await),
+            Ok(role) => {
+                return Err(refuse(
+                    &mut writer,
+                    opts.uuid,
+                    Error::RoleMismatch { claimed: opts.server_role, certified: role },
+                )
+                .await)
+            }
             Err(e) => return Err(refuse(&mut writer, opts.uuid, e.into()).await),
         };
 
@@ -166,7 +173,9 @@ impl Connection {
                 reader,
                 writer,
             }),
-            Message::Connected(c) => Err(refuse(&mut writer, opts.uuid, Error::RoleMismatch { claimed: c.role, certified }).await),
+            Message::Connected(c) => {
+                Err(refuse(&mut writer, opts.uuid, Error::RoleMismatch { claimed: c.role, certified }).await)
+            }
             other => match (reply.kind, error_reason(&other)) {
                 (Kind::Error(code), Some(reason)) => Err(Error::Rejected { code, reason }),
                 _ => Err(Error::Protocol(format!("expected CONNECTED, got {}", reply.kind))),
@@ -248,6 +257,9 @@ pub fn error_reason(message: &Message) -> Option<String> {
 
 /// What a reconnecting [`Client`] tells the application.
 #[derive(Debug)]
+// Events move once through a channel; boxing the decoded message would cost an allocation per
+// received frame on the hot path, more than moving a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientEvent {
     /// Connected (again); the application re-announces its state (a launcher sends READY).
     Connected {
@@ -340,11 +352,8 @@ impl Client {
     /// stops when [`ClientHandle::close`] is called or the receiver is dropped.
     pub fn spawn(opts: ClientOptions) -> (ClientHandle, mpsc::Receiver<ClientEvent>) {
         let (events, rx) = mpsc::channel(opts.inbound_queue);
-        let handle = ClientHandle {
-            uuid: opts.uuid,
-            session: Arc::new(Mutex::new(None)),
-            stop: CancellationToken::new(),
-        };
+        let handle =
+            ClientHandle { uuid: opts.uuid, session: Arc::new(Mutex::new(None)), stop: CancellationToken::new() };
         tokio::spawn(run(opts, handle.clone(), events));
         (handle, rx)
     }

@@ -69,12 +69,9 @@ impl Error {
             Self::Frame(_) | Self::Protocol(_) => Message::InvalidFrameType(report),
             Self::Payload(_) => Message::InvalidPayload(report),
             Self::CertRole(_) | Self::RoleMismatch { .. } => Message::ConnectionAborted(report),
-            Self::Io(_)
-            | Self::Truncated
-            | Self::Closed
-            | Self::Timeout(_)
-            | Self::Rejected { .. }
-            | Self::Send(_) => return None,
+            Self::Io(_) | Self::Truncated | Self::Closed | Self::Timeout(_) | Self::Rejected { .. } | Self::Send(_) => {
+                return None
+            }
         })
     }
 

@@ -451,10 +451,7 @@ mod tests {
             assert_eq!(peek_header(&h, 100), Err(want));
         };
         check([MAJOR, 0, 4, 0, 0, 0, 0, 0], FrameError::UnknownType(4));
-        check(
-            [MAJOR, 0, 0, 7, 0, 0, 0, 0],
-            FrameError::UnknownOperand { ty: FrameType::Command, operand: 7 },
-        );
+        check([MAJOR, 0, 0, 7, 0, 0, 0, 0], FrameError::UnknownOperand { ty: FrameType::Command, operand: 7 });
         check([2, 0, 0, 0, 0, 0, 0, 0], FrameError::BadVersion { major: 2, minor: 0 });
         // A newer minor version is accepted.
         assert!(peek_header(&[MAJOR, 9, 1, 1, 0, 0, 0, 0], 100).unwrap().is_some());

@@ -111,8 +111,9 @@ pub struct Network {
 }
 
 /// READY (STATUS 1), and FULL / MAINTENANCE when they carry a report: a node's capacity. The
-/// scheduler's placement input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// scheduler's placement input. `Default` gives a nil node with zero capacity, handy for
+/// building one field by field.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeReport {
     /// The launcher's UUID.
     pub node_uuid: Uuid,
@@ -755,21 +756,14 @@ fn to_cbor<T: Serialize>(value: &T) -> Bytes {
 /// Decodes `bytes` as exactly one CBOR value of type `T`.
 fn from_cbor<T: serde::de::DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, PayloadError> {
     let mut rest = bytes;
-    let value = ciborium::from_reader(&mut rest)
-        .map_err(|e| PayloadError { kind, reason: e.to_string() })?;
+    let value = ciborium::from_reader(&mut rest).map_err(|e| PayloadError { kind, reason: e.to_string() })?;
     if !rest.is_empty() {
-        return Err(PayloadError {
-            kind,
-            reason: format!("{} bytes after the payload", rest.len()),
-        });
+        return Err(PayloadError { kind, reason: format!("{} bytes after the payload", rest.len()) });
     }
     Ok(value)
 }
 
-fn optional<T: serde::de::DeserializeOwned>(
-    kind: Kind,
-    bytes: &[u8],
-) -> Result<Option<T>, PayloadError> {
+fn optional<T: serde::de::DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<Option<T>, PayloadError> {
     if bytes.is_empty() {
         Ok(None)
     } else {
@@ -853,9 +847,7 @@ impl Message {
             Self::StartFailure(p) => to_cbor(p),
             Self::StopFailure(p) | Self::RestartFailure(p) | Self::DeleteFailure(p) => to_cbor(p),
             Self::CommandFailure(p) => to_cbor(p),
-            Self::InstanceDeleted(p) | Self::InstanceStopped(p) | Self::InstanceStarted(p) => {
-                to_cbor(p)
-            }
+            Self::InstanceDeleted(p) | Self::InstanceStopped(p) | Self::InstanceStarted(p) => to_cbor(p),
             Self::TraceReport(p) => to_cbor(p),
             Self::NodeConnected(p) | Self::NodeDisconnected(p) => to_cbor(p),
             Self::InstanceExited(p) => to_cbor(p),

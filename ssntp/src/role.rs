@@ -173,18 +173,13 @@ pub enum CertRoleError {
 /// # Errors
 /// An unparsable certificate, or one without any role OID.
 pub fn roles_from_cert_der(der: &[u8]) -> Result<Role, CertRoleError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| CertRoleError::Unparsable(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertRoleError::Unparsable(e.to_string()))?;
     let eku = cert
         .extended_key_usage()
         .map_err(|e| CertRoleError::Unparsable(e.to_string()))?
         .ok_or(CertRoleError::NoRole)?;
-    let role = eku
-        .value
-        .other
-        .iter()
-        .filter_map(|oid| Role::from_oid_str(&oid.to_id_string()))
-        .fold(Role::NONE, Role::union);
+    let role =
+        eku.value.other.iter().filter_map(|oid| Role::from_oid_str(&oid.to_id_string())).fold(Role::NONE, Role::union);
     if role.is_empty() {
         Err(CertRoleError::NoRole)
     } else {

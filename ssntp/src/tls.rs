@@ -145,9 +145,8 @@ impl Identity {
             Some(path) => load_crls(path)?,
             None => Vec::new(),
         };
-        let roles = roles_from_cert_der(&chain[0]).map_err(|e: CertRoleError| {
-            TlsError::OwnRole { path: paths.cert.clone(), reason: e.to_string() }
-        })?;
+        let roles = roles_from_cert_der(&chain[0])
+            .map_err(|e: CertRoleError| TlsError::OwnRole { path: paths.cert.clone(), reason: e.to_string() })?;
         Ok(Self { ca, chain, key, crls, roles })
     }
 

@@ -28,9 +28,24 @@ struct Prims {
 fn reasons() -> impl Strategy<Value = FailureReason> {
     use FailureReason::*;
     prop::sample::select(vec![
-        FullCloud, FullCn, NoCn, NodeMaintenance, InvalidPayload, InvalidData, AlreadyRunning,
-        InstanceExists, ImageFailure, LaunchFailure, NoInstance, QueueTimeout, QueueFull, NoNode,
-        NotPermitted, UnknownBackend, NoLimits, StopFailed,
+        FullCloud,
+        FullCn,
+        NoCn,
+        NodeMaintenance,
+        InvalidPayload,
+        InvalidData,
+        AlreadyRunning,
+        InstanceExists,
+        ImageFailure,
+        LaunchFailure,
+        NoInstance,
+        QueueTimeout,
+        QueueFull,
+        NoNode,
+        NotPermitted,
+        UnknownBackend,
+        NoLimits,
+        StopFailed,
     ])
 }
 
@@ -102,8 +117,10 @@ fn build(kind: Kind, p: &Prims) -> Message {
         detail: p.text.clone(),
     };
     let instance_event = || InstanceEvent { instance_uuid: a, node_uuid: p.flag.then_some(b) };
-    let node_event = || NodeEvent { node_uuid: a, node_type: if p.flag { NodeType::ComputeNode } else { NodeType::NetworkNode } };
-    let config = ClusterConfig { report_interval_ms: p.n, node_ttl_ms: p.n / 7, max_payload: p.small, labels: p.labels.clone() };
+    let node_event =
+        || NodeEvent { node_uuid: a, node_type: if p.flag { NodeType::ComputeNode } else { NodeType::NetworkNode } };
+    let config =
+        ClusterConfig { report_interval_ms: p.n, node_ttl_ms: p.n / 7, max_payload: p.small, labels: p.labels.clone() };
     match kind {
         Kind::Command(cmd) => match cmd {
             Command::Connect => Message::Connect(Connect {
@@ -135,7 +152,9 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 max_run_time_s: p.flag.then_some(p.n),
                 workload_agent_uuid: (!p.flag).then_some(b),
             }),
-            Command::Stop => Message::Stop(Stop { instance_uuid: a, workload_agent_uuid: b, grace_ms: p.flag.then_some(p.n) }),
+            Command::Stop => {
+                Message::Stop(Stop { instance_uuid: a, workload_agent_uuid: b, grace_ms: p.flag.then_some(p.n) })
+            }
             Command::Stats => Message::Stats(Stats {
                 node_uuid: a,
                 status: NodeState::Full,
@@ -159,12 +178,19 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     })
                     .collect(),
             }),
-            Command::Evacuate => Message::Evacuate(Evacuate { workload_agent_uuid: a, deadline_ms: p.flag.then_some(p.n) }),
+            Command::Evacuate => {
+                Message::Evacuate(Evacuate { workload_agent_uuid: a, deadline_ms: p.flag.then_some(p.n) })
+            }
             Command::Delete => Message::Delete(Delete { instance_uuid: a, workload_agent_uuid: b, stop: p.flag }),
             Command::Restart => Message::Restart(Restart { instance_uuid: a, workload_agent_uuid: b }),
             Command::Configure => Message::Configure(Configure { config }),
             Command::Restore => Message::Restore(Restore { workload_agent_uuid: a }),
-            Command::LogFetch => Message::LogFetch(LogFetch { instance_uuid: a, workload_agent_uuid: b, max_bytes: p.small, request_id: p.n }),
+            Command::LogFetch => Message::LogFetch(LogFetch {
+                instance_uuid: a,
+                workload_agent_uuid: b,
+                max_bytes: p.small,
+                request_id: p.n,
+            }),
         },
         Kind::Status(status) => match status {
             Status::Connected => Message::Connected(Connected { role: Role::SCHEDULER, uuid: a, config }),
@@ -206,7 +232,12 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     operand: 1,
                     start_timestamp: p.n,
                     end_timestamp: p.n / 2,
-                    nodes: vec![TraceNode { ssntp_node_uuid: a, ssntp_role: Role::AGENT, tx_timestamp: p.n, rx_timestamp: 1 }],
+                    nodes: vec![TraceNode {
+                        ssntp_node_uuid: a,
+                        ssntp_role: Role::AGENT,
+                        tx_timestamp: p.n,
+                        rx_timestamp: 1,
+                    }],
                 }],
             }),
             Event::NodeConnected => Message::NodeConnected(node_event()),
@@ -219,9 +250,13 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 exit_code: p.flag.then_some(p.int),
                 reason: ExitReason::Oom,
             }),
-            Event::InstanceQueued => Message::InstanceQueued(InstanceQueued { instance_uuid: a, reason: p.text.clone(), position: p.small }),
+            Event::InstanceQueued => {
+                Message::InstanceQueued(InstanceQueued { instance_uuid: a, reason: p.text.clone(), position: p.small })
+            }
             Event::NodeLost => Message::NodeLost(NodeLost { node_uuid: a, instances: vec![b, c] }),
-            Event::LogData => Message::LogData(LogData { instance_uuid: a, request_id: p.n, data: p.text.clone(), truncated: p.flag }),
+            Event::LogData => {
+                Message::LogData(LogData { instance_uuid: a, request_id: p.n, data: p.text.clone(), truncated: p.flag })
+            }
         },
     }
 }
@@ -300,7 +335,8 @@ fn unknown_keys_are_ignored_and_missing_required_keys_are_refused() {
         ("gpu_count", 4.into()),
     ];
     let encode = |m: &Vec<(&str, ciborium::Value)>| {
-        let value = ciborium::Value::Map(m.iter().map(|(k, v)| (ciborium::Value::Text((*k).into()), v.clone())).collect());
+        let value =
+            ciborium::Value::Map(m.iter().map(|(k, v)| (ciborium::Value::Text((*k).into()), v.clone())).collect());
         let mut out = Vec::new();
         ciborium::into_writer(&value, &mut out).unwrap();
         out
@@ -318,8 +354,14 @@ fn unknown_keys_are_ignored_and_missing_required_keys_are_refused() {
     // OFFLINE carries nothing.
     assert!(Message::decode_payload(Kind::Status(Status::Offline), b"\xa0").is_err());
     // An unknown failure reason from a newer peer is kept as Unknown, not refused.
-    let bytes = encode(&vec![("instance_uuid", ciborium::Value::Text("4cb19522-1e18-439a-883a-f9b2a3a95f5e".into())), ("reason", "gpu_on_fire".into())]);
-    let Message::StartFailure(f) = Message::decode_payload(Kind::Error(ErrorCode::StartFailure), &bytes).unwrap() else { panic!() };
+    let bytes = encode(&vec![
+        ("instance_uuid", ciborium::Value::Text("4cb19522-1e18-439a-883a-f9b2a3a95f5e".into())),
+        ("reason", "gpu_on_fire".into()),
+    ]);
+    let Message::StartFailure(f) = Message::decode_payload(Kind::Error(ErrorCode::StartFailure), &bytes).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(f.reason, FailureReason::Unknown);
 }
 
@@ -331,28 +373,40 @@ const AGENT: &str = "4cb19522-1e18-439a-883a-f9b2a3a95f5e";
 
 /// Golden CONNECT: an agent (role 4) with ciao's test AgentUUID. Printed in docs/ssntp.md.
 pub const GOLDEN_CONNECT: &str = concat!(
-    "01000000", "00000032",                          // 1.0 COMMAND CONNECT, 50 payload bytes
-    "4cb195221e18439a883af9b2a3a95f5e",              // origin
-    "a2",                                            // map(2)
-    "64726f6c65", "04",                              // "role": 4
-    "6475756964", "7824",                            // "uuid": text(36)
+    "01000000",
+    "00000032",                         // 1.0 COMMAND CONNECT, 50 payload bytes
+    "4cb195221e18439a883af9b2a3a95f5e", // origin
+    "a2",                               // map(2)
+    "64726f6c65",
+    "04", // "role": 4
+    "6475756964",
+    "7824", // "uuid": text(36)
     "34636231393532322d316531382d343339612d383833612d663962326133613935663565",
 );
 
 /// Golden READY: 3896 MiB of 3896, 500000/256000 MiB disk, 4 CPUs, host1, load 0.0.
 pub const GOLDEN_READY: &str = concat!(
-    "01000101", "000000a3",                          // 1.0 STATUS READY, 163 payload bytes
-    "4cb195221e18439a883af9b2a3a95f5e",              // origin
-    "a8",                                            // map(8)
-    "696e6f64655f75756964", "7824",                  // "node_uuid": text(36)
+    "01000101",
+    "000000a3",                         // 1.0 STATUS READY, 163 payload bytes
+    "4cb195221e18439a883af9b2a3a95f5e", // origin
+    "a8",                               // map(8)
+    "696e6f64655f75756964",
+    "7824", // "node_uuid": text(36)
     "34636231393532322d316531382d343339612d383833612d663962326133613935663565",
-    "6c6d656d5f746f74616c5f6d62", "190f38",          // "mem_total_mb": 3896
-    "706d656d5f617661696c61626c655f6d62", "190f38",  // "mem_available_mb": 3896
-    "6d6469736b5f746f74616c5f6d62", "1a0007a120",    // "disk_total_mb": 500000
-    "716469736b5f617661696c61626c655f6d62", "1a0003e800", // "disk_available_mb": 256000
-    "6b637075735f6f6e6c696e65", "04",                // "cpus_online": 4
-    "68686f73746e616d65", "65686f737431",            // "hostname": "host1"
-    "646c6f6164", "f90000",                          // "load": 0.0 (half float)
+    "6c6d656d5f746f74616c5f6d62",
+    "190f38", // "mem_total_mb": 3896
+    "706d656d5f617661696c61626c655f6d62",
+    "190f38", // "mem_available_mb": 3896
+    "6d6469736b5f746f74616c5f6d62",
+    "1a0007a120", // "disk_total_mb": 500000
+    "716469736b5f617661696c61626c655f6d62",
+    "1a0003e800", // "disk_available_mb": 256000
+    "6b637075735f6f6e6c696e65",
+    "04", // "cpus_online": 4
+    "68686f73746e616d65",
+    "65686f737431", // "hostname": "host1"
+    "646c6f6164",
+    "f90000", // "load": 0.0 (half float)
 );
 
 #[test]
@@ -373,15 +427,7 @@ fn golden_ready() {
         disk_available_mb: 256_000,
         cpus_online: 4,
         hostname: "host1".into(),
-        load: 0.0,
-        networks: vec![],
-        arch: String::new(),
-        features: vec![],
-        labels: BTreeMap::new(),
-        numa_node: None,
-        vcpus_allocated: 0,
-        mem_allocated_mb: None,
-        instance_count: 0,
+        ..Default::default()
     };
     let frame = Message::Ready(ready.clone()).to_frame(uuid);
     assert_eq!(hex(&frame.to_bytes()), GOLDEN_READY);

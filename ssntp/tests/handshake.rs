@@ -14,7 +14,10 @@ fn assert_refused_by_tls(result: Result<(RawPeer, ssntp::Frame, Message), ssntp:
     match result {
         Err(ssntp::Error::Io(e)) => {
             let text = e.to_string();
-            assert!(text.contains("alert") || text.contains("reset") || text.contains("closed") || text.contains("eof"), "{what}: {text}");
+            assert!(
+                text.contains("alert") || text.contains("reset") || text.contains("closed") || text.contains("eof"),
+                "{what}: {text}"
+            );
         }
         Err(ssntp::Error::Closed) => {}
         Ok((_, frame, message)) => panic!("{what}: expected a TLS refusal, got {} {message:?}", frame.kind),
@@ -120,13 +123,18 @@ async fn certificate_without_role_oid_gets_connection_aborted() {
     let ca = ssntp::tls::load_certs(&pki.ca()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca[0].clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(ssntp::tls::load_certs(&pki.cert("norole")).unwrap(), ssntp::tls::load_key(&pki.key("norole")).unwrap())
-        .unwrap();
-    let reason = assert_aborted(RawPeer::connect_as(server.addr, std::sync::Arc::new(tls), Role::AGENT).await, "no role");
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                ssntp::tls::load_certs(&pki.cert("norole")).unwrap(),
+                ssntp::tls::load_key(&pki.key("norole")).unwrap(),
+            )
+            .unwrap();
+    let reason =
+        assert_aborted(RawPeer::connect_as(server.addr, std::sync::Arc::new(tls), Role::AGENT).await, "no role");
     assert!(reason.contains("no SSNTP role"), "{reason}");
     server.stop().await;
 }

@@ -2,7 +2,7 @@
 //! client connected throughout keeps being served.
 
 use bytes::Bytes;
-use ssntp::client::{ClientEvent, ClientOptions, Client};
+use ssntp::client::{Client, ClientEvent, ClientOptions};
 use ssntp::frame::{Frame, MAJOR, MINOR};
 use ssntp::payload::{Message, NodeReport};
 use ssntp::server::ServerEvent;
@@ -10,24 +10,7 @@ use ssntp::{Command, ErrorCode, Kind, Role, Status, Uuid};
 use testutil::{Pki, RawPeer, TestServer, PATIENCE};
 
 fn ready(node: Uuid) -> Message {
-    Message::Ready(NodeReport {
-        node_uuid: node,
-        mem_total_mb: 1024,
-        mem_available_mb: 512,
-        disk_total_mb: 1,
-        disk_available_mb: 1,
-        cpus_online: 2,
-        hostname: "honest".into(),
-        load: 0.1,
-        networks: vec![],
-        arch: "x86_64".into(),
-        features: vec![],
-        labels: Default::default(),
-        numa_node: None,
-        vcpus_allocated: 0,
-        mem_allocated_mb: None,
-        instance_count: 0,
-    })
+    Message::Ready(NodeReport { node_uuid: node, mem_total_mb: 1024, hostname: "honest".into(), ..Default::default() })
 }
 
 /// Connects an offender as an agent and returns it after CONNECTED.
@@ -76,7 +59,10 @@ async fn offenders_are_closed_and_an_honest_client_keeps_working() {
                 _ => {} // offenders' connects and disconnects
             }
         }
-        let echo = Message::InstanceStarted(ssntp::payload::InstanceEvent { instance_uuid: Uuid::from_bytes([rounds; 16]), node_uuid: None });
+        let echo = Message::InstanceStarted(ssntp::payload::InstanceEvent {
+            instance_uuid: Uuid::from_bytes([rounds; 16]),
+            node_uuid: None,
+        });
         honest_peer.sender.try_send(&echo).unwrap();
         match tokio::time::timeout(PATIENCE, honest_events.recv()).await.unwrap() {
             Some(ClientEvent::Message { message, .. }) => assert_eq!(message, echo),
@@ -101,7 +87,11 @@ async fn offenders_are_closed_and_an_honest_client_keeps_working() {
 
     // 3. A valid header with garbage CBOR.
     let mut peer = offender(&server, &pki).await;
-    let garbage = Frame { kind: Kind::Status(Status::Ready), origin: peer.uuid, payload: Bytes::from_static(b"\xff\x00\xde\xad\xbe\xef") };
+    let garbage = Frame {
+        kind: Kind::Status(Status::Ready),
+        origin: peer.uuid,
+        payload: Bytes::from_static(b"\xff\x00\xde\xad\xbe\xef"),
+    };
     peer.send_frame(&garbage).await.unwrap();
     assert_eq!(error_then_close(&mut peer).await, ErrorCode::InvalidPayload);
     check_honest(&mut server).await;
@@ -158,7 +148,8 @@ async fn offenders_are_closed_and_an_honest_client_keeps_working() {
 
     // 8. A second CONNECT after the handshake.
     let mut peer = offender(&server, &pki).await;
-    let again = Message::Connect(ssntp::payload::Connect { role: Role::AGENT, uuid: peer.uuid, hostname: None, version: None });
+    let again =
+        Message::Connect(ssntp::payload::Connect { role: Role::AGENT, uuid: peer.uuid, hostname: None, version: None });
     peer.send_message(&again).await.unwrap();
     assert_eq!(error_then_close(&mut peer).await, ErrorCode::InvalidFrameType);
     check_honest(&mut server).await;

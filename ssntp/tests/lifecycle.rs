@@ -107,7 +107,7 @@ async fn outbound_queue_is_bounded_and_reports_full() {
             Err(e) => break e,
         }
         assert!(sent < 10_000, "queue never filled");
-        if sent % 8 == 0 {
+        if sent.is_multiple_of(8) {
             // Give the writer a chance to fill the socket buffers.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -143,7 +143,8 @@ async fn shutdown_flushes_queued_frames_and_closes_clients() {
     let mut conn = Connection::connect(&opts, &server.addr.to_string()).await.unwrap();
     let ServerEvent::Connected(peer) = server.next_event().await else { panic!() };
     for i in 0..50u8 {
-        let event = Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::from_bytes([i; 16]), node_uuid: None });
+        let event =
+            Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::from_bytes([i; 16]), node_uuid: None });
         peer.sender.try_send(&event).unwrap();
     }
     server.stop().await;

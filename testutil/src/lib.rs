@@ -101,12 +101,7 @@ impl Pki {
 
     /// Paths for a stem, with or without the CRL.
     pub fn paths(&self, stem: &str, with_crl: bool) -> TlsPaths {
-        TlsPaths {
-            ca: self.ca(),
-            cert: self.cert(stem),
-            key: Some(self.key(stem)),
-            crl: with_crl.then(|| self.crl()),
-        }
+        TlsPaths { ca: self.ca(), cert: self.cert(stem), key: Some(self.key(stem)), crl: with_crl.then(|| self.crl()) }
     }
 
     /// Loaded identity of a stem.
@@ -244,8 +239,7 @@ impl RawPeer {
         role: Role,
     ) -> Result<(Self, Frame, Message), ssntp::Error> {
         let mut peer = Self::connect(addr, tls).await?;
-        peer.send_message(&Message::Connect(Connect { role, uuid: peer.uuid, hostname: None, version: None }))
-            .await?;
+        peer.send_message(&Message::Connect(Connect { role, uuid: peer.uuid, hostname: None, version: None })).await?;
         let (frame, message) = peer.expect(PATIENCE).await?;
         Ok((peer, frame, message))
     }

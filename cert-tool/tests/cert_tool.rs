@@ -1,0 +1,114 @@
+//! drover-cert: what it writes, what it refuses, and that its certificates carry the roles the
+//! protocol reads back.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use drover_cert::{create_ca, issue, revoke, show, verify, CertError, IssueRequest};
+use ssntp::role::roles_from_cert_der;
+use ssntp::Role;
+
+fn req(role: Role, name: &str, hosts: &[&str]) -> IssueRequest {
+    IssueRequest {
+        role,
+        name: name.into(),
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        ips: vec![],
+        orgs: vec![],
+        days: 30,
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn every_role_round_trips_through_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    create_ca(dir.path(), "Test", 10).unwrap();
+    assert_eq!(mode(&dir.path().join("ca-key.pem")), 0o600);
+    for (role, _, _) in Role::TABLE {
+        let issued = issue(dir.path(), &req(role, "n1", &["localhost", "10.1.2.3"])).unwrap();
+        assert_eq!(mode(&issued.key), 0o600, "{role}");
+        assert_eq!(issued.cert.file_name().unwrap().to_str().unwrap(), format!("{role}-n1.pem"));
+        let certs = ssntp::tls::load_certs(&issued.cert).unwrap();
+        assert_eq!(roles_from_cert_der(&certs[0]).unwrap(), role);
+        let info = verify(dir.path(), &issued.cert).unwrap_or_else(|e| panic!("{role}: {e}"));
+        assert_eq!(info.roles, role);
+        let server = role.intersects(Role::SCHEDULER | Role::SERVER);
+        assert_eq!(info.usages, if server { vec!["serverAuth"] } else { vec!["clientAuth"] }, "{role}");
+        assert!(info.sans.contains(&"DNS:localhost".to_owned()) && info.sans.contains(&"IP:10.1.2.3".to_owned()));
+        assert_eq!(info.spki_sha256.len(), 32 * 3 - 1);
+    }
+}
+
+#[test]
+fn refusals_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = issue(dir.path(), &req(Role::AGENT, "n1", &[])).unwrap_err();
+    assert!(matches!(err, CertError::NoCa(_)), "{err}");
+    assert!(err.to_string().contains("drover-cert ca --dir"), "{err}");
+    create_ca(dir.path(), "Test", 10).unwrap();
+    assert!(matches!(create_ca(dir.path(), "Again", 10).unwrap_err(), CertError::CaExists(_)));
+    assert!(matches!(issue(dir.path(), &req(Role::AGENT, "n1", &["bad host"])).unwrap_err(), CertError::BadHost(_)));
+    assert!(matches!(issue(dir.path(), &req(Role::AGENT, "../escape", &[])).unwrap_err(), CertError::BadName(_)));
+    assert!(matches!(
+        issue(dir.path(), &req(Role::AGENT | Role::NETAGENT, "two", &[])).unwrap_err(),
+        CertError::Invalid(_)
+    ));
+    let mut zero = req(Role::AGENT, "n1", &[]);
+    zero.days = 0;
+    assert!(matches!(issue(dir.path(), &zero).unwrap_err(), CertError::BadDays(0)));
+}
+
+#[test]
+fn revoked_expired_and_foreign_certificates_fail_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    create_ca(dir.path(), "Test", 10).unwrap();
+    let node = issue(dir.path(), &req(Role::AGENT, "node", &[])).unwrap();
+    let other = issue(dir.path(), &req(Role::AGENT, "other", &[])).unwrap();
+    revoke(dir.path(), &node.cert).unwrap();
+    revoke(dir.path(), &node.cert).unwrap(); // twice is harmless
+    let err = verify(dir.path(), &node.cert).unwrap_err();
+    assert!(err.to_string().contains("Revoked"), "{err}");
+    verify(dir.path(), &other.cert).expect("others stay valid");
+    assert_eq!(std::fs::read_to_string(dir.path().join("revoked.txt")).unwrap().lines().count(), 1);
+
+    let foreign_dir = tempfile::tempdir().unwrap();
+    create_ca(foreign_dir.path(), "Other", 10).unwrap();
+    let foreign = issue(foreign_dir.path(), &req(Role::AGENT, "x", &[])).unwrap();
+    assert!(verify(dir.path(), &foreign.cert).is_err());
+    assert!(matches!(revoke(dir.path(), &foreign.cert).unwrap_err(), CertError::Invalid(_)));
+
+    let mut spec = drover_cert::CertSpec::from_request(&req(Role::AGENT, "old", &[])).unwrap();
+    spec.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    spec.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = drover_cert::issue_spec(dir.path(), &spec, "agent-old").unwrap();
+    let err = verify(dir.path(), &expired.cert).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert_eq!(show(&expired.cert).unwrap().roles, Role::AGENT);
+}
+
+#[test]
+fn binary_reports_errors_and_exits_non_zero() {
+    let bin = env!("CARGO_BIN_EXE_drover-cert");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki = pki.to_str().unwrap();
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    assert!(run(&["ca", "--dir", pki]).status.success());
+    let out = run(&["issue", "--dir", pki, "--role", "scheduler", "--name", "s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --host or --ip"));
+    let out = run(&["issue", "--dir", pki, "--role", "wizard", "--name", "s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
+    assert!(run(&["issue", "--dir", pki, "--role", "agent", "--name", "n1", "--org", "tenant-a"]).status.success());
+    let out = run(&["show", &format!("{pki}/agent-n1.pem")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("role:        agent") && text.contains("tenant-a"), "{text}");
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    assert!(help.contains("-anchor-cert"), "--help maps ciao-cert's flags");
+}
