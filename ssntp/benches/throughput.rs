@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ssntp::client::{ClientOptions, Connection};
-use ssntp::payload::{InstanceEvent, Message};
+use ssntp::payload::{InstanceEvent, InstanceStat, InstanceState, Message, NodeReport, NodeState, Stats};
 use ssntp::server::ServerEvent;
 use ssntp::{Frame, Role, Uuid};
 use testutil::{Pki, TestServer};
@@ -29,7 +29,7 @@ struct Rig {
     _pki: Pki,
 }
 
-fn rig(clients: usize) -> Rig {
+fn rig(clients: usize, make: fn(Uuid) -> Message) -> Rig {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let pki = Pki::new();
     let received = Arc::new(AtomicU64::new(0));
@@ -52,9 +52,7 @@ fn rig(clients: usize) -> Rig {
             let mut conn = Connection::connect(&opts, &addr).await.unwrap();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(1);
             let done = done_tx.clone();
-            let frame =
-                Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::new_v4(), node_uuid: Some(opts.uuid) })
-                    .to_frame(opts.uuid);
+            let frame = make(opts.uuid).to_frame(opts.uuid);
             let batch: Vec<Frame> = vec![frame; BATCH];
             tokio::spawn(async move {
                 while let Some(mut n) = rx.recv().await {
@@ -94,24 +92,73 @@ impl Rig {
     }
 }
 
+/// A small event: two UUIDs.
+fn event(node: Uuid) -> Message {
+    Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::new_v4(), node_uuid: Some(node) })
+}
+
+/// A launcher's READY as the launcher sends it.
+fn ready(node: Uuid) -> Message {
+    Message::Ready(NodeReport {
+        node_uuid: node,
+        mem_total_mb: 24_000,
+        mem_available_mb: 20_000,
+        disk_total_mb: 250_000,
+        disk_available_mb: 53_000,
+        cpus_online: 2,
+        hostname: "node-0001.cluster.example".into(),
+        load: 0.42,
+        arch: "x86_64".into(),
+        features: vec!["process".into(), "sim".into()],
+        ..Default::default()
+    })
+}
+
+/// STATS with 12 instances: about 2 KiB, the frame size of ciao's published figure.
+fn stats_2k(node: Uuid) -> Message {
+    Message::Stats(Stats {
+        node_uuid: node,
+        status: NodeState::Ready,
+        mem_total_mb: 24_000,
+        mem_available_mb: 20_000,
+        disk_total_mb: 250_000,
+        disk_available_mb: 53_000,
+        load: 0.42,
+        cpus_online: 2,
+        hostname: "node-0001.cluster.example".into(),
+        networks: vec![],
+        instances: (0..12)
+            .map(|_| InstanceStat {
+                instance_uuid: Uuid::new_v4(),
+                state: InstanceState::Active,
+                memory_usage_mb: 100,
+                disk_usage_mb: 12,
+                cpu_usage: 37,
+                exit_code: None,
+                workload_uuid: Some(Uuid::new_v4()),
+            })
+            .collect(),
+    })
+}
+
 fn bench(c: &mut Criterion) {
-    let frame_len =
-        Message::InstanceStopped(InstanceEvent { instance_uuid: Uuid::nil(), node_uuid: Some(Uuid::nil()) })
-            .to_frame(Uuid::nil())
-            .wire_len();
-    eprintln!("frame size: {frame_len} bytes");
-    let mut group = c.benchmark_group("server_throughput");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
-    group.throughput(Throughput::Elements(FRAMES_PER_ITER as u64));
-    for clients in [1usize, 100] {
-        let mut rig = rig(clients);
-        rig.push(FRAMES_PER_ITER / 4); // warm up connections and buffers
-        group.bench_function(format!("{clients}_clients"), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| rig.push(FRAMES_PER_ITER)).sum())
-        });
+    let kinds: [(&str, fn(Uuid) -> Message); 3] = [("event", event), ("ready", ready), ("stats_2k", stats_2k)];
+    for (name, make) in kinds {
+        let frame_len = make(Uuid::nil()).to_frame(Uuid::nil()).wire_len();
+        eprintln!("{name}: {frame_len} bytes per frame");
+        let mut group = c.benchmark_group(format!("server_throughput_{name}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(10));
+        group.throughput(Throughput::Elements(FRAMES_PER_ITER as u64));
+        for clients in [1usize, 100] {
+            let mut rig = rig(clients, make);
+            rig.push(FRAMES_PER_ITER / 4); // warm up connections and buffers
+            group.bench_function(format!("{clients}_clients"), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| rig.push(FRAMES_PER_ITER)).sum())
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench);
