@@ -29,7 +29,10 @@ struct Rig {
     _pki: Pki,
 }
 
-fn rig(clients: usize, make: fn(Uuid) -> Message) -> Rig {
+/// Builds the message a client sends, from the client's UUID.
+type MakeFrame = fn(Uuid) -> Message;
+
+fn rig(clients: usize, make: MakeFrame) -> Rig {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let pki = Pki::new();
     let received = Arc::new(AtomicU64::new(0));
@@ -142,7 +145,7 @@ fn stats_2k(node: Uuid) -> Message {
 }
 
 fn bench(c: &mut Criterion) {
-    let kinds: [(&str, fn(Uuid) -> Message); 3] = [("event", event), ("ready", ready), ("stats_2k", stats_2k)];
+    let kinds: [(&str, MakeFrame); 3] = [("event", event), ("ready", ready), ("stats_2k", stats_2k)];
     for (name, make) in kinds {
         let frame_len = make(Uuid::nil()).to_frame(Uuid::nil()).wire_len();
         eprintln!("{name}: {frame_len} bytes per frame");
