@@ -1,5 +1,8 @@
 //! `drover up --once` end to end with the real binaries: certificates minted, scheduler and
 //! launcher started, a real process placed and run, its output shown, everything stopped.
+//!
+//! The sibling binaries exist because the scheduler and launcher packages have integration
+//! tests of their own (cargo builds a package's binaries only for those).
 
 use std::path::Path;
 use std::process::Command;
