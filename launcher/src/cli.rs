@@ -24,39 +24,9 @@ pub struct Args {
     #[arg(long, default_value = "/var/lib/drover/launcher")]
     pub state_dir: PathBuf,
     /// How often to send READY.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = ssntp::cli::parse_duration)]
     pub report_interval: Duration,
     /// Memory kept back for the system, MiB (not offered to workloads).
     #[arg(long, default_value_t = 256)]
     pub mem_reserve_mb: u64,
-}
-
-/// Parses `500ms`, `2s`, `1m` or a bare number of seconds.
-///
-/// # Errors
-/// Anything else.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 }

@@ -1,9 +1,12 @@
-//! Command-line flags of `drover-scheduler`.
+//! Command-line flags of `drover-scheduler`, and their validation into a [`Config`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ssntp::cli::TlsArgs;
+
+use crate::hub::{Config, Policy};
 
 /// The Drover scheduler: accepts mutual-TLS connections from controllers and launchers on one
 /// port, places work on launchers and forwards their reports. Never needs root.
@@ -11,6 +14,8 @@ use ssntp::cli::TlsArgs;
 /// Example:
 ///   drover-scheduler --cacert pki/ca.pem --cert pki/scheduler-sched.pem \
 ///       --key pki/scheduler-sched-key.pem --crl pki/crl.pem --heartbeat
+///
+/// Durations take a unit: 500ms, 10s, 5m.
 #[derive(Debug, clap::Parser)]
 #[command(name = "drover-scheduler", version, verbatim_doc_comment)]
 pub struct Args {
@@ -22,14 +27,94 @@ pub struct Args {
     /// Certificate revocation list (`drover-cert revoke` writes it); revoked clients are refused.
     #[arg(long, value_name = "PEM")]
     pub crl: Option<PathBuf>,
-    /// Print a status line every second (ciao's format: controllers, then nodes with
-    /// status, available/total memory MiB and load).
+    /// Print a status line every second: ciao's (controllers, then nodes with status,
+    /// available/total memory MiB and load) followed by Drover's summary.
     #[arg(long)]
     pub heartbeat: bool,
+    /// Where to place work: spread (most free memory first), binpack (fewest nodes), or
+    /// firstfit (ciao's first fit, skipping the most recently used node).
+    #[arg(long, value_enum, default_value = "spread")]
+    pub policy: Policy,
+    /// vCPUs offered per online CPU of a node (1.0 = no overcommit).
+    #[arg(long, default_value_t = 4.0)]
+    pub cpu_overcommit: f64,
+    /// Memory offered per MiB of a node's memory (1.0 = no overcommit).
+    #[arg(long, default_value_t = 1.0)]
+    pub mem_overcommit: f64,
+    /// Load average per online CPU above which a node takes no new work; work waits in the
+    /// queue meanwhile.
+    #[arg(long, default_value_t = 1.0)]
+    pub load_threshold: f64,
+    /// How long a START may wait in the queue before it fails with `queue_timeout`.
+    #[arg(long, default_value = "5m", value_parser = ssntp::cli::parse_duration)]
+    pub queue_timeout: Duration,
+    /// Most STARTs waiting at once; more fail with `queue_full`.
+    #[arg(long, default_value_t = 100_000)]
+    pub queue_max: usize,
+    /// A launcher silent this long is suspect.
+    #[arg(long, default_value = "10s", value_parser = ssntp::cli::parse_duration)]
+    pub node_ttl: Duration,
+    /// A suspect launcher is declared lost (NODE_LOST) after this much more.
+    #[arg(long, default_value = "10s", value_parser = ssntp::cli::parse_duration)]
+    pub node_grace: Duration,
+    /// After the scheduler starts, no launcher is declared lost for this long (they are
+    /// reconnecting).
+    #[arg(long, default_value = "5m", value_parser = ssntp::cli::parse_duration)]
+    pub failover_grace: Duration,
+    /// Charge estimated real memory instead of requested memory (on|off).
+    #[arg(long, default_value = "off", value_parser = parse_on_off)]
+    pub estimate: bool,
     /// Most concurrent connections (handshakes included); more wait in the kernel's backlog.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
     /// Largest frame payload accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_payload: usize,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?}: use on or off")),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Args {
+    /// The core's configuration.
+    ///
+    /// # Errors
+    /// A value outside its sensible range, named with the flag.
+    pub fn config(&self) -> Result<Config, String> {
+        let finite_at_least = |flag: &str, v: f64, min: f64| {
+            if v.is_finite() && v >= min {
+                Ok(v)
+            } else {
+                Err(format!("--{flag} must be a number ≥ {min}, got {v}"))
+            }
+        };
+        if self.queue_max == 0 {
+            return Err("--queue-max must be at least 1".into());
+        }
+        if self.node_ttl.is_zero() {
+            return Err("--node-ttl must be more than 0".into());
+        }
+        Ok(Config {
+            policy: self.policy,
+            cpu_overcommit: finite_at_least("cpu-overcommit", self.cpu_overcommit, 0.1)?,
+            mem_overcommit: finite_at_least("mem-overcommit", self.mem_overcommit, 0.1)?,
+            load_threshold: finite_at_least("load-threshold", self.load_threshold, 0.0)?,
+            queue_timeout_ms: millis(self.queue_timeout),
+            queue_max: self.queue_max,
+            node_ttl_ms: millis(self.node_ttl),
+            node_grace_ms: millis(self.node_grace),
+            failover_grace_ms: millis(self.failover_grace),
+            estimate: self.estimate,
+            ..Config::default()
+        })
+    }
 }

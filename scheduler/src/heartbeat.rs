@@ -4,17 +4,59 @@
 //! controller-7d6a2bfd:MASTER, controller-9d8a2801:BACKUP\t\tnode-248ab133:READY*:13756/16038,0.12
 //! ```
 //!
-//! At most two controllers (master first) and four nodes are shown, as ciao did; `*` marks the
-//! node that got the last START. Drover prints the load with two decimals (ciao's was an int).
+//! At most two controllers (master first) and four connected nodes are shown, as ciao did; `*`
+//! marks the node that got the last START. Drover prints the load with two decimals (ciao's was
+//! an int) and follows ciao's part with its own summary, after ` | `:
+//!
+//! ```text
+//! … | nodes 3 ready 1 full 0 maint 0 down 0 lost | queued 2 (oldest 4s) | 1250 starts/s | reclaimed 512 MiB
+//! ```
+//!
+//! `BRAKE` is appended while the node-loss brake holds back NODE_LOST.
 
 use std::fmt::Write as _;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Now};
 
-/// The line for the hub's current state.
-pub fn line(hub: &Hub) -> String {
+/// Produces the heartbeat lines; remembers the placement count to print a rate.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last: Option<(u64, u64)>,
+}
+
+impl Heartbeat {
+    /// The full line (ciao's part and Drover's summary) at `now`.
+    pub fn line(&mut self, hub: &Hub, now: Now) -> String {
+        let s = hub.summary(now);
+        let rate = match self.last {
+            Some((at, count)) if now.mono_ms > at => (s.placements - count) * 1000 / (now.mono_ms - at),
+            _ => 0,
+        };
+        self.last = Some((now.mono_ms, s.placements));
+        let mut out = ciao_line(hub);
+        let down = s.disconnected + s.not_ready;
+        let _ = write!(
+            out,
+            " | nodes {} ready {} full {} maint {down} down {} lost | queued {} (oldest {}s) | {rate} starts/s | reclaimed {} MiB",
+            s.ready,
+            s.full,
+            s.maintenance,
+            s.lost,
+            s.queued,
+            s.oldest_wait_ms / 1000,
+            s.reclaimed_mb
+        );
+        if s.brake {
+            out.push_str(" | BRAKE");
+        }
+        out
+    }
+}
+
+/// ciao's part of the line.
+pub fn ciao_line(hub: &Hub) -> String {
     let controllers = hub.controllers();
-    let nodes = hub.nodes();
+    let nodes: Vec<_> = hub.nodes().filter(|n| n.conn_id.is_some()).collect();
     if controllers.is_empty() && nodes.is_empty() {
         return "** idle / disconnected **".to_owned();
     }
@@ -43,9 +85,8 @@ pub fn line(hub: &Hub) -> String {
             if hub.most_recently_used() == Some(node.uuid) {
                 s.push('*');
             }
-            let (avail, total, load) =
-                node.report.as_ref().map_or((0, 0, 0.0), |r| (r.mem_available_mb, r.mem_total_mb, r.load));
-            let _ = write!(s, ":{avail}/{total},{load:.2}");
+            let r = &node.report;
+            let _ = write!(s, ":{}/{},{:.2}", r.mem_available_mb, r.mem_total_mb, r.load);
             s
         })
         .collect();
@@ -56,7 +97,7 @@ pub fn line(hub: &Hub) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Input;
+    use crate::hub::{Config, Input};
     use ssntp::payload::{Message, NodeReport};
     use ssntp::{Role, Uuid};
 
@@ -73,24 +114,27 @@ mod tests {
 
     #[test]
     fn matches_ciao_layout() {
-        let mut hub = Hub::new(uuid(99));
-        assert_eq!(line(&hub), "** idle / disconnected **");
-        hub.handle(Input::Connected { conn_id: 1, uuid: uuid(1), role: Role::CONTROLLER });
-        hub.handle(Input::Connected { conn_id: 2, uuid: uuid(2), role: Role::CONTROLLER });
-        assert_eq!(line(&hub), "controller-00000001:MASTER, controller-00000002:BACKUP\t\t -no Compute Nodes-");
+        let now = Now { mono_ms: 0, unix_ms: 0 };
+        let mut hub = Hub::new(uuid(99), Config::default(), now);
+        assert_eq!(ciao_line(&hub), "** idle / disconnected **");
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: uuid(1), role: Role::CONTROLLER });
+        hub.handle(now, Input::Connected { conn_id: 2, uuid: uuid(2), role: Role::CONTROLLER });
+        assert_eq!(ciao_line(&hub), "controller-00000001:MASTER, controller-00000002:BACKUP\t\t -no Compute Nodes-");
         for (i, (a, t)) in [(1u8, (16138, 16138)), (2, (256, 256))] {
             let n = uuid(i);
-            hub.handle(Input::Connected { conn_id: 10 + u64::from(i), uuid: n, role: Role::AGENT });
-            hub.handle(Input::Message {
-                from: n,
-                role: Role::AGENT,
-                frame: None,
-                message: Message::Ready(report(n, a, t)),
-            });
+            hub.handle(now, Input::Connected { conn_id: 10 + u64::from(i), uuid: n, role: Role::AGENT });
+            hub.handle(
+                now,
+                Input::Message { from: n, role: Role::AGENT, frame: None, message: Message::Ready(report(n, a, t)) },
+            );
         }
         assert_eq!(
-            line(&hub),
+            ciao_line(&hub),
             "controller-00000001:MASTER, controller-00000002:BACKUP\t\tnode-00000001:READY:16138/16138,0.00, node-00000002:READY:256/256,0.00"
         );
+        let mut heartbeat = Heartbeat::default();
+        assert!(heartbeat.line(&hub, now).ends_with(
+            " | nodes 2 ready 0 full 0 maint 0 down 0 lost | queued 0 (oldest 0s) | 0 starts/s | reclaimed 0 MiB"
+        ));
     }
 }

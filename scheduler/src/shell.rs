@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::cli::Args;
-use crate::heartbeat;
-use crate::hub::{Hub, Input, Output};
+use crate::heartbeat::Heartbeat;
+use crate::hub::{Config, Hub, Input, Now, Output};
 
 /// Capacity of the channel from connections to the hub. When it is full, connections stop
 /// reading (TCP backpressure) until the hub catches up.
@@ -26,18 +26,20 @@ const INBOX: usize = 65_536;
 #[derive(Debug)]
 pub struct Prepared {
     args: Args,
+    config: Config,
     tls: Arc<rustls::ServerConfig>,
 }
 
 /// Loads and checks the TLS material named by the flags.
 ///
 /// # Errors
-/// Unreadable files, a certificate without the scheduler role, a bad CRL.
+/// Invalid knobs, unreadable files, a certificate without the scheduler role, a bad CRL.
 pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
+    let config = args.config().map_err(anyhow::Error::msg)?;
     let identity = Identity::load(&args.tls.paths(args.crl.clone())).context("loading TLS material")?;
     identity.require_role(Role::SCHEDULER, &args.tls.cert)?;
     let tls = ssntp::tls::server_config(&identity).context("building the TLS configuration")?;
-    Ok(Prepared { args, tls })
+    Ok(Prepared { args, config, tls })
 }
 
 /// Runs the scheduler until `shutdown` completes.
@@ -48,7 +50,8 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Prepared { args, tls } = prepared;
+    let Prepared { args, config: core_config, tls } = prepared;
+    let clock = Clock::start();
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let uuid = Uuid::new_v4();
     tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
@@ -63,7 +66,8 @@ pub async fn run(
         let _ = stop_rx.await;
     }));
 
-    let mut hub = Hub::new(uuid);
+    let mut hub = Hub::new(uuid, core_config, clock.now());
+    let mut heartbeat = Heartbeat::default();
     let mut peers: HashMap<Uuid, PeerSender> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -88,11 +92,19 @@ pub async fn run(
                         Input::Message { from, role, frame: Some(frame), message }
                     }
                 };
-                for output in hub.handle(input) {
+                for output in hub.handle(clock.now(), input) {
                     deliver(&peers, &hub, &config, output);
                 }
             }
-            _ = ticker.tick(), if args.heartbeat => eprintln!("{}", heartbeat::line(&hub)),
+            _ = ticker.tick() => {
+                let now = clock.now();
+                for output in hub.tick(now) {
+                    deliver(&peers, &hub, &config, output);
+                }
+                if args.heartbeat {
+                    eprintln!("{}", heartbeat.line(&hub, now));
+                }
+            }
             () = &mut shutdown => break,
         }
     }
@@ -120,5 +132,25 @@ fn deliver(peers: &HashMap<Uuid, PeerSender>, hub: &Hub, config: &RwLock<Cluster
             }
         }
         Output::Configure(new) => *config.write().expect("config lock") = new,
+        Output::Warn(text) => tracing::warn!("{text}"),
+    }
+}
+
+/// The only clocks the scheduler reads; the core gets their values as [`Now`].
+#[derive(Debug)]
+struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self { origin: tokio::time::Instant::now() }
+    }
+
+    fn now(&self) -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Now { mono_ms: u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX), unix_ms }
     }
 }

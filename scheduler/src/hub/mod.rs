@@ -1,0 +1,699 @@
+//! The scheduler's pure core.
+//!
+//! [`Hub::handle`] takes the current time and one [`Input`] (a peer connected or disconnected, a
+//! checked frame arrived) and returns the [`Output`]s it causes; [`Hub::tick`] does what time
+//! alone causes (queue timeouts, node loss). No IO, no ambient clock, no randomness: every rule
+//! is a unit or property test.
+//!
+//! # Layout
+//! - [`nodes`]: the node table, capacity with overcommit, charges and reservations, fit checks.
+//! - [`placement`]: the policies (spread, bin-pack, ciao's first fit) and explanations.
+//! - [`queue`]: STARTs waiting for room, in class/priority/deadline/arrival order.
+//! - [`estimate`]: real versus requested memory per workload.
+//!
+//! Rules in brief: only the master controller commands (the first connected; the next is
+//! promoted when it leaves); a START is placed at once, or queued with its reason, or refused
+//! (`queue_full`, `queue_timeout`); a launcher's `full_cn` is retried on another node; commands
+//! for a node that is not connected are answered with an error; EVACUATE closes a node to new
+//! work at once; a node silent for TTL + grace is declared lost (NODE_LOST with its instances),
+//! unless most nodes went silent together (the brake) or the scheduler started less than the
+//! failover grace ago.
+
+pub mod estimate;
+pub mod nodes;
+pub mod placement;
+pub mod queue;
+
+use std::collections::HashMap;
+
+use ssntp::payload::{
+    ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, InstanceState, Message, NodeEvent,
+    NodeLost, NodeReport, NodeType, Start, StartFailure,
+};
+use ssntp::{Frame, Role, Status, Uuid};
+
+use self::estimate::Estimator;
+use self::nodes::{Need, Node, NodeTable, Placed};
+pub use self::placement::Policy;
+use self::queue::{Queue, Queued};
+
+/// How many queued STARTs one event may try to place (bounds the work per event).
+const DRAIN_LIMIT: usize = 256;
+
+/// The scheduler's knobs (the command line's, validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Placement policy.
+    pub policy: Policy,
+    /// vCPUs offered per online CPU.
+    pub cpu_overcommit: f64,
+    /// Memory offered per MiB of node memory.
+    pub mem_overcommit: f64,
+    /// Load average per online CPU above which a node takes no new work.
+    pub load_threshold: f64,
+    /// How long a START may wait in the queue, ms.
+    pub queue_timeout_ms: u64,
+    /// Most STARTs in the queue.
+    pub queue_max: usize,
+    /// A node silent this long is suspect, ms.
+    pub node_ttl_ms: u64,
+    /// A suspect node is declared lost after this much more, ms.
+    pub node_grace_ms: u64,
+    /// After the scheduler starts, no node is declared lost for this long, ms.
+    pub failover_grace_ms: u64,
+    /// Charge memory estimates instead of requests.
+    pub estimate: bool,
+    /// Fraction of nodes silent at once that engages the brake.
+    pub brake_fraction: f64,
+    /// Fewest silent nodes that engage the brake.
+    pub brake_min_nodes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Spread,
+            cpu_overcommit: 4.0,
+            mem_overcommit: 1.0,
+            load_threshold: 1.0,
+            queue_timeout_ms: 300_000,
+            queue_max: 100_000,
+            node_ttl_ms: 10_000,
+            node_grace_ms: 10_000,
+            failover_grace_ms: 300_000,
+            estimate: false,
+            brake_fraction: 0.55,
+            brake_min_nodes: 3,
+        }
+    }
+}
+
+/// The time, injected: monotonic for durations, wall clock for deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin).
+    pub mono_ms: u64,
+    /// Unix milliseconds (for START deadlines).
+    pub unix_ms: u64,
+}
+
+/// Something that happened at the shell.
+#[derive(Debug)]
+// A decoded message is ~320 bytes and moved once; boxing it would allocate per frame.
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    /// A peer finished the handshake.
+    Connected {
+        /// Its connection.
+        conn_id: u64,
+        /// Its UUID.
+        uuid: Uuid,
+        /// Its role.
+        role: Role,
+    },
+    /// A peer's connection ended.
+    Disconnected {
+        /// The connection that ended (a stale one is ignored if the peer already reconnected).
+        conn_id: u64,
+        /// The peer.
+        uuid: Uuid,
+    },
+    /// A peer sent a checked frame.
+    Message {
+        /// The peer.
+        from: Uuid,
+        /// Its role.
+        role: Role,
+        /// The raw frame, forwarded unchanged where possible (`None` in tests that only care
+        /// about decisions).
+        frame: Option<Frame>,
+        /// The decoded payload.
+        message: Message,
+    },
+}
+
+/// What the shell must do.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Send a frame to one peer.
+    To {
+        /// The peer.
+        peer: Uuid,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Send a frame to every connected controller.
+    ToControllers(Frame),
+    /// Replace the cluster configuration (CONFIGURE).
+    Configure(ClusterConfig),
+    /// Something an operator should read in the log.
+    Warn(String),
+}
+
+/// Figures for the heartbeat line and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Nodes by state: ready, full, maintenance, not ready, disconnected, lost.
+    pub ready: usize,
+    /// Reported FULL.
+    pub full: usize,
+    /// Evacuated or reported MAINTENANCE.
+    pub maintenance: usize,
+    /// Connected but not (yet) READY.
+    pub not_ready: usize,
+    /// Disconnected, not yet lost.
+    pub disconnected: usize,
+    /// Declared lost.
+    pub lost: usize,
+    /// STARTs waiting.
+    pub queued: usize,
+    /// Longest current wait, ms.
+    pub oldest_wait_ms: u64,
+    /// STARTs placed since the scheduler started.
+    pub placements: u64,
+    /// Memory charged below requests thanks to estimates, MiB.
+    pub reclaimed_mb: u64,
+    /// Whether the node-loss brake is engaged.
+    pub brake: bool,
+    /// STARTs refused since start (queue full, timeout, not permitted …).
+    pub refused: u64,
+}
+
+/// The core state.
+#[derive(Debug)]
+pub struct Hub {
+    uuid: Uuid,
+    cfg: Config,
+    started_ms: u64,
+    /// Controllers in connection order: the first is the master, the others backups.
+    controllers: Vec<(Uuid, u64)>,
+    nodes: NodeTable,
+    /// Instance → node it was placed on (or reported from).
+    placed: HashMap<Uuid, Uuid>,
+    /// START and sender of instances placed but not yet confirmed by their node, so that a
+    /// `full_cn` refusal can be retried elsewhere. Dropped on confirmation, which keeps it small.
+    pending_restarts: HashMap<Uuid, (Start, Uuid)>,
+    queue: Queue,
+    estimator: Estimator,
+    mru: Option<Uuid>,
+    placements: u64,
+    refused: u64,
+    brake: bool,
+}
+
+impl Hub {
+    /// An empty hub for the scheduler with this UUID, started at `now`.
+    pub fn new(uuid: Uuid, cfg: Config, now: Now) -> Self {
+        let queue = Queue::new(cfg.queue_max);
+        Self {
+            uuid,
+            cfg,
+            started_ms: now.mono_ms,
+            controllers: Vec::new(),
+            nodes: NodeTable::default(),
+            placed: HashMap::new(),
+            pending_restarts: HashMap::new(),
+            queue,
+            estimator: Estimator::default(),
+            mru: None,
+            placements: 0,
+            refused: 0,
+            brake: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Controllers, master first.
+    pub fn controllers(&self) -> Vec<Uuid> {
+        self.controllers.iter().map(|(u, _)| *u).collect()
+    }
+
+    /// Every known node in UUID order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
+    }
+
+    /// A node.
+    pub fn node(&self, uuid: &Uuid) -> Option<&Node> {
+        self.nodes.get(uuid)
+    }
+
+    /// The node that got the last START.
+    pub fn most_recently_used(&self) -> Option<Uuid> {
+        self.mru
+    }
+
+    /// The node an instance is on, as far as the scheduler knows.
+    pub fn node_of(&self, instance: &Uuid) -> Option<Uuid> {
+        self.placed.get(instance).copied()
+    }
+
+    /// Whether an instance waits in the queue.
+    pub fn is_queued(&self, instance: &Uuid) -> bool {
+        self.queue.contains(*instance)
+    }
+
+    /// The memory estimates.
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// Figures for the heartbeat and metrics.
+    pub fn summary(&self, now: Now) -> Summary {
+        let mut s = Summary {
+            queued: self.queue.len(),
+            oldest_wait_ms: self.queue.oldest_wait_ms(now.mono_ms),
+            placements: self.placements,
+            brake: self.brake,
+            refused: self.refused,
+            ..Summary::default()
+        };
+        for node in self.nodes.iter() {
+            match () {
+                () if node.lost => s.lost += 1,
+                () if node.conn_id.is_none() => s.disconnected += 1,
+                () if node.maintenance || node.status == Status::Maintenance => s.maintenance += 1,
+                () if node.status == Status::Ready => s.ready += 1,
+                () if node.status == Status::Full => s.full += 1,
+                () => s.not_ready += 1,
+            }
+            s.reclaimed_mb += node.instances.values().map(|p| p.request_mb - p.charge_mb).sum::<u64>();
+        }
+        s
+    }
+
+    fn own(&self, message: &Message) -> Frame {
+        message.to_frame(self.uuid)
+    }
+
+    fn is_master(&self, uuid: Uuid) -> bool {
+        self.controllers.first().is_some_and(|(u, _)| *u == uuid)
+    }
+
+    /// Applies one input.
+    pub fn handle(&mut self, now: Now, input: Input) -> Vec<Output> {
+        match input {
+            Input::Connected { conn_id, uuid, role } => self.connected(now, conn_id, uuid, role),
+            Input::Disconnected { conn_id, uuid } => self.disconnected(now, conn_id, uuid),
+            Input::Message { from, role, frame, message } => {
+                let frame = frame.unwrap_or_else(|| message.to_frame(from));
+                if role.contains(Role::CONTROLLER) {
+                    self.command(now, from, frame, message)
+                } else {
+                    self.report(now, from, frame, message)
+                }
+            }
+        }
+    }
+
+    /// What time alone causes: queue timeouts, queued work placed after changes, node loss.
+    pub fn tick(&mut self, now: Now) -> Vec<Output> {
+        let mut out = Vec::new();
+        for expired in self.queue.expire(now.mono_ms) {
+            let waited = (now.mono_ms - expired.since_ms) / 1000;
+            let need = self.need(&expired.start);
+            let why = placement::explain(&self.nodes, &need, &self.cfg);
+            let detail = format!("waited {waited} s in the queue; {why}");
+            out.extend(self.refuse_start(expired.from, &expired.start, FailureReason::QueueTimeout, detail));
+        }
+        self.liveness(now, &mut out);
+        self.drain(now, &mut out);
+        out
+    }
+
+    // === peers ===
+
+    fn connected(&mut self, now: Now, conn_id: u64, uuid: Uuid, role: Role) -> Vec<Output> {
+        if role.contains(Role::CONTROLLER) {
+            match self.controllers.iter_mut().find(|(u, _)| *u == uuid) {
+                Some(entry) => entry.1 = conn_id,
+                None => self.controllers.push((uuid, conn_id)),
+            }
+            return Vec::new();
+        }
+        let cfg = &self.cfg;
+        let mut node = match self.nodes.remove(&uuid, cfg) {
+            // A lost node's instances were handed to the controller to restart elsewhere; what
+            // still runs there is a stale copy for the controller to reconcile from STATS.
+            Some(old) if !old.lost => {
+                Node { conn_id: Some(conn_id), status: Status::Connected, last_seen_ms: now.mono_ms, ..old }
+            }
+            Some(old) => {
+                self.placed.retain(|_, n| *n != uuid);
+                Node { maintenance: old.maintenance, ..Node::new(uuid, conn_id, now.mono_ms) }
+            }
+            None => Node::new(uuid, conn_id, now.mono_ms),
+        };
+        node.report.node_uuid = uuid;
+        self.nodes.insert(node, &self.cfg);
+        let node_type = if role.contains(Role::AGENT) { NodeType::ComputeNode } else { NodeType::NetworkNode };
+        vec![Output::ToControllers(self.own(&Message::NodeConnected(NodeEvent { node_uuid: uuid, node_type })))]
+    }
+
+    fn disconnected(&mut self, now: Now, conn_id: u64, uuid: Uuid) -> Vec<Output> {
+        // Master promotion: removing the first entry makes the next one master.
+        self.controllers.retain(|(u, c)| !(*u == uuid && *c == conn_id));
+        let current = self.nodes.get(&uuid).is_some_and(|n| n.conn_id == Some(conn_id));
+        if !current {
+            return Vec::new();
+        }
+        self.nodes.update(&uuid, &self.cfg, |n| {
+            n.conn_id = None;
+            n.last_seen_ms = now.mono_ms;
+        });
+        if self.mru == Some(uuid) {
+            self.mru = None;
+        }
+        let event = NodeEvent { node_uuid: uuid, node_type: NodeType::ComputeNode };
+        vec![Output::ToControllers(self.own(&Message::NodeDisconnected(event)))]
+    }
+
+    // === from launchers ===
+
+    fn report(&mut self, now: Now, from: Uuid, frame: Frame, message: Message) -> Vec<Output> {
+        self.nodes.update(&from, &self.cfg, |n| n.last_seen_ms = now.mono_ms);
+        let mut out = Vec::new();
+        match message {
+            Message::Ready(report) => self.status(from, Status::Ready, Some(report)),
+            Message::Full(report) => self.status(from, Status::Full, report),
+            Message::Maintenance(report) => self.status(from, Status::Maintenance, report),
+            Message::Offline => self.status(from, Status::Offline, None),
+            Message::Stats(stats) => {
+                self.stats(from, &stats);
+                out.push(Output::ToControllers(frame));
+            }
+            Message::InstanceStarted(e) => {
+                self.pending_restarts.remove(&e.instance_uuid);
+                self.nodes.update(&from, &self.cfg, |n| {
+                    if let Some(p) = n.instances.get_mut(&e.instance_uuid) {
+                        p.confirmed = true;
+                    }
+                });
+                out.push(Output::ToControllers(frame));
+            }
+            Message::InstanceExited(ref e) => {
+                self.gone(from, e.instance_uuid);
+                out.push(Output::ToControllers(frame));
+            }
+            Message::InstanceStopped(ref e) | Message::InstanceDeleted(ref e) => {
+                self.gone(from, e.instance_uuid);
+                out.push(Output::ToControllers(frame));
+            }
+            Message::StartFailure(f) => {
+                match self.gone(from, f.instance_uuid) {
+                    Some((start, sender)) if f.reason == FailureReason::FullCn => {
+                        // The node knew better than its last report: believe it, try elsewhere.
+                        self.status(from, Status::Full, None);
+                        out.extend(self.place_or_queue(now, sender, start, Some(from)));
+                    }
+                    _ => out.push(Output::ToControllers(frame)),
+                }
+            }
+            // Other launcher events and errors: every controller (ciao's role rule).
+            _ => out.push(Output::ToControllers(frame)),
+        }
+        self.drain(now, &mut out);
+        out
+    }
+
+    fn status(&mut self, from: Uuid, status: Status, report: Option<NodeReport>) {
+        self.nodes.update(&from, &self.cfg, |n| {
+            n.status = status;
+            if let Some(mut report) = report {
+                report.node_uuid = from;
+                n.report = report;
+            }
+        });
+    }
+
+    fn stats(&mut self, from: Uuid, stats: &ssntp::payload::Stats) {
+        let cfg = self.cfg.clone();
+        let estimator = &mut self.estimator;
+        let placed = &mut self.placed;
+        let pending = &mut self.pending_restarts;
+        self.nodes.update(&from, &cfg, |n| {
+            for stat in &stats.instances {
+                let id = stat.instance_uuid;
+                if stat.state == InstanceState::Exited || stat.state == InstanceState::Stopped {
+                    n.instances.remove(&id);
+                    placed.remove(&id);
+                    continue;
+                }
+                placed.entry(id).or_insert(from);
+                pending.remove(&id);
+                let usage = u64::try_from(stat.memory_usage_mb).ok();
+                if let Some(p) = n.instances.get_mut(&id) {
+                    p.confirmed = true;
+                    if let (Some(usage), Some(w)) = (usage, p.workload) {
+                        estimator.observe(w, usage);
+                        // Never charge an instance less than it is seen to use.
+                        p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
+                    }
+                } else if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
+                    estimator.observe(w, usage);
+                }
+            }
+        });
+    }
+
+    /// Forgets an instance that left a node; returns its START and sender if the scheduler
+    /// placed it (for a retry elsewhere).
+    fn gone(&mut self, node: Uuid, instance: Uuid) -> Option<(Start, Uuid)> {
+        self.placed.remove(&instance);
+        self.nodes.update(&node, &self.cfg, |n| n.instances.remove(&instance)).flatten()?;
+        self.pending_restarts.remove(&instance)
+    }
+
+    // === from controllers ===
+
+    fn command(&mut self, now: Now, from: Uuid, frame: Frame, message: Message) -> Vec<Output> {
+        if !self.is_master(from) && !matches!(message, Message::TraceReport(_)) {
+            let detail = "only the master controller may command; this controller is a backup".to_owned();
+            return self.refuse(from, &message, FailureReason::NotPermitted, detail);
+        }
+        let target = match &message {
+            Message::Start(start) => {
+                let mut out = self.place_or_queue(now, from, start.clone(), None);
+                self.drain(now, &mut out);
+                return out;
+            }
+            Message::Configure(c) => return vec![Output::Configure(c.config.clone())],
+            Message::TraceReport(_) => return vec![Output::ToControllers(frame)],
+            Message::Stop(m) => m.workload_agent_uuid,
+            Message::Delete(m) => m.workload_agent_uuid,
+            Message::Restart(m) => m.workload_agent_uuid,
+            Message::Evacuate(m) => m.workload_agent_uuid,
+            Message::Restore(m) => m.workload_agent_uuid,
+            Message::LogFetch(m) => m.workload_agent_uuid,
+            // Errors a controller reports go to the other controllers.
+            _ => return vec![Output::ToControllers(frame)],
+        };
+        let connected = self.nodes.get(&target).is_some_and(|n| n.conn_id.is_some());
+        if !connected {
+            return self.refuse(from, &message, FailureReason::NoNode, format!("node {target} is not connected"));
+        }
+        match message {
+            // No new work from now on; the launcher stops its instances and reports them.
+            Message::Evacuate(_) => {
+                self.nodes.update(&target, &self.cfg, |n| n.maintenance = true);
+            }
+            Message::Restore(_) => {
+                self.nodes.update(&target, &self.cfg, |n| n.maintenance = false);
+            }
+            _ => {}
+        }
+        let mut out = vec![Output::To { peer: target, frame }];
+        self.drain(now, &mut out);
+        out
+    }
+
+    fn need<'a>(&self, start: &'a Start) -> Need<'a> {
+        let request = start.requirements.mem_mb;
+        let charge = if self.cfg.estimate { self.estimator.charge(start.workload_uuid, request) } else { request };
+        Need {
+            requirements: &start.requirements,
+            backend: start.backend.name(),
+            vcpus: start.requirements.vcpus,
+            charge_mb: charge,
+        }
+    }
+
+    /// Places a START now if a node fits, else queues it (or refuses it when the queue is full).
+    /// `not_on` excludes a node that just refused it.
+    fn place_or_queue(&mut self, now: Now, from: Uuid, start: Start, not_on: Option<Uuid>) -> Vec<Output> {
+        let id = start.instance_uuid;
+        if let Some(node) = self.placed.get(&id) {
+            let detail = format!("instance {id} is already placed on node {node}");
+            return self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
+        }
+        if self.queue.contains(id) {
+            return Vec::new(); // a repeated START for queued work changes nothing
+        }
+        if self.cfg.estimate {
+            if let Some(w) = start.workload_uuid {
+                self.estimator.register(w, start.requirements.mem_mb);
+            }
+        }
+        if let Some(out) = self.try_place(from, &start, not_on) {
+            return vec![out];
+        }
+        let need = self.need(&start);
+        let reason = placement::explain(&self.nodes, &need, &self.cfg);
+        let deadline_ms =
+            start.deadline_unix_ms.map_or(u64::MAX, |d| now.mono_ms.saturating_add(d.saturating_sub(now.unix_ms)));
+        let expires_ms = now.mono_ms.saturating_add(self.cfg.queue_timeout_ms).min(deadline_ms);
+        if self.queue.is_full() {
+            let detail = format!("the queue holds {} STARTs already; {reason}", self.cfg.queue_max);
+            return self.refuse_start(from, &start, FailureReason::QueueFull, detail);
+        }
+        let queued = Queued { start, from, since_ms: now.mono_ms, expires_ms, reason: reason.clone() };
+        let position = self.queue.push(queued).expect("the queue has room");
+        let event = InstanceQueued { instance_uuid: id, reason, position: u32::try_from(position).unwrap_or(u32::MAX) };
+        vec![Output::ToControllers(self.own(&Message::InstanceQueued(event)))]
+    }
+
+    /// Places a START if a node fits; returns the forwarded START.
+    fn try_place(&mut self, from: Uuid, start: &Start, not_on: Option<Uuid>) -> Option<Output> {
+        let need = self.need(start);
+        let node = placement::choose(&self.nodes, &need, &self.cfg, self.mru, not_on)?;
+        let placed = Placed {
+            vcpus: need.vcpus,
+            request_mb: start.requirements.mem_mb,
+            charge_mb: need.charge_mb,
+            workload: start.workload_uuid,
+            confirmed: false,
+        };
+        self.nodes.update(&node, &self.cfg, |n| {
+            n.instances.insert(start.instance_uuid, placed);
+            n.starts += 1;
+        });
+        self.placed.insert(start.instance_uuid, node);
+        self.pending_restarts.insert(start.instance_uuid, (start.clone(), from));
+        self.mru = Some(node);
+        self.placements += 1;
+        let mut forwarded = start.clone();
+        forwarded.workload_agent_uuid = Some(node);
+        Some(Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) })
+    }
+
+    /// Tries queued STARTs in order after something changed.
+    fn drain(&mut self, _now: Now, out: &mut Vec<Output>) {
+        if self.queue.is_empty() || self.nodes.most_free().next().is_none() {
+            return;
+        }
+        let keys: Vec<_> = self.queue.iter().take(DRAIN_LIMIT).map(|(k, _)| *k).collect();
+        for key in keys {
+            let Some((from, start)) =
+                self.queue.iter().find(|(k, _)| **k == key).map(|(_, q)| (q.from, q.start.clone()))
+            else {
+                continue;
+            };
+            if let Some(forward) = self.try_place(from, &start, None) {
+                self.queue.remove(&key);
+                out.push(forward);
+            }
+        }
+    }
+
+    // === liveness ===
+
+    fn liveness(&mut self, now: Now, out: &mut Vec<Output>) {
+        let ttl = self.cfg.node_ttl_ms;
+        let active: Vec<&Node> = self.nodes.iter().filter(|n| !n.lost).collect();
+        let silent = active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= ttl).count();
+        #[allow(clippy::cast_precision_loss)] // node counts are far below 2^52
+        let brake =
+            silent >= self.cfg.brake_min_nodes && silent as f64 >= self.cfg.brake_fraction * active.len() as f64;
+        if brake != self.brake {
+            self.brake = brake;
+            out.push(Output::Warn(if brake {
+                format!(
+                    "{silent} of {} nodes went silent together: holding back NODE_LOST (this scheduler is probably the one cut off)",
+                    active.len()
+                )
+            } else {
+                "node-loss brake released".to_owned()
+            }));
+        }
+        if brake || now.mono_ms < self.started_ms.saturating_add(self.cfg.failover_grace_ms) {
+            return;
+        }
+        let limit = ttl + self.cfg.node_grace_ms;
+        let lost: Vec<Uuid> =
+            active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= limit).map(|n| n.uuid).collect();
+        for uuid in lost {
+            let mut instances: Vec<Uuid> = Vec::new();
+            self.nodes.update(&uuid, &self.cfg, |n| {
+                n.lost = true;
+                instances.extend(n.instances.drain().map(|(id, _)| id));
+            });
+            instances.extend(self.placed.iter().filter(|(_, n)| **n == uuid).map(|(id, _)| *id));
+            instances.sort();
+            instances.dedup();
+            for id in &instances {
+                self.placed.remove(id);
+                self.pending_restarts.remove(id);
+            }
+            if self.mru == Some(uuid) {
+                self.mru = None;
+            }
+            out.push(Output::Warn(format!(
+                "node {uuid} silent for {} s: declared lost with {} instances",
+                limit / 1000,
+                instances.len()
+            )));
+            out.push(Output::ToControllers(self.own(&Message::NodeLost(NodeLost { node_uuid: uuid, instances }))));
+        }
+    }
+
+    // === refusals ===
+
+    fn refuse_start(&mut self, to: Uuid, start: &Start, reason: FailureReason, detail: String) -> Vec<Output> {
+        self.refused += 1;
+        let failure = StartFailure {
+            node_uuid: None,
+            instance_uuid: start.instance_uuid,
+            reason,
+            restart: start.restart,
+            detail,
+        };
+        vec![Output::To { peer: to, frame: self.own(&Message::StartFailure(failure)) }]
+    }
+
+    /// The failure matching a refused command, sent back to its sender.
+    fn refuse(&mut self, to: Uuid, message: &Message, reason: FailureReason, detail: String) -> Vec<Output> {
+        let instance_failure =
+            |instance_uuid, node_uuid| InstanceFailure { node_uuid, instance_uuid, reason, detail: detail.clone() };
+        let command_failure = |node_uuid, instance_uuid| CommandFailure {
+            command: message.kind().to_string(),
+            node_uuid,
+            instance_uuid,
+            reason,
+            detail: detail.clone(),
+        };
+        let failure = match message {
+            Message::Start(s) => return self.refuse_start(to, s, reason, detail.clone()),
+            Message::Stop(m) => Message::StopFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid))),
+            Message::Delete(m) => {
+                Message::DeleteFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid)))
+            }
+            Message::Restart(m) => {
+                Message::RestartFailure(instance_failure(m.instance_uuid, Some(m.workload_agent_uuid)))
+            }
+            Message::Evacuate(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
+            Message::Restore(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
+            Message::LogFetch(m) => {
+                Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), Some(m.instance_uuid)))
+            }
+            _ => Message::CommandFailure(command_failure(None, None)),
+        };
+        vec![Output::To { peer: to, frame: self.own(&failure) }]
+    }
+}
+
+#[cfg(test)]
+mod tests;

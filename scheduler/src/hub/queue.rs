@@ -1,0 +1,120 @@
+//! The load queue: STARTs that could not be placed yet, in the order they should be retried.
+//!
+//! Order: work class (workorder before batch), then priority (higher first), then deadline
+//! (earlier first, none last), then arrival. Bounded: a START that finds the queue full is
+//! refused (`queue_full`), never silently dropped.
+
+use std::collections::BTreeMap;
+
+use ssntp::payload::{Start, WorkClass};
+use ssntp::Uuid;
+
+/// Sort key of a queued START.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey {
+    class: WorkClass,
+    neg_priority: std::cmp::Reverse<u32>,
+    deadline: u64,
+    seq: u64,
+}
+
+/// A START waiting for room.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The command, as received.
+    pub start: Start,
+    /// The controller that sent it.
+    pub from: Uuid,
+    /// When it was queued (monotonic ms).
+    pub since_ms: u64,
+    /// When it gives up (monotonic ms).
+    pub expires_ms: u64,
+    /// Why it waits, in the scheduler's words.
+    pub reason: String,
+}
+
+/// The queue.
+#[derive(Debug)]
+pub struct Queue {
+    items: BTreeMap<QueueKey, Queued>,
+    by_instance: std::collections::HashMap<Uuid, QueueKey>,
+    max: usize,
+    seq: u64,
+}
+
+impl Queue {
+    /// An empty queue holding at most `max` STARTs.
+    pub fn new(max: usize) -> Self {
+        Self { items: BTreeMap::new(), by_instance: std::collections::HashMap::new(), max, seq: 0 }
+    }
+
+    /// Number of queued STARTs.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether an instance is queued.
+    pub fn contains(&self, instance: Uuid) -> bool {
+        self.by_instance.contains_key(&instance)
+    }
+
+    /// Whether another START would exceed the bound.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.max
+    }
+
+    /// Queues a START and returns its position (0 = next). The caller checks
+    /// [`Queue::is_full`] first; a START pushed onto a full queue is refused here by returning
+    /// `None`, and the caller still holds the reason to tell its sender.
+    pub fn push(&mut self, item: Queued) -> Option<usize> {
+        if self.is_full() {
+            return None;
+        }
+        self.seq += 1;
+        let key = QueueKey {
+            class: item.start.class,
+            neg_priority: std::cmp::Reverse(item.start.priority),
+            deadline: item.start.deadline_unix_ms.unwrap_or(u64::MAX),
+            seq: self.seq,
+        };
+        self.by_instance.insert(item.start.instance_uuid, key);
+        self.items.insert(key, item);
+        Some(self.items.range(..key).count())
+    }
+
+    /// The queued STARTs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&QueueKey, &Queued)> {
+        self.items.iter()
+    }
+
+    /// Removes one START.
+    pub fn remove(&mut self, key: &QueueKey) -> Option<Queued> {
+        let item = self.items.remove(key)?;
+        self.by_instance.remove(&item.start.instance_uuid);
+        Some(item)
+    }
+
+    /// Removes and returns every START whose time is up at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Queued> {
+        let expired: Vec<QueueKey> =
+            self.items.iter().filter(|(_, q)| q.expires_ms <= now_ms).map(|(k, _)| *k).collect();
+        expired.iter().filter_map(|k| self.remove(k)).collect()
+    }
+
+    /// Updates the recorded reason of a START.
+    pub fn set_reason(&mut self, key: &QueueKey, reason: String) {
+        if let Some(q) = self.items.get_mut(key) {
+            q.reason = reason;
+        }
+    }
+
+    /// Milliseconds the oldest START has waited.
+    pub fn oldest_wait_ms(&self, now_ms: u64) -> u64 {
+        self.items.values().map(|q| now_ms.saturating_sub(q.since_ms)).max().unwrap_or(0)
+    }
+}

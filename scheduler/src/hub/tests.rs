@@ -1,0 +1,624 @@
+//! Rules of the hub, one test each, and a property test of its safety invariants against a
+//! reference model.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proptest::prelude::*;
+use ssntp::payload::{
+    Backend, Delete, Evacuate, InstanceEvent, InstanceExited, InstanceStat, Requirements, Restore, Stats, WorkClass,
+};
+use ssntp::payload::{ExitReason, NodeState};
+
+use super::*;
+
+const CTL: Role = Role::CONTROLLER;
+const AGENT: Role = Role::AGENT;
+
+fn u(n: u8) -> Uuid {
+    Uuid::from_bytes([n; 16])
+}
+
+fn at(sec: u64) -> Now {
+    Now { mono_ms: sec * 1000, unix_ms: 1_700_000_000_000 + sec * 1000 }
+}
+
+fn report(node: Uuid, cpus: u32, mem: u64, load: f64) -> NodeReport {
+    NodeReport {
+        node_uuid: node,
+        mem_total_mb: mem,
+        mem_available_mb: mem,
+        cpus_online: cpus,
+        hostname: format!("host-{}", node.short()),
+        load,
+        arch: "x86_64".into(),
+        features: vec!["process".into(), "sim".into()],
+        ..Default::default()
+    }
+}
+
+fn start(instance: Uuid, vcpus: u32, mem_mb: u64) -> Start {
+    Start {
+        instance_uuid: instance,
+        tenant_uuid: None,
+        workload_uuid: None,
+        class: WorkClass::Workorder,
+        priority: 0,
+        deadline_unix_ms: None,
+        requirements: Requirements { vcpus, mem_mb, ..Default::default() },
+        backend: Backend::Sim { duration_ms: 1, mem_usage_mb: 1, exit_code: 0 },
+        restart: false,
+        max_run_time_s: None,
+        workload_agent_uuid: None,
+    }
+}
+
+struct Rig {
+    hub: Hub,
+    now: Now,
+}
+
+impl Rig {
+    fn new(cfg: Config) -> Self {
+        let now = at(0);
+        let mut hub = Hub::new(u(0), cfg, now);
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL });
+        Self { hub, now }
+    }
+
+    fn node(&mut self, n: u8, cpus: u32, mem: u64) {
+        self.hub.handle(self.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT });
+        self.ready(n, report(u(n), cpus, mem, 0.0));
+    }
+
+    fn ready(&mut self, n: u8, r: NodeReport) -> Vec<(Option<Uuid>, Message)> {
+        self.send(u(n), AGENT, Message::Ready(r))
+    }
+
+    fn send(&mut self, from: Uuid, role: Role, message: Message) -> Vec<(Option<Uuid>, Message)> {
+        let out = self.hub.handle(self.now, Input::Message { from, role, frame: None, message });
+        decode(out)
+    }
+
+    fn start(&mut self, s: Start) -> Vec<(Option<Uuid>, Message)> {
+        self.send(u(1), CTL, Message::Start(s))
+    }
+
+    fn tick(&mut self, sec: u64) -> Vec<(Option<Uuid>, Message)> {
+        self.now = at(sec);
+        decode(self.hub.tick(self.now))
+    }
+}
+
+fn decode(out: Vec<Output>) -> Vec<(Option<Uuid>, Message)> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::To { peer, frame } => Some((Some(peer), Message::decode(&frame).unwrap())),
+            Output::ToControllers(frame) => Some((None, Message::decode(&frame).unwrap())),
+            Output::Configure(_) | Output::Warn(_) => None,
+        })
+        .collect()
+}
+
+fn placed_on(out: &[(Option<Uuid>, Message)]) -> Vec<(Uuid, Uuid)> {
+    out.iter()
+        .filter_map(|(to, m)| match m {
+            Message::Start(s) => Some((s.instance_uuid, to.expect("START goes to a node"))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failure(out: &[(Option<Uuid>, Message)]) -> Option<&StartFailure> {
+    out.iter().find_map(|(_, m)| if let Message::StartFailure(f) = m { Some(f) } else { None })
+}
+
+fn queued(out: &[(Option<Uuid>, Message)]) -> Option<&InstanceQueued> {
+    out.iter().find_map(|(_, m)| if let Message::InstanceQueued(q) = m { Some(q) } else { None })
+}
+
+#[test]
+fn overcommit_bounds_vcpus_and_memory_and_the_queue_says_why() {
+    let mut rig = Rig::new(Config { cpu_overcommit: 2.0, ..Config::default() });
+    rig.node(10, 2, 1000);
+    for i in 0..4 {
+        assert_eq!(placed_on(&rig.start(start(u(50 + i), 1, 10))).len(), 1, "4 vCPUs = 2 CPUs × 2");
+    }
+    let out = rig.start(start(u(60), 1, 10));
+    let q = queued(&out).expect("fifth START waits");
+    assert_eq!(q.reason, "0 of 1 nodes fit: 1 insufficient vCPUs");
+    let mut rig = Rig::new(Config { mem_overcommit: 1.5, ..Config::default() });
+    let mut r = report(u(10), 64, 1000, 0.0);
+    r.mem_available_mb = 10_000; // real memory is not what limits here
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.ready(10, r);
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 1400))).len(), 1);
+    let q = queued(&rig.start(start(u(51), 1, 200))).cloned().expect("1400 + 200 > 1500");
+    assert!(q.reason.contains("insufficient memory"), "{}", q.reason);
+}
+
+#[test]
+fn a_burst_between_two_reports_never_over_places() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 64, 1000);
+    rig.node(11, 64, 1000);
+    let mut per_node: HashMap<Uuid, u64> = HashMap::new();
+    for i in 0..30 {
+        for (_, node) in placed_on(&rig.start(start(Uuid::from_bytes([i; 16]), 1, 100))) {
+            *per_node.entry(node).or_default() += 100;
+        }
+    }
+    // Each node reported 1000 MiB once; 20 STARTs fit, 10 wait.
+    assert_eq!(per_node.values().sum::<u64>(), 2000);
+    assert!(per_node.values().all(|mb| *mb <= 1000));
+    assert_eq!(rig.hub.summary(rig.now).queued, 10);
+    // Spread: the two equal nodes share the work evenly.
+    assert_eq!(per_node.values().collect::<HashSet<_>>().len(), 1);
+}
+
+#[test]
+fn full_cn_from_a_launcher_is_retried_on_another_node() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 4, 1000);
+    rig.node(11, 4, 900);
+    let first = placed_on(&rig.start(start(u(50), 1, 100)));
+    assert_eq!(first, vec![(u(50), u(10))], "spread: most free memory first");
+    let refusal = StartFailure {
+        node_uuid: Some(u(10)),
+        instance_uuid: u(50),
+        reason: FailureReason::FullCn,
+        restart: false,
+        detail: "fd limit".into(),
+    };
+    let out = rig.send(u(10), AGENT, Message::StartFailure(refusal));
+    assert_eq!(placed_on(&out), vec![(u(50), u(11))]);
+    assert!(failure(&out).is_none(), "full_cn is not passed on to the controller");
+    assert_eq!(rig.hub.node(&u(10)).unwrap().status, Status::Full);
+    // Any other refusal is passed on.
+    let refusal = StartFailure {
+        node_uuid: Some(u(11)),
+        instance_uuid: u(50),
+        reason: FailureReason::LaunchFailure,
+        restart: false,
+        detail: String::new(),
+    };
+    let out = rig.send(u(11), AGENT, Message::StartFailure(refusal));
+    assert_eq!(failure(&out).unwrap().reason, FailureReason::LaunchFailure);
+    assert_eq!(rig.hub.node_of(&u(50)), None);
+}
+
+#[test]
+fn load_queue_keeps_class_and_priority_order_and_releases_when_load_drops() {
+    let mut rig = Rig::new(Config::default());
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.ready(10, report(u(10), 2, 10_000, 3.0)); // load 1.5 per CPU
+    let mut batch_low = start(u(51), 1, 10);
+    batch_low.class = WorkClass::Batch;
+    let mut batch_high = start(u(52), 1, 10);
+    batch_high.class = WorkClass::Batch;
+    batch_high.priority = 9;
+    let workorder = start(u(53), 1, 10);
+    for s in [batch_low, batch_high, workorder] {
+        let q = queued(&rig.start(s)).cloned().expect("queued");
+        assert_eq!(q.reason, "0 of 1 nodes fit: 1 load above threshold");
+    }
+    let out = rig.ready(10, report(u(10), 2, 10_000, 0.5));
+    let order: Vec<Uuid> = placed_on(&out).into_iter().map(|(i, _)| i).collect();
+    assert_eq!(order, vec![u(53), u(52), u(51)], "workorder, then batch by priority");
+    assert_eq!(rig.hub.summary(rig.now).queued, 0);
+}
+
+#[test]
+fn queue_timeout_deadline_and_queue_full_are_refused_with_reasons() {
+    let mut rig = Rig::new(Config { queue_timeout_ms: 5_000, queue_max: 2, ..Config::default() });
+    let mut with_deadline = start(u(50), 1, 10);
+    with_deadline.deadline_unix_ms = Some(at(2).unix_ms);
+    assert!(queued(&rig.start(with_deadline)).is_some());
+    assert!(queued(&rig.start(start(u(51), 1, 10))).is_some());
+    let full = rig.start(start(u(52), 1, 10));
+    let f = failure(&full).unwrap();
+    assert_eq!(f.reason, FailureReason::QueueFull);
+    assert!(f.detail.contains("no launcher has connected"), "{}", f.detail);
+    assert!(rig.tick(1).is_empty());
+    let out = rig.tick(2);
+    assert_eq!(
+        failure(&out).map(|f| (f.instance_uuid, f.reason)),
+        Some((u(50), FailureReason::QueueTimeout)),
+        "deadline"
+    );
+    let out = rig.tick(5);
+    let f = failure(&out).unwrap();
+    assert_eq!((f.instance_uuid, f.reason), (u(51), FailureReason::QueueTimeout));
+    assert!(f.detail.starts_with("waited 5 s in the queue"), "{}", f.detail);
+    assert_eq!(rig.hub.summary(rig.now).refused, 3);
+}
+
+#[test]
+fn requirements_are_honoured() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 4, 1000);
+    let mut labelled = report(u(11), 4, 500, 0.0);
+    labelled.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+    labelled.features.push("oci".into());
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 7, uuid: u(11), role: AGENT });
+    rig.ready(11, labelled);
+    let mut s = start(u(50), 1, 10);
+    s.requirements.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+    assert_eq!(placed_on(&rig.start(s)), vec![(u(50), u(11))]);
+    let mut s = start(u(51), 1, 10);
+    s.backend = Backend::Oci { rootfs: "/r".into(), args: vec![], env: BTreeMap::new() };
+    assert_eq!(placed_on(&rig.start(s)), vec![(u(51), u(11))]);
+    let mut s = start(u(52), 1, 10);
+    s.requirements.node_id = Some(u(10));
+    assert_eq!(placed_on(&rig.start(s)), vec![(u(52), u(10))]);
+    let mut s = start(u(53), 1, 10);
+    s.requirements.arch = Some("aarch64".into());
+    let q = queued(&rig.start(s)).cloned().unwrap();
+    assert_eq!(q.reason, "0 of 2 nodes fit: 2 other architecture");
+}
+
+#[test]
+fn evacuate_closes_a_node_at_once_and_restore_reopens_it() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 4, 1000);
+    let out = rig.send(u(1), CTL, Message::Evacuate(Evacuate { workload_agent_uuid: u(10), deadline_ms: None }));
+    assert!(matches!(&out[..], [(Some(to), Message::Evacuate(_))] if *to == u(10)), "forwarded");
+    let q = queued(&rig.start(start(u(50), 1, 10))).cloned().unwrap();
+    assert_eq!(q.reason, "0 of 1 nodes fit: 1 maintenance");
+    // Even a stale READY does not reopen it.
+    let out = rig.ready(10, report(u(10), 4, 1000, 0.0));
+    assert!(placed_on(&out).is_empty());
+    let out = rig.send(u(1), CTL, Message::Restore(Restore { workload_agent_uuid: u(10) }));
+    assert_eq!(placed_on(&out), vec![(u(50), u(10))], "queued work placed once restored");
+}
+
+#[test]
+fn commands_for_absent_nodes_backups_and_duplicates_get_answers() {
+    let mut rig = Rig::new(Config::default());
+    let delete = Message::Delete(Delete { instance_uuid: u(50), workload_agent_uuid: u(9), stop: false });
+    let out = rig.send(u(1), CTL, delete.clone());
+    assert!(
+        matches!(&out[..], [(Some(to), Message::DeleteFailure(f))] if *to == u(1) && f.reason == FailureReason::NoNode)
+    );
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL });
+    let out = rig.send(u(2), CTL, delete);
+    assert!(
+        matches!(&out[..], [(Some(to), Message::DeleteFailure(f))] if *to == u(2) && f.reason == FailureReason::NotPermitted)
+    );
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 1, uuid: u(1) });
+    assert_eq!(rig.hub.controllers(), vec![u(2)], "backup promoted");
+    rig.node(10, 4, 1000);
+    let out = rig.send(u(2), CTL, Message::Start(start(u(50), 1, 10)));
+    assert_eq!(placed_on(&out).len(), 1);
+    let out = rig.send(u(2), CTL, Message::Start(start(u(50), 1, 10)));
+    assert_eq!(failure(&out).map(|f| f.reason), Some(FailureReason::InstanceExists), "never placed twice");
+}
+
+#[test]
+fn instances_leaving_free_capacity_for_queued_work() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 1, 10_000);
+    let cpu_cap = 4; // 1 CPU × default overcommit 4
+    for i in 0..cpu_cap {
+        assert_eq!(placed_on(&rig.start(start(u(50 + i), 1, 10))).len(), 1);
+    }
+    assert!(queued(&rig.start(start(u(60), 1, 10))).is_some());
+    let exited =
+        InstanceExited { instance_uuid: u(50), node_uuid: u(10), exit_code: Some(0), reason: ExitReason::Completed };
+    let out = rig.send(u(10), AGENT, Message::InstanceExited(exited));
+    assert!(
+        out.iter().any(|(to, m)| to.is_none() && matches!(m, Message::InstanceExited(_))),
+        "forwarded to controllers"
+    );
+    assert_eq!(placed_on(&out), vec![(u(60), u(10))]);
+}
+
+#[test]
+fn silent_nodes_are_lost_after_ttl_plus_grace_with_their_instances() {
+    let cfg = Config { node_ttl_ms: 10_000, node_grace_ms: 5_000, failover_grace_ms: 0, ..Config::default() };
+    let mut rig = Rig::new(cfg);
+    for n in 10..15 {
+        rig.node(n, 4, 1000);
+    }
+    let placed = placed_on(&rig.start(start(u(50), 1, 10)));
+    let victim = placed[0].1;
+    // Everyone but the victim keeps reporting.
+    for sec in [5u64, 10, 14] {
+        rig.now = at(sec);
+        for n in 10..15 {
+            if u(n) != victim {
+                rig.ready(n, report(u(n), 4, 1000, 0.0));
+            }
+        }
+        assert!(rig.tick(sec).iter().all(|(_, m)| !matches!(m, Message::NodeLost(_))), "not yet at {sec}s");
+    }
+    let out = rig.tick(15);
+    let lost: Vec<&NodeLost> =
+        out.iter().filter_map(|(_, m)| if let Message::NodeLost(l) = m { Some(l) } else { None }).collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].node_uuid, lost[0].instances.clone()), (victim, vec![u(50)]));
+    assert_eq!(rig.hub.node_of(&u(50)), None);
+    assert_eq!(rig.hub.summary(rig.now).lost, 1);
+    assert!(rig.tick(16).iter().all(|(_, m)| !matches!(m, Message::NodeLost(_))), "declared once");
+}
+
+#[test]
+fn the_brake_holds_back_mass_node_loss_and_failover_grace_protects_a_restart() {
+    let cfg = Config { node_ttl_ms: 10_000, node_grace_ms: 5_000, failover_grace_ms: 0, ..Config::default() };
+    let mut rig = Rig::new(cfg.clone());
+    for n in 10..20 {
+        rig.node(n, 4, 1000);
+    }
+    // 6 of 10 go silent at once; the other 4 keep reporting.
+    for sec in 1..=30 {
+        rig.now = at(sec);
+        for n in 16..20 {
+            rig.ready(n, report(u(n), 4, 1000, 0.0));
+        }
+        let out = rig.tick(sec);
+        assert!(out.iter().all(|(_, m)| !matches!(m, Message::NodeLost(_))), "no mass loss at {sec}s");
+    }
+    assert!(rig.hub.summary(rig.now).brake);
+
+    // A scheduler that just restarted gives reconnecting nodes the failover grace.
+    let cfg = Config { failover_grace_ms: 60_000, ..cfg };
+    let mut rig = Rig::new(cfg);
+    rig.node(10, 4, 1000);
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) });
+    assert!(rig.tick(30).iter().all(|(_, m)| !matches!(m, Message::NodeLost(_))));
+    assert!(rig.tick(61).iter().any(|(_, m)| matches!(m, Message::NodeLost(_))));
+}
+
+#[test]
+fn disconnect_is_reported_at_once_and_a_quick_reconnect_keeps_instances() {
+    let mut rig = Rig::new(Config { failover_grace_ms: 0, ..Config::default() });
+    rig.node(10, 4, 1000);
+    placed_on(&rig.start(start(u(50), 1, 10)));
+    let out = decode(rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) }));
+    assert!(matches!(&out[..], [(None, Message::NodeDisconnected(_))]));
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(10), role: AGENT });
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)));
+    // A stale disconnect of the old connection changes nothing.
+    assert!(rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) }).is_empty());
+}
+
+#[test]
+fn memory_estimates_reclaim_unused_memory_within_the_overcommit_bound() {
+    let mut rig = Rig::new(Config { estimate: true, ..Config::default() });
+    let mut r = report(u(10), 64, 2000, 0.0);
+    r.mem_available_mb = 2000;
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.ready(10, r.clone());
+    let workload = u(200);
+    let with_workload = |i: u8| {
+        let mut s = start(Uuid::from_bytes([i; 16]), 1, 1000);
+        s.workload_uuid = Some(workload);
+        s
+    };
+    assert_eq!(placed_on(&rig.start(with_workload(1))).len(), 1);
+    // The instance uses 100 MiB of its 1000; after warm-up its workload is charged less.
+    for _ in 0..40 {
+        let stats = Stats {
+            node_uuid: u(10),
+            status: NodeState::Ready,
+            mem_total_mb: 2000,
+            mem_available_mb: 1900,
+            disk_total_mb: 0,
+            disk_available_mb: 0,
+            load: 0.0,
+            cpus_online: 64,
+            hostname: String::new(),
+            networks: vec![],
+            instances: vec![InstanceStat {
+                instance_uuid: Uuid::from_bytes([1; 16]),
+                state: InstanceState::Active,
+                memory_usage_mb: 100,
+                disk_usage_mb: 0,
+                cpu_usage: 0,
+                exit_code: None,
+                workload_uuid: Some(workload),
+            }],
+        };
+        rig.send(u(10), AGENT, Message::Stats(stats));
+    }
+    r.mem_available_mb = 1900;
+    rig.ready(10, r);
+    let estimate = rig.hub.estimator().get(workload).unwrap().estimate_mb;
+    assert_eq!(estimate, 100 + 10 + estimate::MARGIN_MB);
+    // The first instance stays charged at least its usage; new ones at the estimate.
+    let mut placed = 1;
+    for i in 2..40 {
+        placed += placed_on(&rig.start(with_workload(i))).len();
+    }
+    let node = rig.hub.node(&u(10)).unwrap();
+    assert!(node.mem_used() <= node.mem_capacity(rig.hub.config()));
+    assert!(placed > 2, "requests alone would fit 2; estimates fit {placed}");
+    assert!(rig.hub.summary(rig.now).reclaimed_mb > 0);
+}
+
+// === property test against a reference model ===
+
+#[derive(Debug, Clone)]
+enum Op {
+    Node { n: u8, cpus: u32, mem: u64, load10: u8 },
+    Ready { n: u8, load10: u8 },
+    Start { id: u8, vcpus: u32, mem: u64, zone: Option<u8>, batch: bool, priority: u8 },
+    Exit { id: u8 },
+    Evacuate { n: u8 },
+    Restore { n: u8 },
+    Disconnect { n: u8 },
+    Tick { secs: u8 },
+}
+
+fn ops() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6, 1u32..8, 100u64..4000, 0u8..20).prop_map(|(n, cpus, mem, load10)| Op::Node { n, cpus, mem, load10 }),
+        (0u8..6, 0u8..20).prop_map(|(n, load10)| Op::Ready { n, load10 }),
+        (0u8..60, 0u32..4, 0u64..1500, prop::option::of(0u8..2), any::<bool>(), 0u8..3)
+            .prop_map(|(id, vcpus, mem, zone, batch, priority)| Op::Start { id, vcpus, mem, zone, batch, priority }),
+        (0u8..60).prop_map(|id| Op::Exit { id }),
+        (0u8..6).prop_map(|n| Op::Evacuate { n }),
+        (0u8..6).prop_map(|n| Op::Restore { n }),
+        (0u8..6).prop_map(|n| Op::Disconnect { n }),
+        (1u8..20).prop_map(|secs| Op::Tick { secs }),
+    ]
+}
+
+/// What the reference model knows of a node.
+#[derive(Debug, Clone)]
+struct ModelNode {
+    cpus: u32,
+    mem: u64,
+    zone: u8,
+    open: bool,
+    maintenance: bool,
+    load10: u8,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit])) {
+        let cfg = Config { policy, cpu_overcommit: 2.0, mem_overcommit: 1.0, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
+        let mut hub = Hub::new(u(0), cfg.clone(), at(0));
+        let mut now = at(0);
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL });
+        let node_id = |n: u8| u(100 + n);
+        let mut model: HashMap<Uuid, ModelNode> = HashMap::new();
+        let mut conn = 1000u64;
+        // Every START submitted: its requirements, and how it ended so far.
+        let mut submitted: HashMap<Uuid, Start> = HashMap::new();
+        let mut placed: HashMap<Uuid, Uuid> = HashMap::new(); // instance → node, while placed
+        let mut outcomes: HashMap<Uuid, Vec<&'static str>> = HashMap::new();
+        let mut lost_nodes: HashSet<Uuid> = HashSet::new();
+
+        for op in ops {
+            let out = match op {
+                Op::Node { n, cpus, mem, load10 } => {
+                    conn += 1;
+                    let id = node_id(n);
+                    let mut o = hub.handle(now, Input::Connected { conn_id: conn, uuid: id, role: AGENT });
+                    let zone = n % 2;
+                    let mut r = report(id, cpus, mem, f64::from(load10) / 10.0);
+                    r.labels = BTreeMap::from([("zone".to_owned(), zone.to_string())]);
+                    o.extend(hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) }));
+                    let maintenance = model.get(&id).is_some_and(|m| m.maintenance) && !lost_nodes.contains(&id);
+                    lost_nodes.remove(&id);
+                    model.insert(id, ModelNode { cpus, mem, zone, open: true, maintenance, load10 });
+                    o
+                }
+                Op::Ready { n, load10 } => {
+                    let id = node_id(n);
+                    let Some(m) = model.get_mut(&id).filter(|m| m.open) else { continue };
+                    m.load10 = load10;
+                    let mut r = report(id, m.cpus, m.mem, f64::from(load10) / 10.0);
+                    r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
+                    hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) })
+                }
+                Op::Start { id, vcpus, mem, zone, batch, priority } => {
+                    let instance = Uuid::from_bytes([id; 16]);
+                    let mut s = start(instance, vcpus, mem);
+                    s.class = if batch { WorkClass::Batch } else { WorkClass::Workorder };
+                    s.priority = u32::from(priority);
+                    if let Some(z) = zone {
+                        s.requirements.labels = BTreeMap::from([("zone".to_owned(), z.to_string())]);
+                    }
+                    // A re-submitted instance replaces the old START unless that one is still
+                    // placed or queued (then the hub keeps it and refuses or ignores the new one).
+                    if !placed.contains_key(&instance) && !hub.is_queued(&instance) {
+                        submitted.insert(instance, s.clone());
+                    }
+                    hub.handle(now, Input::Message { from: u(1), role: CTL, frame: None, message: Message::Start(s) })
+                }
+                Op::Exit { id } => {
+                    let instance = Uuid::from_bytes([id; 16]);
+                    let Some(node) = placed.get(&instance).copied() else { continue };
+                    if !model.get(&node).is_some_and(|m| m.open) { continue }
+                    placed.remove(&instance);
+                    let e = InstanceEvent { instance_uuid: instance, node_uuid: Some(node) };
+                    hub.handle(now, Input::Message { from: node, role: AGENT, frame: None, message: Message::InstanceStopped(e) })
+                }
+                Op::Evacuate { n } => {
+                    let id = node_id(n);
+                    let o = hub.handle(now, Input::Message { from: u(1), role: CTL, frame: None, message: Message::Evacuate(Evacuate { workload_agent_uuid: id, deadline_ms: None }) });
+                    if let Some(m) = model.get_mut(&id).filter(|m| m.open) { m.maintenance = true; }
+                    o
+                }
+                Op::Restore { n } => {
+                    let id = node_id(n);
+                    if let Some(m) = model.get_mut(&id).filter(|m| m.open) { m.maintenance = false; }
+                    hub.handle(now, Input::Message { from: u(1), role: CTL, frame: None, message: Message::Restore(Restore { workload_agent_uuid: id }) })
+                }
+                Op::Disconnect { n } => {
+                    let id = node_id(n);
+                    let Some(m) = model.get_mut(&id).filter(|m| m.open) else { continue };
+                    m.open = false;
+                    let conn_id = hub.node(&id).and_then(|node| node.conn_id).unwrap();
+                    hub.handle(now, Input::Disconnected { conn_id, uuid: id })
+                }
+                Op::Tick { secs } => {
+                    now = Now { mono_ms: now.mono_ms + u64::from(secs) * 1000, unix_ms: now.unix_ms + u64::from(secs) * 1000 };
+                    // Open nodes keep reporting, as live launchers do.
+                    let mut o = Vec::new();
+                    for (id, m) in model.iter().filter(|(_, m)| m.open) {
+                        let mut r = report(*id, m.cpus, m.mem, f64::from(m.load10) / 10.0);
+                        r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
+                        o.extend(hub.handle(now, Input::Message { from: *id, role: AGENT, frame: None, message: Message::Ready(r) }));
+                    }
+                    o.extend(hub.tick(now));
+                    o
+                }
+            };
+            for (to, message) in decode(out) {
+                match message {
+                    Message::Start(s) => {
+                        let node = to.unwrap();
+                        let m = model.get(&node).expect("placed on a known node");
+                        // Never on a closed, evacuated, overloaded or lost node.
+                        prop_assert!(m.open && !m.maintenance && !lost_nodes.contains(&node), "{node} closed");
+                        prop_assert!(f64::from(m.load10) / 10.0 / f64::from(m.cpus) <= cfg.load_threshold);
+                        // Requirements honoured.
+                        let req = &submitted[&s.instance_uuid].requirements;
+                        if let Some(z) = req.labels.get("zone") { prop_assert_eq!(z, &m.zone.to_string()); }
+                        // Never placed twice while placed.
+                        prop_assert!(placed.insert(s.instance_uuid, node).is_none(), "{} placed twice", s.instance_uuid);
+                        // Capacity × overcommit is never exceeded when placing, counting every
+                        // instance placed there and not yet gone (the reservations).
+                        let on_node = placed.iter().filter(|(_, n)| **n == node).map(|(i, _)| &submitted[i].requirements);
+                        let (vcpus, mem) = on_node.fold((0u64, 0u64), |(c, m), r| (c + u64::from(r.vcpus), m + r.mem_mb));
+                        prop_assert!(vcpus <= u64::from(m.cpus) * 2, "vCPUs {} on {} CPUs", vcpus, m.cpus);
+                        prop_assert!(mem <= m.mem, "memory {} of {}", mem, m.mem);
+                        outcomes.entry(s.instance_uuid).or_default().push("placed");
+                    }
+                    Message::StartFailure(f) => {
+                        outcomes.entry(f.instance_uuid).or_default().push(match f.reason {
+                            FailureReason::InstanceExists => "duplicate",
+                            _ => "refused",
+                        });
+                        if f.reason == FailureReason::InstanceExists {
+                            prop_assert!(placed.contains_key(&f.instance_uuid));
+                        }
+                    }
+                    Message::InstanceQueued(q) => outcomes.entry(q.instance_uuid).or_default().push("queued"),
+                    Message::NodeLost(l) => {
+                        lost_nodes.insert(l.node_uuid);
+                        for i in &l.instances {
+                            prop_assert_eq!(placed.remove(i), Some(l.node_uuid));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // No START lost: each one is placed, queued, or refused — and an instance is placed
+        // again only after it left (exit or node loss).
+        for instance in submitted.keys() {
+            let o = outcomes.get(instance).map(Vec::as_slice).unwrap_or_default();
+            let accounted = !o.is_empty() || hub.is_queued(instance) || hub.node_of(instance).is_some();
+            prop_assert!(accounted, "START {} vanished", instance);
+            if hub.is_queued(instance) {
+                prop_assert!(hub.node_of(instance).is_none(), "{} both queued and placed", instance);
+            }
+        }
+    }
+}
