@@ -217,7 +217,15 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
             .with_context(|| format!("port {} is in use; pick another with --port", opts.port))?,
     );
 
-    let mut sched_args = vec!["--listen".to_owned(), addr.clone(), "--heartbeat".to_owned()];
+    // A first try on someone's workstation should not wait for their load average to drop:
+    // the load threshold is for shared compute nodes.
+    let mut sched_args = vec![
+        "--listen".to_owned(),
+        addr.clone(),
+        "--heartbeat".to_owned(),
+        "--load-threshold".to_owned(),
+        "64".to_owned(),
+    ];
     sched_args.extend(tls_args(&pki.paths("scheduler-local")));
     let scheduler = spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?;
     let mut launcher_args =

@@ -64,6 +64,9 @@ pub struct Args {
     /// Charge estimated real memory instead of requested memory (on|off).
     #[arg(long, default_value = "off", value_parser = parse_on_off)]
     pub estimate: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Most concurrent connections (handshakes included); more wait in the kernel's backlog.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,

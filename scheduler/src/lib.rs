@@ -1,14 +1,17 @@
 //! `drover-scheduler`: the only SSNTP server of a Drover cluster.
 //!
-//! This is the foundation build: it authenticates controllers and launchers, tracks nodes,
-//! forwards commands, reports and events as `docs/ssntp.md` says, places START with ciao's
-//! first fit on memory, and prints ciao's `--heartbeat` line. Placement with overcommit,
-//! reservations, queueing, estimation, evacuation and node loss are the scheduler issue's.
+//! It authenticates controllers and launchers, places STARTs on vCPUs and memory within the
+//! overcommit bounds (spread, bin-pack or ciao's first fit), reserves what it placed until the
+//! node reports it, queues what does not fit yet and says why, estimates real memory per
+//! workload, forwards commands, reports and events as `docs/ssntp.md` says, evacuates nodes,
+//! declares silent nodes lost (with a brake for mass silence), and prints ciao's `--heartbeat`
+//! line followed by its own summary.
 //!
 //! # Layout
 //! - [`hub`]: the pure core: peer table, routing and placement decisions. Inputs in, outputs
 //!   out, no IO, no clock.
 //! - [`heartbeat`]: the status line, formatted from the hub.
+//! - [`metrics`]: Prometheus text on `--metrics ADDR`.
 //! - [`shell`]: the tokio shell: the SSNTP server, the event loop that feeds the hub and
 //!   delivers its outputs, the heartbeat ticker.
 //! - [`cli`]: command-line flags.
@@ -18,4 +21,5 @@
 pub mod cli;
 pub mod heartbeat;
 pub mod hub;
+pub mod metrics;
 pub mod shell;

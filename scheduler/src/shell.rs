@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::cli::Args;
 use crate::heartbeat::Heartbeat;
 use crate::hub::{Config, Hub, Input, Now, Output};
+use crate::metrics::Metrics;
 
 /// Capacity of the channel from connections to the hub. When it is full, connections stop
 /// reading (TCP backpressure) until the hub catches up.
@@ -50,9 +51,22 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listen = prepared.args.listen;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    run_on(listener, prepared, shutdown).await
+}
+
+/// Runs the scheduler on an already bound listener (tests bind `127.0.0.1:0`).
+///
+/// # Errors
+/// The listener has no local address.
+pub async fn run_on(
+    listener: TcpListener,
+    prepared: Prepared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let Prepared { args, config: core_config, tls } = prepared;
     let clock = Clock::start();
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let uuid = Uuid::new_v4();
     tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
     let mut opts = ServerOptions::new(uuid);
@@ -68,6 +82,13 @@ pub async fn run(
 
     let mut hub = Hub::new(uuid, core_config, clock.now());
     let mut heartbeat = Heartbeat::default();
+    let metrics = Arc::new(std::sync::Mutex::new(Metrics::new()));
+    if let Some(addr) = args.metrics {
+        let http = TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr}"))?;
+        tracing::info!(%addr, "serving metrics on /metrics");
+        let metrics = metrics.clone();
+        tokio::spawn(crate::metrics::serve(http, Arc::new(move || metrics.lock().expect("metrics lock").encode())));
+    }
     let mut peers: HashMap<Uuid, PeerSender> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -101,6 +122,7 @@ pub async fn run(
                 for output in hub.tick(now) {
                     deliver(&peers, &hub, &config, output);
                 }
+                metrics.lock().expect("metrics lock").update(&hub.summary(now));
                 if args.heartbeat {
                     eprintln!("{}", heartbeat.line(&hub, now));
                 }

@@ -56,9 +56,21 @@ pub struct Node {
     pub starts: u64,
 }
 
-/// Why a START does not fit a node. The order is the order of the checks.
+/// Why a START does not fit a node, in the order of the checks: the node's state first (a node
+/// that has not reported has no features to compare), then the START's requirements, then
+/// load and capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Misfit {
+    /// The node is not connected.
+    Disconnected,
+    /// The node was declared lost.
+    Lost,
+    /// Evacuated or reported MAINTENANCE.
+    Maintenance,
+    /// Reported FULL.
+    Full,
+    /// Has not reported READY (nothing else about it is known yet).
+    NotReady,
     /// Pinned to another node.
     NodeId,
     /// Pinned to another host name.
@@ -73,16 +85,6 @@ pub enum Misfit {
     Backend,
     /// Needs a per-NUMA launcher.
     Numa,
-    /// The node is not connected.
-    Disconnected,
-    /// The node was declared lost.
-    Lost,
-    /// Evacuated or reported MAINTENANCE.
-    Maintenance,
-    /// Reported FULL.
-    Full,
-    /// Has not reported READY.
-    NotReady,
     /// Load average per CPU above the threshold.
     Load,
     /// Not enough vCPUs within the overcommit bound.
@@ -208,6 +210,19 @@ impl Node {
     /// # Errors
     /// The [`Misfit`].
     pub fn check(&self, need: &Need<'_>, cfg: &Config) -> Result<(), Misfit> {
+        if self.conn_id.is_none() {
+            return Err(Misfit::Disconnected);
+        }
+        if self.lost {
+            return Err(Misfit::Lost);
+        }
+        match self.status {
+            _ if self.maintenance => return Err(Misfit::Maintenance),
+            Status::Maintenance => return Err(Misfit::Maintenance),
+            Status::Full => return Err(Misfit::Full),
+            Status::Ready => {}
+            Status::Connected | Status::Offline => return Err(Misfit::NotReady),
+        }
         let req = need.requirements;
         if req.node_id.is_some_and(|id| id != self.uuid) {
             return Err(Misfit::NodeId);
@@ -229,19 +244,6 @@ impl Node {
         }
         if req.numa_local && self.report.numa_node.is_none() {
             return Err(Misfit::Numa);
-        }
-        if self.conn_id.is_none() {
-            return Err(Misfit::Disconnected);
-        }
-        if self.lost {
-            return Err(Misfit::Lost);
-        }
-        match self.status {
-            _ if self.maintenance => return Err(Misfit::Maintenance),
-            Status::Maintenance => return Err(Misfit::Maintenance),
-            Status::Full => return Err(Misfit::Full),
-            Status::Ready => {}
-            Status::Connected | Status::Offline => return Err(Misfit::NotReady),
         }
         if self.load_per_cpu() > cfg.load_threshold {
             return Err(Misfit::Load);

@@ -1,0 +1,183 @@
+//! Prometheus metrics (`--metrics ADDR`): the hub's summary, refreshed every second, served as
+//! text on `GET /metrics`.
+//!
+//! The HTTP side is deliberately tiny: one request per connection, request head bounded to
+//! 8 KiB and 5 s, anything but `GET /metrics` answered 404.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::hub::Summary;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// The scheduler's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    nodes: Family<StateLabel, Gauge>,
+    queued: Gauge,
+    oldest_wait: Gauge<f64, AtomicU64>,
+    placements: Counter,
+    refused: Counter,
+    reclaimed: Gauge,
+    brake: Gauge,
+    last: Summary,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("drover_scheduler");
+        let nodes = Family::<StateLabel, Gauge>::default();
+        registry.register("nodes", "Launchers by state", nodes.clone());
+        let queued = Gauge::default();
+        registry.register("queue_length", "STARTs waiting for room", queued.clone());
+        let oldest_wait = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "queue_oldest_wait_seconds",
+            "How long the oldest queued START has waited",
+            oldest_wait.clone(),
+        );
+        let placements = Counter::default();
+        registry.register("placements", "STARTs placed on a node", placements.clone());
+        let refused = Counter::default();
+        registry.register(
+            "refused_starts",
+            "STARTs refused (queue full or timed out, not permitted, duplicate)",
+            refused.clone(),
+        );
+        let reclaimed = Gauge::default();
+        registry.register(
+            "reclaimed_memory_mib",
+            "Memory charged below requests thanks to estimates",
+            reclaimed.clone(),
+        );
+        let brake = Gauge::default();
+        registry.register("node_loss_brake", "1 while most nodes are silent and NODE_LOST is held back", brake.clone());
+        Self { registry, nodes, queued, oldest_wait, placements, refused, reclaimed, brake, last: Summary::default() }
+    }
+
+    /// Takes in the latest summary.
+    pub fn update(&mut self, s: &Summary) {
+        let set = |state, n: usize| {
+            self.nodes.get_or_create(&StateLabel { state }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("ready", s.ready);
+        set("full", s.full);
+        set("maintenance", s.maintenance);
+        set("not_ready", s.not_ready);
+        set("disconnected", s.disconnected);
+        set("lost", s.lost);
+        self.queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_precision_loss)] // milliseconds of waiting fit an f64 exactly
+        self.oldest_wait.set(s.oldest_wait_ms as f64 / 1000.0);
+        self.placements.inc_by(s.placements.saturating_sub(self.last.placements));
+        self.refused.inc_by(s.refused.saturating_sub(self.last.refused));
+        self.reclaimed.set(i64::try_from(s.reclaimed_mb).unwrap_or(i64::MAX));
+        self.brake.set(i64::from(s.brake));
+        self.last = s.clone();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` from the text `snapshot` returns.
+pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(512);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
+            let (status, body) =
+                if wanted { ("200 OK", snapshot()) } else { ("404 Not Found", "try /metrics\n".to_owned()) };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_becomes_prometheus_text() {
+        let mut m = Metrics::new();
+        m.update(&Summary {
+            ready: 3,
+            lost: 1,
+            queued: 2,
+            placements: 10,
+            reclaimed_mb: 512,
+            brake: true,
+            ..Summary::default()
+        });
+        m.update(&Summary {
+            ready: 3,
+            lost: 1,
+            queued: 2,
+            placements: 15,
+            reclaimed_mb: 512,
+            brake: true,
+            ..Summary::default()
+        });
+        let text = m.encode();
+        for line in [
+            "drover_scheduler_nodes{state=\"ready\"} 3",
+            "drover_scheduler_nodes{state=\"lost\"} 1",
+            "drover_scheduler_queue_length 2",
+            "drover_scheduler_placements_total 15",
+            "drover_scheduler_reclaimed_memory_mib 512",
+            "drover_scheduler_node_loss_brake 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}

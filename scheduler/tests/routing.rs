@@ -1,0 +1,205 @@
+//! The scheduler over real TLS on loopback, with a raw controller and raw launchers: placement,
+//! forwarding, refusals, evacuation, queueing and node loss as a peer sees them.
+
+use clap::Parser as _;
+use drover_scheduler::cli::Args;
+use drover_scheduler::shell;
+use ssntp::client::{ClientOptions, Connection};
+use ssntp::payload::{
+    Backend, Evacuate, FailureReason, InstanceEvent, Message, NodeReport, Requirements, Restore, Start, Stop, WorkClass,
+};
+use ssntp::{Role, Uuid};
+use testutil::{Pki, PATIENCE};
+use tokio::net::TcpListener;
+
+struct Cluster {
+    addr: String,
+    pki: Pki,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Cluster {
+    async fn start(extra: &[&str]) -> Self {
+        let pki = Pki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let ca = pki.ca().display().to_string();
+        let cert = pki.cert("scheduler").display().to_string();
+        let key = pki.key("scheduler").display().to_string();
+        let mut argv =
+            vec!["drover-scheduler", "--cacert", &ca, "--cert", &cert, "--key", &key, "--failover-grace", "0s"];
+        argv.extend_from_slice(extra);
+        let prepared = shell::prepare(Args::try_parse_from(argv).unwrap()).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(shell::run_on(listener, prepared, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, pki, stop: Some(stop) }
+    }
+
+    async fn connect(&self, stem: &str, role: Role) -> Peer {
+        let uuid = Uuid::new_v4();
+        let opts = ClientOptions::new(vec![], self.pki.client_tls(stem), role, uuid);
+        Peer { conn: Connection::connect(&opts, &self.addr).await.unwrap(), uuid }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct Peer {
+    conn: Connection,
+    uuid: Uuid,
+}
+
+impl Peer {
+    async fn send(&mut self, m: Message) {
+        self.conn.send(&m).await.unwrap();
+    }
+
+    /// The next message that `pick` accepts, skipping others (events of other peers).
+    async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&ssntp::Frame, Message) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.conn.recv()).await;
+            match next {
+                Ok(Ok(Some((frame, message)))) => {
+                    if let Some(t) = pick(&frame, message) {
+                        return t;
+                    }
+                }
+                Ok(other) => panic!("{what}: connection ended: {other:?}"),
+                Err(_) => panic!("{what}: nothing within {PATIENCE:?}"),
+            }
+        }
+    }
+
+    async fn ready(&mut self, mem: u64, load: f64) {
+        let report = NodeReport {
+            node_uuid: self.uuid,
+            mem_total_mb: mem,
+            mem_available_mb: mem,
+            cpus_online: 2,
+            hostname: format!("node-{}", self.uuid.short()),
+            load,
+            features: vec!["process".into()],
+            ..Default::default()
+        };
+        self.send(Message::Ready(report)).await;
+    }
+}
+
+fn start(instance: Uuid, mem_mb: u64) -> Message {
+    Message::Start(Start {
+        instance_uuid: instance,
+        tenant_uuid: None,
+        workload_uuid: None,
+        class: WorkClass::Workorder,
+        priority: 0,
+        deadline_unix_ms: None,
+        requirements: Requirements { vcpus: 1, mem_mb, ..Default::default() },
+        backend: Backend::Process { argv: vec!["true".into()], env: Default::default() },
+        restart: false,
+        max_run_time_s: None,
+        workload_agent_uuid: None,
+    })
+}
+
+#[tokio::test]
+async fn placement_forwarding_refusals_evacuation_and_node_loss() {
+    testutil::init_tracing();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let cluster = Cluster::start(&["--node-ttl", "1s", "--node-grace", "1s", "--metrics", &metrics_addr]).await;
+    let mut ctl = cluster.connect("controller", Role::CONTROLLER).await;
+    let mut node = cluster.connect("agent", Role::AGENT).await;
+    let node_id = node.uuid;
+    ctl.expect("NODE_CONNECTED", |_, m| matches!(m, Message::NodeConnected(e) if e.node_uuid == node_id).then_some(()))
+        .await;
+
+    // Before READY the START waits, and the controller is told why.
+    let first = Uuid::new_v4();
+    ctl.send(start(first, 100)).await;
+    let reason =
+        ctl.expect("queued", |_, m| if let Message::InstanceQueued(q) = m { Some(q.reason) } else { None }).await;
+    assert_eq!(reason, "0 of 1 nodes fit: 1 not ready");
+    node.ready(1000, 0.0).await;
+    let placed = node.expect("START", |_, m| if let Message::Start(s) = m { Some(s) } else { None }).await;
+    assert_eq!((placed.instance_uuid, placed.workload_agent_uuid), (first, Some(node_id)));
+
+    // Launcher events reach the controller with the launcher as origin.
+    node.send(Message::InstanceStarted(InstanceEvent { instance_uuid: first, node_uuid: Some(node_id) })).await;
+    let origin = ctl.expect("started", |f, m| matches!(m, Message::InstanceStarted(_)).then_some(f.origin)).await;
+    assert_eq!(origin, node_id);
+
+    // A command for a node that is not connected is answered, not dropped.
+    let absent = Uuid::new_v4();
+    ctl.send(Message::Stop(Stop { instance_uuid: first, workload_agent_uuid: absent, grace_ms: None })).await;
+    let f = ctl.expect("stop failure", |_, m| if let Message::StopFailure(f) = m { Some(f) } else { None }).await;
+    assert_eq!(f.reason, FailureReason::NoNode);
+
+    // A backup controller may not command.
+    let mut backup = cluster.connect("controller", Role::CONTROLLER).await;
+    backup.send(start(Uuid::new_v4(), 10)).await;
+    let f = backup.expect("not permitted", |_, m| if let Message::StartFailure(f) = m { Some(f) } else { None }).await;
+    assert_eq!(f.reason, FailureReason::NotPermitted);
+
+    // Evacuation: forwarded, node closed at once, queued work placed after RESTORE.
+    ctl.send(Message::Evacuate(Evacuate { workload_agent_uuid: node_id, deadline_ms: None })).await;
+    node.expect("EVACUATE", |_, m| matches!(m, Message::Evacuate(_)).then_some(())).await;
+    let second = Uuid::new_v4();
+    ctl.send(start(second, 100)).await;
+    let reason =
+        ctl.expect("queued", |_, m| if let Message::InstanceQueued(q) = m { Some(q.reason) } else { None }).await;
+    assert_eq!(reason, "0 of 1 nodes fit: 1 maintenance");
+    ctl.send(Message::Restore(Restore { workload_agent_uuid: node_id })).await;
+    node.expect("RESTORE", |_, m| matches!(m, Message::Restore(_)).then_some(())).await;
+    let placed = node.expect("queued START", |_, m| if let Message::Start(s) = m { Some(s) } else { None }).await;
+    assert_eq!(placed.instance_uuid, second);
+
+    // Metrics show the placements (refreshed every second).
+    let scrape = || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&metrics_addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    testutil::assert_eventually!(|| async { scrape().await.contains("drover_scheduler_placements_total 2") });
+    assert!(scrape().await.starts_with("HTTP/1.1 200 OK"));
+
+    // Node loss: disconnected at once, lost with its instances after TTL + grace.
+    node.conn.close().await.unwrap();
+    ctl.expect("NODE_DISCONNECTED", |_, m| {
+        matches!(m, Message::NodeDisconnected(e) if e.node_uuid == node_id).then_some(())
+    })
+    .await;
+    let lost = ctl.expect("NODE_LOST", |_, m| if let Message::NodeLost(l) = m { Some(l) } else { None }).await;
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!((lost.node_uuid, lost.instances), (node_id, expected));
+}
+
+#[tokio::test]
+async fn invalid_knobs_are_refused_before_binding() {
+    let pki = Pki::new();
+    let ca = pki.ca().display().to_string();
+    let cert = pki.cert("scheduler").display().to_string();
+    for (flag, value) in
+        [("--cpu-overcommit", "0"), ("--mem-overcommit", "NaN"), ("--queue-max", "0"), ("--node-ttl", "0s")]
+    {
+        let args = Args::try_parse_from(["drover-scheduler", "--cacert", &ca, "--cert", &cert, flag, value]).unwrap();
+        let err = shell::prepare(args).unwrap_err().to_string();
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    assert!(Args::try_parse_from(["drover-scheduler", "--cacert", &ca, "--cert", &cert, "--policy", "random"]).is_err());
+    assert!(
+        Args::try_parse_from(["drover-scheduler", "--cacert", &ca, "--cert", &cert, "--estimate", "maybe"]).is_err()
+    );
+}
