@@ -203,3 +203,59 @@ async fn invalid_knobs_are_refused_before_binding() {
         Args::try_parse_from(["drover-scheduler", "--cacert", &ca, "--cert", &cert, "--estimate", "maybe"]).is_err()
     );
 }
+
+#[tokio::test]
+async fn refusals_over_tls_queue_full_timeout_duplicate_and_full_cn_retry() {
+    let cluster = Cluster::start(&["--queue-max", "1", "--queue-timeout", "1s"]).await;
+    let mut ctl = cluster.connect("controller", Role::CONTROLLER).await;
+    let failure = |instance: Uuid| {
+        move |_: &ssntp::Frame, m: Message| match m {
+            Message::StartFailure(f) if f.instance_uuid == instance => Some(f),
+            _ => None,
+        }
+    };
+
+    // No launcher yet: the first START waits, the second finds the queue full, and the first
+    // times out with the explanation.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    ctl.send(start(a, 10)).await;
+    ctl.send(start(b, 10)).await;
+    let f = ctl.expect("queue_full", failure(b)).await;
+    assert_eq!(f.reason, FailureReason::QueueFull);
+    assert!(f.detail.contains("no launcher has connected"), "{}", f.detail);
+    let f = ctl.expect("queue_timeout", failure(a)).await;
+    assert_eq!(f.reason, FailureReason::QueueTimeout);
+
+    // Two launchers; the first to be chosen refuses with full_cn and the START moves on.
+    let mut n1 = cluster.connect("agent", Role::AGENT).await;
+    let mut n2 = cluster.connect("agent", Role::AGENT).await;
+    n1.ready(1000, 0.0).await;
+    n2.ready(900, 0.0).await;
+    // Wait until both are READY at the scheduler: a START placed on n1 proves n1 is.
+    let c = Uuid::new_v4();
+    ctl.send(start(c, 10)).await;
+    let placed = n1
+        .expect(
+            "START on the node with most free memory",
+            |_, m| if let Message::Start(s) = m { Some(s) } else { None },
+        )
+        .await;
+    assert_eq!(placed.instance_uuid, c);
+    let refusal = ssntp::payload::StartFailure {
+        node_uuid: Some(n1.uuid),
+        instance_uuid: c,
+        reason: FailureReason::FullCn,
+        restart: false,
+        detail: "too many open files".into(),
+    };
+    n1.send(Message::StartFailure(refusal)).await;
+    let retried =
+        n2.expect("START retried elsewhere", |_, m| if let Message::Start(s) = m { Some(s) } else { None }).await;
+    assert_eq!((retried.instance_uuid, retried.workload_agent_uuid), (c, Some(n2.uuid)));
+
+    // A START for an instance already placed is refused, not placed twice.
+    ctl.send(start(c, 10)).await;
+    let f = ctl.expect("instance_exists", failure(c)).await;
+    assert_eq!(f.reason, FailureReason::InstanceExists);
+    assert!(!f.reason.is_fatal());
+}

@@ -431,11 +431,9 @@ impl Hub {
     }
 
     fn stats(&mut self, from: Uuid, stats: &ssntp::payload::Stats) {
-        let cfg = self.cfg.clone();
-        let estimator = &mut self.estimator;
-        let placed = &mut self.placed;
-        let pending = &mut self.pending_restarts;
-        self.nodes.update(&from, &cfg, |n| {
+        let (cfg, estimator, placed, pending) =
+            (&self.cfg, &mut self.estimator, &mut self.placed, &mut self.pending_restarts);
+        self.nodes.update(&from, cfg, |n| {
             for stat in &stats.instances {
                 let id = stat.instance_uuid;
                 if stat.state == InstanceState::Exited || stat.state == InstanceState::Stopped {

@@ -118,3 +118,60 @@ impl Queue {
         self.items.values().map(|q| now_ms.saturating_sub(q.since_ms)).max().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ssntp::payload::{Backend, Requirements};
+
+    fn start(id: u16, class: WorkClass, priority: u32, deadline: Option<u64>) -> Start {
+        let mut b = [0u8; 16];
+        b[..2].copy_from_slice(&id.to_be_bytes());
+        Start {
+            instance_uuid: Uuid::from_bytes(b),
+            tenant_uuid: None,
+            workload_uuid: None,
+            class,
+            priority,
+            deadline_unix_ms: deadline,
+            requirements: Requirements::default(),
+            backend: Backend::Sim { duration_ms: 1, mem_usage_mb: 0, exit_code: 0 },
+            restart: false,
+            max_run_time_s: None,
+            workload_agent_uuid: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn order_is_class_priority_deadline_arrival_and_the_bound_holds(
+            items in prop::collection::vec((any::<bool>(), 0u32..4, prop::option::of(0u64..5), 0u64..100), 0..60),
+            max in 1usize..40,
+        ) {
+            let mut q = Queue::new(max);
+            let mut accepted = Vec::new();
+            for (i, (batch, priority, deadline, expires)) in items.iter().enumerate() {
+                let class = if *batch { WorkClass::Batch } else { WorkClass::Workorder };
+                let item = Queued { start: start(i as u16, class, *priority, *deadline), from: Uuid::nil(), since_ms: 0, expires_ms: *expires, reason: String::new() };
+                match q.push(item) {
+                    Some(_) => accepted.push((class, std::cmp::Reverse(*priority), deadline.unwrap_or(u64::MAX), i, *expires)),
+                    None => prop_assert_eq!(accepted.len(), max, "refused only when full"),
+                }
+            }
+            prop_assert!(q.len() <= max);
+            let order: Vec<usize> = q.iter().map(|(_, item)| {
+                let b = item.start.instance_uuid.as_bytes();
+                usize::from(u16::from_be_bytes([b[0], b[1]]))
+            }).collect();
+            let mut expected = accepted.clone();
+            expected.sort();
+            prop_assert_eq!(order, expected.iter().map(|e| e.3).collect::<Vec<_>>());
+            // Expiry removes exactly the items whose time is up, and keeps the rest in order.
+            let expired = q.expire(50);
+            prop_assert!(expired.iter().all(|e| e.expires_ms <= 50));
+            prop_assert!(q.iter().all(|(_, e)| e.expires_ms > 50));
+            prop_assert_eq!(expired.len() + q.len(), accepted.len());
+        }
+    }
+}

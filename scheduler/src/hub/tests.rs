@@ -622,3 +622,52 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Liveness against a reference rule: a node is declared lost exactly when it has been
+    /// silent for TTL + grace, the scheduler is past its failover grace, and fewer than the
+    /// brake's share of nodes are silent; never twice.
+    #[test]
+    fn node_loss_follows_ttl_grace_brake_and_failover_rules(
+        nodes in 3usize..12,
+        // For each node: the second at which it goes silent (None: reports throughout).
+        silences in prop::collection::vec(prop::option::of(0u64..40), 12),
+        failover in 0u64..30,
+    ) {
+        let cfg = Config { node_ttl_ms: 5_000, node_grace_ms: 5_000, failover_grace_ms: failover * 1000, ..Config::default() };
+        let mut hub = Hub::new(u(0), cfg.clone(), at(0));
+        let ids: Vec<Uuid> = (0..nodes).map(|i| u(10 + i as u8)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            hub.handle(at(0), Input::Connected { conn_id: i as u64 + 1, uuid: *id, role: AGENT });
+        }
+        let mut lost: HashSet<Uuid> = HashSet::new();
+        let mut last_seen: HashMap<Uuid, u64> = ids.iter().map(|id| (*id, 0)).collect();
+        for sec in 1..=60u64 {
+            let now = at(sec);
+            for (i, id) in ids.iter().enumerate() {
+                let silent = silences[i].is_some_and(|s| sec >= s);
+                if !silent {
+                    hub.handle(now, Input::Message { from: *id, role: AGENT, frame: None, message: Message::Ready(report(*id, 2, 100, 0.0)) });
+                    last_seen.insert(*id, sec);
+                }
+            }
+            // Reference: what the rule allows at this tick.
+            let active: Vec<&Uuid> = ids.iter().filter(|id| !lost.contains(*id)).collect();
+            let silent = active.iter().filter(|id| sec - last_seen[**id] >= 5).count();
+            let brake = silent >= cfg.brake_min_nodes && silent as f64 >= cfg.brake_fraction * active.len() as f64;
+            let may_lose = !brake && sec * 1000 >= cfg.failover_grace_ms;
+            let due: HashSet<Uuid> = active.iter().filter(|id| sec - last_seen[**id] >= 10).map(|id| **id).collect();
+            let declared: HashSet<Uuid> = decode(hub.tick(now)).into_iter().filter_map(|(_, m)| if let Message::NodeLost(l) = m { Some(l.node_uuid) } else { None }).collect();
+            if may_lose {
+                prop_assert_eq!(&declared, &due, "at {}s", sec);
+            } else {
+                prop_assert!(declared.is_empty(), "declared {:?} at {}s with brake {} failover {}", declared, sec, brake, failover);
+            }
+            prop_assert!(declared.is_disjoint(&lost), "declared twice");
+            lost.extend(declared);
+            prop_assert_eq!(hub.summary(now).brake, brake);
+        }
+    }
+}
