@@ -153,7 +153,7 @@ mod tests {
             let mut accepted = Vec::new();
             for (i, (batch, priority, deadline, expires)) in items.iter().enumerate() {
                 let class = if *batch { WorkClass::Batch } else { WorkClass::Workorder };
-                let item = Queued { start: start(i as u16, class, *priority, *deadline), from: Uuid::nil(), since_ms: 0, expires_ms: *expires, reason: String::new() };
+                let item = Queued { start: start(u16::try_from(i).unwrap(), class, *priority, *deadline), from: Uuid::nil(), since_ms: 0, expires_ms: *expires, reason: String::new() };
                 match q.push(item) {
                     Some(_) => accepted.push((class, std::cmp::Reverse(*priority), deadline.unwrap_or(u64::MAX), i, *expires)),
                     None => prop_assert_eq!(accepted.len(), max, "refused only when full"),

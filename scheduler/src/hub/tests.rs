@@ -631,16 +631,16 @@ proptest! {
     /// brake's share of nodes are silent; never twice.
     #[test]
     fn node_loss_follows_ttl_grace_brake_and_failover_rules(
-        nodes in 3usize..12,
+        nodes in 3u8..12,
         // For each node: the second at which it goes silent (None: reports throughout).
         silences in prop::collection::vec(prop::option::of(0u64..40), 12),
         failover in 0u64..30,
     ) {
         let cfg = Config { node_ttl_ms: 5_000, node_grace_ms: 5_000, failover_grace_ms: failover * 1000, ..Config::default() };
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
-        let ids: Vec<Uuid> = (0..nodes).map(|i| u(10 + i as u8)).collect();
+        let ids: Vec<Uuid> = (0..nodes).map(|i| u(10 + i)).collect();
         for (i, id) in ids.iter().enumerate() {
-            hub.handle(at(0), Input::Connected { conn_id: i as u64 + 1, uuid: *id, role: AGENT });
+            hub.handle(at(0), Input::Connected { conn_id: u64::try_from(i).unwrap() + 1, uuid: *id, role: AGENT });
         }
         let mut lost: HashSet<Uuid> = HashSet::new();
         let mut last_seen: HashMap<Uuid, u64> = ids.iter().map(|id| (*id, 0)).collect();
