@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use drover_cert::IssueRequest;
 use ssntp::client::{ClientEvent, ClientHandle};
-use ssntp::payload::{Backend, FailureReason, LogFetch, Message, Requirements, Start, WorkClass};
+use ssntp::payload::{Backend, FailureReason, LogFetch, Message, Requirements, Start};
 use ssntp::tls::{Identity, TlsPaths};
 use ssntp::{Role, Uuid};
 use tokio::process::{Child, Command};
@@ -127,19 +127,10 @@ fn last_heartbeat(log: &Path) -> Option<String> {
 
 fn demo_start(instance: Uuid) -> Message {
     let script = "echo \"hello from drover: instance $PWD\"; echo \"running on $(uname -n), $(uname -sr)\"; date";
-    Message::Start(Start {
-        instance_uuid: instance,
-        tenant_uuid: None,
-        workload_uuid: None,
-        class: WorkClass::Workorder,
-        priority: 0,
-        deadline_unix_ms: None,
-        requirements: Requirements { vcpus: 1, mem_mb: 32, ..Default::default() },
-        backend: Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() },
-        restart: false,
-        max_run_time_s: Some(60),
-        workload_agent_uuid: None,
-    })
+    let requirements = Requirements { vcpus: 1, mem_mb: 32, ..Default::default() };
+    let backend =
+        Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() };
+    Message::Start(Start { max_run_time_s: Some(60), ..Start::new(instance, requirements, backend) })
 }
 
 /// Sends the demo workload and prints its output. Retries START while the launcher is not yet

@@ -240,22 +240,10 @@ fn clean_up(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ssntp::payload::{Requirements, WorkClass};
+    use ssntp::payload::Requirements;
 
     fn start(id: Uuid, backend: Backend) -> Start {
-        Start {
-            instance_uuid: id,
-            tenant_uuid: None,
-            workload_uuid: None,
-            class: WorkClass::Workorder,
-            priority: 0,
-            deadline_unix_ms: None,
-            requirements: Requirements { vcpus: 1, mem_mb: 16, ..Default::default() },
-            backend,
-            restart: false,
-            max_run_time_s: None,
-            workload_agent_uuid: None,
-        }
+        Start::new(id, Requirements { vcpus: 1, mem_mb: 16, ..Default::default() }, backend)
     }
 
     fn sh(script: &str) -> Backend {

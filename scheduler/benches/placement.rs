@@ -15,7 +15,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use drover_scheduler::hub::nodes::{Need, Node, NodeTable, Placed};
 use drover_scheduler::hub::{placement, Config, Hub, Input, Now, Policy};
-use ssntp::payload::{Backend, InstanceEvent, Message, NodeReport, Requirements, Start, WorkClass};
+use ssntp::payload::{Backend, InstanceEvent, Message, NodeReport, Requirements, Start};
 use ssntp::{Role, Status, Uuid};
 
 fn uuid(i: u64) -> Uuid {
@@ -114,18 +114,12 @@ fn start_to_forward(c: &mut Criterion) {
         hub.handle(now, Input::Message { from: id, role: Role::AGENT, frame: None, message: Message::Ready(report) });
     }
     let instance = uuid(7);
+    let backend = Backend::Process { argv: vec!["/bin/sleep".into(), "60".into()], env: BTreeMap::new() };
+    let requirements = Requirements { vcpus: 1, mem_mb: 512, ..Default::default() };
     let start = Message::Start(Start {
-        instance_uuid: instance,
         tenant_uuid: Some(uuid(8)),
         workload_uuid: Some(uuid(9)),
-        class: WorkClass::Workorder,
-        priority: 0,
-        deadline_unix_ms: None,
-        requirements: Requirements { vcpus: 1, mem_mb: 512, ..Default::default() },
-        backend: Backend::Process { argv: vec!["/bin/sleep".into(), "60".into()], env: BTreeMap::new() },
-        restart: false,
-        max_run_time_s: None,
-        workload_agent_uuid: None,
+        ..Start::new(instance, requirements, backend)
     });
     let frame = start.to_frame(ctl);
     c.bench_function("start_to_forward/1000_nodes", |b| {

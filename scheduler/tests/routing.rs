@@ -6,7 +6,7 @@ use drover_scheduler::cli::Args;
 use drover_scheduler::shell;
 use ssntp::client::{ClientOptions, Connection};
 use ssntp::payload::{
-    Backend, Evacuate, FailureReason, InstanceEvent, Message, NodeReport, Requirements, Restore, Start, Stop, WorkClass,
+    Backend, Evacuate, FailureReason, InstanceEvent, Message, NodeReport, Requirements, Restore, Start, Stop,
 };
 use ssntp::{Role, Uuid};
 use testutil::{Pki, PATIENCE};
@@ -95,19 +95,11 @@ impl Peer {
 }
 
 fn start(instance: Uuid, mem_mb: u64) -> Message {
-    Message::Start(Start {
-        instance_uuid: instance,
-        tenant_uuid: None,
-        workload_uuid: None,
-        class: WorkClass::Workorder,
-        priority: 0,
-        deadline_unix_ms: None,
-        requirements: Requirements { vcpus: 1, mem_mb, ..Default::default() },
-        backend: Backend::Process { argv: vec!["true".into()], env: Default::default() },
-        restart: false,
-        max_run_time_s: None,
-        workload_agent_uuid: None,
-    })
+    Message::Start(Start::new(
+        instance,
+        Requirements { vcpus: 1, mem_mb, ..Default::default() },
+        Backend::Process { argv: vec!["true".into()], env: Default::default() },
+    ))
 }
 
 #[tokio::test]

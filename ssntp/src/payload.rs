@@ -381,6 +381,26 @@ pub struct Start {
     pub workload_agent_uuid: Option<Uuid>,
 }
 
+impl Start {
+    /// A workorder START with the given essentials and every optional field empty; set the
+    /// others by field (`Start { priority: 3, ..Start::new(…) }`).
+    pub fn new(instance_uuid: Uuid, requirements: Requirements, backend: Backend) -> Self {
+        Self {
+            instance_uuid,
+            tenant_uuid: None,
+            workload_uuid: None,
+            class: WorkClass::Workorder,
+            priority: 0,
+            deadline_unix_ms: None,
+            requirements,
+            backend,
+            restart: false,
+            max_run_time_s: None,
+            workload_agent_uuid: None,
+        }
+    }
+}
+
 /// STOP (COMMAND 2): stop an instance, keep its results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stop {

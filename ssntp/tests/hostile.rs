@@ -113,19 +113,11 @@ async fn offenders_are_closed_and_an_honest_client_keeps_working() {
 
     // 6. A frame the agent role may not send (START is a controller's command).
     let mut peer = offender(&server, &pki).await;
-    let start = Message::Start(ssntp::payload::Start {
-        instance_uuid: Uuid::new_v4(),
-        tenant_uuid: None,
-        workload_uuid: None,
-        class: ssntp::payload::WorkClass::Workorder,
-        priority: 0,
-        deadline_unix_ms: None,
-        requirements: ssntp::payload::Requirements { vcpus: 1, mem_mb: 32, ..Default::default() },
-        backend: ssntp::payload::Backend::Sim { duration_ms: 1, mem_usage_mb: 1, exit_code: 0 },
-        restart: false,
-        max_run_time_s: None,
-        workload_agent_uuid: None,
-    });
+    let start = Message::Start(ssntp::payload::Start::new(
+        Uuid::new_v4(),
+        ssntp::payload::Requirements { vcpus: 1, mem_mb: 32, ..Default::default() },
+        ssntp::payload::Backend::Sim { duration_ms: 1, mem_usage_mb: 1, exit_code: 0 },
+    ));
     assert_eq!(start.kind(), Kind::Command(Command::Start));
     peer.send_message(&start).await.unwrap();
     assert_eq!(error_then_close(&mut peer).await, ErrorCode::InvalidFrameType);

@@ -128,18 +128,12 @@ mod tests {
     fn start(id: u16, class: WorkClass, priority: u32, deadline: Option<u64>) -> Start {
         let mut b = [0u8; 16];
         b[..2].copy_from_slice(&id.to_be_bytes());
+        let backend = Backend::Sim { duration_ms: 1, mem_usage_mb: 0, exit_code: 0 };
         Start {
-            instance_uuid: Uuid::from_bytes(b),
-            tenant_uuid: None,
-            workload_uuid: None,
             class,
             priority,
             deadline_unix_ms: deadline,
-            requirements: Requirements::default(),
-            backend: Backend::Sim { duration_ms: 1, mem_usage_mb: 0, exit_code: 0 },
-            restart: false,
-            max_run_time_s: None,
-            workload_agent_uuid: None,
+            ..Start::new(Uuid::from_bytes(b), Requirements::default(), backend)
         }
     }
 

@@ -37,19 +37,11 @@ fn report(node: Uuid, cpus: u32, mem: u64, load: f64) -> NodeReport {
 }
 
 fn start(instance: Uuid, vcpus: u32, mem_mb: u64) -> Start {
-    Start {
-        instance_uuid: instance,
-        tenant_uuid: None,
-        workload_uuid: None,
-        class: WorkClass::Workorder,
-        priority: 0,
-        deadline_unix_ms: None,
-        requirements: Requirements { vcpus, mem_mb, ..Default::default() },
-        backend: Backend::Sim { duration_ms: 1, mem_usage_mb: 1, exit_code: 0 },
-        restart: false,
-        max_run_time_s: None,
-        workload_agent_uuid: None,
-    }
+    Start::new(
+        instance,
+        Requirements { vcpus, mem_mb, ..Default::default() },
+        Backend::Sim { duration_ms: 1, mem_usage_mb: 1, exit_code: 0 },
+    )
 }
 
 struct Rig {
