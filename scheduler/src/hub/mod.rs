@@ -37,8 +37,10 @@ use self::nodes::{Need, Node, NodeTable, Placed};
 pub use self::placement::Policy;
 use self::queue::{Queue, Queued};
 
-/// How many queued STARTs one event may try to place (bounds the work per event).
+/// How many queued STARTs one event may place (bounds the work per event).
 const DRAIN_LIMIT: usize = 256;
+/// How many queued STARTs one event may look at, from the head of the queue.
+const LOOK_LIMIT: usize = 4096;
 
 /// The scheduler's knobs (the command line's, validated).
 #[derive(Debug, Clone, PartialEq)]
@@ -416,7 +418,8 @@ impl Hub {
             // Other launcher events and errors: every controller (ciao's role rule).
             _ => out.push(Output::ToControllers(frame)),
         }
-        self.drain(now, &mut out);
+        // A report or a departed instance can only make room on this node.
+        self.drain_on(from, &mut out);
         out
     }
 
@@ -475,9 +478,7 @@ impl Hub {
         }
         let target = match &message {
             Message::Start(start) => {
-                let mut out = self.place_or_queue(now, from, start.clone(), None);
-                self.drain(now, &mut out);
-                return out;
+                return self.place_or_queue(now, from, start.clone(), None);
             }
             Message::Configure(c) => return vec![Output::Configure(c.config.clone())],
             Message::TraceReport(_) => return vec![Output::ToControllers(frame)],
@@ -505,7 +506,7 @@ impl Hub {
             _ => {}
         }
         let mut out = vec![Output::To { peer: target, frame }];
-        self.drain(now, &mut out);
+        self.drain_on(target, &mut out); // RESTORE reopens the node
         out
     }
 
@@ -578,18 +579,38 @@ impl Hub {
         Some(Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) })
     }
 
-    /// Tries queued STARTs in order after something changed.
+    /// Tries queued STARTs in order on any node (the tick's sweep).
     fn drain(&mut self, _now: Now, out: &mut Vec<Output>) {
         if self.queue.is_empty() || self.nodes.most_free().next().is_none() {
             return;
         }
-        let keys: Vec<_> = self.queue.iter().take(DRAIN_LIMIT).map(|(k, _)| *k).collect();
-        for key in keys {
-            let Some((from, start)) =
-                self.queue.iter().find(|(k, _)| **k == key).map(|(_, q)| (q.from, q.start.clone()))
-            else {
-                continue;
-            };
+        self.drain_where(out, |_, _| true);
+    }
+
+    /// Tries queued STARTs in order that fit `node` (something there changed). Costs one fit
+    /// check per queued START looked at, whatever the cluster's size.
+    fn drain_on(&mut self, node: Uuid, out: &mut Vec<Output>) {
+        if self.queue.is_empty() || !self.nodes.get(&node).is_some_and(Node::is_open) {
+            return;
+        }
+        self.drain_where(out, |hub, start| {
+            let need = hub.need(start);
+            hub.nodes.get(&node).is_some_and(|n| n.check(&need, &hub.cfg).is_ok())
+        });
+    }
+
+    /// Places, in queue order, up to [`DRAIN_LIMIT`] queued STARTs among the first
+    /// [`LOOK_LIMIT`] for which `worth_trying` holds and a node fits.
+    fn drain_where(&mut self, out: &mut Vec<Output>, worth_trying: impl Fn(&Self, &Start) -> bool) {
+        let candidates: Vec<_> = self
+            .queue
+            .iter()
+            .take(LOOK_LIMIT)
+            .filter(|(_, q)| worth_trying(self, &q.start))
+            .take(DRAIN_LIMIT)
+            .map(|(k, q)| (*k, q.from, q.start.clone()))
+            .collect();
+        for (key, from, start) in candidates {
             if let Some(forward) = self.try_place(from, &start, None) {
                 self.queue.remove(&key);
                 out.push(forward);
