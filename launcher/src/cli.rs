@@ -29,4 +29,7 @@ pub struct Args {
     /// Memory kept back for the system, MiB (not offered to workloads).
     #[arg(long, default_value_t = 256)]
     pub mem_reserve_mb: u64,
+    /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    pub cgroup_root: PathBuf,
 }

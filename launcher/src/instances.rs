@@ -1,24 +1,71 @@
-//! The instances on this node.
+//! The instances on this node, and their survival across launcher restarts.
 //!
-//! Each instance gets `<state>/instances/<uuid>/` as its working directory, with stdout and
-//! stderr in `results/output.txt`. A `process` instance runs in its own process group (so a
-//! stop reaches its children, and a launcher crash does not kill it); a `sim` instance only
-//! waits. When an instance ends, a watcher task reports an [`Exit`] on the channel given to
-//! [`Instances::new`], and everything in its directory except `results/` is removed.
+//! Each instance gets `<state>/instances/<uuid>/` (see [`crate::state`] for the files). A
+//! `process` instance runs under a [`crate::shim`] in its own process group, inside its own
+//! cgroups when the node has them; a `sim` instance is a timer in the launcher. A watcher task
+//! per instance turns the shim's files into [`Event`]s; a restarted launcher calls
+//! [`Instances::adopt`] to pick every instance up again from disk.
+//!
+//! An instance's end is persisted (`state.json`) and re-reported after every reconnect until
+//! [`Instances::reported`] marks it delivered.
 
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use ssntp::payload::{Backend, ExitReason, FailureReason, Start};
+use ssntp::payload::{Backend, ExitReason, FailureReason, InstanceStat, InstanceState, Start};
 use ssntp::Uuid;
 use tokio::sync::mpsc;
 
+use crate::cgroup::Cgroups;
+use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, ShimSpec};
+
 /// Time between SIGTERM and SIGKILL when stopping.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often a watcher looks at an instance's files.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How to start a shim: the launcher binary and the arguments before `--dir`.
+#[derive(Debug, Clone)]
+pub struct ShimCommand {
+    /// Program (normally this launcher's own executable).
+    pub program: PathBuf,
+    /// Leading arguments (normally `["shim"]`).
+    pub args: Vec<String>,
+}
+
+impl ShimCommand {
+    /// This executable's `shim` mode.
+    ///
+    /// # Errors
+    /// The executable's path cannot be found.
+    pub fn current() -> std::io::Result<Self> {
+        Ok(Self { program: std::env::current_exe()?, args: vec!["shim".into()] })
+    }
+}
+
+/// Something that happened to an instance, for the shell to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The workload runs (its PID).
+    Started {
+        /// The instance.
+        instance: Uuid,
+        /// The workload's PID (0 for `sim`).
+        pid: u32,
+    },
+    /// The workload could not be started; the detail is for the operator.
+    StartFailed {
+        /// The instance.
+        instance: Uuid,
+        /// Why.
+        detail: String,
+    },
+    /// The workload ended.
+    Exited(Exit),
+}
 
 /// An instance's workload ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +80,12 @@ pub struct Exit {
 
 #[derive(Debug)]
 struct Instance {
-    /// Process group of a `process` instance while it runs.
-    pgid: Option<i32>,
+    record: InstanceRecord,
+    /// The workload's PID (= its process group), once known.
+    pid: Option<u32>,
+    running: bool,
     /// Ends a `sim` instance early.
     cancel: Option<tokio::sync::oneshot::Sender<()>>,
-    running: bool,
-    stop_requested: bool,
 }
 
 /// A refusal: the reason for the wire and a sentence for the operator.
@@ -48,14 +95,35 @@ pub type Refusal = (FailureReason, String);
 #[derive(Debug)]
 pub struct Instances {
     root: PathBuf,
+    shim: ShimCommand,
+    cgroups: Cgroups,
     table: HashMap<Uuid, Instance>,
-    exits: mpsc::Sender<Exit>,
+    events: mpsc::Sender<Event>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+fn exit_of(record: &ExitRecord, instance: Uuid) -> Exit {
+    Exit { instance, code: record.code, reason: record.reason }
 }
 
 impl Instances {
-    /// Instances under `<state_dir>/instances`, reporting exits on `exits`.
-    pub fn new(state_dir: &Path, exits: mpsc::Sender<Exit>) -> Self {
-        Self { root: state_dir.join("instances"), table: HashMap::new(), exits }
+    /// Instances under `<state_dir>/instances`, reporting on `events`.
+    pub fn new(state_dir: &Path, shim: ShimCommand, cgroups: Cgroups, events: mpsc::Sender<Event>) -> Self {
+        Self { root: state_dir.join("instances"), shim, cgroups, table: HashMap::new(), events }
+    }
+
+    /// The cgroup interface in use.
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
     }
 
     /// Working directory of an instance.
@@ -65,7 +133,7 @@ impl Instances {
 
     /// Output file of an instance.
     pub fn output(&self, instance: Uuid) -> PathBuf {
-        self.dir(instance).join("results").join("output.txt")
+        self.dir(instance).join(files::RESULTS).join(files::OUTPUT)
     }
 
     /// Number of instances still running.
@@ -73,10 +141,100 @@ impl Instances {
         self.table.values().filter(|i| i.running).count()
     }
 
+    /// vCPUs and memory (MiB) requested by the running instances.
+    pub fn allocated(&self) -> (u32, u64) {
+        self.table.values().filter(|i| i.running).fold((0, 0), |(c, m), i| {
+            let r = &i.record.start.requirements;
+            (c.saturating_add(r.vcpus), m.saturating_add(r.mem_mb))
+        })
+    }
+
+    /// The workload PID of an instance, if known.
+    pub fn pid(&self, instance: Uuid) -> Option<u32> {
+        self.table.get(&instance).and_then(|i| i.pid)
+    }
+
+    /// Whether an instance is on this node.
+    pub fn contains(&self, instance: Uuid) -> bool {
+        self.table.contains_key(&instance)
+    }
+
+    /// Whether an instance is running.
+    pub fn is_running(&self, instance: Uuid) -> bool {
+        self.table.get(&instance).is_some_and(|i| i.running)
+    }
+
+    fn persist(&self, id: Uuid) {
+        if let Some(i) = self.table.get(&id) {
+            if let Err(e) = write_json(&self.dir(id).join(files::STATE), &i.record) {
+                tracing::error!(instance = %id, error = %e, "cannot persist instance state");
+            }
+        }
+    }
+
+    /// Picks up every instance on disk after a launcher start: running ones are watched again
+    /// (same PIDs), ended ones whose end was not reported are returned for reporting. An
+    /// unreadable record is reported and its workload stopped: without its record the launcher
+    /// cannot account for it, and the controller restarts it elsewhere.
+    pub fn adopt(&mut self) -> Vec<Event> {
+        let mut report = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return report };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
+            let dir = entry.path();
+            let pid: Option<u32> =
+                std::fs::read_to_string(dir.join(files::PID)).ok().and_then(|p| p.trim().parse().ok());
+            let record: Option<InstanceRecord> = match read_json(&dir.join(files::STATE)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "instance state unreadable; stopping its workload and reporting it");
+                    None
+                }
+            };
+            let Some(mut record) = record else {
+                if let Some(pid) = pid.filter(|p| alive(*p)).and_then(|p| i32::try_from(p).ok()) {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                crate::shim::clean_up(&dir);
+                let _ = std::fs::remove_file(dir.join(files::STATE));
+                report.push(Event::Exited(Exit { instance: id, code: None, reason: ExitReason::Unknown }));
+                continue;
+            };
+            if record.exit.is_none() {
+                if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.join(files::EXIT)) {
+                    record.exit = Some(exit);
+                }
+            }
+            let running = record.exit.is_none();
+            let instance = Instance { record: record.clone(), pid, running, cancel: None };
+            self.table.insert(id, instance);
+            match (&record.exit, &record.start.backend) {
+                (Some(exit), _) => {
+                    self.persist(id);
+                    if !record.exit_reported {
+                        report.push(Event::Exited(exit_of(exit, id)));
+                    }
+                }
+                (None, Backend::Sim { duration_ms, exit_code, .. }) => {
+                    let remaining = (record.started_unix_ms + duration_ms).saturating_sub(unix_ms());
+                    let cancel = self.spawn_sim(id, Duration::from_millis(remaining), *exit_code);
+                    if let Some(i) = self.table.get_mut(&id) {
+                        i.cancel = Some(cancel);
+                    }
+                }
+                (None, _) => {
+                    tracing::info!(instance = %id, ?pid, "re-adopted running instance");
+                    tokio::spawn(watch(dir, id, pid, self.events.clone()));
+                }
+            }
+        }
+        report
+    }
+
     /// Starts an instance.
     ///
     /// # Errors
-    /// A duplicate, an unsupported backend, an empty command, or a spawn failure.
+    /// A duplicate, an unsupported backend, an empty command, or a launch failure.
     pub fn start(&mut self, start: &Start) -> Result<(), Refusal> {
         let id = start.instance_uuid;
         if let Some(existing) = self.table.get(&id) {
@@ -84,70 +242,90 @@ impl Instances {
             return Err((reason, format!("instance {id} is already on this node")));
         }
         let dir = self.dir(id);
-        let results = dir.join("results");
-        std::fs::create_dir_all(&results)
-            .map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", results.display())))?;
-        let instance = match &start.backend {
-            Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env)?,
+        let results = dir.join(files::RESULTS);
+        let launch = |e: &dyn std::fmt::Display| (FailureReason::LaunchFailure, e.to_string());
+        std::fs::create_dir_all(&results).map_err(|e| launch(&format!("{}: {e}", results.display())))?;
+        let mut record = InstanceRecord {
+            start: start.clone(),
+            started_unix_ms: unix_ms(),
+            stop_requested: false,
+            exit: None,
+            exit_reported: false,
+            cgroups: Vec::new(),
+        };
+        let result = match &start.backend {
+            Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env, &mut record).map(|()| None),
             Backend::Sim { duration_ms, exit_code, .. } => {
-                self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)
+                Ok(Some(self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)))
             }
             Backend::Oci { .. } => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".into()));
+                Err((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".into()))
             }
         };
-        self.table.insert(id, instance);
+        let cancel = match result {
+            Ok(cancel) => cancel,
+            Err(refusal) => {
+                self.cgroups.remove(&record.cgroups);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(refusal);
+            }
+        };
+        self.table.insert(id, Instance { record, pid: None, running: true, cancel });
+        self.persist(id);
         Ok(())
     }
 
     fn spawn_process(
-        &self,
+        &mut self,
         id: Uuid,
         dir: &Path,
         argv: &[String],
         env: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Instance, Refusal> {
-        let Some((program, args)) = argv.split_first() else {
+        record: &mut InstanceRecord,
+    ) -> Result<(), Refusal> {
+        if argv.is_empty() {
             return Err((FailureReason::InvalidData, "argv is empty".into()));
+        }
+        let req = &record.start.requirements;
+        if !matches!(self.cgroups, Cgroups::Unavailable { .. }) && (req.mem_mb > 0 || req.vcpus > 0) {
+            record.cgroups = self
+                .cgroups
+                .create(&id.to_string(), req.mem_mb, req.vcpus)
+                .map_err(|e| (FailureReason::LaunchFailure, e))?;
+        }
+        let spec = ShimSpec {
+            argv: argv.to_vec(),
+            env: env.clone(),
+            cgroups: record.cgroups.clone(),
+            max_run_time_s: record.start.max_run_time_s,
         };
-        let output =
-            std::fs::File::create(self.output(id)).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
-        let stderr = output.try_clone().map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .envs(env)
-            .current_dir(dir)
+        write_json(&dir.join(files::SPEC), &spec).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        write_json(&dir.join(files::STATE), &*record).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        // The shim gets its own process group: a signal to the launcher's group (Ctrl-C in a
+        // terminal) must not reach it. Tokio reaps it if it ends while this launcher runs.
+        tokio::process::Command::new(&self.shim.program)
+            .args(&self.shim.args)
+            .arg("--dir")
+            .arg(dir)
             .stdin(std::process::Stdio::null())
-            .stdout(output)
-            .stderr(stderr)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| (FailureReason::LaunchFailure, format!("cannot run {program:?}: {e}")))?;
-        let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
-        let exits = self.exits.clone();
-        let dir = dir.to_owned();
-        tokio::spawn(async move {
-            let (code, reason) = match child.wait().await {
-                Ok(status) => match (status.code(), status.signal()) {
-                    (Some(0), _) => (Some(0), ExitReason::Completed),
-                    (Some(code), _) => (Some(code), ExitReason::Failed),
-                    (None, Some(_)) => (None, ExitReason::Killed),
-                    (None, None) => (None, ExitReason::Unknown),
-                },
-                Err(_) => (None, ExitReason::Unknown),
-            };
-            clean_up(&dir);
-            let _ = exits.send(Exit { instance: id, code, reason }).await;
-        });
-        Ok(Instance { pgid, cancel: None, running: true, stop_requested: false })
+            .map_err(|e| {
+                (FailureReason::LaunchFailure, format!("cannot start the shim {}: {e}", self.shim.program.display()))
+            })?;
+        tokio::spawn(watch(dir.to_owned(), id, None, self.events.clone()));
+        Ok(())
     }
 
-    fn spawn_sim(&self, id: Uuid, duration: Duration, exit_code: i32) -> Instance {
+    /// Runs a `sim` instance for `duration`; returns the handle that ends it early.
+    fn spawn_sim(&self, id: Uuid, duration: Duration, exit_code: i32) -> tokio::sync::oneshot::Sender<()> {
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        let exits = self.exits.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
+            let _ = events.send(Event::Started { instance: id, pid: 0 }).await;
             let exit = tokio::select! {
                 () = tokio::time::sleep(duration) => {
                     let reason = if exit_code == 0 { ExitReason::Completed } else { ExitReason::Failed };
@@ -155,47 +333,81 @@ impl Instances {
                 }
                 _ = cancelled => Exit { instance: id, code: None, reason: ExitReason::Killed },
             };
-            let _ = exits.send(exit).await;
+            let _ = events.send(Event::Exited(exit)).await;
         });
-        Instance { pgid: None, cancel: Some(cancel), running: true, stop_requested: false }
+        cancel
     }
 
-    /// Stops a running instance: SIGTERM to its process group, SIGKILL after `grace`. Its
-    /// [`Exit`] arrives on the channel; [`Instances::exited`] then says it was a stop.
+    /// Records that an instance's workload runs with this PID.
+    pub fn started(&mut self, id: Uuid, pid: u32) {
+        if let Some(i) = self.table.get_mut(&id) {
+            i.pid = (pid != 0).then_some(pid);
+        }
+    }
+
+    /// Records an end; returns whether it was the result of a stop request. The end is
+    /// persisted; the instance directory keeps `results/` and `state.json` only.
+    pub fn exited(&mut self, exit: &Exit) -> bool {
+        let Some(i) = self.table.get_mut(&exit.instance) else { return false };
+        i.running = false;
+        i.pid = None;
+        i.cancel = None;
+        i.record.exit = Some(ExitRecord { code: exit.code, signal: None, reason: exit.reason });
+        let stopped = i.record.stop_requested;
+        let cgroups = std::mem::take(&mut i.record.cgroups);
+        self.cgroups.remove(&cgroups);
+        self.persist(exit.instance);
+        let dir = self.dir(exit.instance);
+        for f in [files::SPEC, files::PID, files::EXIT] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        stopped
+    }
+
+    /// Marks an instance's end as delivered to the scheduler.
+    pub fn reported(&mut self, id: Uuid) {
+        if let Some(i) = self.table.get_mut(&id) {
+            i.record.exit_reported = true;
+            self.persist(id);
+        }
+    }
+
+    /// Ends not yet delivered (to re-send after a reconnect).
+    pub fn unreported(&self) -> Vec<(Exit, bool)> {
+        self.table
+            .iter()
+            .filter_map(|(id, i)| {
+                let e = i.record.exit.as_ref().filter(|_| !i.record.exit_reported)?;
+                Some((exit_of(e, *id), i.record.stop_requested))
+            })
+            .collect()
+    }
+
+    /// Stops a running instance: SIGTERM to its process group, SIGKILL after `grace`. Its end
+    /// arrives as an event and is reported as a stop.
     ///
     /// # Errors
     /// No such instance.
     pub fn stop(&mut self, id: Uuid, grace: Duration) -> Result<(), Refusal> {
         let instance = self.table.get_mut(&id).ok_or((FailureReason::NoInstance, format!("no instance {id} here")))?;
-        instance.stop_requested = true;
         if !instance.running {
             return Ok(());
         }
+        instance.record.stop_requested = true;
         if let Some(cancel) = instance.cancel.take() {
             let _ = cancel.send(());
         }
-        if let Some(pgid) = instance.pgid {
+        if let Some(pgid) = instance.pid.and_then(|p| i32::try_from(p).ok()) {
             let group = Pid::from_raw(pgid);
             let _ = killpg(group, Signal::SIGTERM);
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                // The group is gone when every member exited; ESRCH is the expected answer.
+                // ESRCH (the group is gone) is the expected answer.
                 let _ = killpg(group, Signal::SIGKILL);
             });
         }
+        self.persist(id);
         Ok(())
-    }
-
-    /// Records an exit; returns whether it was the result of a stop request.
-    pub fn exited(&mut self, exit: &Exit) -> bool {
-        match self.table.get_mut(&exit.instance) {
-            Some(instance) => {
-                instance.running = false;
-                instance.pgid = None;
-                instance.stop_requested
-            }
-            None => false,
-        }
     }
 
     /// Removes an instance and its results (stopping it first if it runs).
@@ -204,7 +416,9 @@ impl Instances {
     /// No such instance.
     pub fn delete(&mut self, id: Uuid) -> Result<(), Refusal> {
         self.stop(id, Duration::ZERO)?;
-        self.table.remove(&id);
+        if let Some(i) = self.table.remove(&id) {
+            self.cgroups.remove(&i.record.cgroups);
+        }
         let _ = std::fs::remove_dir_all(self.dir(id));
         Ok(())
     }
@@ -215,104 +429,112 @@ impl Instances {
     /// # Errors
     /// No such instance or unreadable output.
     pub fn tail(&self, id: Uuid, max_bytes: u32) -> Result<(String, bool), Refusal> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
         if !self.table.contains_key(&id) {
             return Err((FailureReason::NoInstance, format!("no instance {id} here")));
         }
-        let bytes = std::fs::read(self.output(id)).map_err(|e| (FailureReason::NoInstance, e.to_string()))?;
-        let keep = bytes.len().min(max_bytes as usize);
-        let tail = &bytes[bytes.len() - keep..];
-        Ok((String::from_utf8_lossy(tail).into_owned(), keep < bytes.len()))
+        let no = |e: std::io::Error| (FailureReason::NoInstance, e.to_string());
+        let mut file = std::fs::File::open(self.output(id)).map_err(no)?;
+        let len = file.metadata().map_err(no)?.len();
+        let keep = len.min(u64::from(max_bytes));
+        file.seek(SeekFrom::Start(len - keep)).map_err(no)?;
+        let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
+        file.take(keep).read_to_end(&mut tail).map_err(no)?;
+        Ok((String::from_utf8_lossy(&tail).into_owned(), keep < len))
+    }
+
+    /// Per-instance figures for STATS.
+    pub fn stats(&self) -> Vec<InstanceStat> {
+        self.table
+            .iter()
+            .map(|(id, i)| {
+                let memory = if i.running {
+                    self.cgroups.memory_usage_mb(&i.record.cgroups).or_else(|| i.pid.and_then(rss_mb)).or(
+                        match &i.record.start.backend {
+                            Backend::Sim { mem_usage_mb, .. } => Some(*mem_usage_mb),
+                            _ => None,
+                        },
+                    )
+                } else {
+                    None
+                };
+                InstanceStat {
+                    instance_uuid: *id,
+                    state: if i.running {
+                        InstanceState::Active
+                    } else if i.record.stop_requested {
+                        InstanceState::Stopped
+                    } else {
+                        InstanceState::Exited
+                    },
+                    memory_usage_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
+                    disk_usage_mb: -1,
+                    cpu_usage: -1,
+                    exit_code: i.record.exit.and_then(|e| e.code),
+                    workload_uuid: i.record.start.workload_uuid,
+                }
+            })
+            .collect()
     }
 }
 
-/// After an instance ends, keeps `results/` and removes everything else in its directory.
-fn clean_up(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        if entry.file_name() == "results" {
-            continue;
+/// Resident memory of a process in MiB (when the node has no cgroups).
+fn rss_mb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+/// Watches an instance's files: reports the PID when the shim writes it, then the end when
+/// `exit.json` appears. A workload that vanishes without either (its shim was killed too) is
+/// reported ended with an unknown reason.
+async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc::Sender<Event>) {
+    let mut announced = pid.is_some();
+    let born = tokio::time::Instant::now();
+    loop {
+        if let Ok(Some(exit)) = read_json::<ExitRecord>(&dir.join(files::EXIT)) {
+            let never_ran = !announced && exit.code == Some(crate::shim::CANNOT_RUN);
+            let event = if never_ran {
+                let output = std::fs::read_to_string(dir.join(files::RESULTS).join(files::OUTPUT)).unwrap_or_default();
+                let detail = output
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("drover: "))
+                    .unwrap_or("the workload could not be started")
+                    .to_owned();
+                Event::StartFailed { instance, detail }
+            } else {
+                Event::Exited(exit_of(&exit, instance))
+            };
+            let _ = events.send(event).await;
+            return;
         }
-        let path = entry.path();
-        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ssntp::payload::Requirements;
-
-    fn start(id: Uuid, backend: Backend) -> Start {
-        Start::new(id, Requirements { vcpus: 1, mem_mb: 16, ..Default::default() }, backend)
-    }
-
-    fn sh(script: &str) -> Backend {
-        Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() }
-    }
-
-    async fn next(rx: &mut mpsc::Receiver<Exit>) -> Exit {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap()
-    }
-
-    #[tokio::test]
-    async fn process_output_exit_codes_and_clean_up() {
-        let state = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut instances = Instances::new(state.path(), tx);
-        let ok = Uuid::new_v4();
-        instances.start(&start(ok, sh("echo hello; echo oops >&2; touch scratch"))).unwrap();
-        let exit = next(&mut rx).await;
-        assert_eq!(exit, Exit { instance: ok, code: Some(0), reason: ExitReason::Completed });
-        assert!(!instances.exited(&exit));
-        assert_eq!(std::fs::read_to_string(instances.output(ok)).unwrap(), "hello\noops\n");
-        assert!(!instances.dir(ok).join("scratch").exists(), "only results/ is kept");
-        let (tail, truncated) = instances.tail(ok, 4).unwrap();
-        assert_eq!((tail.as_str(), truncated), ("ops\n", true));
-
-        let failing = Uuid::new_v4();
-        instances.start(&start(failing, sh("exit 3"))).unwrap();
-        let exit = next(&mut rx).await;
-        assert_eq!(exit.code, Some(3));
-        assert_eq!(
-            instances.start(&start(failing, sh("true"))).unwrap_err().0,
-            FailureReason::AlreadyRunning,
-            "until its exit is recorded"
-        );
-        instances.exited(&exit);
-        assert_eq!(instances.start(&start(failing, sh("true"))).unwrap_err().0, FailureReason::InstanceExists);
-        let missing = Uuid::new_v4();
-        let refusal = instances
-            .start(&start(missing, Backend::Process { argv: vec!["/no/such/program".into()], env: Default::default() }))
-            .unwrap_err();
-        assert_eq!(refusal.0, FailureReason::LaunchFailure);
-        instances.delete(ok).unwrap();
-        assert!(!instances.dir(ok).exists());
-    }
-
-    #[tokio::test]
-    async fn stop_reaches_the_whole_process_group() {
-        let state = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut instances = Instances::new(state.path(), tx);
-        let id = Uuid::new_v4();
-        // A shell that ignores nothing, with a child: SIGTERM to the group ends both.
-        instances.start(&start(id, sh("sleep 60 & wait"))).unwrap();
-        assert_eq!(instances.running(), 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        instances.stop(id, Duration::from_secs(2)).unwrap();
-        let exit = next(&mut rx).await;
-        assert_eq!(exit.reason, ExitReason::Killed);
-        assert!(instances.exited(&exit), "reported as a requested stop");
-        assert_eq!(instances.running(), 0);
-    }
-
-    #[tokio::test]
-    async fn sim_instances_run_for_their_duration() {
-        let state = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut instances = Instances::new(state.path(), tx);
-        let id = Uuid::new_v4();
-        instances.start(&start(id, Backend::Sim { duration_ms: 10, mem_usage_mb: 1, exit_code: 7 })).unwrap();
-        assert_eq!(next(&mut rx).await, Exit { instance: id, code: Some(7), reason: ExitReason::Failed });
+        if pid.is_none() {
+            pid = std::fs::read_to_string(dir.join(files::PID)).ok().and_then(|p| p.trim().parse().ok());
+        }
+        match pid {
+            Some(p) if !announced => {
+                announced = true;
+                if events.send(Event::Started { instance, pid: p }).await.is_err() {
+                    return;
+                }
+            }
+            Some(p) if !alive(p) => {
+                // Give the shim a moment to write exit.json after its workload ended.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !dir.join(files::EXIT).exists() {
+                    let _ =
+                        events.send(Event::Exited(Exit { instance, code: None, reason: ExitReason::Unknown })).await;
+                    return;
+                }
+            }
+            None if born.elapsed() > Duration::from_secs(30) => {
+                let detail = "the shim never started the workload".to_owned();
+                let _ = events.send(Event::StartFailed { instance, detail }).await;
+                return;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
     }
 }

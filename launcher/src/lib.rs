@@ -1,20 +1,26 @@
 //! `drover-launcher`: the agent on a compute node.
 //!
-//! This is the foundation build: it connects to the scheduler (reconnecting, with a persistent
-//! UUID), reports READY with the node's real memory, disk, CPUs and load, and runs `process`
-//! and `sim` workloads with their output captured in `results/output.txt`. cgroup limits,
-//! NUMA, OCI, admission with hysteresis, STATS and re-adoption across restarts are the
-//! launcher issue's.
+//! It connects to the scheduler (reconnecting, with a persistent UUID), reports READY with the
+//! node's real memory, disk, CPUs and load and STATS with every instance's usage, and runs
+//! `process` workloads under a per-instance shim (own process group, cgroup limits where the
+//! node has them, output in `results/output.txt`) and `sim` workloads for scale tests.
+//! Workloads outlive the launcher; a restarted launcher re-adopts them.
 //!
 //! # Layout
 //! - [`probe`]: node resources from /proc and the file system; parsers are pure.
-//! - [`instances`]: the instances on this node: start, stop, delete, output tail.
+//! - [`cgroup`]: memory and CPU limits, usage and OOM counts (v1 and v2, injectable root).
+//! - [`state`]: the files kept per node and per instance, written atomically.
+//! - [`shim`]: the per-instance supervisor (`drover-launcher shim --dir DIR`).
+//! - [`instances`]: start, stop, delete, output tail, STATS, re-adoption after a restart.
 //! - [`shell`]: the SSNTP client loop: reports, command handling.
 //! - [`cli`]: command-line flags.
 
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod cli;
 pub mod instances;
 pub mod probe;
 pub mod shell;
+pub mod shim;
+pub mod state;

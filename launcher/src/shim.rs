@@ -1,0 +1,153 @@
+//! The per-instance supervisor (`drover-launcher shim --dir DIR`), like containerd's shim.
+//!
+//! The launcher starts one shim per `process` instance, in its own process group, and forgets
+//! about it; the shim outlives launcher crashes. It:
+//! 1. reads `spec.json`, joins the instance's cgroups (the workload inherits them);
+//! 2. starts the workload in its own process group, working directory = the instance directory,
+//!    stdout and stderr appended to `results/output.txt`, and writes its PID to `pid`;
+//! 3. kills it when its maximum run time is up;
+//! 4. waits for it, tells an OOM kill from other ends with the cgroup's `oom_kill` counter,
+//!    removes everything in the directory but `results/` and the state files, and writes
+//!    `exit.json` last — the launcher (this one or a restarted one) reports from that file.
+
+use std::io::Write as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ssntp::payload::ExitReason;
+
+use crate::state::{files, read_json, write_json, ExitRecord, ShimSpec};
+
+/// Exit code recorded when the workload could not be started at all (as a shell does).
+pub const CANNOT_RUN: i32 = 127;
+
+/// The OOM-kill counter of the first group, whichever cgroup version it is.
+fn oom_kills(cgroups: &[std::path::PathBuf]) -> u64 {
+    let Some(dir) = cgroups.first() else { return 0 };
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .find_map(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())))
+        .unwrap_or(0)
+}
+
+/// Appends a line of the shim's own to the instance's output, so the operator sees why.
+fn note(dir: &Path, text: &str) {
+    let path = dir.join(files::RESULTS).join(files::OUTPUT);
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "drover: {text}");
+    }
+}
+
+/// Keeps `results/` and the state files; removes what the workload left elsewhere.
+pub fn clean_up(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if [files::RESULTS, files::STATE, files::EXIT, files::PID, files::SPEC].iter().any(|k| name == *k) {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+}
+
+fn finish(dir: &Path, record: ExitRecord) -> i32 {
+    clean_up(dir);
+    match write_json(&dir.join(files::EXIT), &record) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("drover shim: {e}");
+            1
+        }
+    }
+}
+
+/// Runs the shim for the instance in `dir`; returns the shim's own exit code.
+pub fn run(dir: &Path) -> i32 {
+    let spec: ShimSpec = match read_json(&dir.join(files::SPEC)) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            note(dir, "spec.json missing; nothing to run");
+            return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+        }
+        Err(e) => {
+            note(dir, &e.to_string());
+            return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+        }
+    };
+    if let Err(e) = crate::cgroup::join(&spec.cgroups) {
+        note(dir, &format!("cannot apply limits: {e}"));
+        return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+    }
+    let output = dir.join(files::RESULTS).join(files::OUTPUT);
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(&output);
+    let (Ok(out), Ok(err)) = (open(), open()) else {
+        return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+    };
+    let Some((program, args)) = spec.argv.split_first() else {
+        note(dir, "argv is empty");
+        return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+    };
+    let spawned = Command::new(program)
+        .args(args)
+        .envs(&spec.env)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            note(dir, &format!("cannot run {program:?}: {e}"));
+            return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+        }
+    };
+    let pid = child.id();
+    if let Err(e) = std::fs::write(dir.join(files::PID), pid.to_string()) {
+        note(dir, &format!("cannot record the PID: {e}"));
+    }
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(limit) = spec.max_run_time_s {
+        let timed_out = timed_out.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(limit));
+            timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Ok(group) = i32::try_from(pid) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+    }
+    let status = loop {
+        match child.wait() {
+            Ok(status) => break Some(status),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break None,
+        }
+    };
+    // The group is this instance's alone, so any OOM kill in it was this workload's — even
+    // when the kernel picked a child and the main process then exited with a code.
+    let oom = oom_kills(&spec.cgroups) > 0;
+    let record = match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(0), _) => ExitRecord { code: Some(0), signal: None, reason: ExitReason::Completed },
+            (code, signal) if oom => {
+                note(dir, "killed: out of memory (cgroup limit)");
+                ExitRecord { code, signal, reason: ExitReason::Oom }
+            }
+            (Some(code), _) => ExitRecord { code: Some(code), signal: None, reason: ExitReason::Failed },
+            (None, signal) => {
+                if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+                    note(dir, "killed: maximum run time reached");
+                }
+                ExitRecord { code: None, signal, reason: ExitReason::Killed }
+            }
+        },
+        None => ExitRecord { code: None, signal: None, reason: ExitReason::Unknown },
+    };
+    finish(dir, record)
+}

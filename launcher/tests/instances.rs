@@ -1,0 +1,207 @@
+//! The process backend with real processes and the real shim (this package's binary): output,
+//! exit codes, clean-up, stop grace, memory limits ending in `oom`, maximum run time, launch
+//! failures, and re-adoption from disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_launcher::cgroup::Cgroups;
+use drover_launcher::instances::{Event, Exit, Instances, ShimCommand};
+use ssntp::payload::{Backend, ExitReason, FailureReason, Requirements, Start};
+use ssntp::Uuid;
+use tokio::sync::mpsc;
+
+fn shim() -> ShimCommand {
+    ShimCommand { program: env!("CARGO_BIN_EXE_drover-launcher").into(), args: vec!["shim".into()] }
+}
+
+fn sh(id: Uuid, script: &str, mem_mb: u64) -> Start {
+    let backend =
+        Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() };
+    Start::new(id, Requirements { vcpus: 1, mem_mb, ..Default::default() }, backend)
+}
+
+async fn next(rx: &mut mpsc::Receiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("instance event in time")
+        .expect("channel open")
+}
+
+async fn until_exit(rx: &mut mpsc::Receiver<Event>, instances: &mut Instances) -> Exit {
+    loop {
+        match next(rx).await {
+            Event::Started { instance, pid } => instances.started(instance, pid),
+            Event::Exited(exit) => return exit,
+            other @ Event::StartFailed { .. } => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn output_exit_codes_clean_up_and_launch_failures() {
+    let state = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let no_limits = Cgroups::Unavailable { why: "test".into() };
+    let mut instances = Instances::new(state.path(), shim(), no_limits, tx);
+
+    let ok = Uuid::new_v4();
+    instances.start(&sh(ok, "echo hello; echo oops >&2; touch scratch; mkdir tmpdir", 16)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit, Exit { instance: ok, code: Some(0), reason: ExitReason::Completed });
+    assert!(!instances.exited(&exit));
+    assert_eq!(std::fs::read_to_string(instances.output(ok)).unwrap(), "hello\noops\n");
+    assert_eq!(names(&instances.dir(ok)), vec!["results", "state.json"], "only results/ and the state file are kept");
+    let (tail, truncated) = instances.tail(ok, 4).unwrap();
+    assert_eq!((tail.as_str(), truncated), ("ops\n", true));
+
+    let failing = Uuid::new_v4();
+    instances.start(&sh(failing, "exit 3", 16)).unwrap();
+    assert_eq!(instances.start(&sh(failing, "true", 16)).unwrap_err().0, FailureReason::AlreadyRunning);
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!((exit.code, exit.reason), (Some(3), ExitReason::Failed));
+    instances.exited(&exit);
+    assert_eq!(instances.start(&sh(failing, "true", 16)).unwrap_err().0, FailureReason::InstanceExists);
+
+    let missing = Uuid::new_v4();
+    let backend = Backend::Process { argv: vec!["/no/such/program".into()], env: Default::default() };
+    instances.start(&Start::new(missing, Requirements::default(), backend)).unwrap();
+    match next(&mut rx).await {
+        Event::StartFailed { instance, detail } => {
+            assert_eq!(instance, missing);
+            assert!(detail.contains("/no/such/program"), "{detail}");
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+
+    let timed = Uuid::new_v4();
+    let mut start = sh(timed, "sleep 30", 16);
+    start.max_run_time_s = Some(1);
+    instances.start(&start).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(std::fs::read_to_string(instances.output(timed)).unwrap().contains("maximum run time"));
+
+    instances.delete(ok).unwrap();
+    assert!(!instances.dir(ok).exists());
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_to_the_group_then_sigkill_after_the_grace() {
+    let state = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    let polite = Uuid::new_v4();
+    instances.start(&sh(polite, "sleep 60 & wait", 16)).unwrap();
+    let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
+    instances.started(polite, pid);
+    instances.stop(polite, Duration::from_secs(5)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(instances.exited(&exit), "reported as a requested stop");
+
+    // A workload that ignores SIGTERM is killed after the grace.
+    let stubborn = Uuid::new_v4();
+    instances.start(&sh(stubborn, "trap '' TERM; echo ready; while true; do sleep 0.1; done", 16)).unwrap();
+    let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
+    instances.started(stubborn, pid);
+    // Stop only once the trap is in place.
+    let output = instances.output(stubborn);
+    testutil::assert_eventually!(|| async { std::fs::read_to_string(&output).unwrap_or_default().contains("ready") });
+    let asked = tokio::time::Instant::now();
+    instances.stop(stubborn, Duration::from_millis(500)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(asked.elapsed() >= Duration::from_millis(500), "survived SIGTERM until the grace ran out");
+    assert!(instances.exited(&exit));
+    assert_eq!(instances.running(), 0);
+}
+
+#[tokio::test]
+async fn a_workload_past_its_memory_limit_ends_with_oom() {
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
+    if let Cgroups::Unavailable { why } = &cgroups {
+        eprintln!("SKIPPED a_workload_past_its_memory_limit_ends_with_oom: {why}");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), cgroups, tx);
+    let hog = Uuid::new_v4();
+    // The shell keeps 300 MB of command output in memory; the limit is 64 MiB.
+    instances.start(&sh(hog, "a=$(head -c 300000000 /dev/zero | tr '\\0' x); echo survived", 64)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Oom, "{exit:?}");
+    let output = std::fs::read_to_string(instances.output(hog)).unwrap();
+    assert!(!output.contains("survived") && output.contains("out of memory"), "{output}");
+    instances.exited(&exit);
+    // Its groups are gone once it ended.
+    let dir = match instances.cgroups() {
+        Cgroups::V1 { memory, .. } => memory.join("drover").join(hog.to_string()),
+        Cgroups::V2 { root } => root.join("drover").join(hog.to_string()),
+        Cgroups::Unavailable { .. } => unreachable!(),
+    };
+    assert!(!dir.exists(), "{} removed", dir.display());
+
+    // Within its limit, the same node reports real usage.
+    let small = Uuid::new_v4();
+    instances.start(&sh(small, "a=$(head -c 20000000 /dev/zero | tr '\\0' x); sleep 2", 64)).unwrap();
+    let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
+    instances.started(small, pid);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stat = instances.stats().into_iter().find(|s| s.instance_uuid == small).unwrap();
+    assert!((10..64).contains(&stat.memory_usage_mb), "usage {} MiB", stat.memory_usage_mb);
+}
+
+#[tokio::test]
+async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
+    let state = tempfile::tempdir().unwrap();
+    let no_limits = || Cgroups::Unavailable { why: "test".into() };
+    let running = Uuid::new_v4();
+    let ended = Uuid::new_v4();
+    let pid = {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut first = Instances::new(state.path(), shim(), no_limits(), tx);
+        first.start(&sh(running, "while [ ! -f stopme ]; do echo tick; sleep 0.1; done; exit 7", 16)).unwrap();
+        let Event::Started { pid, .. } = next(&mut rx).await else { panic!() };
+        first.start(&sh(ended, "exit 0", 16)).unwrap();
+        loop {
+            if let Event::Exited(e) = next(&mut rx).await {
+                assert_eq!(e.instance, ended);
+                break; // ended, but this launcher "crashes" before recording or reporting it
+            }
+        }
+        pid
+        // `first` is dropped here: its watchers stop with the test's runtime, as on a crash.
+    };
+    // A corrupt record must not stop the next launcher.
+    let corrupt = Uuid::new_v4();
+    std::fs::create_dir_all(state.path().join("instances").join(corrupt.to_string())).unwrap();
+    std::fs::write(state.path().join("instances").join(corrupt.to_string()).join("state.json"), "{not json").unwrap();
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut second = Instances::new(state.path(), shim(), no_limits(), tx);
+    let mut reported = second.adopt();
+    reported.sort_by_key(|e| format!("{e:?}"));
+    assert!(
+        reported.contains(&Event::Exited(Exit { instance: ended, code: Some(0), reason: ExitReason::Completed })),
+        "{reported:?}"
+    );
+    assert!(
+        reported.contains(&Event::Exited(Exit { instance: corrupt, code: None, reason: ExitReason::Unknown })),
+        "{reported:?}"
+    );
+    assert_eq!(second.pid(running), Some(pid), "same PID");
+    assert!(second.is_running(running));
+    std::fs::write(second.dir(running).join("stopme"), "").unwrap();
+    let exit = until_exit(&mut rx, &mut second).await;
+    assert_eq!(exit, Exit { instance: running, code: Some(7), reason: ExitReason::Failed });
+    assert!(std::fs::read_to_string(second.output(running)).unwrap().contains("tick"));
+}

@@ -1,0 +1,143 @@
+//! kill -9 of the launcher, ten times, while a workload runs: the workload survives with the same
+//! PID, every restarted launcher re-adopts and reports it, its output is still captured, and
+//! its exit code — even one that happened while no launcher ran — is reported. A corrupt state
+//! file does not stop the launcher.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use ssntp::payload::{Backend, InstanceState, Message, Requirements, Start};
+use ssntp::server::ServerEvent;
+use ssntp::Uuid;
+use testutil::{Pki, TestServer, PATIENCE};
+
+struct Launcher<'a> {
+    pki: &'a Pki,
+    addr: String,
+    state: &'a Path,
+    log: &'a Path,
+}
+
+impl Launcher<'_> {
+    fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
+            .args(["--server", &self.addr, "--report-interval", "200ms", "--state-dir"])
+            .arg(self.state)
+            .arg("--cacert")
+            .arg(self.pki.ca())
+            .arg("--cert")
+            .arg(self.pki.cert("agent"))
+            .arg("--key")
+            .arg(self.pki.key("agent"))
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The next server event `pick` accepts.
+async fn wait_for<T>(server: &mut TestServer, what: &str, mut pick: impl FnMut(ServerEvent) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, server.events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+            .expect("server running");
+        if let Some(t) = pick(event) {
+            return t;
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[tokio::test]
+async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
+    let pki = Pki::new();
+    let mut server = TestServer::start(&pki).await;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let log = work.path().join("launcher.log");
+    let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log };
+
+    let mut child = launcher.spawn();
+    let peer = wait_for(&mut server, "launcher connect", |e| match e {
+        ServerEvent::Connected(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    let node = peer.uuid;
+    let instance = Uuid::new_v4();
+    let script = "i=0; while [ ! -f stopme ]; do echo tick $i; i=$((i+1)); sleep 0.05; done; exit 7";
+    let backend =
+        Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() };
+    let start = Start::new(instance, Requirements { vcpus: 1, mem_mb: 32, ..Default::default() }, backend);
+    peer.sender.try_send(&Message::Start(start)).unwrap();
+    wait_for(&mut server, "INSTANCE_STARTED", |e| match e {
+        ServerEvent::Message { message: Message::InstanceStarted(s), .. } if s.instance_uuid == instance => Some(()),
+        _ => None,
+    })
+    .await;
+    let instance_dir = state.join("instances").join(instance.to_string());
+    let pid: i32 = std::fs::read_to_string(instance_dir.join("pid")).unwrap().trim().parse().unwrap();
+    let output = instance_dir.join("results/output.txt");
+    let ticks = || std::fs::read_to_string(&output).unwrap_or_default().lines().count();
+
+    for round in 0..10 {
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(alive(pid), "round {round}: the workload died with the launcher");
+        let before = ticks();
+        if round == 4 {
+            // A corrupt record of another instance must not stop the launcher.
+            let corrupt = state.join("instances").join(Uuid::new_v4().to_string());
+            std::fs::create_dir_all(&corrupt).unwrap();
+            std::fs::write(corrupt.join("state.json"), "{ truncated").unwrap();
+        }
+        child = launcher.spawn();
+        let reconnected = wait_for(&mut server, "reconnect", |e| match e {
+            ServerEvent::Connected(p) => Some(p.uuid),
+            _ => None,
+        })
+        .await;
+        assert_eq!(reconnected, node, "round {round}: same node identity");
+        let (listed_pid_alive, state_reported) = wait_for(&mut server, "STATS with the instance", |e| match e {
+            ServerEvent::Message { message: Message::Stats(s), .. } => {
+                s.instances.iter().find(|i| i.instance_uuid == instance).map(|i| (alive(pid), i.state))
+            }
+            _ => None,
+        })
+        .await;
+        assert!(listed_pid_alive);
+        assert_eq!(state_reported, InstanceState::Active, "round {round}");
+        let same_pid: i32 = std::fs::read_to_string(instance_dir.join("pid")).unwrap().trim().parse().unwrap();
+        assert_eq!(same_pid, pid, "round {round}: same PID");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ticks() > before, "round {round}: output still captured");
+    }
+
+    // The workload ends while no launcher runs; the next one reports its exit code.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(instance_dir.join("stopme"), "").unwrap();
+    testutil::assert_eventually!(|| async { !alive(pid) });
+    let mut child = launcher.spawn();
+    let exited = wait_for(&mut server, "INSTANCE_EXITED", |e| match e {
+        ServerEvent::Message { message: Message::InstanceExited(x), .. } if x.instance_uuid == instance => Some(x),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exited.exit_code, Some(7));
+    assert_eq!(exited.node_uuid, node);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("instance state unreadable"), "the corrupt record was reported:\n{log_text}");
+    server.stop().await;
+}
