@@ -43,12 +43,13 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     for file in ["ca.pem", "scheduler-local.pem", "agent-local.pem", "controller-local.pem"] {
         assert!(pki.join(file).exists(), "{file}");
     }
-    // The instance's results survive on the node; nothing else in its directory does.
+    // The instance's results and its state file survive on the node; nothing else does.
     let instances = work.path().join(".drover/launcher/instances");
     let dirs: Vec<_> = std::fs::read_dir(&instances).unwrap().flatten().collect();
     assert_eq!(dirs.len(), 1);
-    let entries: Vec<_> = std::fs::read_dir(dirs[0].path()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(entries, vec![std::ffi::OsString::from("results")]);
+    let mut entries: Vec<_> = std::fs::read_dir(dirs[0].path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    entries.sort();
+    assert_eq!(entries, vec![std::ffi::OsString::from("results"), std::ffi::OsString::from("state.json")]);
 
     // A second run reuses the certificates and the launcher's identity.
     let node_uuid = std::fs::read_to_string(work.path().join(".drover/launcher/uuid-agent")).unwrap();

@@ -504,6 +504,12 @@ async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc:
                     .to_owned();
                 Event::StartFailed { instance, detail }
             } else {
+                if !announced {
+                    // A workload quicker than one look still started: say so first, so every
+                    // observer sees started before ended.
+                    let pid = pid.or_else(|| std::fs::read_to_string(dir.join(files::PID)).ok()?.trim().parse().ok());
+                    let _ = events.send(Event::Started { instance, pid: pid.unwrap_or(0) }).await;
+                }
                 Event::Exited(exit_of(&exit, instance))
             };
             let _ = events.send(event).await;

@@ -54,6 +54,8 @@ async fn output_exit_codes_clean_up_and_launch_failures() {
 
     let ok = Uuid::new_v4();
     instances.start(&sh(ok, "echo hello; echo oops >&2; touch scratch; mkdir tmpdir", 16)).unwrap();
+    // However quick the workload, its start is reported before its end.
+    assert!(matches!(next(&mut rx).await, Event::Started { instance, .. } if instance == ok));
     let exit = until_exit(&mut rx, &mut instances).await;
     assert_eq!(exit, Exit { instance: ok, code: Some(0), reason: ExitReason::Completed });
     assert!(!instances.exited(&exit));
