@@ -29,6 +29,16 @@ pub struct Args {
     /// Memory kept back for the system, MiB (not offered to workloads).
     #[arg(long, default_value_t = 256)]
     pub mem_reserve_mb: u64,
+    /// Disk kept free in the state directory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub disk_reserve_mb: u64,
+    /// Most instances at once on this node.
+    #[arg(long, default_value_t = 1000)]
+    pub max_instances: usize,
+    /// On SIGTERM, stop every instance before exiting (default: leave them running; the next
+    /// launcher re-adopts them).
+    #[arg(long)]
+    pub drain_on_exit: bool,
     /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,

@@ -136,6 +136,11 @@ impl Instances {
         self.dir(instance).join(files::RESULTS).join(files::OUTPUT)
     }
 
+    /// The instances still running.
+    pub fn running_ids(&self) -> Vec<Uuid> {
+        self.table.iter().filter(|(_, i)| i.running).map(|(id, _)| *id).collect()
+    }
+
     /// Number of instances still running.
     pub fn running(&self) -> usize {
         self.table.values().filter(|i| i.running).count()

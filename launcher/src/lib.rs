@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`probe`]: node resources from /proc and the file system; parsers are pure.
+//! - [`admission`]: START admission and READY/FULL with hysteresis (pure).
 //! - [`cgroup`]: memory and CPU limits, usage and OOM counts (v1 and v2, injectable root).
 //! - [`state`]: the files kept per node and per instance, written atomically.
 //! - [`shim`]: the per-instance supervisor (`drover-launcher shim --dir DIR`).
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cgroup;
 pub mod cli;
 pub mod instances;

@@ -16,10 +16,12 @@ use ssntp::tls::Identity;
 use ssntp::{Role, Uuid};
 use tokio::sync::mpsc;
 
+use crate::admission::{self, Figures, Limits, StatusMachine};
 use crate::cgroup::Cgroups;
 use crate::cli::Args;
 use crate::instances::{Event, Exit, Instances, ShimCommand, STOP_GRACE};
 use crate::probe;
+use crate::state::{read_json, write_json, NodeFlags};
 
 /// Validated configuration.
 #[derive(Debug)]
@@ -48,10 +50,16 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     Ok(Prepared { args, tls, uuid, shim })
 }
 
+/// How long FULL lasts at least before READY again.
+const FULL_DWELL: Duration = Duration::from_secs(10);
+
 struct Node {
     uuid: Uuid,
     state_dir: PathBuf,
-    mem_reserve_mb: u64,
+    limits: Limits,
+    flags: NodeFlags,
+    status: StatusMachine,
+    started: tokio::time::Instant,
     client: ClientHandle,
     instances: Instances,
     /// Ends of instances whose records were unreadable, to report once connected.
@@ -65,21 +73,45 @@ impl Node {
         features
     }
 
-    fn ready(&self) -> Message {
-        let mut r = probe::report(self.uuid, &self.state_dir, self.mem_reserve_mb);
+    fn probe(&self) -> ssntp::payload::NodeReport {
+        let mut r = probe::report(self.uuid, &self.state_dir, self.limits.mem_reserve_mb);
         let (vcpus, mem) = self.instances.allocated();
         r.vcpus_allocated = vcpus;
         r.mem_allocated_mb = Some(mem);
         r.instance_count = u32::try_from(self.instances.running()).unwrap_or(u32::MAX);
         r.features = self.features();
-        Message::Ready(r)
+        r
+    }
+
+    /// The figures admission and status work from. The report's memory figures already have
+    /// the reserve taken off; admission wants the raw ones.
+    fn figures(&self, r: &ssntp::payload::NodeReport) -> Figures {
+        Figures {
+            mem_total_mb: r.mem_total_mb + self.limits.mem_reserve_mb,
+            mem_available_mb: r.mem_available_mb + self.limits.mem_reserve_mb,
+            disk_available_mb: r.disk_available_mb,
+            mem_allocated_mb: r.mem_allocated_mb.unwrap_or(0),
+            instances: self.instances.running(),
+        }
+    }
+
+    /// The status frame (READY, FULL or MAINTENANCE, with the report) for now.
+    fn status(&mut self) -> Message {
+        let r = self.probe();
+        let figures = self.figures(&r);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match self.status.update(now, &self.limits, &figures, self.flags.maintenance) {
+            NodeState::Full => Message::Full(Some(r)),
+            NodeState::Maintenance => Message::Maintenance(Some(r)),
+            _ => Message::Ready(r),
+        }
     }
 
     fn stats(&self) -> Message {
-        let r = probe::report(self.uuid, &self.state_dir, self.mem_reserve_mb);
+        let r = probe::report(self.uuid, &self.state_dir, self.limits.mem_reserve_mb);
         Message::Stats(Stats {
             node_uuid: self.uuid,
-            status: NodeState::Ready,
+            status: self.status.state(),
             mem_total_mb: r.mem_total_mb,
             mem_available_mb: r.mem_available_mb,
             disk_total_mb: r.disk_total_mb,
@@ -92,10 +124,19 @@ impl Node {
         })
     }
 
-    /// Sends READY and STATS; dropped while disconnected (the next connect sends them anew).
-    fn report(&self) {
-        let _ = self.client.try_send(&self.ready());
+    /// Sends the status and STATS; dropped while disconnected (the next connect sends them
+    /// anew).
+    fn report(&mut self) {
+        let status = self.status();
+        let _ = self.client.try_send(&status);
         let _ = self.client.try_send(&self.stats());
+    }
+
+    fn set_maintenance(&mut self, on: bool) {
+        self.flags.maintenance = on;
+        if let Err(e) = write_json(&self.state_dir.join("launcher.json"), &self.flags) {
+            tracing::error!(error = %e, "cannot persist the maintenance flag");
+        }
     }
 
     fn end_message(&self, exit: &Exit, stopped: bool) -> Message {
@@ -172,7 +213,7 @@ impl Node {
             detail,
         };
         Some(match message {
-            Message::Start(start) => match self.instances.start(&start) {
+            Message::Start(start) => match self.admit(&start).and_then(|()| self.instances.start(&start)) {
                 Ok(()) => return None, // INSTANCE_STARTED follows once the workload runs
                 Err((reason, detail)) => Message::StartFailure(StartFailure {
                     node_uuid: Some(node),
@@ -215,18 +256,42 @@ impl Node {
                 r.instance_uuid,
                 (FailureReason::InvalidData, "RESTART is not supported by this launcher build".into()),
             )),
-            other @ (Message::Evacuate(_) | Message::Restore(_)) => Message::CommandFailure(CommandFailure {
-                command: other.kind().to_string(),
-                node_uuid: Some(node),
-                instance_uuid: None,
-                reason: FailureReason::InvalidData,
-                detail: "evacuation is not supported by this launcher build".into(),
-            }),
+            Message::Evacuate(evacuate) => {
+                // Persisted first: a launcher restarted mid-evacuation stays in maintenance.
+                self.set_maintenance(true);
+                let grace = evacuate.deadline_ms.map_or(STOP_GRACE, Duration::from_millis);
+                let running: Vec<Uuid> = self.instances.running_ids();
+                tracing::info!(instances = running.len(), "evacuating: stopping every instance");
+                for id in running {
+                    let _ = self.instances.stop(id, grace);
+                }
+                return None; // MAINTENANCE and one INSTANCE_STOPPED per instance follow
+            }
+            Message::Restore(_) => {
+                self.set_maintenance(false);
+                tracing::info!("restored: taking work again");
+                return None; // READY follows
+            }
             other => {
                 tracing::debug!(kind = %other.kind(), "ignoring frame");
                 return None;
             }
         })
+    }
+}
+
+impl Node {
+    fn admit(&self, start: &ssntp::payload::Start) -> Result<(), (FailureReason, String)> {
+        let r = self.probe();
+        let offered: Vec<String> = ["process", "sim"].iter().map(|s| (*s).to_owned()).collect();
+        admission::admit(
+            &self.limits,
+            &self.figures(&r),
+            self.flags.maintenance,
+            &start.requirements,
+            start.backend.name(),
+            &offered,
+        )
     }
 }
 
@@ -254,10 +319,26 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
             _ => None,
         })
         .collect();
+    let flags: NodeFlags = match read_json(&args.state_dir.join("launcher.json")) {
+        Ok(flags) => flags.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "node flags unreadable; starting out of maintenance");
+            NodeFlags::default()
+        }
+    };
+    let limits = Limits {
+        mem_reserve_mb: args.mem_reserve_mb,
+        disk_reserve_mb: args.disk_reserve_mb,
+        max_instances: args.max_instances,
+        dwell_ms: u64::try_from(FULL_DWELL.as_millis()).unwrap_or(u64::MAX),
+    };
     let mut node = Node {
         uuid,
         state_dir: args.state_dir.clone(),
-        mem_reserve_mb: args.mem_reserve_mb,
+        limits,
+        flags,
+        status: StatusMachine::default(),
+        started: tokio::time::Instant::now(),
         client,
         instances,
         orphans,
@@ -300,8 +381,30 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
             () = &mut shutdown => break,
         }
     }
-    let _ = node.client.try_send(&Message::Offline);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Stop taking work and say so; then leave the workloads to the next launcher, or stop them.
+    let status = node.status();
+    let maintenance = match status {
+        Message::Ready(r) | Message::Full(Some(r)) | Message::Maintenance(Some(r)) => Message::Maintenance(Some(r)),
+        other => other,
+    };
+    let _ = node.client.send(&maintenance).await;
+    if args.drain_on_exit {
+        let running = node.instances.running_ids();
+        tracing::info!(instances = running.len(), "draining before exit");
+        for id in running {
+            let _ = node.instances.stop(id, STOP_GRACE);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(2);
+        while node.instances.running() > 0 {
+            match tokio::time::timeout_at(deadline, instance_events.recv()).await {
+                Ok(Some(event)) => node.on_event(event).await,
+                _ => break,
+            }
+        }
+    } else {
+        tracing::info!(running = node.instances.running(), "exiting; workloads keep running and will be re-adopted");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     node.client.close();
     Ok(())
 }

@@ -3,59 +3,15 @@
 //! its exit code — even one that happened while no launcher ran — is reported. A corrupt state
 //! file does not stop the launcher.
 
-use std::path::Path;
-use std::process::{Child, Command};
+mod common;
+
 use std::time::Duration;
 
+use common::{alive, wait_for, Launcher};
 use ssntp::payload::{Backend, InstanceState, Message, Requirements, Start};
 use ssntp::server::ServerEvent;
 use ssntp::Uuid;
-use testutil::{Pki, TestServer, PATIENCE};
-
-struct Launcher<'a> {
-    pki: &'a Pki,
-    addr: String,
-    state: &'a Path,
-    log: &'a Path,
-}
-
-impl Launcher<'_> {
-    fn spawn(&self) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
-            .args(["--server", &self.addr, "--report-interval", "200ms", "--state-dir"])
-            .arg(self.state)
-            .arg("--cacert")
-            .arg(self.pki.ca())
-            .arg("--cert")
-            .arg(self.pki.cert("agent"))
-            .arg("--key")
-            .arg(self.pki.key("agent"))
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-}
-
-/// The next server event `pick` accepts.
-async fn wait_for<T>(server: &mut TestServer, what: &str, mut pick: impl FnMut(ServerEvent) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let event = tokio::time::timeout_at(deadline, server.events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
-            .expect("server running");
-        if let Some(t) = pick(event) {
-            return t;
-        }
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
+use testutil::{Pki, TestServer};
 
 #[tokio::test]
 async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
@@ -64,7 +20,8 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let log = work.path().join("launcher.log");
-    let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log };
+    let _show_log = common::LogOnPanic(log.clone());
+    let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log, extra: vec![] };
 
     let mut child = launcher.spawn();
     let peer = wait_for(&mut server, "launcher connect", |e| match e {

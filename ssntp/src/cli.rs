@@ -48,18 +48,25 @@ pub fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Completes on SIGINT or SIGTERM: the daemons' shutdown trigger.
+/// The daemons' shutdown trigger: completes on SIGINT or SIGTERM. The handlers are installed
+/// when this is *called*, not when the future is first polled, so a signal that arrives while
+/// the daemon is still starting up is not lost to the default action (which would kill it
+/// without a clean shutdown).
 ///
 /// # Panics
-/// If the signal handlers cannot be installed (no signal support at all).
-pub async fn shutdown_signal() {
+/// If the signal handlers cannot be installed (no signal support at all), or outside a tokio
+/// runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received; shutting down");
     }
-    tracing::info!("signal received; shutting down");
 }
 
 /// The whole `main` of a daemon: logging, command line (exit 64 when invalid), `prepare` (load
@@ -77,9 +84,10 @@ where
     Fut: std::future::Future<Output = Result<(), E2>>,
 {
     init_logging();
+    let shutdown = shutdown_signal();
     let args: A = parse_or_exit();
     let prepared = prepare(args).unwrap_or_else(|e| usage_error(program, &format_args!("{e:#}")));
-    match run(prepared, Box::pin(shutdown_signal())).await {
+    match run(prepared, Box::pin(shutdown)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{program}: error: {e:#}");

@@ -1,0 +1,229 @@
+//! Whether this node takes a START, and whether it reports READY or FULL. Pure: figures and
+//! the time in, decisions out.
+//!
+//! FULL is entered as soon as the node is short of memory (real or allocated), disk or instance
+//! slots; READY comes back only when every figure is clear of its threshold by a margin *and*
+//! the node has been FULL for at least the dwell time, so a node hovering at a threshold does
+//! not flap (kubelet's eviction-pressure transition period, scaled down).
+
+use ssntp::payload::{FailureReason, NodeState, Requirements};
+
+/// The node's thresholds (from the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory kept for the system, MiB.
+    pub mem_reserve_mb: u64,
+    /// Disk kept free in the state directory, MiB.
+    pub disk_reserve_mb: u64,
+    /// Most instances at once.
+    pub max_instances: usize,
+    /// Minimum time in FULL before READY again, ms.
+    pub dwell_ms: u64,
+}
+
+/// What the node has and has given out right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Figures {
+    /// Memory the node offers (total minus nothing), MiB.
+    pub mem_total_mb: u64,
+    /// Memory actually available, MiB.
+    pub mem_available_mb: u64,
+    /// Free disk of the state directory, MiB.
+    pub disk_available_mb: u64,
+    /// Memory requested by running instances, MiB.
+    pub mem_allocated_mb: u64,
+    /// Running instances.
+    pub instances: usize,
+}
+
+/// Margin by which figures must clear a threshold before FULL turns back to READY.
+fn margin(total_mb: u64) -> u64 {
+    (total_mb / 20).max(64)
+}
+
+/// Why a START is refused here, if it is.
+///
+/// # Errors
+/// The reason for the wire and a sentence for the operator.
+pub fn admit(
+    limits: &Limits,
+    figures: &Figures,
+    maintenance: bool,
+    req: &Requirements,
+    backend: &str,
+    offered: &[String],
+) -> Result<(), (FailureReason, String)> {
+    if maintenance {
+        return Err((FailureReason::NodeMaintenance, "the node is in maintenance (evacuated)".into()));
+    }
+    if !offered.iter().any(|b| b == backend) {
+        return Err((
+            FailureReason::UnknownBackend,
+            format!("backend {backend:?} is not offered here (offered: {})", offered.join(", ")),
+        ));
+    }
+    let offered_mem = figures.mem_total_mb.saturating_sub(limits.mem_reserve_mb);
+    if figures.mem_allocated_mb + req.mem_mb > offered_mem {
+        return Err((
+            FailureReason::FullCn,
+            format!(
+                "memory: {} MiB allocated + {} MiB requested > {offered_mem} MiB offered",
+                figures.mem_allocated_mb, req.mem_mb
+            ),
+        ));
+    }
+    if figures.mem_available_mb < req.mem_mb + limits.mem_reserve_mb {
+        return Err((
+            FailureReason::FullCn,
+            format!(
+                "memory: {} MiB available, {} MiB requested + {} MiB reserve",
+                figures.mem_available_mb, req.mem_mb, limits.mem_reserve_mb
+            ),
+        ));
+    }
+    if figures.disk_available_mb < req.disk_mb + limits.disk_reserve_mb {
+        return Err((
+            FailureReason::FullCn,
+            format!(
+                "disk: {} MiB available, {} MiB requested + {} MiB reserve",
+                figures.disk_available_mb, req.disk_mb, limits.disk_reserve_mb
+            ),
+        ));
+    }
+    if figures.instances >= limits.max_instances {
+        return Err((
+            FailureReason::FullCn,
+            format!("{} instances running, the most this node takes", figures.instances),
+        ));
+    }
+    Ok(())
+}
+
+/// READY/FULL/MAINTENANCE with hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatusMachine {
+    state: NodeState,
+    full_since_ms: u64,
+}
+
+impl Default for StatusMachine {
+    fn default() -> Self {
+        Self { state: NodeState::Ready, full_since_ms: 0 }
+    }
+}
+
+impl StatusMachine {
+    /// The status to report at `now_ms`.
+    pub fn update(&mut self, now_ms: u64, limits: &Limits, f: &Figures, maintenance: bool) -> NodeState {
+        if maintenance {
+            self.state = NodeState::Maintenance;
+            return self.state;
+        }
+        let offered = f.mem_total_mb.saturating_sub(limits.mem_reserve_mb);
+        let short = f.mem_available_mb < limits.mem_reserve_mb
+            || f.disk_available_mb < limits.disk_reserve_mb
+            || f.instances >= limits.max_instances
+            || f.mem_allocated_mb >= offered;
+        let m = margin(f.mem_total_mb);
+        let clear = f.mem_available_mb >= limits.mem_reserve_mb + m
+            && f.disk_available_mb >= limits.disk_reserve_mb + m
+            && f.instances < limits.max_instances
+            && f.mem_allocated_mb + m <= offered;
+        self.state = match self.state {
+            NodeState::Full => {
+                if clear && now_ms.saturating_sub(self.full_since_ms) >= limits.dwell_ms {
+                    NodeState::Ready
+                } else {
+                    NodeState::Full
+                }
+            }
+            _ if short => {
+                self.full_since_ms = now_ms;
+                NodeState::Full
+            }
+            _ => NodeState::Ready,
+        };
+        self.state
+    }
+
+    /// The last status.
+    pub fn state(&self) -> NodeState {
+        self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: Limits = Limits { mem_reserve_mb: 256, disk_reserve_mb: 1024, max_instances: 10, dwell_ms: 10_000 };
+
+    fn figures(mem_available_mb: u64) -> Figures {
+        Figures { mem_total_mb: 4096, mem_available_mb, disk_available_mb: 50_000, mem_allocated_mb: 0, instances: 0 }
+    }
+
+    fn req(mem_mb: u64) -> Requirements {
+        Requirements { vcpus: 1, mem_mb, ..Default::default() }
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let offered = vec!["process".to_owned()];
+        let f = figures(4000);
+        assert!(admit(&LIMITS, &f, false, &req(100), "process", &offered).is_ok());
+        assert_eq!(
+            admit(&LIMITS, &f, true, &req(100), "process", &offered).unwrap_err().0,
+            FailureReason::NodeMaintenance
+        );
+        assert_eq!(admit(&LIMITS, &f, false, &req(100), "oci", &offered).unwrap_err().0, FailureReason::UnknownBackend);
+        let (reason, detail) =
+            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, false, &req(100), "process", &offered)
+                .unwrap_err();
+        assert_eq!(reason, FailureReason::FullCn);
+        assert!(detail.contains("3800 MiB allocated"), "{detail}");
+        let (_, detail) = admit(&LIMITS, &figures(300), false, &req(100), "process", &offered).unwrap_err();
+        assert!(detail.contains("300 MiB available"), "{detail}");
+        let (_, detail) =
+            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, false, &req(100), "process", &offered)
+                .unwrap_err();
+        assert!(detail.starts_with("disk"), "{detail}");
+        let (_, detail) =
+            admit(&LIMITS, &Figures { instances: 10, ..f }, false, &req(1), "process", &offered).unwrap_err();
+        assert!(detail.contains("10 instances"), "{detail}");
+    }
+
+    #[test]
+    fn full_turns_ready_only_with_margin_and_after_the_dwell() {
+        let mut m = StatusMachine::default();
+        assert_eq!(m.update(0, &LIMITS, &figures(4000), false), NodeState::Ready);
+        assert_eq!(m.update(1_000, &LIMITS, &figures(200), false), NodeState::Full);
+        // Just above the reserve is not enough: the margin is 5 % of 4096 MiB.
+        assert_eq!(m.update(20_000, &LIMITS, &figures(300), false), NodeState::Full);
+        // Clear, but the dwell is not over yet.
+        assert_eq!(m.update(5_000, &LIMITS, &figures(4000), false), NodeState::Full);
+        assert_eq!(m.update(11_000, &LIMITS, &figures(4000), false), NodeState::Ready);
+        assert_eq!(m.update(12_000, &LIMITS, &figures(4000), true), NodeState::Maintenance);
+    }
+
+    proptest! {
+        /// Memory oscillating around the reserve makes at most one FULL→READY turn per dwell.
+        #[test]
+        fn oscillation_does_not_flap(samples in prop::collection::vec(0u64..1000, 1..400)) {
+            let mut m = StatusMachine::default();
+            let mut turns_to_ready: Vec<u64> = Vec::new();
+            let mut last = NodeState::Ready;
+            for (i, avail) in samples.iter().enumerate() {
+                let now = i as u64 * 500;
+                let state = m.update(now, &LIMITS, &figures(*avail), false);
+                if last == NodeState::Full && state == NodeState::Ready {
+                    turns_to_ready.push(now);
+                }
+                last = state;
+            }
+            for pair in turns_to_ready.windows(2) {
+                prop_assert!(pair[1] - pair[0] >= LIMITS.dwell_ms, "{:?}", turns_to_ready);
+            }
+        }
+    }
+}

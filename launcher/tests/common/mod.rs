@@ -1,0 +1,73 @@
+//! Helpers shared by the launcher's process-level tests.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::Path;
+use std::process::{Child, Command};
+
+use ssntp::server::ServerEvent;
+use testutil::{Pki, TestServer, PATIENCE};
+
+/// How to start the real launcher binary against a test scheduler.
+pub(crate) struct Launcher<'a> {
+    pub(crate) pki: &'a Pki,
+    pub(crate) addr: String,
+    pub(crate) state: &'a Path,
+    pub(crate) log: &'a Path,
+    pub(crate) extra: Vec<String>,
+}
+
+impl Launcher<'_> {
+    pub(crate) fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
+            .args(["--server", &self.addr, "--report-interval", "200ms", "--state-dir"])
+            .arg(self.state)
+            .arg("--cacert")
+            .arg(self.pki.ca())
+            .arg("--cert")
+            .arg(self.pki.cert("agent"))
+            .arg("--key")
+            .arg(self.pki.key("agent"))
+            .args(&self.extra)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The next server event `pick` accepts.
+pub(crate) async fn wait_for<T>(
+    server: &mut TestServer,
+    what: &str,
+    mut pick: impl FnMut(ServerEvent) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, server.events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+            .expect("server running");
+        if let Some(t) = pick(event) {
+            return t;
+        }
+    }
+}
+
+/// Whether a process exists.
+pub(crate) fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Prints the launcher's log when the test fails.
+pub(crate) struct LogOnPanic(pub(crate) std::path::PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- launcher log ---\n{}", std::fs::read_to_string(&self.0).unwrap_or_default());
+        }
+    }
+}
