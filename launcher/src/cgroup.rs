@@ -16,6 +16,8 @@ pub enum Cgroups {
         memory: PathBuf,
         /// The cpu hierarchy (`<root>/cpu` or `<root>/cpu,cpuacct`).
         cpu: PathBuf,
+        /// The cpuset hierarchy, for NUMA pinning, when mounted.
+        cpuset: Option<PathBuf>,
     },
     /// cgroup v2: one unified hierarchy with memory and cpu enabled.
     V2 {
@@ -27,6 +29,15 @@ pub enum Cgroups {
         /// Why, for the operator.
         why: String,
     },
+}
+
+/// Where a NUMA-local workload must stay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// CPU list (`0-3,8`).
+    pub cpus: String,
+    /// Memory nodes (`1`).
+    pub mems: String,
 }
 
 /// Parent directory of every instance's cgroup.
@@ -62,7 +73,10 @@ impl Cgroups {
         } else if root.join("memory/memory.limit_in_bytes").exists() {
             let cpu = ["cpu", "cpu,cpuacct"].iter().map(|d| root.join(d)).find(|d| d.join("cpu.cfs_quota_us").exists());
             match cpu {
-                Some(cpu) => Self::V1 { memory: root.join("memory"), cpu },
+                Some(cpu) => {
+                    let cpuset = Some(root.join("cpuset")).filter(|d| d.join("cpuset.cpus").exists());
+                    Self::V1 { memory: root.join("memory"), cpu, cpuset }
+                }
                 None => return Self::Unavailable { why: "cgroup v1 has no cpu controller with CFS quotas".into() },
             }
         } else {
@@ -72,7 +86,7 @@ impl Cgroups {
         };
         // A probe group proves we may create groups and write limits (mkdir alone proves
         // nothing on a tmpfs root).
-        match candidate.create("probe", 64, 1) {
+        match candidate.create("probe", 64, 1, None) {
             Ok(dirs) => {
                 candidate.remove(&dirs);
                 candidate
@@ -90,16 +104,17 @@ impl Cgroups {
         }
     }
 
-    /// Creates the groups of instance `name` with a memory limit (MiB; 0 = none) and a CPU
-    /// quota (vCPUs; 0 = none). Returns the directories to join.
+    /// Creates the groups of instance `name` with a memory limit (MiB; 0 = none), a CPU quota
+    /// (vCPUs; 0 = none) and, with `pin`, a CPU list and memory node to stay on. Returns the
+    /// directories to join (memory first).
     ///
     /// # Errors
     /// The groups cannot be created or the limits written.
-    pub fn create(&self, name: &str, mem_mb: u64, vcpus: u32) -> Result<Vec<PathBuf>, String> {
+    pub fn create(&self, name: &str, mem_mb: u64, vcpus: u32, pin: Option<&Pin>) -> Result<Vec<PathBuf>, String> {
         let mem_bytes = mem_mb.saturating_mul(1024 * 1024);
         let quota = u64::from(vcpus) * CFS_PERIOD_US;
         match self {
-            Self::V1 { memory, cpu } => {
+            Self::V1 { memory, cpu, cpuset } => {
                 let mem_dir = memory.join(PARENT).join(name);
                 let cpu_dir = cpu.join(PARENT).join(name);
                 for dir in [&mem_dir, &cpu_dir] {
@@ -112,14 +127,33 @@ impl Cgroups {
                     write(&cpu_dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
                     write(&cpu_dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 }
-                Ok(vec![mem_dir, cpu_dir])
+                let mut dirs = vec![mem_dir, cpu_dir];
+                if let Some(pin) = pin {
+                    let root =
+                        cpuset.as_ref().ok_or("NUMA pinning needs the cpuset controller, which is not mounted")?;
+                    // v1 cpusets start empty; a parent must have CPUs and memory nodes before a
+                    // child can, and before any task can join.
+                    let parent = root.join(PARENT);
+                    std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let value = read(&root.join(f)).unwrap_or_default();
+                        write(&parent.join(f), value.trim())?;
+                    }
+                    let dir = parent.join(name);
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    write(&dir.join("cpuset.cpus"), &pin.cpus)?;
+                    write(&dir.join("cpuset.mems"), &pin.mems)?;
+                    dirs.push(dir);
+                }
+                Ok(dirs)
             }
             Self::V2 { root } => {
                 // Controllers must be enabled on the way down for the leaf to have them.
                 let parent = root.join(PARENT);
                 std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-                write(&root.join("cgroup.subtree_control"), "+memory +cpu")?;
-                write(&parent.join("cgroup.subtree_control"), "+memory +cpu")?;
+                let controllers = if pin.is_some() { "+memory +cpu +cpuset" } else { "+memory +cpu" };
+                write(&root.join("cgroup.subtree_control"), controllers)?;
+                write(&parent.join("cgroup.subtree_control"), controllers)?;
                 let dir = parent.join(name);
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 if mem_mb > 0 {
@@ -128,6 +162,10 @@ impl Cgroups {
                 }
                 if vcpus > 0 {
                     write(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))?;
+                }
+                if let Some(pin) = pin {
+                    write(&dir.join("cpuset.cpus"), &pin.cpus)?;
+                    write(&dir.join("cpuset.mems"), &pin.mems)?;
                 }
                 Ok(vec![dir])
             }
@@ -198,10 +236,16 @@ mod tests {
         let r = root.path();
         touch(&r.join("memory/memory.limit_in_bytes"), "9223372036854771712\n");
         touch(&r.join("cpu/cpu.cfs_quota_us"), "-1\n");
+        touch(&r.join("cpuset/cpuset.cpus"), "0-7\n");
+        touch(&r.join("cpuset/cpuset.mems"), "0-1\n");
         let cg = Cgroups::detect(r);
-        assert_eq!(cg, Cgroups::V1 { memory: r.join("memory"), cpu: r.join("cpu") });
+        assert_eq!(cg, Cgroups::V1 { memory: r.join("memory"), cpu: r.join("cpu"), cpuset: Some(r.join("cpuset")) });
         assert_eq!(cg.feature(), Some("cgroup-v1"));
-        let dirs = cg.create("i1", 64, 2).unwrap();
+        let pin = Pin { cpus: "4-7".into(), mems: "1".into() };
+        let dirs = cg.create("i1", 64, 2, Some(&pin)).unwrap();
+        assert_eq!(std::fs::read_to_string(dirs[2].join("cpuset.cpus")).unwrap(), "4-7");
+        assert_eq!(std::fs::read_to_string(dirs[2].join("cpuset.mems")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(r.join("cpuset/drover/cpuset.cpus")).unwrap(), "0-7", "parent filled in");
         assert_eq!(std::fs::read_to_string(dirs[0].join("memory.limit_in_bytes")).unwrap(), "67108864");
         assert_eq!(std::fs::read_to_string(dirs[1].join("cpu.cfs_quota_us")).unwrap(), "200000");
         touch(&dirs[0].join("memory.usage_in_bytes"), "104857600\n");
@@ -219,7 +263,9 @@ mod tests {
         touch(&r.join("cgroup.subtree_control"), "");
         let cg = Cgroups::detect(r);
         assert_eq!(cg, Cgroups::V2 { root: r.to_owned() });
-        let dirs = cg.create("i1", 128, 1).unwrap();
+        let dirs = cg.create("i1", 128, 1, Some(&Pin { cpus: "2".into(), mems: "0".into() })).unwrap();
+        assert_eq!(std::fs::read_to_string(dirs[0].join("cpuset.cpus")).unwrap(), "2");
+        assert_eq!(std::fs::read_to_string(r.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +cpuset");
         assert_eq!(std::fs::read_to_string(dirs[0].join("memory.max")).unwrap(), "134217728");
         assert_eq!(std::fs::read_to_string(dirs[0].join("cpu.max")).unwrap(), "100000 100000");
         touch(&dirs[0].join("memory.current"), "52428800\n");

@@ -39,7 +39,29 @@ pub struct Args {
     /// launcher re-adopts them).
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// Serve one NUMA node only: report its CPUs and memory, and pin every workload to them
+    /// (run one launcher per node, each with its own --state-dir and certificate).
+    #[arg(long, value_name = "N")]
+    pub numa_node: Option<u32>,
+    /// Backend this node offers (repeatable): process, oci (needs runc or crun), sim.
+    #[arg(long = "backend", value_name = "NAME", default_values_t = ["process".to_owned()])]
+    pub backends: Vec<String>,
+    /// Label placement can require (repeatable), e.g. --label zone=b --label gpu=a100.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Where sysfs is mounted (tests point this at a fixture tree).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sysfs_root: PathBuf,
     /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("{text:?} is not a label; use key=value"))?;
+    let ok = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if !ok(k) || !(v.is_empty() || ok(v)) {
+        return Err(format!("{text:?}: keys and values are letters, digits and - _ . /"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }

@@ -19,7 +19,7 @@ use ssntp::payload::{Backend, ExitReason, FailureReason, InstanceStat, InstanceS
 use ssntp::Uuid;
 use tokio::sync::mpsc;
 
-use crate::cgroup::Cgroups;
+use crate::cgroup::{Cgroups, Pin};
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, ShimSpec};
 
 /// Time between SIGTERM and SIGKILL when stopping.
@@ -97,6 +97,8 @@ pub struct Instances {
     root: PathBuf,
     shim: ShimCommand,
     cgroups: Cgroups,
+    /// NUMA pinning for every workload (launcher per NUMA node).
+    pin: Option<Pin>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
 }
@@ -118,7 +120,14 @@ fn exit_of(record: &ExitRecord, instance: Uuid) -> Exit {
 impl Instances {
     /// Instances under `<state_dir>/instances`, reporting on `events`.
     pub fn new(state_dir: &Path, shim: ShimCommand, cgroups: Cgroups, events: mpsc::Sender<Event>) -> Self {
-        Self { root: state_dir.join("instances"), shim, cgroups, table: HashMap::new(), events }
+        Self { root: state_dir.join("instances"), shim, cgroups, pin: None, table: HashMap::new(), events }
+    }
+
+    /// Pins every workload started from now on to these CPUs and memory nodes.
+    #[must_use]
+    pub fn with_pin(mut self, pin: Option<Pin>) -> Self {
+        self.pin = pin;
+        self
     }
 
     /// The cgroup interface in use.
@@ -292,10 +301,12 @@ impl Instances {
             return Err((FailureReason::InvalidData, "argv is empty".into()));
         }
         let req = &record.start.requirements;
-        if !matches!(self.cgroups, Cgroups::Unavailable { .. }) && (req.mem_mb > 0 || req.vcpus > 0) {
+        if !matches!(self.cgroups, Cgroups::Unavailable { .. })
+            && (req.mem_mb > 0 || req.vcpus > 0 || self.pin.is_some())
+        {
             record.cgroups = self
                 .cgroups
-                .create(&id.to_string(), req.mem_mb, req.vcpus)
+                .create(&id.to_string(), req.mem_mb, req.vcpus, self.pin.as_ref())
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
         let spec = ShimSpec {

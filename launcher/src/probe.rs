@@ -1,6 +1,10 @@
-//! What this node offers: memory, disk, CPUs, load, host name, architecture.
+//! What this node offers: memory, disk, CPUs, load, host name, architecture, features — for the
+//! whole machine, or for one NUMA node when the launcher serves one (`--numa-node`).
+//!
+//! Figures are read anew for every report: on some kernels a NUMA node's memory grows after
+//! boot (deferred initialisation), and the sum of the nodes need not equal `/proc/meminfo`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ssntp::payload::NodeReport;
 use ssntp::Uuid;
@@ -28,7 +32,114 @@ pub fn disk_mb(path: &Path) -> Option<(u64, u64)> {
     Some((mb(st.blocks()), mb(st.blocks_available())))
 }
 
-/// A fresh report for this node.
+/// Parses a kernel CPU list (`0-3,8,10-11`).
+///
+/// # Errors
+/// Text that is not a CPU list.
+pub fn parse_cpulist(text: &str) -> Result<Vec<u32>, String> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("not a CPU list: {text:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b - a > 65_536 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(cpus)
+}
+
+/// One NUMA node's CPUs and memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaNode {
+    /// Its number.
+    pub id: u32,
+    /// Its CPUs.
+    pub cpus: Vec<u32>,
+    /// Its CPU list as the kernel writes it (for cpuset).
+    pub cpulist: String,
+    /// Its memory, MiB.
+    pub mem_total_mb: u64,
+    /// Its free memory plus reclaimable file cache, MiB.
+    pub mem_available_mb: u64,
+}
+
+/// Reads NUMA node `id` under `sysfs` (normally `/sys`).
+///
+/// # Errors
+/// The node does not exist or its files cannot be read.
+pub fn numa_node(sysfs: &Path, id: u32) -> Result<NumaNode, String> {
+    let dir: PathBuf = sysfs.join("devices/system/node").join(format!("node{id}"));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).map_err(|e| format!("NUMA node {id}: {}: {e}", dir.join(f).display()))
+    };
+    let cpulist = read("cpulist")?.trim().to_owned();
+    let cpus = parse_cpulist(&cpulist)?;
+    let meminfo = read("meminfo")?;
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(&format!("Node {id} {name}:"))?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+    };
+    let total = field("MemTotal").ok_or_else(|| format!("NUMA node {id}: no MemTotal in meminfo"))?;
+    let available = field("MemFree").unwrap_or(0) + field("Inactive(file)").unwrap_or(0);
+    Ok(NumaNode { id, cpus, cpulist, mem_total_mb: total / 1024, mem_available_mb: available.min(total) / 1024 })
+}
+
+/// What the node offers besides resources.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Backends this node runs (`process`, `oci`, `sim`).
+    pub backends: Vec<String>,
+    /// Capabilities (`cgroup-v1`, `kvm` …).
+    pub features: Vec<String>,
+    /// Operator labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The NUMA node served, if one.
+    pub numa: Option<(u32, PathBuf)>,
+}
+
+/// Capabilities found on this machine: `kvm` when /dev/kvm exists.
+pub fn machine_features() -> Vec<String> {
+    let mut f = Vec::new();
+    if Path::new("/dev/kvm").exists() {
+        f.push("kvm".to_owned());
+    }
+    f
+}
+
+/// The first of `names` found on `PATH`.
+pub fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).flat_map(|dir| names.iter().map(move |n| dir.join(n))).find(|p| p.is_file())
+}
+
+/// A fresh report for this node as `offer` describes it (one NUMA node's share when it names
+/// one).
+///
+/// # Errors
+/// The NUMA node cannot be read.
+pub fn report_for(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64, offer: &Offer) -> Result<NodeReport, String> {
+    let mut r = report(node_uuid, state_dir, mem_reserve_mb);
+    if let Some((id, sysfs)) = &offer.numa {
+        let n = numa_node(sysfs, *id)?;
+        r.cpus_online = u32::try_from(n.cpus.len()).unwrap_or(u32::MAX);
+        r.mem_total_mb = n.mem_total_mb.saturating_sub(mem_reserve_mb);
+        r.mem_available_mb = n.mem_available_mb.saturating_sub(mem_reserve_mb);
+        r.numa_node = Some(*id);
+    }
+    r.features = offer.backends.iter().chain(&offer.features).cloned().collect();
+    r.labels = offer.labels.clone();
+    Ok(r)
+}
+
+/// A fresh report for the whole machine.
 pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeReport {
     let (mem_total, mem_available) =
         std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_meminfo).unwrap_or((0, 0));
@@ -48,7 +159,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         load,
         networks: vec![],
         arch: std::env::consts::ARCH.to_owned(),
-        features: vec!["process".into(), "sim".into()],
+        features: Vec::new(),
         labels: Default::default(),
         numa_node: None,
         vcpus_allocated: 0,
@@ -60,6 +171,47 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(root: &Path, id: u32, cpulist: &str, total_kb: u64, free_kb: u64) {
+        let dir = root.join("devices/system/node").join(format!("node{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpulist"), format!("{cpulist}\n")).unwrap();
+        std::fs::write(
+            dir.join("meminfo"),
+            format!("Node {id} MemTotal: {total_kb} kB\nNode {id} MemFree: {free_kb} kB\nNode {id} Inactive(file): 1024 kB\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn cpulists() {
+        assert_eq!(parse_cpulist("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpulist("").unwrap(), Vec::<u32>::new());
+        assert!(parse_cpulist("3-1").is_err());
+        assert!(parse_cpulist("a").is_err());
+    }
+
+    #[test]
+    fn a_launcher_per_numa_node_reports_only_its_node() {
+        let sys = tempfile::tempdir().unwrap();
+        fixture(sys.path(), 0, "0-3", 8 * 1024 * 1024, 4 * 1024 * 1024);
+        fixture(sys.path(), 1, "4-7,12", 16 * 1024 * 1024, 2 * 1024 * 1024);
+        let state = tempfile::tempdir().unwrap();
+        let offer =
+            |n| Offer { backends: vec!["process".into()], numa: Some((n, sys.path().to_owned())), ..Offer::default() };
+        let r0 = report_for(Uuid::nil(), state.path(), 256, &offer(0)).unwrap();
+        let r1 = report_for(Uuid::nil(), state.path(), 256, &offer(1)).unwrap();
+        assert_eq!(
+            (r0.cpus_online, r0.mem_total_mb, r0.mem_available_mb, r0.numa_node),
+            (4, 8192 - 256, 4097 - 256, Some(0))
+        );
+        assert_eq!(
+            (r1.cpus_online, r1.mem_total_mb, r1.mem_available_mb, r1.numa_node),
+            (5, 16384 - 256, 2049 - 256, Some(1))
+        );
+        assert_eq!(r0.features, vec!["process".to_owned()]);
+        assert!(report_for(Uuid::nil(), state.path(), 256, &offer(2)).unwrap_err().contains("NUMA node 2"));
+    }
 
     #[test]
     fn parses_proc_files() {

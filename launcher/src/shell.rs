@@ -30,6 +30,7 @@ pub struct Prepared {
     tls: Arc<rustls::ClientConfig>,
     uuid: Uuid,
     shim: ShimCommand,
+    offer: probe::Offer,
 }
 
 /// Loads TLS material, checks the agent role, creates the state directory and loads the
@@ -47,7 +48,37 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
     let uuid = load_or_create_uuid(&args.state_dir, Role::AGENT).context("loading the node identity")?;
     let shim = ShimCommand::current().context("locating this executable for the shim")?;
-    Ok(Prepared { args, tls, uuid, shim })
+    let offer = offer(&args)?;
+    Ok(Prepared { args, tls, uuid, shim, offer })
+}
+
+/// What the node offers, from the flags; refuses what cannot work here.
+fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
+    let mut backends = Vec::new();
+    for b in &args.backends {
+        match b.as_str() {
+            "process" | "sim" => {}
+            "oci" => {
+                if probe::find_program(&["runc", "crun"]).is_none() {
+                    anyhow::bail!("--backend oci needs runc or crun on PATH (Debian: apt-get install runc)");
+                }
+            }
+            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, sim)"),
+        }
+        if !backends.contains(b) {
+            backends.push(b.clone());
+        }
+    }
+    let numa = args.numa_node.map(|n| (n, args.sysfs_root.clone()));
+    if let Some((n, sysfs)) = &numa {
+        probe::numa_node(sysfs, *n).map_err(|e| anyhow::anyhow!("--numa-node {n}: {e}"))?;
+    }
+    Ok(probe::Offer {
+        backends,
+        features: probe::machine_features(),
+        labels: args.labels.iter().cloned().collect(),
+        numa,
+    })
 }
 
 /// How long FULL lasts at least before READY again.
@@ -55,6 +86,7 @@ const FULL_DWELL: Duration = Duration::from_secs(10);
 
 struct Node {
     uuid: Uuid,
+    offer: probe::Offer,
     state_dir: PathBuf,
     limits: Limits,
     flags: NodeFlags,
@@ -67,19 +99,18 @@ struct Node {
 }
 
 impl Node {
-    fn features(&self) -> Vec<String> {
-        let mut features = vec!["process".to_owned(), "sim".to_owned()];
-        features.extend(self.instances.cgroups().feature().map(str::to_owned));
-        features
-    }
-
     fn probe(&self) -> ssntp::payload::NodeReport {
-        let mut r = probe::report(self.uuid, &self.state_dir, self.limits.mem_reserve_mb);
+        let mut r = probe::report_for(self.uuid, &self.state_dir, self.limits.mem_reserve_mb, &self.offer)
+            .unwrap_or_else(|e| {
+                // Offer nothing rather than the whole machine: this launcher serves only its node.
+                tracing::error!(error = %e, "cannot read this launcher's NUMA node; reporting no capacity");
+                ssntp::payload::NodeReport { node_uuid: self.uuid, ..Default::default() }
+            });
         let (vcpus, mem) = self.instances.allocated();
         r.vcpus_allocated = vcpus;
         r.mem_allocated_mb = Some(mem);
         r.instance_count = u32::try_from(self.instances.running()).unwrap_or(u32::MAX);
-        r.features = self.features();
+        r.features.extend(self.instances.cgroups().feature().map(str::to_owned));
         r
     }
 
@@ -108,7 +139,7 @@ impl Node {
     }
 
     fn stats(&self) -> Message {
-        let r = probe::report(self.uuid, &self.state_dir, self.limits.mem_reserve_mb);
+        let r = self.probe();
         Message::Stats(Stats {
             node_uuid: self.uuid,
             status: self.status.state(),
@@ -283,14 +314,13 @@ impl Node {
 impl Node {
     fn admit(&self, start: &ssntp::payload::Start) -> Result<(), (FailureReason, String)> {
         let r = self.probe();
-        let offered: Vec<String> = ["process", "sim"].iter().map(|s| (*s).to_owned()).collect();
         admission::admit(
             &self.limits,
             &self.figures(&r),
             self.flags.maintenance,
             &start.requirements,
             start.backend.name(),
-            &offered,
+            &self.offer.backends,
         )
     }
 }
@@ -300,7 +330,7 @@ impl Node {
 /// # Errors
 /// None yet; the signature leaves room for fatal conditions.
 pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let Prepared { args, tls, uuid, shim } = prepared;
+    let Prepared { args, tls, uuid, shim, offer } = prepared;
     let cgroups = Cgroups::detect(&args.cgroup_root);
     match &cgroups {
         Cgroups::Unavailable { why } => tracing::warn!(%why, "workloads will run without memory and CPU limits"),
@@ -310,7 +340,17 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
     opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
     let (client, mut events) = Client::spawn(opts);
     let (instance_tx, mut instance_events) = mpsc::channel::<Event>(1024);
-    let mut instances = Instances::new(&args.state_dir, shim, cgroups, instance_tx);
+    let pin = match &offer.numa {
+        Some((n, sysfs)) => {
+            let node = probe::numa_node(sysfs, *n).map_err(anyhow::Error::msg)?;
+            if matches!(cgroups, Cgroups::Unavailable { .. }) {
+                tracing::warn!(numa_node = n, "no cgroups: workloads cannot be pinned to the NUMA node");
+            }
+            Some(crate::cgroup::Pin { cpus: node.cpulist, mems: n.to_string() })
+        }
+        None => None,
+    };
+    let mut instances = Instances::new(&args.state_dir, shim, cgroups, instance_tx).with_pin(pin);
     let orphans = instances
         .adopt()
         .into_iter()
@@ -334,6 +374,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
     };
     let mut node = Node {
         uuid,
+        offer,
         state_dir: args.state_dir.clone(),
         limits,
         flags,

@@ -207,3 +207,30 @@ async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
     assert_eq!(exit, Exit { instance: running, code: Some(7), reason: ExitReason::Failed });
     assert!(std::fs::read_to_string(second.output(running)).unwrap().contains("tick"));
 }
+
+#[tokio::test]
+async fn numa_local_workloads_are_pinned_to_their_node() {
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
+    let has_cpuset = match &cgroups {
+        Cgroups::V1 { cpuset, .. } => cpuset.is_some(),
+        Cgroups::V2 { root } => {
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default().contains("cpuset")
+        }
+        Cgroups::Unavailable { .. } => false,
+    };
+    if !has_cpuset {
+        eprintln!("SKIPPED numa_local_workloads_are_pinned_to_their_node: no writable cpuset controller ({cgroups:?})");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let pin = drover_launcher::cgroup::Pin { cpus: "0".into(), mems: "0".into() };
+    let mut instances = Instances::new(state.path(), shim(), cgroups, tx).with_pin(Some(pin));
+    let id = Uuid::new_v4();
+    instances.start(&sh(id, "grep Cpus_allowed_list /proc/self/status", 16)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Completed);
+    let output = std::fs::read_to_string(instances.output(id)).unwrap();
+    assert_eq!(output.split_whitespace().last(), Some("0"), "{output}");
+    instances.exited(&exit);
+}
