@@ -99,6 +99,8 @@ pub struct Instances {
     cgroups: Cgroups,
     /// NUMA pinning for every workload (launcher per NUMA node).
     pin: Option<Pin>,
+    /// runc or crun, when the node offers the `oci` backend.
+    oci_runtime: Option<PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
 }
@@ -120,7 +122,22 @@ fn exit_of(record: &ExitRecord, instance: Uuid) -> Exit {
 impl Instances {
     /// Instances under `<state_dir>/instances`, reporting on `events`.
     pub fn new(state_dir: &Path, shim: ShimCommand, cgroups: Cgroups, events: mpsc::Sender<Event>) -> Self {
-        Self { root: state_dir.join("instances"), shim, cgroups, pin: None, table: HashMap::new(), events }
+        Self {
+            root: state_dir.join("instances"),
+            shim,
+            cgroups,
+            pin: None,
+            oci_runtime: None,
+            table: HashMap::new(),
+            events,
+        }
+    }
+
+    /// Runs `oci` instances with this runtime (runc or crun).
+    #[must_use]
+    pub fn with_oci_runtime(mut self, runtime: Option<PathBuf>) -> Self {
+        self.oci_runtime = runtime;
+        self
     }
 
     /// Pins every workload started from now on to these CPUs and memory nodes.
@@ -272,8 +289,8 @@ impl Instances {
             Backend::Sim { duration_ms, exit_code, .. } => {
                 Ok(Some(self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)))
             }
-            Backend::Oci { .. } => {
-                Err((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".into()))
+            Backend::Oci { rootfs, args, env } => {
+                self.spawn_oci(id, &dir, rootfs, args, env, &mut record).map(|()| None)
             }
         };
         let cancel = match result {
@@ -309,12 +326,19 @@ impl Instances {
                 .create(&id.to_string(), req.mem_mb, req.vcpus, self.pin.as_ref())
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
-        let spec = ShimSpec {
-            argv: argv.to_vec(),
-            env: env.clone(),
-            cgroups: record.cgroups.clone(),
-            max_run_time_s: record.start.max_run_time_s,
-        };
+        self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record)
+    }
+
+    /// Writes the shim's spec and the instance record, and starts the shim.
+    fn spawn_shim(
+        &mut self,
+        id: Uuid,
+        dir: &Path,
+        argv: Vec<String>,
+        env: std::collections::BTreeMap<String, String>,
+        record: &mut InstanceRecord,
+    ) -> Result<(), Refusal> {
+        let spec = ShimSpec { argv, env, cgroups: record.cgroups.clone(), max_run_time_s: record.start.max_run_time_s };
         write_json(&dir.join(files::SPEC), &spec).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         write_json(&dir.join(files::STATE), &*record).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         // The shim gets its own process group: a signal to the launcher's group (Ctrl-C in a
@@ -334,6 +358,47 @@ impl Instances {
             })?;
         tokio::spawn(watch(dir.to_owned(), id, None, self.events.clone()));
         Ok(())
+    }
+
+    /// Writes the bundle and runs the OCI runtime in the foreground under the shim; the runtime
+    /// applies the limits itself.
+    fn spawn_oci(
+        &mut self,
+        id: Uuid,
+        dir: &Path,
+        rootfs: &str,
+        args: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        record: &mut InstanceRecord,
+    ) -> Result<(), Refusal> {
+        let runtime = self
+            .oci_runtime
+            .clone()
+            .ok_or((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".to_owned()))?;
+        let rootfs = Path::new(rootfs);
+        if !rootfs.is_absolute() || !(rootfs.join("bin").is_dir() || rootfs.join("usr").is_dir()) {
+            return Err((
+                FailureReason::ImageFailure,
+                format!("rootfs {} is not an absolute path to a root file system", rootfs.display()),
+            ));
+        }
+        if args.is_empty() {
+            return Err((FailureReason::InvalidData, "args is empty".into()));
+        }
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        let req = &record.start.requirements;
+        let config =
+            crate::oci::config(&id.to_string(), rootfs, &dir.join(files::RESULTS), args, env, req.mem_mb, req.vcpus);
+        write_json(&bundle.join("config.json"), &config).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        let argv = vec![
+            runtime.display().to_string(),
+            "run".to_owned(),
+            "--bundle".to_owned(),
+            bundle.display().to_string(),
+            id.to_string(),
+        ];
+        self.spawn_shim(id, dir, argv, std::collections::BTreeMap::new(), record)
     }
 
     /// Runs a `sim` instance for `duration`; returns the handle that ends it early.

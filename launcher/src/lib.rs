@@ -3,7 +3,8 @@
 //! It connects to the scheduler (reconnecting, with a persistent UUID), reports READY with the
 //! node's real memory, disk, CPUs and load and STATS with every instance's usage, and runs
 //! `process` workloads under a per-instance shim (own process group, cgroup limits where the
-//! node has them, output in `results/output.txt`) and `sim` workloads for scale tests.
+//! node has them, output in `results/output.txt`), `oci` containers through runc or crun under
+//! the same shim, and `sim` workloads for scale tests.
 //! Workloads outlive the launcher; a restarted launcher re-adopts them.
 //!
 //! # Layout
@@ -13,6 +14,7 @@
 //! - [`state`]: the files kept per node and per instance, written atomically.
 //! - [`shim`]: the per-instance supervisor (`drover-launcher shim --dir DIR`).
 //! - [`instances`]: start, stop, delete, output tail, STATS, re-adoption after a restart.
+//! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`shell`]: the SSNTP client loop: reports, command handling.
 //! - [`cli`]: command-line flags.
 
@@ -22,6 +24,7 @@ pub mod admission;
 pub mod cgroup;
 pub mod cli;
 pub mod instances;
+pub mod oci;
 pub mod probe;
 pub mod shell;
 pub mod shim;

@@ -350,7 +350,10 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         }
         None => None,
     };
-    let mut instances = Instances::new(&args.state_dir, shim, cgroups, instance_tx).with_pin(pin);
+    let oci_runtime =
+        offer.backends.iter().any(|b| b == "oci").then(|| probe::find_program(&["runc", "crun"])).flatten();
+    let mut instances =
+        Instances::new(&args.state_dir, shim, cgroups, instance_tx).with_pin(pin).with_oci_runtime(oci_runtime);
     let orphans = instances
         .adopt()
         .into_iter()

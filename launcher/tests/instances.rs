@@ -234,3 +234,78 @@ async fn numa_local_workloads_are_pinned_to_their_node() {
     assert_eq!(output.split_whitespace().last(), Some("0"), "{output}");
     instances.exited(&exit);
 }
+
+/// A root file system built from busybox-static: /bin/busybox and links for the tools used.
+fn busybox_rootfs(dir: &Path) -> Option<std::path::PathBuf> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(Path::new).find(|p| p.exists())?;
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "echo", "cat", "hostname", "sleep", "ls"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    Some(rootfs)
+}
+
+#[tokio::test]
+async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
+    let runtime = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/bin/crun"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let work = tempfile::tempdir().unwrap();
+    let (Some(runtime), true, Some(rootfs)) = (runtime, root, busybox_rootfs(work.path())) else {
+        eprintln!(
+            "SKIPPED oci_containers_run_with_runc_from_a_busybox_rootfs: needs root, runc or crun, and busybox-static"
+        );
+        return;
+    };
+    let state = work.path().join("state");
+    let (tx, mut rx) = mpsc::channel(16);
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
+    let mut instances = Instances::new(&state, shim(), cgroups, tx).with_oci_runtime(Some(runtime));
+    let id = Uuid::new_v4();
+    let backend = Backend::Oci {
+        rootfs: rootfs.display().to_string(),
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hello from $(hostname) in $PWD; echo kept > /results/file; exit 3".into(),
+        ],
+        env: Default::default(),
+    };
+    instances.start(&Start::new(id, Requirements { vcpus: 1, mem_mb: 64, ..Default::default() }, backend)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    let output = std::fs::read_to_string(instances.output(id)).unwrap();
+    assert_eq!((exit.code, exit.reason), (Some(3), ExitReason::Failed), "{output}");
+    assert!(output.contains(&format!("hello from drover-{} in /results", &id.to_string()[..8])), "{output}");
+    assert_eq!(std::fs::read_to_string(instances.dir(id).join("results/file")).unwrap(), "kept\n");
+    instances.exited(&exit);
+    assert_eq!(names(&instances.dir(id)), vec!["results", "state.json"], "the bundle is gone after the end");
+
+    // Stop reaches the container through the runtime.
+    let sleeper = Uuid::new_v4();
+    let backend = Backend::Oci {
+        rootfs: rootfs.display().to_string(),
+        args: vec!["sleep".into(), "60".into()],
+        env: Default::default(),
+    };
+    instances.start(&Start::new(sleeper, Requirements::default(), backend)).unwrap();
+    let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
+    instances.started(sleeper, pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    instances.stop(sleeper, Duration::from_secs(2)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert!(instances.exited(&exit), "reported as stopped: {exit:?}");
+
+    // A rootfs that is not one is refused before anything runs.
+    let bad = Backend::Oci { rootfs: "relative/path".into(), args: vec!["true".into()], env: Default::default() };
+    assert_eq!(
+        instances.start(&Start::new(Uuid::new_v4(), Requirements::default(), bad)).unwrap_err().0,
+        FailureReason::ImageFailure
+    );
+}
