@@ -41,7 +41,12 @@ fn margin(total_mb: u64) -> u64 {
     (total_mb / 20).max(64)
 }
 
-/// Why a START is refused here, if it is.
+/// The feature a START lists in its requirements when it must run under memory and CPU
+/// limits; nodes with usable cgroups advertise it.
+pub const LIMITS_FEATURE: &str = "limits";
+
+/// Why a START is refused here, if it is. `has_limits`: whether this node can enforce memory
+/// and CPU limits.
 ///
 /// # Errors
 /// The reason for the wire and a sentence for the operator.
@@ -52,9 +57,16 @@ pub fn admit(
     req: &Requirements,
     backend: &str,
     offered: &[String],
+    has_limits: bool,
 ) -> Result<(), (FailureReason, String)> {
     if maintenance {
         return Err((FailureReason::NodeMaintenance, "the node is in maintenance (evacuated)".into()));
+    }
+    if !has_limits && req.features.iter().any(|f| f == LIMITS_FEATURE) {
+        return Err((
+            FailureReason::NoLimits,
+            "the workload requires limits and this node has no usable cgroups".into(),
+        ));
     }
     if !offered.iter().any(|b| b == backend) {
         return Err((
@@ -171,26 +183,35 @@ mod tests {
     fn refusals_name_their_reason() {
         let offered = vec!["process".to_owned()];
         let f = figures(4000);
-        assert!(admit(&LIMITS, &f, false, &req(100), "process", &offered).is_ok());
+        assert!(admit(&LIMITS, &f, false, &req(100), "process", &offered, true).is_ok());
         assert_eq!(
-            admit(&LIMITS, &f, true, &req(100), "process", &offered).unwrap_err().0,
+            admit(&LIMITS, &f, true, &req(100), "process", &offered, true).unwrap_err().0,
             FailureReason::NodeMaintenance
         );
-        assert_eq!(admit(&LIMITS, &f, false, &req(100), "oci", &offered).unwrap_err().0, FailureReason::UnknownBackend);
+        assert_eq!(
+            admit(&LIMITS, &f, false, &req(100), "oci", &offered, true).unwrap_err().0,
+            FailureReason::UnknownBackend
+        );
         let (reason, detail) =
-            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, false, &req(100), "process", &offered)
+            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, false, &req(100), "process", &offered, true)
                 .unwrap_err();
         assert_eq!(reason, FailureReason::FullCn);
         assert!(detail.contains("3800 MiB allocated"), "{detail}");
-        let (_, detail) = admit(&LIMITS, &figures(300), false, &req(100), "process", &offered).unwrap_err();
+        let (_, detail) = admit(&LIMITS, &figures(300), false, &req(100), "process", &offered, true).unwrap_err();
         assert!(detail.contains("300 MiB available"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, false, &req(100), "process", &offered)
+            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, false, &req(100), "process", &offered, true)
                 .unwrap_err();
         assert!(detail.starts_with("disk"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { instances: 10, ..f }, false, &req(1), "process", &offered).unwrap_err();
+            admit(&LIMITS, &Figures { instances: 10, ..f }, false, &req(1), "process", &offered, true).unwrap_err();
         assert!(detail.contains("10 instances"), "{detail}");
+        let needs_limits = Requirements { features: vec![LIMITS_FEATURE.into()], ..req(1) };
+        assert_eq!(
+            admit(&LIMITS, &f, false, &needs_limits, "process", &offered, false).unwrap_err().0,
+            FailureReason::NoLimits
+        );
+        assert!(admit(&LIMITS, &f, false, &needs_limits, "process", &offered, true).is_ok());
     }
 
     #[test]

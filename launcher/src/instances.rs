@@ -86,6 +86,8 @@ struct Instance {
     running: bool,
     /// Ends a `sim` instance early.
     cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    /// CPU time (clock ticks) and when it was read, for the next STATS' percentage.
+    last_cpu: Option<(u64, std::time::Instant)>,
 }
 
 /// A refusal: the reason for the wire and a sentence for the operator.
@@ -237,7 +239,7 @@ impl Instances {
                 }
             }
             let running = record.exit.is_none();
-            let instance = Instance { record: record.clone(), pid, running, cancel: None };
+            let instance = Instance { record: record.clone(), pid, running, cancel: None, last_cpu: None };
             self.table.insert(id, instance);
             match (&record.exit, &record.start.backend) {
                 (Some(exit), _) => {
@@ -301,7 +303,7 @@ impl Instances {
                 return Err(refusal);
             }
         };
-        self.table.insert(id, Instance { record, pid: None, running: true, cancel });
+        self.table.insert(id, Instance { record, pid: None, running: true, cancel, last_cpu: None });
         self.persist(id);
         Ok(())
     }
@@ -524,39 +526,113 @@ impl Instances {
         Ok((String::from_utf8_lossy(&tail).into_owned(), keep < len))
     }
 
-    /// Per-instance figures for STATS.
-    pub fn stats(&self) -> Vec<InstanceStat> {
-        self.table
-            .iter()
-            .map(|(id, i)| {
-                let memory = if i.running {
-                    self.cgroups.memory_usage_mb(&i.record.cgroups).or_else(|| i.pid.and_then(rss_mb)).or(
-                        match &i.record.start.backend {
-                            Backend::Sim { mem_usage_mb, .. } => Some(*mem_usage_mb),
-                            _ => None,
-                        },
-                    )
-                } else {
-                    None
-                };
-                InstanceStat {
-                    instance_uuid: *id,
-                    state: if i.running {
-                        InstanceState::Active
-                    } else if i.record.stop_requested {
-                        InstanceState::Stopped
-                    } else {
-                        InstanceState::Exited
+    /// Per-instance figures for STATS. CPU use is the share of one CPU since the previous
+    /// call (-1 the first time); disk use is what `results/` holds.
+    pub fn stats(&mut self) -> Vec<InstanceStat> {
+        let now = std::time::Instant::now();
+        let mut out = Vec::with_capacity(self.table.len());
+        for (id, i) in &mut self.table {
+            let memory = if i.running {
+                self.cgroups.memory_usage_mb(&i.record.cgroups).or_else(|| i.pid.and_then(rss_mb)).or(
+                    match &i.record.start.backend {
+                        Backend::Sim { mem_usage_mb, .. } => Some(*mem_usage_mb),
+                        _ => None,
                     },
-                    memory_usage_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
-                    disk_usage_mb: -1,
-                    cpu_usage: -1,
-                    exit_code: i.record.exit.and_then(|e| e.code),
-                    workload_uuid: i.record.start.workload_uuid,
+                )
+            } else {
+                None
+            };
+            let mut cpu_usage = -1;
+            if i.running {
+                let pids = i
+                    .record
+                    .cgroups
+                    .first()
+                    .map(|d| group_pids(d))
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| i.pid.into_iter().collect());
+                let ticks: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+                if let Some((before, at)) = i.last_cpu {
+                    let elapsed = now.duration_since(at).as_secs_f64();
+                    if elapsed > 0.0 {
+                        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)] // a percentage
+                        let pct = (ticks.saturating_sub(before) as f64 / clock_ticks_per_second() / elapsed * 100.0)
+                            .round() as i32;
+                        cpu_usage = pct;
+                    }
                 }
-            })
-            .collect()
+                i.last_cpu = Some((ticks, now));
+            }
+            let disk = dir_size_mb(&self.root.join(id.to_string()).join(files::RESULTS));
+            out.push(InstanceStat {
+                instance_uuid: *id,
+                state: if i.running {
+                    InstanceState::Active
+                } else if i.record.stop_requested {
+                    InstanceState::Stopped
+                } else {
+                    InstanceState::Exited
+                },
+                memory_usage_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
+                disk_usage_mb: disk.and_then(|d| i64::try_from(d).ok()).unwrap_or(-1),
+                cpu_usage,
+                exit_code: i.record.exit.and_then(|e| e.code),
+                workload_uuid: i.record.start.workload_uuid,
+            });
+        }
+        out
     }
+}
+
+/// PIDs in a cgroup.
+fn group_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// User + system CPU time of a process and of its reaped children, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are counted from ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14–17 of the line, 12–15 after the name.
+    (11..15).map(|k| fields.get(k)?.parse::<u64>().ok()).sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    #[allow(clippy::cast_precision_loss)] // tens to thousands
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .map_or(100.0, |t| t as f64);
+    ticks
+}
+
+/// Size of a directory tree in MiB (at most 10,000 entries are looked at).
+fn dir_size_mb(dir: &Path) -> Option<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_owned()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            seen += 1;
+            if seen > 10_000 {
+                return Some(total / (1024 * 1024));
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Some(total / (1024 * 1024))
 }
 
 /// Resident memory of a process in MiB (when the node has no cgroups).

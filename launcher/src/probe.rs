@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ssntp::payload::NodeReport;
+use ssntp::payload::{Network, NodeReport};
 use ssntp::Uuid;
 
 /// Reads `MemTotal` and `MemAvailable` (MiB) from the text of `/proc/meminfo`.
@@ -139,6 +139,44 @@ pub fn report_for(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64, offer:
     Ok(r)
 }
 
+/// CPU model name and clock (MHz) from the text of `/proc/cpuinfo`.
+pub fn parse_cpuinfo(text: &str) -> (String, Option<u32>) {
+    let value = |key: &str| {
+        text.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned()))
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a clock in MHz fits a u32
+    let mhz = value("cpu MHz")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|m| m.is_finite() && *m >= 0.0)
+        .map(|m| m.round() as u32);
+    (value("model name").unwrap_or_default(), mhz)
+}
+
+/// The node's IPv4/IPv6 addresses with their interfaces' MAC addresses (loopback left out).
+pub fn networks() -> Vec<Network> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let addrs: Vec<_> = addrs.collect();
+    let mac_of = |name: &str| {
+        addrs
+            .iter()
+            .filter(|a| a.interface_name == name)
+            .find_map(|a| a.address.as_ref()?.as_link_addr()?.addr())
+            .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+    };
+    addrs
+        .iter()
+        .filter(|a| !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK))
+        .filter_map(|a| {
+            let addr = a.address.as_ref()?;
+            let ip = addr
+                .as_sockaddr_in()
+                .map(|v4| v4.ip().to_string())
+                .or_else(|| addr.as_sockaddr_in6().map(|v6| v6.ip().to_string()))?;
+            Some(Network { ip, mac: mac_of(&a.interface_name).unwrap_or_default() })
+        })
+        .collect()
+}
+
 /// A fresh report for the whole machine.
 pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeReport {
     let (mem_total, mem_available) =
@@ -147,6 +185,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
     let (disk_total, disk_available) = disk_mb(state_dir).unwrap_or((0, 0));
     let hostname =
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let (cpu_model, cpu_mhz) = std::fs::read_to_string("/proc/cpuinfo").map(|t| parse_cpuinfo(&t)).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     NodeReport {
         node_uuid,
@@ -157,8 +196,10 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         cpus_online: cpus,
         hostname,
         load,
-        networks: vec![],
+        networks: networks(),
         arch: std::env::consts::ARCH.to_owned(),
+        cpu_model,
+        cpu_mhz,
         features: Vec::new(),
         labels: Default::default(),
         numa_node: None,
@@ -181,6 +222,15 @@ mod tests {
             format!("Node {id} MemTotal: {total_kb} kB\nNode {id} MemFree: {free_kb} kB\nNode {id} Inactive(file): 1024 kB\n"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn cpuinfo_and_networks() {
+        let (model, mhz) = parse_cpuinfo("processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2445.404\n");
+        assert_eq!((model.as_str(), mhz), ("AMD EPYC", Some(2445)));
+        assert_eq!(parse_cpuinfo(""), (String::new(), None));
+        // This machine has at least one non-loopback address, and never reports 127.0.0.1.
+        assert!(networks().iter().all(|n| n.ip != "127.0.0.1"));
     }
 
     #[test]

@@ -110,7 +110,10 @@ impl Node {
         r.vcpus_allocated = vcpus;
         r.mem_allocated_mb = Some(mem);
         r.instance_count = u32::try_from(self.instances.running()).unwrap_or(u32::MAX);
-        r.features.extend(self.instances.cgroups().feature().map(str::to_owned));
+        if let Some(feature) = self.instances.cgroups().feature() {
+            r.features.push(feature.to_owned());
+            r.features.push(admission::LIMITS_FEATURE.to_owned());
+        }
         r
     }
 
@@ -138,7 +141,7 @@ impl Node {
         }
     }
 
-    fn stats(&self) -> Message {
+    fn stats(&mut self) -> Message {
         let r = self.probe();
         Message::Stats(Stats {
             node_uuid: self.uuid,
@@ -160,7 +163,8 @@ impl Node {
     fn report(&mut self) {
         let status = self.status();
         let _ = self.client.try_send(&status);
-        let _ = self.client.try_send(&self.stats());
+        let stats = self.stats();
+        let _ = self.client.try_send(&stats);
     }
 
     fn set_maintenance(&mut self, on: bool) {
@@ -321,6 +325,7 @@ impl Node {
             &start.requirements,
             start.backend.name(),
             &self.offer.backends,
+            self.instances.cgroups().feature().is_some(),
         )
     }
 }

@@ -309,3 +309,23 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
         FailureReason::ImageFailure
     );
 }
+
+#[tokio::test]
+async fn stats_report_cpu_and_disk_use() {
+    let state = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    let id = Uuid::new_v4();
+    instances.start(&sh(id, "head -c 3000000 /dev/zero > results/blob; while :; do :; done", 16)).unwrap();
+    let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
+    instances.started(id, pid);
+    let first = instances.stats().into_iter().find(|s| s.instance_uuid == id).unwrap();
+    assert_eq!(first.cpu_usage, -1, "no share before a second sample");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stat = instances.stats().into_iter().find(|s| s.instance_uuid == id).unwrap();
+    assert!(stat.cpu_usage >= 30, "a busy loop uses a good share of a CPU: {}", stat.cpu_usage);
+    assert!(stat.disk_usage_mb >= 2, "results/ holds 3 MB: {}", stat.disk_usage_mb);
+    instances.stop(id, Duration::from_millis(200)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert!(instances.exited(&exit));
+}

@@ -24,6 +24,8 @@ fn ready() -> Message {
         load: 0.42,
         networks: vec![Network { ip: "10.0.0.17".into(), mac: "02:00:15:03:6f:49".into() }],
         arch: "x86_64".into(),
+        cpu_model: "AMD EPYC".into(),
+        cpu_mhz: Some(2445),
         features: vec!["process".into(), "oci".into(), "kvm".into()],
         labels: BTreeMap::from([("rack".into(), "r12".into())]),
         numa_node: None,

@@ -137,6 +137,12 @@ pub struct NodeReport {
     /// Machine architecture (`x86_64`, `aarch64` …).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub arch: String,
+    /// CPU model name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_model: String,
+    /// CPU clock, MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_mhz: Option<u32>,
     /// Capabilities such as `oci`, `kvm`, `cgroup-v1`, and the backends offered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,

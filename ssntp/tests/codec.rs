@@ -88,6 +88,8 @@ fn report(p: &Prims) -> NodeReport {
         load: p.load,
         networks: p.words.iter().map(|w| Network { ip: w.clone(), mac: p.text.clone() }).collect(),
         arch: p.words.first().cloned().unwrap_or_default(),
+        cpu_model: p.text.clone(),
+        cpu_mhz: p.flag.then_some(p.small),
         features: p.words.clone(),
         labels: p.labels.clone(),
         numa_node: p.flag.then_some(p.small % 8),
