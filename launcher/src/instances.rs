@@ -24,6 +24,9 @@ use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Shi
 
 /// Time between SIGTERM and SIGKILL when stopping.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Most output bytes one LOG_FETCH returns, whatever it asks for (frames stay well under the
+/// 4 MiB payload limit).
+pub const MAX_LOG_BYTES: u32 = 1024 * 1024;
 /// How often a watcher looks at an instance's files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -506,8 +509,8 @@ impl Instances {
         Ok(())
     }
 
-    /// The last `max_bytes` of an instance's output (lossy UTF-8) and whether earlier output was
-    /// cut off.
+    /// The last `max_bytes` (at most [`MAX_LOG_BYTES`]) of an instance's output (lossy UTF-8)
+    /// and whether earlier output was cut off.
     ///
     /// # Errors
     /// No such instance or unreadable output.
@@ -519,7 +522,7 @@ impl Instances {
         let no = |e: std::io::Error| (FailureReason::NoInstance, e.to_string());
         let mut file = std::fs::File::open(self.output(id)).map_err(no)?;
         let len = file.metadata().map_err(no)?.len();
-        let keep = len.min(u64::from(max_bytes));
+        let keep = len.min(u64::from(max_bytes.min(MAX_LOG_BYTES)));
         file.seek(SeekFrom::Start(len - keep)).map_err(no)?;
         let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
         file.take(keep).read_to_end(&mut tail).map_err(no)?;

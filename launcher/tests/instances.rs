@@ -63,6 +63,8 @@ async fn output_exit_codes_clean_up_and_launch_failures() {
     assert_eq!(names(&instances.dir(ok)), vec!["results", "state.json"], "only results/ and the state file are kept");
     let (tail, truncated) = instances.tail(ok, 4).unwrap();
     assert_eq!((tail.as_str(), truncated), ("ops\n", true));
+    let (all, truncated) = instances.tail(ok, u32::MAX).unwrap();
+    assert_eq!((all.len(), truncated), (11, false), "a huge request is bounded and still exact for small output");
 
     let failing = Uuid::new_v4();
     instances.start(&sh(failing, "exit 3", 16)).unwrap();
