@@ -259,6 +259,11 @@ impl Hub {
         self.queue.contains(*instance)
     }
 
+    /// Whether the node table's indexes are consistent (for tests).
+    pub fn indexes_consistent(&self) -> bool {
+        self.nodes.check_indexes(&self.cfg)
+    }
+
     /// The memory estimates.
     pub fn estimator(&self) -> &Estimator {
         &self.estimator
@@ -581,7 +586,7 @@ impl Hub {
 
     /// Tries queued STARTs in order on any node (the tick's sweep).
     fn drain(&mut self, _now: Now, out: &mut Vec<Output>) {
-        if self.queue.is_empty() || self.nodes.most_free().next().is_none() {
+        if self.queue.is_empty() || !self.nodes.any_open() {
             return;
         }
         self.drain_where(out, |_, _| true);

@@ -261,12 +261,19 @@ impl Node {
     }
 }
 
-/// All known nodes, with an index of the open ones by free memory.
+/// Per label key, per value: the (free memory, node) index of the open nodes carrying it.
+/// Nested so that a lookup borrows the START's strings instead of allocating a key.
+type LabelIndex = HashMap<String, HashMap<String, BTreeSet<(u64, Uuid)>>>;
+
+/// All known nodes, with indexes of the open ones by free memory: one over all of them, and one
+/// per label, so that a START requiring a rare label finds its node as fast as any other.
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: BTreeMap<Uuid, Node>,
     /// (free memory MiB, node) of every open node.
     by_free: BTreeSet<(u64, Uuid)>,
+    /// The same, per label the node carries.
+    by_label: LabelIndex,
 }
 
 impl NodeTable {
@@ -290,56 +297,103 @@ impl NodeTable {
         self.nodes.is_empty()
     }
 
-    /// Open nodes, most free memory first.
-    pub fn most_free(&self) -> impl Iterator<Item = &Node> {
-        self.by_free.iter().rev().filter_map(|(_, u)| self.nodes.get(u))
+    /// The index to walk for nodes carrying every label in `required`: the smallest of the
+    /// required labels' indexes, or the index of all open nodes when none is required. `None`
+    /// when a required label is carried by no open node.
+    fn index_for(&self, required: &BTreeMap<String, String>) -> Option<&BTreeSet<(u64, Uuid)>> {
+        if required.is_empty() {
+            return Some(&self.by_free);
+        }
+        required.iter().map(|(k, v)| self.by_label.get(k.as_str())?.get(v.as_str())).try_fold(
+            None,
+            |best: Option<&BTreeSet<_>>, set| {
+                let set = set?;
+                Some(Some(match best {
+                    Some(b) if b.len() <= set.len() => b,
+                    _ => set,
+                }))
+            },
+        )?
     }
 
-    /// Open nodes with at least `mem_mb` free, least free first.
-    pub fn least_free_above(&self, mem_mb: u64) -> impl Iterator<Item = &Node> {
-        self.by_free.range((mem_mb, Uuid::nil())..).filter_map(|(_, u)| self.nodes.get(u))
+    /// Open nodes carrying the `required` labels, most free memory first.
+    pub fn most_free(&self, required: &BTreeMap<String, String>) -> impl Iterator<Item = &Node> {
+        self.index_for(required).into_iter().flat_map(|i| i.iter().rev()).filter_map(|(_, u)| self.nodes.get(u))
+    }
+
+    /// Open nodes carrying the `required` labels with at least `mem_mb` free, least free first.
+    pub fn least_free_above(&self, required: &BTreeMap<String, String>, mem_mb: u64) -> impl Iterator<Item = &Node> {
+        self.index_for(required)
+            .into_iter()
+            .flat_map(move |i| i.range((mem_mb, Uuid::nil())..))
+            .filter_map(|(_, u)| self.nodes.get(u))
+    }
+
+    /// Whether the indexes equal ones rebuilt from scratch (for tests).
+    pub fn check_indexes(&self, cfg: &Config) -> bool {
+        let (mut by_free, mut by_label) = (BTreeSet::new(), HashMap::new());
+        for node in self.nodes.values() {
+            Self::index(&mut by_free, &mut by_label, node, cfg);
+        }
+        by_free == self.by_free && by_label == self.by_label
+    }
+
+    /// Whether any node is open.
+    pub fn any_open(&self) -> bool {
+        !self.by_free.is_empty()
+    }
+
+    fn index(by_free: &mut BTreeSet<(u64, Uuid)>, by_label: &mut LabelIndex, node: &Node, cfg: &Config) {
+        if node.is_open() {
+            let key = (node.mem_free(cfg), node.uuid);
+            by_free.insert(key);
+            for (k, v) in &node.report.labels {
+                by_label.entry(k.clone()).or_default().entry(v.clone()).or_default().insert(key);
+            }
+        }
+    }
+
+    fn unindex(by_free: &mut BTreeSet<(u64, Uuid)>, by_label: &mut LabelIndex, node: &Node, cfg: &Config) {
+        if node.is_open() {
+            let key = (node.mem_free(cfg), node.uuid);
+            by_free.remove(&key);
+            for (k, v) in &node.report.labels {
+                let Some(values) = by_label.get_mut(k.as_str()) else { continue };
+                if let Some(set) = values.get_mut(v.as_str()) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        values.remove(v.as_str());
+                    }
+                }
+                if values.is_empty() {
+                    by_label.remove(k.as_str());
+                }
+            }
+        }
     }
 
     /// Inserts or replaces a node.
     pub fn insert(&mut self, node: Node, cfg: &Config) {
         let uuid = node.uuid;
         self.remove(&uuid, cfg);
-        if node.is_open() {
-            self.by_free.insert((node.mem_free(cfg), uuid));
-        }
+        Self::index(&mut self.by_free, &mut self.by_label, &node, cfg);
         self.nodes.insert(uuid, node);
     }
 
     /// Removes a node.
     pub fn remove(&mut self, uuid: &Uuid, cfg: &Config) -> Option<Node> {
         let node = self.nodes.remove(uuid)?;
-        if node.is_open() {
-            self.by_free.remove(&(node.mem_free(cfg), *uuid));
-        }
+        Self::unindex(&mut self.by_free, &mut self.by_label, &node, cfg);
         Some(node)
     }
 
-    /// Changes a node and keeps the index true. Returns what `change` returned, or `None` for
+    /// Changes a node and keeps the indexes true. Returns what `change` returned, or `None` for
     /// an unknown node.
     pub fn update<T>(&mut self, uuid: &Uuid, cfg: &Config, change: impl FnOnce(&mut Node) -> T) -> Option<T> {
         let node = self.nodes.get_mut(uuid)?;
-        if node.is_open() {
-            self.by_free.remove(&(node.mem_free(cfg), *uuid));
-        }
+        Self::unindex(&mut self.by_free, &mut self.by_label, node, cfg);
         let result = change(node);
-        if node.is_open() {
-            self.by_free.insert((node.mem_free(cfg), *uuid));
-        }
+        Self::index(&mut self.by_free, &mut self.by_label, node, cfg);
         Some(result)
-    }
-
-    /// Rebuilds the index (after a configuration change alters every capacity).
-    pub fn reindex(&mut self, cfg: &Config) {
-        self.by_free = self.nodes.values().filter(|n| n.is_open()).map(|n| (n.mem_free(cfg), n.uuid)).collect();
-    }
-
-    /// Finds the node and instance an instance UUID is placed on.
-    pub fn node_of(&self, instance: &Uuid) -> Option<Uuid> {
-        self.nodes.values().find(|n| n.instances.contains_key(instance)).map(|n| n.uuid)
     }
 }

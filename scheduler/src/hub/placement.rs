@@ -6,8 +6,9 @@
 //! - **firstfit**: ciao's rule, for comparison: nodes in a fixed order, the first that fits,
 //!   skipping the most recently used one when another fits.
 //!
-//! Spread and bin-pack walk an index of open nodes ordered by free memory, so when memory is
-//! what limits, the first node looked at usually fits, whatever the cluster's size.
+//! Spread and bin-pack walk an index of open nodes ordered by free memory — the index of the
+//! rarest required label when the START requires labels — so the first node looked at usually
+//! fits, whatever the cluster's size.
 
 use std::collections::BTreeMap;
 
@@ -40,8 +41,8 @@ pub fn choose(
         return nodes.get(&id).filter(fits).map(|n| n.uuid);
     }
     match cfg.policy {
-        Policy::Spread => nodes.most_free().find(fits).map(|n| n.uuid),
-        Policy::Binpack => nodes.least_free_above(need.charge_mb).find(fits).map(|n| n.uuid),
+        Policy::Spread => nodes.most_free(&need.requirements.labels).find(fits).map(|n| n.uuid),
+        Policy::Binpack => nodes.least_free_above(&need.requirements.labels, need.charge_mb).find(fits).map(|n| n.uuid),
         Policy::Firstfit => {
             let mut fallback = None;
             for node in nodes.iter().filter(fits) {

@@ -561,6 +561,7 @@ proptest! {
                     o
                 }
             };
+            prop_assert!(hub.indexes_consistent(), "placement indexes drifted from the node table");
             for (to, message) in decode(out) {
                 match message {
                     Message::Start(s) => {
