@@ -7,11 +7,13 @@
 //! the CLI are the controller issue's.
 //!
 //! # Layout
+//! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
 //! - [`link`]: the controller's SSNTP connection (a reconnecting client with the controller
 //!   role) and how events are described for people.
 //! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
 
 #![forbid(unsafe_code)]
 
+pub mod lifecycle;
 pub mod link;
 pub mod up;

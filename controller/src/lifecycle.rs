@@ -1,0 +1,424 @@
+//! An instance's life as the controller tracks it: a pure state machine.
+//!
+//! ```text
+//! pending ──START sent──▶ starting ──INSTANCE_QUEUED──▶ queued
+//!    ▲                        │ ▲                         │
+//!    │ restart (per policy,   │ └──────────(placed)───────┘
+//!    │  after a backoff)      ▼
+//!    └──────── failed ◀── running ──▶ exited(code) | stopped | lost | canceled
+//! ```
+//!
+//! [`Lifecycle::handle`] takes the time and one [`Input`] (what the cluster reported, what the
+//! user asked) and returns the [`Action`]s to take; the caller persists the new state before it
+//! acts, so a controller that crashes never sends a START twice for one desired copy: START is
+//! only ever sent from `pending`, and `pending` is left before the START goes out.
+
+use ssntp::payload::{ExitReason, FailureReason};
+use ssntp::Uuid;
+
+/// When an instance is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Never: an end is final.
+    Never,
+    /// After a failure (non-zero exit, OOM, kill, a fatal start failure, node loss).
+    OnFailure,
+    /// After any end but a user's stop or cancel.
+    Always,
+}
+
+/// Restart policy with its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// When.
+    pub policy: RestartPolicy,
+    /// Most restarts over the instance's life.
+    pub attempts: u32,
+    /// First backoff, ms; doubled per restart, at most 5 minutes.
+    pub backoff_ms: u64,
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Wants a START (at `not_before_ms` at the earliest).
+    Pending {
+        /// Earliest time to send START (backoff), monotonic ms.
+        not_before_ms: u64,
+    },
+    /// START sent; no answer yet.
+    Starting,
+    /// The scheduler holds it in its queue.
+    Queued {
+        /// Why it waits, in the scheduler's words.
+        reason: String,
+    },
+    /// Running on a node.
+    Running {
+        /// The node.
+        node: Uuid,
+    },
+    /// Ended by itself with code 0 (or any end under `Never`), final.
+    Exited {
+        /// Exit code.
+        code: Option<i32>,
+    },
+    /// Ended badly and not restarted (policy or attempts exhausted), final.
+    Failed {
+        /// Why, for `drover ps`.
+        reason: String,
+    },
+    /// Stopped by the user, final until started again.
+    Stopped,
+    /// Its node was lost and it is not restarted, final.
+    Lost,
+    /// Canceled by the user, final.
+    Canceled,
+}
+
+impl State {
+    /// Whether nothing more will happen without the user.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Exited { .. } | Self::Failed { .. } | Self::Stopped | Self::Lost | Self::Canceled)
+    }
+
+    /// The state's name as the API and CLI show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending { .. } => "pending",
+            Self::Starting => "starting",
+            Self::Queued { .. } => "queued",
+            Self::Running { .. } => "running",
+            Self::Exited { .. } => "exited",
+            Self::Failed { .. } => "failed",
+            Self::Stopped => "stopped",
+            Self::Lost => "lost",
+            Self::Canceled => "canceled",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed (backoffs expire).
+    Tick,
+    /// The scheduler queued the START.
+    Queued {
+        /// Why.
+        reason: String,
+    },
+    /// The START failed (scheduler or launcher).
+    StartFailed {
+        /// Why.
+        reason: FailureReason,
+        /// The words that came with it.
+        detail: String,
+    },
+    /// The workload runs on `node`.
+    Started {
+        /// The node.
+        node: Uuid,
+    },
+    /// The workload ended by itself.
+    Exited {
+        /// Exit code.
+        code: Option<i32>,
+        /// Why.
+        reason: ExitReason,
+    },
+    /// The launcher stopped it (user stop, or evacuation when `evacuated`).
+    Stopped {
+        /// Stopped by an evacuation: start it elsewhere.
+        evacuated: bool,
+    },
+    /// The scheduler declared its node lost.
+    NodeLost,
+    /// The user wants it stopped (kept, startable again).
+    Stop,
+    /// The user wants it started again after a final state.
+    Start,
+    /// The user cancels it for good.
+    Cancel,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send START (`restart`: it ran before).
+    SendStart {
+        /// Whether this is a restart.
+        restart: bool,
+    },
+    /// Send STOP to the node it runs on.
+    SendStop {
+        /// The node.
+        node: Uuid,
+    },
+}
+
+/// One instance's tracked life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Current state.
+    pub state: State,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// STARTs sent so far (the first and every restart).
+    pub starts_sent: u32,
+    /// The user asked for a stop or cancel that has not arrived yet.
+    pub stop_requested: bool,
+    /// Cancel rather than stop once the workload is down.
+    pub cancel_requested: bool,
+    restart: Restart,
+}
+
+const MAX_BACKOFF_MS: u64 = 300_000;
+
+impl Lifecycle {
+    /// A new instance, wanting its first START now.
+    pub fn new(restart: Restart, now_ms: u64) -> Self {
+        Self {
+            state: State::Pending { not_before_ms: now_ms },
+            restarts: 0,
+            starts_sent: 0,
+            stop_requested: false,
+            cancel_requested: false,
+            restart,
+        }
+    }
+
+    fn backoff(&self) -> u64 {
+        let factor = 1u64 << self.restarts.min(20);
+        self.restart.backoff_ms.saturating_mul(factor).min(MAX_BACKOFF_MS)
+    }
+
+    /// After an end: restart (back to `pending` after the backoff) if the policy and the
+    /// attempts allow it, else the given final state.
+    fn end(&mut self, now_ms: u64, failure: bool, final_state: State) {
+        let wanted = match self.restart.policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => failure,
+            RestartPolicy::Always => true,
+        };
+        if wanted && self.restarts < self.restart.attempts && !self.stop_requested && !self.cancel_requested {
+            let not_before_ms = now_ms.saturating_add(self.backoff());
+            self.restarts += 1;
+            self.state = State::Pending { not_before_ms };
+        } else {
+            self.state = final_state;
+        }
+    }
+
+    /// Applies one input at `now_ms` (monotonic) and returns what to do.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match (self.state.clone(), input) {
+            // User intent first: it applies in any state.
+            (State::Running { node }, Input::Stop | Input::Cancel) if self.stop_requested => {
+                let _ = node; // a STOP is already on its way
+            }
+            (State::Running { node }, input @ (Input::Stop | Input::Cancel)) => {
+                self.stop_requested = true;
+                self.cancel_requested = input == Input::Cancel;
+                actions.push(Action::SendStop { node });
+            }
+            (State::Pending { .. }, Input::Stop) => self.state = State::Stopped,
+            (State::Pending { .. }, Input::Cancel) => self.state = State::Canceled,
+            (State::Starting | State::Queued { .. }, input @ (Input::Stop | Input::Cancel)) => {
+                // Not running yet: remember, and stop it the moment it reports in.
+                self.stop_requested = true;
+                self.cancel_requested = input == Input::Cancel;
+            }
+            (state, Input::Cancel) if state.is_final() => self.state = State::Canceled,
+            (state, Input::Start) if state.is_final() && state != State::Canceled => {
+                self.stop_requested = false;
+                self.state = State::Pending { not_before_ms: now_ms };
+            }
+
+            // Time.
+            (State::Pending { not_before_ms }, Input::Tick) if now_ms >= not_before_ms => {
+                self.state = State::Starting;
+                self.starts_sent += 1;
+                actions.push(Action::SendStart { restart: self.starts_sent > 1 });
+            }
+
+            // The cluster.
+            (State::Starting, Input::Queued { reason }) | (State::Queued { .. }, Input::Queued { reason }) => {
+                self.state = State::Queued { reason };
+            }
+            (State::Starting | State::Queued { .. }, Input::Started { node }) => {
+                self.state = State::Running { node };
+                if self.stop_requested {
+                    actions.push(Action::SendStop { node });
+                }
+            }
+            (State::Starting | State::Queued { .. }, Input::StartFailed { reason, detail }) => {
+                let final_state = State::Failed { reason: format!("{reason:?}: {detail}") };
+                if self.stop_requested {
+                    self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
+                } else if reason.is_fatal() {
+                    self.end(now_ms, true, final_state);
+                } else {
+                    // Not fatal (already running there, instance exists): it is there.
+                    self.state = final_state;
+                }
+            }
+            (State::Running { .. }, Input::Exited { code, reason }) => {
+                if self.stop_requested {
+                    self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
+                } else {
+                    let failure = reason != ExitReason::Completed;
+                    let final_state = if failure {
+                        State::Failed { reason: format!("{reason:?}, exit code {code:?}") }
+                    } else {
+                        State::Exited { code }
+                    };
+                    self.end(now_ms, failure, final_state);
+                }
+            }
+            (State::Running { .. } | State::Starting | State::Queued { .. }, Input::Stopped { evacuated }) => {
+                if self.stop_requested || !evacuated {
+                    self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
+                } else {
+                    // Evacuated: start it elsewhere at once, whatever the policy.
+                    self.state = State::Pending { not_before_ms: now_ms };
+                }
+            }
+            (State::Running { .. } | State::Starting | State::Queued { .. }, Input::NodeLost) => {
+                if self.stop_requested {
+                    self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
+                } else {
+                    self.end(now_ms, true, State::Lost);
+                }
+            }
+            // Anything else (a late report for a final instance, a duplicate) changes nothing.
+            _ => {}
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ON_FAILURE: Restart = Restart { policy: RestartPolicy::OnFailure, attempts: 2, backoff_ms: 1000 };
+
+    fn node() -> Uuid {
+        Uuid::from_bytes([9; 16])
+    }
+
+    #[test]
+    fn a_failing_workload_is_restarted_with_backoff_until_attempts_run_out() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        assert_eq!(l.handle(0, Input::Tick), vec![Action::SendStart { restart: false }]);
+        l.handle(1, Input::Started { node: node() });
+        l.handle(2, Input::Exited { code: Some(1), reason: ExitReason::Failed });
+        assert_eq!(l.state, State::Pending { not_before_ms: 1002 });
+        assert!(l.handle(1001, Input::Tick).is_empty(), "backoff");
+        assert_eq!(l.handle(1002, Input::Tick), vec![Action::SendStart { restart: true }]);
+        l.handle(1003, Input::Started { node: node() });
+        l.handle(1004, Input::Exited { code: None, reason: ExitReason::Oom });
+        assert_eq!(l.state, State::Pending { not_before_ms: 1004 + 2000 }, "backoff doubles");
+        l.handle(3004, Input::Tick);
+        l.handle(3005, Input::Started { node: node() });
+        l.handle(3006, Input::Exited { code: Some(2), reason: ExitReason::Failed });
+        assert!(matches!(l.state, State::Failed { .. }), "attempts exhausted: {:?}", l.state);
+        assert_eq!((l.starts_sent, l.restarts), (3, 2));
+    }
+
+    #[test]
+    fn success_is_final_under_on_failure_and_restarted_under_always() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        l.handle(0, Input::Exited { code: Some(0), reason: ExitReason::Completed });
+        assert_eq!(l.state, State::Exited { code: Some(0) });
+        let mut l = Lifecycle::new(Restart { policy: RestartPolicy::Always, ..ON_FAILURE }, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        l.handle(0, Input::Exited { code: Some(0), reason: ExitReason::Completed });
+        assert!(matches!(l.state, State::Pending { .. }));
+    }
+
+    #[test]
+    fn node_loss_and_evacuation_move_the_instance_user_stop_does_not() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        l.handle(0, Input::NodeLost);
+        assert!(matches!(l.state, State::Pending { .. }), "lost: restarted under on-failure");
+        let mut l = Lifecycle::new(Restart { policy: RestartPolicy::Never, ..ON_FAILURE }, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        l.handle(0, Input::Stopped { evacuated: true });
+        assert_eq!(l.state, State::Pending { not_before_ms: 0 }, "evacuation moves it whatever the policy");
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        assert_eq!(l.handle(0, Input::Stop), vec![Action::SendStop { node: node() }]);
+        assert!(l.handle(0, Input::Stop).is_empty(), "one STOP");
+        l.handle(0, Input::Stopped { evacuated: false });
+        assert_eq!(l.state, State::Stopped);
+        l.handle(5, Input::Start);
+        assert_eq!(l.state, State::Pending { not_before_ms: 5 });
+    }
+
+    #[test]
+    fn cancel_while_starting_stops_it_as_soon_as_it_runs() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        assert!(l.handle(0, Input::Cancel).is_empty());
+        assert_eq!(l.handle(0, Input::Started { node: node() }), vec![Action::SendStop { node: node() }]);
+        l.handle(0, Input::Exited { code: None, reason: ExitReason::Killed });
+        assert_eq!(l.state, State::Canceled);
+        assert!(l.handle(10_000, Input::Tick).is_empty());
+        l.handle(0, Input::Start);
+        assert_eq!(l.state, State::Canceled, "canceled is for good");
+    }
+
+    fn inputs() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            4 => Just(Input::Tick),
+            1 => Just(Input::Queued { reason: "0 of 1 nodes fit".into() }),
+            1 => prop::sample::select(vec![FailureReason::FullCloud, FailureReason::LaunchFailure, FailureReason::AlreadyRunning])
+                .prop_map(|reason| Input::StartFailed { reason, detail: String::new() }),
+            2 => Just(Input::Started { node: Uuid::from_bytes([1; 16]) }),
+            2 => prop::sample::select(vec![ExitReason::Completed, ExitReason::Failed, ExitReason::Oom]).prop_map(|reason| Input::Exited { code: Some(1), reason }),
+            1 => any::<bool>().prop_map(|evacuated| Input::Stopped { evacuated }),
+            1 => Just(Input::NodeLost),
+            1 => Just(Input::Stop),
+            1 => Just(Input::Start),
+            1 => Just(Input::Cancel),
+        ]
+    }
+
+    proptest! {
+        /// One desired copy is never started twice at once: a START goes out only from
+        /// `pending`, never while one is starting or running, and every restart is counted
+        /// against the policy (user restarts and evacuations aside).
+        #[test]
+        fn never_two_starts_for_one_copy(inputs in prop::collection::vec(inputs(), 1..200), policy in prop::sample::select(vec![RestartPolicy::Never, RestartPolicy::OnFailure, RestartPolicy::Always])) {
+            let restart = Restart { policy, attempts: 3, backoff_ms: 100 };
+            let mut l = Lifecycle::new(restart, 0);
+            let mut now = 0;
+            for input in inputs {
+                now += 50;
+                let before = l.state.clone();
+                let actions = l.handle(now, input);
+                for action in &actions {
+                    if let Action::SendStart { .. } = action {
+                        prop_assert!(matches!(before, State::Pending { .. }), "START sent from {:?}", before);
+                        prop_assert_eq!(&l.state, &State::Starting);
+                    }
+                }
+                prop_assert!(l.restarts <= restart.attempts);
+                if before == State::Canceled {
+                    prop_assert_eq!(&l.state, &State::Canceled, "canceled is final");
+                    prop_assert!(actions.is_empty());
+                }
+            }
+        }
+    }
+}
