@@ -1,0 +1,362 @@
+//! Workload files (JSON or TOML): what a user submits, checked with errors that name the field.
+//!
+//! ```toml
+//! name = "render"
+//! class = "batch"            # workorder (default) | batch
+//! priority = 5
+//! size = "small"             # tiny | small | medium | large — or [resources]
+//! max_run_time = "10m"
+//!
+//! [backend]
+//! type = "process"           # process | oci | sim
+//! argv = ["/usr/bin/render", "--frame", "12"]
+//!
+//! [requirements]
+//! labels = { zone = "b" }
+//! features = ["limits"]
+//!
+//! [restart]
+//! policy = "on-failure"      # never | on-failure | always
+//! attempts = 3
+//! backoff = "10s"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use ssntp::payload::{Backend, Requirements, SizeClass, WorkClass};
+use ssntp::Uuid;
+
+use crate::lifecycle::{Restart, RestartPolicy};
+
+/// A workload file that cannot be used, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the offending field (`restart.policy`), or `(file)`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.to_owned(), message: message.into() }
+}
+
+/// Explicit resources.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// vCPUs.
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mb: u64,
+    /// Disk, MiB.
+    #[serde(default)]
+    pub disk_mb: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Placement constraints.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Pin to a node.
+    pub node_id: Option<Uuid>,
+    /// Pin to a host name.
+    pub hostname: Option<String>,
+    /// Required labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Required architecture.
+    pub arch: Option<String>,
+    /// Required features (`oci`, `kvm`, `limits` …).
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Needs a per-NUMA-node launcher.
+    #[serde(default)]
+    pub numa_local: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum PolicyName {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartSpec {
+    #[serde(default = "on_failure")]
+    policy: PolicyName,
+    #[serde(default = "three")]
+    attempts: u32,
+    #[serde(default)]
+    backoff: Option<String>,
+}
+
+fn on_failure() -> PolicyName {
+    PolicyName::OnFailure
+}
+
+fn three() -> u32 {
+    3
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        Self { policy: PolicyName::OnFailure, attempts: 3, backoff: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadFile {
+    name: String,
+    #[serde(default = "workorder")]
+    class: WorkClass,
+    #[serde(default)]
+    priority: u32,
+    deadline_unix_ms: Option<u64>,
+    size: Option<SizeClass>,
+    resources: Option<Resources>,
+    backend: Backend,
+    #[serde(default)]
+    requirements: Placement,
+    #[serde(default)]
+    restart: RestartSpec,
+    max_run_time: Option<String>,
+}
+
+fn workorder() -> WorkClass {
+    WorkClass::Workorder
+}
+
+/// A checked workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Name (unique per tenant).
+    pub name: String,
+    /// Work class.
+    pub class: WorkClass,
+    /// Priority within the class.
+    pub priority: u32,
+    /// Latest start, Unix ms.
+    pub deadline_unix_ms: Option<u64>,
+    /// What an instance needs (resources resolved from the size class).
+    pub requirements: Requirements,
+    /// How it runs.
+    pub backend: Backend,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Kill after this many seconds.
+    pub max_run_time_s: Option<u64>,
+}
+
+/// File format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// TOML.
+    Toml,
+}
+
+impl Format {
+    /// From a file name's extension (`.toml` → TOML, anything else → JSON).
+    pub fn of_path(path: &std::path::Path) -> Self {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+            Self::Toml
+        } else {
+            Self::Json
+        }
+    }
+}
+
+/// Parses and checks a workload file.
+///
+/// # Errors
+/// A [`SpecError`] naming the field.
+pub fn parse(text: &str, format: Format) -> Result<Workload, SpecError> {
+    let file: WorkloadFile = match format {
+        Format::Json => {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))?
+        }
+        Format::Toml => {
+            let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.message().to_owned()))?;
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| path_error(e.path().to_string(), e.inner().message().to_owned()))?
+        }
+    };
+    check(file)
+}
+
+fn path_error(path: String, message: String) -> SpecError {
+    let field = if path == "." || path.is_empty() { "(file)".to_owned() } else { path };
+    // serde says "at line L column C" for JSON; the field path says more.
+    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    SpecError { field, message }
+}
+
+fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
+    let name_ok = !f.name.is_empty()
+        && f.name.len() <= 64
+        && f.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !name_ok {
+        return Err(err("name", "1-64 characters of a-z, 0-9, '-', '_' and '.'"));
+    }
+    let (vcpus, mem_mb, disk_mb) = match (&f.size, &f.resources) {
+        (Some(_), Some(_)) => return Err(err("size", "give either size or resources, not both")),
+        (None, None) => {
+            return Err(err("resources", "give resources (mem_mb, vcpus) or a size (tiny, small, medium, large)"))
+        }
+        (Some(size), None) => (1, size.mem_mb(), 0),
+        (None, Some(r)) => (r.vcpus, r.mem_mb, r.disk_mb),
+    };
+    if mem_mb == 0 || mem_mb % 32 != 0 && f.class == WorkClass::Batch {
+        return Err(err("resources.mem_mb", "must be more than 0, in 32 MiB chunks for batch work"));
+    }
+    match &f.backend {
+        Backend::Process { argv, .. } if argv.is_empty() || argv[0].is_empty() => {
+            return Err(err("backend.argv", "needs at least the program"));
+        }
+        Backend::Oci { rootfs, args, .. } => {
+            if !rootfs.starts_with('/') {
+                return Err(err("backend.rootfs", "must be an absolute path on the node"));
+            }
+            if args.is_empty() {
+                return Err(err("backend.args", "needs at least the program"));
+            }
+        }
+        _ => {}
+    }
+    if f.restart.attempts > 1000 {
+        return Err(err("restart.attempts", "at most 1000"));
+    }
+    let backoff = match &f.restart.backoff {
+        Some(text) => ssntp::cli::parse_duration(text).map_err(|m| err("restart.backoff", m))?,
+        None => std::time::Duration::from_secs(10),
+    };
+    let max_run_time_s = match &f.max_run_time {
+        Some(text) => {
+            let d = ssntp::cli::parse_duration(text).map_err(|m| err("max_run_time", m))?;
+            if d.as_secs() == 0 {
+                return Err(err("max_run_time", "must be at least 1s"));
+            }
+            Some(d.as_secs())
+        }
+        None => None,
+    };
+    let p = f.requirements;
+    Ok(Workload {
+        name: f.name,
+        class: f.class,
+        priority: f.priority,
+        deadline_unix_ms: f.deadline_unix_ms,
+        requirements: Requirements {
+            vcpus,
+            mem_mb,
+            disk_mb,
+            node_id: p.node_id,
+            hostname: p.hostname,
+            labels: p.labels,
+            arch: p.arch,
+            features: p.features,
+            numa_local: p.numa_local,
+        },
+        backend: f.backend,
+        restart: Restart {
+            policy: match f.restart.policy {
+                PolicyName::Never => RestartPolicy::Never,
+                PolicyName::OnFailure => RestartPolicy::OnFailure,
+                PolicyName::Always => RestartPolicy::Always,
+            },
+            attempts: f.restart.attempts,
+            backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+        },
+        max_run_time_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML: &str = r#"
+name = "render"
+class = "batch"
+priority = 5
+size = "small"
+max_run_time = "10m"
+
+[backend]
+type = "process"
+argv = ["/usr/bin/render", "--frame", "12"]
+
+[requirements]
+labels = { zone = "b" }
+features = ["limits"]
+
+[restart]
+policy = "always"
+attempts = 5
+backoff = "2s"
+"#;
+
+    #[test]
+    fn toml_and_json_files_parse_and_resolve() {
+        let w = parse(TOML, Format::Toml).unwrap();
+        assert_eq!(w.name, "render");
+        assert_eq!((w.class, w.priority), (WorkClass::Batch, 5));
+        assert_eq!((w.requirements.vcpus, w.requirements.mem_mb), (1, 128));
+        assert_eq!(w.requirements.labels.get("zone").map(String::as_str), Some("b"));
+        assert_eq!(w.restart, Restart { policy: RestartPolicy::Always, attempts: 5, backoff_ms: 2000 });
+        assert_eq!(w.max_run_time_s, Some(600));
+        let json = r#"{"name": "web", "resources": {"vcpus": 2, "mem_mb": 512},
+                       "backend": {"type": "oci", "rootfs": "/srv/alpine", "args": ["httpd"]}}"#;
+        let w = parse(json, Format::Json).unwrap();
+        assert_eq!((w.class, w.requirements.vcpus, w.requirements.mem_mb), (WorkClass::Workorder, 2, 512));
+        assert_eq!(w.restart.policy, RestartPolicy::OnFailure, "default policy");
+        assert_eq!(Format::of_path(std::path::Path::new("w.TOML")), Format::Toml);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |text: &str, format| parse(text, format).unwrap_err().field;
+        assert_eq!(field(&TOML.replace("always", "sometimes"), Format::Toml), "restart.policy");
+        assert_eq!(
+            field(&TOML.replace("argv = [\"/usr/bin/render\", \"--frame\", \"12\"]", "argv = []"), Format::Toml),
+            "backend.argv"
+        );
+        assert_eq!(field(&TOML.replace("backoff = \"2s\"", "backoff = \"soon\""), Format::Toml), "restart.backoff");
+        assert_eq!(field(&TOML.replace("size = \"small\"", "size = \"huge\""), Format::Toml), "size");
+        assert_eq!(field(&TOML.replace("name = \"render\"", "name = \"Render Farm\""), Format::Toml), "name");
+        let unknown = parse(&TOML.replace("priority = 5", "priority = 5\ncolour = \"red\""), Format::Toml).unwrap_err();
+        assert_eq!(unknown.field, "colour");
+        assert!(unknown.message.contains("unknown field"), "{unknown}");
+        assert_eq!(field(r#"{"name": "x", "backend": {"type": "process", "argv": ["a"]}}"#, Format::Json), "resources");
+        assert_eq!(
+            field(
+                r#"{"name": "x", "resources": {"mem_mb": "lots"}, "backend": {"type": "sim", "duration_ms": 1}}"#,
+                Format::Json
+            ),
+            "resources.mem_mb"
+        );
+        assert_eq!(
+            field(
+                r#"{"name": "x", "size": "tiny", "backend": {"type": "oci", "rootfs": "alpine", "args": ["sh"]}}"#,
+                Format::Json
+            ),
+            "backend.rootfs"
+        );
+        let e = parse("{", Format::Json).unwrap_err();
+        assert!(!e.message.is_empty());
+    }
+}
