@@ -13,11 +13,13 @@
 //! acts, so a controller that crashes never sends a START twice for one desired copy: START is
 //! only ever sent from `pending`, and `pending` is left before the START goes out.
 
+use serde::{Deserialize, Serialize};
 use ssntp::payload::{ExitReason, FailureReason};
 use ssntp::Uuid;
 
 /// When an instance is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never: an end is final.
     Never,
@@ -28,7 +30,7 @@ pub enum RestartPolicy {
 }
 
 /// Restart policy with its bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restart {
     /// When.
     pub policy: RestartPolicy,
@@ -39,7 +41,8 @@ pub struct Restart {
 }
 
 /// Where an instance is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// Wants a START (at `not_before_ms` at the earliest).
     Pending {
@@ -158,7 +161,7 @@ pub enum Action {
 }
 
 /// One instance's tracked life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {
     /// Current state.
     pub state: State,
