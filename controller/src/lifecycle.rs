@@ -218,9 +218,8 @@ impl Lifecycle {
         let mut actions = Vec::new();
         match (self.state.clone(), input) {
             // User intent first: it applies in any state.
-            (State::Running { node }, Input::Stop | Input::Cancel) if self.stop_requested => {
-                let _ = node; // a STOP is already on its way
-            }
+            // A STOP is already on its way.
+            (State::Running { .. }, Input::Stop | Input::Cancel) if self.stop_requested => {}
             (State::Running { node }, input @ (Input::Stop | Input::Cancel)) => {
                 self.stop_requested = true;
                 self.cancel_requested = input == Input::Cancel;
