@@ -183,6 +183,7 @@ async fn demo(client: &ClientHandle, events: &mut tokio::sync::mpsc::Receiver<Cl
                     println!("---");
                     return Ok(());
                 }
+                Message::Stats(_) => {}
                 other => println!("  {}", crate::link::describe(frame.origin, &other)),
             },
         }
@@ -250,7 +251,12 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
                         }
                     }
                 }
-                Some(ClientEvent::Message { frame, message }) = events.recv() => println!("  {}", crate::link::describe(frame.origin, &message)),
+                Some(ClientEvent::Message { frame, message }) = events.recv() => {
+                    // Routine reports would drown the heartbeat; events are worth a line.
+                    if !matches!(message, Message::Stats(_)) {
+                        println!("  {}", crate::link::describe(frame.origin, &message));
+                    }
+                }
                 () = &mut shutdown => break,
             }
         }

@@ -58,6 +58,7 @@ async fn admission_evacuation_restore_and_sigterm() {
     let state = work.path().join("state");
     let log = work.path().join("launcher.log");
     let _show_log = common::LogOnPanic(log.clone());
+    let _no_leftovers = common::KillWorkloads(state.clone());
     let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log, extra: vec![] };
     let mut child = launcher.spawn();
     let peer = connect(&mut server).await;
@@ -102,8 +103,7 @@ async fn admission_evacuation_restore_and_sigterm() {
     assert_eq!(refusal(&mut server, b).await.0, FailureReason::NodeMaintenance);
 
     // Maintenance survives a launcher restart.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     child = launcher.spawn();
     let peer = connect(&mut server).await;
     status(&mut server, "MAINTENANCE").await;
@@ -130,7 +130,7 @@ async fn admission_evacuation_restore_and_sigterm() {
     )
     .unwrap();
     status(&mut server, "MAINTENANCE").await;
-    assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    assert!(child.wait().success(), "clean exit on SIGTERM");
     assert!(alive(c_pid), "the workload outlives a SIGTERMed launcher");
 
     // With --drain-on-exit, SIGTERM stops the workloads first.
@@ -147,7 +147,7 @@ async fn admission_evacuation_restore_and_sigterm() {
         _ => None,
     })
     .await;
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait().success());
     testutil::assert_eventually!(|| async { !alive(c_pid) });
     server.stop().await;
 }

@@ -21,6 +21,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     let state = work.path().join("state");
     let log = work.path().join("launcher.log");
     let _show_log = common::LogOnPanic(log.clone());
+    let _no_leftovers = common::KillWorkloads(state.clone());
     let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log, extra: vec![] };
 
     let mut child = launcher.spawn();
@@ -47,8 +48,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     let ticks = || std::fs::read_to_string(&output).unwrap_or_default().lines().count();
 
     for round in 0..10 {
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill(); // SIGKILL
         assert!(alive(pid), "round {round}: the workload died with the launcher");
         let before = ticks();
         if round == 4 {
@@ -80,8 +80,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     }
 
     // The workload ends while no launcher runs; the next one reports its exit code.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     std::fs::write(instance_dir.join("stopme"), "").unwrap();
     testutil::assert_eventually!(|| async { !alive(pid) });
     let mut child = launcher.spawn();
@@ -92,8 +91,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     .await;
     assert_eq!(exited.exit_code, Some(7));
     assert_eq!(exited.node_uuid, node);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("instance state unreadable"), "the corrupt record was reported:\n{log_text}");
     server.stop().await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use ssntp::server::ServerEvent;
@@ -18,7 +19,7 @@ pub(crate) struct Launcher<'a> {
 }
 
 impl Launcher<'_> {
-    pub(crate) fn spawn(&self) -> Child {
+    pub(crate) fn spawn(&self) -> Running {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
             .args(["--server", &self.addr, "--report-interval", "200ms", "--state-dir"])
@@ -34,7 +35,50 @@ impl Launcher<'_> {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
+            .map(Running)
             .unwrap()
+    }
+}
+
+/// A launcher process that is killed if the test ends (or fails) without waiting for it.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Running {
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub(crate) fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Kills every workload left under a launcher state directory when the test ends, passed or
+/// failed: workloads outlive launchers by design, so a test must not leave them behind.
+pub(crate) struct KillWorkloads(pub(crate) PathBuf);
+
+impl Drop for KillWorkloads {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.0.join("instances")) else { return };
+        for entry in entries.flatten() {
+            let pid = std::fs::read_to_string(entry.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
     }
 }
 
