@@ -2,6 +2,8 @@
 //! exit codes, clean-up, stop grace, memory limits ending in `oom`, maximum run time, launch
 //! failures, and re-adoption from disk.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -100,6 +102,7 @@ async fn output_exit_codes_clean_up_and_launch_failures() {
 #[tokio::test]
 async fn stop_sends_sigterm_to_the_group_then_sigkill_after_the_grace() {
     let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
     let (tx, mut rx) = mpsc::channel(16);
     let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
     let polite = Uuid::new_v4();
@@ -167,6 +170,7 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
 #[tokio::test]
 async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
     let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
     let no_limits = || Cgroups::Unavailable { why: "test".into() };
     let running = Uuid::new_v4();
     let ended = Uuid::new_v4();
@@ -315,6 +319,7 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
 #[tokio::test]
 async fn stats_report_cpu_and_disk_use() {
     let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
     let (tx, mut rx) = mpsc::channel(16);
     let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
     let id = Uuid::new_v4();
