@@ -117,6 +117,8 @@ pub enum Input {
         reason: FailureReason,
         /// The words that came with it.
         detail: String,
+        /// The node that answered, when a launcher did.
+        node: Option<Uuid>,
     },
     /// The workload runs on `node`.
     Started {
@@ -255,15 +257,23 @@ impl Lifecycle {
                     actions.push(Action::SendStop { node });
                 }
             }
-            (State::Starting | State::Queued { .. }, Input::StartFailed { reason, detail }) => {
+            (State::Starting | State::Queued { .. }, Input::StartFailed { reason, detail, node }) => {
                 let final_state = State::Failed { reason: format!("{reason:?}: {detail}") };
-                if self.stop_requested {
-                    self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
-                } else if reason.is_fatal() {
-                    self.end(now_ms, true, final_state);
-                } else {
-                    // Not fatal (already running there, instance exists): it is there.
-                    self.state = final_state;
+                match (reason, node) {
+                    // A repeated START (after a reconnect) found it already there: it runs.
+                    (FailureReason::AlreadyRunning | FailureReason::InstanceExists, Some(node)) => {
+                        self.state = State::Running { node };
+                        if self.stop_requested {
+                            actions.push(Action::SendStop { node });
+                        }
+                    }
+                    // Not fatal and no node to point at (or a launcher's full_cn, which the
+                    // scheduler retries elsewhere): keep waiting for the outcome.
+                    _ if !reason.is_fatal() => {}
+                    _ if self.stop_requested => {
+                        self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
+                    }
+                    _ => self.end(now_ms, true, final_state),
                 }
             }
             (State::Running { .. }, Input::Exited { code, reason }) => {
@@ -368,6 +378,30 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_start_that_finds_the_instance_running_marks_it_running() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        let already =
+            Input::StartFailed { reason: FailureReason::AlreadyRunning, detail: String::new(), node: Some(node()) };
+        assert!(l.handle(0, already).is_empty());
+        assert_eq!(l.state, State::Running { node: node() });
+        assert_eq!(l.restarts, 0, "not a failure");
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::StartFailed { reason: FailureReason::FullCn, detail: String::new(), node: Some(node()) });
+        assert_eq!(l.state, State::Starting, "full_cn is retried by the scheduler");
+        l.handle(
+            0,
+            Input::StartFailed {
+                reason: FailureReason::LaunchFailure,
+                detail: "no such file".into(),
+                node: Some(node()),
+            },
+        );
+        assert!(matches!(l.state, State::Pending { .. }), "a fatal failure is restarted per policy");
+    }
+
+    #[test]
     fn cancel_while_starting_stops_it_as_soon_as_it_runs() {
         let mut l = Lifecycle::new(ON_FAILURE, 0);
         l.handle(0, Input::Tick);
@@ -384,8 +418,8 @@ mod tests {
         prop_oneof![
             4 => Just(Input::Tick),
             1 => Just(Input::Queued { reason: "0 of 1 nodes fit".into() }),
-            1 => prop::sample::select(vec![FailureReason::FullCloud, FailureReason::LaunchFailure, FailureReason::AlreadyRunning])
-                .prop_map(|reason| Input::StartFailed { reason, detail: String::new() }),
+            1 => (prop::sample::select(vec![FailureReason::FullCloud, FailureReason::LaunchFailure, FailureReason::AlreadyRunning, FailureReason::FullCn]), any::<bool>())
+                .prop_map(|(reason, has_node)| Input::StartFailed { reason, detail: String::new(), node: has_node.then(|| Uuid::from_bytes([1; 16])) }),
             2 => Just(Input::Started { node: Uuid::from_bytes([1; 16]) }),
             2 => prop::sample::select(vec![ExitReason::Completed, ExitReason::Failed, ExitReason::Oom]).prop_map(|reason| Input::Exited { code: Some(1), reason }),
             1 => any::<bool>().prop_map(|evacuated| Input::Stopped { evacuated }),
