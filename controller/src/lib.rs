@@ -10,6 +10,7 @@
 //! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
 //! - [`link`]: the controller's SSNTP connection (a reconnecting client with the controller
 //!   role) and how events are described for people.
+//! - [`service`]: user intent and cluster reports in, commands out, committed before sent.
 //! - [`store`]: durable state in redb: workloads, instances, events with a revision.
 //! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field.
 //! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
@@ -18,6 +19,7 @@
 
 pub mod lifecycle;
 pub mod link;
+pub mod service;
 pub mod store;
 pub mod up;
 pub mod workload;

@@ -145,6 +145,9 @@ pub enum Input {
     Start,
     /// The user cancels it for good.
     Cancel,
+    /// The scheduler connection was re-established: a START that got no answer may have been
+    /// lost, so send it again (a duplicate is refused and read as "it runs").
+    Resend,
 }
 
 /// What to do.
@@ -237,6 +240,10 @@ impl Lifecycle {
             (state, Input::Cancel) if state.is_final() => self.state = State::Canceled,
             (state, Input::Start) if state.is_final() && state != State::Canceled => {
                 self.stop_requested = false;
+                self.state = State::Pending { not_before_ms: now_ms };
+            }
+
+            (State::Starting | State::Queued { .. }, Input::Resend) if !self.stop_requested => {
                 self.state = State::Pending { not_before_ms: now_ms };
             }
 
@@ -427,6 +434,7 @@ mod tests {
             1 => Just(Input::Stop),
             1 => Just(Input::Start),
             1 => Just(Input::Cancel),
+            1 => Just(Input::Resend),
         ]
     }
 
