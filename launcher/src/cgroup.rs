@@ -199,11 +199,34 @@ impl Cgroups {
         }
     }
 
-    /// Removes an instance's groups (they must be empty; a failure is harmless and retried
-    /// at the next clean-up).
+    /// Removes an instance's groups. A group still holding a process that is on its way out
+    /// cannot be removed yet, so removal is retried in the background for a few seconds.
     pub fn remove(&self, dirs: &[PathBuf]) {
-        for dir in dirs {
-            let _ = std::fs::remove_dir(dir);
+        let pending: Vec<PathBuf> =
+            dirs.iter().filter(|d| std::fs::remove_dir(d).is_err() && d.exists()).cloned().collect();
+        if pending.is_empty() {
+            return;
+        }
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if pending.iter().all(|d| std::fs::remove_dir(d).is_ok() || !d.exists()) {
+                    return;
+                }
+            }
+            tracing::warn!(groups = ?pending, "cgroups still busy; left for the operator");
+        });
+    }
+}
+
+/// Moves the calling process out of each group, back to its hierarchy's root (the shim does
+/// this before it reports, so the groups can be removed).
+pub fn leave(dirs: &[PathBuf]) {
+    let pid = std::process::id().to_string();
+    for dir in dirs {
+        // <hierarchy>/drover/<instance> → <hierarchy>
+        if let Some(root) = dir.parent().and_then(Path::parent) {
+            let _ = std::fs::write(root.join("cgroup.procs"), &pid);
         }
     }
 }

@@ -132,6 +132,12 @@ pub fn run(dir: &Path) -> i32 {
     // The group is this instance's alone, so any OOM kill in it was this workload's — even
     // when the kernel picked a child and the main process then exited with a code.
     let oom = oom_kills(&spec.cgroups) > 0;
+    // The instance ends with its main process: stragglers in its process group go too, and the
+    // shim leaves the instance's cgroups, so they are empty (removable) once exit.json appears.
+    if let Ok(group) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+    }
+    crate::cgroup::leave(&spec.cgroups);
     let record = match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(0), _) => ExitRecord { code: Some(0), signal: None, reason: ExitReason::Completed },

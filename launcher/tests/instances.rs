@@ -155,7 +155,7 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
         Cgroups::V2 { root } => root.join("drover").join(hog.to_string()),
         Cgroups::Unavailable { .. } => unreachable!(),
     };
-    assert!(!dir.exists(), "{} removed", dir.display());
+    testutil::assert_eventually!(|| async { !dir.exists() });
 
     // Within its limit, the same node reports real usage.
     let small = Uuid::new_v4();
