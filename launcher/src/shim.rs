@@ -138,6 +138,11 @@ pub fn run(dir: &Path) -> i32 {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
     }
     crate::cgroup::leave(&spec.cgroups);
+    // The shim knows the groups are empty now; removing them here does not depend on a launcher
+    // being alive when the workload ends.
+    for dir in &spec.cgroups {
+        let _ = std::fs::remove_dir(dir);
+    }
     let record = match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(0), _) => ExitRecord { code: Some(0), signal: None, reason: ExitReason::Completed },

@@ -139,6 +139,7 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
         return;
     }
     let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
     let (tx, mut rx) = mpsc::channel(16);
     let mut instances = Instances::new(state.path(), shim(), cgroups, tx);
     let hog = Uuid::new_v4();
@@ -165,6 +166,15 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let stat = instances.stats().into_iter().find(|s| s.instance_uuid == small).unwrap();
     assert!((10..64).contains(&stat.memory_usage_mb), "usage {} MiB", stat.memory_usage_mb);
+    // When it ends, its groups go too, removed by its shim.
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Completed);
+    let memory_dir = match instances.cgroups() {
+        Cgroups::V1 { memory, .. } => memory.join("drover").join(small.to_string()),
+        Cgroups::V2 { root } => root.join("drover").join(small.to_string()),
+        Cgroups::Unavailable { .. } => unreachable!(),
+    };
+    testutil::assert_eventually!(|| async { !memory_dir.exists() });
 }
 
 #[tokio::test]
