@@ -466,10 +466,6 @@ fn info(der: &[u8]) -> Result<CertInfo, String> {
     })
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn crls_of(dir: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
     let path = dir.join(CRL);
     if !path.exists() {
@@ -503,13 +499,14 @@ pub fn verify(dir: &Path, path: &Path) -> Result<CertInfo> {
             .find_map(|s| s.strip_prefix("DNS:").or_else(|| s.strip_prefix("IP:")))
             .ok_or_else(|| CertError::Invalid("a serverAuth certificate needs a DNS or IP SAN".into()))?;
         let name = ServerName::try_from(name.to_owned()).map_err(|e| CertError::Invalid(e.to_string()))?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
-            .with_crls(crls.clone())
-            .build()
-            .map_err(|e| CertError::Invalid(e.to_string()))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), ssntp::tls::provider())
+                .with_crls(crls.clone())
+                .build()
+                .map_err(|e| CertError::Invalid(e.to_string()))?;
         verifier.verify_server_cert(&der, &[], &name, &[], now).map_err(|e| CertError::Invalid(e.to_string()))?;
     } else {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, ssntp::tls::provider())
             .with_crls(crls)
             .build()
             .map_err(|e| CertError::Invalid(e.to_string()))?;

@@ -130,8 +130,7 @@ impl Node {
     }
 
     /// The status frame (READY, FULL or MAINTENANCE, with the report) for now.
-    fn status(&mut self) -> Message {
-        let r = self.probe();
+    fn status(&mut self, r: ssntp::payload::NodeReport) -> Message {
         let figures = self.figures(&r);
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match self.status.update(now, &self.limits, &figures, self.flags.maintenance) {
@@ -141,8 +140,7 @@ impl Node {
         }
     }
 
-    fn stats(&mut self) -> Message {
-        let r = self.probe();
+    fn stats(&mut self, r: ssntp::payload::NodeReport) -> Message {
         Message::Stats(Stats {
             node_uuid: self.uuid,
             status: self.status.state(),
@@ -161,9 +159,11 @@ impl Node {
     /// Sends the status and STATS; dropped while disconnected (the next connect sends them
     /// anew).
     fn report(&mut self) {
-        let status = self.status();
+        // One probe of the machine serves both frames.
+        let r = self.probe();
+        let status = self.status(r.clone());
         let _ = self.client.try_send(&status);
-        let stats = self.stats();
+        let stats = self.stats(r);
         let _ = self.client.try_send(&stats);
     }
 
@@ -431,7 +431,8 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         }
     }
     // Stop taking work and say so; then leave the workloads to the next launcher, or stop them.
-    let status = node.status();
+    let report = node.probe();
+    let status = node.status(report);
     let maintenance = match status {
         Message::Ready(r) | Message::Full(Some(r)) | Message::Maintenance(Some(r)) => Message::Maintenance(Some(r)),
         other => other,

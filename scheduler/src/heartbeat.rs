@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::hub::{Hub, Now};
+use crate::hub::{Hub, Now, Summary};
 
 /// Produces the heartbeat lines; remembers the placement count to print a rate.
 #[derive(Debug, Default)]
@@ -25,9 +25,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// The full line (ciao's part and Drover's summary) at `now`.
-    pub fn line(&mut self, hub: &Hub, now: Now) -> String {
-        let s = hub.summary(now);
+    /// The full line (ciao's part and Drover's `summary`, taken at `now`).
+    pub fn line(&mut self, hub: &Hub, s: &Summary, now: Now) -> String {
         let rate = match self.last {
             Some((at, count)) if now.mono_ms > at => (s.placements - count) * 1000 / (now.mono_ms - at),
             _ => 0,
@@ -133,7 +132,7 @@ mod tests {
             "controller-00000001:MASTER, controller-00000002:BACKUP\t\tnode-00000001:READY:16138/16138,0.00, node-00000002:READY:256/256,0.00"
         );
         let mut heartbeat = Heartbeat::default();
-        assert!(heartbeat.line(&hub, now).ends_with(
+        assert!(heartbeat.line(&hub, &hub.summary(now), now).ends_with(
             " | nodes 2 ready 0 full 0 maint 0 down 0 lost | queued 0 (oldest 0s) | 0 starts/s | reclaimed 0 MiB"
         ));
     }

@@ -122,9 +122,10 @@ pub async fn run_on(
                 for output in hub.tick(now) {
                     deliver(&peers, &hub, &config, output);
                 }
-                metrics.lock().expect("metrics lock").update(&hub.summary(now));
+                let summary = hub.summary(now);
+                metrics.lock().expect("metrics lock").update(&summary);
                 if args.heartbeat {
-                    eprintln!("{}", heartbeat.line(&hub, now));
+                    eprintln!("{}", heartbeat.line(&hub, &summary, now));
                 }
             }
             () = &mut shutdown => break,

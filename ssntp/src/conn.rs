@@ -47,25 +47,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next frame if one is already buffered, without touching the socket.
-    ///
-    /// # Errors
-    /// A bad frame header.
-    pub fn try_buffered(&mut self) -> Result<Option<Frame>> {
-        Ok(frame::decode(&mut self.buf, self.max_payload)?)
-    }
-
     /// The next frame, which must exist (EOF is [`Error::Closed`]).
     ///
     /// # Errors
     /// As [`FrameReader::read_frame`], plus [`Error::Closed`].
     pub async fn expect_frame(&mut self) -> Result<Frame> {
         self.read_frame().await?.ok_or(Error::Closed)
-    }
-
-    /// The wrapped stream.
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 }
 

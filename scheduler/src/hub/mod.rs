@@ -328,7 +328,7 @@ impl Hub {
             out.extend(self.refuse_start(expired.from, &expired.start, FailureReason::QueueTimeout, detail));
         }
         self.liveness(now, &mut out);
-        self.drain(now, &mut out);
+        self.drain(&mut out);
         out
     }
 
@@ -585,7 +585,7 @@ impl Hub {
     }
 
     /// Tries queued STARTs in order on any node (the tick's sweep).
-    fn drain(&mut self, _now: Now, out: &mut Vec<Output>) {
+    fn drain(&mut self, out: &mut Vec<Output>) {
         if self.queue.is_empty() || !self.nodes.any_open() {
             return;
         }

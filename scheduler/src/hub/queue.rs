@@ -106,13 +106,6 @@ impl Queue {
         expired.iter().filter_map(|k| self.remove(k)).collect()
     }
 
-    /// Updates the recorded reason of a START.
-    pub fn set_reason(&mut self, key: &QueueKey, reason: String) {
-        if let Some(q) = self.items.get_mut(key) {
-            q.reason = reason;
-        }
-    }
-
     /// Milliseconds the oldest START has waited.
     pub fn oldest_wait_ms(&self, now_ms: u64) -> u64 {
         self.items.values().map(|q| now_ms.saturating_sub(q.since_ms)).max().unwrap_or(0)
