@@ -7,16 +7,24 @@
 //!   that got no answer, and a duplicate is refused by the scheduler or launcher and read as
 //!   "it runs" — at most one running copy per desired instance.
 //! - [`Service::report`] turns a frame from the cluster into the instance's next state and the
-//!   commands it needs (a STOP for an instance the user stopped while it was starting).
+//!   commands it needs (a STOP for an instance the user stopped while it was starting). A
+//!   report from a node other than the one the instance runs on is about a stale copy: a start
+//!   there is stopped, an end there changes nothing.
+//! - [`Service::reconcile`] compares a node's STATS with the store: a copy the store does not
+//!   want there is stopped; an instance the store believes runs there but the node has not
+//!   reported for the grace is lost; an end the controller missed (it was down) is applied.
 //! - User actions check the tenant: another tenant's instance is "not found", never "forbidden",
 //!   so tenants cannot probe each other's UUIDs.
 
-use ssntp::payload::{Message, Start, Stop};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use ssntp::payload::{Delete, ExitReason, InstanceState, Message, Start, Stats, Stop, WorkClass};
 use ssntp::Uuid;
 
-use crate::lifecycle::{Action, Input, Lifecycle};
+use crate::lifecycle::{Action, Input, Lifecycle, State};
 use crate::store::{InstanceRecord, Store, StoreError, StoredWorkload};
-use crate::workload::{Format, SpecError};
+use crate::workload::{Format, SpecError, Workload};
 
 /// Why a user request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +39,9 @@ pub enum ServiceError {
     /// A request that cannot be honoured as asked (HTTP 400).
     #[error("{0}")]
     Invalid(String),
+    /// The request clashes with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -39,16 +50,51 @@ pub enum ServiceError {
 /// Most instances one launch may create.
 pub const MAX_LAUNCH: usize = 100_000;
 
+/// Most STARTs one tick sends (the rest go at the next tick): bounds one transaction and the
+/// burst on the scheduler connection.
+pub const MAX_STARTS_PER_TICK: usize = 2_000;
+
+/// A batch still running: what is left and how the rest ended.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    tenant: String,
+    workload: String,
+    left: usize,
+    exited: usize,
+    failed: usize,
+}
+
 /// The service.
 #[derive(Debug)]
 pub struct Service {
     store: Store,
+    /// Instances a node's STATS did not list, since when (monotonic ms); in memory, since a
+    /// restarted controller simply waits one grace again.
+    missing: Mutex<HashMap<Uuid, u64>>,
+    batches: Mutex<HashMap<Uuid, OpenBatch>>,
 }
 
 impl Service {
     /// A service over `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    ///
+    /// # Errors
+    /// The store.
+    pub fn new(store: Store) -> Result<Self, ServiceError> {
+        let mut batches: HashMap<Uuid, OpenBatch> = HashMap::new();
+        for record in store.instances(None)? {
+            if let Some(batch) = record.batch {
+                let open = batches.entry(batch).or_default();
+                open.tenant.clone_from(&record.tenant);
+                open.workload.clone_from(&record.workload);
+                match record.life.state {
+                    State::Exited { .. } => open.exited += 1,
+                    ref s if s.is_final() => open.failed += 1,
+                    _ => open.left += 1,
+                }
+            }
+        }
+        batches.retain(|_, b| b.left > 0);
+        Ok(Self { store, missing: Mutex::new(HashMap::new()), batches: Mutex::new(batches) })
     }
 
     /// The store (reads for the API).
@@ -56,17 +102,50 @@ impl Service {
         &self.store
     }
 
-    /// Checks and saves a workload file; returns its name.
+    /// Checks and saves a workload file; returns its name. `create` refuses to replace one.
     ///
     /// # Errors
-    /// An invalid file, or the store.
-    pub fn put_workload(&self, tenant: &str, source: &str, format: Format) -> Result<String, ServiceError> {
+    /// An invalid file, an existing workload when `create`, or the store.
+    pub fn put_workload(
+        &self,
+        tenant: &str,
+        source: &str,
+        format: Format,
+        create: bool,
+    ) -> Result<String, ServiceError> {
         let parsed = crate::workload::parse(source, format)?;
-        let uuid = self.store.workload(tenant, &parsed.name)?.map_or_else(Uuid::new_v4, |w| w.uuid);
+        let existing = self.store.workload(tenant, &parsed.name)?;
+        if create && existing.is_some() {
+            return Err(ServiceError::Conflict(format!("workload {} exists; replace it with PUT", parsed.name)));
+        }
+        let uuid = existing.map_or_else(Uuid::new_v4, |w| w.uuid);
         let stored =
             StoredWorkload { tenant: tenant.to_owned(), uuid, source: source.to_owned(), toml: format == Format::Toml };
         self.store.put_workload(&parsed.name, &stored)?;
         Ok(parsed.name)
+    }
+
+    /// Deletes a workload that has no live instance.
+    ///
+    /// # Errors
+    /// Unknown workload, live instances, or the store.
+    pub fn delete_workload(&self, tenant: &str, name: &str) -> Result<(), ServiceError> {
+        if self.store.workload(tenant, name)?.is_none() {
+            return Err(ServiceError::NotFound(format!("workload {name}")));
+        }
+        let live = self
+            .store
+            .instances(Some(tenant))?
+            .into_iter()
+            .filter(|r| r.workload == name && !r.life.state.is_final())
+            .count();
+        if live > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "workload {name} has {live} live instances; stop or cancel them first"
+            )));
+        }
+        self.store.delete_workload(tenant, name)?;
+        Ok(())
     }
 
     /// Creates `count` instances of a workload, all pending; they are durable when this returns.
@@ -74,6 +153,17 @@ impl Service {
     /// # Errors
     /// Unknown workload, a count of 0 or over [`MAX_LAUNCH`], or the store.
     pub fn launch(&self, tenant: &str, workload: &str, count: usize, now_ms: u64) -> Result<Vec<Uuid>, ServiceError> {
+        self.create(tenant, workload, count, now_ms, None).map(|(ids, _)| ids)
+    }
+
+    fn create(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        now_ms: u64,
+        batch: Option<Uuid>,
+    ) -> Result<(Vec<Uuid>, Workload), ServiceError> {
         if count == 0 || count > MAX_LAUNCH {
             return Err(ServiceError::Invalid(format!("count must be 1 to {MAX_LAUNCH}, got {count}")));
         }
@@ -82,7 +172,33 @@ impl Service {
             .workload(tenant, workload)?
             .ok_or_else(|| ServiceError::NotFound(format!("workload {workload}")))?;
         let parsed = stored.parsed()?;
-        Ok(self.store.create_instances(tenant, workload, count, &Lifecycle::new(parsed.restart, now_ms))?)
+        if batch.is_some() && parsed.class != WorkClass::Batch {
+            return Err(ServiceError::Invalid(format!(
+                "workload {workload} is of class workorder; batch submit takes class = \"batch\" workloads"
+            )));
+        }
+        let ids = self.store.create_instances(tenant, workload, count, &Lifecycle::new(parsed.restart, now_ms), batch)?;
+        Ok((ids, parsed))
+    }
+
+    /// Creates a batch of `count` instances of a batch-class workload; returns the batch id, the
+    /// instances and the workload.
+    ///
+    /// # Errors
+    /// As [`Service::launch`], or a workload that is not of class batch.
+    pub fn submit_batch(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        now_ms: u64,
+    ) -> Result<(Uuid, Vec<Uuid>, Workload), ServiceError> {
+        let batch = Uuid::new_v4();
+        let (ids, parsed) = self.create(tenant, workload, count, now_ms, Some(batch))?;
+        let open = OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
+        self.batches.lock().expect("batches lock").insert(batch, open);
+        self.store.note(tenant, None, format!("batch {batch} of {count} × {workload} submitted"))?;
+        Ok((batch, ids, parsed))
     }
 
     /// The STARTs due at `now_ms`, each committed as sent before it is returned.
@@ -90,37 +206,40 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn tick(&self, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
-        let mut out = Vec::new();
-        for record in self.store.instances(None)? {
-            if !matches!(record.life.state, crate::lifecycle::State::Pending { not_before_ms } if not_before_ms <= now_ms)
-            {
-                continue;
-            }
-            let mut actions = Vec::new();
-            self.store.update_instance(record.uuid, |r| actions = r.life.handle(now_ms, Input::Tick))?;
-            for action in actions {
+        let due = self.store.due(now_ms, MAX_STARTS_PER_TICK);
+        let mut sends = Vec::new();
+        let (records, _) = self.store.update_instances(&due, |r| {
+            for action in r.life.handle(now_ms, Input::Tick) {
                 if let Action::SendStart { restart } = action {
-                    out.push(self.start_message(&record, restart)?);
+                    sends.push((r.uuid, restart));
                 }
             }
+        })?;
+        let by_id: HashMap<Uuid, &InstanceRecord> = records.iter().map(|r| (r.uuid, r)).collect();
+        let mut workloads: HashMap<(String, String), (StoredWorkload, Workload)> = HashMap::new();
+        let mut out = Vec::with_capacity(sends.len());
+        for (id, restart) in sends {
+            let record = by_id[&id];
+            let key = (record.tenant.clone(), record.workload.clone());
+            if !workloads.contains_key(&key) {
+                match self.store.workload(&record.tenant, &record.workload)? {
+                    Some(stored) => {
+                        let parsed = stored.parsed()?;
+                        workloads.insert(key.clone(), (stored, parsed));
+                    }
+                    None => {
+                        // The workload went away under a pending instance: it cannot start.
+                        self.store.update_instance(id, |r| {
+                            r.life.state = State::Failed { reason: "its workload was deleted".into() };
+                        })?;
+                        continue;
+                    }
+                }
+            }
+            let (stored, w) = &workloads[&key];
+            out.push(start_message(id, stored, w, restart));
         }
         Ok(out)
-    }
-
-    fn start_message(&self, record: &InstanceRecord, restart: bool) -> Result<Message, ServiceError> {
-        let stored = self
-            .store
-            .workload(&record.tenant, &record.workload)?
-            .ok_or_else(|| ServiceError::NotFound(format!("workload {}", record.workload)))?;
-        let w = stored.parsed()?;
-        let mut start = Start::new(record.uuid, w.requirements, w.backend);
-        start.workload_uuid = Some(stored.uuid);
-        start.class = w.class;
-        start.priority = w.priority;
-        start.deadline_unix_ms = w.deadline_unix_ms;
-        start.max_run_time_s = w.max_run_time_s;
-        start.restart = restart;
-        Ok(Message::Start(start))
     }
 
     /// After the scheduler connection came back: STARTs that got no answer are sent again at
@@ -129,13 +248,16 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn reconnected(&self, now_ms: u64) -> Result<(), ServiceError> {
-        for record in self.store.instances(None)? {
-            if matches!(record.life.state, crate::lifecycle::State::Starting | crate::lifecycle::State::Queued { .. }) {
-                self.store.update_instance(record.uuid, |r| {
-                    r.life.handle(now_ms, Input::Resend);
-                })?;
-            }
-        }
+        let waiting: Vec<Uuid> = self
+            .store
+            .instances(None)?
+            .into_iter()
+            .filter(|r| matches!(r.life.state, State::Starting | State::Queued { .. }))
+            .map(|r| r.uuid)
+            .collect();
+        self.store.update_instances(&waiting, |r| {
+            r.life.handle(now_ms, Input::Resend);
+        })?;
         Ok(())
     }
 
@@ -144,6 +266,23 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn report(&self, origin: Uuid, message: &Message, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        // Which node a report about one instance comes from.
+        let from_node = match message {
+            Message::InstanceStarted(e) | Message::InstanceStopped(e) => Some((e.instance_uuid, e.node_uuid.unwrap_or(origin))),
+            Message::InstanceExited(e) => Some((e.instance_uuid, e.node_uuid)),
+            _ => None,
+        };
+        if let Some((instance, node)) = from_node {
+            if let Some(State::Running { node: running_on }) = self.store.instance(instance)?.map(|r| r.life.state) {
+                if running_on != node {
+                    // A stale copy (its node was lost and came back, or a resent START raced).
+                    return Ok(match message {
+                        Message::InstanceStarted(_) => vec![stop(instance, node)],
+                        _ => Vec::new(),
+                    });
+                }
+            }
+        }
         let (inputs, why): (Vec<(Uuid, Input)>, String) = match message {
             Message::InstanceQueued(q) => {
                 (vec![(q.instance_uuid, Input::Queued { reason: q.reason.clone() })], q.reason.clone())
@@ -172,54 +311,225 @@ impl Service {
                 l.instances.iter().map(|i| (*i, Input::NodeLost)).collect(),
                 format!("node {} lost", l.node_uuid.short()),
             ),
+            Message::Stats(stats) => return self.reconcile(stats, now_ms, RECONCILE_GRACE_MS),
             _ => return Ok(Vec::new()),
         };
-        let mut out = Vec::new();
-        for (instance, input) in inputs {
-            let node_hint = match &input {
-                Input::Started { node } => Some(*node),
-                _ => None,
-            };
-            let mut actions = Vec::new();
-            self.store.update_instance(instance, |r| {
-                actions = r.life.handle(now_ms, input);
-                if let Some(node) = node_hint {
-                    r.node = Some(node);
-                }
-                if let crate::lifecycle::State::Running { node } = r.life.state {
-                    r.node = Some(node);
-                }
-                if !why.is_empty() {
-                    r.why.clone_from(&why);
-                }
-            })?;
-            out.extend(actions.into_iter().filter_map(|a| stop_message(instance, a)));
+        self.apply(inputs, &why, now_ms)
+    }
+
+    /// Applies inputs to instances in one transaction; returns the STOPs they call for.
+    fn apply(&self, inputs: Vec<(Uuid, Input)>, why: &str, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
         }
+        let ids: Vec<Uuid> = inputs.iter().map(|(id, _)| *id).collect();
+        let mut inputs: HashMap<Uuid, Input> = inputs.into_iter().collect();
+        let mut out = Vec::new();
+        let mut ended = Vec::new();
+        let (records, _) = self.store.update_instances(&ids, |r| {
+            let Some(input) = inputs.remove(&r.uuid) else { return };
+            let was_final = r.life.state.is_final();
+            for action in r.life.handle(now_ms, input) {
+                if let Action::SendStop { node } = action {
+                    out.push(stop(r.uuid, node));
+                }
+            }
+            if let State::Running { node } = r.life.state {
+                r.node = Some(node);
+            }
+            if !why.is_empty() {
+                r.why = why.to_owned();
+            }
+            if !was_final && r.life.state.is_final() {
+                ended.push(r.uuid);
+            }
+        })?;
+        self.batch_progress(&records, &ended)?;
+        Ok(out)
+    }
+
+    /// Counts instances of open batches that just ended; a batch whose last instance ended is
+    /// an event.
+    fn batch_progress(&self, records: &[InstanceRecord], ended: &[Uuid]) -> Result<(), ServiceError> {
+        let mut finished = Vec::new();
+        {
+            let mut batches = self.batches.lock().expect("batches lock");
+            for record in records.iter().filter(|r| ended.contains(&r.uuid)) {
+                let Some(batch_id) = record.batch else { continue };
+                let Some(batch) = batches.get_mut(&batch_id) else { continue };
+                batch.left = batch.left.saturating_sub(1);
+                if matches!(record.life.state, State::Exited { .. }) {
+                    batch.exited += 1;
+                } else {
+                    batch.failed += 1;
+                }
+                if batch.left == 0 {
+                    if let Some(b) = batches.remove(&batch_id) {
+                        finished.push((batch_id, b));
+                    }
+                }
+            }
+        }
+        for (id, b) in finished {
+            let verdict = if b.failed == 0 { "completed" } else { "failed" };
+            self.store.note(
+                &b.tenant,
+                None,
+                format!("batch {id} of {} {verdict}: {} exited, {} failed or stopped", b.workload, b.exited, b.failed),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Compares a node's STATS with the store (see the module text); returns the STOPs for
+    /// copies that should not run there. `grace_ms`: how long an instance may go unreported
+    /// before it counts as lost.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn reconcile(&self, stats: &Stats, now_ms: u64, grace_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let node = stats.node_uuid;
+        let mut out = Vec::new();
+        let mut inputs = Vec::new();
+        let mut reported = std::collections::HashSet::with_capacity(stats.instances.len());
+        for stat in &stats.instances {
+            let id = stat.instance_uuid;
+            reported.insert(id);
+            let record = self.store.instance(id)?;
+            let here = record.as_ref().is_some_and(|r| r.life.state == State::Running { node });
+            match stat.state {
+                InstanceState::Active | InstanceState::Pending => {
+                    let unwanted = record.as_ref().is_none_or(|r| {
+                        r.life.state.is_final() || matches!(r.life.state, State::Running { node: other } if other != node)
+                    });
+                    if unwanted {
+                        out.push(stop(id, node));
+                    }
+                }
+                // An end the controller missed (it was down, or the event was lost).
+                InstanceState::Exited if here => {
+                    let reason = if stat.exit_code == Some(0) { ExitReason::Completed } else { ExitReason::Failed };
+                    inputs.push((id, Input::Exited { code: stat.exit_code, reason }));
+                }
+                InstanceState::Stopped if here => {
+                    let user = record.as_ref().is_some_and(|r| r.life.stop_requested);
+                    inputs.push((id, Input::Stopped { evacuated: !user }));
+                }
+                _ => {}
+            }
+        }
+        let mut missing = self.missing.lock().expect("missing lock");
+        let mut lost = Vec::new();
+        for id in self.store.running_on(node) {
+            if reported.contains(&id) {
+                missing.remove(&id);
+                continue;
+            }
+            let since = *missing.entry(id).or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= grace_ms {
+                missing.remove(&id);
+                lost.push((id, Input::NodeLost));
+            }
+        }
+        drop(missing);
+        out.extend(self.apply(inputs, "", now_ms)?);
+        out.extend(self.apply(lost, &format!("not reported by node {} for {} s", node.short(), grace_ms / 1000), now_ms)?);
         Ok(out)
     }
 
     /// A user's stop, cancel or start of an instance of `tenant`.
     ///
     /// # Errors
-    /// Not this tenant's instance (reported as not found), or the store.
+    /// Not this tenant's instance (reported as not found), a start of an instance that is not
+    /// stopped or ended, or the store.
     pub fn user(&self, tenant: &str, instance: Uuid, input: Input, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
-        match self.store.instance(instance)? {
-            Some(r) if r.tenant == tenant || tenant == "admin" => {}
-            _ => return Err(ServiceError::NotFound(format!("instance {instance}"))),
+        let record = self.owned(tenant, instance)?;
+        let state = &record.life.state;
+        match input {
+            Input::Start if !state.is_final() => {
+                return Err(ServiceError::Conflict(format!("instance {instance} is {}, not stopped", state.name())));
+            }
+            Input::Start if *state == State::Canceled => {
+                return Err(ServiceError::Conflict(format!("instance {instance} was canceled for good")));
+            }
+            Input::Stop if state.is_final() => {
+                return Err(ServiceError::Conflict(format!("instance {instance} is already {}", state.name())));
+            }
+            _ => {}
         }
-        let mut actions = Vec::new();
-        self.store.update_instance(instance, |r| actions = r.life.handle(now_ms, input))?;
-        Ok(actions.into_iter().filter_map(|a| stop_message(instance, a)).collect())
+        let why = match input {
+            Input::Stop => "stop requested",
+            Input::Cancel => "cancel requested",
+            Input::Start => "start requested",
+            _ => "",
+        };
+        self.apply(vec![(instance, input)], why, now_ms)
+    }
+
+    /// Deletes an ended instance: its record goes and its node is told to remove its files.
+    ///
+    /// # Errors
+    /// Not this tenant's, still live (409), or the store.
+    pub fn delete(&self, tenant: &str, instance: Uuid) -> Result<Vec<Message>, ServiceError> {
+        let record = self.owned(tenant, instance)?;
+        if !record.life.state.is_final() {
+            return Err(ServiceError::Conflict(format!(
+                "instance {instance} is {}; stop or cancel it first",
+                record.life.state.name()
+            )));
+        }
+        self.store.delete_instance(instance)?;
+        Ok(record
+            .node
+            .map(|node| Message::Delete(Delete { instance_uuid: instance, workload_agent_uuid: node, stop: false }))
+            .into_iter()
+            .collect())
+    }
+
+    /// An instance of `tenant` (`admin` sees all); another tenant's is "not found".
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub fn owned(&self, tenant: &str, instance: Uuid) -> Result<InstanceRecord, ServiceError> {
+        match self.store.instance(instance)? {
+            Some(r) if r.tenant == tenant || tenant == ADMIN => Ok(r),
+            _ => Err(ServiceError::NotFound(format!("instance {instance}"))),
+        }
+    }
+
+    /// How many instances are in each state.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn counts(&self, tenant: Option<&str>) -> Result<BTreeMap<&'static str, usize>, ServiceError> {
+        let mut counts = BTreeMap::new();
+        for r in self.store.instances(tenant)? {
+            *counts.entry(r.life.state.name()).or_default() += 1;
+        }
+        Ok(counts)
     }
 }
 
-fn stop_message(instance: Uuid, action: Action) -> Option<Message> {
-    match action {
-        Action::SendStop { node } => {
-            Some(Message::Stop(Stop { instance_uuid: instance, workload_agent_uuid: node, grace_ms: None }))
-        }
-        Action::SendStart { .. } => None, // only `tick` starts
-    }
+/// The tenant that may act for all.
+pub const ADMIN: &str = "admin";
+
+/// How long an instance the store believes runs on a node may be missing from that node's
+/// STATS before it counts as lost (several report intervals: a START and the first STATS race).
+pub const RECONCILE_GRACE_MS: u64 = 10_000;
+
+fn start_message(id: Uuid, stored: &StoredWorkload, w: &Workload, restart: bool) -> Message {
+    let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
+    start.workload_uuid = Some(stored.uuid);
+    start.class = w.class;
+    start.priority = w.priority;
+    start.deadline_unix_ms = w.deadline_unix_ms;
+    start.max_run_time_s = w.max_run_time_s;
+    start.restart = restart;
+    Message::Start(start)
+}
+
+fn stop(instance: Uuid, node: Uuid) -> Message {
+    Message::Stop(Stop { instance_uuid: instance, workload_agent_uuid: node, grace_ms: None })
 }
 
 #[cfg(test)]
@@ -254,14 +564,14 @@ backoff = "1s"
     }
 
     fn service(dir: &std::path::Path) -> Service {
-        Service::new(Store::open(&dir.join("c.redb")).unwrap())
+        Service::new(Store::open(&dir.join("c.redb")).unwrap()).unwrap()
     }
 
     #[test]
     fn launch_start_fail_restart_and_give_up() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(dir.path());
-        assert_eq!(s.put_workload("acme", WORKLOAD, Format::Toml).unwrap(), "job");
+        assert_eq!(s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap(), "job");
         let ids = s.launch("acme", "job", 2, 0).unwrap();
         let sent = s.tick(0).unwrap();
         assert_eq!(starts(&sent).len(), 2);
@@ -312,7 +622,7 @@ backoff = "1s"
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let s = service(dir.path());
-            s.put_workload("acme", WORKLOAD, Format::Toml).unwrap();
+            s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
             let id = s.launch("acme", "job", 1, 0).unwrap()[0];
             let _lost_in_the_crash = s.tick(0).unwrap();
             id
@@ -337,7 +647,7 @@ backoff = "1s"
     fn node_loss_evacuation_user_stop_and_tenant_isolation() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(dir.path());
-        s.put_workload("acme", WORKLOAD, Format::Toml).unwrap();
+        s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         let ids = s.launch("acme", "job", 2, 0).unwrap();
         s.tick(0).unwrap();
         for id in &ids {
@@ -379,6 +689,103 @@ backoff = "1s"
         assert!(matches!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Pending { .. }));
         assert!(matches!(s.launch("acme", "nope", 1, 0), Err(ServiceError::NotFound(_))));
         assert!(matches!(s.launch("acme", "job", 0, 0), Err(ServiceError::Invalid(_))));
-        assert!(matches!(s.put_workload("acme", "name = 1", Format::Toml), Err(ServiceError::Spec(_))));
+        assert!(matches!(s.put_workload("acme", "name = 1", Format::Toml, false), Err(ServiceError::Spec(_))));
+    }
+
+    fn stats(node: Uuid, instances: &[(Uuid, InstanceState, Option<i32>)]) -> Stats {
+        Stats {
+            node_uuid: node,
+            status: ssntp::payload::NodeState::Ready,
+            mem_total_mb: 1024,
+            mem_available_mb: 1024,
+            disk_total_mb: 0,
+            disk_available_mb: 0,
+            load: 0.0,
+            cpus_online: 1,
+            hostname: "n".into(),
+            networks: vec![],
+            instances: instances
+                .iter()
+                .map(|(id, state, exit_code)| ssntp::payload::InstanceStat {
+                    instance_uuid: *id,
+                    state: *state,
+                    memory_usage_mb: -1,
+                    disk_usage_mb: -1,
+                    cpu_usage: -1,
+                    exit_code: *exit_code,
+                    workload_uuid: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+        let ids = s.launch("acme", "job", 3, 0).unwrap();
+        s.tick(0).unwrap();
+        let other = Uuid::from_bytes([8; 16]);
+        for id in &ids {
+            s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }), 1)
+                .unwrap();
+        }
+        // A node that came back runs a copy of ids[0] (which runs on node()) and something unknown.
+        let stranger = Uuid::new_v4();
+        let out = s
+            .reconcile(&stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]), 2, 10_000)
+            .unwrap();
+        let stopped: Vec<(Uuid, Uuid)> = out
+            .iter()
+            .filter_map(|m| if let Message::Stop(s) = m { Some((s.instance_uuid, s.workload_agent_uuid)) } else { None })
+            .collect();
+        assert_eq!(stopped, vec![(ids[0], other), (stranger, other)]);
+        // Its stale copy's stop report does not touch the real one.
+        s.report(other, &Message::InstanceStopped(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(other) }), 3)
+            .unwrap();
+        assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
+        // node() reports ids[0] running, ids[1] exited (the event was missed), ids[2] not at all.
+        let report = stats(node(), &[(ids[0], InstanceState::Active, None), (ids[1], InstanceState::Exited, Some(0))]);
+        assert!(s.reconcile(&report, 4, 10_000).unwrap().is_empty());
+        assert_eq!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Exited { code: Some(0) });
+        assert_eq!(s.store().instance(ids[2]).unwrap().unwrap().life.state, State::Running { node: node() }, "grace");
+        s.reconcile(&report, 10_004, 10_000).unwrap();
+        let lost = s.store().instance(ids[2]).unwrap().unwrap();
+        assert!(matches!(lost.life.state, State::Pending { .. }), "restarted per policy: {:?}", lost.life.state);
+        assert!(lost.why.contains("not reported"), "{}", lost.why);
+        assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
+    }
+
+    #[test]
+    fn batches_end_with_an_event_and_conflicts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+        assert!(matches!(s.submit_batch("acme", "job", 2, 0), Err(ServiceError::Invalid(_))), "workorder class");
+        assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
+        let batch = WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
+        s.put_workload("acme", &batch, Format::Toml, false).unwrap();
+        let (id, ids, _) = s.submit_batch("acme", "job", 2, 0).unwrap();
+        assert!(matches!(s.delete_workload("acme", "job"), Err(ServiceError::Conflict(_))), "live instances");
+        assert!(matches!(s.delete("acme", ids[0]), Err(ServiceError::Conflict(_))), "live instance");
+        s.tick(0).unwrap();
+        for (i, instance) in ids.iter().enumerate() {
+            s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *instance, node_uuid: Some(node()) }), 1)
+                .unwrap();
+            let exited = InstanceExited {
+                instance_uuid: *instance,
+                node_uuid: node(),
+                exit_code: Some(i32::try_from(i).unwrap()),
+                reason: if i == 0 { ExitReason::Completed } else { ExitReason::Failed },
+            };
+            s.report(node(), &Message::InstanceExited(exited), 2).unwrap();
+        }
+        let events = s.store().events_after(0, 1000).unwrap();
+        let last = &events.last().unwrap().what;
+        assert!(last.contains(&format!("batch {id}")) && last.contains("1 exited, 1 failed"), "{last}");
+        assert!(matches!(s.user("acme", ids[0], Input::Stop, 3), Err(ServiceError::Conflict(_))));
+        assert!(matches!(&s.delete("acme", ids[0]).unwrap()[..], [Message::Delete(_)]));
+        assert!(s.store().instance(ids[0]).unwrap().is_none());
     }
 }

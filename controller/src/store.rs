@@ -6,13 +6,15 @@
 //! API acknowledged survives a crash or `kill -9` of the controller. Values are JSON, so an
 //! operator can read them with any redb tool.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use ssntp::Uuid;
 
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, State};
 use crate::workload::Workload;
 
 /// `<tenant>/<name>` → stored workload.
@@ -80,6 +82,9 @@ pub struct InstanceRecord {
     pub node: Option<Uuid>,
     /// Latest explanation from the cluster ("0 of 3 nodes fit: …", "exited: oom").
     pub why: String,
+    /// The batch submission it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Uuid>,
 }
 
 /// Something that changed, in revision order.
@@ -96,10 +101,19 @@ pub struct Event {
 }
 
 /// The store.
+///
+/// Beside the database it keeps two indexes in memory, rebuilt on open: the instances waiting
+/// for a START and when they may have it (so a tick looks at those, not at every instance), and
+/// the running instances by node (so a node's STATS is checked against what should run there).
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    pending: Mutex<BTreeMap<Uuid, u64>>,
+    running: Mutex<BTreeMap<Uuid, Uuid>>,
 }
+
+/// One change to the store's event log: tenant, instance, what happened.
+type EventDraft = (String, Option<Uuid>, String);
 
 impl Store {
     /// Opens (or creates) the store at `path`.
@@ -115,7 +129,45 @@ impl Store {
             txn.open_table(EVENTS)?;
         }
         txn.commit()?;
-        Ok(Self { db })
+        let store = Self { db, pending: Mutex::new(BTreeMap::new()), running: Mutex::new(BTreeMap::new()) };
+        let records = store.instances(None)?;
+        store.index(&records);
+        Ok(store)
+    }
+
+    /// Keeps the pending index in step with records just committed.
+    fn index<'a>(&self, records: impl IntoIterator<Item = &'a InstanceRecord>) {
+        let mut pending = self.pending.lock().expect("pending index lock");
+        let mut running = self.running.lock().expect("running index lock");
+        for record in records {
+            if let State::Pending { not_before_ms } = record.life.state {
+                pending.insert(record.uuid, not_before_ms);
+            } else {
+                pending.remove(&record.uuid);
+            }
+            if let State::Running { node } = record.life.state {
+                running.insert(record.uuid, node);
+            } else {
+                running.remove(&record.uuid);
+            }
+        }
+    }
+
+    /// Instances the store believes run on `node`.
+    pub fn running_on(&self, node: Uuid) -> Vec<Uuid> {
+        let running = self.running.lock().expect("running index lock");
+        running.iter().filter(|(_, n)| **n == node).map(|(id, _)| *id).collect()
+    }
+
+    /// Instances waiting for a START whose time has come at `now_ms`, at most `limit`.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<Uuid> {
+        let pending = self.pending.lock().expect("pending index lock");
+        pending.iter().filter(|(_, at)| **at <= now_ms).map(|(id, _)| *id).take(limit).collect()
+    }
+
+    /// How many instances wait for a START (due or in backoff).
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().expect("pending index lock").len()
     }
 
     /// The latest revision (0 for an empty store).
@@ -134,7 +186,7 @@ impl Store {
     /// before the commit.
     fn write<T>(
         &self,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Vec<(String, Option<Uuid>, String)>), StoreError>,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Vec<EventDraft>), StoreError>,
     ) -> Result<(T, u64), StoreError> {
         let txn = self.db.begin_write()?;
         let (value, events) = change(&txn)?;
@@ -186,10 +238,11 @@ impl Store {
         workload: &str,
         count: usize,
         life: &Lifecycle,
+        batch: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let (ids, _) = self.write(|txn| {
+        let (records, _) = self.write(|txn| {
             let mut table = txn.open_table(INSTANCES)?;
-            let mut ids = Vec::with_capacity(count);
+            let mut records = Vec::with_capacity(count);
             let mut events = Vec::with_capacity(count);
             for _ in 0..count {
                 let uuid = Uuid::new_v4();
@@ -200,14 +253,16 @@ impl Store {
                     life: life.clone(),
                     node: None,
                     why: String::new(),
+                    batch,
                 };
                 table.insert(uuid.to_string().as_str(), json(&record).as_slice())?;
                 events.push((tenant.to_owned(), Some(uuid), format!("instance of {workload} created")));
-                ids.push(uuid);
+                records.push(record);
             }
-            Ok((ids, events))
+            Ok((records, events))
         })?;
-        Ok(ids)
+        self.index(&records);
+        Ok(records.into_iter().map(|r| r.uuid).collect())
     }
 
     /// An instance.
@@ -249,20 +304,109 @@ impl Store {
         uuid: Uuid,
         change: impl FnOnce(&mut InstanceRecord),
     ) -> Result<Option<u64>, StoreError> {
-        let key = uuid.to_string();
-        let (found, revision) = self.write(|txn| {
-            let mut table = txn.open_table(INSTANCES)?;
-            let current = table.get(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
-            let Some(mut record) = current else { return Ok((false, Vec::new())) };
-            let before = record.life.state.name();
-            change(&mut record);
-            table.insert(key.as_str(), json(&record).as_slice())?;
-            let after = record.life.state.name();
-            let what =
-                if before == after { format!("instance {after}") } else { format!("instance {before} → {after}") };
-            Ok((true, vec![(record.tenant.clone(), Some(uuid), what)]))
+        let mut change = Some(change);
+        let (found, revision) = self.update_instances(&[uuid], |r| {
+            if let Some(change) = change.take() {
+                change(r);
+            }
         })?;
-        Ok(found.then_some(revision))
+        Ok((!found.is_empty()).then_some(revision))
+    }
+
+    /// Changes many instances in one transaction (one fsync), an event each; unknown UUIDs are
+    /// skipped. Returns the records as written and the last revision.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    pub fn update_instances(
+        &self,
+        uuids: &[Uuid],
+        mut change: impl FnMut(&mut InstanceRecord),
+    ) -> Result<(Vec<InstanceRecord>, u64), StoreError> {
+        if uuids.is_empty() {
+            return Ok((Vec::new(), self.revision()?));
+        }
+        let (records, revision) = self.write(|txn| {
+            let mut table = txn.open_table(INSTANCES)?;
+            let mut records = Vec::with_capacity(uuids.len());
+            let mut events = Vec::with_capacity(uuids.len());
+            for uuid in uuids {
+                let key = uuid.to_string();
+                let current = table.get(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
+                let Some(mut record) = current else { continue };
+                let before = record.life.state.name();
+                change(&mut record);
+                table.insert(key.as_str(), json(&record).as_slice())?;
+                let after = record.life.state.name();
+                let what =
+                    if before == after { format!("instance {after}") } else { format!("instance {before} → {after}") };
+                let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
+                events.push((record.tenant.clone(), Some(*uuid), what));
+                records.push(record);
+            }
+            Ok((records, events))
+        })?;
+        self.index(&records);
+        Ok((records, revision))
+    }
+
+    /// Deletes an instance record (its history stays in the event log).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn delete_instance(&self, uuid: Uuid) -> Result<bool, StoreError> {
+        let key = uuid.to_string();
+        let (removed, _) = self.write(|txn| {
+            let mut table = txn.open_table(INSTANCES)?;
+            let removed = table.remove(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
+            let events = removed.iter().map(|r| (r.tenant.clone(), Some(uuid), "instance deleted".to_owned())).collect();
+            Ok((removed.is_some(), events))
+        })?;
+        self.pending.lock().expect("pending index lock").remove(&uuid);
+        self.running.lock().expect("running index lock").remove(&uuid);
+        Ok(removed)
+    }
+
+    /// Every workload of a tenant (or of all), by name.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    pub fn workloads(&self, tenant: Option<&str>) -> Result<Vec<(String, StoredWorkload)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(WORKLOADS)?;
+        let mut out = Vec::new();
+        for entry in table.range::<&str>(..)? {
+            let (k, v) = entry?;
+            let stored: StoredWorkload = parse(v.value())?;
+            if tenant.is_none_or(|t| t == stored.tenant) {
+                let name = k.value().split_once('/').map_or(k.value(), |(_, n)| n).to_owned();
+                out.push((name, stored));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a workload; returns whether it existed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn delete_workload(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let key = format!("{tenant}/{name}");
+        let (removed, _) = self.write(|txn| {
+            let removed = txn.open_table(WORKLOADS)?.remove(key.as_str())?.is_some();
+            let events = if removed { vec![(tenant.to_owned(), None, format!("workload {name} deleted"))] } else { vec![] };
+            Ok((removed, events))
+        })?;
+        Ok(removed)
+    }
+
+    /// Appends an event that changes no record (a batch finished); returns its revision.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn note(&self, tenant: &str, instance: Option<Uuid>, what: String) -> Result<u64, StoreError> {
+        let (_, revision) = self.write(|_| Ok(((), vec![(tenant.to_owned(), instance, what)])))?;
+        Ok(revision)
     }
 
     /// Events after `revision`, oldest first, at most `limit`.
@@ -304,7 +448,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.revision().unwrap(), 0);
             let r1 = store.put_workload("web", &workload()).unwrap();
-            let ids = store.create_instances("acme", "web", 3, &Lifecycle::new(RESTART, 0)).unwrap();
+            let ids = store.create_instances("acme", "web", 3, &Lifecycle::new(RESTART, 0), None).unwrap();
             let r2 = store.update_instance(ids[0], |r| r.life.state = State::Starting).unwrap().unwrap();
             assert!(r2 > r1);
             assert_eq!(store.update_instance(Uuid::new_v4(), |_| {}).unwrap(), None);
