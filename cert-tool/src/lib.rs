@@ -416,6 +416,14 @@ pub fn show(path: &Path) -> Result<CertInfo> {
     info(&der).map_err(|reason| CertError::Parse { path: path.display().to_string(), reason })
 }
 
+/// Reads a DER certificate (as a TLS peer presented it).
+///
+/// # Errors
+/// Not a certificate.
+pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
+    info(der)
+}
+
 fn info(der: &[u8]) -> Result<CertInfo, String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;

@@ -18,8 +18,13 @@
 #![forbid(unsafe_code)]
 
 pub mod lifecycle;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod link;
 pub mod service;
+pub mod shell;
 pub mod store;
 pub mod up;
 pub mod workload;

@@ -437,6 +437,22 @@ impl Service {
         Ok(out)
     }
 
+    /// Marks instances failed at once (a batch refused before any START went out).
+    ///
+    /// # Errors
+    /// The store.
+    pub fn fail(&self, ids: &[Uuid], why: &str) -> Result<(), ServiceError> {
+        let mut ended = Vec::new();
+        let (records, _) = self.store.update_instances(ids, |r| {
+            if !r.life.state.is_final() {
+                r.life.state = State::Failed { reason: why.to_owned() };
+                why.clone_into(&mut r.why);
+                ended.push(r.uuid);
+            }
+        })?;
+        self.batch_progress(&records, &ended)
+    }
+
     /// A user's stop, cancel or start of an instance of `tenant`.
     ///
     /// # Errors

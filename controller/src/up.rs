@@ -1,24 +1,25 @@
 //! `drover up`: a whole local cluster for a first try.
 //!
-//! 1. Certificates: a CA and scheduler, launcher and controller certificates are minted into
-//!    `<dir>/pki/` unless they are there already.
-//! 2. `drover-scheduler` and `drover-launcher` start as child processes (found next to the
-//!    `drover` binary), logging to `<dir>/logs/`.
-//! 3. This process connects as the controller, sends a demo workload (a real process) through
-//!    the scheduler, waits for it to finish and prints its output, fetched from the launcher.
-//! 4. It then shows the scheduler's heartbeat line until Ctrl-C (or stops at once with
-//!    `--once`), and stops the children cleanly.
+//! 1. Certificates: a CA, scheduler, launcher, controller and API certificates, and a user
+//!    certificate for the CLI (tenant `admin`), are minted into `<dir>/pki/` unless there.
+//! 2. `drover-scheduler`, `drover-controller` and one `drover-launcher` per NUMA node start
+//!    as child processes (found next to the `drover` binary), logging to `<dir>/logs/`.
+//! 3. Once the API answers and a node is READY, a demo workload (a real process) is created and
+//!    run through the API, like `drover run demo --wait`, and its output is printed.
+//! 4. Then a status line every few seconds until Ctrl-C (or stop at once with `--once`); the
+//!    children are stopped (the launchers drain their workloads) and nothing is left behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use drover_cert::IssueRequest;
-use ssntp::client::{ClientEvent, ClientHandle};
-use ssntp::payload::{Backend, FailureReason, LogFetch, Message, Requirements, Start};
-use ssntp::tls::{Identity, TlsPaths};
-use ssntp::{Role, Uuid};
+use serde_json::{json, Value};
+use ssntp::tls::TlsPaths;
+use ssntp::Role;
 use tokio::process::{Child, Command};
+
+use crate::client::{ApiClient, ApiConfig};
 
 /// What `drover up` was asked to do.
 #[derive(Debug, Clone)]
@@ -27,10 +28,12 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Scheduler port on 127.0.0.1.
     pub port: u16,
+    /// API port on 127.0.0.1.
+    pub api_port: u16,
     /// Stop after the demo instead of running until Ctrl-C.
     pub once: bool,
-    /// Where `drover-scheduler` and `drover-launcher` are; the `drover` binary's directory by
-    /// default.
+    /// Where `drover-scheduler`, `drover-controller` and `drover-launcher` are; the `drover`
+    /// binary's directory by default.
     pub bin_dir: Option<PathBuf>,
 }
 
@@ -52,21 +55,29 @@ impl Pki {
     }
 }
 
-/// Mints the local PKI unless it exists.
+/// Mints the local PKI: the CA unless it exists, then each certificate that is missing.
 fn ensure_pki(dir: &Path) -> anyhow::Result<Pki> {
     let pki = Pki { dir: dir.join("pki") };
-    if pki.dir.join(drover_cert::CA_CERT).exists() {
-        return Ok(pki);
+    if !pki.dir.join(drover_cert::CA_CERT).exists() {
+        println!("minting certificates into {}", pki.dir.display());
+        drover_cert::create_ca(&pki.dir, "Drover local CA", 3650)?;
     }
-    println!("minting certificates into {}", pki.dir.display());
-    drover_cert::create_ca(&pki.dir, "Drover local CA", 3650)?;
-    let issue = |role, name: &str, hosts: Vec<String>| {
+    let local = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let wanted = [
+        (Role::SCHEDULER, "local", local()),
+        (Role::AGENT, "local", vec![]),
+        (Role::CONTROLLER, "local", vec![]),
+        (Role::SERVER, "api", local()),
+        (Role::CONTROLLER, "user", vec![]),
+    ];
+    for (role, name, hosts) in wanted {
+        let stem = format!("{}-{name}", role.iter().next().map_or_else(String::new, |r| r.to_string()));
+        if pki.dir.join(format!("{stem}.pem")).exists() {
+            continue;
+        }
         let req = IssueRequest { role, name: name.into(), hosts, ips: vec![], orgs: vec!["admin".into()], days: 365 };
-        drover_cert::issue(&pki.dir, &req)
-    };
-    issue(Role::SCHEDULER, "local", vec!["localhost".into(), "127.0.0.1".into()])?;
-    issue(Role::AGENT, "local", vec![])?;
-    issue(Role::CONTROLLER, "local", vec![])?;
+        drover_cert::issue(&pki.dir, &req).with_context(|| format!("minting {stem}"))?;
+    }
     Ok(pki)
 }
 
@@ -80,7 +91,12 @@ fn tls_args(paths: &TlsPaths) -> Vec<String> {
 }
 
 fn spawn(bin_dir: &Path, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
-    let program = bin_dir.join(name);
+    spawn_named(bin_dir, name, name, args, logs)
+}
+
+/// Starts `program` from `bin_dir`, logging to `<logs>/<name>.log`.
+fn spawn_named(bin_dir: &Path, program: &str, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
+    let program = bin_dir.join(program);
     if !program.exists() {
         bail!(
             "{} not found; build every binary first: cargo build --release (then run target/release/drover up)",
@@ -101,7 +117,7 @@ fn spawn(bin_dir: &Path, name: &str, args: &[String], logs: &Path) -> anyhow::Re
         .with_context(|| format!("starting {}", program.display()))
 }
 
-async fn stop_children(children: &mut [(&str, Child)]) {
+async fn stop_children(children: &mut [(String, Child)]) {
     for (_, child) in children.iter() {
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
@@ -125,69 +141,99 @@ fn last_heartbeat(log: &Path) -> Option<String> {
         .map(|l| l.replace('\t', "  "))
 }
 
-fn demo_start(instance: Uuid) -> Message {
-    let script = "echo \"hello from drover: instance $PWD\"; echo \"running on $(uname -n), $(uname -sr)\"; date";
-    let requirements = Requirements { vcpus: 1, mem_mb: 32, ..Default::default() };
-    let backend =
-        Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() };
-    Message::Start(Start { max_run_time_s: Some(60), ..Start::new(instance, requirements, backend) })
+const DEMO: &str = r#"name = "demo"
+size = "tiny"
+max_run_time = "60s"
+
+[backend]
+type = "process"
+argv = ["/bin/sh", "-c", "echo \"hello from drover: instance $PWD\"; echo \"running on $(uname -n), $(uname -sr)\"; date"]
+
+[restart]
+policy = "never"
+"#;
+
+/// NUMA nodes of this machine (one launcher each); none listed means one launcher for all.
+fn numa_nodes() -> Vec<u32> {
+    let mut nodes: Vec<u32> = std::fs::read_dir("/sys/devices/system/node")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok())
+        .collect();
+    nodes.sort_unstable();
+    nodes
 }
 
-/// Sends the demo workload and prints its output. Retries START while the launcher is not yet
-/// READY at the scheduler.
-async fn demo(client: &ClientHandle, events: &mut tokio::sync::mpsc::Receiver<ClientEvent>) -> anyhow::Result<()> {
-    let instance = Uuid::new_v4();
+/// Waits for the API and a READY node.
+async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + DEMO_DEADLINE;
-    let mut node = None;
     loop {
-        let event = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .context("the demo workload did not finish in time; see the logs")?
-            .context("the scheduler connection ended")?;
-        match event {
-            ClientEvent::Connected { .. } => {
-                println!("connected to the scheduler; submitting the demo workload");
-                client.send(&demo_start(instance)).await?;
+        for (name, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited ({status}); see {}", logs.join(format!("{name}.log")).display());
             }
-            ClientEvent::ConnectFailed { reason, permanent: true, .. } => bail!("the scheduler refused us: {reason}"),
-            ClientEvent::ConnectFailed { .. } | ClientEvent::Disconnected { .. } => {}
-            ClientEvent::Message { frame, message } => match message {
-                Message::StartFailure(f)
-                    if f.instance_uuid == instance
-                        && matches!(f.reason, FailureReason::NoCn | FailureReason::FullCloud) =>
-                {
-                    // The launcher has not reported READY yet.
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    client.send(&demo_start(instance)).await?;
-                }
-                Message::StartFailure(f) if f.instance_uuid == instance => {
-                    bail!("the demo workload failed to start: {:?}: {}", f.reason, f.detail)
-                }
-                Message::InstanceStarted(e) if e.instance_uuid == instance => {
-                    node = Some(frame.origin);
-                    println!("instance {} started on node {}", instance.short(), frame.origin.short());
-                }
-                Message::InstanceExited(e) if e.instance_uuid == instance => {
-                    println!("instance {} exited: {:?}, code {:?}", instance.short(), e.reason, e.exit_code);
-                    let fetch = LogFetch {
-                        instance_uuid: instance,
-                        workload_agent_uuid: node.unwrap_or(e.node_uuid),
-                        max_bytes: 64 * 1024,
-                        request_id: 1,
-                    };
-                    client.send(&Message::LogFetch(fetch)).await?;
-                }
-                Message::LogData(log) if log.instance_uuid == instance => {
-                    println!("--- results/output.txt of instance {} ---", instance.short());
-                    print!("{}", log.data);
-                    println!("---");
-                    return Ok(());
-                }
-                Message::Stats(_) => {}
-                other => println!("  {}", crate::link::describe(frame.origin, &other)),
-            },
         }
+        if let Ok(status) = api.get("/v1/status").await {
+            let ready = status["nodes"]["READY"].as_u64().unwrap_or(0);
+            if status["scheduler"]["connected"] == true && ready > 0 {
+                println!("cluster healthy: controller connected, {ready} node(s) READY");
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the cluster did not become healthy within {} s; see the logs in {}", DEMO_DEADLINE.as_secs(), logs.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Creates and runs the demo workload through the API and prints its output.
+async fn demo(api: &ApiClient) -> anyhow::Result<()> {
+    api.call(hyper::Method::PUT, "/v1/workloads/demo", Some(("application/toml", DEMO.as_bytes().to_vec()))).await?;
+    let launched = api.post("/v1/workloads/demo/launch", &json!({"count": 1})).await?;
+    let id = launched["instances"][0].as_str().context("the API returned no instance")?.to_owned();
+    let short = &id[..8];
+    println!("demo workload submitted: instance {short}");
+    let deadline = tokio::time::Instant::now() + DEMO_DEADLINE;
+    let mut last_state = String::new();
+    let instance = loop {
+        let v = api.get(&format!("/v1/instances/{id}")).await?;
+        let state = v["state"].as_str().unwrap_or("").to_owned();
+        if state != last_state {
+            let node = v["node"].as_str().map_or(String::new(), |n| format!(" on node {}", &n[..8]));
+            let why = v["why"].as_str().filter(|w| !w.is_empty()).map_or(String::new(), |w| format!(" ({w})"));
+            println!("  instance {short} {state}{node}{why}");
+            last_state.clone_from(&state);
+        }
+        if matches!(state.as_str(), "exited" | "failed" | "stopped" | "lost" | "canceled") {
+            break v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the demo workload did not finish in time (state {state}); see the logs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if instance["state"] != "exited" {
+        bail!("the demo workload {}: {}", instance["state"], instance["why"]);
+    }
+    let log = api.get(&format!("/v1/instances/{id}/logs")).await?;
+    println!("--- output of instance {short} (drover logs {short}) ---");
+    print!("{}", log["data"].as_str().unwrap_or(""));
+    println!("---");
+    Ok(())
+}
+
+fn status_line(status: &Value, heartbeat: Option<String>) -> String {
+    let join = |o: &Value| {
+        o.as_object().map_or_else(String::new, |m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
+    };
+    let instances = join(&status["instances"]);
+    let mut line = format!("nodes: {} | instances: {}", join(&status["nodes"]), if instances.is_empty() { "none".into() } else { instances });
+    if let Some(hb) = heartbeat {
+        line.push_str(&format!("\n  scheduler: {hb}"));
+    }
+    line
 }
 
 /// Runs `drover up`.
@@ -204,9 +250,14 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         None => std::env::current_exe()?.parent().context("locating the drover binary")?.to_owned(),
     };
     let addr = format!("127.0.0.1:{}", opts.port);
+    let api_addr = format!("127.0.0.1:{}", opts.api_port);
     drop(
         std::net::TcpListener::bind(&addr)
             .with_context(|| format!("port {} is in use; pick another with --port", opts.port))?,
+    );
+    drop(
+        std::net::TcpListener::bind(&api_addr)
+            .with_context(|| format!("port {} is in use; pick another with --api-port", opts.api_port))?,
     );
 
     // A first try on someone's workstation should not wait for their load average to drop:
@@ -219,52 +270,87 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         "64".to_owned(),
     ];
     sched_args.extend(tls_args(&pki.paths("scheduler-local")));
-    let scheduler = spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?;
-    let mut launcher_args =
-        vec!["--server".to_owned(), addr.clone(), "--state-dir".to_owned(), dir.join("launcher").display().to_string()];
-    launcher_args.extend(tls_args(&pki.paths("agent-local")));
-    let launcher = spawn(&bin_dir, "drover-launcher", &launcher_args, &logs)?;
-    let mut children = vec![("drover-scheduler", scheduler), ("drover-launcher", launcher)];
-    println!("scheduler on {addr}, one launcher; logs in {}", logs.display());
-
+    let mut children: Vec<(String, Child)> = Vec::new();
     let result = async {
-        let identity = Identity::load(&pki.paths("controller-local"))?;
-        let tls = ssntp::tls::client_config(&identity)?;
-        let uuid = ssntp::identity::load_or_create_uuid(&dir, Role::CONTROLLER)?;
-        let (client, mut events) = crate::link::connect(vec![addr.clone()], tls, uuid);
-        demo(&client, &mut events).await?;
+        children.push(("drover-scheduler".into(), spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?));
+        let mut controller_args = vec![
+            "--server".to_owned(),
+            addr.clone(),
+            "--db".to_owned(),
+            dir.join("controller.redb").display().to_string(),
+            "--state-dir".to_owned(),
+            dir.join("controller").display().to_string(),
+            "--api-listen".to_owned(),
+            api_addr.clone(),
+            "--api-cert".to_owned(),
+            pki.dir.join("server-api.pem").display().to_string(),
+        ];
+        controller_args.extend(tls_args(&pki.paths("controller-local")));
+        children.push(("drover-controller".into(), spawn(&bin_dir, "drover-controller", &controller_args, &logs)?));
+        let numa = numa_nodes();
+        let per_numa = numa.len() > 1;
+        let launchers: Vec<Option<u32>> = if per_numa { numa.into_iter().map(Some).collect() } else { vec![None] };
+        for node in &launchers {
+            let (name, state) = match node {
+                Some(n) => (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}"))),
+                None => ("drover-launcher".to_owned(), dir.join("launcher")),
+            };
+            let mut args = vec![
+                "--server".to_owned(),
+                addr.clone(),
+                "--state-dir".to_owned(),
+                state.display().to_string(),
+                "--drain-on-exit".to_owned(),
+            ];
+            if let Some(n) = node {
+                args.extend(["--numa-node".to_owned(), n.to_string()]);
+            }
+            args.extend(tls_args(&pki.paths("agent-local")));
+            children.push((name.clone(), spawn_named(&bin_dir, "drover-launcher", &name, &args, &logs)?));
+        }
+        println!(
+            "scheduler on {addr}, API on https://{api_addr}, {} launcher(s); logs in {}",
+            launchers.len(),
+            logs.display()
+        );
+        let api = ApiClient::new(&ApiConfig {
+            addr: api_addr.clone(),
+            cacert: pki.dir.join(drover_cert::CA_CERT),
+            cert: Some(pki.dir.join("controller-user.pem")),
+            key: None,
+            tenant: None,
+        })?;
+        wait_healthy(&api, &mut children, &logs).await?;
+        demo(&api).await?;
         if opts.once {
             return Ok(());
         }
-        println!("cluster is up; Ctrl-C stops it. Heartbeat (controllers, then node:status:available/total MiB,load):");
-        let mut ticker = tokio::time::interval(Duration::from_secs(2));
+        let cli_dir = if opts.dir == Path::new(".drover") { String::new() } else { format!(" --dir {}", opts.dir.display()) };
+        println!("cluster is up. Try: drover{cli_dir} ps | drover{cli_dir} node ls | drover{cli_dir} events -f. Ctrl-C stops it.");
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if let Some(line) = last_heartbeat(&logs.join("drover-scheduler.log")) {
-                        println!("  {line}");
-                    }
                     for (name, child) in children.iter_mut() {
                         if let Ok(Some(status)) = child.try_wait() {
                             bail!("{name} exited ({status}); see {}", logs.join(format!("{name}.log")).display());
                         }
                     }
-                }
-                Some(ClientEvent::Message { frame, message }) = events.recv() => {
-                    // Routine reports would drown the heartbeat; events are worth a line.
-                    if !matches!(message, Message::Stats(_)) {
-                        println!("  {}", crate::link::describe(frame.origin, &message));
+                    match api.get("/v1/status").await {
+                        Ok(status) => println!("  {}", status_line(&status, last_heartbeat(&logs.join("drover-scheduler.log")))),
+                        Err(e) => println!("  status unavailable: {e:#}"),
                     }
                 }
                 () = &mut shutdown => break,
             }
         }
-        client.close();
         Ok(())
     }
     .await;
     println!("stopping the cluster");
+    // Controller first (nothing new is sent), launchers next (they drain), scheduler last.
+    children.rotate_left(1);
     stop_children(&mut children).await;
     result
 }

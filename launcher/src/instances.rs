@@ -274,8 +274,14 @@ impl Instances {
     pub fn start(&mut self, start: &Start) -> Result<(), Refusal> {
         let id = start.instance_uuid;
         if let Some(existing) = self.table.get(&id) {
-            let reason = if existing.running { FailureReason::AlreadyRunning } else { FailureReason::InstanceExists };
-            return Err((reason, format!("instance {id} is already on this node")));
+            if start.restart && !existing.running {
+                // A restart of a copy that ended here: the new run replaces it (ciao's restart).
+                self.delete(id)?;
+            } else {
+                let reason =
+                    if existing.running { FailureReason::AlreadyRunning } else { FailureReason::InstanceExists };
+                return Err((reason, format!("instance {id} is already on this node")));
+            }
         }
         let dir = self.dir(id);
         let results = dir.join(files::RESULTS);

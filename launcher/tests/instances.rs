@@ -75,6 +75,14 @@ async fn output_exit_codes_clean_up_and_launch_failures() {
     assert_eq!((exit.code, exit.reason), (Some(3), ExitReason::Failed));
     instances.exited(&exit);
     assert_eq!(instances.start(&sh(failing, "true", 16)).unwrap_err().0, FailureReason::InstanceExists);
+    // A restart (the controller's policy) replaces the ended copy and runs it again.
+    let mut restart = sh(failing, "echo again", 16);
+    restart.restart = true;
+    instances.start(&restart).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!((exit.instance, exit.code), (failing, Some(0)));
+    instances.exited(&exit);
+    assert_eq!(std::fs::read_to_string(instances.output(failing)).unwrap(), "again\n");
 
     let missing = Uuid::new_v4();
     let backend = Backend::Process { argv: vec!["/no/such/program".into()], env: Default::default() };

@@ -1,0 +1,750 @@
+//! The HTTPS API: client-certificate authentication, tenants, JSON in and out.
+//!
+//! Authentication follows ciao: the client certificate must chain to the API's client CA and
+//! carry the controller role; its Organization names the tenants it may act for, and `admin`
+//! may act for all. A request without a certificate (or with one that names no tenant) gets
+//! 401; naming a tenant the certificate does not list (`X-Drover-Tenant`) gets 403; another
+//! tenant's instance or workload is 404, so tenants cannot probe each other's UUIDs.
+//!
+//! Every error is JSON: `{"error": {"status": 404, "message": "..."}}`. The routes are listed
+//! in `docs/api.md`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use ssntp::payload::{Evacuate, Message, Restore};
+use ssntp::{Role, Uuid};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{Controller, NodeView};
+use crate::lifecycle::{Input, State as Life};
+use crate::service::{ServiceError, ADMIN};
+use crate::store::InstanceRecord;
+use crate::workload::Format;
+
+/// Most API connections at once (overflow: new connections wait in the kernel's backlog).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A TLS handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest long-poll for events.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Who is calling, from the TLS client certificate.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No usable certificate; the reason is the 401's message.
+    Anonymous(String),
+    /// A certificate with the controller role.
+    User {
+        /// Common Name.
+        name: String,
+        /// Tenants from the Organization attributes.
+        tenants: Vec<String>,
+    },
+}
+
+impl Caller {
+    /// From the peer's certificate chain as the TLS layer saw it (already verified).
+    pub fn from_peer(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Self {
+        let Some(leaf) = certs.and_then(<[_]>::first) else {
+            return Self::Anonymous("a client certificate is required (see drover-cert issue --role controller)".into());
+        };
+        match drover_cert::inspect(leaf) {
+            Err(e) => Self::Anonymous(format!("unreadable client certificate: {e}")),
+            Ok(info) if !info.roles.contains(Role::CONTROLLER) => {
+                Self::Anonymous(format!("the certificate's role is {}, not controller", info.roles))
+            }
+            Ok(info) if info.orgs.is_empty() => {
+                Self::Anonymous("the certificate names no tenant (Organization); issue it with --org".into())
+            }
+            Ok(info) => {
+                let name = info.subject.split("CN=").nth(1).unwrap_or(&info.subject).to_owned();
+                Self::User { name, tenants: info.orgs }
+            }
+        }
+    }
+
+    /// The tenant this request acts for: `X-Drover-Tenant` if given and allowed, else the
+    /// certificate's only tenant (`admin` acts for all).
+    fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let Self::User { tenants, .. } = self else {
+            let Self::Anonymous(why) = self else { unreachable!() };
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why.clone()));
+        };
+        let admin = tenants.iter().any(|t| t == ADMIN);
+        match headers.get("x-drover-tenant").map(|v| v.to_str().unwrap_or("")) {
+            Some(asked) if tenants.iter().any(|t| t == asked) || (admin && valid_tenant(asked)) => Ok(asked.to_owned()),
+            Some(asked) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("this certificate may not act for tenant {asked:?} (it names {})", tenants.join(", ")),
+            )),
+            None if admin => Ok(ADMIN.to_owned()),
+            None if tenants.len() == 1 => Ok(tenants[0].clone()),
+            None => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the certificate names several tenants ({}); pick one with X-Drover-Tenant", tenants.join(", ")),
+            )),
+        }
+    }
+}
+
+fn valid_tenant(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// What reads may see: one tenant, or all for `admin`.
+fn scope(tenant: &str) -> Option<&str> {
+    (tenant != ADMIN).then_some(tenant)
+}
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::Spec(_) | ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"status": self.status.as_u16(), "message": self.message}}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type Ctl = State<Arc<Controller>>;
+
+/// An instance as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// UUID.
+    pub uuid: Uuid,
+    /// Tenant.
+    pub tenant: String,
+    /// Workload name.
+    pub workload: String,
+    /// State name.
+    pub state: String,
+    /// Node it runs or ran on.
+    pub node: Option<Uuid>,
+    /// Why it waits, failed or ended, in the cluster's words.
+    pub why: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// Batch it belongs to.
+    pub batch: Option<Uuid>,
+}
+
+impl From<&InstanceRecord> for InstanceView {
+    fn from(r: &InstanceRecord) -> Self {
+        let why = match &r.life.state {
+            Life::Queued { reason } if r.why.is_empty() => reason.clone(),
+            Life::Failed { reason } if r.why.is_empty() => reason.clone(),
+            _ => r.why.clone(),
+        };
+        Self {
+            uuid: r.uuid,
+            tenant: r.tenant.clone(),
+            workload: r.workload.clone(),
+            state: r.life.state.name().to_owned(),
+            node: r.node,
+            why,
+            restarts: r.life.restarts,
+            exit_code: match r.life.state {
+                Life::Exited { code } => code,
+                _ => None,
+            },
+            batch: r.batch,
+        }
+    }
+}
+
+/// The router (without TLS: [`serve`] adds the caller to each request).
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/workloads", get(list_workloads).post(create_workload))
+        .route("/v1/workloads/{name}", get(show_workload).put(replace_workload).delete(delete_workload))
+        .route("/v1/workloads/{name}/launch", post(launch))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/instances/{id}", get(show_instance).delete(delete_instance))
+        .route("/v1/instances/{id}/{action}", post(instance_action))
+        .route("/v1/instances/{id}/logs", get(logs))
+        .route("/v1/batch", post(batch))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}/{action}", post(node_action))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
+        .with_state(controller)
+}
+
+fn format_of(headers: &HeaderMap, body: &str) -> Format {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.contains("toml") {
+        Format::Toml
+    } else if content_type.contains("json") || body.trim_start().starts_with('{') {
+        Format::Json
+    } else {
+        Format::Toml
+    }
+}
+
+async fn list_workloads(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let list = c.blocking(move |c| c.service().store().workloads(scope(&tenant))).await.map_err(ServiceError::from)?;
+    let out: Vec<_> = list
+        .into_iter()
+        .map(|(name, w)| {
+            let parsed = w.parsed().ok();
+            json!({
+                "name": name,
+                "tenant": w.tenant,
+                "uuid": w.uuid,
+                "class": parsed.as_ref().map(|p| p.class),
+                "backend": parsed.as_ref().map(|p| p.backend.name()),
+                "vcpus": parsed.as_ref().map(|p| p.requirements.vcpus),
+                "mem_mb": parsed.as_ref().map(|p| p.requirements.mem_mb),
+            })
+        })
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn put(c: Arc<Controller>, caller: &Caller, headers: &HeaderMap, body: String, name: Option<String>) -> ApiResult<Response> {
+    let tenant = caller.tenant(headers)?;
+    let format = format_of(headers, &body);
+    let create = name.is_none();
+    if let Some(expected) = &name {
+        let parsed = crate::workload::parse(&body, format).map_err(ServiceError::from)?;
+        if &parsed.name != expected {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("name: the file names {:?} but the URL names {expected:?}", parsed.name),
+            ));
+        }
+    }
+    let name = c.blocking(move |c| c.service().put_workload(&tenant, &body, format, create)).await?;
+    let status = if create { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({"name": name}))).into_response())
+}
+
+async fn create_workload(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+    put(c, &caller, &headers, body, None).await
+}
+
+async fn replace_workload(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<Response> {
+    put(c, &caller, &headers, body, Some(name)).await
+}
+
+async fn show_workload(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let found = c.blocking(move |c| c.service().store().workload(&tenant, &name).map(|w| (name, w))).await;
+    let (name, w) = found.map_err(ServiceError::from)?;
+    let w = w.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("workload {name} not found")))?;
+    Ok(Json(json!({
+        "name": name,
+        "tenant": w.tenant,
+        "uuid": w.uuid,
+        "format": if w.toml { "toml" } else { "json" },
+        "source": w.source,
+    }))
+    .into_response())
+}
+
+async fn delete_workload(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    c.blocking(move |c| c.service().delete_workload(&tenant, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Body of a launch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaunchBody {
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &str) -> ApiResult<T> {
+    let text = if body.trim().is_empty() { "{}" } else { body };
+    serde_json::from_str(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))
+}
+
+async fn launch(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let LaunchBody { count } = json_body(&body)?;
+    let ids = c
+        .blocking(move |c| {
+            let now = c.now_ms();
+            c.service().launch(&tenant, &name, count, now)
+        })
+        .await?;
+    c.wake();
+    Ok((StatusCode::CREATED, Json(json!({"instances": ids}))).into_response())
+}
+
+/// Filters for listing instances.
+#[derive(Debug, Deserialize)]
+struct InstanceQuery {
+    workload: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_instances(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(q): Query<InstanceQuery>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let records = c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
+    let views: Vec<InstanceView> = records
+        .iter()
+        .filter(|r| q.workload.as_ref().is_none_or(|w| *w == r.workload))
+        .filter(|r| q.state.as_ref().is_none_or(|s| s == r.life.state.name()))
+        .map(InstanceView::from)
+        .collect();
+    Ok(Json(views).into_response())
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an instance UUID")))
+}
+
+async fn show_instance(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let id = parse_id(&id)?;
+    let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
+    Ok(Json(InstanceView::from(&record)).into_response())
+}
+
+async fn instance_action(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let id = parse_id(&id)?;
+    let input = match action.as_str() {
+        "stop" => Input::Stop,
+        "start" => Input::Start,
+        "cancel" => Input::Cancel,
+        other => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use stop, start or cancel")))
+        }
+    };
+    let (commands, record) = c
+        .blocking(move |c| {
+            let now = c.now_ms();
+            let commands = c.service().user(&tenant, id, input, now)?;
+            c.service().owned(&tenant, id).map(|r| (commands, r))
+        })
+        .await?;
+    c.send_all(commands).await;
+    c.wake();
+    Ok((StatusCode::ACCEPTED, Json(InstanceView::from(&record))).into_response())
+}
+
+async fn delete_instance(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let id = parse_id(&id)?;
+    let commands = c.blocking(move |c| c.service().delete(&tenant, id)).await?;
+    c.send_all(commands).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Options of a log fetch.
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    max_bytes: Option<u32>,
+}
+
+async fn logs(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let id = parse_id(&id)?;
+    let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
+    let node = record.node.ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, format!("instance {id} has not run yet ({})", record.life.state.name()))
+    })?;
+    let max_bytes = q.max_bytes.unwrap_or(64 * 1024).min(1024 * 1024);
+    let data = c
+        .fetch_log(id, node, max_bytes, Duration::from_secs(10))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("logs of {id}: {e}")))?;
+    Ok(Json(json!({"instance": id, "node": node, "data": data.data, "truncated": data.truncated})).into_response())
+}
+
+/// Body of a batch submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    workload: String,
+    count: usize,
+    /// How long to wait for the scheduler's answers before replying, ms (default 3000).
+    wait_ms: Option<u64>,
+}
+
+/// The answer to a batch submission (sd-taskpacker's BatchSubmit).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// The batch.
+    pub batch: Uuid,
+    /// Instances running, with their node.
+    pub started: Vec<InstanceView>,
+    /// Instances in the scheduler's queue, with why.
+    pub queued: Vec<InstanceView>,
+    /// Instances refused (too large for any node, queue full …), with why.
+    pub rejected: Vec<InstanceView>,
+    /// Instances with no answer yet when the wait ran out.
+    pub pending: Vec<InstanceView>,
+    /// How many more instances of this size would fit now, from the nodes' latest reports.
+    pub slots_remaining_estimate: u64,
+}
+
+async fn batch(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let BatchBody { workload, count, wait_ms } = json_body(&body)?;
+    let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
+    let nodes = c.nodes();
+    let (batch, ids, w) = c
+        .blocking(move |c| {
+            let now = c.now_ms();
+            c.service().submit_batch(&tenant, &workload, count, now)
+        })
+        .await?;
+    let mem_mb = w.requirements.mem_mb.max(1);
+    let usable: Vec<&NodeView> = nodes.iter().filter(|n| matches!(n.status.as_str(), "READY" | "FULL")).collect();
+    let largest = usable.iter().filter_map(|n| n.stats.as_ref()).map(|s| s.mem_total_mb).max();
+    if let Some(largest) = largest.filter(|l| *l < mem_mb) {
+        let why = format!("needs {mem_mb} MiB; the largest node offers {largest} MiB");
+        let ids = ids.clone();
+        c.blocking(move |c| c.service().fail(&ids, &why)).await?;
+    } else {
+        c.wake();
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let records = loop {
+        let ids = ids.clone();
+        let records = c
+            .blocking(move |c| ids.iter().filter_map(|id| c.service().store().instance(*id).transpose()).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(ServiceError::from)?;
+        let undecided = records.iter().any(|r| matches!(r.life.state, Life::Pending { .. } | Life::Starting));
+        if !undecided || tokio::time::Instant::now() >= deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut answer = BatchAnswer { batch, ..BatchAnswer::default() };
+    for r in &records {
+        let view = InstanceView::from(r);
+        match r.life.state {
+            Life::Running { .. } | Life::Exited { .. } => answer.started.push(view),
+            Life::Queued { .. } => answer.queued.push(view),
+            Life::Pending { .. } | Life::Starting => answer.pending.push(view),
+            _ => answer.rejected.push(view),
+        }
+    }
+    let free: u64 = usable
+        .iter()
+        .filter(|n| n.status == "READY")
+        .filter_map(|n| n.stats.as_ref())
+        .map(|s| s.mem_available_mb / mem_mb)
+        .sum();
+    answer.slots_remaining_estimate = free.saturating_sub(answer.started.len() as u64);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+async fn nodes(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let mut nodes = c.nodes();
+    if tenant != ADMIN {
+        // Which instances run where is other tenants' business.
+        for n in &mut nodes {
+            if let Some(s) = &mut n.stats {
+                s.instances.clear();
+            }
+        }
+    }
+    Ok(Json(nodes).into_response())
+}
+
+async fn node_action(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    if tenant != ADMIN {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate or restore nodes"));
+    }
+    let node: Uuid = id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
+    if !c.nodes().iter().any(|n| n.uuid == node) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {node} not found")));
+    }
+    let message = match action.as_str() {
+        "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
+        "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
+        other => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use evacuate or restore"))),
+    };
+    c.send_now(&message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
+}
+
+async fn status(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let (counts, revision) = c
+        .blocking(move |c| Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?)))
+        .await?;
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for n in c.nodes() {
+        *by_status.entry(n.status).or_default() += 1;
+    }
+    Ok(Json(json!({
+        "scheduler": c.link_view(),
+        "nodes": by_status,
+        "instances": counts,
+        "revision": revision,
+    }))
+    .into_response())
+}
+
+/// Cursor and wait of an events request.
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    after: u64,
+    /// Wait this long for something new, ms (long poll); 0 answers at once.
+    #[serde(default)]
+    wait_ms: u64,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Response> {
+    let tenant = caller.tenant(&headers)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_WAIT);
+    let mut revisions = c.watch_revision();
+    let mut after = q.after;
+    loop {
+        let t = tenant.clone();
+        let (events, revision) = c
+            .blocking(move |c| {
+                let store = c.service().store();
+                // Other tenants' events are skipped, not counted against the limit.
+                let mut out = Vec::new();
+                let mut cursor = after;
+                loop {
+                    let page = store.events_after(cursor, limit)?;
+                    let Some(last) = page.last() else { break };
+                    cursor = last.revision;
+                    out.extend(page.into_iter().filter(|e| scope(&t).is_none_or(|t| t == e.tenant)));
+                    if out.len() >= limit {
+                        out.truncate(limit);
+                        cursor = out.last().map_or(cursor, |e| e.revision);
+                        break;
+                    }
+                }
+                Ok::<_, ServiceError>((out, cursor))
+            })
+            .await?;
+        after = revision;
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(json!({"revision": after, "events": events})).into_response());
+        }
+        if tokio::time::timeout_at(deadline, revisions.changed()).await.is_err() {
+            return Ok(Json(json!({"revision": after, "events": []})).into_response());
+        }
+    }
+}
+
+async fn metrics(State(c): Ctl) -> ApiResult<Response> {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let (counts, revision, pending) = c
+        .blocking(|c| {
+            Ok::<_, ServiceError>((c.service().counts(None)?, c.service().store().revision()?, c.service().store().pending_count()))
+        })
+        .await?;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("drover_controller");
+    let instances = Family::<Vec<(String, String)>, Gauge>::default();
+    for (state, n) in counts {
+        instances.get_or_create(&vec![("state".into(), state.into())]).set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register("instances", "Instances by state", instances);
+    let gauge = |v: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    registry.register("revision", "Latest store revision", gauge(revision));
+    registry.register("pending", "Instances waiting for a START", gauge(pending as u64));
+    registry.register("starts_sent", "STARTs sent since start", gauge(c.starts_sent.load(std::sync::atomic::Ordering::Relaxed)));
+    registry.register("scheduler_connected", "1 while the scheduler link is up", gauge(u64::from(c.link_view().connected)));
+    registry.register("nodes", "Nodes known", gauge(c.nodes().len() as u64));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+/// The API's TLS configuration: TLS 1.3, the server certificate, client certificates from
+/// `client_ca` checked when offered (and CRLs), but not required at the TLS layer, so a
+/// request without one gets a JSON 401 rather than a failed handshake.
+///
+/// # Errors
+/// Unreadable or invalid files.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: &std::path::Path,
+    crl: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    let chain = ssntp::tls::load_certs(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key = ssntp::tls::load_key(key).with_context(|| format!("reading {}", key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ssntp::tls::load_certs(client_ca).with_context(|| format!("reading {}", client_ca.display()))? {
+        roots.add(ca)?;
+    }
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ssntp::tls::provider())
+        .allow_unauthenticated();
+    if let Some(crl) = crl {
+        verifier = verifier.with_crls(ssntp::tls::load_crls(crl)?);
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(ssntp::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier.build()?)
+        .with_single_cert(chain, key)
+        .context("the API certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, controller: Arc<Controller>, shutdown: CancellationToken) {
+    let app = router(controller);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
+        };
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "API TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "API TLS handshake timed out");
+                    return;
+                }
+            };
+            let caller = Caller::from_peer(stream.get_ref().1.peer_certificates());
+            let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(caller)));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => if let Err(e) = result { tracing::debug!(%peer, error = %e, "API connection ended") },
+                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}

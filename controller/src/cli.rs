@@ -1,0 +1,626 @@
+//! The `drover` command line: `up`, and a client of the controller's API for everything else.
+//!
+//! The API address and the user's certificate come from flags, else `DROVER_*` environment
+//! variables, else `./.drover/` as `drover up` writes it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::client::{ApiClient, ApiConfig};
+
+/// Drover: a cluster workload scheduler. `drover up` starts a local cluster; the other commands
+/// talk to a controller's API.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// How to reach the API.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The controller's API, `host:port` [default: 127.0.0.1:8889].
+    #[arg(long, env = "DROVER_API", global = true)]
+    pub api: Option<String>,
+    /// CA of the API's certificate [default: .drover/pki/ca.pem].
+    #[arg(long, env = "DROVER_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Your certificate (controller role; Organization = your tenants)
+    /// [default: .drover/pki/controller-user.pem].
+    #[arg(long, env = "DROVER_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Your certificate's key [default: <cert stem>-key.pem].
+    #[arg(long, env = "DROVER_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Act for this tenant (when your certificate names several, or you are admin).
+    #[arg(long, env = "DROVER_TENANT", global = true)]
+    pub tenant: Option<String>,
+    /// Directory `drover up` wrote (for the defaults above).
+    #[arg(long, default_value = ".drover", global = true)]
+    pub dir: PathBuf,
+}
+
+impl ApiArgs {
+    /// The API configuration, defaults filled in from `--dir`.
+    pub fn config(&self) -> ApiConfig {
+        let pki = self.dir.join("pki");
+        ApiConfig {
+            addr: self.api.clone().unwrap_or_else(|| "127.0.0.1:8889".into()),
+            cacert: self.cacert.clone().unwrap_or_else(|| pki.join(drover_cert::CA_CERT)),
+            cert: Some(self.cert.clone().unwrap_or_else(|| pki.join("controller-user.pem"))),
+            key: self.key.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start a local cluster (scheduler, controller, one launcher per NUMA node) as child
+    /// processes, run a demo workload and show its output, then show live status until
+    /// Ctrl-C. Certificates are minted into DIR/pki on the first run; logs go to DIR/logs.
+    Up {
+        /// Scheduler port on 127.0.0.1.
+        #[arg(long, default_value_t = ssntp::DEFAULT_PORT)]
+        port: u16,
+        /// API port on 127.0.0.1.
+        #[arg(long, default_value_t = 8889)]
+        api_port: u16,
+        /// Stop after the demo workload instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Directory holding drover-scheduler, drover-controller and drover-launcher
+        /// (default: next to drover).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Workload definitions.
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// Launch instances of a workload.
+    Run {
+        /// Workload name.
+        workload: String,
+        /// How many instances.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: usize,
+        /// Wait until every instance has ended (exit status 1 if any failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List instances, with why each waits or failed.
+    Ps {
+        /// Only this workload's.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only instances in this state (pending, queued, running, exited, failed …).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one instance.
+    Show {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+    },
+    /// Print an instance's output (results/output.txt on its node).
+    Logs {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+        /// Keep printing new output until the instance ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop an instance (it can be started again).
+    Stop {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+    },
+    /// Start a stopped or ended instance again.
+    Start {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+    },
+    /// Cancel an instance for good.
+    Cancel {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+    },
+    /// Delete an ended instance and its files on the node.
+    Rm {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+    },
+    /// Batch work.
+    #[command(subcommand)]
+    Batch(BatchCmd),
+    /// Nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Cluster status: scheduler link, nodes, instances by state.
+    Status,
+    /// Print events (every change, in order).
+    Events {
+        /// Keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// Start after this revision.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+/// `drover workload …`
+#[derive(Debug, Subcommand)]
+pub enum WorkloadCmd {
+    /// Create a workload from a file (`.toml` or `.json`); --replace overwrites one.
+    Create {
+        /// The workload file.
+        file: PathBuf,
+        /// Replace an existing workload of that name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List workloads.
+    List,
+    /// Show a workload's file.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a workload (no live instances may remain).
+    Rm {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `drover batch …`
+#[derive(Debug, Subcommand)]
+pub enum BatchCmd {
+    /// Submit N instances of a batch-class workload; prints which started, which are queued,
+    /// which were rejected, and how many more would fit.
+    Submit {
+        /// Workload name (class = "batch").
+        workload: String,
+        /// How many instances.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: usize,
+        /// How long to wait for the scheduler's answers, ms.
+        #[arg(long, default_value_t = 3000)]
+        wait_ms: u64,
+    },
+}
+
+/// `drover node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes with capacity and usage.
+    Ls,
+    /// Move every instance off a node and put it in maintenance (admin).
+    Evacuate {
+        /// Node UUID (or a unique prefix).
+        id: String,
+    },
+    /// Bring a node back from maintenance (admin).
+    Restore {
+        /// Node UUID (or a unique prefix).
+        id: String,
+    },
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut out = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i == last {
+                out.push_str(&cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn instance_rows(list: &[Value]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|i| {
+            let state = match i.get("exit_code").and_then(Value::as_i64) {
+                Some(code) => format!("{}({code})", text(i, "state")),
+                None => text(i, "state"),
+            };
+            vec![
+                short(&text(i, "uuid")),
+                text(i, "workload"),
+                state,
+                i.get("node").and_then(Value::as_str).map_or("-".into(), short),
+                text(i, "restarts"),
+                text(i, "why"),
+            ]
+        })
+        .collect()
+}
+
+const INSTANCE_HEADERS: [&str; 6] = ["ID", "WORKLOAD", "STATE", "NODE", "RESTARTS", "WHY"];
+
+/// Finds the instance a UUID or unique prefix names.
+async fn resolve(api: &ApiClient, id: &str, what: &str, list_path: &str) -> anyhow::Result<String> {
+    if id.len() == 36 {
+        return Ok(id.to_owned());
+    }
+    let list = api.get(list_path).await?;
+    let matches: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("uuid").and_then(Value::as_str))
+        .filter(|u| u.starts_with(id))
+        .map(str::to_owned)
+        .collect();
+    match &matches[..] {
+        [one] => Ok(one.clone()),
+        [] => bail!("no {what} starts with {id:?}"),
+        _ => bail!("{id:?} matches {} {what}s; give more of the UUID", matches.len()),
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "exited" | "failed" | "stopped" | "lost" | "canceled")
+}
+
+/// Runs one command against the API (everything but `up`).
+///
+/// # Errors
+/// The API's refusal or an unreachable API, with what to do about it.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let config = cli.api.config();
+    let api = ApiClient::new(&config).with_context(|| {
+        format!(
+            "loading the API credentials (CA {}, certificate {}); run `drover up` first or pass --cacert/--cert",
+            config.cacert.display(),
+            config.cert.as_deref().unwrap_or(Path::new("-")).display()
+        )
+    })?;
+    let json = cli.json;
+    match cli.command {
+        Cmd::Up { .. } => unreachable!("handled by the binary"),
+        Cmd::Workload(cmd) => workload(&api, cmd, json).await?,
+        Cmd::Run { workload, count, wait } => return run_workload(&api, &workload, count, wait, json).await,
+        Cmd::Ps { workload, state } => {
+            let mut query = Vec::new();
+            if let Some(w) = workload {
+                query.push(format!("workload={w}"));
+            }
+            if let Some(s) = state {
+                query.push(format!("state={s}"));
+            }
+            let list = api.get(&format!("/v1/instances?{}", query.join("&"))).await?;
+            if json {
+                print_json(&list);
+            } else {
+                table(&INSTANCE_HEADERS, &instance_rows(list.as_array().map_or(&[], Vec::as_slice)));
+            }
+        }
+        Cmd::Show { id } => {
+            let id = resolve(&api, &id, "instance", "/v1/instances").await?;
+            let v = api.get(&format!("/v1/instances/{id}")).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for key in ["uuid", "workload", "tenant", "state", "exit_code", "node", "restarts", "batch", "why"] {
+                    println!("{:<10} {}", format!("{key}:"), text(&v, key));
+                }
+            }
+        }
+        Cmd::Logs { id, follow } => logs(&api, &id, follow).await?,
+        Cmd::Stop { id } => action(&api, &id, "stop", json).await?,
+        Cmd::Start { id } => action(&api, &id, "start", json).await?,
+        Cmd::Cancel { id } => action(&api, &id, "cancel", json).await?,
+        Cmd::Rm { id } => {
+            let id = resolve(&api, &id, "instance", "/v1/instances").await?;
+            api.call(Method::DELETE, &format!("/v1/instances/{id}"), None).await?;
+            if !json {
+                println!("deleted {id}");
+            }
+        }
+        Cmd::Batch(BatchCmd::Submit { workload, count, wait_ms }) => {
+            let answer =
+                api.post("/v1/batch", &json!({"workload": workload, "count": count, "wait_ms": wait_ms})).await?;
+            if json {
+                print_json(&answer);
+            } else {
+                let n = |k: &str| answer.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+                println!(
+                    "batch {}: {} started, {} queued, {} rejected, {} undecided; about {} more would fit now",
+                    text(&answer, "batch"),
+                    n("started"),
+                    n("queued"),
+                    n("rejected"),
+                    n("pending"),
+                    text(&answer, "slots_remaining_estimate")
+                );
+                let mut rows = Vec::new();
+                for k in ["started", "queued", "rejected", "pending"] {
+                    rows.extend(instance_rows(answer.get(k).and_then(Value::as_array).map_or(&[], Vec::as_slice)));
+                }
+                table(&INSTANCE_HEADERS, &rows);
+            }
+        }
+        Cmd::Node(cmd) => node(&api, cmd, json).await?,
+        Cmd::Status => {
+            let v = api.get("/v1/status").await?;
+            if json {
+                print_json(&v);
+            } else {
+                let s = &v["scheduler"];
+                if s["connected"].as_bool() == Some(true) {
+                    println!("scheduler: connected to {} ({})", text(s, "target"), short(&text(s, "scheduler")));
+                } else {
+                    println!("scheduler: NOT connected ({})", text(s, "last_error"));
+                }
+                let summary = |o: &Value| {
+                    o.as_object().map_or_else(String::new, |m| {
+                        m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+                    })
+                };
+                println!("nodes:     {}", summary(&v["nodes"]));
+                println!("instances: {}", summary(&v["instances"]));
+                println!("revision:  {}", text(&v, "revision"));
+            }
+        }
+        Cmd::Events { follow, after } => {
+            let mut after = after;
+            loop {
+                let wait = if follow { 30_000 } else { 0 };
+                let page = api.get(&format!("/v1/events?after={after}&wait_ms={wait}")).await?;
+                for e in page["events"].as_array().into_iter().flatten() {
+                    if json {
+                        println!("{e}");
+                    } else {
+                        let instance = e.get("instance").and_then(Value::as_str).map_or(String::new(), |i| format!(" {}", short(i)));
+                        println!("{:>6} {}{instance} {}", text(e, "revision"), text(e, "tenant"), text(e, "what"));
+                    }
+                }
+                std::io::stdout().flush()?;
+                after = page["revision"].as_u64().unwrap_or(after);
+                if !follow {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        WorkloadCmd::Create { file, replace } => {
+            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let content_type =
+                if crate::workload::Format::of_path(&file) == crate::workload::Format::Toml { "application/toml" } else { "application/json" };
+            let v = if replace {
+                let text = String::from_utf8_lossy(&body);
+                let format = crate::workload::Format::of_path(&file);
+                let name = crate::workload::parse(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?.name;
+                api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some((content_type, body))).await?
+            } else {
+                api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await?
+            };
+            if json {
+                print_json(&v);
+            } else {
+                println!("workload {} saved", text(&v, "name"));
+            }
+        }
+        WorkloadCmd::List => {
+            let list = api.get("/v1/workloads").await?;
+            if json {
+                print_json(&list);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| {
+                        vec![text(w, "name"), text(w, "tenant"), text(w, "class"), text(w, "backend"), text(w, "vcpus"), text(w, "mem_mb")]
+                    })
+                    .collect();
+                table(&["NAME", "TENANT", "CLASS", "BACKEND", "VCPUS", "MEM_MB"], &rows);
+            }
+        }
+        WorkloadCmd::Show { name } => {
+            let v = api.get(&format!("/v1/workloads/{name}")).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", text(&v, "source"));
+                if !text(&v, "source").ends_with('\n') {
+                    println!();
+                }
+            }
+        }
+        WorkloadCmd::Rm { name } => {
+            api.call(Method::DELETE, &format!("/v1/workloads/{name}"), None).await?;
+            if !json {
+                println!("workload {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_workload(api: &ApiClient, workload: &str, count: usize, wait: bool, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let v = api.post(&format!("/v1/workloads/{workload}/launch"), &json!({"count": count})).await?;
+    let ids: Vec<String> = v["instances"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    if !wait {
+        if json {
+            print_json(&v);
+        } else {
+            for id in &ids {
+                println!("{id}");
+            }
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    let finals = loop {
+        interval.tick().await;
+        let list = api.get(&format!("/v1/instances?workload={workload}")).await?;
+        let mine: Vec<Value> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["uuid"].as_str().is_some_and(|u| wanted.contains(u)))
+            .cloned()
+            .collect();
+        let count_of = |s: &str| mine.iter().filter(|i| i["state"] == s).count();
+        let done = mine.iter().filter(|i| is_final(i["state"].as_str().unwrap_or(""))).count();
+        if !json && ids.len() > 1 {
+            let width = 30;
+            let filled = done * width / ids.len().max(1);
+            eprint!(
+                "\r[{}{}] {done}/{} done, {} running, {} queued, {} failed ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                ids.len(),
+                count_of("running"),
+                count_of("queued"),
+                count_of("failed")
+            );
+        }
+        if done == ids.len() || mine.len() < ids.len() && done == mine.len() {
+            if !json && ids.len() > 1 {
+                eprintln!();
+            }
+            break mine;
+        }
+    };
+    let failed = finals.iter().filter(|i| i["state"] != "exited" || i["exit_code"].as_i64().unwrap_or(0) != 0).count();
+    if json {
+        print_json(&Value::Array(finals));
+    } else {
+        table(&INSTANCE_HEADERS, &instance_rows(&finals));
+    }
+    Ok(if failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+async fn logs(api: &ApiClient, id: &str, follow: bool) -> anyhow::Result<()> {
+    let id = resolve(api, id, "instance", "/v1/instances").await?;
+    let mut printed = String::new();
+    loop {
+        let state = api.get(&format!("/v1/instances/{id}")).await?;
+        let data = match api.get(&format!("/v1/instances/{id}/logs?max_bytes=1048576")).await {
+            Ok(v) => text(&v, "data"),
+            Err(e) if follow && state["node"].is_null() => {
+                tracing::debug!(error = %e, "not running yet");
+                String::new()
+            }
+            Err(e) => return Err(e),
+        };
+        // The node keeps the tail; print what is new since the last fetch.
+        let new = data.strip_prefix(printed.as_str()).map_or_else(|| data.clone(), str::to_owned);
+        print!("{new}");
+        std::io::stdout().flush()?;
+        printed = data;
+        if !follow || is_final(state["state"].as_str().unwrap_or("")) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyhow::Result<()> {
+    let id = resolve(api, id, "instance", "/v1/instances").await?;
+    let v = api.post(&format!("/v1/instances/{id}/{verb}"), &json!({})).await?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("{verb}: {} is {}", short(&id), text(&v, "state"));
+    }
+    Ok(())
+}
+
+async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::Ls => {
+            let list = api.get("/v1/nodes").await?;
+            if json {
+                print_json(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    let s = &n["stats"];
+                    let mem = if s.is_null() {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", text(s, "mem_available_mb"), text(s, "mem_total_mb"))
+                    };
+                    let instances = s.get("instances").and_then(Value::as_array).map_or("-".into(), |a| a.len().to_string());
+                    vec![short(&text(n, "uuid")), text(n, "status"), text(s, "hostname"), text(s, "cpus_online"), mem, text(s, "load"), instances]
+                })
+                .collect();
+            table(&["ID", "STATUS", "HOST", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "INSTANCES"], &rows);
+        }
+        NodeCmd::Evacuate { id } | NodeCmd::Restore { id } if id.is_empty() => bail!("a node id is required"),
+        NodeCmd::Evacuate { id } => node_action(api, &id, "evacuate", json).await?,
+        NodeCmd::Restore { id } => node_action(api, &id, "restore", json).await?,
+    }
+    Ok(())
+}
+
+async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyhow::Result<()> {
+    let id = resolve(api, id, "node", "/v1/nodes").await?;
+    let v = api.post(&format!("/v1/nodes/{id}/{verb}"), &json!({})).await?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("{verb}: sent to node {}", short(&id));
+    }
+    Ok(())
+}

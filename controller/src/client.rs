@@ -1,0 +1,184 @@
+//! A small HTTPS client for the API (the `drover` CLI and the tests): one TLS 1.3 connection
+//! per request, the user's certificate presented, the API's certificate checked against the CA.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use serde_json::Value;
+
+/// Where the API is and who we are.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `host:port` of the API.
+    pub addr: String,
+    /// CA that signed the API's certificate.
+    pub cacert: PathBuf,
+    /// The user's certificate (controller role, tenants as Organization); none to call
+    /// without one.
+    pub cert: Option<PathBuf>,
+    /// Its key (default: `<cert stem>-key.pem`).
+    pub key: Option<PathBuf>,
+    /// Act for this tenant (`X-Drover-Tenant`).
+    pub tenant: Option<String>,
+}
+
+/// An API client.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    addr: String,
+    tls: Arc<rustls::ClientConfig>,
+    tenant: Option<String>,
+    /// Per-request deadline.
+    pub timeout: Duration,
+}
+
+/// An API answer that is not a success.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiFailure {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The API's message.
+    pub message: String,
+}
+
+fn key_for(cert: &Path) -> PathBuf {
+    let stem = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    cert.with_file_name(format!("{stem}-key.pem"))
+}
+
+impl ApiClient {
+    /// A client for `config`.
+    ///
+    /// # Errors
+    /// Unreadable certificate files.
+    pub fn new(config: &ApiConfig) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in ssntp::tls::load_certs(&config.cacert).with_context(|| format!("reading {}", config.cacert.display()))? {
+            roots.add(ca)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(ssntp::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots);
+        let mut tls = match &config.cert {
+            Some(cert) => {
+                let chain = ssntp::tls::load_certs(cert).with_context(|| format!("reading {}", cert.display()))?;
+                let key_path = config.key.clone().unwrap_or_else(|| key_for(cert));
+                let key = ssntp::tls::load_key(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            addr: config.addr.clone(),
+            tls: Arc::new(tls),
+            tenant: config.tenant.clone(),
+            timeout: Duration::from_secs(90),
+        })
+    }
+
+    /// Sends a request; returns the status and the parsed JSON body (`null` when empty).
+    ///
+    /// # Errors
+    /// The API cannot be reached, the TLS handshake fails, or the answer is not JSON.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        tokio::time::timeout(self.timeout, self.raw_inner(method, path, body))
+            .await
+            .with_context(|| format!("no answer from the API at {} within {} s", self.addr, self.timeout.as_secs()))?
+    }
+
+    async fn raw_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connecting to the API at {} (is drover-controller running?)", self.addr))?;
+        let name = ssntp::tls::server_name_for(&self.addr).map_err(anyhow::Error::msg)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp).await.with_context(|| format!("TLS with the API at {}", self.addr))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut request = Request::builder().method(method).uri(path).header("host", &self.addr);
+        if let Some(tenant) = &self.tenant {
+            request = request.header("x-drover-tenant", tenant);
+        }
+        let request = match body {
+            Some((content_type, bytes)) => request.header("content-type", content_type).body(Full::new(Bytes::from(bytes)))?,
+            None => request.body(Full::new(Bytes::new()))?,
+        };
+        let response = sender.send_request(request).await.context("sending the request")?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else if let Ok(v) = serde_json::from_slice(&bytes) {
+            v
+        } else {
+            Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        Ok((status, value))
+    }
+
+    /// Sends a request and turns an error status into an [`ApiFailure`].
+    ///
+    /// # Errors
+    /// Transport errors, or the API's error.
+    pub async fn call(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
+        let (status, value) = self.raw(method, path, body).await?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        Err(ApiFailure { status, message }.into())
+    }
+
+    /// GET.
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`].
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST with a JSON body.
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`].
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(("application/json", serde_json::to_vec(body)?))).await
+    }
+
+    /// Waits until the API answers `/v1/status`, up to `within`.
+    ///
+    /// # Errors
+    /// The last error when the time is up.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.get("/v1/status").await {
+                Ok(v) => return Ok(v),
+                Err(e) if tokio::time::Instant::now() >= deadline => bail!("the API did not come up: {e:#}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The controller daemon's shared state and its scheduler loop: the [`Service`] behind the
+//! SSNTP link and the API.
+//!
+//! - [`Controller`] holds the service, the link to the scheduler, what the cluster reported
+//!   about its nodes, and the log requests waiting for an answer.
+//! - [`run_link`] is the only task that talks to the scheduler: it applies every frame to the
+//!   service, sends what the service asks for, and ticks (STARTs due) every 100 ms or at once
+//!   when the API asks. After a reconnect it re-sends the STARTs that got no answer.
+//!
+//! Store calls block (redb commits with fsync), so they run on tokio's blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use ssntp::client::{ClientEvent, ClientHandle};
+use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
+use ssntp::Uuid;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::service::{Service, ServiceError};
+
+/// How often pending instances are looked at.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Most log requests waiting for an answer at once (overflow: the request is refused, 503).
+pub const MAX_LOG_REQUESTS: usize = 256;
+
+/// What the controller knows of one node, from the scheduler's events and the node's STATS.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// The node.
+    pub uuid: Uuid,
+    /// `connected`, `disconnected` or `lost` (from the scheduler), refined by STATS to
+    /// `READY`, `FULL`, `MAINTENANCE`.
+    pub status: String,
+    /// Latest STATS, if any arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+    /// When it was last heard of, Unix ms.
+    pub last_seen_unix_ms: u64,
+}
+
+/// Whether the scheduler link is up, and since when.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkView {
+    /// Connected right now.
+    pub connected: bool,
+    /// The scheduler's address.
+    pub target: Option<String>,
+    /// The scheduler's UUID.
+    pub scheduler: Option<Uuid>,
+    /// Why the last attempt or session failed.
+    pub last_error: Option<String>,
+}
+
+type LogWaiter = (Uuid, oneshot::Sender<Result<LogData, String>>);
+
+/// The controller's shared state.
+#[derive(Debug)]
+pub struct Controller {
+    service: Service,
+    link: Option<ClientHandle>,
+    started: Instant,
+    nodes: Mutex<BTreeMap<Uuid, NodeView>>,
+    link_view: Mutex<LinkView>,
+    logs: Mutex<HashMap<u64, LogWaiter>>,
+    next_request: AtomicU64,
+    revision: watch::Sender<u64>,
+    wake: Notify,
+    /// STARTs sent since this process started.
+    pub starts_sent: AtomicU64,
+}
+
+/// Unix time now, ms.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Controller {
+    /// Shared state over `service`, talking to the scheduler through `link` (none in tests
+    /// that exercise only the API).
+    ///
+    /// # Errors
+    /// The store.
+    pub fn new(service: Service, link: Option<ClientHandle>) -> Result<Arc<Self>, ServiceError> {
+        let revision = service.store().revision()?;
+        Ok(Arc::new(Self {
+            service,
+            link,
+            started: Instant::now(),
+            nodes: Mutex::new(BTreeMap::new()),
+            link_view: Mutex::new(LinkView::default()),
+            logs: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            revision: watch::channel(revision).0,
+            wake: Notify::new(),
+            starts_sent: AtomicU64::new(0),
+        }))
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Monotonic ms since the controller started (the lifecycle's clock; backoffs are short
+    /// enough that restarting the clock with the process only shortens one backoff).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs a store call on the blocking pool, then tells event watchers what changed.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self) -> T + Send + 'static,
+    ) -> T {
+        let this = Arc::clone(self);
+        let value = tokio::task::spawn_blocking(move || {
+            let value = f(&this);
+            this.publish_revision();
+            value
+        })
+        .await
+        .expect("store call panicked");
+        value
+    }
+
+    fn publish_revision(&self) {
+        if let Ok(revision) = self.service.store().revision() {
+            self.revision.send_if_modified(|r| {
+                let changed = *r != revision;
+                *r = revision;
+                changed
+            });
+        }
+    }
+
+    /// A receiver that sees every new revision (for long-polling events).
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Asks the link loop to tick now (after a launch).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sends commands to the scheduler. A command that cannot go (no link) is dropped: what
+    /// matters is in the store and is sent again after the reconnect.
+    pub async fn send_all(&self, messages: Vec<Message>) {
+        let Some(link) = &self.link else { return };
+        for message in messages {
+            if let Err(e) = link.send(&message).await {
+                tracing::debug!(error = %e, kind = %message.kind(), "not sent; the reconnect re-sends what matters");
+            }
+        }
+    }
+
+    /// Sends one command now, or says why it cannot go.
+    ///
+    /// # Errors
+    /// No scheduler connection.
+    pub async fn send_now(&self, message: &Message) -> Result<(), String> {
+        let link = self.link.as_ref().ok_or("no scheduler link")?;
+        link.send(message).await.map_err(|e| format!("scheduler unreachable: {e}"))
+    }
+
+    /// The nodes as last reported.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.nodes.lock().expect("nodes lock").values().cloned().collect()
+    }
+
+    /// The scheduler link's state.
+    pub fn link_view(&self) -> LinkView {
+        self.link_view.lock().expect("link lock").clone()
+    }
+
+    /// Fetches the tail of an instance's output from its node.
+    ///
+    /// # Errors
+    /// Too many requests waiting, no link, the node's refusal, or no answer in `timeout`.
+    pub async fn fetch_log(&self, instance: Uuid, node: Uuid, max_bytes: u32, timeout: Duration) -> Result<LogData, String> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut logs = self.logs.lock().expect("logs lock");
+            if logs.len() >= MAX_LOG_REQUESTS {
+                return Err("too many log requests waiting; try again".into());
+            }
+            logs.insert(request_id, (instance, tx));
+        }
+        let fetch = LogFetch { instance_uuid: instance, workload_agent_uuid: node, max_bytes, request_id };
+        let result = match self.send_now(&Message::LogFetch(fetch)).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err("the request was dropped".into()),
+                Err(_) => Err(format!("node {} did not answer within {} s", node.short(), timeout.as_secs())),
+            },
+            Err(e) => Err(e),
+        };
+        self.logs.lock().expect("logs lock").remove(&request_id);
+        result
+    }
+
+    fn answer_log(&self, message: &Message) {
+        let mut logs = self.logs.lock().expect("logs lock");
+        match message {
+            Message::LogData(data) => {
+                if let Some((_, tx)) = logs.remove(&data.request_id) {
+                    let _ = tx.send(Ok(data.clone()));
+                }
+            }
+            Message::CommandFailure(f) if f.command == "LOG_FETCH" => {
+                let ids: Vec<u64> =
+                    logs.iter().filter(|(_, (i, _))| Some(*i) == f.instance_uuid).map(|(id, _)| *id).collect();
+                for id in ids {
+                    if let Some((_, tx)) = logs.remove(&id) {
+                        let _ = tx.send(Err(format!("{:?}: {}", f.reason, f.detail)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe_node(&self, origin: Uuid, message: &Message) {
+        let mut nodes = self.nodes.lock().expect("nodes lock");
+        let mut touch = |uuid: Uuid, status: Option<&str>, stats: Option<&Stats>| {
+            let view = nodes.entry(uuid).or_insert_with(|| NodeView {
+                uuid,
+                status: "connected".into(),
+                stats: None,
+                last_seen_unix_ms: 0,
+            });
+            view.last_seen_unix_ms = unix_ms();
+            if let Some(status) = status {
+                status.clone_into(&mut view.status);
+            }
+            if let Some(stats) = stats {
+                view.stats = Some(stats.clone());
+            }
+        };
+        match message {
+            Message::NodeConnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
+                touch(e.node_uuid, Some("connected"), None);
+            }
+            // NODE_DISCONNECTED names any peer, controllers too; only launchers are nodes.
+            Message::NodeDisconnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
+                touch(e.node_uuid, Some("disconnected"), None);
+            }
+            Message::NodeLost(e) => touch(e.node_uuid, Some("lost"), None),
+            Message::Stats(s) => {
+                let status = match s.status {
+                    NodeState::Ready => "READY",
+                    NodeState::Full => "FULL",
+                    NodeState::Maintenance => "MAINTENANCE",
+                    NodeState::Offline => "OFFLINE",
+                    NodeState::Unknown => "UNKNOWN",
+                };
+                touch(origin, Some(status), Some(s));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The scheduler loop (see the module text). Ends when the link's event stream ends.
+pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<ClientEvent>) {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                handle_event(&controller, event).await;
+            }
+            _ = ticker.tick() => tick(&controller).await,
+            () = controller.wake.notified() => tick(&controller).await,
+        }
+    }
+}
+
+async fn tick(controller: &Arc<Controller>) {
+    if !controller.link_view.lock().expect("link lock").connected {
+        return;
+    }
+    let now = controller.now_ms();
+    match controller.blocking(move |c| c.service.tick(now)).await {
+        Ok(starts) => {
+            controller.starts_sent.fetch_add(starts.len() as u64, Ordering::Relaxed);
+            controller.send_all(starts).await;
+        }
+        Err(e) => tracing::error!(error = %e, "tick failed"),
+    }
+}
+
+async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
+    match event {
+        ClientEvent::Connected { target, server_uuid, .. } => {
+            tracing::info!(%target, scheduler = %server_uuid, "connected to the scheduler");
+            let now = controller.now_ms();
+            if let Err(e) = controller.blocking(move |c| c.service.reconnected(now)).await {
+                tracing::error!(error = %e, "re-sending unanswered STARTs");
+            }
+            *controller.link_view.lock().expect("link lock") =
+                LinkView { connected: true, target: Some(target), scheduler: Some(server_uuid), last_error: None };
+            tick(controller).await;
+        }
+        ClientEvent::Disconnected { reason } => {
+            tracing::warn!(%reason, "scheduler connection lost");
+            let mut view = controller.link_view.lock().expect("link lock");
+            view.connected = false;
+            view.last_error = Some(reason);
+        }
+        ClientEvent::ConnectFailed { target, reason, permanent } => {
+            if permanent {
+                tracing::error!(%target, %reason, "the scheduler refused us");
+            } else {
+                tracing::debug!(%target, %reason, "connect failed");
+            }
+            controller.link_view.lock().expect("link lock").last_error = Some(format!("{target}: {reason}"));
+        }
+        ClientEvent::Message { frame, message } => {
+            let origin = frame.origin;
+            controller.observe_node(origin, &message);
+            controller.answer_log(&message);
+            if !matches!(message, Message::Stats(_) | Message::LogData(_)) {
+                tracing::info!("{}", crate::link::describe(origin, &message));
+            }
+            let now = controller.now_ms();
+            match controller.blocking(move |c| c.service.report(origin, &message, now)).await {
+                Ok(commands) => controller.send_all(commands).await,
+                Err(e) => tracing::error!(error = %e, "applying a cluster report"),
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `drover-controller`: flags, configuration checks, and the daemon's tasks (the scheduler
+//! link and the HTTPS API) until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ssntp::cli::TlsArgs;
+use ssntp::identity::load_or_create_uuid;
+use ssntp::Role;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Controller;
+use crate::service::Service;
+use crate::store::Store;
+
+/// The Drover controller: keeps workloads and instances durable (redb), sends them to the
+/// scheduler, restarts them per policy, and serves the HTTPS API that the `drover` CLI uses.
+#[derive(Debug, clap::Parser)]
+#[command(name = "drover-controller", version)]
+pub struct Args {
+    /// Scheduler address `host:port` (repeatable: tried in order).
+    #[arg(long = "server", required = true)]
+    pub servers: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The durable store (created if missing).
+    #[arg(long, default_value = "/var/lib/drover/controller.redb")]
+    pub db: PathBuf,
+    /// Directory for the controller's identity (its UUID).
+    #[arg(long, default_value = "/var/lib/drover/controller")]
+    pub state_dir: PathBuf,
+    /// Where the HTTPS API listens (`off` for none).
+    #[arg(long, default_value = "127.0.0.1:8889")]
+    pub api_listen: String,
+    /// The API's certificate (server role; its SANs must name the host clients dial).
+    #[arg(long)]
+    pub api_cert: Option<PathBuf>,
+    /// The API certificate's key (default: `<api-cert stem>-key.pem`).
+    #[arg(long)]
+    pub api_key: Option<PathBuf>,
+    /// CA that signs API users' certificates (default: --cacert).
+    #[arg(long)]
+    pub api_client_ca: Option<PathBuf>,
+    /// Certificate revocation list for API users.
+    #[arg(long)]
+    pub api_crl: Option<PathBuf>,
+}
+
+/// Everything checked before anything is bound or dialled.
+#[derive(Debug)]
+pub struct Prepared {
+    args: Args,
+    tls: Arc<rustls::ClientConfig>,
+    uuid: ssntp::Uuid,
+    api: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    store: Store,
+}
+
+/// Loads certificates and opens the store.
+///
+/// # Errors
+/// Bad certificates, a missing API certificate, an unusable store.
+pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
+    let identity = ssntp::tls::Identity::load(&args.tls.paths(None))?;
+    identity.require_role(Role::CONTROLLER, &args.tls.cert)?;
+    let tls = ssntp::tls::client_config(&identity)?;
+    let uuid = load_or_create_uuid(&args.state_dir, Role::CONTROLLER)
+        .with_context(|| format!("state directory {}", args.state_dir.display()))?;
+    let api = if args.api_listen == "off" {
+        None
+    } else {
+        let addr: SocketAddr =
+            args.api_listen.parse().with_context(|| format!("--api-listen {:?} is not ip:port", args.api_listen))?;
+        let cert = args.api_cert.clone().context(
+            "--api-cert is required for the API (a certificate with the server role: \
+             drover-cert issue --role server --name api --host <host>), or pass --api-listen off",
+        )?;
+        let key = args.api_key.clone().unwrap_or_else(|| {
+            let stem = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            cert.with_file_name(format!("{stem}-key.pem"))
+        });
+        let ca = args.api_client_ca.clone().unwrap_or_else(|| args.tls.cacert.clone());
+        Some((addr, crate::api::tls_config(&cert, &key, &ca, args.api_crl.as_deref())?))
+    };
+    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = Store::open(&args.db).with_context(|| format!("opening the store {}", args.db.display()))?;
+    Ok(Prepared { args, tls, uuid, api, store })
+}
+
+/// Runs until `shutdown`.
+///
+/// # Errors
+/// The API address is in use.
+pub async fn run(
+    prepared: Prepared,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
+    let Prepared { args, tls, uuid, api, store } = prepared;
+    let service = Service::new(store)?;
+    let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid);
+    let controller = Controller::new(service, Some(client.clone()))?;
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((addr, tls)) = api {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API to {addr} (in use? pick another with --api-listen)"))?;
+        tracing::info!(%addr, "API listening");
+        tasks.spawn(crate::api::serve(listener, tls, Arc::clone(&controller), stop.clone()));
+    }
+    tracing::info!(uuid = %uuid, db = %args.db.display(), servers = ?args.servers, "controller running");
+    tasks.spawn(crate::daemon::run_link(Arc::clone(&controller), events));
+    shutdown.await;
+    stop.cancel();
+    client.close();
+    // The link loop ends when the client's event stream closes; the API on cancel.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    Ok(())
+}
