@@ -253,6 +253,9 @@ impl CertSpec {
     /// A bad name, host, days value, or a role set that is not exactly one role.
     pub fn from_request(req: &IssueRequest) -> Result<Self> {
         check_name(&req.name)?;
+        for org in &req.orgs {
+            check_name(org)?;
+        }
         check_days(req.days)?;
         let mut dns = Vec::new();
         let mut ips = req.ips.clone();
@@ -285,8 +288,10 @@ impl CertSpec {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, self.name.as_str());
-        for org in &self.orgs {
-            params.distinguished_name.push(DnType::OrganizationName, org.as_str());
+        // rcgen keeps one value per attribute type, so several tenants share one O value,
+        // comma-separated; readers split it (and also accept several O attributes).
+        if !self.orgs.is_empty() {
+            params.distinguished_name.push(DnType::OrganizationName, self.orgs.join(","));
         }
         for dns in &self.dns {
             let name = dns.clone().try_into().map_err(|_| CertError::BadHost(dns.clone()))?;
@@ -456,7 +461,15 @@ fn info(der: &[u8]) -> Result<CertInfo, String> {
             }
         }
     }
-    let orgs = cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
+    let orgs = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .flat_map(|o| o.split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
     let digest = Sha256::digest(cert.public_key().raw);
     let spki_sha256 = digest.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     Ok(CertInfo {

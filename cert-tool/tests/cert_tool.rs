@@ -112,3 +112,15 @@ fn binary_reports_errors_and_exits_non_zero() {
     let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
     assert!(help.contains("-anchor-cert"), "--help maps ciao-cert's flags");
 }
+
+#[test]
+fn several_tenants_survive_in_the_organization() {
+    let dir = tempfile::tempdir().unwrap();
+    create_ca(dir.path(), "Test", 10).unwrap();
+    let mut request = req(Role::CONTROLLER, "alice", &[]);
+    request.orgs = vec!["acme".into(), "globex".into()];
+    let issued = issue(dir.path(), &request).unwrap();
+    assert_eq!(show(&issued.cert).unwrap().orgs, vec!["acme".to_owned(), "globex".to_owned()]);
+    request.orgs = vec!["a,b".into()];
+    assert!(matches!(issue(dir.path(), &request), Err(CertError::BadName(_))), "a tenant is a name");
+}

@@ -1,0 +1,247 @@
+//! The API's contract over real HTTPS with real certificates: every error code, tenant
+//! isolation, events with a cursor, metrics. The controller runs in process with no scheduler,
+//! so instances stay pending; the end-to-end tests cover the cluster.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Pki;
+use drover_controller::client::{ApiClient, ApiConfig};
+use drover_controller::daemon::Controller;
+use drover_controller::service::Service;
+use drover_controller::store::Store;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const WORKLOAD: &str = r#"
+name = "web"
+size = "tiny"
+[backend]
+type = "process"
+argv = ["/bin/sleep", "60"]
+"#;
+
+struct Api {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    addr: String,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&dir.path().join("pki"));
+        let store = Store::open(&dir.path().join("c.redb")).unwrap();
+        let controller = Controller::new(Service::new(store).unwrap(), None).unwrap();
+        let tls = drover_controller::api::tls_config(
+            &pki.cert("server-api"),
+            &pki.dir.join("server-api-key.pem"),
+            &pki.ca(),
+            None,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(drover_controller::api::serve(listener, tls, Arc::clone(&controller), stop.clone()));
+        Self { _dir: dir, pki, addr, stop }
+    }
+
+    fn as_user(&self, user: &str) -> ApiClient {
+        self.pki.client(&self.addr, Some(user))
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn status_of(c: &ApiClient, method: Method, path: &str, body: Option<(&str, &str)>) -> (StatusCode, Value) {
+    let (status, value) = c.raw(method, path, body.map(|(t, b)| (t, b.as_bytes().to_vec()))).await.unwrap();
+    if !status.is_success() {
+        let message = value.pointer("/error/message").and_then(Value::as_str);
+        assert!(message.is_some_and(|m| !m.is_empty()), "every error is JSON with a message: {value}");
+        assert_eq!(value.pointer("/error/status").and_then(Value::as_u64), Some(u64::from(status.as_u16())));
+    }
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_401_and_403() {
+    let api = Api::start().await;
+    let anonymous = api.pki.client(&api.addr, None);
+    let (status, v) = status_of(&anonymous, Method::GET, "/v1/instances", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v.to_string().contains("client certificate is required"), "{v}");
+    let (status, v) = status_of(&api.as_user("nobody"), Method::GET, "/v1/instances", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a certificate naming no tenant: {v}");
+    // A launcher's certificate is not an API user's.
+    let agent = ApiClient::new(&ApiConfig {
+        addr: api.addr.clone(),
+        cacert: api.pki.ca(),
+        cert: Some(api.pki.cert("agent-local")),
+        key: None,
+        tenant: None,
+    })
+    .unwrap();
+    let (status, v) = status_of(&agent, Method::GET, "/v1/status", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v.to_string().contains("not controller"), "{v}");
+    // A certificate from another CA does not get past TLS.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Pki::new(other.path());
+    let foreign = ApiClient::new(&ApiConfig {
+        addr: api.addr.clone(),
+        cacert: api.pki.ca(),
+        cert: Some(stranger.cert("controller-admin")),
+        key: None,
+        tenant: None,
+    })
+    .unwrap();
+    assert!(foreign.get("/v1/status").await.is_err(), "a foreign CA's certificate is refused");
+
+    // Several tenants: pick one; one not in the certificate is 403.
+    let both = api.as_user("both");
+    let (status, _) = status_of(&both, Method::GET, "/v1/instances", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "which tenant?");
+    let mut acme_via_both = both.clone();
+    let config = ApiConfig {
+        addr: api.addr.clone(),
+        cacert: api.pki.ca(),
+        cert: Some(api.pki.cert("controller-both")),
+        key: None,
+        tenant: Some("acme".into()),
+    };
+    acme_via_both = ApiClient::new(&config).unwrap_or(acme_via_both);
+    assert_eq!(status_of(&acme_via_both, Method::GET, "/v1/instances", None).await.0, StatusCode::OK);
+    let sneaky = ApiClient::new(&ApiConfig { tenant: Some("initech".into()), cert: Some(api.pki.cert("controller-acme")), ..config }).unwrap();
+    let (status, v) = status_of(&sneaky, Method::GET, "/v1/instances", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+
+    // Nodes are admin's to evacuate.
+    let (status, _) = status_of(&api.as_user("acme"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = status_of(&api.as_user("admin"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "unknown node");
+    // /metrics needs no tenant.
+    let (status, v) = status_of(&anonymous, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v.as_str().unwrap().contains("drover_controller_revision"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_instances_400_404_409_and_tenant_isolation() {
+    let api = Api::start().await;
+    let acme = api.as_user("acme");
+    let globex = api.as_user("globex");
+    let toml = Some(("application/toml", WORKLOAD));
+
+    // 400: the field is named.
+    let bad = WORKLOAD.replace("tiny", "enormous");
+    let (status, v) = status_of(&acme, Method::POST, "/v1/workloads", Some(("application/toml", &bad))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v.to_string().contains("size"), "{v}");
+    // Create; 409 on a second create; PUT replaces; a name mismatch is 400.
+    assert_eq!(status_of(&acme, Method::POST, "/v1/workloads", toml).await.0, StatusCode::CREATED);
+    assert_eq!(status_of(&acme, Method::POST, "/v1/workloads", toml).await.0, StatusCode::CONFLICT);
+    assert_eq!(status_of(&acme, Method::PUT, "/v1/workloads/web", toml).await.0, StatusCode::OK);
+    assert_eq!(status_of(&acme, Method::PUT, "/v1/workloads/api", toml).await.0, StatusCode::BAD_REQUEST);
+    // The same name in another tenant is another workload.
+    assert_eq!(status_of(&globex, Method::POST, "/v1/workloads", toml).await.0, StatusCode::CREATED);
+    let listed = acme.get("/v1/workloads").await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(acme.get("/v1/workloads/web").await.unwrap()["source"], WORKLOAD);
+
+    // Launch: 404 unknown workload, 400 bad count, 201 with the instances.
+    assert_eq!(status_of(&acme, Method::POST, "/v1/workloads/nope/launch", None).await.0, StatusCode::NOT_FOUND);
+    let (status, _) = status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": 0}"#))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": "x"}"#))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let launched = acme.post("/v1/workloads/web/launch", &json!({"count": 2})).await.unwrap();
+    let ids: Vec<String> = launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 2);
+    let theirs = globex.post("/v1/workloads/web/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
+
+    // Tenant isolation: acme sees its own two, cannot see, stop, cancel, delete or read logs
+    // of globex's; admin sees all three.
+    assert_eq!(acme.get("/v1/instances").await.unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(api.as_user("admin").get("/v1/instances").await.unwrap().as_array().unwrap().len(), 3);
+    for (method, path) in [
+        (Method::GET, format!("/v1/instances/{theirs}")),
+        (Method::POST, format!("/v1/instances/{theirs}/stop")),
+        (Method::POST, format!("/v1/instances/{theirs}/cancel")),
+        (Method::DELETE, format!("/v1/instances/{theirs}")),
+        (Method::GET, format!("/v1/instances/{theirs}/logs")),
+    ] {
+        let (status, v) = status_of(&acme, method.clone(), &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+    }
+    assert_eq!(globex.get(&format!("/v1/instances/{theirs}")).await.unwrap()["state"], "pending", "untouched");
+    // 400 for a malformed id, 404 for an unknown one or route.
+    assert_eq!(status_of(&acme, Method::GET, "/v1/instances/not-a-uuid", None).await.0, StatusCode::BAD_REQUEST);
+    let unknown = ssntp::Uuid::new_v4();
+    assert_eq!(status_of(&acme, Method::GET, &format!("/v1/instances/{unknown}"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(status_of(&acme, Method::GET, "/v2/everything", None).await.0, StatusCode::NOT_FOUND);
+
+    // 409: conflicts with the state.
+    let mine = &ids[0];
+    assert_eq!(status_of(&acme, Method::DELETE, "/v1/workloads/web", None).await.0, StatusCode::CONFLICT, "live instances");
+    assert_eq!(status_of(&acme, Method::DELETE, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::CONFLICT);
+    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0, StatusCode::CONFLICT);
+    assert_eq!(status_of(&acme, Method::GET, &format!("/v1/instances/{mine}/logs"), None).await.0, StatusCode::CONFLICT, "never ran");
+    // Stop a pending instance: it is stopped; start brings it back; cancel ends it for good.
+    assert_eq!(acme.post(&format!("/v1/instances/{mine}/stop"), &json!({})).await.unwrap()["state"], "stopped");
+    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/stop"), None).await.0, StatusCode::CONFLICT);
+    assert_eq!(acme.post(&format!("/v1/instances/{mine}/start"), &json!({})).await.unwrap()["state"], "pending");
+    assert_eq!(acme.post(&format!("/v1/instances/{mine}/cancel"), &json!({})).await.unwrap()["state"], "canceled");
+    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0, StatusCode::CONFLICT);
+    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/reboot"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(status_of(&acme, Method::DELETE, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(status_of(&acme, Method::GET, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::NOT_FOUND);
+    acme.post(&format!("/v1/instances/{}/cancel", ids[1]), &json!({})).await.unwrap();
+    assert_eq!(status_of(&acme, Method::DELETE, "/v1/workloads/web", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(status_of(&acme, Method::GET, "/v1/workloads/web", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(globex.get("/v1/workloads/web").await.unwrap()["name"], "web", "globex's is untouched");
+
+    // Batch: only batch-class workloads.
+    let (status, v) = status_of(&globex, Method::POST, "/v1/batch", Some(("application/json", r#"{"workload": "web", "count": 2}"#))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_have_a_cursor_long_poll_and_stay_within_the_tenant() {
+    let api = Api::start().await;
+    let acme = api.as_user("acme");
+    let globex = api.as_user("globex");
+    let toml = Some(("application/toml", WORKLOAD));
+    status_of(&acme, Method::POST, "/v1/workloads", toml).await;
+    status_of(&globex, Method::POST, "/v1/workloads", toml).await;
+    let first = acme.get("/v1/events").await.unwrap();
+    let events = first["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "only acme's: {first}");
+    assert_eq!(events[0]["tenant"], "acme");
+    let cursor = first["revision"].as_u64().unwrap();
+    assert!(cursor >= 2, "the cursor passes globex's event too: {first}");
+    // Long poll: the request waits until something of acme's happens.
+    let waiter = {
+        let acme = acme.clone();
+        tokio::spawn(async move { acme.get(&format!("/v1/events?after={cursor}&wait_ms=20000")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "nothing new yet");
+    globex.post("/v1/workloads/web/launch", &json!({})).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "another tenant's change does not answer it");
+    acme.post("/v1/workloads/web/launch", &json!({})).await.unwrap();
+    let page = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.unwrap().unwrap().unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert!(!events.is_empty() && events.iter().all(|e| e["tenant"] == "acme"), "{page}");
+    assert!(events[0]["what"].as_str().unwrap().contains("created"), "{page}");
+    let empty = acme.get(&format!("/v1/events?after={}&wait_ms=100", page["revision"])).await.unwrap();
+    assert_eq!(empty["events"], json!([]));
+}

@@ -1,0 +1,272 @@
+//! Shared by the controller's integration tests: a PKI with API users of several tenants, and
+//! the real binaries of the triad as child processes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use drover_cert::IssueRequest;
+use drover_controller::client::{ApiClient, ApiConfig};
+use ssntp::Role;
+
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A CA and certificates: scheduler, controller, agent, the API server, and API users.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        drover_cert::create_ca(dir, "test CA", 30).unwrap();
+        let pki = Self { dir: dir.to_owned() };
+        let local = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        pki.issue(Role::SCHEDULER, "local", local(), &[]);
+        pki.issue(Role::AGENT, "local", vec![], &[]);
+        pki.issue(Role::CONTROLLER, "local", vec![], &["admin"]);
+        pki.issue(Role::SERVER, "api", local(), &[]);
+        pki.issue(Role::CONTROLLER, "admin", vec![], &["admin"]);
+        pki.issue(Role::CONTROLLER, "acme", vec![], &["acme"]);
+        pki.issue(Role::CONTROLLER, "globex", vec![], &["globex"]);
+        pki.issue(Role::CONTROLLER, "both", vec![], &["acme", "globex"]);
+        pki.issue(Role::CONTROLLER, "nobody", vec![], &[]);
+        pki
+    }
+
+    pub fn issue(&self, role: Role, name: &str, hosts: Vec<String>, orgs: &[&str]) {
+        let req = IssueRequest {
+            role,
+            name: name.into(),
+            hosts,
+            ips: vec![],
+            orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
+            days: 30,
+        };
+        drover_cert::issue(&self.dir, &req).unwrap();
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn cert(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.pem"))
+    }
+
+    pub fn tls_args(&self, stem: &str) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.ca().display().to_string(),
+            "--cert".into(),
+            self.cert(stem).display().to_string(),
+            "--key".into(),
+            self.dir.join(format!("{stem}-key.pem")).display().to_string(),
+        ]
+    }
+
+    /// An API client acting as `user` (a `controller-<user>` certificate), or with no
+    /// certificate at all.
+    pub fn client(&self, addr: &str, user: Option<&str>) -> ApiClient {
+        let mut c = ApiClient::new(&ApiConfig {
+            addr: addr.to_owned(),
+            cacert: self.ca(),
+            cert: user.map(|u| self.cert(&format!("controller-{u}"))),
+            key: None,
+            tenant: None,
+        })
+        .unwrap();
+        c.timeout = Duration::from_secs(30);
+        c
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A binary built next to this test's `drover`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_drover")).parent().unwrap().to_owned();
+    let path = dir.join(name);
+    assert!(path.exists(), "{name} is built by `cargo test --workspace`; run the whole workspace's tests");
+    path
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, its output in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &str, args: &[String], logs: &Path) -> Self {
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(bin(program))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), signal);
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill9();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {} ---", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.terminate();
+    }
+}
+
+/// A scheduler, a controller with its API, and launchers, as real processes on loopback.
+pub struct Cluster {
+    pub work: tempfile::TempDir,
+    pub pki: Pki,
+    pub sched_addr: String,
+    pub api_addr: String,
+    pub scheduler: Proc,
+    pub controller: Proc,
+    pub launchers: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts everything; `launcher_args` has one entry per launcher (extra flags).
+    pub fn start(launcher_args: &[&[&str]]) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&work.path().join("pki"));
+        let logs = work.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let sched_addr = format!("127.0.0.1:{}", free_port());
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "--listen".to_owned(),
+            sched_addr.clone(),
+            "--load-threshold".into(),
+            "1000".into(),
+        ];
+        args.extend(pki.tls_args("scheduler-local"));
+        let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
+        let controller = Self::spawn_controller(work.path(), &pki, &sched_addr, &api_addr);
+        let mut launchers = Vec::new();
+        for (i, extra) in launcher_args.iter().enumerate() {
+            let mut args = vec![
+                "--server".to_owned(),
+                sched_addr.clone(),
+                "--state-dir".into(),
+                work.path().join(format!("launcher{i}")).display().to_string(),
+                "--drain-on-exit".into(),
+                "--report-interval".into(),
+                "500ms".into(),
+            ];
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args.extend(pki.tls_args("agent-local"));
+            launchers.push(Proc::spawn(&format!("launcher{i}"), "drover-launcher", &args, &logs));
+        }
+        Self { work, pki, sched_addr, api_addr, scheduler, controller, launchers }
+    }
+
+    pub fn spawn_controller(work: &Path, pki: &Pki, sched_addr: &str, api_addr: &str) -> Proc {
+        let mut args = vec![
+            "--server".to_owned(),
+            sched_addr.to_owned(),
+            "--db".into(),
+            work.join("controller.redb").display().to_string(),
+            "--state-dir".into(),
+            work.join("controller").display().to_string(),
+            "--api-listen".into(),
+            api_addr.to_owned(),
+            "--api-cert".into(),
+            pki.cert("server-api").display().to_string(),
+        ];
+        args.extend(pki.tls_args("controller-local"));
+        Proc::spawn("controller", "drover-controller", &args, &work.join("logs"))
+    }
+
+    pub fn restart_controller(&mut self) {
+        self.controller = Self::spawn_controller(self.work.path(), &self.pki, &self.sched_addr, &self.api_addr);
+    }
+
+    pub fn admin(&self) -> ApiClient {
+        self.pki.client(&self.api_addr, Some("admin"))
+    }
+
+    /// Waits until the controller is connected and `nodes` nodes are READY.
+    pub async fn wait_ready(&self, nodes: u64) {
+        let api = self.admin();
+        wait_for("the cluster to be ready", || async {
+            let s = api.get("/v1/status").await.ok()?;
+            (s["scheduler"]["connected"] == true && s["nodes"]["READY"].as_u64() == Some(nodes)).then_some(())
+        })
+        .await;
+    }
+
+    /// Runs the `drover` CLI against this cluster as admin.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["--api", &self.api_addr, "--cacert"])
+            .arg(self.pki.ca())
+            .arg("--cert")
+            .arg(self.pki.cert("controller-admin"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Polls `check` until it gives a value, up to [`PATIENCE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
