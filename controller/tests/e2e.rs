@@ -1,0 +1,133 @@
+//! End to end with the real scheduler, controller and launchers (process backend) on loopback:
+//! a workload runs to completion and `drover logs` shows its output; a failing workload is
+//! restarted per policy; evacuating a node moves its instances; batch submit answers correctly
+//! on a cluster too small for all of it.
+
+mod common;
+
+use common::{wait_for, Cluster};
+use hyper::Method;
+use serde_json::{json, Value};
+
+async fn put(api: &drover_controller::client::ApiClient, toml: &str) {
+    api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
+}
+
+async fn instances(api: &drover_controller::client::ApiClient, workload: &str) -> Vec<Value> {
+    api.get(&format!("/v1/instances?workload={workload}")).await.unwrap().as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per_policy() {
+    let cluster = Cluster::start(&[&[]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+
+    std::fs::write(
+        cluster.work.path().join("hello.toml"),
+        "name = \"hello\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", \"echo hello from $0; echo line two\"]\n",
+    )
+    .unwrap();
+    let out = cluster.cli(&["workload", "create", cluster.work.path().join("hello.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster.cli(&["--json", "run", "hello", "--wait"]);
+    assert!(out.status.success(), "run --wait: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let finished: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(finished[0]["state"], "exited", "{finished}");
+    assert_eq!(finished[0]["exit_code"], 0);
+    let id = finished[0]["uuid"].as_str().unwrap();
+    let out = cluster.cli(&["logs", &id[..8]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from /bin/sh\nline two\n");
+    let out = cluster.cli(&["ps"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().starts_with("ID") && table.contains("exited(0)"), "{table}");
+
+    // on-failure, 2 attempts: three runs in all, then failed, with the reason.
+    put(
+        &api,
+        "name = \"flaky\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", \"echo try; exit 3\"]\n[restart]\npolicy = \"on-failure\"\nattempts = 2\nbackoff = \"200ms\"\n",
+    )
+    .await;
+    let id = api.post("/v1/workloads/flaky/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
+    let done = wait_for("the flaky workload to give up", || async {
+        let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (v["state"] == "failed").then_some(v)
+    })
+    .await;
+    assert_eq!(done["restarts"], 2, "{done}");
+    assert!(done["why"].as_str().unwrap().contains("code 3"), "{done}");
+    let events = api.get("/v1/events?limit=10000").await.unwrap();
+    let runs = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance"] == id.as_str() && e["what"].as_str().unwrap().contains("starting → running"))
+        .count();
+    assert_eq!(runs, 3, "started once and restarted twice: {events}");
+
+    // A successful run under on-failure is not restarted.
+    let hello = instances(&api, "hello").await;
+    assert_eq!(hello[0]["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
+    let cluster = Cluster::start(&[&[], &[]]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    put(&api, "name = \"sleeper\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
+    api.post("/v1/workloads/sleeper/launch", &json!({"count": 4})).await.unwrap();
+    let running = wait_for("four running instances", || async {
+        let list = instances(&api, "sleeper").await;
+        list.iter().all(|i| i["state"] == "running").then_some(list)
+    })
+    .await;
+    let node = running[0]["node"].as_str().unwrap().to_owned();
+    let on_node = running.iter().filter(|i| i["node"] == node.as_str()).count();
+    let out = cluster.cli(&["node", "evacuate", &node[..8]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let moved = wait_for("every instance to run elsewhere", || async {
+        let list = instances(&api, "sleeper").await;
+        list.iter().all(|i| i["state"] == "running" && i["node"] != node.as_str()).then_some(list)
+    })
+    .await;
+    assert_eq!(moved.len(), 4, "none lost, none added");
+    assert!(on_node >= 1);
+    let status_of = |nodes: &Value| {
+        nodes.as_array().unwrap().iter().find(|n| n["uuid"] == node.as_str()).map(|n| n["status"].as_str().unwrap().to_owned())
+    };
+    wait_for("the node to be in maintenance", || async {
+        (status_of(&api.get("/v1/nodes").await.ok()?)? == "MAINTENANCE").then_some(())
+    })
+    .await;
+    api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
+    wait_for("the node to be READY again", || async { (status_of(&api.get("/v1/nodes").await.ok()?)? == "READY").then_some(()) })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
+    let cluster = Cluster::start(&[&["--max-instances", "2"]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    put(&api, "name = \"render\"\nclass = \"batch\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
+    let answer = api.post("/v1/batch", &json!({"workload": "render", "count": 5, "wait_ms": 10000})).await.unwrap();
+    let n = |k: &str| answer[k].as_array().unwrap().len();
+    assert_eq!((n("started"), n("queued"), n("rejected"), n("pending")), (2, 3, 0, 0), "{answer}");
+    assert!(answer["queued"][0]["why"].as_str().is_some_and(|w| !w.is_empty()), "queued work says why: {answer}");
+    assert!(answer["slots_remaining_estimate"].as_u64().is_some(), "{answer}");
+
+    // Work larger than any node is rejected at once.
+    put(&api, "name = \"huge\"\nclass = \"batch\"\n[resources]\nmem_mb = 1048576\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
+    let answer = api.post("/v1/batch", &json!({"workload": "huge", "count": 3})).await.unwrap();
+    assert_eq!(answer["rejected"].as_array().unwrap().len(), 3, "{answer}");
+    assert!(answer["rejected"][0]["why"].as_str().unwrap().contains("largest node"), "{answer}");
+    let events = api.get("/v1/events?limit=10000").await.unwrap().to_string();
+    assert!(events.contains(&format!("batch {} of huge failed", answer["batch"].as_str().unwrap())), "batch failure is an event");
+
+    // The batch command line says the same.
+    let out = cluster.cli(&["batch", "submit", "render", "-n", "1", "--wait-ms", "3000"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 started, 1 queued, 0 rejected"), "{text}");
+}
