@@ -10,8 +10,9 @@
 //!   commands it needs (a STOP for an instance the user stopped while it was starting). A
 //!   report from a node other than the one the instance runs on is about a stale copy: a start
 //!   there is stopped, an end there changes nothing.
-//! - [`Service::reconcile`] compares a node's STATS with the store: a copy the store does not
-//!   want there is stopped; an instance the store believes runs there but the node has not
+//! - [`Service::reconcile`] compares a node's STATS with the store: an instance still waiting
+//!   for its start report that runs there is running there (the report was lost); a copy the
+//!   store does not want there is stopped; an instance the store believes runs there but the node has not
 //!   reported for the grace is lost; an end the controller missed (it was down) is applied.
 //! - User actions check the tenant: another tenant's instance is "not found", never "forbidden",
 //!   so tenants cannot probe each other's UUIDs.
@@ -399,10 +400,17 @@ impl Service {
             let here = record.as_ref().is_some_and(|r| r.life.state == State::Running { node });
             match stat.state {
                 InstanceState::Active | InstanceState::Pending => {
+                    let waiting = record.as_ref().is_some_and(|r| {
+                        matches!(r.life.state, State::Starting | State::Queued { .. })
+                    });
                     let unwanted = record.as_ref().is_none_or(|r| {
                         r.life.state.is_final() || matches!(r.life.state, State::Running { node: other } if other != node)
                     });
-                    if unwanted {
+                    if waiting {
+                        // It runs, and the start report was lost (the controller was down, or a
+                        // repeated START was refused as a duplicate): this is the copy.
+                        inputs.push((id, Input::Started { node }));
+                    } else if unwanted {
                         out.push(stop(id, node));
                     }
                 }
@@ -803,5 +811,17 @@ backoff = "1s"
         assert!(matches!(s.user("acme", ids[0], Input::Stop, 3), Err(ServiceError::Conflict(_))));
         assert!(matches!(&s.delete("acme", ids[0]).unwrap()[..], [Message::Delete(_)]));
         assert!(s.store().instance(ids[0]).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_instance_whose_start_report_was_lost_is_found_running_by_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+        let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+        s.tick(0).unwrap();
+        assert!(s.reconcile(&stats(node(), &[(id, InstanceState::Active, None)]), 1, 10_000).unwrap().is_empty());
+        assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Running { node: node() });
+        assert_eq!(s.store().running_on(node()), vec![id]);
     }
 }

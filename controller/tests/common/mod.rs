@@ -161,19 +161,27 @@ impl Drop for Proc {
 }
 
 /// A scheduler, a controller with its API, and launchers, as real processes on loopback.
+///
+/// Fields drop in order: the processes first (their logs are printed on a panic), the
+/// directory last.
 pub struct Cluster {
-    pub work: tempfile::TempDir,
+    pub controller: Proc,
+    pub launchers: Vec<Proc>,
+    pub scheduler: Proc,
     pub pki: Pki,
     pub sched_addr: String,
     pub api_addr: String,
-    pub scheduler: Proc,
-    pub controller: Proc,
-    pub launchers: Vec<Proc>,
+    pub work: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts everything; `launcher_args` has one entry per launcher (extra flags).
     pub fn start(launcher_args: &[&[&str]]) -> Self {
+        Self::start_with(&[], launcher_args)
+    }
+
+    /// As [`Cluster::start`], with extra scheduler flags.
+    pub fn start_with(scheduler_args: &[&str], launcher_args: &[&[&str]]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let pki = Pki::new(&work.path().join("pki"));
         let logs = work.path().join("logs");
@@ -186,6 +194,7 @@ impl Cluster {
             "--load-threshold".into(),
             "1000".into(),
         ];
+        args.extend(scheduler_args.iter().map(|s| (*s).to_owned()));
         args.extend(pki.tls_args("scheduler-local"));
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
         let controller = Self::spawn_controller(work.path(), &pki, &sched_addr, &api_addr);

@@ -534,8 +534,11 @@ impl Hub {
             let detail = format!("instance {id} is already placed on node {node}");
             return self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
         }
-        if self.queue.contains(id) {
-            return Vec::new(); // a repeated START for queued work changes nothing
+        if let Some(queued) = self.queue.get(id) {
+            // A repeated START (a controller that restarted or reconnected) changes nothing,
+            // but is answered, so the sender learns where its instance is.
+            let event = InstanceQueued { instance_uuid: id, reason: queued.reason.clone(), position: 0 };
+            return vec![Output::To { peer: from, frame: self.own(&Message::InstanceQueued(event)) }];
         }
         if self.cfg.estimate {
             if let Some(w) = start.workload_uuid {

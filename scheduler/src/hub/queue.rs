@@ -63,6 +63,11 @@ impl Queue {
         self.by_instance.contains_key(&instance)
     }
 
+    /// A queued instance's entry.
+    pub fn get(&self, instance: Uuid) -> Option<&Queued> {
+        self.by_instance.get(&instance).and_then(|key| self.items.get(key))
+    }
+
     /// Whether another START would exceed the bound.
     pub fn is_full(&self) -> bool {
         self.items.len() >= self.max

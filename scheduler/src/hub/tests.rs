@@ -206,6 +206,9 @@ fn queue_timeout_deadline_and_queue_full_are_refused_with_reasons() {
     with_deadline.deadline_unix_ms = Some(at(2).unix_ms);
     assert!(queued(&rig.start(with_deadline)).is_some());
     assert!(queued(&rig.start(start(u(51), 1, 10))).is_some());
+    let again = rig.start(start(u(51), 1, 10));
+    assert!(queued(&again).is_some_and(|q| q.instance_uuid == u(51)), "a repeated START is told it waits");
+    assert_eq!(rig.hub.summary(rig.now).queued, 2, "and is not queued twice");
     let full = rig.start(start(u(52), 1, 10));
     let f = failure(&full).unwrap();
     assert_eq!(f.reason, FailureReason::QueueFull);
