@@ -56,7 +56,9 @@ impl Caller {
     /// From the peer's certificate chain as the TLS layer saw it (already verified).
     pub fn from_peer(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Self {
         let Some(leaf) = certs.and_then(<[_]>::first) else {
-            return Self::Anonymous("a client certificate is required (see drover-cert issue --role controller)".into());
+            return Self::Anonymous(
+                "a client certificate is required (see drover-cert issue --role controller)".into(),
+            );
         };
         match drover_cert::inspect(leaf) {
             Err(e) => Self::Anonymous(format!("unreadable client certificate: {e}")),
@@ -91,7 +93,10 @@ impl Caller {
             None if tenants.len() == 1 => Ok(tenants[0].clone()),
             None => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("the certificate names several tenants ({}); pick one with X-Drover-Tenant", tenants.join(", ")),
+                format!(
+                    "the certificate names several tenants ({}); pick one with X-Drover-Tenant",
+                    tenants.join(", ")
+                ),
             )),
         }
     }
@@ -218,7 +223,11 @@ fn format_of(headers: &HeaderMap, body: &str) -> Format {
     }
 }
 
-async fn list_workloads(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
+async fn list_workloads(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let tenant = caller.tenant(&headers)?;
     let list = c.blocking(move |c| c.service().store().workloads(scope(&tenant))).await.map_err(ServiceError::from)?;
     let out: Vec<_> = list
@@ -239,7 +248,13 @@ async fn list_workloads(State(c): Ctl, Extension(caller): Extension<Caller>, hea
     Ok(Json(out).into_response())
 }
 
-async fn put(c: Arc<Controller>, caller: &Caller, headers: &HeaderMap, body: String, name: Option<String>) -> ApiResult<Response> {
+async fn put(
+    c: Arc<Controller>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: String,
+    name: Option<String>,
+) -> ApiResult<Response> {
     let tenant = caller.tenant(headers)?;
     let format = format_of(headers, &body);
     let create = name.is_none();
@@ -257,7 +272,12 @@ async fn put(c: Arc<Controller>, caller: &Caller, headers: &HeaderMap, body: Str
     Ok((status, Json(json!({"name": name}))).into_response())
 }
 
-async fn create_workload(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+async fn create_workload(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Response> {
     put(c, &caller, &headers, body, None).await
 }
 
@@ -352,7 +372,8 @@ async fn list_instances(
     Query(q): Query<InstanceQuery>,
 ) -> ApiResult<Response> {
     let tenant = caller.tenant(&headers)?;
-    let records = c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
+    let records =
+        c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
     let views: Vec<InstanceView> = records
         .iter()
         .filter(|r| q.workload.as_ref().is_none_or(|w| *w == r.workload))
@@ -473,7 +494,12 @@ pub struct BatchAnswer {
     pub slots_remaining_estimate: u64,
 }
 
-async fn batch(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap, body: String) -> ApiResult<Response> {
+async fn batch(
+    State(c): Ctl,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Response> {
     let tenant = caller.tenant(&headers)?;
     let BatchBody { workload, count, wait_ms } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
@@ -498,7 +524,9 @@ async fn batch(State(c): Ctl, Extension(caller): Extension<Caller>, headers: Hea
     let records = loop {
         let ids = ids.clone();
         let records = c
-            .blocking(move |c| ids.iter().filter_map(|id| c.service().store().instance(*id).transpose()).collect::<Result<Vec<_>, _>>())
+            .blocking(move |c| {
+                ids.iter().filter_map(|id| c.service().store().instance(*id).transpose()).collect::<Result<Vec<_>, _>>()
+            })
             .await
             .map_err(ServiceError::from)?;
         let undecided = records.iter().any(|r| matches!(r.life.state, Life::Pending { .. } | Life::Starting));
@@ -551,14 +579,17 @@ async fn node_action(
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate or restore nodes"));
     }
-    let node: Uuid = id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
+    let node: Uuid =
+        id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
     if !c.nodes().iter().any(|n| n.uuid == node) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {node} not found")));
     }
     let message = match action.as_str() {
         "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
-        other => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use evacuate or restore"))),
+        other => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use evacuate or restore")))
+        }
     };
     c.send_now(&message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
@@ -567,7 +598,9 @@ async fn node_action(
 async fn status(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
     let tenant = caller.tenant(&headers)?;
     let (counts, revision) = c
-        .blocking(move |c| Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?)))
+        .blocking(move |c| {
+            Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?))
+        })
         .await?;
     let mut by_status = std::collections::BTreeMap::<String, usize>::new();
     for n in c.nodes() {
@@ -641,7 +674,11 @@ async fn metrics(State(c): Ctl) -> ApiResult<Response> {
     use prometheus_client::metrics::gauge::Gauge;
     let (counts, revision, pending) = c
         .blocking(|c| {
-            Ok::<_, ServiceError>((c.service().counts(None)?, c.service().store().revision()?, c.service().store().pending_count()))
+            Ok::<_, ServiceError>((
+                c.service().counts(None)?,
+                c.service().store().revision()?,
+                c.service().store().pending_count(),
+            ))
         })
         .await?;
     let mut registry = prometheus_client::registry::Registry::with_prefix("drover_controller");
@@ -657,8 +694,16 @@ async fn metrics(State(c): Ctl) -> ApiResult<Response> {
     };
     registry.register("revision", "Latest store revision", gauge(revision));
     registry.register("pending", "Instances waiting for a START", gauge(pending as u64));
-    registry.register("starts_sent", "STARTs sent since start", gauge(c.starts_sent.load(std::sync::atomic::Ordering::Relaxed)));
-    registry.register("scheduler_connected", "1 while the scheduler link is up", gauge(u64::from(c.link_view().connected)));
+    registry.register(
+        "starts_sent",
+        "STARTs sent since start",
+        gauge(c.starts_sent.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    registry.register(
+        "scheduler_connected",
+        "1 while the scheduler link is up",
+        gauge(u64::from(c.link_view().connected)),
+    );
     registry.register("nodes", "Nodes known", gauge(c.nodes().len() as u64));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
@@ -685,8 +730,9 @@ pub fn tls_config(
     for ca in ssntp::tls::load_certs(client_ca).with_context(|| format!("reading {}", client_ca.display()))? {
         roots.add(ca)?;
     }
-    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ssntp::tls::provider())
-        .allow_unauthenticated();
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ssntp::tls::provider())
+            .allow_unauthenticated();
     if let Some(crl) = crl {
         verifier = verifier.with_crls(ssntp::tls::load_crls(crl)?);
     }
@@ -700,7 +746,12 @@ pub fn tls_config(
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, controller: Arc<Controller>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    controller: Arc<Controller>,
+    shutdown: CancellationToken,
+) {
     let app = router(controller);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

@@ -418,7 +418,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     if json {
                         println!("{e}");
                     } else {
-                        let instance = e.get("instance").and_then(Value::as_str).map_or(String::new(), |i| format!(" {}", short(i)));
+                        let instance = e
+                            .get("instance")
+                            .and_then(Value::as_str)
+                            .map_or(String::new(), |i| format!(" {}", short(i)));
                         println!("{:>6} {}{instance} {}", text(e, "revision"), text(e, "tenant"), text(e, "what"));
                     }
                 }
@@ -437,12 +440,16 @@ async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Resu
     match cmd {
         WorkloadCmd::Create { file, replace } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let content_type =
-                if crate::workload::Format::of_path(&file) == crate::workload::Format::Toml { "application/toml" } else { "application/json" };
+            let content_type = if crate::workload::Format::of_path(&file) == crate::workload::Format::Toml {
+                "application/toml"
+            } else {
+                "application/json"
+            };
             let v = if replace {
                 let text = String::from_utf8_lossy(&body);
                 let format = crate::workload::Format::of_path(&file);
-                let name = crate::workload::parse(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?.name;
+                let name =
+                    crate::workload::parse(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?.name;
                 api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some((content_type, body))).await?
             } else {
                 api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await?
@@ -463,7 +470,14 @@ async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Resu
                     .into_iter()
                     .flatten()
                     .map(|w| {
-                        vec![text(w, "name"), text(w, "tenant"), text(w, "class"), text(w, "backend"), text(w, "vcpus"), text(w, "mem_mb")]
+                        vec![
+                            text(w, "name"),
+                            text(w, "tenant"),
+                            text(w, "class"),
+                            text(w, "backend"),
+                            text(w, "vcpus"),
+                            text(w, "mem_mb"),
+                        ]
                     })
                     .collect();
                 table(&["NAME", "TENANT", "CLASS", "BACKEND", "VCPUS", "MEM_MB"], &rows);
@@ -490,9 +504,16 @@ async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-async fn run_workload(api: &ApiClient, workload: &str, count: usize, wait: bool, json: bool) -> anyhow::Result<std::process::ExitCode> {
+async fn run_workload(
+    api: &ApiClient,
+    workload: &str,
+    count: usize,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let v = api.post(&format!("/v1/workloads/{workload}/launch"), &json!({"count": count})).await?;
-    let ids: Vec<String> = v["instances"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    let ids: Vec<String> =
+        v["instances"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
     if !wait {
         if json {
             print_json(&v);
@@ -601,8 +622,17 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     } else {
                         format!("{}/{}", text(s, "mem_available_mb"), text(s, "mem_total_mb"))
                     };
-                    let instances = s.get("instances").and_then(Value::as_array).map_or("-".into(), |a| a.len().to_string());
-                    vec![short(&text(n, "uuid")), text(n, "status"), text(s, "hostname"), text(s, "cpus_online"), mem, text(s, "load"), instances]
+                    let instances =
+                        s.get("instances").and_then(Value::as_array).map_or("-".into(), |a| a.len().to_string());
+                    vec![
+                        short(&text(n, "uuid")),
+                        text(n, "status"),
+                        text(s, "hostname"),
+                        text(s, "cpus_online"),
+                        mem,
+                        text(s, "load"),
+                        instances,
+                    ]
                 })
                 .collect();
             table(&["ID", "STATUS", "HOST", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "INSTANCES"], &rows);

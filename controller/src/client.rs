@@ -59,7 +59,9 @@ impl ApiClient {
     /// Unreadable certificate files.
     pub fn new(config: &ApiConfig) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
-        for ca in ssntp::tls::load_certs(&config.cacert).with_context(|| format!("reading {}", config.cacert.display()))? {
+        for ca in
+            ssntp::tls::load_certs(&config.cacert).with_context(|| format!("reading {}", config.cacert.display()))?
+        {
             roots.add(ca)?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(ssntp::tls::provider())
@@ -109,7 +111,9 @@ impl ApiClient {
             .with_context(|| format!("connecting to the API at {} (is drover-controller running?)", self.addr))?;
         let name = ssntp::tls::server_name_for(&self.addr).map_err(anyhow::Error::msg)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
-            .connect(name, tcp).await.with_context(|| format!("TLS with the API at {}", self.addr))?;
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS with the API at {}", self.addr))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -119,7 +123,9 @@ impl ApiClient {
             request = request.header("x-drover-tenant", tenant);
         }
         let request = match body {
-            Some((content_type, bytes)) => request.header("content-type", content_type).body(Full::new(Bytes::from(bytes)))?,
+            Some((content_type, bytes)) => {
+                request.header("content-type", content_type).body(Full::new(Bytes::from(bytes)))?
+            }
             None => request.body(Full::new(Bytes::new()))?,
         };
         let response = sender.send_request(request).await.context("sending the request")?;
@@ -144,10 +150,8 @@ impl ApiClient {
         if status.is_success() {
             return Ok(value);
         }
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .map_or_else(|| value.to_string(), str::to_owned);
+        let message =
+            value.pointer("/error/message").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
         Err(ApiFailure { status, message }.into())
     }
 

@@ -115,10 +115,7 @@ impl Controller {
     }
 
     /// Runs a store call on the blocking pool, then tells event watchers what changed.
-    pub async fn blocking<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Self) -> T + Send + 'static,
-    ) -> T {
+    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Self) -> T + Send + 'static) -> T {
         let this = Arc::clone(self);
         let value = tokio::task::spawn_blocking(move || {
             let value = f(&this);
@@ -184,7 +181,13 @@ impl Controller {
     ///
     /// # Errors
     /// Too many requests waiting, no link, the node's refusal, or no answer in `timeout`.
-    pub async fn fetch_log(&self, instance: Uuid, node: Uuid, max_bytes: u32, timeout: Duration) -> Result<LogData, String> {
+    pub async fn fetch_log(
+        &self,
+        instance: Uuid,
+        node: Uuid,
+        max_bytes: u32,
+        timeout: Duration,
+    ) -> Result<LogData, String> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {

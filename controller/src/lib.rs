@@ -17,11 +17,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod lifecycle;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod lifecycle;
 pub mod link;
 pub mod service;
 pub mod shell;

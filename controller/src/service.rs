@@ -178,7 +178,8 @@ impl Service {
                 "workload {workload} is of class workorder; batch submit takes class = \"batch\" workloads"
             )));
         }
-        let ids = self.store.create_instances(tenant, workload, count, &Lifecycle::new(parsed.restart, now_ms), batch)?;
+        let ids =
+            self.store.create_instances(tenant, workload, count, &Lifecycle::new(parsed.restart, now_ms), batch)?;
         Ok((ids, parsed))
     }
 
@@ -196,7 +197,8 @@ impl Service {
     ) -> Result<(Uuid, Vec<Uuid>, Workload), ServiceError> {
         let batch = Uuid::new_v4();
         let (ids, parsed) = self.create(tenant, workload, count, now_ms, Some(batch))?;
-        let open = OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
+        let open =
+            OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
         self.batches.lock().expect("batches lock").insert(batch, open);
         self.store.note(tenant, None, format!("batch {batch} of {count} × {workload} submitted"))?;
         Ok((batch, ids, parsed))
@@ -269,7 +271,9 @@ impl Service {
     pub fn report(&self, origin: Uuid, message: &Message, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
         // Which node a report about one instance comes from.
         let from_node = match message {
-            Message::InstanceStarted(e) | Message::InstanceStopped(e) => Some((e.instance_uuid, e.node_uuid.unwrap_or(origin))),
+            Message::InstanceStarted(e) | Message::InstanceStopped(e) => {
+                Some((e.instance_uuid, e.node_uuid.unwrap_or(origin)))
+            }
             Message::InstanceExited(e) => Some((e.instance_uuid, e.node_uuid)),
             _ => None,
         };
@@ -400,11 +404,11 @@ impl Service {
             let here = record.as_ref().is_some_and(|r| r.life.state == State::Running { node });
             match stat.state {
                 InstanceState::Active | InstanceState::Pending => {
-                    let waiting = record.as_ref().is_some_and(|r| {
-                        matches!(r.life.state, State::Starting | State::Queued { .. })
-                    });
+                    let waiting =
+                        record.as_ref().is_some_and(|r| matches!(r.life.state, State::Starting | State::Queued { .. }));
                     let unwanted = record.as_ref().is_none_or(|r| {
-                        r.life.state.is_final() || matches!(r.life.state, State::Running { node: other } if other != node)
+                        r.life.state.is_final()
+                            || matches!(r.life.state, State::Running { node: other } if other != node)
                     });
                     if waiting {
                         // It runs, and the start report was lost (the controller was down, or a
@@ -441,7 +445,11 @@ impl Service {
         }
         drop(missing);
         out.extend(self.apply(inputs, "", now_ms)?);
-        out.extend(self.apply(lost, &format!("not reported by node {} for {} s", node.short(), grace_ms / 1000), now_ms)?);
+        out.extend(self.apply(
+            lost,
+            &format!("not reported by node {} for {} s", node.short(), grace_ms / 1000),
+            now_ms,
+        )?);
         Ok(out)
     }
 
@@ -752,17 +760,27 @@ backoff = "1s"
         s.tick(0).unwrap();
         let other = Uuid::from_bytes([8; 16]);
         for id in &ids {
-            s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }), 1)
-                .unwrap();
+            s.report(
+                node(),
+                &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }),
+                1,
+            )
+            .unwrap();
         }
         // A node that came back runs a copy of ids[0] (which runs on node()) and something unknown.
         let stranger = Uuid::new_v4();
         let out = s
-            .reconcile(&stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]), 2, 10_000)
+            .reconcile(
+                &stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]),
+                2,
+                10_000,
+            )
             .unwrap();
         let stopped: Vec<(Uuid, Uuid)> = out
             .iter()
-            .filter_map(|m| if let Message::Stop(s) = m { Some((s.instance_uuid, s.workload_agent_uuid)) } else { None })
+            .filter_map(
+                |m| if let Message::Stop(s) = m { Some((s.instance_uuid, s.workload_agent_uuid)) } else { None },
+            )
             .collect();
         assert_eq!(stopped, vec![(ids[0], other), (stranger, other)]);
         // Its stale copy's stop report does not touch the real one.
@@ -788,15 +806,20 @@ backoff = "1s"
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         assert!(matches!(s.submit_batch("acme", "job", 2, 0), Err(ServiceError::Invalid(_))), "workorder class");
         assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
-        let batch = WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
+        let batch =
+            WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
         s.put_workload("acme", &batch, Format::Toml, false).unwrap();
         let (id, ids, _) = s.submit_batch("acme", "job", 2, 0).unwrap();
         assert!(matches!(s.delete_workload("acme", "job"), Err(ServiceError::Conflict(_))), "live instances");
         assert!(matches!(s.delete("acme", ids[0]), Err(ServiceError::Conflict(_))), "live instance");
         s.tick(0).unwrap();
         for (i, instance) in ids.iter().enumerate() {
-            s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *instance, node_uuid: Some(node()) }), 1)
-                .unwrap();
+            s.report(
+                node(),
+                &Message::InstanceStarted(InstanceEvent { instance_uuid: *instance, node_uuid: Some(node()) }),
+                1,
+            )
+            .unwrap();
             let exited = InstanceExited {
                 instance_uuid: *instance,
                 node_uuid: node(),

@@ -118,6 +118,8 @@ pub async fn run(
     stop.cancel();
     client.close();
     // The link loop ends when the client's event stream closes; the API on cancel.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} })
+            .await;
     Ok(())
 }

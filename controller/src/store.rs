@@ -338,8 +338,11 @@ impl Store {
                 change(&mut record);
                 table.insert(key.as_str(), json(&record).as_slice())?;
                 let after = record.life.state.name();
-                let what =
-                    if before == after { format!("instance {after}") } else { format!("instance {before} → {after}") };
+                let what = if before == after {
+                    format!("instance {after}")
+                } else {
+                    format!("instance {before} → {after}")
+                };
                 let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
                 events.push((record.tenant.clone(), Some(*uuid), what));
                 records.push(record);
@@ -359,7 +362,8 @@ impl Store {
         let (removed, _) = self.write(|txn| {
             let mut table = txn.open_table(INSTANCES)?;
             let removed = table.remove(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
-            let events = removed.iter().map(|r| (r.tenant.clone(), Some(uuid), "instance deleted".to_owned())).collect();
+            let events =
+                removed.iter().map(|r| (r.tenant.clone(), Some(uuid), "instance deleted".to_owned())).collect();
             Ok((removed.is_some(), events))
         })?;
         self.pending.lock().expect("pending index lock").remove(&uuid);
@@ -394,7 +398,8 @@ impl Store {
         let key = format!("{tenant}/{name}");
         let (removed, _) = self.write(|txn| {
             let removed = txn.open_table(WORKLOADS)?.remove(key.as_str())?.is_some();
-            let events = if removed { vec![(tenant.to_owned(), None, format!("workload {name} deleted"))] } else { vec![] };
+            let events =
+                if removed { vec![(tenant.to_owned(), None, format!("workload {name} deleted"))] } else { vec![] };
             Ok((removed, events))
         })?;
         Ok(removed)

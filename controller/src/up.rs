@@ -182,7 +182,11 @@ async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the cluster did not become healthy within {} s; see the logs in {}", DEMO_DEADLINE.as_secs(), logs.display());
+            bail!(
+                "the cluster did not become healthy within {} s; see the logs in {}",
+                DEMO_DEADLINE.as_secs(),
+                logs.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -226,10 +230,15 @@ async fn demo(api: &ApiClient) -> anyhow::Result<()> {
 
 fn status_line(status: &Value, heartbeat: Option<String>) -> String {
     let join = |o: &Value| {
-        o.as_object().map_or_else(String::new, |m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
+        o.as_object()
+            .map_or_else(String::new, |m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
     };
     let instances = join(&status["instances"]);
-    let mut line = format!("nodes: {} | instances: {}", join(&status["nodes"]), if instances.is_empty() { "none".into() } else { instances });
+    let mut line = format!(
+        "nodes: {} | instances: {}",
+        join(&status["nodes"]),
+        if instances.is_empty() { "none".into() } else { instances }
+    );
     if let Some(hb) = heartbeat {
         line.push_str(&format!("\n  scheduler: {hb}"));
     }
@@ -271,6 +280,7 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
     ];
     sched_args.extend(tls_args(&pki.paths("scheduler-local")));
     let mut children: Vec<(String, Child)> = Vec::new();
+    tokio::pin!(shutdown);
     let result = async {
         children.push(("drover-scheduler".into(), spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?));
         let mut controller_args = vec![
@@ -320,15 +330,20 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
             key: None,
             tenant: None,
         })?;
-        wait_healthy(&api, &mut children, &logs).await?;
-        demo(&api).await?;
+        // Ctrl-C while starting or during the demo stops everything too.
+        tokio::select! {
+            ready = async {
+                wait_healthy(&api, &mut children, &logs).await?;
+                demo(&api).await
+            } => ready?,
+            () = &mut shutdown => return Ok(()),
+        }
         if opts.once {
             return Ok(());
         }
         let cli_dir = if opts.dir == Path::new(".drover") { String::new() } else { format!(" --dir {}", opts.dir.display()) };
         println!("cluster is up. Try: drover{cli_dir} ps | drover{cli_dir} node ls | drover{cli_dir} events -f. Ctrl-C stops it.");
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {

@@ -118,14 +118,23 @@ async fn authentication_401_and_403() {
     };
     acme_via_both = ApiClient::new(&config).unwrap_or(acme_via_both);
     assert_eq!(status_of(&acme_via_both, Method::GET, "/v1/instances", None).await.0, StatusCode::OK);
-    let sneaky = ApiClient::new(&ApiConfig { tenant: Some("initech".into()), cert: Some(api.pki.cert("controller-acme")), ..config }).unwrap();
+    let sneaky = ApiClient::new(&ApiConfig {
+        tenant: Some("initech".into()),
+        cert: Some(api.pki.cert("controller-acme")),
+        ..config
+    })
+    .unwrap();
     let (status, v) = status_of(&sneaky, Method::GET, "/v1/instances", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
 
     // Nodes are admin's to evacuate.
-    let (status, _) = status_of(&api.as_user("acme"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None).await;
+    let (status, _) =
+        status_of(&api.as_user("acme"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None)
+            .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = status_of(&api.as_user("admin"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None).await;
+    let (status, _) =
+        status_of(&api.as_user("admin"), Method::POST, &format!("/v1/nodes/{}/evacuate", ssntp::Uuid::new_v4()), None)
+            .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "unknown node");
     // /metrics needs no tenant.
     let (status, v) = status_of(&anonymous, Method::GET, "/metrics", None).await;
@@ -158,14 +167,19 @@ async fn workloads_instances_400_404_409_and_tenant_isolation() {
 
     // Launch: 404 unknown workload, 400 bad count, 201 with the instances.
     assert_eq!(status_of(&acme, Method::POST, "/v1/workloads/nope/launch", None).await.0, StatusCode::NOT_FOUND);
-    let (status, _) = status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": 0}"#))).await;
+    let (status, _) =
+        status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": 0}"#))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": "x"}"#))).await;
+    let (status, _) =
+        status_of(&acme, Method::POST, "/v1/workloads/web/launch", Some(("application/json", r#"{"count": "x"}"#)))
+            .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let launched = acme.post("/v1/workloads/web/launch", &json!({"count": 2})).await.unwrap();
-    let ids: Vec<String> = launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> =
+        launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 2);
-    let theirs = globex.post("/v1/workloads/web/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
+    let theirs =
+        globex.post("/v1/workloads/web/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
 
     // Tenant isolation: acme sees its own two, cannot see, stop, cancel, delete or read logs
     // of globex's; admin sees all three.
@@ -190,18 +204,41 @@ async fn workloads_instances_400_404_409_and_tenant_isolation() {
 
     // 409: conflicts with the state.
     let mine = &ids[0];
-    assert_eq!(status_of(&acme, Method::DELETE, "/v1/workloads/web", None).await.0, StatusCode::CONFLICT, "live instances");
+    assert_eq!(
+        status_of(&acme, Method::DELETE, "/v1/workloads/web", None).await.0,
+        StatusCode::CONFLICT,
+        "live instances"
+    );
     assert_eq!(status_of(&acme, Method::DELETE, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::CONFLICT);
-    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0, StatusCode::CONFLICT);
-    assert_eq!(status_of(&acme, Method::GET, &format!("/v1/instances/{mine}/logs"), None).await.0, StatusCode::CONFLICT, "never ran");
+    assert_eq!(
+        status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        status_of(&acme, Method::GET, &format!("/v1/instances/{mine}/logs"), None).await.0,
+        StatusCode::CONFLICT,
+        "never ran"
+    );
     // Stop a pending instance: it is stopped; start brings it back; cancel ends it for good.
     assert_eq!(acme.post(&format!("/v1/instances/{mine}/stop"), &json!({})).await.unwrap()["state"], "stopped");
-    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/stop"), None).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/stop"), None).await.0,
+        StatusCode::CONFLICT
+    );
     assert_eq!(acme.post(&format!("/v1/instances/{mine}/start"), &json!({})).await.unwrap()["state"], "pending");
     assert_eq!(acme.post(&format!("/v1/instances/{mine}/cancel"), &json!({})).await.unwrap()["state"], "canceled");
-    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0, StatusCode::CONFLICT);
-    assert_eq!(status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/reboot"), None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(status_of(&acme, Method::DELETE, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/start"), None).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        status_of(&acme, Method::POST, &format!("/v1/instances/{mine}/reboot"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status_of(&acme, Method::DELETE, &format!("/v1/instances/{mine}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(status_of(&acme, Method::GET, &format!("/v1/instances/{mine}"), None).await.0, StatusCode::NOT_FOUND);
     acme.post(&format!("/v1/instances/{}/cancel", ids[1]), &json!({})).await.unwrap();
     assert_eq!(status_of(&acme, Method::DELETE, "/v1/workloads/web", None).await.0, StatusCode::NO_CONTENT);
@@ -209,7 +246,9 @@ async fn workloads_instances_400_404_409_and_tenant_isolation() {
     assert_eq!(globex.get("/v1/workloads/web").await.unwrap()["name"], "web", "globex's is untouched");
 
     // Batch: only batch-class workloads.
-    let (status, v) = status_of(&globex, Method::POST, "/v1/batch", Some(("application/json", r#"{"workload": "web", "count": 2}"#))).await;
+    let (status, v) =
+        status_of(&globex, Method::POST, "/v1/batch", Some(("application/json", r#"{"workload": "web", "count": 2}"#)))
+            .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
 }
 

@@ -50,7 +50,11 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert_eq!(status["instances"].as_object().unwrap().len(), 1, "all running, nothing else: {status} (before the kill: {before})");
+    assert_eq!(
+        status["instances"].as_object().unwrap().len(),
+        1,
+        "all running, nothing else: {status} (before the kill: {before})"
+    );
 
     // The controller's view: each acknowledged instance, running, never restarted.
     let list = api.get("/v1/instances").await.unwrap();
@@ -74,7 +78,11 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
         (copies.len() == COUNT).then_some(copies)
     })
     .await;
-    assert!(copies.values().all(|n| *n == 1), "a duplicate copy: {:?}", copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    assert!(
+        copies.values().all(|n| *n == 1),
+        "a duplicate copy: {:?}",
+        copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
     for a in &acknowledged {
         assert!(copies.contains_key(a), "{a} does not run");
     }

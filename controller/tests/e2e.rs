@@ -31,7 +31,12 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     let out = cluster.cli(&["workload", "create", cluster.work.path().join("hello.toml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cluster.cli(&["--json", "run", "hello", "--wait"]);
-    assert!(out.status.success(), "run --wait: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "run --wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let finished: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(finished[0]["state"], "exited", "{finished}");
     assert_eq!(finished[0]["exit_code"], 0);
@@ -49,7 +54,8 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
         "name = \"flaky\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", \"echo try; exit 3\"]\n[restart]\npolicy = \"on-failure\"\nattempts = 2\nbackoff = \"200ms\"\n",
     )
     .await;
-    let id = api.post("/v1/workloads/flaky/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
+    let id =
+        api.post("/v1/workloads/flaky/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
     let done = wait_for("the flaky workload to give up", || async {
         let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
         (v["state"] == "failed").then_some(v)
@@ -95,15 +101,22 @@ async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
     assert_eq!(moved.len(), 4, "none lost, none added");
     assert!(on_node >= 1);
     let status_of = |nodes: &Value| {
-        nodes.as_array().unwrap().iter().find(|n| n["uuid"] == node.as_str()).map(|n| n["status"].as_str().unwrap().to_owned())
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["uuid"] == node.as_str())
+            .map(|n| n["status"].as_str().unwrap().to_owned())
     };
     wait_for("the node to be in maintenance", || async {
         (status_of(&api.get("/v1/nodes").await.ok()?)? == "MAINTENANCE").then_some(())
     })
     .await;
     api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
-    wait_for("the node to be READY again", || async { (status_of(&api.get("/v1/nodes").await.ok()?)? == "READY").then_some(()) })
-        .await;
+    wait_for("the node to be READY again", || async {
+        (status_of(&api.get("/v1/nodes").await.ok()?)? == "READY").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +137,10 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
     assert_eq!(answer["rejected"].as_array().unwrap().len(), 3, "{answer}");
     assert!(answer["rejected"][0]["why"].as_str().unwrap().contains("largest node"), "{answer}");
     let events = api.get("/v1/events?limit=10000").await.unwrap().to_string();
-    assert!(events.contains(&format!("batch {} of huge failed", answer["batch"].as_str().unwrap())), "batch failure is an event");
+    assert!(
+        events.contains(&format!("batch {} of huge failed", answer["batch"].as_str().unwrap())),
+        "batch failure is an event"
+    );
 
     // The batch command line says the same.
     let out = cluster.cli(&["batch", "submit", "render", "-n", "1", "--wait-ms", "3000"]);

@@ -1,5 +1,7 @@
-//! `drover up --once` end to end with the real binaries: certificates minted, scheduler and
-//! launcher started, a real process placed and run, its output shown, everything stopped.
+//! `drover up` end to end with the real binaries, as a new user would run it: certificates
+//! minted, scheduler, controller and launcher started, a real process placed and run through
+//! the API, its output shown, everything stopped — by `--once` or by Ctrl-C — with no process
+//! left behind.
 //!
 //! The sibling binaries exist because the scheduler and launcher packages have integration
 //! tests of their own (cargo builds a package's binaries only for those).
@@ -15,7 +17,7 @@ fn free_port() -> u16 {
 fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     let drover = Path::new(env!("CARGO_BIN_EXE_drover"));
     let bin_dir = drover.parent().unwrap();
-    for sibling in ["drover-scheduler", "drover-launcher"] {
+    for sibling in ["drover-scheduler", "drover-launcher", "drover-controller"] {
         assert!(
             bin_dir.join(sibling).exists(),
             "{sibling} is built by `cargo test --workspace`; run the whole workspace's tests"
@@ -24,7 +26,7 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     let work = tempfile::tempdir().unwrap();
     let run = || {
         Command::new(drover)
-            .args(["up", "--once", "--port", &free_port().to_string()])
+            .args(["up", "--once", "--port", &free_port().to_string(), "--api-port", &free_port().to_string()])
             .current_dir(work.path())
             .output()
             .unwrap()
@@ -37,10 +39,17 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("minting certificates"), "{stdout}");
-    assert!(stdout.contains("exited: Completed, code Some(0)"), "{stdout}");
+    assert!(stdout.contains("exited on node"), "{stdout}");
     assert!(stdout.contains("hello from drover: instance"), "{stdout}");
     let pki = work.path().join(".drover/pki");
-    for file in ["ca.pem", "scheduler-local.pem", "agent-local.pem", "controller-local.pem"] {
+    for file in [
+        "ca.pem",
+        "scheduler-local.pem",
+        "agent-local.pem",
+        "controller-local.pem",
+        "server-api.pem",
+        "controller-user.pem",
+    ] {
         assert!(pki.join(file).exists(), "{file}");
     }
     // The instance's results and its state file survive on the node; nothing else does.
@@ -57,7 +66,62 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("minting certificates"), "{stdout}");
-    assert!(stdout.contains(&format!("started on node {}", &node_uuid[..8])), "{stdout}");
+    assert!(stdout.contains(&format!("on node {}", &node_uuid[..8])), "{stdout}");
+    assert!(work.path().join(".drover/controller.redb").exists());
+}
+
+fn drover_processes_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(dir.to_str().unwrap()) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn drover_up_keeps_running_until_ctrl_c_then_leaves_nothing_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let api_port = free_port().to_string();
+    let up = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["up", "--port", &free_port().to_string(), "--api-port", &api_port])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI reaches the cluster `up` started, with the credentials it wrote.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ps = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["--api", &format!("127.0.0.1:{api_port}"), "ps", "--state", "exited"])
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("demo") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "the demo never finished: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(ps.contains("exited(0)"), "{ps}");
+    assert!(drover_processes_under(work.path()).len() >= 3, "scheduler, controller and launcher run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = up.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stopping the cluster"), "{stdout}");
+    let left = drover_processes_under(work.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -66,7 +130,7 @@ fn drover_up_explains_a_port_in_use() {
     let port = taken.local_addr().unwrap().port();
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["up", "--once", "--port", &port.to_string()])
+        .args(["up", "--once", "--port", &port.to_string(), "--api-port", &free_port().to_string()])
         .current_dir(work.path())
         .output()
         .unwrap();

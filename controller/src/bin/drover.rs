@@ -8,9 +8,8 @@ async fn main() -> std::process::ExitCode {
     let cli: Cli = ssntp::cli::parse_or_exit();
     let result = match cli.command {
         Cmd::Up { port, api_port, once, bin_dir } => {
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
+            // Handlers are installed now, so Ctrl-C at any point stops the children cleanly.
+            let ctrl_c = ssntp::cli::shutdown_signal();
             let opts = UpOptions { dir: cli.api.dir, port, api_port, once, bin_dir };
             up::run(opts, ctrl_c).await.map(|()| std::process::ExitCode::SUCCESS)
         }

@@ -188,12 +188,7 @@ impl Cluster {
         std::fs::create_dir_all(&logs).unwrap();
         let sched_addr = format!("127.0.0.1:{}", free_port());
         let api_addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec![
-            "--listen".to_owned(),
-            sched_addr.clone(),
-            "--load-threshold".into(),
-            "1000".into(),
-        ];
+        let mut args = vec!["--listen".to_owned(), sched_addr.clone(), "--load-threshold".into(), "1000".into()];
         args.extend(scheduler_args.iter().map(|s| (*s).to_owned()));
         args.extend(pki.tls_args("scheduler-local"));
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
