@@ -1,18 +1,23 @@
 //! `drover-controller` and the `drover` CLI.
 //!
-//! This is the foundation build: the controller daemon connects to the scheduler and logs what
-//! the cluster reports; `drover up` starts a local cluster (scheduler and launcher as child
-//! processes, certificates minted on first run), runs a demo workload through the scheduler and
-//! shows its output. The durable store, API, workload files, restart policies and the rest of
-//! the CLI are the controller issue's.
+//! The controller keeps what users asked for — workloads and their instances — durable in redb,
+//! sends STARTs to the scheduler, follows every instance through its life (restart policies,
+//! node loss, evacuation), reconciles with what the nodes report, and serves an HTTPS API with
+//! client-certificate tenants. `drover` is the API's command line, plus `drover up`, a whole
+//! local cluster.
 //!
 //! # Layout
-//! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
-//! - [`link`]: the controller's SSNTP connection (a reconnecting client with the controller
-//!   role) and how events are described for people.
-//! - [`service`]: user intent and cluster reports in, commands out, committed before sent.
-//! - [`store`]: durable state in redb: workloads, instances, events with a revision.
 //! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field.
+//! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
+//! - [`store`]: durable state in redb: workloads, instances, events with a revision.
+//! - [`service`]: user intent and cluster reports in, commands out, committed before sent;
+//!   reconciliation with STATS; batches.
+//! - [`daemon`]: shared state and the loop that talks to the scheduler.
+//! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
+//! - [`client`]: an HTTPS client of the API (CLI, tests).
+//! - [`cli`]: the `drover` commands.
+//! - [`shell`]: `drover-controller`'s flags and tasks.
+//! - [`link`]: the controller's SSNTP connection and how events are described for people.
 //! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
 
 #![forbid(unsafe_code)]

@@ -359,4 +359,17 @@ backoff = "2s"
         let e = parse("{", Format::Json).unwrap_err();
         assert!(!e.message.is_empty());
     }
+
+    #[test]
+    fn the_examples_in_the_repository_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            parse(&text, Format::of_path(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 3, "examples/ holds the README's examples");
+    }
 }
