@@ -25,7 +25,10 @@ use crate::service::{Service, ServiceError};
 /// How often pending instances are looked at.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Most log requests waiting for an answer at once (overflow: the request is refused, 503).
+/// Most cluster frames applied in one store transaction (a burst of reports).
+pub const MAX_FRAMES_PER_BATCH: usize = 512;
+
+/// Most log requests waiting for an answer at once (overflow: the request is refused, 502).
 pub const MAX_LOG_REQUESTS: usize = 256;
 
 /// What the controller knows of one node, from the scheduler's events and the node's STATS.
@@ -231,6 +234,15 @@ impl Controller {
         }
     }
 
+    /// Notes what a frame says about nodes and log requests, and logs events.
+    fn observe(&self, origin: Uuid, message: &Message) {
+        self.observe_node(origin, message);
+        self.answer_log(message);
+        if !matches!(message, Message::Stats(_) | Message::LogData(_)) {
+            tracing::info!("{}", crate::link::describe(origin, message));
+        }
+    }
+
     fn observe_node(&self, origin: Uuid, message: &Message) {
         let mut nodes = self.nodes.lock().expect("nodes lock");
         let mut touch = |uuid: Uuid, status: Option<&str>, stats: Option<&Stats>| {
@@ -280,7 +292,26 @@ pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<Cl
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
-                handle_event(&controller, event).await;
+                // Frames that have already arrived are applied together: one transaction, one
+                // fsync, for a burst of reports.
+                let mut frames = Vec::new();
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    match event {
+                        ClientEvent::Message { frame, message } => {
+                            controller.observe(frame.origin, &message);
+                            frames.push((frame.origin, message));
+                        }
+                        other => {
+                            apply_frames(&controller, std::mem::take(&mut frames)).await;
+                            handle_event(&controller, other).await;
+                        }
+                    }
+                    if frames.len() < MAX_FRAMES_PER_BATCH {
+                        next = events.try_recv().ok();
+                    }
+                }
+                apply_frames(&controller, frames).await;
             }
             _ = ticker.tick() => tick(&controller).await,
             () = controller.wake.notified() => tick(&controller).await,
@@ -329,17 +360,19 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             controller.link_view.lock().expect("link lock").last_error = Some(format!("{target}: {reason}"));
         }
         ClientEvent::Message { frame, message } => {
-            let origin = frame.origin;
-            controller.observe_node(origin, &message);
-            controller.answer_log(&message);
-            if !matches!(message, Message::Stats(_) | Message::LogData(_)) {
-                tracing::info!("{}", crate::link::describe(origin, &message));
-            }
-            let now = controller.now_ms();
-            match controller.blocking(move |c| c.service.report(origin, &message, now)).await {
-                Ok(commands) => controller.send_all(commands).await,
-                Err(e) => tracing::error!(error = %e, "applying a cluster report"),
-            }
+            controller.observe(frame.origin, &message);
+            apply_frames(controller, vec![(frame.origin, message)]).await;
         }
+    }
+}
+
+async fn apply_frames(controller: &Arc<Controller>, frames: Vec<(Uuid, Message)>) {
+    if frames.is_empty() {
+        return;
+    }
+    let now = controller.now_ms();
+    match controller.blocking(move |c| c.service.report_many(&frames, now)).await {
+        Ok(commands) => controller.send_all(commands).await,
+        Err(e) => tracing::error!(error = %e, "applying cluster reports"),
     }
 }

@@ -17,7 +17,7 @@
 //! - User actions check the tenant: another tenant's instance is "not found", never "forbidden",
 //!   so tenants cannot probe each other's UUIDs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use ssntp::payload::{Delete, ExitReason, InstanceState, Message, Start, Stats, Stop, WorkClass};
@@ -269,6 +269,33 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn report(&self, origin: Uuid, message: &Message, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        self.report_many(&[(origin, message.clone())], now_ms)
+    }
+
+    /// Applies frames from the cluster in order, the instance changes of consecutive frames in
+    /// one transaction (one fsync for a burst of reports); returns the commands they call for.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn report_many(&self, frames: &[(Uuid, Message)], now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for (origin, message) in frames {
+            if let Message::Stats(stats) = message {
+                out.extend(self.apply_changes(std::mem::take(&mut changes), now_ms)?);
+                out.extend(self.reconcile(stats, now_ms, RECONCILE_GRACE_MS)?);
+                continue;
+            }
+            let (more, commands) = self.changes_for(*origin, message)?;
+            changes.extend(more);
+            out.extend(commands);
+        }
+        out.extend(self.apply_changes(changes, now_ms)?);
+        Ok(out)
+    }
+
+    /// The instance changes a frame (other than STATS) asks for, and commands to send at once.
+    fn changes_for(&self, origin: Uuid, message: &Message) -> Result<(Vec<Change>, Vec<Message>), ServiceError> {
         // Which node a report about one instance comes from.
         let from_node = match message {
             Message::InstanceStarted(e) | Message::InstanceStopped(e) => {
@@ -281,10 +308,11 @@ impl Service {
             if let Some(State::Running { node: running_on }) = self.store.instance(instance)?.map(|r| r.life.state) {
                 if running_on != node {
                     // A stale copy (its node was lost and came back, or a resent START raced).
-                    return Ok(match message {
+                    let commands = match message {
                         Message::InstanceStarted(_) => vec![stop(instance, node)],
                         _ => Vec::new(),
-                    });
+                    };
+                    return Ok((Vec::new(), commands));
                 }
             }
         }
@@ -316,37 +344,52 @@ impl Service {
                 l.instances.iter().map(|i| (*i, Input::NodeLost)).collect(),
                 format!("node {} lost", l.node_uuid.short()),
             ),
-            Message::Stats(stats) => return self.reconcile(stats, now_ms, RECONCILE_GRACE_MS),
-            _ => return Ok(Vec::new()),
+            _ => return Ok((Vec::new(), Vec::new())),
         };
-        self.apply(inputs, &why, now_ms)
+        Ok((inputs.into_iter().map(|(id, input)| (id, input, why.clone())).collect(), Vec::new()))
     }
 
-    /// Applies inputs to instances in one transaction; returns the STOPs they call for.
+    /// Applies inputs with one explanation to instances in one transaction.
     fn apply(&self, inputs: Vec<(Uuid, Input)>, why: &str, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
-        if inputs.is_empty() {
+        self.apply_changes(inputs.into_iter().map(|(id, input)| (id, input, why.to_owned())).collect(), now_ms)
+    }
+
+    /// Applies changes in one transaction, each instance's in the order given; returns the
+    /// STOPs they call for.
+    fn apply_changes(&self, changes: Vec<Change>, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = inputs.iter().map(|(id, _)| *id).collect();
-        let mut inputs: HashMap<Uuid, Input> = inputs.into_iter().collect();
+        let mut order = Vec::new();
+        let mut by_id: HashMap<Uuid, Vec<(Input, String)>> = HashMap::new();
+        for (id, input, why) in changes {
+            by_id
+                .entry(id)
+                .or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                })
+                .push((input, why));
+        }
         let mut out = Vec::new();
-        let mut ended = Vec::new();
-        let (records, _) = self.store.update_instances(&ids, |r| {
-            let Some(input) = inputs.remove(&r.uuid) else { return };
+        let mut ended = HashSet::new();
+        let (records, _) = self.store.update_instances(&order, |r| {
             let was_final = r.life.state.is_final();
-            for action in r.life.handle(now_ms, input) {
-                if let Action::SendStop { node } = action {
-                    out.push(stop(r.uuid, node));
+            for (input, why) in by_id.remove(&r.uuid).unwrap_or_default() {
+                for action in r.life.handle(now_ms, input) {
+                    if let Action::SendStop { node } = action {
+                        out.push(stop(r.uuid, node));
+                    }
+                }
+                if let State::Running { node } = r.life.state {
+                    r.node = Some(node);
+                }
+                if !why.is_empty() {
+                    r.why = why;
                 }
             }
-            if let State::Running { node } = r.life.state {
-                r.node = Some(node);
-            }
-            if !why.is_empty() {
-                r.why = why.to_owned();
-            }
             if !was_final && r.life.state.is_final() {
-                ended.push(r.uuid);
+                ended.insert(r.uuid);
             }
         })?;
         self.batch_progress(&records, &ended)?;
@@ -355,7 +398,7 @@ impl Service {
 
     /// Counts instances of open batches that just ended; a batch whose last instance ended is
     /// an event.
-    fn batch_progress(&self, records: &[InstanceRecord], ended: &[Uuid]) -> Result<(), ServiceError> {
+    fn batch_progress(&self, records: &[InstanceRecord], ended: &HashSet<Uuid>) -> Result<(), ServiceError> {
         let mut finished = Vec::new();
         {
             let mut batches = self.batches.lock().expect("batches lock");
@@ -396,7 +439,7 @@ impl Service {
         let node = stats.node_uuid;
         let mut out = Vec::new();
         let mut inputs = Vec::new();
-        let mut reported = std::collections::HashSet::with_capacity(stats.instances.len());
+        let mut reported = HashSet::with_capacity(stats.instances.len());
         for stat in &stats.instances {
             let id = stat.instance_uuid;
             reported.insert(id);
@@ -458,12 +501,12 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn fail(&self, ids: &[Uuid], why: &str) -> Result<(), ServiceError> {
-        let mut ended = Vec::new();
+        let mut ended = HashSet::new();
         let (records, _) = self.store.update_instances(ids, |r| {
             if !r.life.state.is_final() {
                 r.life.state = State::Failed { reason: why.to_owned() };
                 why.clone_into(&mut r.why);
-                ended.push(r.uuid);
+                ended.insert(r.uuid);
             }
         })?;
         self.batch_progress(&records, &ended)
@@ -541,6 +584,9 @@ impl Service {
         Ok(counts)
     }
 }
+
+/// One change to one instance: the input and the explanation to keep.
+type Change = (Uuid, Input, String);
 
 /// The tenant that may act for all.
 pub const ADMIN: &str = "admin";

@@ -21,7 +21,9 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     let api = cluster.admin();
     let workload = "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n[restart]\npolicy = \"never\"\n";
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
+    let t0 = std::time::Instant::now();
     let launched = api.post("/v1/workloads/sim/launch", &json!({"count": COUNT})).await.unwrap();
+    eprintln!("launch of {COUNT} acknowledged after {:?}", t0.elapsed());
     let acknowledged: Vec<String> =
         launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     assert_eq!(acknowledged.len(), COUNT);
@@ -35,6 +37,7 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     assert!(before["instances"]["running"].as_u64().unwrap() < COUNT as u64, "the kill must come mid-launch: {before}");
     eprintln!("killing the controller at {before}");
     cluster.controller.kill9();
+    eprintln!("killed after {:?}", t0.elapsed());
     cluster.restart_controller();
     let api = cluster.admin();
     api.wait_ready(common::PATIENCE).await.unwrap();
@@ -42,6 +45,7 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     let status = loop {
         let s = api.get("/v1/status").await.unwrap();
         if s["instances"]["running"].as_u64() == Some(COUNT as u64) {
+            eprintln!("all {COUNT} running after {:?}", t0.elapsed());
             break s;
         }
         if tokio::time::Instant::now() >= deadline {
