@@ -78,9 +78,9 @@ impl Caller {
     /// The tenant this request acts for: `X-Drover-Tenant` if given and allowed, else the
     /// certificate's only tenant (`admin` acts for all).
     fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let Self::User { tenants, .. } = self else {
-            let Self::Anonymous(why) = self else { unreachable!() };
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why.clone()));
+        let tenants = match self {
+            Self::Anonymous(why) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, why.clone())),
+            Self::User { tenants, .. } => tenants,
         };
         let admin = tenants.iter().any(|t| t == ADMIN);
         match headers.get("x-drover-tenant").map(|v| v.to_str().unwrap_or("")) {
