@@ -111,6 +111,22 @@ fn scope(tenant: &str) -> Option<&str> {
     (tenant != ADMIN).then_some(tenant)
 }
 
+/// The tenant a request acts for (see [`Caller`]); a request that has none is refused with
+/// the 401, 403 or 400 that says why.
+#[derive(Debug)]
+pub struct Tenant(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => caller.tenant(&parts.headers).map(Self),
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "no TLS session")),
+        }
+    }
+}
+
 /// An error as the API returns it.
 #[derive(Debug)]
 pub struct ApiError {
@@ -223,12 +239,7 @@ fn format_of(headers: &HeaderMap, body: &str) -> Format {
     }
 }
 
-async fn list_workloads(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn list_workloads(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let list = c.blocking(move |c| c.service().store().workloads(scope(&tenant))).await.map_err(ServiceError::from)?;
     let out: Vec<_> = list
         .into_iter()
@@ -250,12 +261,11 @@ async fn list_workloads(
 
 async fn put(
     c: Arc<Controller>,
-    caller: &Caller,
+    tenant: String,
     headers: &HeaderMap,
     body: String,
     name: Option<String>,
 ) -> ApiResult<Response> {
-    let tenant = caller.tenant(headers)?;
     let format = format_of(headers, &body);
     let create = name.is_none();
     if let Some(expected) = &name {
@@ -274,30 +284,24 @@ async fn put(
 
 async fn create_workload(
     State(c): Ctl,
-    Extension(caller): Extension<Caller>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<Response> {
-    put(c, &caller, &headers, body, None).await
+    put(c, tenant, &headers, body, None).await
 }
 
 async fn replace_workload(
     State(c): Ctl,
-    Extension(caller): Extension<Caller>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: String,
 ) -> ApiResult<Response> {
-    put(c, &caller, &headers, body, Some(name)).await
+    put(c, tenant, &headers, body, Some(name)).await
 }
 
-async fn show_workload(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn show_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>) -> ApiResult<Response> {
     let found = c.blocking(move |c| c.service().store().workload(&tenant, &name).map(|w| (name, w))).await;
     let (name, w) = found.map_err(ServiceError::from)?;
     let w = w.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("workload {name} not found")))?;
@@ -311,13 +315,7 @@ async fn show_workload(
     .into_response())
 }
 
-async fn delete_workload(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn delete_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>) -> ApiResult<Response> {
     c.blocking(move |c| c.service().delete_workload(&tenant, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -339,14 +337,7 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &str) -> ApiResult<T> {
     serde_json::from_str(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))
 }
 
-async fn launch(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: String,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>, body: String) -> ApiResult<Response> {
     let LaunchBody { count } = json_body(&body)?;
     let ids = c
         .blocking(move |c| {
@@ -365,13 +356,7 @@ struct InstanceQuery {
     state: Option<String>,
 }
 
-async fn list_instances(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Query(q): Query<InstanceQuery>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<InstanceQuery>) -> ApiResult<Response> {
     let records =
         c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
     let views: Vec<InstanceView> = records
@@ -387,13 +372,7 @@ fn parse_id(id: &str) -> ApiResult<Uuid> {
     id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an instance UUID")))
 }
 
-async fn show_instance(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn show_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
     Ok(Json(InstanceView::from(&record)).into_response())
@@ -401,11 +380,9 @@ async fn show_instance(
 
 async fn instance_action(
     State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
     let id = parse_id(&id)?;
     let input = match action.as_str() {
         "stop" => Input::Stop,
@@ -427,13 +404,7 @@ async fn instance_action(
     Ok((StatusCode::ACCEPTED, Json(InstanceView::from(&record))).into_response())
 }
 
-async fn delete_instance(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let commands = c.blocking(move |c| c.service().delete(&tenant, id)).await?;
     c.send_all(commands).await;
@@ -448,12 +419,10 @@ struct LogQuery {
 
 async fn logs(
     State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
     let id = parse_id(&id)?;
     let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
     let node = record.node.ok_or_else(|| {
@@ -494,13 +463,7 @@ pub struct BatchAnswer {
     pub slots_remaining_estimate: u64,
 }
 
-async fn batch(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: String,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult<Response> {
     let BatchBody { workload, count, wait_ms } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
     let nodes = c.nodes();
@@ -555,8 +518,7 @@ async fn batch(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-async fn nodes(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn nodes(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let mut nodes = c.nodes();
     if tenant != ADMIN {
         // Which instances run where is other tenants' business.
@@ -571,11 +533,9 @@ async fn nodes(State(c): Ctl, Extension(caller): Extension<Caller>, headers: Hea
 
 async fn node_action(
     State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate or restore nodes"));
     }
@@ -595,8 +555,7 @@ async fn node_action(
     Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
 }
 
-async fn status(State(c): Ctl, Extension(caller): Extension<Caller>, headers: HeaderMap) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn status(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let (counts, revision) = c
         .blocking(move |c| {
             Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?))
@@ -626,13 +585,7 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
-async fn events(
-    State(c): Ctl,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Query(q): Query<EventQuery>,
-) -> ApiResult<Response> {
-    let tenant = caller.tenant(&headers)?;
+async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuery>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_WAIT);
     let mut revisions = c.watch_revision();
