@@ -440,13 +440,16 @@ impl Service {
         let mut out = Vec::new();
         let mut inputs = Vec::new();
         let mut reported = HashSet::with_capacity(stats.instances.len());
+        // What the store believes runs here, from the in-memory index: the common case (the
+        // node reports what the store expects) needs no read of the store.
+        let on_node: HashSet<Uuid> = self.store.running_on(node).into_iter().collect();
         for stat in &stats.instances {
             let id = stat.instance_uuid;
             reported.insert(id);
-            let record = self.store.instance(id)?;
-            let here = record.as_ref().is_some_and(|r| r.life.state == State::Running { node });
+            let here = on_node.contains(&id);
             match stat.state {
-                InstanceState::Active | InstanceState::Pending => {
+                InstanceState::Active | InstanceState::Pending if !here => {
+                    let record = self.store.instance(id)?;
                     let waiting =
                         record.as_ref().is_some_and(|r| matches!(r.life.state, State::Starting | State::Queued { .. }));
                     let unwanted = record.as_ref().is_none_or(|r| {
@@ -467,7 +470,7 @@ impl Service {
                     inputs.push((id, Input::Exited { code: stat.exit_code, reason }));
                 }
                 InstanceState::Stopped if here => {
-                    let user = record.as_ref().is_some_and(|r| r.life.stop_requested);
+                    let user = self.store.instance(id)?.is_some_and(|r| r.life.stop_requested);
                     inputs.push((id, Input::Stopped { evacuated: !user }));
                 }
                 _ => {}
@@ -475,7 +478,7 @@ impl Service {
         }
         let mut missing = self.missing.lock().expect("missing lock");
         let mut lost = Vec::new();
-        for id in self.store.running_on(node) {
+        for id in on_node {
             if reported.contains(&id) {
                 missing.remove(&id);
                 continue;
