@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// Capacity of the channel from connections to the hub. When it is full, connections stop
 /// reading (TCP backpressure) until the hub catches up.
-const INBOX: usize = 65_536;
+const INBOX: usize = 8192;
 
 /// Validated configuration: everything that can be wrong with the flags is found here, before
 /// anything is bound.
@@ -138,6 +138,9 @@ pub async fn run_on(
 
 fn send(peers: &HashMap<Uuid, PeerSender>, to: Uuid, frame: Frame) {
     let Some(sender) = peers.get(&to) else { return };
+    if sender.is_closed() {
+        return; // already cut off; it will reconnect
+    }
     if let Err(e) = sender.try_send_frame(frame) {
         // A peer that cannot take frames as fast as the cluster produces them would make the
         // scheduler buffer without bound; it is disconnected and will reconnect and resync.

@@ -9,10 +9,12 @@ use crate::frame::{self, Frame};
 use crate::payload::Message;
 use crate::uuid::Uuid;
 
-/// Size of each read from the socket. Big enough that one read usually carries many small
-/// frames (throughput), small enough to keep 10,000 idle connections cheap once the buffer is
-/// released between bursts.
+/// Size of each read from the socket while frames keep coming. Big enough that one read
+/// usually carries many small frames (throughput).
 const READ_CHUNK: usize = 16 * 1024;
+/// Size of the read that waits for the next frame with nothing buffered: most connections are
+/// idle most of the time, and a launcher's report fits; 10,000 idle connections stay cheap.
+const IDLE_CHUNK: usize = 2 * 1024;
 
 /// Reads frames from a byte stream.
 #[derive(Debug)]
@@ -38,8 +40,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = frame::decode(&mut self.buf, self.max_payload)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            let chunk = if self.buf.is_empty() { IDLE_CHUNK } else { READ_CHUNK };
+            if self.buf.capacity() - self.buf.len() < chunk / 4 {
+                self.buf.reserve(chunk);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(Error::Truncated) };

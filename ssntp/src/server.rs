@@ -10,7 +10,8 @@
 //!   permit *before* accepting, so excess clients queue in the kernel's backlog;
 //! - inbound: the application channel is bounded; a full channel stops the reading of peers
 //!   (TCP backpressure), nothing is dropped;
-//! - outbound: each peer has a queue of [`ServerOptions::outbound_queue`] frames;
+//! - outbound: each peer has a queue of [`ServerOptions::outbound_queue`] frames (controllers
+//!   [`ServerOptions::controller_outbound_queue`]: every node's reports fan in to them);
 //!   [`PeerSender::try_send`] reports `Full` and the application decides (the scheduler closes a
 //!   peer that cannot keep up);
 //! - the handshake must finish within [`ServerOptions::handshake_timeout`].
@@ -60,6 +61,9 @@ pub struct ServerOptions {
     pub max_payload: usize,
     /// Frames queued per peer before [`PeerSender::try_send`] reports `Full`.
     pub outbound_queue: usize,
+    /// The same for controllers, which receive what every node reports: deeper, so that a burst
+    /// of events (100,000 placements confirmed in a second) does not cut the controller off.
+    pub controller_outbound_queue: usize,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
 }
@@ -75,6 +79,7 @@ impl ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             max_payload: DEFAULT_MAX_PAYLOAD,
             outbound_queue: 1024,
+            controller_outbound_queue: 65_536,
             shutdown_grace: Duration::from_secs(2),
         }
     }
@@ -369,7 +374,12 @@ async fn connection(
     let Accepted { mut reader, writer, connect } = accepted;
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (uuid, role) = (connect.uuid, connect.role);
-    let (tx, rx) = mpsc::channel(shared.opts.outbound_queue);
+    let depth = if role.contains(Role::CONTROLLER) {
+        shared.opts.controller_outbound_queue
+    } else {
+        shared.opts.outbound_queue
+    };
+    let (tx, rx) = mpsc::channel(depth);
     let sender = PeerSender { conn_id, origin: shared.opts.uuid, tx, close: token.clone() };
 
     if let Some((old_id, old)) = shared.registry.lock().expect("registry lock").insert(uuid, (conn_id, token.clone())) {

@@ -396,9 +396,7 @@ impl Hub {
             Message::InstanceStarted(e) => {
                 self.pending_restarts.remove(&e.instance_uuid);
                 self.nodes.update(&from, &self.cfg, |n| {
-                    if let Some(p) = n.instances.get_mut(&e.instance_uuid) {
-                        p.confirmed = true;
-                    }
+                    n.instances.modify(&e.instance_uuid, |p| p.confirmed = true);
                 });
                 out.push(Output::ToControllers(frame));
             }
@@ -452,15 +450,18 @@ impl Hub {
                 placed.entry(id).or_insert(from);
                 pending.remove(&id);
                 let usage = u64::try_from(stat.memory_usage_mb).ok();
-                if let Some(p) = n.instances.get_mut(&id) {
+                let known = n.instances.modify(&id, |p| {
                     p.confirmed = true;
                     if let (Some(usage), Some(w)) = (usage, p.workload) {
                         estimator.observe(w, usage);
                         // Never charge an instance less than it is seen to use.
                         p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
                     }
-                } else if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
-                    estimator.observe(w, usage);
+                });
+                if known.is_none() {
+                    if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
+                        estimator.observe(w, usage);
+                    }
                 }
             }
         });
@@ -656,7 +657,7 @@ impl Hub {
             let mut instances: Vec<Uuid> = Vec::new();
             self.nodes.update(&uuid, &self.cfg, |n| {
                 n.lost = true;
-                instances.extend(n.instances.drain().map(|(id, _)| id));
+                instances.extend(n.instances.drain());
             });
             instances.extend(self.placed.iter().filter(|(_, n)| **n == uuid).map(|(id, _)| *id));
             instances.sort();

@@ -33,6 +33,97 @@ pub struct Placed {
     pub confirmed: bool,
 }
 
+/// The instances on a node with their sums kept up to date, so that a fit check costs the same
+/// whether the node runs one instance or a thousand.
+#[derive(Debug, Clone, Default)]
+pub struct Charges {
+    map: HashMap<Uuid, Placed>,
+    vcpus: u64,
+    charge_mb: u64,
+    request_mb: u64,
+    unconfirmed_mb: u64,
+}
+
+impl Charges {
+    fn add(&mut self, p: &Placed) {
+        self.vcpus += u64::from(p.vcpus);
+        self.charge_mb += p.charge_mb;
+        self.request_mb += p.request_mb;
+        if !p.confirmed {
+            self.unconfirmed_mb += p.charge_mb;
+        }
+    }
+
+    fn sub(&mut self, p: &Placed) {
+        self.vcpus -= u64::from(p.vcpus);
+        self.charge_mb -= p.charge_mb;
+        self.request_mb -= p.request_mb;
+        if !p.confirmed {
+            self.unconfirmed_mb -= p.charge_mb;
+        }
+    }
+
+    /// Adds or replaces an instance.
+    pub fn insert(&mut self, id: Uuid, placed: Placed) {
+        self.add(&placed);
+        if let Some(old) = self.map.insert(id, placed) {
+            self.sub(&old);
+        }
+    }
+
+    /// Removes an instance.
+    pub fn remove(&mut self, id: &Uuid) -> Option<Placed> {
+        let old = self.map.remove(id)?;
+        self.sub(&old);
+        Some(old)
+    }
+
+    /// Changes an instance (sums follow); `None` if it is not here.
+    pub fn modify<T>(&mut self, id: &Uuid, change: impl FnOnce(&mut Placed) -> T) -> Option<T> {
+        let mut placed = self.map.get(id)?.clone();
+        let result = change(&mut placed);
+        self.insert(*id, placed);
+        Some(result)
+    }
+
+    /// Removes every instance; returns their UUIDs.
+    pub fn drain(&mut self) -> Vec<Uuid> {
+        let ids = self.map.drain().map(|(id, _)| id).collect();
+        *self = Self::default();
+        ids
+    }
+
+    /// An instance.
+    pub fn get(&self, id: &Uuid) -> Option<&Placed> {
+        self.map.get(id)
+    }
+
+    /// Every instance.
+    pub fn values(&self) -> impl Iterator<Item = &Placed> {
+        self.map.values()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether the sums equal the ones computed from scratch (for tests).
+    pub fn sums_consistent(&self) -> bool {
+        let mut fresh = Self::default();
+        for p in self.map.values() {
+            fresh.add(p);
+        }
+        (fresh.vcpus, fresh.charge_mb, fresh.request_mb, fresh.unconfirmed_mb)
+            == (self.vcpus, self.charge_mb, self.request_mb, self.unconfirmed_mb)
+    }
+}
+
 /// A launcher as the scheduler sees it.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -51,7 +142,7 @@ pub struct Node {
     /// When a frame last arrived from it, or when it disconnected (monotonic ms).
     pub last_seen_ms: u64,
     /// Instances believed to be on it.
-    pub instances: HashMap<Uuid, Placed>,
+    pub instances: Charges,
     /// STARTs placed on it since it connected.
     pub starts: u64,
 }
@@ -152,7 +243,7 @@ impl Node {
             lost: false,
             report: NodeReport { node_uuid: uuid, ..NodeReport::default() },
             last_seen_ms: now_ms,
-            instances: HashMap::new(),
+            instances: Charges::default(),
             starts: 0,
         }
     }
@@ -173,21 +264,19 @@ impl Node {
 
     /// vCPUs in use: the scheduler's instances plus what the node reports beyond them.
     pub fn cpu_used(&self) -> u64 {
-        let known: u64 = self.instances.values().map(|p| u64::from(p.vcpus)).sum();
+        let known = self.instances.vcpus;
         known + u64::from(self.report.vcpus_allocated).saturating_sub(known)
     }
 
     /// Memory in use, MiB: charges of the scheduler's instances plus what the node reports as
     /// allocated beyond their requests.
     pub fn mem_used(&self) -> u64 {
-        let charged: u64 = self.instances.values().map(|p| p.charge_mb).sum();
-        let requested: u64 = self.instances.values().map(|p| p.request_mb).sum();
-        charged + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(requested)
+        self.instances.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(self.instances.request_mb)
     }
 
     /// Memory charged to instances the node has not reported yet, MiB.
     pub fn unconfirmed_mb(&self) -> u64 {
-        self.instances.values().filter(|p| !p.confirmed).map(|p| p.charge_mb).sum()
+        self.instances.unconfirmed_mb
     }
 
     /// Free memory within the overcommit bound, MiB (the placement index key).
@@ -335,7 +424,9 @@ impl NodeTable {
         for node in self.nodes.values() {
             Self::index(&mut by_free, &mut by_label, node, cfg);
         }
-        by_free == self.by_free && by_label == self.by_label
+        by_free == self.by_free
+            && by_label == self.by_label
+            && self.nodes.values().all(|n| n.instances.sums_consistent())
     }
 
     /// Whether any node is open.
