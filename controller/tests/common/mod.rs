@@ -171,6 +171,7 @@ pub struct Cluster {
     pub pki: Pki,
     pub sched_addr: String,
     pub api_addr: String,
+    pub scheduler_args: Vec<String>,
     pub work: tempfile::TempDir,
 }
 
@@ -192,6 +193,7 @@ impl Cluster {
         args.extend(scheduler_args.iter().map(|s| (*s).to_owned()));
         args.extend(pki.tls_args("scheduler-local"));
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
+        let scheduler_args = args;
         let controller = Self::spawn_controller(work.path(), &pki, &sched_addr, &api_addr);
         let mut launchers = Vec::new();
         for (i, extra) in launcher_args.iter().enumerate() {
@@ -208,7 +210,7 @@ impl Cluster {
             args.extend(pki.tls_args("agent-local"));
             launchers.push(Proc::spawn(&format!("launcher{i}"), "drover-launcher", &args, &logs));
         }
-        Self { work, pki, sched_addr, api_addr, scheduler, controller, launchers }
+        Self { work, pki, sched_addr, api_addr, scheduler_args, scheduler, controller, launchers }
     }
 
     pub fn spawn_controller(work: &Path, pki: &Pki, sched_addr: &str, api_addr: &str) -> Proc {
@@ -230,6 +232,12 @@ impl Cluster {
 
     pub fn restart_controller(&mut self) {
         self.controller = Self::spawn_controller(self.work.path(), &self.pki, &self.sched_addr, &self.api_addr);
+    }
+
+    /// Starts the scheduler again with the same flags (after a kill).
+    pub fn restart_scheduler(&mut self) {
+        let logs = self.work.path().join("logs");
+        self.scheduler = Proc::spawn("scheduler", "drover-scheduler", &self.scheduler_args, &logs);
     }
 
     pub fn admin(&self) -> ApiClient {

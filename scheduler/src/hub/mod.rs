@@ -33,7 +33,7 @@ use ssntp::payload::{
 use ssntp::{Frame, Role, Status, Uuid};
 
 use self::estimate::Estimator;
-use self::nodes::{Need, Node, NodeTable, Placed};
+use self::nodes::{Charges, Need, Node, NodeTable, Placed};
 pub use self::placement::Policy;
 use self::queue::{Queue, Queued};
 
@@ -382,8 +382,20 @@ impl Hub {
     // === from launchers ===
 
     fn report(&mut self, now: Now, from: Uuid, frame: Frame, message: Message) -> Vec<Output> {
-        self.nodes.update(&from, &self.cfg, |n| n.last_seen_ms = now.mono_ms);
         let mut out = Vec::new();
+        let was_lost = self.nodes.update(&from, &self.cfg, |n| {
+            n.last_seen_ms = now.mono_ms;
+            std::mem::replace(&mut n.lost, false)
+        });
+        if was_lost == Some(true) {
+            // A node declared lost that speaks again on its connection (it was frozen or cut
+            // off): it is back. Its instances were handed to the controller to restart
+            // elsewhere, so what it still runs is a stale copy for the controller to stop
+            // from its STATS; the scheduler starts its account of it afresh.
+            self.nodes.update(&from, &self.cfg, |n| n.instances = Charges::default());
+            self.placed.retain(|_, n| *n != from);
+            out.push(Output::Warn(format!("node {from} declared lost earlier is reporting again")));
+        }
         match message {
             Message::Ready(report) => self.status(from, Status::Ready, Some(report)),
             Message::Full(report) => self.status(from, Status::Full, report),

@@ -337,6 +337,30 @@ fn silent_nodes_are_lost_after_ttl_plus_grace_with_their_instances() {
 }
 
 #[test]
+fn a_lost_node_that_reports_again_on_its_connection_is_back_without_its_old_instances() {
+    let mut rig = Rig::new(Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() });
+    for n in 10..13 {
+        rig.node(n, 4, 1000);
+    }
+    let victim = placed_on(&rig.start(start(u(50), 1, 10)))[0].1;
+    let victim_n = (10..13).find(|n| u(*n) == victim).unwrap();
+    for sec in 1..=3 {
+        rig.now = at(sec);
+        for n in (10..13).filter(|n| *n != victim_n) {
+            rig.ready(n, report(u(n), 4, 1000, 0.0));
+        }
+        rig.tick(sec);
+    }
+    assert_eq!(rig.hub.summary(rig.now).lost, 1, "frozen for TTL + grace: lost");
+    // SIGCONT: the same connection speaks again.
+    rig.ready(victim_n, report(victim, 4, 1000, 0.0));
+    let s = rig.hub.summary(rig.now);
+    assert_eq!((s.lost, s.ready), (0, 3), "it is back and open");
+    assert_eq!(rig.hub.node_of(&u(50)), None, "its old instance is the controller's to reconcile");
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
 fn the_brake_holds_back_mass_node_loss_and_failover_grace_protects_a_restart() {
     let cfg = Config { node_ttl_ms: 10_000, node_grace_ms: 5_000, failover_grace_ms: 0, ..Config::default() };
     let mut rig = Rig::new(cfg.clone());
