@@ -17,7 +17,8 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// Scheduler flags that make node loss quick to observe: silent 1 s is suspect, 1 s more is lost.
-const FAST_LOSS: &[&str] = &["--node-ttl", "1s", "--node-grace", "1s", "--failover-grace", "0s", "--cpu-overcommit", "600"];
+const FAST_LOSS: &[&str] =
+    &["--node-ttl", "1s", "--node-grace", "1s", "--failover-grace", "0s", "--cpu-overcommit", "600"];
 const SIM: &[&str] = &["--backend", "sim", "--max-instances", "5000"];
 
 fn workload(name: &str, policy: &str) -> String {
@@ -121,7 +122,10 @@ async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_no
     })
     .await;
     let before = api.get("/v1/status").await.unwrap();
-    assert!(before["instances"]["running"].as_u64().unwrap() < COUNT as u64, "the kill must come mid-placement: {before}");
+    assert!(
+        before["instances"]["running"].as_u64().unwrap() < COUNT as u64,
+        "the kill must come mid-placement: {before}"
+    );
     cluster.scheduler.kill9();
     cluster.restart_scheduler();
 
@@ -271,7 +275,11 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     .await;
     assert_eq!(c.len(), COUNT);
     let status_of = |nodes: &Value| {
-        nodes.as_array()?.iter().find(|n| n["uuid"] == node.as_str()).map(|n| n["status"].as_str().unwrap_or("").to_owned())
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["uuid"] == node.as_str())
+            .map(|n| n["status"].as_str().unwrap_or("").to_owned())
     };
     wait_for("the node to be in maintenance", || async {
         (status_of(&api.get("/v1/nodes").await.ok()?)? == "MAINTENANCE").then_some(())

@@ -13,6 +13,9 @@ use ssntp::Role;
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A CA and certificates: scheduler, controller, agent, the API server, and API users.
+/// The host's address on the veth link to a partition test's network namespace.
+pub const PARTITION_HOST_IP: &str = "10.213.77.1";
+
 pub struct Pki {
     pub dir: PathBuf,
 }
@@ -22,7 +25,10 @@ impl Pki {
         drover_cert::create_ca(dir, "test CA", 30).unwrap();
         let pki = Self { dir: dir.to_owned() };
         let local = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        pki.issue(Role::SCHEDULER, "local", local(), &[]);
+        // The scheduler is also reachable from a network namespace's veth (partition tests).
+        let mut scheduler_hosts = local();
+        scheduler_hosts.push(PARTITION_HOST_IP.to_owned());
+        pki.issue(Role::SCHEDULER, "local", scheduler_hosts, &[]);
         pki.issue(Role::AGENT, "local", vec![], &[]);
         pki.issue(Role::CONTROLLER, "local", vec![], &["admin"]);
         pki.issue(Role::SERVER, "api", local(), &[]);
@@ -187,9 +193,16 @@ impl Cluster {
         let pki = Pki::new(&work.path().join("pki"));
         let logs = work.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let sched_addr = format!("127.0.0.1:{}", free_port());
+        // A test may choose the scheduler's listen address (`--listen 0.0.0.0:P`); everyone on
+        // loopback still dials 127.0.0.1:P.
+        let listen = scheduler_args.iter().position(|a| *a == "--listen").map(|i| scheduler_args[i + 1]);
+        let port = listen.map_or_else(free_port, |l| l.rsplit(':').next().unwrap().parse().unwrap());
+        let sched_addr = format!("127.0.0.1:{port}");
         let api_addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["--listen".to_owned(), sched_addr.clone(), "--load-threshold".into(), "1000".into()];
+        let mut args = vec!["--load-threshold".to_owned(), "1000".into()];
+        if listen.is_none() {
+            args.extend(["--listen".to_owned(), sched_addr.clone()]);
+        }
         args.extend(scheduler_args.iter().map(|s| (*s).to_owned()));
         args.extend(pki.tls_args("scheduler-local"));
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);

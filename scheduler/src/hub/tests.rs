@@ -338,7 +338,8 @@ fn silent_nodes_are_lost_after_ttl_plus_grace_with_their_instances() {
 
 #[test]
 fn a_lost_node_that_reports_again_on_its_connection_is_back_without_its_old_instances() {
-    let mut rig = Rig::new(Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() });
+    let mut rig =
+        Rig::new(Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() });
     for n in 10..13 {
         rig.node(n, 4, 1000);
     }

@@ -1,0 +1,254 @@
+//! The security suite against a live `drover-scheduler` process: for a bounded time, offenders
+//! present every kind of bad certificate and send every kind of bad input, over and over, while
+//! an honest controller keeps placing work on an honest launcher. Each offender must get an
+//! error (a TLS refusal, or an ERROR frame) and a close; the honest pair must notice nothing;
+//! the scheduler's memory must stay bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ssntp::client::{Client, ClientEvent, ClientOptions};
+use ssntp::frame::{Frame, MAJOR, MINOR};
+use ssntp::payload::{Backend, Message, NodeLost, NodeReport, Requirements, Start};
+use ssntp::{Kind, Role, Status, Uuid};
+use testutil::{Pki, RawPeer, PATIENCE};
+
+/// How long the offenders keep at it.
+const HOSTILE_FOR: Duration = Duration::from_secs(8);
+
+struct Scheduler {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The certificates offenders present; each must be refused.
+fn bad_certificates(pki: &Pki, other: &Pki) -> Vec<(&'static str, Arc<rustls::ClientConfig>, Role)> {
+    let mut expired = Pki::spec(&[Role::AGENT]);
+    expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    pki.issue(&expired, "expired");
+    let mut any_eku = Pki::spec(&[Role::AGENT]);
+    any_eku.client_auth = false;
+    any_eku.any_eku = true;
+    pki.issue(&any_eku, "anyeku");
+    pki.issue(&Pki::spec(&[Role::AGENT]), "revoked");
+    pki.revoke("revoked");
+    pki.issue(&Pki::spec(&[]), "norole");
+
+    let mut foreign = pki.identity("agent");
+    let theirs = other.identity("agent");
+    foreign.chain = theirs.chain;
+    foreign.key = theirs.key;
+    // Identity::load refuses a role-less certificate of its own, so that config is built by hand.
+    let ca = ssntp::tls::load_certs(&pki.ca()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca[0].clone()).unwrap();
+    let no_role = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            ssntp::tls::load_certs(&pki.cert("norole")).unwrap(),
+            ssntp::tls::load_key(&pki.key("norole")).unwrap(),
+        )
+        .unwrap();
+    vec![
+        ("wrong CA", ssntp::tls::client_config(&foreign).unwrap(), Role::AGENT),
+        ("expired", pki.client_tls("expired"), Role::AGENT),
+        ("revoked", pki.client_tls("revoked"), Role::AGENT),
+        ("anyExtendedKeyUsage", pki.client_tls("anyeku"), Role::AGENT),
+        ("no role", Arc::new(no_role), Role::AGENT),
+        ("claimed role not in the certificate", pki.client_tls("agent"), Role::CONTROLLER),
+    ]
+}
+
+/// Bad input after a good handshake; each must be answered with an ERROR frame and a close.
+fn bad_inputs(origin: Uuid) -> Vec<(&'static str, Vec<u8>)> {
+    let mut random: Vec<u8> = (0..512).map(|_| rand::random::<u8>()).collect();
+    random[0] = MAJOR.wrapping_add(1 + random[0] % 100); // never a valid version, so never a wait
+    let garbage = Frame { kind: Kind::Status(Status::Ready), origin, payload: Bytes::from_static(b"\xff\x00\xde\xad") };
+    let start = Message::Start(Start::new(
+        Uuid::new_v4(),
+        Requirements { vcpus: 1, mem_mb: 1, ..Requirements::default() },
+        Backend::Sim { duration_ms: 1, mem_usage_mb: 0, exit_code: 0 },
+    ));
+    let lost = Message::NodeLost(NodeLost { node_uuid: origin, instances: vec![] });
+    vec![
+        ("random bytes", random),
+        ("an oversized length", vec![MAJOR, MINOR, 1, 1, 0x7f, 0xff, 0xff, 0xff]),
+        ("garbage CBOR under a valid header", garbage.to_bytes().to_vec()),
+        ("START from a launcher", start.to_frame(origin).to_bytes().to_vec()),
+        ("NODE_LOST from a launcher", lost.to_frame(origin).to_bytes().to_vec()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memory_stays_bounded() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let certificates = bad_certificates(&pki, &other);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
+        .args(["--listen", &addr, "--load-threshold", "1000", "--cpu-overcommit", "100"])
+        .arg("--cacert")
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.cert("scheduler"))
+        .arg("--key")
+        .arg(pki.key("scheduler"))
+        .arg("--crl")
+        .arg(pki.crl())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scheduler = Scheduler { child, addr };
+    let pid = scheduler.child.id();
+
+    // The honest launcher: READY on connect, INSTANCE_STARTED for every START.
+    let launcher_uuid = Uuid::new_v4();
+    let opts = ClientOptions::new(vec![scheduler.addr.clone()], pki.client_tls("agent"), Role::AGENT, launcher_uuid);
+    let (launcher, mut launcher_events) = Client::spawn(opts);
+    let (sessions, starts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    {
+        let (sessions, starts) = (sessions.clone(), starts.clone());
+        tokio::spawn(async move {
+            while let Some(event) = launcher_events.recv().await {
+                match event {
+                    ClientEvent::Connected { .. } => {
+                        sessions.fetch_add(1, Ordering::SeqCst);
+                        let report = NodeReport {
+                            node_uuid: launcher_uuid,
+                            mem_total_mb: 1 << 20,
+                            mem_available_mb: 1 << 20,
+                            cpus_online: 64,
+                            hostname: "honest".into(),
+                            features: vec!["sim".into()],
+                            ..NodeReport::default()
+                        };
+                        launcher.send(&Message::Ready(report)).await.unwrap();
+                    }
+                    ClientEvent::Message { message: Message::Start(s), .. } => {
+                        starts.fetch_add(1, Ordering::SeqCst);
+                        let started = ssntp::payload::InstanceEvent {
+                            instance_uuid: s.instance_uuid,
+                            node_uuid: Some(launcher_uuid),
+                        };
+                        launcher.send(&Message::InstanceStarted(started)).await.unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    // The honest controller.
+    let opts = ClientOptions::new(
+        vec![scheduler.addr.clone()],
+        pki.client_tls("controller"),
+        Role::CONTROLLER,
+        Uuid::new_v4(),
+    );
+    let (controller, mut controller_events) = Client::spawn(opts);
+    let controller_sessions = Arc::new(AtomicU64::new(0));
+    {
+        let controller_sessions = controller_sessions.clone();
+        tokio::spawn(async move {
+            while let Some(event) = controller_events.recv().await {
+                if matches!(event, ClientEvent::Connected { .. }) {
+                    controller_sessions.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while sessions.load(Ordering::SeqCst) == 0 || controller_sessions.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the honest peers did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the READY is in
+    let rss_before = rss_kib(pid);
+
+    // Offenders, in a loop, while the controller places one instance every 20 ms.
+    let begin = Instant::now();
+    let (mut sent, mut refused_certs, mut closed_inputs) = (0u64, 0u64, 0u64);
+    while begin.elapsed() < HOSTILE_FOR {
+        for (what, tls, role) in &certificates {
+            let addr = scheduler.addr.parse().unwrap();
+            match RawPeer::connect_as(addr, tls.clone(), *role).await {
+                Err(_) => {}
+                Ok((_, frame, _)) => {
+                    assert!(matches!(frame.kind, Kind::Error(_)), "{what}: got {} instead of a refusal", frame.kind);
+                }
+            }
+            refused_certs += 1;
+        }
+        for (what, bytes) in bad_inputs(Uuid::new_v4()) {
+            let addr = scheduler.addr.parse().unwrap();
+            let (mut peer, frame, _) = RawPeer::connect_as(addr, pki.client_tls("agent"), Role::AGENT).await.unwrap();
+            assert!(ssntp::client::is_connected_frame(&frame), "{what}: the handshake itself is fine");
+            let _ = peer.send_bytes(&bytes).await;
+            let frames = peer.until_closed(PATIENCE).await.unwrap_or_else(|e| panic!("{what}: not closed: {e}"));
+            assert!(
+                frames.first().is_some_and(|f| matches!(f.kind, Kind::Error(_))),
+                "{what}: an ERROR frame before the close, got {:?}",
+                frames.iter().map(|f| f.kind.to_string()).collect::<Vec<_>>()
+            );
+            closed_inputs += 1;
+        }
+        // A truncated header, then the offender hangs up: dropped without harm.
+        let addr = scheduler.addr.parse().unwrap();
+        let (mut peer, _, _) = RawPeer::connect_as(addr, pki.client_tls("agent"), Role::AGENT).await.unwrap();
+        peer.send_bytes(&[MAJOR, MINOR, 1]).await.unwrap();
+        drop(peer);
+
+        let start = Start::new(
+            Uuid::new_v4(),
+            Requirements { vcpus: 1, mem_mb: 1, ..Requirements::default() },
+            Backend::Sim { duration_ms: 60_000, mem_usage_mb: 0, exit_code: 0 },
+        );
+        controller.send(&Message::Start(start)).await.unwrap();
+        sent += 1;
+    }
+    eprintln!(
+        "{refused_certs} bad certificates refused, {closed_inputs} bad inputs closed, {sent} STARTs placed meanwhile"
+    );
+
+    let deadline = Instant::now() + PATIENCE;
+    while starts.load(Ordering::SeqCst) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "honest work lost: {} of {sent} STARTs arrived",
+            starts.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(starts.load(Ordering::SeqCst), sent, "no START duplicated");
+    assert_eq!(sessions.load(Ordering::SeqCst), 1, "the honest launcher was never disconnected");
+    assert_eq!(controller_sessions.load(Ordering::SeqCst), 1, "the honest controller was never disconnected");
+    let rss_after = rss_kib(pid);
+    eprintln!("scheduler RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB under {refused_certs} + {closed_inputs} offenders"
+    );
+    assert!(refused_certs >= 6 && closed_inputs >= 5, "every offender kind ran at least once");
+}
