@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::{wait_for, Cluster};
+use common::{active_copies, all_events, runs, wait_for, Cluster};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -70,42 +68,20 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     }
     // The nodes' view (their own STATS): each instance on exactly one node, once.
     let copies = wait_for("the nodes to report every instance", || async {
-        let nodes = api.get("/v1/nodes").await.ok()?;
-        let mut copies: HashMap<String, usize> = HashMap::new();
-        for n in nodes.as_array()? {
-            for i in n["stats"]["instances"].as_array()? {
-                if i["state"] == "ACTIVE" || i["state"] == "active" || i["state"] == "Active" {
-                    *copies.entry(i["instance_uuid"].as_str()?.to_owned()).or_default() += 1;
-                }
-            }
-        }
+        let copies = active_copies(&api).await?;
         (copies.len() == COUNT).then_some(copies)
     })
     .await;
     assert!(
-        copies.values().all(|n| *n == 1),
+        copies.values().all(|n| n.len() == 1),
         "a duplicate copy: {:?}",
-        copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        copies.iter().filter(|(_, n)| n.len() > 1).collect::<Vec<_>>()
     );
     for a in &acknowledged {
         assert!(copies.contains_key(a), "{a} does not run");
     }
     // And the event log: each instance entered `running` exactly once.
-    let mut after = 0;
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    loop {
-        let page = api.get(&format!("/v1/events?after={after}&limit=10000")).await.unwrap();
-        let events = page["events"].as_array().unwrap();
-        if events.is_empty() {
-            break;
-        }
-        for e in events {
-            if e["what"].as_str().unwrap().contains("→ running") {
-                *runs.entry(e["instance"].as_str().unwrap().to_owned()).or_default() += 1;
-            }
-        }
-        after = page["revision"].as_u64().unwrap();
-    }
+    let runs = runs(&all_events(&api).await);
     assert_eq!(runs.len(), COUNT);
     let twice: Vec<(&String, &usize)> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "started more than once: {twice:?}");

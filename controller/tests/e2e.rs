@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{node_status, wait_for, Cluster};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -100,23 +100,13 @@ async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
     .await;
     assert_eq!(moved.len(), 4, "none lost, none added");
     assert!(on_node >= 1);
-    let status_of = |nodes: &Value| {
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["uuid"] == node.as_str())
-            .map(|n| n["status"].as_str().unwrap().to_owned())
-    };
     wait_for("the node to be in maintenance", || async {
-        (status_of(&api.get("/v1/nodes").await.ok()?)? == "MAINTENANCE").then_some(())
+        (node_status(&api, &node).await? == "MAINTENANCE").then_some(())
     })
     .await;
     api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
-    wait_for("the node to be READY again", || async {
-        (status_of(&api.get("/v1/nodes").await.ok()?)? == "READY").then_some(())
-    })
-    .await;
+    wait_for("the node to be READY again", || async { (node_status(&api, &node).await? == "READY").then_some(()) })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

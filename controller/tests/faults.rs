@@ -8,13 +8,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{wait_for, Cluster};
+use common::{active_copies, all_events, all_instances, node_status, running, runs, wait_for, wait_within, Cluster};
 use hyper::Method;
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Scheduler flags that make node loss quick to observe: silent 1 s is suspect, 1 s more is lost.
 const FAST_LOSS: &[&str] =
@@ -32,54 +31,6 @@ async fn create(api: &drover_controller::client::ApiClient, toml: &str) {
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
 }
 
-async fn instances(api: &drover_controller::client::ApiClient) -> Vec<Value> {
-    api.get("/v1/instances").await.unwrap().as_array().unwrap().clone()
-}
-
-fn running(list: &[Value]) -> usize {
-    list.iter().filter(|i| i["state"] == "running").count()
-}
-
-/// Instance → the nodes whose own STATS report it active.
-async fn copies(api: &drover_controller::client::ApiClient) -> Option<HashMap<String, Vec<String>>> {
-    let nodes = api.get("/v1/nodes").await.ok()?;
-    let mut copies: HashMap<String, Vec<String>> = HashMap::new();
-    for n in nodes.as_array()? {
-        for i in n["stats"]["instances"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            if i["state"] == "active" {
-                copies.entry(i["instance_uuid"].as_str()?.to_owned()).or_default().push(n["uuid"].as_str()?.to_owned());
-            }
-        }
-    }
-    Some(copies)
-}
-
-/// Every event text in the log, in order.
-async fn events(api: &drover_controller::client::ApiClient) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = api.get(&format!("/v1/events?after={after}&limit=10000")).await.unwrap();
-        let batch = page["events"].as_array().unwrap();
-        if batch.is_empty() {
-            return all;
-        }
-        all.extend(batch.iter().cloned());
-        after = page["revision"].as_u64().unwrap();
-    }
-}
-
-/// How many times each instance entered `running`.
-fn runs(events: &[Value]) -> HashMap<String, usize> {
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for e in events {
-        if e["what"].as_str().unwrap_or_default().contains("→ running") {
-            *runs.entry(e["instance"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
-        }
-    }
-    runs
-}
-
 /// The node UUID a launcher of the cluster stored in its state directory.
 fn node_of_launcher(cluster: &Cluster, i: usize) -> String {
     let dir = cluster.work.path().join(format!("launcher{i}"));
@@ -89,21 +40,6 @@ fn node_of_launcher(cluster: &Cluster, i: usize) -> String {
         }
     }
     panic!("no identity in {}", dir.display());
-}
-
-async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +65,8 @@ async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_no
     cluster.scheduler.kill9();
     cluster.restart_scheduler();
 
-    let list = wait_long("every instance to run", Duration::from_secs(90), || async {
-        let list = instances(&api).await;
+    let list = wait_within("every instance to run", Duration::from_secs(90), || async {
+        let list = all_instances(&api).await;
         (running(&list) == COUNT).then_some(list)
     })
     .await;
@@ -139,13 +75,13 @@ async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_no
         assert!(acknowledged.iter().any(|a| a == i["uuid"].as_str().unwrap()));
         assert_eq!(i["restarts"], 0, "nothing restarted: {i}");
     }
-    let copies = wait_long("the nodes to report every instance once", Duration::from_secs(30), || async {
-        let c = copies(&api).await?;
+    let copies = wait_within("the nodes to report every instance once", Duration::from_secs(30), || async {
+        let c = active_copies(&api).await?;
         (c.len() == COUNT && c.values().all(|n| n.len() == 1)).then_some(c)
     })
     .await;
     assert!(acknowledged.iter().all(|a| copies.contains_key(a)));
-    let events = events(&api).await;
+    let events = all_events(&api).await;
     let runs = runs(&events);
     assert_eq!(runs.len(), COUNT);
     assert!(runs.values().all(|n| *n == 1), "an instance entered running twice");
@@ -165,9 +101,9 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
     let api = cluster.admin();
     create(&api, &workload("web", "on-failure")).await;
     api.post("/v1/workloads/web/launch", &json!({"count": COUNT})).await.unwrap();
-    wait_for("all running", || async { (running(&instances(&api).await) == COUNT).then_some(()) }).await;
+    wait_for("all running", || async { (running(&all_instances(&api).await) == COUNT).then_some(()) }).await;
     let frozen = node_of_launcher(&cluster, 0);
-    let on_frozen: Vec<String> = instances(&api)
+    let on_frozen: Vec<String> = all_instances(&api)
         .await
         .iter()
         .filter(|i| i["node"] == frozen.as_str())
@@ -176,8 +112,8 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
     assert!(!on_frozen.is_empty(), "spread put work on every node");
 
     cluster.launchers[0].signal(Signal::SIGSTOP);
-    let moved = wait_long("the frozen node's work to run elsewhere", Duration::from_secs(30), || async {
-        let list = instances(&api).await;
+    let moved = wait_within("the frozen node's work to run elsewhere", Duration::from_secs(30), || async {
+        let list = all_instances(&api).await;
         let ok = running(&list) == COUNT && list.iter().all(|i| i["node"] != frozen.as_str());
         ok.then_some(list)
     })
@@ -190,18 +126,16 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
 
     cluster.launchers[0].signal(Signal::SIGCONT);
     // The thawed node still runs its old copies; the controller stops them from its STATS.
-    let copies = wait_long("exactly one copy of each instance", Duration::from_secs(30), || async {
-        let nodes = api.get("/v1/nodes").await.ok()?;
-        let thawed = nodes.as_array()?.iter().find(|n| n["uuid"] == frozen.as_str())?;
-        if thawed["status"] != "READY" {
+    let copies = wait_within("exactly one copy of each instance", Duration::from_secs(30), || async {
+        if node_status(&api, &frozen).await? != "READY" {
             return None; // not heard from since SIGCONT yet
         }
-        let c = copies(&api).await?;
+        let c = active_copies(&api).await?;
         (c.len() == COUNT && c.values().all(|n| n.len() == 1)).then_some(c)
     })
     .await;
     assert!(copies.values().all(|n| n[0] != frozen), "the stale copies are the ones stopped");
-    let list = instances(&api).await;
+    let list = all_instances(&api).await;
     assert_eq!((list.len(), running(&list)), (COUNT, COUNT), "exactly the desired count");
 }
 
@@ -213,33 +147,33 @@ async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_restarts_n
     let api = cluster.admin();
     create(&api, &workload("svc", "on-failure")).await;
     api.post("/v1/workloads/svc/launch", &json!({"count": COUNT})).await.unwrap();
-    wait_for("all running", || async { (running(&instances(&api).await) == COUNT).then_some(()) }).await;
+    wait_for("all running", || async { (running(&all_instances(&api).await) == COUNT).then_some(()) }).await;
 
     for l in &cluster.launchers[..6] {
         l.signal(Signal::SIGSTOP);
     }
     // Several times TTL + grace.
-    wait_long("the brake", Duration::from_secs(30), || async {
+    wait_within("the brake", Duration::from_secs(30), || async {
         cluster.scheduler.log_text().contains("holding back NODE_LOST").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let list = instances(&api).await;
+    let list = all_instances(&api).await;
     assert!(list.iter().all(|i| i["restarts"] == 0 && i["state"] == "running"), "no mass restart: {list:?}");
     assert!(!cluster.scheduler.log_text().contains("declared lost"), "no node declared lost under the brake");
 
     for l in &cluster.launchers[..6] {
         l.signal(Signal::SIGCONT);
     }
-    wait_long("the brake to release", Duration::from_secs(30), || async {
+    wait_within("the brake to release", Duration::from_secs(30), || async {
         cluster.scheduler.log_text().contains("node-loss brake released").then_some(())
     })
     .await;
     cluster.wait_ready(10).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let list = instances(&api).await;
+    let list = all_instances(&api).await;
     assert!(list.iter().all(|i| i["restarts"] == 0 && i["state"] == "running"), "still nothing restarted: {list:?}");
-    let c = copies(&api).await.unwrap();
+    let c = active_copies(&api).await.unwrap();
     assert!(c.len() == COUNT && c.values().all(|n| n.len() == 1), "one copy each: {c:?}");
     assert!(!cluster.scheduler.log_text().contains("declared lost"));
 }
@@ -253,7 +187,7 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     create(&api, &workload("batch", "never")).await;
     api.post("/v1/workloads/batch/launch", &json!({"count": COUNT})).await.unwrap();
     let list = wait_for("all running", || async {
-        let list = instances(&api).await;
+        let list = all_instances(&api).await;
         (running(&list) == COUNT).then_some(list)
     })
     .await;
@@ -262,32 +196,23 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     assert!(on_node >= 50, "spread put {on_node} on the node; the test wants 50");
 
     api.post(&format!("/v1/nodes/{node}/evacuate"), &json!({})).await.unwrap();
-    let moved = wait_long("every instance to run on the other node", Duration::from_secs(60), || async {
-        let list = instances(&api).await;
+    let moved = wait_within("every instance to run on the other node", Duration::from_secs(60), || async {
+        let list = all_instances(&api).await;
         (running(&list) == COUNT && list.iter().all(|i| i["node"] != node.as_str())).then_some(list)
     })
     .await;
     assert_eq!(moved.len(), COUNT, "none lost, none added");
-    let c = wait_long("the nodes to agree", Duration::from_secs(30), || async {
-        let c = copies(&api).await?;
+    let c = wait_within("the nodes to agree", Duration::from_secs(30), || async {
+        let c = active_copies(&api).await?;
         (c.len() == COUNT && c.values().all(|n| n.len() == 1 && n[0] != node)).then_some(c)
     })
     .await;
     assert_eq!(c.len(), COUNT);
-    let status_of = |nodes: &Value| {
-        nodes
-            .as_array()?
-            .iter()
-            .find(|n| n["uuid"] == node.as_str())
-            .map(|n| n["status"].as_str().unwrap_or("").to_owned())
-    };
     wait_for("the node to be in maintenance", || async {
-        (status_of(&api.get("/v1/nodes").await.ok()?)? == "MAINTENANCE").then_some(())
+        (node_status(&api, &node).await? == "MAINTENANCE").then_some(())
     })
     .await;
     api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
-    wait_for("the node to be READY again", || async {
-        (status_of(&api.get("/v1/nodes").await.ok()?)? == "READY").then_some(())
-    })
-    .await;
+    wait_for("the node to be READY again", || async { (node_status(&api, &node).await? == "READY").then_some(()) })
+        .await;
 }

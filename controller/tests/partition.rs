@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Cluster, Proc, PARTITION_HOST_IP};
+use common::{active_copies, all_instances, free_port, running, wait_within, Cluster, Proc, PARTITION_HOST_IP};
 use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const NODE_IP: &str = "10.213.77.2";
 
@@ -60,42 +59,6 @@ impl Drop for Link {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.host_if]);
         let _ = ip(&["netns", "del", &self.ns]);
-    }
-}
-
-async fn instances(api: &drover_controller::client::ApiClient) -> Vec<Value> {
-    api.get("/v1/instances").await.unwrap().as_array().unwrap().clone()
-}
-
-fn running(list: &[Value]) -> usize {
-    list.iter().filter(|i| i["state"] == "running").count()
-}
-
-async fn copies(api: &drover_controller::client::ApiClient) -> Option<HashMap<String, Vec<String>>> {
-    let nodes = api.get("/v1/nodes").await.ok()?;
-    let mut copies: HashMap<String, Vec<String>> = HashMap::new();
-    for n in nodes.as_array()? {
-        for i in n["stats"]["instances"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            if i["state"] == "active" {
-                copies.entry(i["instance_uuid"].as_str()?.to_owned()).or_default().push(n["uuid"].as_str()?.to_owned());
-            }
-        }
-    }
-    Some(copies)
-}
-
-async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -164,8 +127,8 @@ async fn a_partitioned_node_is_lost_its_work_runs_elsewhere_and_after_healing_st
                 [restart]\npolicy = \"on-failure\"\nattempts = 5\nbackoff = \"100ms\"\n";
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
     api.post("/v1/workloads/web/launch", &json!({"count": COUNT})).await.unwrap();
-    let list = wait_long("all running", Duration::from_secs(30), || async {
-        let list = instances(&api).await;
+    let list = wait_within("all running", Duration::from_secs(30), || async {
+        let list = all_instances(&api).await;
         (running(&list) == COUNT).then_some(list)
     })
     .await;
@@ -174,8 +137,8 @@ async fn a_partitioned_node_is_lost_its_work_runs_elsewhere_and_after_healing_st
     assert!(!cut_off.is_empty(), "spread put work on the namespaced node");
 
     link.cut();
-    let moved = wait_long("the cut-off node's work to run elsewhere", Duration::from_secs(30), || async {
-        let list = instances(&api).await;
+    let moved = wait_within("the cut-off node's work to run elsewhere", Duration::from_secs(30), || async {
+        let list = all_instances(&api).await;
         (running(&list) == COUNT && list.iter().all(|i| i["node"] != node.as_str())).then_some(list)
     })
     .await;
@@ -187,15 +150,15 @@ async fn a_partitioned_node_is_lost_its_work_runs_elsewhere_and_after_healing_st
 
     link.heal();
     // The healed node still runs its old copies; the controller stops them from its STATS.
-    let c = wait_long("exactly one copy of each instance", Duration::from_secs(60), || async {
+    let c = wait_within("exactly one copy of each instance", Duration::from_secs(60), || async {
         // The node's last STATS from before the cut still list its copies, so this holds only
         // once it reports again after healing and its copies are stopped.
-        let c = copies(&api).await?;
+        let c = active_copies(&api).await?;
         (c.len() == COUNT && c.values().all(|n| n.len() == 1 && n[0] != node)).then_some(c)
     })
     .await;
     assert_eq!(c.len(), COUNT);
-    let list = instances(&api).await;
+    let list = all_instances(&api).await;
     assert_eq!((list.len(), running(&list)), (COUNT, COUNT), "exactly the desired count");
     drop(cluster);
     drop(link);

@@ -58,25 +58,12 @@ fn bad_certificates(pki: &Pki, other: &Pki) -> Vec<(&'static str, Arc<rustls::Cl
     let theirs = other.identity("agent");
     foreign.chain = theirs.chain;
     foreign.key = theirs.key;
-    // Identity::load refuses a role-less certificate of its own, so that config is built by hand.
-    let ca = ssntp::tls::load_certs(&pki.ca()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca[0].clone()).unwrap();
-    let no_role = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            ssntp::tls::load_certs(&pki.cert("norole")).unwrap(),
-            ssntp::tls::load_key(&pki.key("norole")).unwrap(),
-        )
-        .unwrap();
     vec![
         ("wrong CA", ssntp::tls::client_config(&foreign).unwrap(), Role::AGENT),
         ("expired", pki.client_tls("expired"), Role::AGENT),
         ("revoked", pki.client_tls("revoked"), Role::AGENT),
         ("anyExtendedKeyUsage", pki.client_tls("anyeku"), Role::AGENT),
-        ("no role", Arc::new(no_role), Role::AGENT),
+        ("no role", pki.client_tls_unchecked("norole"), Role::AGENT),
         ("claimed role not in the certificate", pki.client_tls("agent"), Role::CONTROLLER),
     ]
 }

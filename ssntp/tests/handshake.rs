@@ -119,22 +119,10 @@ async fn certificate_without_role_oid_gets_connection_aborted() {
     let pki = Pki::new();
     pki.issue(&Pki::spec(&[]), "norole");
     let server = TestServer::start(&pki).await;
-    // Identity::load refuses a role-less own certificate, so build the config by hand.
-    let ca = ssntp::tls::load_certs(&pki.ca()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca[0].clone()).unwrap();
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                ssntp::tls::load_certs(&pki.cert("norole")).unwrap(),
-                ssntp::tls::load_key(&pki.key("norole")).unwrap(),
-            )
-            .unwrap();
-    let reason =
-        assert_aborted(RawPeer::connect_as(server.addr, std::sync::Arc::new(tls), Role::AGENT).await, "no role");
+    let reason = assert_aborted(
+        RawPeer::connect_as(server.addr, pki.client_tls_unchecked("norole"), Role::AGENT).await,
+        "no role",
+    );
     assert!(reason.contains("no SSNTP role"), "{reason}");
     server.stop().await;
 }

@@ -120,6 +120,27 @@ impl Pki {
         ssntp::tls::client_config(&self.identity(stem)).expect("client config")
     }
 
+    /// Client TLS configuration for a stem whose certificate [`Identity::load`] would refuse
+    /// (one with no SSNTP role), built without that check, to test servers against it.
+    ///
+    /// # Panics
+    /// If the files do not load.
+    pub fn client_tls_unchecked(&self, stem: &str) -> Arc<rustls::ClientConfig> {
+        let ca = ssntp::tls::load_certs(&self.ca()).expect("load CA");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca[0].clone()).expect("CA certificate");
+        let config = rustls::ClientConfig::builder_with_provider(ssntp::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                ssntp::tls::load_certs(&self.cert(stem)).expect("load certificate"),
+                ssntp::tls::load_key(&self.key(stem)).expect("load key"),
+            )
+            .expect("client config");
+        Arc::new(config)
+    }
+
     /// Server TLS configuration for a stem, checking this CA's CRL.
     ///
     /// # Panics

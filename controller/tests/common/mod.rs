@@ -2,12 +2,14 @@
 //! the real binaries of the triad as child processes.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_cert::IssueRequest;
 use drover_controller::client::{ApiClient, ApiConfig};
+use serde_json::Value;
 use ssntp::Role;
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -281,17 +283,85 @@ impl Cluster {
 }
 
 /// Polls `check` until it gives a value, up to [`PATIENCE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_within(what, PATIENCE, check).await
+}
+
+/// Polls `check` until it gives a value, up to `limit` (for waits longer than [`PATIENCE`]).
+pub async fn wait_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// === what the cluster says, through the API ===
+
+/// Every instance the controller knows.
+pub async fn all_instances(api: &ApiClient) -> Vec<Value> {
+    api.get("/v1/instances").await.unwrap().as_array().unwrap().clone()
+}
+
+/// How many of `list` are running.
+pub fn running(list: &[Value]) -> usize {
+    list.iter().filter(|i| i["state"] == "running").count()
+}
+
+/// Instance → the nodes whose own STATS report it active.
+pub async fn active_copies(api: &ApiClient) -> Option<HashMap<String, Vec<String>>> {
+    let nodes = api.get("/v1/nodes").await.ok()?;
+    let mut copies: HashMap<String, Vec<String>> = HashMap::new();
+    for n in nodes.as_array()? {
+        for i in n["stats"]["instances"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            if i["state"] == "active" {
+                copies.entry(i["instance_uuid"].as_str()?.to_owned()).or_default().push(n["uuid"].as_str()?.to_owned());
+            }
+        }
+    }
+    Some(copies)
+}
+
+/// The status the controller shows for a node.
+pub async fn node_status(api: &ApiClient, node: &str) -> Option<String> {
+    let nodes = api.get("/v1/nodes").await.ok()?;
+    let n = nodes.as_array()?.iter().find(|n| n["uuid"] == node)?;
+    Some(n["status"].as_str()?.to_owned())
+}
+
+/// The whole event log, in order.
+pub async fn all_events(api: &ApiClient) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = api.get(&format!("/v1/events?after={after}&limit=10000")).await.unwrap();
+        let batch = page["events"].as_array().unwrap();
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch.iter().cloned());
+        after = page["revision"].as_u64().unwrap();
+    }
+}
+
+/// How many times each instance entered `running`, from the event log.
+pub fn runs(events: &[Value]) -> HashMap<String, usize> {
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for e in events {
+        if e["what"].as_str().unwrap_or_default().contains("→ running") {
+            *runs.entry(e["instance"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        }
+    }
+    runs
 }

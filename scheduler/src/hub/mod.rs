@@ -33,7 +33,7 @@ use ssntp::payload::{
 use ssntp::{Frame, Role, Status, Uuid};
 
 use self::estimate::Estimator;
-use self::nodes::{Charges, Need, Node, NodeTable, Placed};
+use self::nodes::{Need, Node, NodeTable, Placed};
 pub use self::placement::Policy;
 use self::queue::{Queue, Queued};
 
@@ -389,11 +389,8 @@ impl Hub {
         });
         if was_lost == Some(true) {
             // A node declared lost that speaks again on its connection (it was frozen or cut
-            // off): it is back. Its instances were handed to the controller to restart
-            // elsewhere, so what it still runs is a stale copy for the controller to stop
-            // from its STATS; the scheduler starts its account of it afresh.
-            self.nodes.update(&from, &self.cfg, |n| n.instances = Charges::default());
-            self.placed.retain(|_, n| *n != from);
+            // off) is back. Declaring it lost already handed its instances to the controller,
+            // so what it still runs is a stale copy for the controller to stop from its STATS.
             out.push(Output::Warn(format!("node {from} declared lost earlier is reporting again")));
         }
         match message {

@@ -38,13 +38,19 @@ pub struct Placed {
 #[derive(Debug, Clone, Default)]
 pub struct Charges {
     map: HashMap<Uuid, Placed>,
+    sums: Sums,
+}
+
+/// What the instances of a node add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sums {
     vcpus: u64,
     charge_mb: u64,
     request_mb: u64,
     unconfirmed_mb: u64,
 }
 
-impl Charges {
+impl Sums {
     fn add(&mut self, p: &Placed) {
         self.vcpus += u64::from(p.vcpus);
         self.charge_mb += p.charge_mb;
@@ -62,27 +68,30 @@ impl Charges {
             self.unconfirmed_mb -= p.charge_mb;
         }
     }
+}
 
+impl Charges {
     /// Adds or replaces an instance.
     pub fn insert(&mut self, id: Uuid, placed: Placed) {
-        self.add(&placed);
+        self.sums.add(&placed);
         if let Some(old) = self.map.insert(id, placed) {
-            self.sub(&old);
+            self.sums.sub(&old);
         }
     }
 
     /// Removes an instance.
     pub fn remove(&mut self, id: &Uuid) -> Option<Placed> {
         let old = self.map.remove(id)?;
-        self.sub(&old);
+        self.sums.sub(&old);
         Some(old)
     }
 
     /// Changes an instance (sums follow); `None` if it is not here.
     pub fn modify<T>(&mut self, id: &Uuid, change: impl FnOnce(&mut Placed) -> T) -> Option<T> {
-        let mut placed = self.map.get(id)?.clone();
-        let result = change(&mut placed);
-        self.insert(*id, placed);
+        let placed = self.map.get_mut(id)?;
+        self.sums.sub(placed);
+        let result = change(placed);
+        self.sums.add(placed);
         Some(result)
     }
 
@@ -115,12 +124,11 @@ impl Charges {
 
     /// Whether the sums equal the ones computed from scratch (for tests).
     pub fn sums_consistent(&self) -> bool {
-        let mut fresh = Self::default();
+        let mut fresh = Sums::default();
         for p in self.map.values() {
             fresh.add(p);
         }
-        (fresh.vcpus, fresh.charge_mb, fresh.request_mb, fresh.unconfirmed_mb)
-            == (self.vcpus, self.charge_mb, self.request_mb, self.unconfirmed_mb)
+        fresh == self.sums
     }
 }
 
@@ -264,19 +272,20 @@ impl Node {
 
     /// vCPUs in use: the scheduler's instances plus what the node reports beyond them.
     pub fn cpu_used(&self) -> u64 {
-        let known = self.instances.vcpus;
+        let known = self.instances.sums.vcpus;
         known + u64::from(self.report.vcpus_allocated).saturating_sub(known)
     }
 
     /// Memory in use, MiB: charges of the scheduler's instances plus what the node reports as
     /// allocated beyond their requests.
     pub fn mem_used(&self) -> u64 {
-        self.instances.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(self.instances.request_mb)
+        let sums = &self.instances.sums;
+        sums.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(sums.request_mb)
     }
 
     /// Memory charged to instances the node has not reported yet, MiB.
     pub fn unconfirmed_mb(&self) -> u64 {
-        self.instances.unconfirmed_mb
+        self.instances.sums.unconfirmed_mb
     }
 
     /// Free memory within the overcommit bound, MiB (the placement index key).

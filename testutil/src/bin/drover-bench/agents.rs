@@ -179,6 +179,7 @@ impl Fleet {
         let (up_tx, mut up_rx) = mpsc::unbounded_channel::<()>();
         let mut counters = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
+        let mut up = 0u64;
         for i in 0..count {
             let permit = gate.clone().acquire_owned().await.expect("gate open");
             let mut opts = ClientOptions::new(vec![target.clone()], tls.clone(), Role::AGENT, Uuid::new_v4());
@@ -195,20 +196,18 @@ impl Fleet {
                 instances: (0..shape.preexisting).map(|_| Uuid::new_v4()).collect(),
                 hostname: format!("bench-{i}"),
             };
-            tokio::spawn(agent.run(events, Some(permit), up_tx.clone()));
+            tokio::spawn(agent.run(events, permit, up_tx.clone()));
             counters.push(c);
             handles.push(handle);
-            while let Ok(()) = up_rx.try_recv() {}
-            progress(counters.iter().filter(|c| c.connects.load(Ordering::Relaxed) > 0).count() as u64);
+            while up_rx.try_recv().is_ok() {
+                up += 1;
+            }
+            progress(up);
         }
         drop(up_tx);
-        loop {
-            let up = counters.iter().filter(|c| c.connects.load(Ordering::Relaxed) > 0).count();
-            progress(up as u64);
-            if up == count {
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), up_rx.recv()).await;
+        while up < count as u64 && up_rx.recv().await.is_some() {
+            up += 1;
+            progress(up);
         }
         Self { counters, handles, ledger }
     }
@@ -249,9 +248,11 @@ impl Agent {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<ClientEvent>,
-        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: tokio::sync::OwnedSemaphorePermit,
         up: mpsc::UnboundedSender<()>,
     ) {
+        // Held until the first session: the handshake gate, and the one "up" signal.
+        let mut first_session = Some((permit, up));
         let period = self.shape.report_interval.unwrap_or(Duration::from_secs(3600));
         // Agents start their report clocks at random phases, as real launchers do.
         let phase = period.mul_f64(rand::random::<f64>());
@@ -266,8 +267,9 @@ impl Agent {
                             self.report().await;
                             self.counters.ready_at_ns.store(self.ledger.now_ns(), Ordering::Relaxed);
                             self.counters.connects.fetch_add(1, Ordering::Relaxed);
-                            permit.take();
-                            let _ = up.send(());
+                            if let Some((_permit, up)) = first_session.take() {
+                                let _ = up.send(());
+                            }
                         }
                         ClientEvent::Message { message: Message::Start(start), .. } => {
                             self.ledger.receive(&start.instance_uuid);
