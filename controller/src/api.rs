@@ -467,22 +467,16 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     let BatchBody { workload, count, wait_ms } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
     let nodes = c.nodes();
+    let usable: Vec<&NodeView> = nodes.iter().filter(|n| matches!(n.status.as_str(), "READY" | "FULL")).collect();
+    let largest = usable.iter().filter_map(|n| n.stats.as_ref()).map(|s| s.mem_total_mb).max();
     let (batch, ids, w) = c
         .blocking(move |c| {
             let now = c.now_ms();
-            c.service().submit_batch(&tenant, &workload, count, now)
+            c.service().submit_batch(&tenant, &workload, count, largest, now)
         })
         .await?;
+    c.wake();
     let mem_mb = w.requirements.mem_mb.max(1);
-    let usable: Vec<&NodeView> = nodes.iter().filter(|n| matches!(n.status.as_str(), "READY" | "FULL")).collect();
-    let largest = usable.iter().filter_map(|n| n.stats.as_ref()).map(|s| s.mem_total_mb).max();
-    if let Some(largest) = largest.filter(|l| *l < mem_mb) {
-        let why = format!("needs {mem_mb} MiB; the largest node offers {largest} MiB");
-        let ids = ids.clone();
-        c.blocking(move |c| c.service().fail(&ids, &why)).await?;
-    } else {
-        c.wake();
-    }
     let deadline = tokio::time::Instant::now() + wait;
     let records = loop {
         let ids = ids.clone();

@@ -154,9 +154,11 @@ impl Service {
     /// # Errors
     /// Unknown workload, a count of 0 or over [`MAX_LAUNCH`], or the store.
     pub fn launch(&self, tenant: &str, workload: &str, count: usize, now_ms: u64) -> Result<Vec<Uuid>, ServiceError> {
-        self.create(tenant, workload, count, now_ms, None).map(|(ids, _)| ids)
+        self.create(tenant, workload, count, now_ms, None, |_| None).map(|(ids, _, _)| ids)
     }
 
+    /// Creates the instances: pending, or already failed when `refuse` gives a reason for the
+    /// workload, so that refused work is never due and no START of it can leave.
     fn create(
         &self,
         tenant: &str,
@@ -164,7 +166,8 @@ impl Service {
         count: usize,
         now_ms: u64,
         batch: Option<Uuid>,
-    ) -> Result<(Vec<Uuid>, Workload), ServiceError> {
+        refuse: impl FnOnce(&Workload) -> Option<String>,
+    ) -> Result<(Vec<Uuid>, Workload, bool), ServiceError> {
         if count == 0 || count > MAX_LAUNCH {
             return Err(ServiceError::Invalid(format!("count must be 1 to {MAX_LAUNCH}, got {count}")));
         }
@@ -178,13 +181,19 @@ impl Service {
                 "workload {workload} is of class workorder; batch submit takes class = \"batch\" workloads"
             )));
         }
-        let ids =
-            self.store.create_instances(tenant, workload, count, &Lifecycle::new(parsed.restart, now_ms), batch)?;
-        Ok((ids, parsed))
+        let mut life = Lifecycle::new(parsed.restart, now_ms);
+        let why = refuse(&parsed).unwrap_or_default();
+        let refused = !why.is_empty();
+        if refused {
+            life.state = State::Failed { reason: why.clone() };
+        }
+        let ids = self.store.create_instances(tenant, workload, count, &life, &why, batch)?;
+        Ok((ids, parsed, refused))
     }
 
     /// Creates a batch of `count` instances of a batch-class workload; returns the batch id, the
-    /// instances and the workload.
+    /// instances and the workload. Work needing more memory than `largest_node_mb` (the largest
+    /// node known, if any) is created already failed, with the reason, and its batch fails.
     ///
     /// # Errors
     /// As [`Service::launch`], or a workload that is not of class batch.
@@ -193,14 +202,25 @@ impl Service {
         tenant: &str,
         workload: &str,
         count: usize,
+        largest_node_mb: Option<u64>,
         now_ms: u64,
     ) -> Result<(Uuid, Vec<Uuid>, Workload), ServiceError> {
         let batch = Uuid::new_v4();
-        let (ids, parsed) = self.create(tenant, workload, count, now_ms, Some(batch))?;
+        let too_large = |w: &Workload| {
+            let need = w.requirements.mem_mb.max(1);
+            let largest = largest_node_mb.filter(|l| *l < need)?;
+            Some(format!("needs {need} MiB; the largest node offers {largest} MiB"))
+        };
+        let (ids, parsed, refused) = self.create(tenant, workload, count, now_ms, Some(batch), too_large)?;
         let open =
             OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
         self.batches.lock().expect("batches lock").insert(batch, open);
         self.store.note(tenant, None, format!("batch {batch} of {count} × {workload} submitted"))?;
+        if refused {
+            let records =
+                ids.iter().filter_map(|id| self.store.instance(*id).transpose()).collect::<Result<Vec<_>, _>>()?;
+            self.batch_progress(&records, &ids.iter().copied().collect())?;
+        }
         Ok((batch, ids, parsed))
     }
 
@@ -849,16 +869,37 @@ backoff = "1s"
     }
 
     #[test]
+    fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        let batch = WORKLOAD.replace("size = \"tiny\"", "class = \"batch\"\n[resources]\nmem_mb = 4096");
+        s.put_workload("acme", &batch, Format::Toml, false).unwrap();
+        let (id, ids, _) = s.submit_batch("acme", "job", 3, Some(1024), 0).unwrap();
+        assert!(s.tick(0).unwrap().is_empty(), "no START for refused work");
+        for i in &ids {
+            let r = s.store().instance(*i).unwrap().unwrap();
+            assert!(matches!(r.life.state, State::Failed { .. }), "{:?}", r.life.state);
+            assert!(r.why.contains("the largest node offers 1024 MiB"), "{}", r.why);
+        }
+        let events = s.store().events_after(0, 1000).unwrap();
+        assert!(events.iter().any(|e| e.what.contains(&format!("batch {id} of job failed"))));
+        // Work that fits is created pending.
+        let (_, ids, _) = s.submit_batch("acme", "job", 1, Some(8192), 0).unwrap();
+        assert_eq!(s.tick(0).unwrap().len(), 1);
+        assert!(!s.store().instance(ids[0]).unwrap().unwrap().life.state.is_final());
+    }
+
+    #[test]
     fn batches_end_with_an_event_and_conflicts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(dir.path());
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
-        assert!(matches!(s.submit_batch("acme", "job", 2, 0), Err(ServiceError::Invalid(_))), "workorder class");
+        assert!(matches!(s.submit_batch("acme", "job", 2, None, 0), Err(ServiceError::Invalid(_))), "workorder class");
         assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
         let batch =
             WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
         s.put_workload("acme", &batch, Format::Toml, false).unwrap();
-        let (id, ids, _) = s.submit_batch("acme", "job", 2, 0).unwrap();
+        let (id, ids, _) = s.submit_batch("acme", "job", 2, None, 0).unwrap();
         assert!(matches!(s.delete_workload("acme", "job"), Err(ServiceError::Conflict(_))), "live instances");
         assert!(matches!(s.delete("acme", ids[0]), Err(ServiceError::Conflict(_))), "live instance");
         s.tick(0).unwrap();

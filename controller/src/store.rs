@@ -227,8 +227,9 @@ impl Store {
         value.map(|v| parse(v.value())).transpose()
     }
 
-    /// Creates `count` instances of a workload, all pending, in one transaction; returns their
-    /// UUIDs once they are durable.
+    /// Creates `count` instances of a workload, all in `life`'s state (pending, or failed when
+    /// refused before they were created) with `why`, in one transaction; returns their UUIDs
+    /// once they are durable.
     ///
     /// # Errors
     /// Storage errors.
@@ -238,6 +239,7 @@ impl Store {
         workload: &str,
         count: usize,
         life: &Lifecycle,
+        why: &str,
         batch: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let (records, _) = self.write(|txn| {
@@ -252,7 +254,7 @@ impl Store {
                     workload: workload.to_owned(),
                     life: life.clone(),
                     node: None,
-                    why: String::new(),
+                    why: why.to_owned(),
                     batch,
                 };
                 table.insert(uuid.to_string().as_str(), json(&record).as_slice())?;
@@ -453,7 +455,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.revision().unwrap(), 0);
             let r1 = store.put_workload("web", &workload()).unwrap();
-            let ids = store.create_instances("acme", "web", 3, &Lifecycle::new(RESTART, 0), None).unwrap();
+            let ids = store.create_instances("acme", "web", 3, &Lifecycle::new(RESTART, 0), "", None).unwrap();
             let r2 = store.update_instance(ids[0], |r| r.life.state = State::Starting).unwrap().unwrap();
             assert!(r2 > r1);
             assert_eq!(store.update_instance(Uuid::new_v4(), |_| {}).unwrap(), None);

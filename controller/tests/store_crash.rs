@@ -22,7 +22,7 @@ fn writer_until_killed() {
     let Ok(path) = std::env::var(ENV) else { return };
     let store = Store::open(std::path::Path::new(&path)).unwrap();
     loop {
-        let ids = store.create_instances("acme", "web", 1, &Lifecycle::new(RESTART, 0), None).unwrap();
+        let ids = store.create_instances("acme", "web", 1, &Lifecycle::new(RESTART, 0), "", None).unwrap();
         println!("ACK {}", ids[0]);
     }
 }
