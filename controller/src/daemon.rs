@@ -5,14 +5,15 @@
 //!   about its nodes, and the log requests waiting for an answer.
 //! - [`run_link`] is the only task that talks to the scheduler: it applies every frame to the
 //!   service, sends what the service asks for, and ticks (STARTs due) every 100 ms or at once
-//!   when the API asks. After a reconnect it re-sends the STARTs that got no answer.
+//!   when the API asks. After a reconnect it re-sends the STARTs that got no answer, once the
+//!   nodes it knew have reported (see [`crate::resend_gate`]).
 //!
 //! Store calls block (redb commits with fsync), so they run on tokio's blocking pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use ssntp::client::{ClientEvent, ClientHandle};
@@ -20,6 +21,7 @@ use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
 use ssntp::Uuid;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::resend_gate::ResendGate;
 use crate::service::{Service, ServiceError};
 
 /// How often pending instances are looked at.
@@ -66,13 +68,15 @@ type LogWaiter = (Uuid, oneshot::Sender<Result<LogData, String>>);
 pub struct Controller {
     service: Service,
     link: Option<ClientHandle>,
-    started: Instant,
     nodes: Mutex<BTreeMap<Uuid, NodeView>>,
     link_view: Mutex<LinkView>,
     logs: Mutex<HashMap<u64, LogWaiter>>,
     next_request: AtomicU64,
     revision: watch::Sender<u64>,
     wake: Notify,
+    /// After a reconnect: the nodes to hear from before unanswered STARTs are sent again.
+    resend_gate: Mutex<Option<ResendGate>>,
+    resend_hold: Duration,
     /// STARTs sent since this process started.
     pub starts_sent: AtomicU64,
 }
@@ -86,22 +90,24 @@ pub fn unix_ms() -> u64 {
 
 impl Controller {
     /// Shared state over `service`, talking to the scheduler through `link` (none in tests
-    /// that exercise only the API).
+    /// that exercise only the API). After a reconnect, unanswered STARTs wait up to
+    /// `resend_hold` for the nodes known before to report.
     ///
     /// # Errors
     /// The store.
-    pub fn new(service: Service, link: Option<ClientHandle>) -> Result<Arc<Self>, ServiceError> {
+    pub fn new(service: Service, link: Option<ClientHandle>, resend_hold: Duration) -> Result<Arc<Self>, ServiceError> {
         let revision = service.store().revision()?;
         Ok(Arc::new(Self {
             service,
             link,
-            started: Instant::now(),
             nodes: Mutex::new(BTreeMap::new()),
             link_view: Mutex::new(LinkView::default()),
             logs: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             revision: watch::channel(revision).0,
             wake: Notify::new(),
+            resend_gate: Mutex::new(None),
+            resend_hold,
             starts_sent: AtomicU64::new(0),
         }))
     }
@@ -111,10 +117,11 @@ impl Controller {
         &self.service
     }
 
-    /// Monotonic ms since the controller started (the lifecycle's clock; backoffs are short
-    /// enough that restarting the clock with the process only shortens one backoff).
+    /// The lifecycle's clock: Unix ms. Its values are persisted (a backoff's `not_before_ms`)
+    /// and compared by the next process after a restart, so they must not count from this
+    /// process's start.
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        unix_ms()
     }
 
     /// Runs a store call on the blocking pool, then tells event watchers what changed.
@@ -244,6 +251,16 @@ impl Controller {
     }
 
     fn observe_node(&self, origin: Uuid, message: &Message) {
+        if let Some(gate) = self.resend_gate.lock().expect("gate lock").as_mut() {
+            match message {
+                Message::Stats(_) => gate.reported(origin),
+                Message::NodeDisconnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
+                    gate.gone(e.node_uuid);
+                }
+                Message::NodeLost(e) => gate.gone(e.node_uuid),
+                _ => {}
+            }
+        }
         let mut nodes = self.nodes.lock().expect("nodes lock");
         let mut touch = |uuid: Uuid, status: Option<&str>, stats: Option<&Stats>| {
             let view = nodes.entry(uuid).or_insert_with(|| NodeView {
@@ -319,11 +336,52 @@ pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<Cl
     }
 }
 
+/// The nodes a reconnect must hear from before unanswered STARTs go again: those the
+/// controller last knew to be up, and those the store believes run its instances.
+fn expected_nodes(controller: &Controller) -> Vec<Uuid> {
+    let mut expected: Vec<Uuid> = controller
+        .nodes
+        .lock()
+        .expect("nodes lock")
+        .values()
+        .filter(|n| n.status != "disconnected" && n.status != "lost")
+        .map(|n| n.uuid)
+        .collect();
+    expected.extend(controller.service.store().nodes_running());
+    expected.sort();
+    expected.dedup();
+    expected
+}
+
+/// Re-sends the STARTs that got no answer once the gate set at the last reconnect opens.
+async fn resend_if_settled(controller: &Arc<Controller>, now: u64) {
+    let open = {
+        let mut gate = controller.resend_gate.lock().expect("gate lock");
+        match gate.as_ref() {
+            Some(g) if g.is_open(now) => {
+                let missing: Vec<String> = g.waiting_for().map(|n| n.short()).collect();
+                if !missing.is_empty() {
+                    tracing::warn!(?missing, "nodes did not report in time; re-sending unanswered STARTs anyway");
+                }
+                *gate = None;
+                true
+            }
+            _ => false,
+        }
+    };
+    if open {
+        if let Err(e) = controller.blocking(move |c| c.service.reconnected(now)).await {
+            tracing::error!(error = %e, "re-sending unanswered STARTs");
+        }
+    }
+}
+
 async fn tick(controller: &Arc<Controller>) {
     if !controller.link_view.lock().expect("link lock").connected {
         return;
     }
     let now = controller.now_ms();
+    resend_if_settled(controller, now).await;
     match controller.blocking(move |c| c.service.tick(now)).await {
         Ok(starts) => {
             controller.starts_sent.fetch_add(starts.len() as u64, Ordering::Relaxed);
@@ -338,15 +396,24 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
         ClientEvent::Connected { target, server_uuid, .. } => {
             tracing::info!(%target, scheduler = %server_uuid, "connected to the scheduler");
             let now = controller.now_ms();
-            if let Err(e) = controller.blocking(move |c| c.service.reconnected(now)).await {
-                tracing::error!(error = %e, "re-sending unanswered STARTs");
+            let expected = expected_nodes(controller);
+            if !expected.is_empty() {
+                tracing::info!(
+                    nodes = expected.len(),
+                    hold_s = controller.resend_hold.as_secs_f64(),
+                    "waiting for the known nodes to report before re-sending unanswered STARTs"
+                );
             }
+            let hold_ms = u64::try_from(controller.resend_hold.as_millis()).unwrap_or(u64::MAX);
+            *controller.resend_gate.lock().expect("gate lock") = Some(ResendGate::new(expected, now, hold_ms));
             *controller.link_view.lock().expect("link lock") =
                 LinkView { connected: true, target: Some(target), scheduler: Some(server_uuid), last_error: None };
             tick(controller).await;
         }
         ClientEvent::Disconnected { reason } => {
             tracing::warn!(%reason, "scheduler connection lost");
+            // The next connection decides anew whom to wait for.
+            *controller.resend_gate.lock().expect("gate lock") = None;
             let mut view = controller.link_view.lock().expect("link lock");
             view.connected = false;
             view.last_error = Some(reason);

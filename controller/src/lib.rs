@@ -12,6 +12,7 @@
 //! - [`store`]: durable state in redb: workloads, instances, events with a revision.
 //! - [`service`]: user intent and cluster reports in, commands out, committed before sent;
 //!   reconciliation with STATS; batches.
+//! - [`resend_gate`]: when unanswered STARTs may go again after a reconnect (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
 //! - [`client`]: an HTTPS client of the API (CLI, tests).
@@ -28,6 +29,7 @@ pub mod client;
 pub mod daemon;
 pub mod lifecycle;
 pub mod link;
+pub mod resend_gate;
 pub mod service;
 pub mod shell;
 pub mod store;

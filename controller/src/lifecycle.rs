@@ -46,7 +46,8 @@ pub struct Restart {
 pub enum State {
     /// Wants a START (at `not_before_ms` at the earliest).
     Pending {
-        /// Earliest time to send START (backoff), monotonic ms.
+        /// Earliest time to send START (backoff), Unix ms (persisted: a restarted controller
+        /// compares it with its own clock).
         not_before_ms: u64,
     },
     /// START sent; no answer yet.
@@ -218,7 +219,7 @@ impl Lifecycle {
         }
     }
 
-    /// Applies one input at `now_ms` (monotonic) and returns what to do.
+    /// Applies one input at `now_ms` (Unix ms) and returns what to do.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
         let mut actions = Vec::new();
         match (self.state.clone(), input) {

@@ -69,7 +69,7 @@ struct OpenBatch {
 #[derive(Debug)]
 pub struct Service {
     store: Store,
-    /// Instances a node's STATS did not list, since when (monotonic ms); in memory, since a
+    /// Instances a node's STATS did not list, since when (Unix ms); in memory, since a
     /// restarted controller simply waits one grace again.
     missing: Mutex<HashMap<Uuid, u64>>,
     batches: Mutex<HashMap<Uuid, OpenBatch>>,

@@ -46,6 +46,12 @@ pub struct Args {
     /// Certificate revocation list for API users.
     #[arg(long)]
     pub api_crl: Option<PathBuf>,
+    /// After the scheduler connection comes back (a scheduler restart), STARTs that got no
+    /// answer are sent again only once every node known before has reported what it runs, or
+    /// after this long: a node may already run such an instance, and sending it sooner could
+    /// start it twice. A number with ms, s or m.
+    #[arg(long, default_value = "15s", value_parser = ssntp::cli::parse_duration)]
+    pub resend_hold: std::time::Duration,
 }
 
 /// Everything checked before anything is bound or dialled.
@@ -102,7 +108,7 @@ pub async fn run(
     let Prepared { args, tls, uuid, api, store } = prepared;
     let service = Service::new(store)?;
     let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid);
-    let controller = Controller::new(service, Some(client.clone()))?;
+    let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some((addr, tls)) = api {

@@ -159,6 +159,11 @@ impl Store {
         running.iter().filter(|(_, n)| **n == node).map(|(id, _)| *id).collect()
     }
 
+    /// The nodes the store believes run at least one instance.
+    pub fn nodes_running(&self) -> std::collections::BTreeSet<Uuid> {
+        self.running.lock().expect("running index lock").values().copied().collect()
+    }
+
     /// Instances waiting for a START whose time has come at `now_ms`, at most `limit`.
     pub fn due(&self, now_ms: u64, limit: usize) -> Vec<Uuid> {
         let pending = self.pending.lock().expect("pending index lock");

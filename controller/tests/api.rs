@@ -34,7 +34,7 @@ impl Api {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(&dir.path().join("pki"));
         let store = Store::open(&dir.path().join("c.redb")).unwrap();
-        let controller = Controller::new(Service::new(store).unwrap(), None).unwrap();
+        let controller = Controller::new(Service::new(store).unwrap(), None, std::time::Duration::ZERO).unwrap();
         let tls = drover_controller::api::tls_config(
             &pki.cert("server-api"),
             &pki.dir.join("server-api-key.pem"),

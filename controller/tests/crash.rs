@@ -87,3 +87,41 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     assert!(twice.is_empty(), "started more than once: {twice:?}");
     let _: Value = api.get("/v1/status").await.unwrap();
 }
+
+/// Deadlines the controller keeps (a restart's backoff) mean the same to the next process: a
+/// controller that was up for a while, killed while an instance waits out its backoff, starts
+/// it again about when the backoff ends, not as late as the old process had been up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_survives_kill_9_of_a_controller_that_was_up_for_a_while() {
+    const UPTIME: std::time::Duration = std::time::Duration::from_secs(20);
+    let sim: &[&str] = &["--backend", "sim"];
+    let up = std::time::Instant::now();
+    let mut cluster = Cluster::start(&[sim]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    let workload = "name = \"flaky\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 100\nexit_code = 1\n[restart]\npolicy = \"on-failure\"\nattempts = 5\nbackoff = \"3s\"\n";
+    api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
+    tokio::time::sleep(UPTIME.saturating_sub(up.elapsed())).await;
+    let launched = api.post("/v1/workloads/flaky/launch", &json!({"count": 1})).await.unwrap();
+    let id = launched["instances"][0].as_str().unwrap().to_owned();
+    wait_for("the first failure", || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["restarts"] == 1 && i["state"] == "pending").then_some(())
+    })
+    .await;
+    cluster.controller.kill9();
+    let killed = std::time::Instant::now();
+    cluster.restart_controller();
+    let api = cluster.admin();
+    api.wait_ready(common::PATIENCE).await.unwrap();
+    let started_again = wait_for("the restart after the backoff", || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] != "pending" || i["restarts"].as_u64() > Some(1)).then(|| killed.elapsed())
+    })
+    .await;
+    // 3 s of backoff at most remain, plus a restart; the old process had been up for 20 s.
+    assert!(
+        started_again < std::time::Duration::from_secs(10),
+        "the instance waited {started_again:?} after the restart for a 3 s backoff"
+    );
+}

@@ -93,6 +93,76 @@ async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_no
     assert!(!log.contains("declared lost"), "the restarted scheduler declared a node lost");
 }
 
+/// The most nodes any instance is active on, in the nodes' own STATS as the controller has them.
+async fn most_copies(api: &drover_controller::client::ApiClient) -> (usize, Option<(String, Vec<String>)>) {
+    let Some(copies) = active_copies(api).await else { return (0, None) };
+    let worst = copies.into_iter().max_by_key(|(_, nodes)| nodes.len());
+    (worst.as_ref().map_or(0, |(_, n)| n.len()), worst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_never_runs_an_unanswered_start_on_a_second_node() {
+    const COUNT: usize = 1000;
+    let mut cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    create(&api, &workload("sim", "never")).await;
+    api.post("/v1/workloads/sim/launch", &json!({"count": COUNT})).await.unwrap();
+    wait_for("the first instances to run", || async {
+        let s = api.get("/v1/status").await.ok()?;
+        (s["instances"]["running"].as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    // Freeze the scheduler mid-placement: the launchers go on starting what they received, and
+    // their INSTANCE_STARTED answers die with the scheduler. Those instances run, but the
+    // controller still waits for their answer.
+    cluster.scheduler.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unanswered = all_instances(&api).await.iter().filter(|i| i["state"] != "running").count();
+    assert!(unanswered > 0, "the freeze must come mid-placement");
+    // One launcher comes back late: until it reports, a re-sent START of what it runs could be
+    // placed on the other node.
+    cluster.launchers[1].signal(Signal::SIGSTOP);
+    cluster.scheduler.kill9();
+    cluster.restart_scheduler();
+    let late_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut thawed = false;
+    let mut checks = 0;
+    let limit = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if !thawed && tokio::time::Instant::now() >= late_until {
+            cluster.launchers[1].signal(Signal::SIGCONT);
+            thawed = true;
+        }
+        let (most, worst) = most_copies(&api).await;
+        checks += 1;
+        if most > 1 {
+            cluster.launchers[1].signal(Signal::SIGCONT);
+            panic!("an instance runs on two nodes at once (check {checks}): {worst:?}");
+        }
+        if thawed {
+            let list = all_instances(&api).await;
+            let copies = active_copies(&api).await.unwrap_or_default();
+            if running(&list) == COUNT && copies.len() == COUNT {
+                break;
+            }
+        }
+        if tokio::time::Instant::now() >= limit {
+            cluster.launchers[1].signal(Signal::SIGCONT);
+            panic!("not every instance ran within 120 s: {} running", running(&all_instances(&api).await));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = all_instances(&api).await;
+    assert_eq!(list.len(), COUNT, "nothing added");
+    assert!(list.iter().all(|i| i["restarts"] == 0), "nothing restarted");
+    let runs = runs(&all_events(&api).await);
+    assert!(runs.values().all(|n| *n == 1), "an instance entered running twice");
+    // A few more reports from both nodes, still one copy each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(most_copies(&api).await.0, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_stale_copies_stop() {
     const COUNT: usize = 8;

@@ -64,6 +64,11 @@ pub struct Args {
     /// Charge estimated real memory instead of requested memory (on|off).
     #[arg(long, default_value = "off", value_parser = parse_on_off)]
     pub estimate: bool,
+    /// Most STARTs a launcher may have in flight (placed, not yet reported started); more go
+    /// to other launchers or wait in the queue until it catches up. Paces a burst to what each
+    /// launcher takes, so the path to a slow launcher never overflows.
+    #[arg(long, default_value_t = 256)]
+    pub start_window: usize,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -103,6 +108,9 @@ impl Args {
         if self.queue_max == 0 {
             return Err("--queue-max must be at least 1".into());
         }
+        if self.start_window == 0 {
+            return Err("--start-window must be at least 1".into());
+        }
         if self.node_ttl.is_zero() {
             return Err("--node-ttl must be more than 0".into());
         }
@@ -117,6 +125,7 @@ impl Args {
             node_grace_ms: millis(self.node_grace),
             failover_grace_ms: millis(self.failover_grace),
             estimate: self.estimate,
+            start_window: self.start_window,
             ..Config::default()
         })
     }

@@ -1,7 +1,7 @@
 //! The tokio shell around [`Hub`]: runs the SSNTP server, feeds its events to the hub and
 //! delivers the hub's outputs; prints the heartbeat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +21,11 @@ use crate::metrics::Metrics;
 /// Capacity of the channel from connections to the hub. When it is full, connections stop
 /// reading (TCP backpressure) until the hub catches up.
 const INBOX: usize = 8192;
+
+/// Bytes of frames kept for one peer whose outbound queue is full, until it has room again.
+const PEER_BACKLOG_BYTES: usize = 8 << 20;
+/// Bytes of such backlogs over all peers together.
+const TOTAL_BACKLOG_BYTES: usize = 256 << 20;
 
 /// Validated configuration: everything that can be wrong with the flags is found here, before
 /// anything is bound.
@@ -89,7 +94,7 @@ pub async fn run_on(
         let metrics = metrics.clone();
         tokio::spawn(crate::metrics::serve(http, Arc::new(move || metrics.lock().expect("metrics lock").encode())));
     }
-    let mut peers: HashMap<Uuid, PeerSender> = HashMap::new();
+    let mut peers = Outbox::default();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
@@ -100,13 +105,11 @@ pub async fn run_on(
                 let input = match event {
                     ServerEvent::Connected(peer) => {
                         let input = Input::Connected { conn_id: peer.conn_id, uuid: peer.uuid, role: peer.role };
-                        peers.insert(peer.uuid, peer.sender);
+                        peers.connected(peer.uuid, peer.sender);
                         input
                     }
                     ServerEvent::Disconnected { conn_id, uuid, .. } => {
-                        if peers.get(&uuid).is_some_and(|s| s.conn_id() == conn_id) {
-                            peers.remove(&uuid);
-                        }
+                        peers.disconnected(uuid, conn_id);
                         Input::Disconnected { conn_id, uuid }
                     }
                     ServerEvent::Message { from, role, frame, message, .. } => {
@@ -114,13 +117,15 @@ pub async fn run_on(
                     }
                 };
                 for output in hub.handle(clock.now(), input) {
-                    deliver(&peers, &hub, &config, output);
+                    deliver(&mut peers, &hub, &config, output);
                 }
+                peers.flush();
             }
             _ = ticker.tick() => {
                 let now = clock.now();
+                peers.flush();
                 for output in hub.tick(now) {
-                    deliver(&peers, &hub, &config, output);
+                    deliver(&mut peers, &hub, &config, output);
                 }
                 let summary = hub.summary(now);
                 metrics.lock().expect("metrics lock").update(&summary);
@@ -136,25 +141,124 @@ pub async fn run_on(
     Ok(())
 }
 
-fn send(peers: &HashMap<Uuid, PeerSender>, to: Uuid, frame: Frame) {
-    let Some(sender) = peers.get(&to) else { return };
-    if sender.is_closed() {
-        return; // already cut off; it will reconnect
+/// The connected peers and what waits to be queued to them.
+///
+/// A peer's outbound queue is bounded in frames; when it is full (a burst of commands to a
+/// launcher that is busy starting work, say), further frames wait here in order, bounded in bytes
+/// per peer and in total, and move on as the peer drains. Only a peer whose backlog overflows
+/// too, or that the server finds stuck on a write, is disconnected (it reconnects and resyncs).
+#[derive(Debug, Default)]
+struct Outbox {
+    senders: HashMap<Uuid, PeerSender>,
+    backlogs: HashMap<Uuid, Backlog>,
+    backlog_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+}
+
+fn frame_bytes(frame: &Frame) -> usize {
+    ssntp::frame::PREFIX_LEN + frame.payload.len()
+}
+
+impl Outbox {
+    fn connected(&mut self, uuid: Uuid, sender: PeerSender) {
+        self.drop_backlog(uuid); // frames for the old connection were for it only
+        self.senders.insert(uuid, sender);
     }
-    if let Err(e) = sender.try_send_frame(frame) {
-        // A peer that cannot take frames as fast as the cluster produces them would make the
-        // scheduler buffer without bound; it is disconnected and will reconnect and resync.
-        tracing::warn!(peer = %to, error = %e, "peer cannot keep up; disconnecting it");
-        sender.close();
+
+    fn disconnected(&mut self, uuid: Uuid, conn_id: u64) {
+        if self.senders.get(&uuid).is_some_and(|s| s.conn_id() == conn_id) {
+            self.senders.remove(&uuid);
+            self.drop_backlog(uuid);
+        }
+    }
+
+    fn drop_backlog(&mut self, uuid: Uuid) {
+        if let Some(b) = self.backlogs.remove(&uuid) {
+            self.backlog_bytes -= b.bytes;
+        }
+    }
+
+    fn send(&mut self, to: Uuid, frame: Frame) {
+        let Some(sender) = self.senders.get(&to) else { return };
+        if sender.is_closed() {
+            return; // already cut off; it will reconnect
+        }
+        if !self.backlogs.contains_key(&to) {
+            match sender.offer(frame) {
+                Ok(()) | Err(None) => return,
+                Err(Some(frame)) => return self.keep(to, frame),
+            }
+        }
+        self.keep(to, frame);
+    }
+
+    /// Keeps a frame for later, in order behind what already waits for that peer.
+    fn keep(&mut self, to: Uuid, frame: Frame) {
+        let size = frame_bytes(&frame);
+        let backlog = self.backlogs.entry(to).or_default();
+        if backlog.bytes + size > PEER_BACKLOG_BYTES || self.backlog_bytes + size > TOTAL_BACKLOG_BYTES {
+            let waiting = backlog.bytes;
+            tracing::warn!(peer = %to, waiting_bytes = waiting, "peer cannot keep up; disconnecting it");
+            if let Some(sender) = self.senders.get(&to) {
+                sender.close();
+            }
+            self.drop_backlog(to);
+            return;
+        }
+        if backlog.frames.is_empty() {
+            tracing::debug!(peer = %to, "outbound queue full; keeping frames until the peer catches up");
+        }
+        backlog.bytes += size;
+        backlog.frames.push_back(frame);
+        self.backlog_bytes += size;
+    }
+
+    /// Moves waiting frames into the queues of peers that have room again.
+    fn flush(&mut self) {
+        if self.backlogs.is_empty() {
+            return;
+        }
+        let mut freed = 0;
+        let senders = &self.senders;
+        self.backlogs.retain(|peer, backlog| {
+            let Some(sender) = senders.get(peer).filter(|s| !s.is_closed()) else {
+                freed += backlog.bytes;
+                return false;
+            };
+            while let Some(frame) = backlog.frames.pop_front() {
+                let size = frame_bytes(&frame);
+                match sender.offer(frame) {
+                    Ok(()) => {
+                        backlog.bytes -= size;
+                        freed += size;
+                    }
+                    Err(Some(frame)) => {
+                        backlog.frames.push_front(frame);
+                        return true;
+                    }
+                    Err(None) => {
+                        freed += backlog.bytes;
+                        return false;
+                    }
+                }
+            }
+            false
+        });
+        self.backlog_bytes -= freed;
     }
 }
 
-fn deliver(peers: &HashMap<Uuid, PeerSender>, hub: &Hub, config: &RwLock<ClusterConfig>, output: Output) {
+fn deliver(peers: &mut Outbox, hub: &Hub, config: &RwLock<ClusterConfig>, output: Output) {
     match output {
-        Output::To { peer, frame } => send(peers, peer, frame),
+        Output::To { peer, frame } => peers.send(peer, frame),
         Output::ToControllers(frame) => {
             for controller in hub.controllers() {
-                send(peers, controller, frame.clone());
+                peers.send(controller, frame.clone());
             }
         }
         Output::Configure(new) => *config.write().expect("config lock") = new,

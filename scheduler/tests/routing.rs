@@ -251,3 +251,32 @@ async fn refusals_over_tls_queue_full_timeout_duplicate_and_full_cn_retry() {
     assert_eq!(f.reason, FailureReason::InstanceExists);
     assert!(!f.reason.is_fatal());
 }
+
+#[tokio::test]
+async fn a_launcher_that_reads_slowly_gets_a_burst_of_commands_in_order_and_stays_connected() {
+    const COUNT: u128 = 50_000;
+    let cluster = Cluster::start(&[]).await;
+    let mut ctl = cluster.connect("controller", Role::CONTROLLER).await;
+    let mut node = cluster.connect("agent", Role::AGENT).await;
+    let node_id = node.uuid;
+    ctl.expect("NODE_CONNECTED", |_, m| matches!(m, Message::NodeConnected(e) if e.node_uuid == node_id).then_some(()))
+        .await;
+    // 50,000 STOPs (about 5 MB) for a launcher that reads nothing meanwhile: far more than its
+    // outbound queue (1,024 frames) and the sockets' buffers hold.
+    let instance = |i: u128| Uuid::from_bytes(i.to_be_bytes());
+    let stops: Vec<ssntp::Frame> = (0..COUNT)
+        .map(|i| {
+            let stop = Stop { instance_uuid: instance(i), workload_agent_uuid: node_id, grace_ms: None };
+            Message::Stop(stop).to_frame(ctl.uuid)
+        })
+        .collect();
+    for chunk in stops.chunks(1000) {
+        ctl.conn.send_batch(chunk).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Every one arrives, in order: the launcher was not cut off, nothing was dropped.
+    for i in 0..COUNT {
+        let got = node.expect("STOP", |_, m| if let Message::Stop(s) = m { Some(s.instance_uuid) } else { None }).await;
+        assert_eq!(got, instance(i), "STOP {i} out of order");
+    }
+}

@@ -12,8 +12,9 @@
 //!   (TCP backpressure), nothing is dropped;
 //! - outbound: each peer has a queue of [`ServerOptions::outbound_queue`] frames (controllers
 //!   [`ServerOptions::controller_outbound_queue`]: every node's reports fan in to them);
-//!   [`PeerSender::try_send`] reports `Full` and the application decides (the scheduler closes a
-//!   peer that cannot keep up);
+//!   [`PeerSender::try_send`] reports `Full` and [`PeerSender::offer`] hands the frame back, and
+//!   the application decides (the scheduler keeps a bounded backlog per peer and closes a peer
+//!   only when that overflows too);
 //! - the handshake must finish within [`ServerOptions::handshake_timeout`].
 
 use std::collections::HashMap;
@@ -163,6 +164,18 @@ impl PeerSender {
         self.tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Send("outbound queue full"),
             mpsc::error::TrySendError::Closed(_) => Error::Send("connection closed"),
+        })
+    }
+
+    /// Queues a frame without waiting, or hands it back when the queue is full so the caller
+    /// can keep it for later; `Err(None)` when the connection is gone.
+    ///
+    /// # Errors
+    /// `Some(frame)`: no room now; `None`: closed.
+    pub fn offer(&self, frame: Frame) -> std::result::Result<(), Option<Frame>> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(frame) => Some(frame),
+            mpsc::error::TrySendError::Closed(_) => None,
         })
     }
 

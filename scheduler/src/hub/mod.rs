@@ -35,7 +35,7 @@ use ssntp::{Frame, Role, Status, Uuid};
 use self::estimate::Estimator;
 use self::nodes::{Need, Node, NodeTable, Placed};
 pub use self::placement::Policy;
-use self::queue::{Queue, Queued};
+use self::queue::{Queue, QueueKey, Queued};
 
 /// How many queued STARTs one event may place (bounds the work per event).
 const DRAIN_LIMIT: usize = 256;
@@ -69,6 +69,8 @@ pub struct Config {
     pub brake_fraction: f64,
     /// Fewest silent nodes that engage the brake.
     pub brake_min_nodes: usize,
+    /// Most STARTs a node may have placed and not yet confirmed; more wait (backpressure).
+    pub start_window: usize,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             estimate: false,
             brake_fraction: 0.55,
             brake_min_nodes: 3,
+            start_window: 256,
         }
     }
 }
@@ -577,6 +580,12 @@ impl Hub {
     fn try_place(&mut self, from: Uuid, start: &Start, not_on: Option<Uuid>) -> Option<Output> {
         let need = self.need(start);
         let node = placement::choose(&self.nodes, &need, &self.cfg, self.mru, not_on)?;
+        Some(self.place_on(node, from, start))
+    }
+
+    /// Records a START on `node` (which fits it) and returns the forwarded START.
+    fn place_on(&mut self, node: Uuid, from: Uuid, start: &Start) -> Output {
+        let need = self.need(start);
         let placed = Placed {
             vcpus: need.vcpus,
             request_mb: start.requirements.mem_mb,
@@ -594,7 +603,7 @@ impl Hub {
         self.placements += 1;
         let mut forwarded = start.clone();
         forwarded.workload_agent_uuid = Some(node);
-        Some(Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) })
+        Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) }
     }
 
     /// Tries queued STARTs in order on any node (the tick's sweep).
@@ -605,16 +614,28 @@ impl Hub {
         self.drain_where(out, |_, _| true);
     }
 
-    /// Tries queued STARTs in order that fit `node` (something there changed). Costs one fit
-    /// check per queued START looked at, whatever the cluster's size.
+    /// Places queued STARTs, in queue order, on `node` (something there changed: it reported,
+    /// an instance left it, or it was restored), while it stays open. Costs one fit check per
+    /// queued START looked at, whatever the cluster's size; other nodes drain on their own
+    /// events and on the tick.
     fn drain_on(&mut self, node: Uuid, out: &mut Vec<Output>) {
-        if self.queue.is_empty() || !self.nodes.get(&node).is_some_and(Node::is_open) {
+        if self.queue.is_empty() {
             return;
         }
-        self.drain_where(out, |hub, start| {
-            let need = hub.need(start);
-            hub.nodes.get(&node).is_some_and(|n| n.check(&need, &hub.cfg).is_ok())
-        });
+        let keys: Vec<QueueKey> = self.queue.iter().take(LOOK_LIMIT).map(|(k, _)| *k).collect();
+        let mut placed = 0;
+        for key in keys {
+            if placed >= DRAIN_LIMIT || !self.nodes.get(&node).is_some_and(|n| n.is_open(&self.cfg)) {
+                break; // full, busy or gone: the rest waits for the next change
+            }
+            let Some(queued) = self.queue.get_by_key(&key) else { continue };
+            let need = self.need(&queued.start);
+            if self.nodes.get(&node).is_some_and(|n| n.check(&need, &self.cfg).is_ok()) {
+                let queued = self.queue.remove(&key).expect("looked up just now");
+                out.push(self.place_on(node, queued.from, &queued.start));
+                placed += 1;
+            }
+        }
     }
 
     /// Places, in queue order, up to [`DRAIN_LIMIT`] queued STARTs among the first

@@ -48,6 +48,7 @@ struct Sums {
     charge_mb: u64,
     request_mb: u64,
     unconfirmed_mb: u64,
+    unconfirmed: u64,
 }
 
 impl Sums {
@@ -57,6 +58,7 @@ impl Sums {
         self.request_mb += p.request_mb;
         if !p.confirmed {
             self.unconfirmed_mb += p.charge_mb;
+            self.unconfirmed += 1;
         }
     }
 
@@ -66,6 +68,7 @@ impl Sums {
         self.request_mb -= p.request_mb;
         if !p.confirmed {
             self.unconfirmed_mb -= p.charge_mb;
+            self.unconfirmed -= 1;
         }
     }
 }
@@ -192,6 +195,8 @@ pub enum Misfit {
     Memory,
     /// Not enough memory actually available right now.
     AvailableMemory,
+    /// As many STARTs in flight as `--start-window` allows: it takes more once it confirms some.
+    Busy,
 }
 
 impl Misfit {
@@ -214,6 +219,7 @@ impl Misfit {
             Self::Cpu => "insufficient vCPUs",
             Self::Memory => "insufficient memory",
             Self::AvailableMemory => "insufficient available memory",
+            Self::Busy => "busy starting earlier work",
         }
     }
 
@@ -298,9 +304,19 @@ impl Node {
         self.report.load / f64::from(self.report.cpus_online.max(1))
     }
 
+    /// STARTs placed here that the node has not confirmed yet.
+    pub fn in_flight(&self) -> u64 {
+        self.instances.sums.unconfirmed
+    }
+
+    /// Whether the window of STARTs in flight is full.
+    fn is_busy(&self, cfg: &Config) -> bool {
+        self.in_flight() >= u64::try_from(cfg.start_window).unwrap_or(u64::MAX)
+    }
+
     /// Whether the node may take new work at all (before looking at the START).
-    pub fn is_open(&self) -> bool {
-        self.conn_id.is_some() && !self.lost && !self.maintenance && self.status == Status::Ready
+    pub fn is_open(&self, cfg: &Config) -> bool {
+        self.conn_id.is_some() && !self.lost && !self.maintenance && self.status == Status::Ready && !self.is_busy(cfg)
     }
 
     /// Whether the START fits, and if not, the first reason why not.
@@ -354,6 +370,9 @@ impl Node {
         }
         if need.charge_mb + self.unconfirmed_mb() > self.report.mem_available_mb {
             return Err(Misfit::AvailableMemory);
+        }
+        if self.is_busy(cfg) {
+            return Err(Misfit::Busy);
         }
         Ok(())
     }
@@ -444,7 +463,7 @@ impl NodeTable {
     }
 
     fn index(by_free: &mut BTreeSet<(u64, Uuid)>, by_label: &mut LabelIndex, node: &Node, cfg: &Config) {
-        if node.is_open() {
+        if node.is_open(cfg) {
             let key = (node.mem_free(cfg), node.uuid);
             by_free.insert(key);
             for (k, v) in &node.report.labels {
@@ -454,7 +473,7 @@ impl NodeTable {
     }
 
     fn unindex(by_free: &mut BTreeSet<(u64, Uuid)>, by_label: &mut LabelIndex, node: &Node, cfg: &Config) {
-        if node.is_open() {
+        if node.is_open(cfg) {
             let key = (node.mem_free(cfg), node.uuid);
             by_free.remove(&key);
             for (k, v) in &node.report.labels {

@@ -68,6 +68,11 @@ impl Queue {
         self.by_instance.get(&instance).and_then(|key| self.items.get(key))
     }
 
+    /// A queued START by its key.
+    pub fn get_by_key(&self, key: &QueueKey) -> Option<&Queued> {
+        self.items.get(key)
+    }
+
     /// Whether another START would exceed the bound.
     pub fn is_full(&self) -> bool {
         self.items.len() >= self.max

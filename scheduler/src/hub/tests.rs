@@ -129,6 +129,28 @@ fn overcommit_bounds_vcpus_and_memory_and_the_queue_says_why() {
 }
 
 #[test]
+fn a_node_takes_at_most_the_start_window_in_flight_and_more_as_it_confirms() {
+    let mut rig = Rig::new(Config { start_window: 2, ..Config::default() });
+    rig.node(10, 64, 10_000);
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 10))).len(), 1);
+    assert_eq!(placed_on(&rig.start(start(u(51), 1, 10))).len(), 1);
+    let out = rig.start(start(u(52), 1, 10));
+    assert!(placed_on(&out).is_empty(), "two STARTs in flight fill the window");
+    assert_eq!(queued(&out).unwrap().reason, "0 of 1 nodes fit: 1 busy starting earlier work");
+    // A node that becomes ready takes the queued work; new work goes where there is room.
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(11), role: AGENT });
+    assert_eq!(placed_on(&rig.ready(11, report(u(11), 64, 10_000, 0.0))), vec![(u(52), u(11))]);
+    assert_eq!(placed_on(&rig.start(start(u(53), 1, 10))), vec![(u(53), u(11))]);
+    assert!(queued(&rig.start(start(u(54), 1, 10))).is_some(), "both windows are full");
+    // A confirmation frees a slot, and the queued START goes to the node that confirmed.
+    let started = Message::InstanceStarted(InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(10)) });
+    let out = rig.send(u(10), AGENT, started);
+    assert_eq!(placed_on(&out), vec![(u(54), u(10))]);
+    assert!(!rig.hub.is_queued(&u(54)));
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
 fn a_burst_between_two_reports_never_over_places() {
     let mut rig = Rig::new(Config::default());
     rig.node(10, 64, 1000);
