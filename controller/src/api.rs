@@ -468,7 +468,13 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
     let nodes = c.nodes();
     let usable: Vec<&NodeView> = nodes.iter().filter(|n| matches!(n.status.as_str(), "READY" | "FULL")).collect();
-    let largest = usable.iter().filter_map(|n| n.stats.as_ref()).map(|s| s.mem_total_mb).max();
+    // The most memory one node can be promised: the same bound the scheduler places by.
+    let overcommit = c.overcommit();
+    let largest = usable
+        .iter()
+        .filter_map(|n| n.stats.as_ref())
+        .map(|s| drover_model::Capacity { mem_total_mb: s.mem_total_mb, ..Default::default() }.mem_limit(overcommit))
+        .max();
     let (batch, ids, w) = c
         .blocking(move |c| {
             let now = c.now_ms();

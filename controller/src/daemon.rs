@@ -77,6 +77,8 @@ pub struct Controller {
     /// After a reconnect: the nodes to hear from before unanswered STARTs are sent again.
     resend_gate: Mutex<Option<ResendGate>>,
     resend_hold: Duration,
+    /// The scheduler's overcommit, from the cluster configuration of the last CONNECTED.
+    overcommit: Mutex<drover_model::Overcommit>,
     /// STARTs sent since this process started.
     pub starts_sent: AtomicU64,
 }
@@ -108,6 +110,7 @@ impl Controller {
             wake: Notify::new(),
             resend_gate: Mutex::new(None),
             resend_hold,
+            overcommit: Mutex::new(drover_model::Overcommit::default()),
             starts_sent: AtomicU64::new(0),
         }))
     }
@@ -175,6 +178,11 @@ impl Controller {
     pub async fn send_now(&self, message: &Message) -> Result<(), String> {
         let link = self.link.as_ref().ok_or("no scheduler link")?;
         link.send(message).await.map_err(|e| format!("scheduler unreachable: {e}"))
+    }
+
+    /// The scheduler's overcommit (how far nodes may be promised beyond what they have).
+    pub fn overcommit(&self) -> drover_model::Overcommit {
+        *self.overcommit.lock().expect("overcommit lock")
     }
 
     /// The nodes as last reported.
@@ -393,8 +401,10 @@ async fn tick(controller: &Arc<Controller>) {
 
 async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
     match event {
-        ClientEvent::Connected { target, server_uuid, .. } => {
+        ClientEvent::Connected { target, server_uuid, config } => {
             tracing::info!(%target, scheduler = %server_uuid, "connected to the scheduler");
+            *controller.overcommit.lock().expect("overcommit lock") =
+                drover_model::Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
             let now = controller.now_ms();
             let expected = expected_nodes(controller);
             if !expected.is_empty() {

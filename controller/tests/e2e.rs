@@ -137,3 +137,84 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("0 started, 1 queued, 0 rejected"), "{text}");
 }
+
+/// The memory a node offers (its reserve taken off), from its STATS as the controller has them.
+async fn node_memory(api: &drover_controller::client::ApiClient) -> u64 {
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    nodes[0]["stats"]["mem_total_mb"].as_u64().unwrap()
+}
+
+/// The scheduler's warnings that a launcher refused work it placed (`full_cn`).
+fn refusals(cluster: &Cluster) -> Vec<String> {
+    let log = cluster.scheduler.log_text();
+    log.lines().filter(|l| l.contains("for want of room")).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_memory_overcommit_twice_a_nodes_memory_runs_and_no_launcher_refuses_it() {
+    let cluster = Cluster::start_with(&["--mem-overcommit", "2"], &[&["--backend", "sim"]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    let total = node_memory(&api).await;
+    // Eight instances of just under a quarter of the node: twice its memory in all.
+    let each = total / 4 - 1;
+    put(
+        &api,
+        &format!(
+            "name = \"big\"\n[resources]\nmem_mb = {each}\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n"
+        ),
+    )
+    .await;
+    api.post("/v1/workloads/big/launch", &json!({"count": 8})).await.unwrap();
+    wait_for("all eight to run", || async {
+        let list = instances(&api, "big").await;
+        (list.iter().filter(|i| i["state"] == "running").count() == 8).then_some(())
+    })
+    .await;
+    assert!(8 * each > total, "the test asks for more than the node has");
+    assert!(refusals(&cluster).is_empty(), "a launcher refused placed work: {:?}", refusals(&cluster));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_estimates_on_work_requesting_three_times_a_node_runs_once_usage_is_seen() {
+    let cluster = Cluster::start_with(&["--estimate", "on", "--heartbeat"], &[&["--backend", "sim"]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    let total = node_memory(&api).await;
+    // Each asks for half the node and uses almost nothing.
+    let each = total / 2;
+    put(
+        &api,
+        &format!(
+            "name = \"frugal\"\n[resources]\nmem_mb = {each}\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\nmem_usage_mb = 8\n"
+        ),
+    )
+    .await;
+    api.post("/v1/workloads/frugal/launch", &json!({"count": 1})).await.unwrap();
+    wait_for("the first to run", || async {
+        (instances(&api, "frugal").await.iter().any(|i| i["state"] == "running")).then_some(())
+    })
+    .await;
+    // Its STATS teach the scheduler what the workload really uses; the next five are charged
+    // that estimate, on the scheduler and on the launcher alike.
+    // Placed instances keep their charge, so the estimate must have come down before the rest
+    // is placed: after 3 samples it closes a quarter of the gap per sample, and the node
+    // reports every 500 ms; 10 s of samples bring it well under the tenth of the node that
+    // five more need.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    api.post("/v1/workloads/frugal/launch", &json!({"count": 5})).await.unwrap();
+    common::wait_within("all six to run", std::time::Duration::from_secs(90), || async {
+        let list = instances(&api, "frugal").await;
+        (list.iter().filter(|i| i["state"] == "running").count() == 6).then_some(())
+    })
+    .await;
+    assert!(refusals(&cluster).is_empty(), "a launcher refused placed work: {:?}", refusals(&cluster));
+    let reclaimed = common::wait_for("the heartbeat to show reclaimed memory", || async {
+        let log = cluster.scheduler.log_text();
+        let last = log.lines().rev().find(|l| l.contains("reclaimed"))?;
+        let mib: u64 = last.split("reclaimed ").nth(1)?.split(' ').next()?.parse().ok()?;
+        (mib > 0).then_some(mib)
+    })
+    .await;
+    assert!(reclaimed >= each, "five instances charged below their {each} MiB request: {reclaimed} MiB reclaimed");
+}

@@ -1,12 +1,19 @@
 //! Whether this node takes a START, and whether it reports READY or FULL. Pure: figures and
 //! the time in, decisions out.
 //!
+//! Room for a START is [`drover_model::fit`], the rule the scheduler placed it by: the
+//! overcommit comes from the cluster configuration the scheduler sent, the charge from the
+//! START (the request, or the memory estimate the scheduler granted), and what is given out is
+//! the sum of the running instances' charges. So work the scheduler placed is refused here only
+//! when this node knows better (real memory, disk, instance slots).
+//!
 //! FULL is entered as soon as the node is short of memory (real or allocated), disk or instance
 //! slots; READY comes back only when every figure is clear of its threshold by a margin *and*
 //! the node has been FULL for at least the dwell time, so a node hovering at a threshold does
 //! not flap (kubelet's eviction-pressure transition period, scaled down).
 
-use ssntp::payload::{FailureReason, NodeState, Requirements};
+use drover_model::{Capacity, Demand, Overcommit, Shortfall, Usage};
+use ssntp::payload::{FailureReason, NodeState, Start};
 
 /// The node's thresholds (from the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,16 +31,31 @@ pub struct Limits {
 /// What the node has and has given out right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Figures {
-    /// Memory the node offers (total minus nothing), MiB.
+    /// Online CPUs.
+    pub cpus_online: u32,
+    /// Memory of the node (before the reserve is taken off), MiB.
     pub mem_total_mb: u64,
-    /// Memory actually available, MiB.
+    /// Memory actually available (before the reserve is taken off), MiB.
     pub mem_available_mb: u64,
     /// Free disk of the state directory, MiB.
     pub disk_available_mb: u64,
-    /// Memory requested by running instances, MiB.
+    /// vCPUs of the running instances.
+    pub vcpus_allocated: u64,
+    /// Memory charged to the running instances, MiB.
     pub mem_allocated_mb: u64,
     /// Running instances.
     pub instances: usize,
+}
+
+impl Figures {
+    /// What the node offers once the reserve is taken off (what it reports to the scheduler).
+    fn capacity(&self, limits: &Limits) -> Capacity {
+        Capacity {
+            cpus_online: self.cpus_online,
+            mem_total_mb: self.mem_total_mb.saturating_sub(limits.mem_reserve_mb),
+            mem_available_mb: self.mem_available_mb.saturating_sub(limits.mem_reserve_mb),
+        }
+    }
 }
 
 /// Margin by which figures must clear a threshold before FULL turns back to READY.
@@ -45,20 +67,22 @@ fn margin(total_mb: u64) -> u64 {
 /// limits; nodes with usable cgroups advertise it.
 pub const LIMITS_FEATURE: &str = "limits";
 
-/// Why a START is refused here, if it is. `has_limits`: whether this node can enforce memory
-/// and CPU limits.
+/// Why a START is refused here, if it is. `overcommit`: the scheduler's, from the cluster
+/// configuration; `has_limits`: whether this node can enforce memory and CPU limits.
 ///
 /// # Errors
 /// The reason for the wire and a sentence for the operator.
 pub fn admit(
     limits: &Limits,
     figures: &Figures,
+    overcommit: Overcommit,
     maintenance: bool,
-    req: &Requirements,
-    backend: &str,
+    start: &Start,
     offered: &[String],
     has_limits: bool,
 ) -> Result<(), (FailureReason, String)> {
+    let req = &start.requirements;
+    let backend = start.backend.name();
     if maintenance {
         return Err((FailureReason::NodeMaintenance, "the node is in maintenance (evacuated)".into()));
     }
@@ -74,24 +98,33 @@ pub fn admit(
             format!("backend {backend:?} is not offered here (offered: {})", offered.join(", ")),
         ));
     }
-    let offered_mem = figures.mem_total_mb.saturating_sub(limits.mem_reserve_mb);
-    if figures.mem_allocated_mb + req.mem_mb > offered_mem {
-        return Err((
-            FailureReason::FullCn,
-            format!(
-                "memory: {} MiB allocated + {} MiB requested > {offered_mem} MiB offered",
-                figures.mem_allocated_mb, req.mem_mb
+    let capacity = figures.capacity(limits);
+    let usage = Usage { vcpus: figures.vcpus_allocated, mem_mb: figures.mem_allocated_mb, mem_unconfirmed_mb: 0 };
+    let charge = start.charge_mb.unwrap_or(req.mem_mb).min(req.mem_mb);
+    let demand = Demand { vcpus: req.vcpus, mem_mb: charge };
+    if let Err(short) = drover_model::fit(&capacity, &usage, &demand, overcommit) {
+        let detail = match short {
+            Shortfall::Cpu => format!(
+                "vCPUs: {} given out + {} requested > {} offered ({} CPUs × {})",
+                usage.vcpus,
+                demand.vcpus,
+                capacity.cpu_limit(overcommit),
+                capacity.cpus_online,
+                overcommit.cpu
             ),
-        ));
-    }
-    if figures.mem_available_mb < req.mem_mb + limits.mem_reserve_mb {
-        return Err((
-            FailureReason::FullCn,
-            format!(
-                "memory: {} MiB available, {} MiB requested + {} MiB reserve",
-                figures.mem_available_mb, req.mem_mb, limits.mem_reserve_mb
+            Shortfall::Memory => format!(
+                "memory: {} MiB allocated + {charge} MiB requested > {} MiB offered ({} MiB × {})",
+                usage.mem_mb,
+                capacity.mem_limit(overcommit),
+                capacity.mem_total_mb,
+                overcommit.mem
             ),
-        ));
+            Shortfall::AvailableMemory => format!(
+                "memory: {} MiB available, {charge} MiB requested + {} MiB reserve",
+                figures.mem_available_mb, limits.mem_reserve_mb
+            ),
+        };
+        return Err((FailureReason::FullCn, detail));
     }
     if figures.disk_available_mb < req.disk_mb + limits.disk_reserve_mb {
         return Err((
@@ -125,13 +158,20 @@ impl Default for StatusMachine {
 }
 
 impl StatusMachine {
-    /// The status to report at `now_ms`.
-    pub fn update(&mut self, now_ms: u64, limits: &Limits, f: &Figures, maintenance: bool) -> NodeState {
+    /// The status to report at `now_ms`, with the scheduler's `overcommit`.
+    pub fn update(
+        &mut self,
+        now_ms: u64,
+        limits: &Limits,
+        f: &Figures,
+        overcommit: Overcommit,
+        maintenance: bool,
+    ) -> NodeState {
         if maintenance {
             self.state = NodeState::Maintenance;
             return self.state;
         }
-        let offered = f.mem_total_mb.saturating_sub(limits.mem_reserve_mb);
+        let offered = f.capacity(limits).mem_limit(overcommit);
         let short = f.mem_available_mb < limits.mem_reserve_mb
             || f.disk_available_mb < limits.disk_reserve_mb
             || f.instances >= limits.max_instances
@@ -168,63 +208,104 @@ impl StatusMachine {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use ssntp::payload::{Backend, Requirements};
 
     const LIMITS: Limits = Limits { mem_reserve_mb: 256, disk_reserve_mb: 1024, max_instances: 10, dwell_ms: 10_000 };
+    const OC: Overcommit = Overcommit { cpu: 4.0, mem: 1.0 };
 
     fn figures(mem_available_mb: u64) -> Figures {
-        Figures { mem_total_mb: 4096, mem_available_mb, disk_available_mb: 50_000, mem_allocated_mb: 0, instances: 0 }
+        Figures {
+            cpus_online: 2,
+            mem_total_mb: 4096,
+            mem_available_mb,
+            disk_available_mb: 50_000,
+            vcpus_allocated: 0,
+            mem_allocated_mb: 0,
+            instances: 0,
+        }
     }
 
-    fn req(mem_mb: u64) -> Requirements {
-        Requirements { vcpus: 1, mem_mb, ..Default::default() }
+    fn start_with(requirements: Requirements, backend: &str) -> Start {
+        let backend = match backend {
+            "oci" => Backend::Oci { rootfs: "/".into(), args: vec![], env: Default::default() },
+            _ => Backend::Process { argv: vec!["true".into()], env: Default::default() },
+        };
+        Start::new(ssntp::Uuid::nil(), requirements, backend)
+    }
+
+    fn req(mem_mb: u64) -> Start {
+        start_with(Requirements { vcpus: 1, mem_mb, ..Default::default() }, "process")
     }
 
     #[test]
     fn refusals_name_their_reason() {
         let offered = vec!["process".to_owned()];
         let f = figures(4000);
-        assert!(admit(&LIMITS, &f, false, &req(100), "process", &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &req(100), &offered, true).is_ok());
         assert_eq!(
-            admit(&LIMITS, &f, true, &req(100), "process", &offered, true).unwrap_err().0,
+            admit(&LIMITS, &f, OC, true, &req(100), &offered, true).unwrap_err().0,
             FailureReason::NodeMaintenance
         );
-        assert_eq!(
-            admit(&LIMITS, &f, false, &req(100), "oci", &offered, true).unwrap_err().0,
-            FailureReason::UnknownBackend
-        );
+        let oci = start_with(Requirements { vcpus: 1, mem_mb: 100, ..Default::default() }, "oci");
+        assert_eq!(admit(&LIMITS, &f, OC, false, &oci, &offered, true).unwrap_err().0, FailureReason::UnknownBackend);
         let (reason, detail) =
-            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, false, &req(100), "process", &offered, true)
-                .unwrap_err();
+            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, OC, false, &req(100), &offered, true).unwrap_err();
         assert_eq!(reason, FailureReason::FullCn);
         assert!(detail.contains("3800 MiB allocated"), "{detail}");
-        let (_, detail) = admit(&LIMITS, &figures(300), false, &req(100), "process", &offered, true).unwrap_err();
+        let (_, detail) = admit(&LIMITS, &figures(300), OC, false, &req(100), &offered, true).unwrap_err();
         assert!(detail.contains("300 MiB available"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, false, &req(100), "process", &offered, true)
+            admit(&LIMITS, &Figures { vcpus_allocated: 8, ..f }, OC, false, &req(1), &offered, true).unwrap_err();
+        assert!(detail.starts_with("vCPUs: 8 given out"), "{detail}");
+        let (_, detail) =
+            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, OC, false, &req(100), &offered, true)
                 .unwrap_err();
         assert!(detail.starts_with("disk"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { instances: 10, ..f }, false, &req(1), "process", &offered, true).unwrap_err();
+            admit(&LIMITS, &Figures { instances: 10, ..f }, OC, false, &req(1), &offered, true).unwrap_err();
         assert!(detail.contains("10 instances"), "{detail}");
-        let needs_limits = Requirements { features: vec![LIMITS_FEATURE.into()], ..req(1) };
+        let needs_limits = start_with(
+            Requirements { vcpus: 1, mem_mb: 1, features: vec![LIMITS_FEATURE.into()], ..Default::default() },
+            "process",
+        );
         assert_eq!(
-            admit(&LIMITS, &f, false, &needs_limits, "process", &offered, false).unwrap_err().0,
+            admit(&LIMITS, &f, OC, false, &needs_limits, &offered, false).unwrap_err().0,
             FailureReason::NoLimits
         );
-        assert!(admit(&LIMITS, &f, false, &needs_limits, "process", &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &needs_limits, &offered, true).is_ok());
+    }
+
+    #[test]
+    fn the_scheduler_overcommit_and_the_charge_it_granted_are_honoured() {
+        let offered = vec!["process".to_owned()];
+        // 3,840 MiB offered (4,096 − 256 reserve), 3,000 already allocated, 1,000 requested.
+        let f = Figures { mem_allocated_mb: 3000, ..figures(4000) };
+        assert_eq!(admit(&LIMITS, &f, OC, false, &req(1000), &offered, true).unwrap_err().0, FailureReason::FullCn);
+        let doubled = Overcommit { cpu: 4.0, mem: 2.0 };
+        assert!(admit(&LIMITS, &f, doubled, false, &req(1000), &offered, true).is_ok());
+        // An estimate below the request is what counts; a charge is never above the request.
+        let estimated = Start { charge_mb: Some(500), ..req(1000) };
+        assert!(admit(&LIMITS, &f, OC, false, &estimated, &offered, true).is_ok());
+        let inflated = Start { charge_mb: Some(5000), ..req(100) };
+        assert!(admit(&LIMITS, &f, OC, false, &inflated, &offered, true).is_ok());
+        // With memory overcommitted the node is READY past its raw memory, FULL past the bound.
+        let mut m = StatusMachine::default();
+        let over = Figures { mem_allocated_mb: 5000, ..figures(4000) };
+        assert_eq!(m.update(0, &LIMITS, &over, doubled, false), NodeState::Ready);
+        assert_eq!(m.update(0, &LIMITS, &over, OC, false), NodeState::Full);
     }
 
     #[test]
     fn full_turns_ready_only_with_margin_and_after_the_dwell() {
         let mut m = StatusMachine::default();
-        assert_eq!(m.update(0, &LIMITS, &figures(4000), false), NodeState::Ready);
-        assert_eq!(m.update(1_000, &LIMITS, &figures(200), false), NodeState::Full);
+        assert_eq!(m.update(0, &LIMITS, &figures(4000), OC, false), NodeState::Ready);
+        assert_eq!(m.update(1_000, &LIMITS, &figures(200), OC, false), NodeState::Full);
         // Just above the reserve is not enough: the margin is 5 % of 4096 MiB.
-        assert_eq!(m.update(20_000, &LIMITS, &figures(300), false), NodeState::Full);
+        assert_eq!(m.update(20_000, &LIMITS, &figures(300), OC, false), NodeState::Full);
         // Clear, but the dwell is not over yet.
-        assert_eq!(m.update(5_000, &LIMITS, &figures(4000), false), NodeState::Full);
-        assert_eq!(m.update(11_000, &LIMITS, &figures(4000), false), NodeState::Ready);
-        assert_eq!(m.update(12_000, &LIMITS, &figures(4000), true), NodeState::Maintenance);
+        assert_eq!(m.update(5_000, &LIMITS, &figures(4000), OC, false), NodeState::Full);
+        assert_eq!(m.update(11_000, &LIMITS, &figures(4000), OC, false), NodeState::Ready);
+        assert_eq!(m.update(12_000, &LIMITS, &figures(4000), OC, true), NodeState::Maintenance);
     }
 
     proptest! {
@@ -236,7 +317,7 @@ mod tests {
             let mut last = NodeState::Ready;
             for (i, avail) in samples.iter().enumerate() {
                 let now = i as u64 * 500;
-                let state = m.update(now, &LIMITS, &figures(*avail), false);
+                let state = m.update(now, &LIMITS, &figures(*avail), OC, false);
                 if last == NodeState::Full && state == NodeState::Ready {
                     turns_to_ready.push(now);
                 }

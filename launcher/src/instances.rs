@@ -177,11 +177,13 @@ impl Instances {
         self.table.values().filter(|i| i.running).count()
     }
 
-    /// vCPUs and memory (MiB) requested by the running instances.
+    /// vCPUs and memory (MiB) charged to the running instances: the charge the scheduler
+    /// granted in the START (the request, or a memory estimate below it).
     pub fn allocated(&self) -> (u32, u64) {
         self.table.values().filter(|i| i.running).fold((0, 0), |(c, m), i| {
-            let r = &i.record.start.requirements;
-            (c.saturating_add(r.vcpus), m.saturating_add(r.mem_mb))
+            let start = &i.record.start;
+            let charge = start.charge_mb.unwrap_or(start.requirements.mem_mb).min(start.requirements.mem_mb);
+            (c.saturating_add(start.requirements.vcpus), m.saturating_add(charge))
         })
     }
 

@@ -16,6 +16,8 @@ use ssntp::tls::Identity;
 use ssntp::{Role, Uuid};
 use tokio::sync::mpsc;
 
+use drover_model::Overcommit;
+
 use crate::admission::{self, Figures, Limits, StatusMachine};
 use crate::cgroup::Cgroups;
 use crate::cli::Args;
@@ -96,6 +98,9 @@ struct Node {
     instances: Instances,
     /// Ends of instances whose records were unreadable, to report once connected.
     orphans: Vec<Exit>,
+    /// The scheduler's overcommit, from the cluster configuration it sent: admission and the
+    /// FULL threshold use the same bounds placement does.
+    overcommit: Overcommit,
 }
 
 impl Node {
@@ -121,9 +126,11 @@ impl Node {
     /// the reserve taken off; admission wants the raw ones.
     fn figures(&self, r: &ssntp::payload::NodeReport) -> Figures {
         Figures {
+            cpus_online: r.cpus_online,
             mem_total_mb: r.mem_total_mb + self.limits.mem_reserve_mb,
             mem_available_mb: r.mem_available_mb + self.limits.mem_reserve_mb,
             disk_available_mb: r.disk_available_mb,
+            vcpus_allocated: u64::from(r.vcpus_allocated),
             mem_allocated_mb: r.mem_allocated_mb.unwrap_or(0),
             instances: self.instances.running(),
         }
@@ -133,7 +140,7 @@ impl Node {
     fn status(&mut self, r: ssntp::payload::NodeReport) -> Message {
         let figures = self.figures(&r);
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match self.status.update(now, &self.limits, &figures, self.flags.maintenance) {
+        match self.status.update(now, &self.limits, &figures, self.overcommit, self.flags.maintenance) {
             NodeState::Full => Message::Full(Some(r)),
             NodeState::Maintenance => Message::Maintenance(Some(r)),
             _ => Message::Ready(r),
@@ -321,9 +328,9 @@ impl Node {
         admission::admit(
             &self.limits,
             &self.figures(&r),
+            self.overcommit,
             self.flags.maintenance,
-            &start.requirements,
-            start.backend.name(),
+            start,
             &self.offer.backends,
             self.instances.cgroups().feature().is_some(),
         )
@@ -391,6 +398,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         client,
         instances,
         orphans,
+        overcommit: Overcommit::default(),
     };
     let mut ticker = tokio::time::interval(args.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -402,8 +410,9 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
             event = events.recv() => {
                 let Some(event) = event else { break };
                 match event {
-                    ClientEvent::Connected { target, server_uuid, .. } => {
+                    ClientEvent::Connected { target, server_uuid, config } => {
                         tracing::info!(%target, scheduler = %server_uuid, "connected");
+                        node.overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
                         node.report();
                         node.report_ends().await;
                     }

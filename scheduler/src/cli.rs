@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ssntp::cli::TlsArgs;
 
+use drover_model::Overcommit;
+
 use crate::hub::{Config, Policy};
 
 /// The Drover scheduler: accepts mutual-TLS connections from controllers and launchers on one
@@ -34,7 +36,7 @@ pub struct Args {
     /// Where to place work: spread (most free memory first), binpack (fewest nodes), or
     /// firstfit (ciao's first fit, skipping the most recently used node).
     #[arg(long, value_enum, default_value = "spread")]
-    pub policy: Policy,
+    pub policy: PolicyArg,
     /// vCPUs offered per online CPU of a node (1.0 = no overcommit).
     #[arg(long, default_value_t = 4.0)]
     pub cpu_overcommit: f64,
@@ -62,7 +64,8 @@ pub struct Args {
     #[arg(long, default_value = "5m", value_parser = ssntp::cli::parse_duration)]
     pub failover_grace: Duration,
     /// Charge estimated real memory instead of requested memory (on|off).
-    #[arg(long, default_value = "off", value_parser = parse_on_off)]
+    // A bool field is a bare flag to clap unless told it takes a value.
+    #[arg(long, default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
     pub estimate: bool,
     /// Most STARTs a launcher may have in flight (placed, not yet reported started); more go
     /// to other launchers or wait in the queue until it catches up. Paces a burst to what each
@@ -78,6 +81,27 @@ pub struct Args {
     /// Largest frame payload accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_payload: usize,
+}
+
+/// `--policy` values (the core's [`Policy`] knows nothing of clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// Most free memory first: even load.
+    Spread,
+    /// Least free memory that fits: few busy nodes, others left empty.
+    Binpack,
+    /// ciao's first fit, skipping the most recently used node.
+    Firstfit,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(arg: PolicyArg) -> Self {
+        match arg {
+            PolicyArg::Spread => Self::Spread,
+            PolicyArg::Binpack => Self::Binpack,
+            PolicyArg::Firstfit => Self::Firstfit,
+        }
+    }
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -115,9 +139,11 @@ impl Args {
             return Err("--node-ttl must be more than 0".into());
         }
         Ok(Config {
-            policy: self.policy,
-            cpu_overcommit: finite_at_least("cpu-overcommit", self.cpu_overcommit, 0.1)?,
-            mem_overcommit: finite_at_least("mem-overcommit", self.mem_overcommit, 0.1)?,
+            policy: self.policy.into(),
+            overcommit: Overcommit {
+                cpu: finite_at_least("cpu-overcommit", self.cpu_overcommit, 0.1)?,
+                mem: finite_at_least("mem-overcommit", self.mem_overcommit, 0.1)?,
+            },
             load_threshold: finite_at_least("load-threshold", self.load_threshold, 0.0)?,
             queue_timeout_ms: millis(self.queue_timeout),
             queue_max: self.queue_max,
@@ -128,5 +154,28 @@ impl Args {
             start_window: self.start_window,
             ..Config::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["drover-scheduler", "--cacert", "ca.pem", "--cert", "s.pem", "--key", "s-key.pem"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn estimation_is_switched_with_on_and_off() {
+        assert!(!args(&[]).unwrap().config().unwrap().estimate);
+        assert!(args(&["--estimate", "on"]).unwrap().config().unwrap().estimate);
+        assert!(args(&["--estimate=on"]).unwrap().config().unwrap().estimate);
+        assert!(!args(&["--estimate", "off"]).unwrap().config().unwrap().estimate);
+        let wrong = args(&["--estimate", "yes"]).unwrap_err().to_string();
+        assert!(wrong.contains("use on or off"), "{wrong}");
     }
 }

@@ -8,8 +8,8 @@
 //! line followed by its own summary.
 //!
 //! # Layout
-//! - [`hub`]: the pure core: peer table, routing and placement decisions. Inputs in, outputs
-//!   out, no IO, no clock.
+//! - [`hub`]: the pure core, the `drover-scheduler-core` crate: peer table, routing and
+//!   placement decisions. Inputs in, outputs out, no IO, no clock, no tokio.
 //! - [`heartbeat`]: the status line, formatted from the hub.
 //! - [`metrics`]: Prometheus text on `--metrics ADDR`.
 //! - [`shell`]: the tokio shell: the SSNTP server, the event loop that feeds the hub and
@@ -20,6 +20,6 @@
 
 pub mod cli;
 pub mod heartbeat;
-pub mod hub;
+pub use drover_scheduler_core as hub;
 pub mod metrics;
 pub mod shell;

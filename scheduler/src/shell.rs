@@ -77,7 +77,7 @@ pub async fn run_on(
     let mut opts = ServerOptions::new(uuid);
     opts.max_connections = args.max_connections;
     opts.max_payload = args.max_payload;
-    let config = Arc::new(RwLock::new(ClusterConfig::default()));
+    let config = Arc::new(RwLock::new(with_scheduler_fields(ClusterConfig::default(), &core_config)));
     let (events_tx, mut events) = mpsc::channel(INBOX);
     let server = Server::new(tls, opts, config.clone(), events_tx);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -253,6 +253,14 @@ impl Outbox {
     }
 }
 
+/// The cluster configuration with the fields only the scheduler decides (the overcommit
+/// launchers admit by) taken from its own flags: CONFIGURE cannot change them.
+fn with_scheduler_fields(mut config: ClusterConfig, core: &Config) -> ClusterConfig {
+    config.cpu_overcommit = core.overcommit.cpu;
+    config.mem_overcommit = core.overcommit.mem;
+    config
+}
+
 fn deliver(peers: &mut Outbox, hub: &Hub, config: &RwLock<ClusterConfig>, output: Output) {
     match output {
         Output::To { peer, frame } => peers.send(peer, frame),
@@ -261,7 +269,7 @@ fn deliver(peers: &mut Outbox, hub: &Hub, config: &RwLock<ClusterConfig>, output
                 peers.send(controller, frame.clone());
             }
         }
-        Output::Configure(new) => *config.write().expect("config lock") = new,
+        Output::Configure(new) => *config.write().expect("config lock") = with_scheduler_fields(new, hub.config()),
         Output::Warn(text) => tracing::warn!("{text}"),
     }
 }

@@ -18,6 +18,9 @@
 //! - [`error`]: the error type and its mapping to ERROR frames.
 //! - `cli` (feature `cli`): the TLS flags and exit-code conventions the daemons share.
 //!
+//! `conn`, `server` and `client` need the default feature `net` (tokio); without it the crate is
+//! the wire format alone, for decision cores that must not depend on an async runtime.
+//!
 //! This crate depends on no other Drover crate.
 
 #![forbid(unsafe_code)]
@@ -25,13 +28,16 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "net")]
 pub mod client;
+#[cfg(feature = "net")]
 pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod payload;
 pub mod role;
+#[cfg(feature = "net")]
 pub mod server;
 pub mod tls;
 pub mod uuid;

@@ -78,6 +78,20 @@ pub struct ClusterConfig {
     /// Free-form labels for the cluster (name, environment …).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// vCPUs the scheduler offers per online CPU of a node; launchers admit by it.
+    #[serde(default = "default_cpu_overcommit")]
+    pub cpu_overcommit: f64,
+    /// Memory the scheduler offers per MiB of a node; launchers admit by it.
+    #[serde(default = "default_mem_overcommit")]
+    pub mem_overcommit: f64,
+}
+
+const fn default_cpu_overcommit() -> f64 {
+    4.0
+}
+
+const fn default_mem_overcommit() -> f64 {
+    1.0
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +101,8 @@ impl Default for ClusterConfig {
             node_ttl_ms: 10_000,
             max_payload: u32::try_from(crate::frame::DEFAULT_MAX_PAYLOAD).unwrap_or(u32::MAX),
             labels: BTreeMap::new(),
+            cpu_overcommit: default_cpu_overcommit(),
+            mem_overcommit: default_mem_overcommit(),
         }
     }
 }
@@ -385,6 +401,10 @@ pub struct Start {
     /// Set by the scheduler when it forwards START: the chosen node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_agent_uuid: Option<Uuid>,
+    /// Set by the scheduler when it forwards START: the memory it charged the node, MiB (the
+    /// request, or the workload's memory estimate). The launcher admits and accounts by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_mb: Option<u64>,
 }
 
 impl Start {
@@ -403,6 +423,7 @@ impl Start {
             restart: false,
             max_run_time_s: None,
             workload_agent_uuid: None,
+            charge_mb: None,
         }
     }
 }

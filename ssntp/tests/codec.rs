@@ -121,8 +121,15 @@ fn build(kind: Kind, p: &Prims) -> Message {
     let instance_event = || InstanceEvent { instance_uuid: a, node_uuid: p.flag.then_some(b) };
     let node_event =
         || NodeEvent { node_uuid: a, node_type: if p.flag { NodeType::ComputeNode } else { NodeType::NetworkNode } };
-    let config =
-        ClusterConfig { report_interval_ms: p.n, node_ttl_ms: p.n / 7, max_payload: p.small, labels: p.labels.clone() };
+    #[allow(clippy::cast_precision_loss)] // any finite value round-trips
+    let config = ClusterConfig {
+        report_interval_ms: p.n,
+        node_ttl_ms: p.n / 7,
+        max_payload: p.small,
+        labels: p.labels.clone(),
+        cpu_overcommit: f64::from(p.small) / 8.0,
+        mem_overcommit: (p.n % 1000) as f64 / 100.0,
+    };
     match kind {
         Kind::Command(cmd) => match cmd {
             Command::Connect => Message::Connect(Connect {
@@ -153,6 +160,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 restart: p.flag,
                 max_run_time_s: p.flag.then_some(p.n),
                 workload_agent_uuid: (!p.flag).then_some(b),
+                charge_mb: (!p.flag).then_some(p.n / 2),
             }),
             Command::Stop => {
                 Message::Stop(Stop { instance_uuid: a, workload_agent_uuid: b, grace_ms: p.flag.then_some(p.n) })

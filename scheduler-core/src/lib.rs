@@ -1,4 +1,5 @@
-//! The scheduler's pure core.
+//! The scheduler's pure core (`drover-scheduler-core`): no IO, no tokio, no clap; the
+//! `drover-scheduler` binary is the shell around it.
 //!
 //! [`Hub::handle`] takes the current time and one [`Input`] (a peer connected or disconnected, a
 //! checked frame arrived) and returns the [`Output`]s it causes; [`Hub::tick`] does what time
@@ -19,6 +20,8 @@
 //! unless most nodes went silent together (the brake) or the scheduler started less than the
 //! failover grace ago.
 
+#![forbid(unsafe_code)]
+
 pub mod estimate;
 pub mod nodes;
 pub mod placement;
@@ -26,6 +29,8 @@ pub mod queue;
 
 use std::collections::HashMap;
 
+pub use drover_model::Now;
+use drover_model::Overcommit;
 use ssntp::payload::{
     ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, InstanceState, Message, NodeEvent,
     NodeLost, NodeReport, NodeType, Start, StartFailure,
@@ -47,10 +52,9 @@ const LOOK_LIMIT: usize = 4096;
 pub struct Config {
     /// Placement policy.
     pub policy: Policy,
-    /// vCPUs offered per online CPU.
-    pub cpu_overcommit: f64,
-    /// Memory offered per MiB of node memory.
-    pub mem_overcommit: f64,
+    /// vCPUs and memory offered per CPU and MiB of a node (sent to launchers, which admit by
+    /// the same rule).
+    pub overcommit: Overcommit,
     /// Load average per online CPU above which a node takes no new work.
     pub load_threshold: f64,
     /// How long a START may wait in the queue, ms.
@@ -77,8 +81,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             policy: Policy::Spread,
-            cpu_overcommit: 4.0,
-            mem_overcommit: 1.0,
+            overcommit: Overcommit::default(),
             load_threshold: 1.0,
             queue_timeout_ms: 300_000,
             queue_max: 100_000,
@@ -91,15 +94,6 @@ impl Default for Config {
             start_window: 256,
         }
     }
-}
-
-/// The time, injected: monotonic for durations, wall clock for deadlines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic milliseconds (any origin).
-    pub mono_ms: u64,
-    /// Unix milliseconds (for START deadlines).
-    pub unix_ms: u64,
 }
 
 /// Something that happened at the shell.
@@ -424,6 +418,11 @@ impl Hub {
                 match self.gone(from, f.instance_uuid) {
                     Some((start, sender)) if f.reason == FailureReason::FullCn => {
                         // The node knew better than its last report: believe it, try elsewhere.
+                        // Both sides fit by the same rule, so this is rare enough to tell.
+                        out.push(Output::Warn(format!(
+                            "node {from} refused the START of {} for want of room ({}); placing it elsewhere",
+                            f.instance_uuid, f.detail
+                        )));
                         self.status(from, Status::Full, None);
                         out.extend(self.place_or_queue(now, sender, start, Some(from)));
                     }
@@ -603,6 +602,7 @@ impl Hub {
         self.placements += 1;
         let mut forwarded = start.clone();
         forwarded.workload_agent_uuid = Some(node);
+        forwarded.charge_mb = Some(need.charge_mb);
         Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) }
     }
 

@@ -9,6 +9,8 @@ use ssntp::payload::{
 };
 use ssntp::payload::{ExitReason, NodeState};
 
+use drover_model::Overcommit;
+
 use super::*;
 
 const CTL: Role = Role::CONTROLLER;
@@ -110,7 +112,7 @@ fn queued(out: &[(Option<Uuid>, Message)]) -> Option<&InstanceQueued> {
 
 #[test]
 fn overcommit_bounds_vcpus_and_memory_and_the_queue_says_why() {
-    let mut rig = Rig::new(Config { cpu_overcommit: 2.0, ..Config::default() });
+    let mut rig = Rig::new(Config { overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, ..Config::default() });
     rig.node(10, 2, 1000);
     for i in 0..4 {
         assert_eq!(placed_on(&rig.start(start(u(50 + i), 1, 10))).len(), 1, "4 vCPUs = 2 CPUs × 2");
@@ -118,7 +120,7 @@ fn overcommit_bounds_vcpus_and_memory_and_the_queue_says_why() {
     let out = rig.start(start(u(60), 1, 10));
     let q = queued(&out).expect("fifth START waits");
     assert_eq!(q.reason, "0 of 1 nodes fit: 1 insufficient vCPUs");
-    let mut rig = Rig::new(Config { mem_overcommit: 1.5, ..Config::default() });
+    let mut rig = Rig::new(Config { overcommit: Overcommit { cpu: 4.0, mem: 1.5 }, ..Config::default() });
     let mut r = report(u(10), 64, 1000, 0.0);
     r.mem_available_mb = 10_000; // real memory is not what limits here
     rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
@@ -521,7 +523,7 @@ proptest! {
 
     #[test]
     fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit])) {
-        let cfg = Config { policy, cpu_overcommit: 2.0, mem_overcommit: 1.0, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
+        let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
         let mut now = at(0);
         hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL });

@@ -18,7 +18,7 @@ use super::nodes::{Misfit, Need, NodeTable};
 use super::Config;
 
 /// Placement policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Most free memory first: even load.
     Spread,

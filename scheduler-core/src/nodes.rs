@@ -1,7 +1,8 @@
 //! The node table: what each launcher offers, what the scheduler has placed on it, and whether a
 //! START fits it.
 //!
-//! Capacity is `cpus_online × cpu_overcommit` vCPUs and `mem_total_mb × mem_overcommit` MiB.
+//! Capacity is `cpus_online × cpu overcommit` vCPUs and `mem_total_mb × memory overcommit` MiB,
+//! and whether work fits it is [`drover_model::fit`], the rule launchers admit by too.
 //! Usage counts every instance the scheduler placed on the node (its *charge*: the request, or
 //! the memory estimate) from the moment of placement until the node reports it gone, plus
 //! whatever the node reports as allocated beyond what the scheduler knows (instances it placed
@@ -13,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use drover_model::{Capacity, Demand, Shortfall, Usage};
 use ssntp::payload::{NodeReport, Requirements};
 use ssntp::{Status, Uuid};
 
@@ -262,18 +264,23 @@ impl Node {
         }
     }
 
+    /// What the node reported having.
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            cpus_online: self.report.cpus_online,
+            mem_total_mb: self.report.mem_total_mb,
+            mem_available_mb: self.report.mem_available_mb,
+        }
+    }
+
     /// vCPUs within the overcommit bound.
     pub fn cpu_capacity(&self, cfg: &Config) -> u64 {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small, non-negative
-        let cap = (f64::from(self.report.cpus_online) * cfg.cpu_overcommit).floor() as u64;
-        cap
+        self.capacity().cpu_limit(cfg.overcommit)
     }
 
     /// Memory within the overcommit bound, MiB.
     pub fn mem_capacity(&self, cfg: &Config) -> u64 {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // non-negative, < 2^53
-        let cap = (self.report.mem_total_mb as f64 * cfg.mem_overcommit).floor() as u64;
-        cap
+        self.capacity().mem_limit(cfg.overcommit)
     }
 
     /// vCPUs in use: the scheduler's instances plus what the node reports beyond them.
@@ -283,10 +290,10 @@ impl Node {
     }
 
     /// Memory in use, MiB: charges of the scheduler's instances plus what the node reports as
-    /// allocated beyond their requests.
+    /// charged beyond them (the node sums the charges the STARTs carried).
     pub fn mem_used(&self) -> u64 {
         let sums = &self.instances.sums;
-        sums.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(sums.request_mb)
+        sums.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(sums.charge_mb)
     }
 
     /// Memory charged to instances the node has not reported yet, MiB.
@@ -362,15 +369,14 @@ impl Node {
         if self.load_per_cpu() > cfg.load_threshold {
             return Err(Misfit::Load);
         }
-        if self.cpu_used() + u64::from(need.vcpus) > self.cpu_capacity(cfg) {
-            return Err(Misfit::Cpu);
-        }
-        if self.mem_used() + need.charge_mb > self.mem_capacity(cfg) {
-            return Err(Misfit::Memory);
-        }
-        if need.charge_mb + self.unconfirmed_mb() > self.report.mem_available_mb {
-            return Err(Misfit::AvailableMemory);
-        }
+        let usage =
+            Usage { vcpus: self.cpu_used(), mem_mb: self.mem_used(), mem_unconfirmed_mb: self.unconfirmed_mb() };
+        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
+        drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).map_err(|short| match short {
+            Shortfall::Cpu => Misfit::Cpu,
+            Shortfall::Memory => Misfit::Memory,
+            Shortfall::AvailableMemory => Misfit::AvailableMemory,
+        })?;
         if self.is_busy(cfg) {
             return Err(Misfit::Busy);
         }
