@@ -1,13 +1,13 @@
-//! `drover-controller` and the `drover` CLI.
+//! `drover-controller`.
 //!
 //! The controller keeps what users asked for — workloads and their instances — durable in redb,
 //! sends STARTs to the scheduler, follows every instance through its life (restart policies,
 //! node loss, evacuation), reconciles with what the nodes report, and serves an HTTPS API with
-//! client-certificate tenants. `drover` is the API's command line, plus `drover up`, a whole
-//! local cluster.
+//! client-certificate tenants. Its command line, `drover`, is the `drover-cli` crate.
 //!
 //! # Layout
-//! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field.
+//! - [`workload`]: workload files (JSON or TOML), re-exported from `drover-api`, the contract
+//!   the CLI shares.
 //! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
 //! - [`store`]: durable state in redb: workloads, instances, events with a revision.
 //! - [`service`]: user intent and cluster reports in, commands out, committed before sent;
@@ -15,17 +15,14 @@
 //! - [`resend_gate`]: when unanswered STARTs may go again after a reconnect (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
-//! - [`client`]: an HTTPS client of the API (CLI, tests).
-//! - [`cli`]: the `drover` commands.
 //! - [`shell`]: `drover-controller`'s flags and tasks.
 //! - [`link`]: the controller's SSNTP connection and how events are described for people.
-//! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
 
 #![forbid(unsafe_code)]
 
+pub use drover_api::workload;
+
 pub mod api;
-pub mod cli;
-pub mod client;
 pub mod daemon;
 pub mod lifecycle;
 pub mod link;
@@ -33,5 +30,3 @@ pub mod resend_gate;
 pub mod service;
 pub mod shell;
 pub mod store;
-pub mod up;
-pub mod workload;

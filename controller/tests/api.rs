@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::Pki;
-use drover_controller::client::{ApiClient, ApiConfig};
+use drover_cli::client::{ApiClient, ApiConfig};
 use drover_controller::daemon::Controller;
 use drover_controller::service::Service;
 use drover_controller::store::Store;

@@ -9,11 +9,11 @@ use common::{node_status, wait_for, Cluster};
 use hyper::Method;
 use serde_json::{json, Value};
 
-async fn put(api: &drover_controller::client::ApiClient, toml: &str) {
+async fn put(api: &drover_cli::client::ApiClient, toml: &str) {
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
 }
 
-async fn instances(api: &drover_controller::client::ApiClient, workload: &str) -> Vec<Value> {
+async fn instances(api: &drover_cli::client::ApiClient, workload: &str) -> Vec<Value> {
     api.get(&format!("/v1/instances?workload={workload}")).await.unwrap().as_array().unwrap().clone()
 }
 
@@ -139,7 +139,7 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
 }
 
 /// The memory a node offers (its reserve taken off), from its STATS as the controller has them.
-async fn node_memory(api: &drover_controller::client::ApiClient) -> u64 {
+async fn node_memory(api: &drover_cli::client::ApiClient) -> u64 {
     let nodes = api.get("/v1/nodes").await.unwrap();
     nodes[0]["stats"]["mem_total_mb"].as_u64().unwrap()
 }

@@ -27,7 +27,7 @@ fn workload(name: &str, policy: &str) -> String {
     )
 }
 
-async fn create(api: &drover_controller::client::ApiClient, toml: &str) {
+async fn create(api: &drover_cli::client::ApiClient, toml: &str) {
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
 }
 
@@ -94,7 +94,7 @@ async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_no
 }
 
 /// The most nodes any instance is active on, in the nodes' own STATS as the controller has them.
-async fn most_copies(api: &drover_controller::client::ApiClient) -> (usize, Option<(String, Vec<String>)>) {
+async fn most_copies(api: &drover_cli::client::ApiClient) -> (usize, Option<(String, Vec<String>)>) {
     let Some(copies) = active_copies(api).await else { return (0, None) };
     let worst = copies.into_iter().max_by_key(|(_, nodes)| nodes.len());
     (worst.as_ref().map_or(0, |(_, n)| n.len()), worst)

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_cert::IssueRequest;
-use drover_controller::client::{ApiClient, ApiConfig};
+use drover_cli::client::{ApiClient, ApiConfig};
 use serde_json::Value;
 use ssntp::Role;
 
@@ -93,9 +93,9 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A binary built next to this test's `drover`.
+/// A binary built next to this package's `drover-controller`.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_drover")).parent().unwrap().to_owned();
+    let dir = Path::new(env!("CARGO_BIN_EXE_drover-controller")).parent().unwrap().to_owned();
     let path = dir.join(name);
     assert!(path.exists(), "{name} is built by `cargo test --workspace`; run the whole workspace's tests");
     path
@@ -271,7 +271,7 @@ impl Cluster {
 
     /// Runs the `drover` CLI against this cluster as admin.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_drover"))
+        Command::new(bin("drover"))
             .args(["--api", &self.api_addr, "--cacert"])
             .arg(self.pki.ca())
             .arg("--cert")

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use ssntp::payload::{Backend, Requirements, SizeClass, WorkClass};
 use ssntp::Uuid;
 
-use crate::lifecycle::{Restart, RestartPolicy};
+use crate::restart::{Restart, RestartPolicy};
 
 /// A workload file that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -440,16 +440,17 @@ async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Resu
     match cmd {
         WorkloadCmd::Create { file, replace } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let content_type = if crate::workload::Format::of_path(&file) == crate::workload::Format::Toml {
+            let content_type = if drover_api::workload::Format::of_path(&file) == drover_api::workload::Format::Toml {
                 "application/toml"
             } else {
                 "application/json"
             };
             let v = if replace {
                 let text = String::from_utf8_lossy(&body);
-                let format = crate::workload::Format::of_path(&file);
-                let name =
-                    crate::workload::parse(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?.name;
+                let format = drover_api::workload::Format::of_path(&file);
+                let name = drover_api::workload::parse(&text, format)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                    .name;
                 api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some((content_type, body))).await?
             } else {
                 api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await?

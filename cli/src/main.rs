@@ -1,7 +1,7 @@
 //! `drover`: the user's command line; the work is in the library (`cli`, `up`).
 
-use drover_controller::cli::{self, Cli, Cmd};
-use drover_controller::up::{self, UpOptions};
+use drover_cli::cli::{self, Cli, Cmd};
+use drover_cli::up::{self, UpOptions};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

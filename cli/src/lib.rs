@@ -1,0 +1,13 @@
+//! `drover`: the command line of the controller's HTTPS API, and `drover up`, a whole local
+//! cluster. It speaks to the controller only through the API, so it links no store and no server.
+//!
+//! # Layout
+//! - [`client`]: an HTTPS client of the API (the CLI, `drover up`, tests).
+//! - [`cli`]: the `drover` commands.
+//! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod up;
