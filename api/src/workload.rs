@@ -241,12 +241,12 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         return Err(err("restart.attempts", "at most 1000"));
     }
     let backoff = match &f.restart.backoff {
-        Some(text) => ssntp::cli::parse_duration(text).map_err(|m| err("restart.backoff", m))?,
+        Some(text) => drover_model::parse_duration(text).map_err(|m| err("restart.backoff", m))?,
         None => std::time::Duration::from_secs(10),
     };
     let max_run_time_s = match &f.max_run_time {
         Some(text) => {
-            let d = ssntp::cli::parse_duration(text).map_err(|m| err("max_run_time", m))?;
+            let d = drover_model::parse_duration(text).map_err(|m| err("max_run_time", m))?;
             if d.as_secs() == 0 {
                 return Err(err("max_run_time", "must be at least 1s"));
             }

@@ -664,14 +664,19 @@ backoff = "1s"
             .collect()
     }
 
+    /// A service on a redb file (for tests that reopen it, as a restarted controller would).
     fn service(dir: &std::path::Path) -> Service {
         Service::new(Store::open(&dir.join("c.redb")).unwrap()).unwrap()
     }
 
+    /// A service on the in-memory store: no disk.
+    fn memory_service() -> Service {
+        Service::new(Store::in_memory()).unwrap()
+    }
+
     #[test]
     fn launch_start_fail_restart_and_give_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         assert_eq!(s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap(), "job");
         let ids = s.launch("acme", "job", 2, 0).unwrap();
         let sent = s.tick(0).unwrap();
@@ -746,8 +751,7 @@ backoff = "1s"
 
     #[test]
     fn node_loss_evacuation_user_stop_and_tenant_isolation() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         let ids = s.launch("acme", "job", 2, 0).unwrap();
         s.tick(0).unwrap();
@@ -822,8 +826,7 @@ backoff = "1s"
 
     #[test]
     fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         let ids = s.launch("acme", "job", 3, 0).unwrap();
         s.tick(0).unwrap();
@@ -870,8 +873,7 @@ backoff = "1s"
 
     #[test]
     fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         let batch = WORKLOAD.replace("size = \"tiny\"", "class = \"batch\"\n[resources]\nmem_mb = 4096");
         s.put_workload("acme", &batch, Format::Toml, false).unwrap();
         let (id, ids, _) = s.submit_batch("acme", "job", 3, Some(1024), 0).unwrap();
@@ -891,8 +893,7 @@ backoff = "1s"
 
     #[test]
     fn batches_end_with_an_event_and_conflicts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         assert!(matches!(s.submit_batch("acme", "job", 2, None, 0), Err(ServiceError::Invalid(_))), "workorder class");
         assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
@@ -928,8 +929,7 @@ backoff = "1s"
 
     #[test]
     fn an_instance_whose_start_report_was_lost_is_found_running_by_stats() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
+        let s = memory_service();
         s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
         let id = s.launch("acme", "job", 1, 0).unwrap()[0];
         s.tick(0).unwrap();

@@ -50,7 +50,7 @@ pub struct Args {
     /// answer are sent again only once every node known before has reported what it runs, or
     /// after this long: a node may already run such an instance, and sending it sooner could
     /// start it twice. A number with ms, s or m.
-    #[arg(long, default_value = "15s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = drover_model::parse_duration)]
     pub resend_hold: std::time::Duration,
 }
 

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, default_value = "/var/lib/drover/launcher")]
     pub state_dir: PathBuf,
     /// How often to send READY.
-    #[arg(long, default_value = "1s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
     pub report_interval: Duration,
     /// Memory kept back for the system, MiB (not offered to workloads).
     #[arg(long, default_value_t = 256)]

@@ -4,13 +4,16 @@
 //! # Layout
 //! - [`time`]: [`Now`], the injected time (monotonic for durations, Unix for anything persisted
 //!   or sent).
+//! - [`duration`]: how durations are written (`500ms`, `10s`, `5m`), in flags and files.
 //! - [`fit`]: whether work fits a node's resources within the overcommit bounds — the rule the
 //!   scheduler places by and a launcher admits by.
 
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod fit;
 pub mod time;
 
+pub use duration::parse_duration;
 pub use fit::{fit, Capacity, Demand, Overcommit, Shortfall, Usage};
 pub use time::Now;

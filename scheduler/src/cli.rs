@@ -48,20 +48,20 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub load_threshold: f64,
     /// How long a START may wait in the queue before it fails with `queue_timeout`.
-    #[arg(long, default_value = "5m", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = drover_model::parse_duration)]
     pub queue_timeout: Duration,
     /// Most STARTs waiting at once; more fail with `queue_full`.
     #[arg(long, default_value_t = 100_000)]
     pub queue_max: usize,
     /// A launcher silent this long is suspect.
-    #[arg(long, default_value = "10s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_model::parse_duration)]
     pub node_ttl: Duration,
     /// A suspect launcher is declared lost (NODE_LOST) after this much more.
-    #[arg(long, default_value = "10s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_model::parse_duration)]
     pub node_grace: Duration,
     /// After the scheduler starts, no launcher is declared lost for this long (they are
     /// reconnecting).
-    #[arg(long, default_value = "5m", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = drover_model::parse_duration)]
     pub failover_grace: Duration,
     /// Charge estimated real memory instead of requested memory (on|off).
     // A bool field is a bare flag to clap unless told it takes a value.

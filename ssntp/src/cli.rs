@@ -2,23 +2,6 @@
 
 pub use crate::tls::TlsArgs;
 
-/// Parses a duration flag: `500ms`, `10s`, `5m`, or a bare number of seconds.
-///
-/// # Errors
-/// Anything else, with a message naming the accepted forms.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    use std::time::Duration;
-    let text = text.trim();
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
-}
-
 /// Exit code for invalid command lines and configuration (`EX_USAGE` of sysexits.h).
 pub const EX_USAGE: i32 = 64;
 
@@ -93,20 +76,5 @@ where
             eprintln!("{program}: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("fast").is_err());
     }
 }

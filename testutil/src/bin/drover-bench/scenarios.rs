@@ -60,7 +60,7 @@ pub(crate) struct PlaceArgs {
     #[arg(long, default_value = "spread")]
     policy: String,
     /// How often each launcher sends READY + STATS, as `drover-launcher --report-interval`.
-    #[arg(long, default_value = "1s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
     report_interval: Duration,
     /// Launchers handshaking at once while the fleet connects.
     #[arg(long, default_value_t = 64)]
@@ -74,13 +74,13 @@ pub(crate) struct HoldArgs {
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
     /// How often each sends READY + STATS.
-    #[arg(long, default_value = "1s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
     report_interval: Duration,
     /// Instances each reports in STATS.
     #[arg(long, default_value_t = 4)]
     instances_per_node: usize,
     /// How long to measure once all are connected.
-    #[arg(long, default_value = "20s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = drover_model::parse_duration)]
     duration: Duration,
     /// Launchers handshaking at once while the fleet connects.
     #[arg(long, default_value_t = 64)]
@@ -97,7 +97,7 @@ pub(crate) struct StormArgs {
     #[arg(long, default_value_t = 4)]
     instances_per_node: usize,
     /// How often each sends READY + STATS.
-    #[arg(long, default_value = "1s", value_parser = ssntp::cli::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
     report_interval: Duration,
     /// Launchers handshaking at once while the fleet first connects (the reconnect after the
     /// kill is not limited: that is the storm).

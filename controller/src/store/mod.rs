@@ -1,46 +1,119 @@
-//! The controller's durable state in redb: workloads, instances with their life, and an event
-//! log with a monotonic revision.
+//! The controller's durable state: workloads, instances with their life, and an event log with
+//! a monotonic revision.
 //!
-//! Every change is one write transaction that also appends an event and bumps the revision;
-//! a method returns only after the commit (redb's default durability: fsync), so whatever the
-//! API acknowledged survives a crash or `kill -9` of the controller. Values are JSON, so an
-//! operator can read them with any redb tool.
+//! [`Store`] is what the service uses. It keeps, beside a [`StoreBackend`], two indexes in
+//! memory, rebuilt on open: the instances waiting for a START and when they may have it (so a
+//! tick looks at those, not at every instance), and the running instances by node (so a node's
+//! STATS is checked against what should run there). It also decides the wording of every event,
+//! once, for all backends.
+//!
+//! Backends (each change is one atomic write that appends its events and bumps the revision,
+//! returning only once durable):
+//! - [`redb`]: a redb file, fsync per commit — the default, and what `drover up` uses; survives
+//!   `kill -9` of the controller.
+//! - [`memory`]: in memory, for tests of the service without a disk.
 
-use std::collections::BTreeMap;
+pub mod memory;
+pub mod redb;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use ssntp::Uuid;
 
 use crate::lifecycle::{Lifecycle, State};
 use crate::workload::Workload;
 
-/// `<tenant>/<name>` → stored workload.
-const WORKLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("workloads");
-/// instance UUID text → instance record.
-const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
-/// revision → event.
-const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
-
 /// The store failed (disk, corruption) — not the caller's fault.
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
-pub struct StoreError(String);
+pub struct StoreError(pub String);
 
-impl<E: Into<redb::Error>> From<E> for StoreError {
-    fn from(e: E) -> Self {
-        Self(e.into().to_string())
-    }
-}
+/// One change to the event log: tenant, instance, what happened.
+pub type EventDraft = (String, Option<Uuid>, String);
 
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("store types serialise")
-}
+/// Where the records live. Every method that changes something is one atomic write that appends
+/// `events` in order (revisions one apart, never reused) and returns only once it is durable.
+pub trait StoreBackend: Send + Sync + std::fmt::Debug {
+    /// The latest revision (0 when empty).
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn revision(&self) -> Result<u64, StoreError>;
 
-fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("corrupt record: {e}")))
+    /// Sets the workload stored under `key` (`<tenant>/<name>`); returns the revision.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn put_workload(&self, key: &str, workload: &StoredWorkload, event: EventDraft) -> Result<u64, StoreError>;
+
+    /// The workload under `key`.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn workload(&self, key: &str) -> Result<Option<StoredWorkload>, StoreError>;
+
+    /// Every workload with its key, in key order.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn workloads(&self) -> Result<Vec<(String, StoredWorkload)>, StoreError>;
+
+    /// Removes the workload under `key`; the event is written only if there was one.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn delete_workload(&self, key: &str, event: EventDraft) -> Result<bool, StoreError>;
+
+    /// Adds new instance records.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn insert_instances(&self, records: &[InstanceRecord], events: Vec<EventDraft>) -> Result<u64, StoreError>;
+
+    /// An instance.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn instance(&self, uuid: Uuid) -> Result<Option<InstanceRecord>, StoreError>;
+
+    /// Every instance.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// Reads, changes and writes the instances in one atomic write; `change` says what the
+    /// event of each is. Unknown UUIDs are skipped. Returns the records as written and the last
+    /// revision.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn update_instances(
+        &self,
+        uuids: &[Uuid],
+        change: &mut dyn FnMut(&mut InstanceRecord) -> EventDraft,
+    ) -> Result<(Vec<InstanceRecord>, u64), StoreError>;
+
+    /// Removes an instance record; the event is written only if there was one.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn delete_instance(&self, uuid: Uuid, event: EventDraft) -> Result<bool, StoreError>;
+
+    /// Appends an event alone; returns its revision.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn note(&self, event: EventDraft) -> Result<u64, StoreError>;
+
+    /// Events after `revision`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn events_after(&self, revision: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 }
 
 /// A workload as stored (the parsed file is kept with its source for `drover workload show`).
@@ -100,42 +173,40 @@ pub struct Event {
     pub what: String,
 }
 
-/// The store.
-///
-/// Beside the database it keeps two indexes in memory, rebuilt on open: the instances waiting
-/// for a START and when they may have it (so a tick looks at those, not at every instance), and
-/// the running instances by node (so a node's STATS is checked against what should run there).
+/// The store the service uses: a backend, and the in-memory indexes over it.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    backend: Box<dyn StoreBackend>,
     pending: Mutex<BTreeMap<Uuid, u64>>,
     running: Mutex<BTreeMap<Uuid, Uuid>>,
 }
 
-/// One change to the store's event log: tenant, instance, what happened.
-type EventDraft = (String, Option<Uuid>, String);
-
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) a redb store at `path`.
     ///
     /// # Errors
     /// The file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(WORKLOADS)?;
-            txn.open_table(INSTANCES)?;
-            txn.open_table(EVENTS)?;
-        }
-        txn.commit()?;
-        let store = Self { db, pending: Mutex::new(BTreeMap::new()), running: Mutex::new(BTreeMap::new()) };
-        let records = store.instances(None)?;
+        Self::over(Box::new(redb::RedbBackend::open(path)?))
+    }
+
+    /// An empty store in memory (tests).
+    pub fn in_memory() -> Self {
+        Self::over(Box::new(memory::MemoryBackend::default())).expect("an empty memory store reads")
+    }
+
+    /// The store over `backend`, its indexes built from what it holds.
+    ///
+    /// # Errors
+    /// The backend's records cannot be read.
+    pub fn over(backend: Box<dyn StoreBackend>) -> Result<Self, StoreError> {
+        let store = Self { backend, pending: Mutex::new(BTreeMap::new()), running: Mutex::new(BTreeMap::new()) };
+        let records = store.backend.instances()?;
         store.index(&records);
         Ok(store)
     }
 
-    /// Keeps the pending index in step with records just committed.
+    /// Keeps the indexes in step with records just committed.
     fn index<'a>(&self, records: impl IntoIterator<Item = &'a InstanceRecord>) {
         let mut pending = self.pending.lock().expect("pending index lock");
         let mut running = self.running.lock().expect("running index lock");
@@ -160,7 +231,7 @@ impl Store {
     }
 
     /// The nodes the store believes run at least one instance.
-    pub fn nodes_running(&self) -> std::collections::BTreeSet<Uuid> {
+    pub fn nodes_running(&self) -> BTreeSet<Uuid> {
         self.running.lock().expect("running index lock").values().copied().collect()
     }
 
@@ -180,32 +251,7 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
-        let last = events.last()?.map_or(0, |(k, _)| k.value());
-        Ok(last)
-    }
-
-    /// Runs `change` in one write transaction that appends `events` (tenant, instance, what) and
-    /// returns the last revision written. Nothing is visible, and nothing is acknowledged,
-    /// before the commit.
-    fn write<T>(
-        &self,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Vec<EventDraft>), StoreError>,
-    ) -> Result<(T, u64), StoreError> {
-        let txn = self.db.begin_write()?;
-        let (value, events) = change(&txn)?;
-        let mut revision;
-        {
-            let mut table = txn.open_table(EVENTS)?;
-            revision = table.last()?.map_or(0, |(k, _)| k.value());
-            for (tenant, instance, what) in events {
-                revision += 1;
-                table.insert(revision, json(&Event { revision, tenant, instance, what }).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok((value, revision))
+        self.backend.revision()
     }
 
     /// Creates or replaces a workload; returns the revision.
@@ -214,11 +260,7 @@ impl Store {
     /// Storage errors.
     pub fn put_workload(&self, name: &str, workload: &StoredWorkload) -> Result<u64, StoreError> {
         let key = format!("{}/{name}", workload.tenant);
-        let (_, revision) = self.write(|txn| {
-            txn.open_table(WORKLOADS)?.insert(key.as_str(), json(workload).as_slice())?;
-            Ok(((), vec![(workload.tenant.clone(), None, format!("workload {name} saved"))]))
-        })?;
-        Ok(revision)
+        self.backend.put_workload(&key, workload, (workload.tenant.clone(), None, format!("workload {name} saved")))
     }
 
     /// A workload of a tenant.
@@ -226,15 +268,12 @@ impl Store {
     /// # Errors
     /// Storage errors or a corrupt record.
     pub fn workload(&self, tenant: &str, name: &str) -> Result<Option<StoredWorkload>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(WORKLOADS)?;
-        let value = table.get(format!("{tenant}/{name}").as_str())?;
-        value.map(|v| parse(v.value())).transpose()
+        self.backend.workload(&format!("{tenant}/{name}"))
     }
 
     /// Creates `count` instances of a workload, all in `life`'s state (pending, or failed when
-    /// refused before they were created) with `why`, in one transaction; returns their UUIDs
-    /// once they are durable.
+    /// refused before they were created) with `why`, in one write; returns their UUIDs once
+    /// they are durable.
     ///
     /// # Errors
     /// Storage errors.
@@ -247,27 +286,22 @@ impl Store {
         why: &str,
         batch: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let (records, _) = self.write(|txn| {
-            let mut table = txn.open_table(INSTANCES)?;
-            let mut records = Vec::with_capacity(count);
-            let mut events = Vec::with_capacity(count);
-            for _ in 0..count {
-                let uuid = Uuid::new_v4();
-                let record = InstanceRecord {
-                    uuid,
-                    tenant: tenant.to_owned(),
-                    workload: workload.to_owned(),
-                    life: life.clone(),
-                    node: None,
-                    why: why.to_owned(),
-                    batch,
-                };
-                table.insert(uuid.to_string().as_str(), json(&record).as_slice())?;
-                events.push((tenant.to_owned(), Some(uuid), format!("instance of {workload} created")));
-                records.push(record);
-            }
-            Ok((records, events))
-        })?;
+        let records: Vec<InstanceRecord> = (0..count)
+            .map(|_| InstanceRecord {
+                uuid: Uuid::new_v4(),
+                tenant: tenant.to_owned(),
+                workload: workload.to_owned(),
+                life: life.clone(),
+                node: None,
+                why: why.to_owned(),
+                batch,
+            })
+            .collect();
+        let events = records
+            .iter()
+            .map(|r| (tenant.to_owned(), Some(r.uuid), format!("instance of {workload} created")))
+            .collect();
+        self.backend.insert_instances(&records, events)?;
         self.index(&records);
         Ok(records.into_iter().map(|r| r.uuid).collect())
     }
@@ -277,10 +311,7 @@ impl Store {
     /// # Errors
     /// Storage errors or a corrupt record.
     pub fn instance(&self, uuid: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INSTANCES)?;
-        let value = table.get(uuid.to_string().as_str())?;
-        value.map(|v| parse(v.value())).transpose()
+        self.backend.instance(uuid)
     }
 
     /// Every instance (of one tenant, or all).
@@ -288,20 +319,12 @@ impl Store {
     /// # Errors
     /// Storage errors or a corrupt record.
     pub fn instances(&self, tenant: Option<&str>) -> Result<Vec<InstanceRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INSTANCES)?;
-        let mut out = Vec::new();
-        for entry in table.range::<&str>(..)? {
-            let (_, v) = entry?;
-            let record: InstanceRecord = parse(v.value())?;
-            if tenant.is_none_or(|t| t == record.tenant) {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        let mut all = self.backend.instances()?;
+        all.retain(|r| tenant.is_none_or(|t| t == r.tenant));
+        Ok(all)
     }
 
-    /// Changes an instance in one transaction; the event says what became of it. Returns the
+    /// Changes an instance in one write; the event says what became of it. Returns the
     /// revision, or `None` for an unknown instance.
     ///
     /// # Errors
@@ -320,7 +343,7 @@ impl Store {
         Ok((!found.is_empty()).then_some(revision))
     }
 
-    /// Changes many instances in one transaction (one fsync), an event each; unknown UUIDs are
+    /// Changes many instances in one write (one fsync), an event each; unknown UUIDs are
     /// skipped. Returns the records as written and the last revision.
     ///
     /// # Errors
@@ -333,28 +356,14 @@ impl Store {
         if uuids.is_empty() {
             return Ok((Vec::new(), self.revision()?));
         }
-        let (records, revision) = self.write(|txn| {
-            let mut table = txn.open_table(INSTANCES)?;
-            let mut records = Vec::with_capacity(uuids.len());
-            let mut events = Vec::with_capacity(uuids.len());
-            for uuid in uuids {
-                let key = uuid.to_string();
-                let current = table.get(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
-                let Some(mut record) = current else { continue };
-                let before = record.life.state.name();
-                change(&mut record);
-                table.insert(key.as_str(), json(&record).as_slice())?;
-                let after = record.life.state.name();
-                let what = if before == after {
-                    format!("instance {after}")
-                } else {
-                    format!("instance {before} → {after}")
-                };
-                let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
-                events.push((record.tenant.clone(), Some(*uuid), what));
-                records.push(record);
-            }
-            Ok((records, events))
+        let (records, revision) = self.backend.update_instances(uuids, &mut |record| {
+            let before = record.life.state.name();
+            change(record);
+            let after = record.life.state.name();
+            let what =
+                if before == after { format!("instance {after}") } else { format!("instance {before} → {after}") };
+            let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
+            (record.tenant.clone(), Some(record.uuid), what)
         })?;
         self.index(&records);
         Ok((records, revision))
@@ -365,14 +374,8 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn delete_instance(&self, uuid: Uuid) -> Result<bool, StoreError> {
-        let key = uuid.to_string();
-        let (removed, _) = self.write(|txn| {
-            let mut table = txn.open_table(INSTANCES)?;
-            let removed = table.remove(key.as_str())?.map(|v| parse::<InstanceRecord>(v.value())).transpose()?;
-            let events =
-                removed.iter().map(|r| (r.tenant.clone(), Some(uuid), "instance deleted".to_owned())).collect();
-            Ok((removed.is_some(), events))
-        })?;
+        let Some(record) = self.backend.instance(uuid)? else { return Ok(false) };
+        let removed = self.backend.delete_instance(uuid, (record.tenant, Some(uuid), "instance deleted".to_owned()))?;
         self.pending.lock().expect("pending index lock").remove(&uuid);
         self.running.lock().expect("running index lock").remove(&uuid);
         Ok(removed)
@@ -383,18 +386,13 @@ impl Store {
     /// # Errors
     /// Storage errors or a corrupt record.
     pub fn workloads(&self, tenant: Option<&str>) -> Result<Vec<(String, StoredWorkload)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(WORKLOADS)?;
-        let mut out = Vec::new();
-        for entry in table.range::<&str>(..)? {
-            let (k, v) = entry?;
-            let stored: StoredWorkload = parse(v.value())?;
-            if tenant.is_none_or(|t| t == stored.tenant) {
-                let name = k.value().split_once('/').map_or(k.value(), |(_, n)| n).to_owned();
-                out.push((name, stored));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .backend
+            .workloads()?
+            .into_iter()
+            .filter(|(_, w)| tenant.is_none_or(|t| t == w.tenant))
+            .map(|(key, w)| (key.split_once('/').map_or(key.as_str(), |(_, n)| n).to_owned(), w))
+            .collect())
     }
 
     /// Deletes a workload; returns whether it existed.
@@ -403,13 +401,7 @@ impl Store {
     /// Storage errors.
     pub fn delete_workload(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let key = format!("{tenant}/{name}");
-        let (removed, _) = self.write(|txn| {
-            let removed = txn.open_table(WORKLOADS)?.remove(key.as_str())?.is_some();
-            let events =
-                if removed { vec![(tenant.to_owned(), None, format!("workload {name} deleted"))] } else { vec![] };
-            Ok((removed, events))
-        })?;
-        Ok(removed)
+        self.backend.delete_workload(&key, (tenant.to_owned(), None, format!("workload {name} deleted")))
     }
 
     /// Appends an event that changes no record (a batch finished); returns its revision.
@@ -417,8 +409,7 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn note(&self, tenant: &str, instance: Option<Uuid>, what: String) -> Result<u64, StoreError> {
-        let (_, revision) = self.write(|_| Ok(((), vec![(tenant.to_owned(), instance, what)])))?;
-        Ok(revision)
+        self.backend.note((tenant.to_owned(), instance, what))
     }
 
     /// Events after `revision`, oldest first, at most `limit`.
@@ -426,17 +417,7 @@ impl Store {
     /// # Errors
     /// Storage errors or a corrupt record.
     pub fn events_after(&self, revision: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for entry in table.range(revision.saturating_add(1)..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = entry?;
-            out.push(parse(v.value())?);
-        }
-        Ok(out)
+        self.backend.events_after(revision, limit)
     }
 }
 
@@ -450,6 +431,45 @@ mod tests {
     fn workload() -> StoredWorkload {
         let source = r#"{"name": "web", "size": "tiny", "backend": {"type": "process", "argv": ["true"]}}"#;
         StoredWorkload { tenant: "acme".into(), uuid: Uuid::new_v4(), source: source.into(), toml: false }
+    }
+
+    /// What every backend must do, through the store the service uses.
+    fn reads_back_what_it_wrote(store: &Store) {
+        assert_eq!(store.revision().unwrap(), 0);
+        let r1 = store.put_workload("web", &workload()).unwrap();
+        assert_eq!(r1, 1);
+        assert_eq!(store.workload("acme", "web").unwrap().unwrap().parsed().unwrap().name, "web");
+        assert_eq!(store.workload("other", "web").unwrap(), None, "tenants are separate");
+        assert_eq!(store.workloads(Some("acme")).unwrap()[0].0, "web");
+        let ids = store.create_instances("acme", "web", 3, &Lifecycle::new(RESTART, 0), "", None).unwrap();
+        assert_eq!(store.due(0, 10).len(), 3, "new instances are pending");
+        let node = Uuid::new_v4();
+        let (records, r2) = store.update_instances(&ids[..2], |r| r.life.state = State::Running { node }).unwrap();
+        assert_eq!((records.len(), r2), (2, 6), "one event per instance changed");
+        assert_eq!(store.running_on(node).len(), 2);
+        assert_eq!(store.nodes_running().into_iter().collect::<Vec<_>>(), vec![node]);
+        assert_eq!(store.update_instance(Uuid::new_v4(), |_| {}).unwrap(), None);
+        assert!(store.delete_instance(ids[0]).unwrap());
+        assert!(!store.delete_instance(ids[0]).unwrap(), "gone already: no event");
+        assert_eq!(store.running_on(node), vec![ids[1]]);
+        assert!(store.delete_workload("acme", "web").unwrap());
+        assert!(!store.delete_workload("acme", "web").unwrap());
+        let last = store.note("acme", None, "batch done".into()).unwrap();
+        let events = store.events_after(0, 100).unwrap();
+        assert_eq!(events.len() as u64, last);
+        assert!(events.windows(2).all(|w| w[1].revision == w[0].revision + 1));
+        let what: Vec<&str> = events.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(what[0], "workload web saved");
+        assert!(what[4].starts_with("instance pending → running"), "{what:?}");
+        assert_eq!(what[what.len() - 3..], ["instance deleted", "workload web deleted", "batch done"]);
+        assert_eq!(store.events_after(last - 1, 10).unwrap().len(), 1, "cursor");
+    }
+
+    #[test]
+    fn the_redb_and_memory_backends_behave_alike() {
+        reads_back_what_it_wrote(&Store::in_memory());
+        let dir = tempfile::tempdir().unwrap();
+        reads_back_what_it_wrote(&Store::open(&dir.path().join("c.redb")).unwrap());
     }
 
     #[test]
