@@ -144,6 +144,23 @@ async fn node_memory(api: &drover_cli::client::ApiClient) -> u64 {
     nodes[0]["stats"]["mem_total_mb"].as_u64().unwrap()
 }
 
+/// A long-running sim workload requesting `mem_mb` and using `uses_mb`.
+fn sim_workload(name: &str, mem_mb: u64, uses_mb: u64) -> String {
+    format!(
+        "name = \"{name}\"\n[resources]\nmem_mb = {mem_mb}\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\nmem_usage_mb = {uses_mb}\n"
+    )
+}
+
+/// Launches `count` more instances of `workload` and waits until `running` of it run.
+async fn launch_and_wait(api: &drover_cli::client::ApiClient, workload: &str, count: usize, running: usize) {
+    api.post(&format!("/v1/workloads/{workload}/launch"), &json!({ "count": count })).await.unwrap();
+    common::wait_within(&format!("{running} of {workload} to run"), std::time::Duration::from_secs(60), || async {
+        let list = instances(api, workload).await;
+        (list.iter().filter(|i| i["state"] == "running").count() == running).then_some(())
+    })
+    .await;
+}
+
 /// The scheduler's warnings that a launcher refused work it placed (`full_cn`).
 fn refusals(cluster: &Cluster) -> Vec<String> {
     let log = cluster.scheduler.log_text();
@@ -158,19 +175,8 @@ async fn with_memory_overcommit_twice_a_nodes_memory_runs_and_no_launcher_refuse
     let total = node_memory(&api).await;
     // Eight instances of just under a quarter of the node: twice its memory in all.
     let each = total / 4 - 1;
-    put(
-        &api,
-        &format!(
-            "name = \"big\"\n[resources]\nmem_mb = {each}\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n"
-        ),
-    )
-    .await;
-    api.post("/v1/workloads/big/launch", &json!({"count": 8})).await.unwrap();
-    wait_for("all eight to run", || async {
-        let list = instances(&api, "big").await;
-        (list.iter().filter(|i| i["state"] == "running").count() == 8).then_some(())
-    })
-    .await;
+    put(&api, &sim_workload("big", each, 0)).await;
+    launch_and_wait(&api, "big", 8, 8).await;
     assert!(8 * each > total, "the test asks for more than the node has");
     assert!(refusals(&cluster).is_empty(), "a launcher refused placed work: {:?}", refusals(&cluster));
 }
@@ -183,18 +189,8 @@ async fn with_estimates_on_work_requesting_three_times_a_node_runs_once_usage_is
     let total = node_memory(&api).await;
     // Each asks for half the node and uses almost nothing.
     let each = total / 2;
-    put(
-        &api,
-        &format!(
-            "name = \"frugal\"\n[resources]\nmem_mb = {each}\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\nmem_usage_mb = 8\n"
-        ),
-    )
-    .await;
-    api.post("/v1/workloads/frugal/launch", &json!({"count": 1})).await.unwrap();
-    wait_for("the first to run", || async {
-        (instances(&api, "frugal").await.iter().any(|i| i["state"] == "running")).then_some(())
-    })
-    .await;
+    put(&api, &sim_workload("frugal", each, 8)).await;
+    launch_and_wait(&api, "frugal", 1, 1).await;
     // Its STATS teach the scheduler what the workload really uses; the next five are charged
     // that estimate, on the scheduler and on the launcher alike.
     // Placed instances keep their charge, so the estimate must have come down before the rest
@@ -202,12 +198,7 @@ async fn with_estimates_on_work_requesting_three_times_a_node_runs_once_usage_is
     // reports every 500 ms; 10 s of samples bring it well under the tenth of the node that
     // five more need.
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-    api.post("/v1/workloads/frugal/launch", &json!({"count": 5})).await.unwrap();
-    common::wait_within("all six to run", std::time::Duration::from_secs(90), || async {
-        let list = instances(&api, "frugal").await;
-        (list.iter().filter(|i| i["state"] == "running").count() == 6).then_some(())
-    })
-    .await;
+    launch_and_wait(&api, "frugal", 5, 6).await;
     assert!(refusals(&cluster).is_empty(), "a launcher refused placed work: {:?}", refusals(&cluster));
     let reclaimed = common::wait_for("the heartbeat to show reclaimed memory", || async {
         let log = cluster.scheduler.log_text();

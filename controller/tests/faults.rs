@@ -42,21 +42,29 @@ fn node_of_launcher(cluster: &Cluster, i: usize) -> String {
     panic!("no identity in {}", dir.display());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_nothing() {
-    const COUNT: usize = 1000;
-    let mut cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
+/// Two sim launchers with room for everything; `count` instances launched; returns once the
+/// first runs (mid-placement), with the acknowledged instance UUIDs.
+async fn launch_on_two_nodes(count: usize) -> (Cluster, Vec<String>) {
+    let cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
     create(&api, &workload("sim", "never")).await;
-    let launched = api.post("/v1/workloads/sim/launch", &json!({"count": COUNT})).await.unwrap();
-    let acknowledged: Vec<String> =
+    let launched = api.post("/v1/workloads/sim/launch", &json!({"count": count})).await.unwrap();
+    let acknowledged =
         launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     wait_for("the first instances to run", || async {
         let s = api.get("/v1/status").await.ok()?;
         (s["instances"]["running"].as_u64().unwrap_or(0) >= 1).then_some(())
     })
     .await;
+    (cluster, acknowledged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_nothing() {
+    const COUNT: usize = 1000;
+    let (mut cluster, acknowledged) = launch_on_two_nodes(COUNT).await;
+    let api = cluster.admin();
     let before = api.get("/v1/status").await.unwrap();
     assert!(
         before["instances"]["running"].as_u64().unwrap() < COUNT as u64,
@@ -103,16 +111,8 @@ async fn most_copies(api: &drover_cli::client::ApiClient) -> (usize, Option<(Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_scheduler_never_runs_an_unanswered_start_on_a_second_node() {
     const COUNT: usize = 1000;
-    let mut cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
-    cluster.wait_ready(2).await;
+    let (mut cluster, _) = launch_on_two_nodes(COUNT).await;
     let api = cluster.admin();
-    create(&api, &workload("sim", "never")).await;
-    api.post("/v1/workloads/sim/launch", &json!({"count": COUNT})).await.unwrap();
-    wait_for("the first instances to run", || async {
-        let s = api.get("/v1/status").await.ok()?;
-        (s["instances"]["running"].as_u64().unwrap_or(0) >= 1).then_some(())
-    })
-    .await;
     // Freeze the scheduler mid-placement: the launchers go on starting what they received, and
     // their INSTANCE_STARTED answers die with the scheduler. Those instances run, but the
     // controller still waits for their answer.
