@@ -6,6 +6,8 @@
 //! The sibling binaries exist because the scheduler and launcher packages have integration
 //! tests of their own (cargo builds a package's binaries only for those).
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use std::path::Path;
 use std::process::Command;
 

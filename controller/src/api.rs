@@ -463,6 +463,7 @@ pub struct BatchAnswer {
     pub slots_remaining_estimate: u64,
 }
 
+#[allow(clippy::disallowed_methods)] // a handler's wait deadline (IO, not a decision)
 async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult<Response> {
     let BatchBody { workload, count, wait_ms } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
@@ -585,6 +586,7 @@ struct EventQuery {
     limit: Option<usize>,
 }
 
+#[allow(clippy::disallowed_methods)] // the long poll's deadline (IO, not a decision)
 async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuery>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_WAIT);

@@ -85,9 +85,7 @@ pub struct Controller {
 
 /// Unix time now, ms.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    drover_model::unix_ms_now()
 }
 
 impl Controller {

@@ -2,6 +2,8 @@
 //! isolation, events with a cursor, metrics. The controller runs in process with no scheduler,
 //! so instances stay pending; the end-to-end tests cover the cluster.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! launchers: after a restart every acknowledged instance runs exactly once — none lost, none
 //! duplicated, none restarted.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use common::{active_copies, all_events, runs, wait_for, Cluster};

@@ -3,6 +3,8 @@
 //! restarted per policy; evacuating a node moves its instances; batch submit answers correctly
 //! on a cluster too small for all of it.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use common::{node_status, wait_for, Cluster};

@@ -6,6 +6,8 @@
 //! in `launcher/tests/survival.rs`, kill -9 of the controller mid-launch in `crash.rs`, a
 //! network partition in `partition.rs`.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use std::time::Duration;

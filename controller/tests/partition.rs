@@ -4,6 +4,8 @@
 //! brings it back up. Needs root and iproute2; skipped with a printed reason where either is
 //! missing.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use std::process::{Command, Stdio};

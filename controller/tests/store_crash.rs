@@ -5,6 +5,8 @@
 //! commit; it kills the writer mid-stream, reopens the store, and looks for every acknowledged
 //! instance.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

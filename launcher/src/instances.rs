@@ -111,9 +111,7 @@ pub struct Instances {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    drover_model::unix_ms_now()
 }
 
 fn alive(pid: u32) -> bool {
@@ -539,6 +537,7 @@ impl Instances {
 
     /// Per-instance figures for STATS. CPU use is the share of one CPU since the previous
     /// call (-1 the first time); disk use is what `results/` holds.
+    #[allow(clippy::disallowed_methods)] // a CPU share is ticks over real elapsed time: a probe
     pub fn stats(&mut self) -> Vec<InstanceStat> {
         let now = std::time::Instant::now();
         let mut out = Vec::with_capacity(self.table.len());
@@ -656,6 +655,7 @@ fn rss_mb(pid: u32) -> Option<u64> {
 /// Watches an instance's files: reports the PID when the shim writes it, then the end when
 /// `exit.json` appears. A workload that vanishes without either (its shim was killed too) is
 /// reported ended with an unknown reason.
+#[allow(clippy::disallowed_methods)] // a watcher task of the IO layer: how long the shim takes
 async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc::Sender<Event>) {
     let mut announced = pid.is_some();
     let born = tokio::time::Instant::now();

@@ -341,6 +341,7 @@ impl Node {
 ///
 /// # Errors
 /// None yet; the signature leaves room for fatal conditions.
+#[allow(clippy::disallowed_methods)] // the shell: its clock origin and the drain deadline
 pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let Prepared { args, tls, uuid, shim, offer } = prepared;
     let cgroups = Cgroups::detect(&args.cgroup_root);

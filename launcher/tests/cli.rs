@@ -5,6 +5,8 @@
 //! controller's `drover up` test runs: cargo builds a package's binaries for its integration
 //! tests only.)
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use std::process::Command;
 
 fn launcher(args: &[&str]) -> (i32, String) {

@@ -2,6 +2,8 @@
 //! every change, EVACUATE and RESTORE (persisted across a restart), and what SIGTERM does with
 //! and without `--drain-on-exit`.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use common::{alive, wait_for, Launcher};

@@ -2,6 +2,8 @@
 //! exit codes, clean-up, stop grace, memory limits ending in `oom`, maximum run time, launch
 //! failures, and re-adoption from disk.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use std::path::Path;

@@ -3,6 +3,8 @@
 //! its exit code — even one that happened while no launcher ran — is reported. A corrupt state
 //! file does not stop the launcher.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 mod common;
 
 use std::time::Duration;

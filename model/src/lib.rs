@@ -1,9 +1,11 @@
 //! Drover's model: the values and rules more than one part of the system must agree on, decided
-//! here once. No IO, no clock reads, no tokio, no clap: inputs in, answers out.
+//! here once. No IO, no tokio, no clap: inputs in, answers out (the clock is read only by
+//! [`SystemClock`], which the shells hold).
 //!
 //! # Layout
 //! - [`time`]: [`Now`], the injected time (monotonic for durations, Unix for anything persisted
-//!   or sent).
+//!   or sent); [`Clock`], and [`SystemClock`], the one place daemons read the system's clocks
+//!   (a `clippy.toml` rule bans reading them anywhere else without saying why).
 //! - [`duration`]: how durations are written (`500ms`, `10s`, `5m`), in flags and files.
 //! - [`fit`]: whether work fits a node's resources within the overcommit bounds — the rule the
 //!   scheduler places by and a launcher admits by.
@@ -16,4 +18,4 @@ pub mod time;
 
 pub use duration::parse_duration;
 pub use fit::{fit, Capacity, Demand, Overcommit, Shortfall, Usage};
-pub use time::Now;
+pub use time::{unix_ms_now, Clock, Now, SystemClock};

@@ -12,3 +12,53 @@ pub struct Now {
     /// Unix milliseconds (wall clock).
     pub unix_ms: u64,
 }
+
+/// Where the time comes from: the system in the shells, anything in tests.
+pub trait Clock {
+    /// The time now.
+    fn now(&self) -> Now;
+}
+
+/// The system's clocks: the one place Drover's daemons read them. `mono_ms` counts from
+/// [`SystemClock::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: std::time::Instant,
+}
+
+impl SystemClock {
+    /// A clock whose monotonic time starts now.
+    #[allow(clippy::disallowed_methods)] // the one reading of the monotonic clock
+    pub fn start() -> Self {
+        Self { origin: std::time::Instant::now() }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        Now { mono_ms: u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX), unix_ms: unix_ms_now() }
+    }
+}
+
+/// Unix milliseconds now, for shells that need only the wall clock.
+#[allow(clippy::disallowed_methods)] // the one reading of the wall clock
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_moves_forward_from_its_start() {
+        let clock = SystemClock::start();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b.mono_ms >= a.mono_ms && b.unix_ms >= a.unix_ms);
+        assert!(a.mono_ms < 1_000, "monotonic time counts from the start");
+        assert!(a.unix_ms > 1_700_000_000_000, "wall time is Unix time");
+    }
+}

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::cli::Args;
 use crate::heartbeat::Heartbeat;
-use crate::hub::{Config, Hub, Input, Now, Output};
+use drover_model::{Clock as _, SystemClock};
+
+use crate::hub::{Config, Hub, Input, Output};
 use crate::metrics::Metrics;
 
 /// Capacity of the channel from connections to the hub. When it is full, connections stop
@@ -71,7 +73,7 @@ pub async fn run_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Prepared { args, config: core_config, tls } = prepared;
-    let clock = Clock::start();
+    let clock = SystemClock::start();
     let uuid = Uuid::new_v4();
     tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
     let mut opts = ServerOptions::new(uuid);
@@ -271,24 +273,5 @@ fn deliver(peers: &mut Outbox, hub: &Hub, config: &RwLock<ClusterConfig>, output
         }
         Output::Configure(new) => *config.write().expect("config lock") = with_scheduler_fields(new, hub.config()),
         Output::Warn(text) => tracing::warn!("{text}"),
-    }
-}
-
-/// The only clocks the scheduler reads; the core gets their values as [`Now`].
-#[derive(Debug)]
-struct Clock {
-    origin: tokio::time::Instant,
-}
-
-impl Clock {
-    fn start() -> Self {
-        Self { origin: tokio::time::Instant::now() }
-    }
-
-    fn now(&self) -> Now {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Now { mono_ms: u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX), unix_ms }
     }
 }

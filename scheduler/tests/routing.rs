@@ -1,6 +1,8 @@
 //! The scheduler over real TLS on loopback, with a raw controller and raw launchers: placement,
 //! forwarding, refusals, evacuation, queueing and node loss as a peer sees them.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use clap::Parser as _;
 use drover_scheduler::cli::Args;
 use drover_scheduler::shell;

@@ -4,6 +4,8 @@
 //! error (a TLS refusal, or an ERROR frame) and a close; the honest pair must notice nothing;
 //! the scheduler's memory must stay bounded.
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p ssntp --bench throughput`
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@
 //! - [`eventually`] and [`assert_eventually!`]: wait for a condition with a deadline.
 //! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
 
+#![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 #![forbid(unsafe_code)]
 
 use std::future::Future;
