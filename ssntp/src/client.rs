@@ -442,37 +442,28 @@ async fn session(
     reason
 }
 
+/// The session's writer: [`crate::conn::write_loop`] until the session ends or the client
+/// stops; a failed or stuck write (the server stopped reading) ends the session, and the client
+/// reconnects.
 async fn client_write_loop(
-    mut writer: Writer,
-    mut rx: mpsc::Receiver<Frame>,
+    writer: Writer,
+    rx: mpsc::Receiver<Frame>,
     session_end: CancellationToken,
     stop: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                writer.queue(&frame);
-                while writer.pending() < 64 * 1024 {
-                    match rx.try_recv() {
-                        Ok(frame) => writer.queue(&frame),
-                        Err(_) => break,
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    session_end.cancel();
-                    return;
-                }
+    let until = {
+        let (session_end, stop) = (session_end.clone(), stop);
+        async move {
+            tokio::select! {
+                () = session_end.cancelled() => {}
+                () = stop.cancelled() => {}
             }
-            () = session_end.cancelled() => break,
-            () = stop.cancelled() => break,
         }
+    };
+    if let Err(e) = crate::conn::write_loop(writer, rx, until).await {
+        tracing::debug!(error = %e, "write to the server failed");
+        session_end.cancel();
     }
-    while let Ok(frame) = rx.try_recv() {
-        writer.queue(&frame);
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
 }
 
 /// Whether a frame is the server's CONNECTED (useful to raw peers in tests).

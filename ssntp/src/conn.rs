@@ -1,8 +1,13 @@
 //! Buffered frame IO over any async byte stream (TLS in production, `tokio::io::duplex` in
-//! tests). Reading decodes frames; it never interprets payloads.
+//! tests). Reading decodes frames; it never interprets payloads. [`write_loop`] is the one
+//! writer task of a connection, server side and client side alike.
+
+use std::future::Future;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::frame::{self, Frame};
@@ -15,6 +20,13 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Size of the read that waits for the next frame with nothing buffered: most connections are
 /// idle most of the time, and a launcher's report fits; 10,000 idle connections stay cheap.
 const IDLE_CHUNK: usize = 2 * 1024;
+
+/// Most bytes the writer gathers from its queue into one write.
+pub const WRITE_BATCH: usize = 64 * 1024;
+/// How long one write may block before the peer counts as stuck and the connection ends.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last frames (an ERROR, say) and the TLS close_notify may take at the end.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads frames from a byte stream.
 #[derive(Debug)]
@@ -120,5 +132,83 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await?;
         self.inner.shutdown().await?;
         Ok(())
+    }
+}
+
+/// Drains `queue` into batched writes until the queue closes or `until` completes; then writes
+/// what is still queued and shuts the stream down (close_notify), within [`CLOSE_TIMEOUT`].
+///
+/// # Errors
+/// A write failed, or blocked for [`WRITE_TIMEOUT`] (the peer stopped reading): the caller ends
+/// the connection. Nothing more is written then.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut queue: mpsc::Receiver<Frame>,
+    until: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            biased;
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break };
+                writer.queue(&frame);
+                while writer.pending() < WRITE_BATCH {
+                    match queue.try_recv() {
+                        Ok(frame) => writer.queue(&frame),
+                        Err(_) => break,
+                    }
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(Error::Timeout("writing: the peer read nothing for 10 s")),
+                }
+            }
+            () = &mut until => break,
+        }
+    }
+    while let Ok(frame) = queue.try_recv() {
+        writer.queue(&frame);
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Kind, Status};
+
+    fn frame() -> Frame {
+        Frame { kind: Kind::Status(Status::Ready), origin: Uuid::nil(), payload: bytes::Bytes::from(vec![0u8; 1000]) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // tokio's paused test clock
+    async fn a_peer_that_stops_reading_ends_the_writer_after_the_timeout() {
+        let (ours, _theirs) = tokio::io::duplex(4096); // the other end never reads
+        let (tx, rx) = mpsc::channel(64);
+        for _ in 0..10 {
+            tx.send(frame()).await.unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let ended = write_loop(FrameWriter::new(ours), rx, std::future::pending()).await;
+        assert!(matches!(ended, Err(Error::Timeout(_))), "{ended:?}");
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_is_written_before_the_end() {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(64);
+        for _ in 0..3 {
+            tx.send(frame()).await.unwrap();
+        }
+        drop(tx);
+        write_loop(FrameWriter::new(ours), rx, std::future::pending()).await.unwrap();
+        let mut reader = FrameReader::new(theirs, 1 << 20);
+        for _ in 0..3 {
+            assert_eq!(reader.read_frame().await.unwrap(), Some(frame()));
+        }
     }
 }

@@ -31,19 +31,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{FrameReader, FrameWriter};
+use crate::conn::{FrameReader, FrameWriter, CLOSE_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::frame::{Command, Frame, Kind, DEFAULT_MAX_PAYLOAD};
 use crate::payload::{ClusterConfig, Connect, Connected, Message};
 use crate::role::{roles_from_cert_der, Role};
 use crate::uuid::Uuid;
-
-/// Most bytes the writer gathers from the queue into one TLS write.
-const WRITE_BATCH: usize = 64 * 1024;
-/// How long a write to a peer may block before the peer is dropped as stuck.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the last frames (an ERROR, say) and close_notify may take when a connection ends.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Server settings. [`ServerOptions::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -465,44 +458,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// Drains the peer's queue into batched TLS writes; on close, writes what is left and sends
-/// close_notify.
+/// The peer's writer: [`crate::conn::write_loop`] until the connection is closed; a failed or
+/// stuck write closes it.
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
-    mut rx: mpsc::Receiver<Frame>,
+    writer: FrameWriter<W>,
+    rx: mpsc::Receiver<Frame>,
     token: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                writer.queue(&frame);
-                while writer.pending() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(frame) => writer.queue(&frame),
-                        Err(_) => break,
-                    }
-                }
-                match tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "write failed");
-                        token.cancel();
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!("peer stopped reading; dropping it");
-                        token.cancel();
-                        return;
-                    }
-                }
-            }
-            () = token.cancelled() => break,
-        }
+    match crate::conn::write_loop(writer, rx, token.clone().cancelled_owned()).await {
+        Ok(()) => return,
+        Err(e @ Error::Timeout(_)) => tracing::warn!(error = %e, "peer stopped reading; dropping it"),
+        Err(e) => tracing::debug!(error = %e, "write failed"),
     }
-    while let Ok(frame) = rx.try_recv() {
-        writer.queue(&frame);
-    }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+    token.cancel();
 }
