@@ -101,6 +101,12 @@ struct Node {
     /// The scheduler's overcommit, from the cluster configuration it sent: admission and the
     /// FULL threshold use the same bounds placement does.
     overcommit: Overcommit,
+    /// Whether this loop has seen the current connection's `Connected`. The client reconnects on
+    /// its own task while this loop may still be working through commands from the old
+    /// connection; a report sent on the new connection before those are done would leave out
+    /// instances about to start, and a controller reconciling after a scheduler restart would
+    /// start them a second time elsewhere. So reports wait for it.
+    session_up: bool,
 }
 
 impl Node {
@@ -166,6 +172,9 @@ impl Node {
     /// Sends the status and STATS; dropped while disconnected (the next connect sends them
     /// anew).
     fn report(&mut self) {
+        if !self.session_up {
+            return; // the first report on the next connection follows every older command
+        }
         // One probe of the machine serves both frames.
         let r = self.probe();
         let status = self.status(r.clone());
@@ -400,6 +409,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         instances,
         orphans,
         overcommit: Overcommit::default(),
+        session_up: false,
     };
     let mut ticker = tokio::time::interval(args.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -414,10 +424,14 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
                     ClientEvent::Connected { target, server_uuid, config } => {
                         tracing::info!(%target, scheduler = %server_uuid, "connected");
                         node.overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
+                        node.session_up = true;
                         node.report();
                         node.report_ends().await;
                     }
-                    ClientEvent::Disconnected { reason } => tracing::warn!(%reason, "disconnected from the scheduler"),
+                    ClientEvent::Disconnected { reason } => {
+                        tracing::warn!(%reason, "disconnected from the scheduler");
+                        node.session_up = false;
+                    }
                     ClientEvent::ConnectFailed { target, reason, permanent } => {
                         if permanent {
                             tracing::error!(%target, %reason, "the scheduler refused this launcher; check its certificate and role");
