@@ -399,7 +399,7 @@ async fn tick(controller: &Arc<Controller>) {
 
 async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
     match event {
-        ClientEvent::Connected { target, server_uuid, config } => {
+        ClientEvent::Connected { target, server_uuid, config, .. } => {
             tracing::info!(%target, scheduler = %server_uuid, "connected to the scheduler");
             *controller.overcommit.lock().expect("overcommit lock") =
                 drover_model::Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };

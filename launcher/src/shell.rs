@@ -101,12 +101,12 @@ struct Node {
     /// The scheduler's overcommit, from the cluster configuration it sent: admission and the
     /// FULL threshold use the same bounds placement does.
     overcommit: Overcommit,
-    /// Whether this loop has seen the current connection's `Connected`. The client reconnects on
-    /// its own task while this loop may still be working through commands from the old
-    /// connection; a report sent on the new connection before those are done would leave out
-    /// instances about to start, and a controller reconciling after a scheduler restart would
-    /// start them a second time elsewhere. So reports wait for it.
-    session_up: bool,
+    /// The connection this loop last saw `Connected` for. The client reconnects on its own task
+    /// while this loop may still be working through commands from the old connection; a report
+    /// sent on the new connection before those are done would leave out instances about to
+    /// start, and a controller reconciling after a scheduler restart would start them a second
+    /// time elsewhere. So reports go only on this connection (`try_send_in`).
+    session: Option<u64>,
 }
 
 impl Node {
@@ -172,15 +172,17 @@ impl Node {
     /// Sends the status and STATS; dropped while disconnected (the next connect sends them
     /// anew).
     fn report(&mut self) {
-        if !self.session_up {
-            return; // the first report on the next connection follows every older command
+        // The first report on a new connection follows every command of the old one.
+        let Some(session) = self.session else { return };
+        if !self.client.is_connected() {
+            return;
         }
         // One probe of the machine serves both frames.
         let r = self.probe();
         let status = self.status(r.clone());
-        let _ = self.client.try_send(&status);
+        let _ = self.client.try_send_in(session, &status);
         let stats = self.stats(r);
-        let _ = self.client.try_send(&stats);
+        let _ = self.client.try_send_in(session, &stats);
     }
 
     fn set_maintenance(&mut self, on: bool) {
@@ -409,7 +411,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         instances,
         orphans,
         overcommit: Overcommit::default(),
-        session_up: false,
+        session: None,
     };
     let mut ticker = tokio::time::interval(args.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -421,16 +423,16 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
             event = events.recv() => {
                 let Some(event) = event else { break };
                 match event {
-                    ClientEvent::Connected { target, server_uuid, config } => {
+                    ClientEvent::Connected { target, server_uuid, config, session } => {
                         tracing::info!(%target, scheduler = %server_uuid, "connected");
                         node.overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
-                        node.session_up = true;
+                        node.session = Some(session);
                         node.report();
                         node.report_ends().await;
                     }
                     ClientEvent::Disconnected { reason } => {
                         tracing::warn!(%reason, "disconnected from the scheduler");
-                        node.session_up = false;
+                        node.session = None;
                     }
                     ClientEvent::ConnectFailed { target, reason, permanent } => {
                         if permanent {

@@ -269,6 +269,10 @@ pub enum ClientEvent {
         server_uuid: Uuid,
         /// Cluster configuration.
         config: ClusterConfig,
+        /// This connection's number (1, 2, …), for [`ClientHandle::try_send_in`]: the client
+        /// reconnects on its own task, so the application may still be handling frames of the
+        /// previous connection when the next one is up.
+        session: u64,
     },
     /// A frame from the server.
     Message {
@@ -294,11 +298,15 @@ pub enum ClientEvent {
     },
 }
 
+/// A connection's number (1, 2, … per client) and its outbound queue.
+type Session = (u64, mpsc::Sender<Frame>);
+
 /// Sends frames through a reconnecting client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ClientHandle {
     uuid: Uuid,
-    session: Arc<Mutex<Option<mpsc::Sender<Frame>>>>,
+    /// The current connection's number and queue.
+    session: Arc<Mutex<Option<Session>>>,
     stop: CancellationToken,
 }
 
@@ -321,8 +329,26 @@ impl ClientHandle {
     /// commands are never replayed.
     pub fn try_send(&self, message: &Message) -> Result<()> {
         let guard = self.session.lock().expect("session lock");
-        let tx = guard.as_ref().ok_or(Error::Send("not connected"))?;
-        tx.try_send(message.to_frame(self.uuid)).map_err(|e| match e {
+        let (_, tx) = guard.as_ref().ok_or(Error::Send("not connected"))?;
+        Self::queue(tx, message.to_frame(self.uuid))
+    }
+
+    /// As [`ClientHandle::try_send`], but only on connection number `session` (from its
+    /// [`ClientEvent::Connected`]): a message that describes what the application knew on that
+    /// connection is not sent on a later one.
+    ///
+    /// # Errors
+    /// [`Error::Send`] when that connection is gone or its queue is full.
+    pub fn try_send_in(&self, session: u64, message: &Message) -> Result<()> {
+        let guard = self.session.lock().expect("session lock");
+        match guard.as_ref() {
+            Some((current, tx)) if *current == session => Self::queue(tx, message.to_frame(self.uuid)),
+            _ => Err(Error::Send("that connection is gone")),
+        }
+    }
+
+    fn queue(tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<()> {
+        tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Send("outbound queue full"),
             mpsc::error::TrySendError::Closed(_) => Error::Send("not connected"),
         })
@@ -333,7 +359,7 @@ impl ClientHandle {
     /// # Errors
     /// [`Error::Send`] when not connected.
     pub async fn send(&self, message: &Message) -> Result<()> {
-        let tx = self.session.lock().expect("session lock").clone().ok_or(Error::Send("not connected"))?;
+        let (_, tx) = self.session.lock().expect("session lock").clone().ok_or(Error::Send("not connected"))?;
         tx.send(message.to_frame(self.uuid)).await.map_err(|_| Error::Send("not connected"))
     }
 
@@ -362,6 +388,7 @@ impl Client {
 async fn run(opts: ClientOptions, handle: ClientHandle, events: mpsc::Sender<ClientEvent>) {
     let stop = handle.stop.clone();
     let mut attempt: u32 = 0;
+    let mut sessions: u64 = 0;
     'outer: while !stop.is_cancelled() {
         for target in &opts.targets {
             let connected = tokio::select! {
@@ -371,7 +398,8 @@ async fn run(opts: ClientOptions, handle: ClientHandle, events: mpsc::Sender<Cli
             match connected {
                 Ok(conn) => {
                     attempt = 0;
-                    let reason = session(conn, &handle, &events, &opts).await;
+                    sessions += 1;
+                    let reason = session(conn, sessions, &handle, &events, &opts).await;
                     if events.send(ClientEvent::Disconnected { reason }).await.is_err() {
                         break 'outer;
                     }
@@ -404,17 +432,19 @@ async fn run(opts: ClientOptions, handle: ClientHandle, events: mpsc::Sender<Cli
 /// Runs one connected session; returns why it ended.
 async fn session(
     conn: Connection,
+    number: u64,
     handle: &ClientHandle,
     events: &mpsc::Sender<ClientEvent>,
     opts: &ClientOptions,
 ) -> String {
     let Connection { target, server_uuid, config, mut reader, writer, .. } = conn;
     let (tx, rx) = mpsc::channel(opts.outbound_queue);
-    *handle.session.lock().expect("session lock") = Some(tx);
+    *handle.session.lock().expect("session lock") = Some((number, tx));
     let session_end = CancellationToken::new();
     let writer_task = tokio::spawn(client_write_loop(writer, rx, session_end.clone(), handle.stop.clone()));
 
-    let reason = if events.send(ClientEvent::Connected { target, server_uuid, config }).await.is_err() {
+    let reason = if events.send(ClientEvent::Connected { target, server_uuid, config, session: number }).await.is_err()
+    {
         "application stopped".to_owned()
     } else {
         loop {

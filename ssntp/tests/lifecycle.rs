@@ -58,6 +58,10 @@ async fn client_reconnects_after_server_restart_with_the_same_uuid() {
     assert_eq!(load_or_create_uuid(state.path(), Role::AGENT).unwrap(), uuid);
 
     client.try_send(&Message::Offline).unwrap();
+    // A message bound to the first connection is not sent on the second.
+    let err = client.try_send_in(1, &Message::Offline).unwrap_err();
+    assert!(err.to_string().contains("gone"), "{err}");
+    client.try_send_in(2, &Message::Offline).unwrap();
     assert!(matches!(server.next_event().await, ServerEvent::Message { message: Message::Offline, .. }));
     client.close();
     server.stop().await;
