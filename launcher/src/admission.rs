@@ -100,7 +100,7 @@ pub fn admit(
     }
     let capacity = figures.capacity(limits);
     let usage = Usage { vcpus: figures.vcpus_allocated, mem_mb: figures.mem_allocated_mb, mem_unconfirmed_mb: 0 };
-    let charge = start.charge_mb.unwrap_or(req.mem_mb).min(req.mem_mb);
+    let charge = start.charged_mb();
     let demand = Demand { vcpus: req.vcpus, mem_mb: charge };
     if let Err(short) = drover_model::fit(&capacity, &usage, &demand, overcommit) {
         let detail = match short {

@@ -180,8 +180,7 @@ impl Instances {
     pub fn allocated(&self) -> (u32, u64) {
         self.table.values().filter(|i| i.running).fold((0, 0), |(c, m), i| {
             let start = &i.record.start;
-            let charge = start.charge_mb.unwrap_or(start.requirements.mem_mb).min(start.requirements.mem_mb);
-            (c.saturating_add(start.requirements.vcpus), m.saturating_add(charge))
+            (c.saturating_add(start.requirements.vcpus), m.saturating_add(start.charged_mb()))
         })
     }
 

@@ -13,10 +13,10 @@ use ssntp::{Frame, Role, Uuid};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::cli::Args;
-use crate::heartbeat::Heartbeat;
 use drover_model::{Clock as _, SystemClock};
 
+use crate::cli::Args;
+use crate::heartbeat::Heartbeat;
 use crate::hub::{Config, Hub, Input, Output};
 use crate::metrics::Metrics;
 
@@ -162,10 +162,6 @@ struct Backlog {
     bytes: usize,
 }
 
-fn frame_bytes(frame: &Frame) -> usize {
-    ssntp::frame::PREFIX_LEN + frame.payload.len()
-}
-
 impl Outbox {
     fn connected(&mut self, uuid: Uuid, sender: PeerSender) {
         self.drop_backlog(uuid); // frames for the old connection were for it only
@@ -201,7 +197,7 @@ impl Outbox {
 
     /// Keeps a frame for later, in order behind what already waits for that peer.
     fn keep(&mut self, to: Uuid, frame: Frame) {
-        let size = frame_bytes(&frame);
+        let size = frame.wire_len();
         let backlog = self.backlogs.entry(to).or_default();
         if backlog.bytes + size > PEER_BACKLOG_BYTES || self.backlog_bytes + size > TOTAL_BACKLOG_BYTES {
             let waiting = backlog.bytes;
@@ -233,7 +229,7 @@ impl Outbox {
                 return false;
             };
             while let Some(frame) = backlog.frames.pop_front() {
-                let size = frame_bytes(&frame);
+                let size = frame.wire_len();
                 match sender.offer(frame) {
                     Ok(()) => {
                         backlog.bytes -= size;

@@ -408,6 +408,12 @@ pub struct Start {
 }
 
 impl Start {
+    /// The memory this instance is charged on its node, MiB: what the scheduler granted
+    /// (`charge_mb`), never more than the request; the request when nothing was granted.
+    pub fn charged_mb(&self) -> u64 {
+        self.charge_mb.unwrap_or(self.requirements.mem_mb).min(self.requirements.mem_mb)
+    }
+
     /// A workorder START with the given essentials and every optional field empty; set the
     /// others by field (`Start { priority: 3, ..Start::new(…) }`).
     pub fn new(instance_uuid: Uuid, requirements: Requirements, backend: Backend) -> Self {
