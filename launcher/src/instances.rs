@@ -91,6 +91,23 @@ struct Instance {
     cancel: Option<tokio::sync::oneshot::Sender<()>>,
     /// CPU time (clock ticks) and when it was read, for the next STATS' percentage.
     last_cpu: Option<(u64, std::time::Instant)>,
+    /// A stop that came before the workload's PID was known: its grace, applied on start.
+    stop_pending: Option<Duration>,
+}
+
+/// Grace for a stop requested before a restart of the launcher, whose own grace is not kept.
+const ADOPTED_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM to a workload's process group, SIGKILL after `grace`.
+fn signal_stop(pid: u32, grace: Duration) {
+    let Ok(pgid) = i32::try_from(pid) else { return };
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, Signal::SIGTERM);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        // ESRCH (the group is gone) is the expected answer.
+        let _ = killpg(group, Signal::SIGKILL);
+    });
 }
 
 /// A refusal: the reason for the wire and a sentence for the operator.
@@ -241,7 +258,15 @@ impl Instances {
                 }
             }
             let running = record.exit.is_none();
-            let instance = Instance { record: record.clone(), pid, running, cancel: None, last_cpu: None };
+            let instance = Instance {
+                record: record.clone(),
+                pid,
+                running,
+                cancel: None,
+                last_cpu: None,
+                // Stopped before the shim wrote the PID, then this launcher restarted.
+                stop_pending: (running && record.stop_requested && pid.is_none()).then_some(ADOPTED_STOP_GRACE),
+            };
             self.table.insert(id, instance);
             match (&record.exit, &record.start.backend) {
                 (Some(exit), _) => {
@@ -311,7 +336,8 @@ impl Instances {
                 return Err(refusal);
             }
         };
-        self.table.insert(id, Instance { record, pid: None, running: true, cancel, last_cpu: None });
+        self.table
+            .insert(id, Instance { record, pid: None, running: true, cancel, last_cpu: None, stop_pending: None });
         self.persist(id);
         Ok(())
     }
@@ -430,9 +456,15 @@ impl Instances {
     }
 
     /// Records that an instance's workload runs with this PID.
+    ///
+    /// A stop that arrived while the workload was starting (an EVACUATE or STOP right after the
+    /// START) is carried out now: without this the workload would run on, unasked for.
     pub fn started(&mut self, id: Uuid, pid: u32) {
         if let Some(i) = self.table.get_mut(&id) {
             i.pid = (pid != 0).then_some(pid);
+            if let (Some(grace), Some(pid)) = (i.stop_pending.take(), i.pid) {
+                signal_stop(pid, grace);
+            }
         }
     }
 
@@ -486,16 +518,12 @@ impl Instances {
         }
         instance.record.stop_requested = true;
         if let Some(cancel) = instance.cancel.take() {
-            let _ = cancel.send(());
-        }
-        if let Some(pgid) = instance.pid.and_then(|p| i32::try_from(p).ok()) {
-            let group = Pid::from_raw(pgid);
-            let _ = killpg(group, Signal::SIGTERM);
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                // ESRCH (the group is gone) is the expected answer.
-                let _ = killpg(group, Signal::SIGKILL);
-            });
+            let _ = cancel.send(()); // a `sim` instance
+        } else if let Some(pid) = instance.pid {
+            signal_stop(pid, grace);
+        } else {
+            // Not started yet (the shim has not reported the PID): stopped once it has.
+            instance.stop_pending = Some(grace);
         }
         self.persist(id);
         Ok(())

@@ -142,6 +142,23 @@ async fn stop_sends_sigterm_to_the_group_then_sigkill_after_the_grace() {
 }
 
 #[tokio::test]
+async fn a_stop_before_the_workload_has_started_ends_it_once_it_starts() {
+    // An EVACUATE or STOP can arrive right after the START, before the shim has said the PID.
+    let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    let early = Uuid::new_v4();
+    instances.start(&sh(early, "sleep 60", 16)).unwrap();
+    instances.stop(early, Duration::from_secs(5)).unwrap();
+    let asked = tokio::time::Instant::now();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!((exit.instance, exit.reason), (early, ExitReason::Killed));
+    assert!(asked.elapsed() < Duration::from_secs(20), "ended by the stop, not by its own end");
+    assert!(instances.exited(&exit), "reported as a requested stop");
+}
+
+#[tokio::test]
 async fn a_workload_past_its_memory_limit_ends_with_oom() {
     let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
     if let Cgroups::Unavailable { why } = &cgroups {
