@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use ssntp::payload::{Backend, ExitReason, FailureReason, InstanceStat, InstanceState, Start};
+use ssntp::payload::{Backend, ExitReason, FailureReason, Start};
 use ssntp::Uuid;
 use tokio::sync::mpsc;
 
 use crate::cgroup::{Cgroups, Pin};
+use crate::executor::Executor;
+pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, ShimSpec};
 
-/// Time between SIGTERM and SIGKILL when stopping.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Most output bytes one LOG_FETCH returns, whatever it asks for (frames stay well under the
 /// 4 MiB payload limit).
 pub const MAX_LOG_BYTES: u32 = 1024 * 1024;
@@ -47,38 +47,6 @@ impl ShimCommand {
     pub fn current() -> std::io::Result<Self> {
         Ok(Self { program: std::env::current_exe()?, args: vec!["shim".into()] })
     }
-}
-
-/// Something that happened to an instance, for the shell to report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The workload runs (its PID).
-    Started {
-        /// The instance.
-        instance: Uuid,
-        /// The workload's PID (0 for `sim`).
-        pid: u32,
-    },
-    /// The workload could not be started; the detail is for the operator.
-    StartFailed {
-        /// The instance.
-        instance: Uuid,
-        /// Why.
-        detail: String,
-    },
-    /// The workload ended.
-    Exited(Exit),
-}
-
-/// An instance's workload ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
-    /// The instance.
-    pub instance: Uuid,
-    /// Exit code, when it exited rather than was killed.
-    pub code: Option<i32>,
-    /// Why it ended.
-    pub reason: ExitReason,
 }
 
 #[derive(Debug)]
@@ -109,9 +77,6 @@ fn signal_stop(pid: u32, grace: Duration) {
         let _ = killpg(group, Signal::SIGKILL);
     });
 }
-
-/// A refusal: the reason for the wire and a sentence for the operator.
-pub type Refusal = (FailureReason, String);
 
 /// The node's instances.
 #[derive(Debug)]
@@ -182,23 +147,9 @@ impl Instances {
         self.dir(instance).join(files::RESULTS).join(files::OUTPUT)
     }
 
-    /// The instances still running.
-    pub fn running_ids(&self) -> Vec<Uuid> {
-        self.table.iter().filter(|(_, i)| i.running).map(|(id, _)| *id).collect()
-    }
-
     /// Number of instances still running.
     pub fn running(&self) -> usize {
         self.table.values().filter(|i| i.running).count()
-    }
-
-    /// vCPUs and memory (MiB) charged to the running instances: the charge the scheduler
-    /// granted in the START (the request, or a memory estimate below it).
-    pub fn allocated(&self) -> (u32, u64) {
-        self.table.values().filter(|i| i.running).fold((0, 0), |(c, m), i| {
-            let start = &i.record.start;
-            (c.saturating_add(start.requirements.vcpus), m.saturating_add(start.charged_mb()))
-        })
     }
 
     /// The workload PID of an instance, if known.
@@ -224,11 +175,11 @@ impl Instances {
         }
     }
 
-    /// Picks up every instance on disk after a launcher start: running ones are watched again
-    /// (same PIDs), ended ones whose end was not reported are returned for reporting. An
-    /// unreadable record is reported and its workload stopped: without its record the launcher
-    /// cannot account for it, and the controller restarts it elsewhere.
-    pub fn adopt(&mut self) -> Vec<Event> {
+    /// Picks up every instance on disk after a launcher start, for the core: running ones are
+    /// watched again (same PIDs), ended ones are listed with whether their end was delivered.
+    /// An unreadable record is listed as such and its workload stopped: without its record the
+    /// launcher cannot account for it, and the controller restarts it elsewhere.
+    pub fn adopt(&mut self) -> Vec<Adopted> {
         let mut report = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return report };
         for entry in entries.flatten() {
@@ -249,7 +200,7 @@ impl Instances {
                 }
                 crate::shim::clean_up(&dir);
                 let _ = std::fs::remove_file(dir.join(files::STATE));
-                report.push(Event::Exited(Exit { instance: id, code: None, reason: ExitReason::Unknown }));
+                report.push(Adopted::Unreadable(Exit { instance: id, code: None, reason: ExitReason::Unknown }));
                 continue;
             };
             if record.exit.is_none() {
@@ -268,13 +219,14 @@ impl Instances {
                 stop_pending: (running && record.stop_requested && pid.is_none()).then_some(ADOPTED_STOP_GRACE),
             };
             self.table.insert(id, instance);
+            report.push(Adopted::Known {
+                start: Box::new(record.start.clone()),
+                stop_requested: record.stop_requested,
+                exit: record.exit.as_ref().map(|e| exit_of(e, id)),
+                exit_reported: record.exit_reported,
+            });
             match (&record.exit, &record.start.backend) {
-                (Some(exit), _) => {
-                    self.persist(id);
-                    if !record.exit_reported {
-                        report.push(Event::Exited(exit_of(exit, id)));
-                    }
-                }
+                (Some(_), _) => self.persist(id),
                 (None, Backend::Sim { duration_ms, exit_code, .. }) => {
                     let remaining = (record.started_unix_ms + duration_ms).saturating_sub(unix_ms());
                     let cancel = self.spawn_sim(id, Duration::from_millis(remaining), *exit_code);
@@ -495,17 +447,6 @@ impl Instances {
         }
     }
 
-    /// Ends not yet delivered (to re-send after a reconnect).
-    pub fn unreported(&self) -> Vec<(Exit, bool)> {
-        self.table
-            .iter()
-            .filter_map(|(id, i)| {
-                let e = i.record.exit.as_ref().filter(|_| !i.record.exit_reported)?;
-                Some((exit_of(e, *id), i.record.stop_requested))
-            })
-            .collect()
-    }
-
     /// Stops a running instance: SIGTERM to its process group, SIGKILL after `grace`. Its end
     /// arrives as an event and is reported as a stop.
     ///
@@ -562,10 +503,10 @@ impl Instances {
         Ok((String::from_utf8_lossy(&tail).into_owned(), keep < len))
     }
 
-    /// Per-instance figures for STATS. CPU use is the share of one CPU since the previous
+    /// Every instance's use of the node. CPU use is the share of one CPU since the previous
     /// call (-1 the first time); disk use is what `results/` holds.
     #[allow(clippy::disallowed_methods)] // a CPU share is ticks over real elapsed time: a probe
-    pub fn stats(&mut self) -> Vec<InstanceStat> {
+    pub fn usage(&mut self) -> Vec<(Uuid, InstanceUsage)> {
         let now = std::time::Instant::now();
         let mut out = Vec::with_capacity(self.table.len());
         for (id, i) in &mut self.table {
@@ -601,23 +542,55 @@ impl Instances {
                 i.last_cpu = Some((ticks, now));
             }
             let disk = dir_size_mb(&self.root.join(id.to_string()).join(files::RESULTS));
-            out.push(InstanceStat {
-                instance_uuid: *id,
-                state: if i.running {
-                    InstanceState::Active
-                } else if i.record.stop_requested {
-                    InstanceState::Stopped
-                } else {
-                    InstanceState::Exited
+            out.push((
+                *id,
+                InstanceUsage {
+                    memory_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
+                    cpu_percent: cpu_usage,
+                    disk_mb: disk.and_then(|d| i64::try_from(d).ok()).unwrap_or(-1),
                 },
-                memory_usage_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
-                disk_usage_mb: disk.and_then(|d| i64::try_from(d).ok()).unwrap_or(-1),
-                cpu_usage,
-                exit_code: i.record.exit.and_then(|e| e.code),
-                workload_uuid: i.record.start.workload_uuid,
-            });
+            ));
         }
         out
+    }
+}
+
+impl Executor for Instances {
+    fn run(&mut self, start: &Start) -> Result<(), Refusal> {
+        self.start(start)
+    }
+
+    fn stop(&mut self, instance: Uuid, grace: Duration) {
+        let _ = Self::stop(self, instance, grace);
+    }
+
+    fn delete(&mut self, instance: Uuid) {
+        let _ = Self::delete(self, instance);
+    }
+
+    fn record(&mut self, event: &Event) {
+        match event {
+            Event::Started { instance, pid } => self.started(*instance, *pid),
+            Event::StartFailed { instance, .. } => {
+                let reason = ExitReason::Failed;
+                self.exited(&Exit { instance: *instance, code: Some(crate::shim::CANNOT_RUN), reason });
+            }
+            Event::Exited(exit) => {
+                self.exited(exit);
+            }
+        }
+    }
+
+    fn reported(&mut self, instance: Uuid) {
+        Self::reported(self, instance);
+    }
+
+    fn tail(&self, instance: Uuid, max_bytes: u32) -> Result<(String, bool), Refusal> {
+        Self::tail(self, instance, max_bytes)
+    }
+
+    fn usage(&mut self) -> Vec<(Uuid, InstanceUsage)> {
+        Self::usage(self)
     }
 }
 

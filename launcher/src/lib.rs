@@ -9,13 +9,18 @@
 //!
 //! # Layout
 //! - [`probe`]: node resources from /proc and the file system; parsers are pure.
+//! - [`core`]: the launcher's decisions, pure (`handle(now, input) -> effects`): the instance
+//!   table, admission, node status, reports and the connection they go on.
 //! - [`admission`]: START admission and READY/FULL with hysteresis (pure).
+//! - [`executor`]: the [`executor::Executor`] trait the core's effects are carried out through.
 //! - [`cgroup`]: memory and CPU limits, usage and OOM counts (v1 and v2, injectable root).
 //! - [`state`]: the files kept per node and per instance, written atomically.
 //! - [`shim`]: the per-instance supervisor (`drover-launcher shim --dir DIR`).
-//! - [`instances`]: start, stop, delete, output tail, STATS, re-adoption after a restart.
+//! - [`instances`]: the executor: start, stop, delete, output tail, usage, re-adoption after a
+//!   restart.
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
-//! - [`shell`]: the SSNTP client loop: reports, command handling.
+//! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
+//!   the executor.
 //! - [`cli`]: command-line flags.
 
 #![forbid(unsafe_code)]
@@ -23,6 +28,8 @@
 pub mod admission;
 pub mod cgroup;
 pub mod cli;
+pub mod core;
+pub mod executor;
 pub mod instances;
 pub mod oci;
 pub mod probe;

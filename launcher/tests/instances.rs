@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_launcher::cgroup::Cgroups;
-use drover_launcher::instances::{Event, Exit, Instances, ShimCommand};
+use drover_launcher::instances::{Adopted, Event, Exit, Instances, ShimCommand};
 use ssntp::payload::{Backend, ExitReason, FailureReason, Requirements, Start};
 use ssntp::Uuid;
 use tokio::sync::mpsc;
@@ -191,8 +191,8 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
     let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
     instances.started(small, pid);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let stat = instances.stats().into_iter().find(|s| s.instance_uuid == small).unwrap();
-    assert!((10..64).contains(&stat.memory_usage_mb), "usage {} MiB", stat.memory_usage_mb);
+    let (_, usage) = instances.usage().into_iter().find(|(id, _)| *id == small).unwrap();
+    assert!((10..64).contains(&usage.memory_mb), "usage {} MiB", usage.memory_mb);
     // When it ends, its groups go too, removed by its shim.
     let exit = until_exit(&mut rx, &mut instances).await;
     assert_eq!(exit.reason, ExitReason::Completed);
@@ -233,15 +233,21 @@ async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
 
     let (tx, mut rx) = mpsc::channel(16);
     let mut second = Instances::new(state.path(), shim(), no_limits(), tx);
-    let mut reported = second.adopt();
-    reported.sort_by_key(|e| format!("{e:?}"));
+    let adopted = second.adopt();
+    let ended_exit = Exit { instance: ended, code: Some(0), reason: ExitReason::Completed };
     assert!(
-        reported.contains(&Event::Exited(Exit { instance: ended, code: Some(0), reason: ExitReason::Completed })),
-        "{reported:?}"
+        adopted
+            .iter()
+            .any(|a| matches!(a, Adopted::Known { exit: Some(e), exit_reported: false, .. } if *e == ended_exit)),
+        "the end the first launcher never reported: {adopted:?}"
     );
     assert!(
-        reported.contains(&Event::Exited(Exit { instance: corrupt, code: None, reason: ExitReason::Unknown })),
-        "{reported:?}"
+        adopted.iter().any(|a| matches!(a, Adopted::Known { exit: None, start, .. } if start.instance_uuid == running)),
+        "{adopted:?}"
+    );
+    assert!(
+        adopted.contains(&Adopted::Unreadable(Exit { instance: corrupt, code: None, reason: ExitReason::Unknown })),
+        "{adopted:?}"
     );
     assert_eq!(second.pid(running), Some(pid), "same PID");
     assert!(second.is_running(running));
@@ -363,12 +369,12 @@ async fn stats_report_cpu_and_disk_use() {
     instances.start(&sh(id, "head -c 3000000 /dev/zero > results/blob; while :; do :; done", 16)).unwrap();
     let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
     instances.started(id, pid);
-    let first = instances.stats().into_iter().find(|s| s.instance_uuid == id).unwrap();
-    assert_eq!(first.cpu_usage, -1, "no share before a second sample");
+    let usage_of = |instances: &mut Instances| instances.usage().into_iter().find(|(i, _)| *i == id).unwrap().1;
+    assert_eq!(usage_of(&mut instances).cpu_percent, -1, "no share before a second sample");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stat = instances.stats().into_iter().find(|s| s.instance_uuid == id).unwrap();
-    assert!(stat.cpu_usage >= 30, "a busy loop uses a good share of a CPU: {}", stat.cpu_usage);
-    assert!(stat.disk_usage_mb >= 2, "results/ holds 3 MB: {}", stat.disk_usage_mb);
+    let usage = usage_of(&mut instances);
+    assert!(usage.cpu_percent >= 30, "a busy loop uses a good share of a CPU: {}", usage.cpu_percent);
+    assert!(usage.disk_mb >= 2, "results/ holds 3 MB: {}", usage.disk_mb);
     instances.stop(id, Duration::from_millis(200)).unwrap();
     let exit = until_exit(&mut rx, &mut instances).await;
     assert!(instances.exited(&exit));
