@@ -4,8 +4,11 @@
 //! # Layout
 //! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field.
 //! - [`restart`]: restart policies and their bounds, as a workload file states them.
+//! - [`views`]: the routes' bodies, queries and answers (instances, launches, logs, batches),
+//!   with state names from `drover_model`.
 
 #![forbid(unsafe_code)]
 
 pub mod restart;
+pub mod views;
 pub mod workload;

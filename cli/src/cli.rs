@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use serde_json::{json, Value};
 
+use drover_api::views::{BatchAnswer, BatchBody, InstanceView, LaunchAnswer, LaunchBody, LogView};
+use drover_model::InstanceStatus;
+
 use crate::client::{ApiClient, ApiConfig};
 
 /// Drover: a cluster workload scheduler. `drover up` starts a local cluster; the other commands
@@ -263,20 +266,21 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn instance_rows(list: &[Value]) -> Vec<Vec<String>> {
+fn instance_rows(list: &[InstanceView]) -> Vec<Vec<String>> {
     list.iter()
         .map(|i| {
-            let state = match i.get("exit_code").and_then(Value::as_i64) {
-                Some(code) => format!("{}({code})", text(i, "state")),
-                None => text(i, "state"),
+            let state = match i.exit_code {
+                Some(code) => format!("{}({code})", i.state),
+                None => i.state.to_string(),
             };
+            let why = if i.why.is_empty() { "-".to_owned() } else { i.why.clone() };
             vec![
-                short(&text(i, "uuid")),
-                text(i, "workload"),
+                short(&i.uuid.to_string()),
+                i.workload.clone(),
                 state,
-                i.get("node").and_then(Value::as_str).map_or("-".into(), short),
-                text(i, "restarts"),
-                text(i, "why"),
+                i.node.map_or("-".into(), |n| short(&n.to_string())),
+                i.restarts.to_string(),
+                why,
             ]
         })
         .collect()
@@ -305,10 +309,6 @@ async fn resolve(api: &ApiClient, id: &str, what: &str, list_path: &str) -> anyh
     }
 }
 
-fn is_final(state: &str) -> bool {
-    matches!(state, "exited" | "failed" | "stopped" | "lost" | "canceled")
-}
-
 /// Runs one command against the API (everything but `up`).
 ///
 /// # Errors
@@ -335,11 +335,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(s) = state {
                 query.push(format!("state={s}"));
             }
-            let list = api.get(&format!("/v1/instances?{}", query.join("&"))).await?;
+            let list: Vec<InstanceView> = api.get_as(&format!("/v1/instances?{}", query.join("&"))).await?;
             if json {
-                print_json(&list);
+                print_json(&serde_json::to_value(&list)?);
             } else {
-                table(&INSTANCE_HEADERS, &instance_rows(list.as_array().map_or(&[], Vec::as_slice)));
+                table(&INSTANCE_HEADERS, &instance_rows(&list));
             }
         }
         Cmd::Show { id } => {
@@ -365,24 +365,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Cmd::Batch(BatchCmd::Submit { workload, count, wait_ms }) => {
-            let answer =
-                api.post("/v1/batch", &json!({"workload": workload, "count": count, "wait_ms": wait_ms})).await?;
+            let answer: BatchAnswer =
+                api.post_as("/v1/batch", &BatchBody { workload, count, wait_ms: Some(wait_ms) }).await?;
             if json {
-                print_json(&answer);
+                print_json(&serde_json::to_value(&answer)?);
             } else {
-                let n = |k: &str| answer.get(k).and_then(Value::as_array).map_or(0, Vec::len);
                 println!(
                     "batch {}: {} started, {} queued, {} rejected, {} undecided; about {} more would fit now",
-                    text(&answer, "batch"),
-                    n("started"),
-                    n("queued"),
-                    n("rejected"),
-                    n("pending"),
-                    text(&answer, "slots_remaining_estimate")
+                    answer.batch,
+                    answer.started.len(),
+                    answer.queued.len(),
+                    answer.rejected.len(),
+                    answer.pending.len(),
+                    answer.slots_remaining_estimate
                 );
                 let mut rows = Vec::new();
-                for k in ["started", "queued", "rejected", "pending"] {
-                    rows.extend(instance_rows(answer.get(k).and_then(Value::as_array).map_or(&[], Vec::as_slice)));
+                for part in [&answer.started, &answer.queued, &answer.rejected, &answer.pending] {
+                    rows.extend(instance_rows(part));
                 }
                 table(&INSTANCE_HEADERS, &rows);
             }
@@ -512,56 +511,58 @@ async fn run_workload(
     wait: bool,
     json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let v = api.post(&format!("/v1/workloads/{workload}/launch"), &json!({"count": count})).await?;
-    let ids: Vec<String> =
-        v["instances"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    let launched: LaunchAnswer =
+        api.post_as(&format!("/v1/workloads/{workload}/launch"), &LaunchBody { count }).await?;
     if !wait {
         if json {
-            print_json(&v);
+            print_json(&serde_json::to_value(&launched)?);
         } else {
-            for id in &ids {
+            for id in &launched.instances {
                 println!("{id}");
             }
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let wanted: std::collections::HashSet<ssntp::Uuid> = launched.instances.iter().copied().collect();
+    let total = wanted.len();
+    let progress = if !json && total > 1 {
+        let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} done, {msg}")
+                .expect("a fixed template")
+                .progress_chars("#>-"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
     let mut interval = tokio::time::interval(Duration::from_millis(500));
     let finals = loop {
         interval.tick().await;
-        let list = api.get(&format!("/v1/instances?workload={workload}")).await?;
-        let mine: Vec<Value> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["uuid"].as_str().is_some_and(|u| wanted.contains(u)))
-            .cloned()
-            .collect();
-        let count_of = |s: &str| mine.iter().filter(|i| i["state"] == s).count();
-        let done = mine.iter().filter(|i| is_final(i["state"].as_str().unwrap_or(""))).count();
-        if !json && ids.len() > 1 {
-            let width = 30;
-            let filled = done * width / ids.len().max(1);
-            eprint!(
-                "\r[{}{}] {done}/{} done, {} running, {} queued, {} failed ",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                ids.len(),
-                count_of("running"),
-                count_of("queued"),
-                count_of("failed")
-            );
+        let list: Vec<InstanceView> = api.get_as(&format!("/v1/instances?workload={workload}")).await?;
+        let mine: Vec<InstanceView> = list.into_iter().filter(|i| wanted.contains(&i.uuid)).collect();
+        let count_of = |s: InstanceStatus| mine.iter().filter(|i| i.state == s).count();
+        let done = mine.iter().filter(|i| i.state.is_final()).count();
+        if let Some(bar) = &progress {
+            bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+            bar.set_message(format!(
+                "{} running, {} queued, {} failed",
+                count_of(InstanceStatus::Running),
+                count_of(InstanceStatus::Queued),
+                count_of(InstanceStatus::Failed)
+            ));
         }
-        if done == ids.len() || mine.len() < ids.len() && done == mine.len() {
-            if !json && ids.len() > 1 {
-                eprintln!();
+        // Instances deleted meanwhile no longer count.
+        if done == total || mine.len() < total && done == mine.len() {
+            if let Some(bar) = &progress {
+                bar.finish();
             }
             break mine;
         }
     };
-    let failed = finals.iter().filter(|i| i["state"] != "exited" || i["exit_code"].as_i64().unwrap_or(0) != 0).count();
+    let failed = finals.iter().filter(|i| !i.succeeded()).count();
     if json {
-        print_json(&Value::Array(finals));
+        print_json(&serde_json::to_value(&finals)?);
     } else {
         table(&INSTANCE_HEADERS, &instance_rows(&finals));
     }
@@ -572,10 +573,10 @@ async fn logs(api: &ApiClient, id: &str, follow: bool) -> anyhow::Result<()> {
     let id = resolve(api, id, "instance", "/v1/instances").await?;
     let mut printed = String::new();
     loop {
-        let state = api.get(&format!("/v1/instances/{id}")).await?;
-        let data = match api.get(&format!("/v1/instances/{id}/logs?max_bytes=1048576")).await {
-            Ok(v) => text(&v, "data"),
-            Err(e) if follow && state["node"].is_null() => {
+        let state: InstanceView = api.get_as(&format!("/v1/instances/{id}")).await?;
+        let data = match api.get_as::<LogView>(&format!("/v1/instances/{id}/logs?max_bytes=1048576")).await {
+            Ok(log) => log.data,
+            Err(e) if follow && state.node.is_none() => {
                 tracing::debug!(error = %e, "not running yet");
                 String::new()
             }
@@ -586,7 +587,7 @@ async fn logs(api: &ApiClient, id: &str, follow: bool) -> anyhow::Result<()> {
         print!("{new}");
         std::io::stdout().flush()?;
         printed = data;
-        if !follow || is_final(state["state"].as_str().unwrap_or("")) {
+        if !follow || state.state.is_final() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -163,6 +163,28 @@ impl ApiClient {
         self.call(Method::GET, path, None).await
     }
 
+    /// GET, read as `T` (one of the API's views).
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`], or an answer that is not a `T`.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let value = self.get(path).await?;
+        serde_json::from_value(value).map_err(|e| anyhow::anyhow!("GET {path}: unexpected answer: {e}"))
+    }
+
+    /// POST `body` as JSON and read the answer as `T`.
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`], or an answer that is not a `T`.
+    pub async fn post_as<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let value = self.post(path, &serde_json::to_value(body)?).await?;
+        serde_json::from_value(value).map_err(|e| anyhow::anyhow!("POST {path}: unexpected answer: {e}"))
+    }
+
     /// POST with a JSON body.
     ///
     /// # Errors

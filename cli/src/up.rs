@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use drover_api::views::{InstanceView, LaunchAnswer, LaunchBody, LogView};
 use drover_cert::IssueRequest;
-use serde_json::{json, Value};
+use serde_json::Value;
 use ssntp::tls::TlsPaths;
 use ssntp::Role;
 use tokio::process::{Child, Command};
@@ -175,7 +176,7 @@ async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &
             }
         }
         if let Ok(status) = api.get("/v1/status").await {
-            let ready = status["nodes"]["READY"].as_u64().unwrap_or(0);
+            let ready = status["nodes"][drover_model::NodeStatus::Ready.name()].as_u64().unwrap_or(0);
             if status["scheduler"]["connected"] == true && ready > 0 {
                 println!("cluster healthy: controller connected, {ready} node(s) READY");
                 return Ok(());
@@ -195,35 +196,34 @@ async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &
 /// Creates and runs the demo workload through the API and prints its output.
 async fn demo(api: &ApiClient) -> anyhow::Result<()> {
     api.call(hyper::Method::PUT, "/v1/workloads/demo", Some(("application/toml", DEMO.as_bytes().to_vec()))).await?;
-    let launched = api.post("/v1/workloads/demo/launch", &json!({"count": 1})).await?;
-    let id = launched["instances"][0].as_str().context("the API returned no instance")?.to_owned();
-    let short = &id[..8];
+    let launched: LaunchAnswer = api.post_as("/v1/workloads/demo/launch", &LaunchBody { count: 1 }).await?;
+    let id = *launched.instances.first().context("the API returned no instance")?;
+    let short = id.short();
     println!("demo workload submitted: instance {short}");
     let deadline = tokio::time::Instant::now() + DEMO_DEADLINE;
-    let mut last_state = String::new();
+    let mut last_state = None;
     let instance = loop {
-        let v = api.get(&format!("/v1/instances/{id}")).await?;
-        let state = v["state"].as_str().unwrap_or("").to_owned();
-        if state != last_state {
-            let node = v["node"].as_str().map_or(String::new(), |n| format!(" on node {}", &n[..8]));
-            let why = v["why"].as_str().filter(|w| !w.is_empty()).map_or(String::new(), |w| format!(" ({w})"));
-            println!("  instance {short} {state}{node}{why}");
-            last_state.clone_from(&state);
+        let v: InstanceView = api.get_as(&format!("/v1/instances/{id}")).await?;
+        if last_state != Some(v.state) {
+            let node = v.node.map_or(String::new(), |n| format!(" on node {}", n.short()));
+            let why = if v.why.is_empty() { String::new() } else { format!(" ({})", v.why) };
+            println!("  instance {short} {}{node}{why}", v.state);
+            last_state = Some(v.state);
         }
-        if matches!(state.as_str(), "exited" | "failed" | "stopped" | "lost" | "canceled") {
+        if v.state.is_final() {
             break v;
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the demo workload did not finish in time (state {state}); see the logs");
+            bail!("the demo workload did not finish in time (state {}); see the logs", v.state);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if instance["state"] != "exited" {
-        bail!("the demo workload {}: {}", instance["state"], instance["why"]);
+    if instance.state != drover_model::InstanceStatus::Exited {
+        bail!("the demo workload {}: {}", instance.state, instance.why);
     }
-    let log = api.get(&format!("/v1/instances/{id}/logs")).await?;
+    let log: LogView = api.get_as(&format!("/v1/instances/{id}/logs")).await?;
     println!("--- output of instance {short} (drover logs {short}) ---");
-    print!("{}", log["data"].as_str().unwrap_or(""));
+    print!("{}", log.data);
     println!("---");
     Ok(())
 }

@@ -18,12 +18,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use drover_model::NodeStatus;
+use serde::Deserialize;
 use serde_json::json;
 use ssntp::payload::{Evacuate, Message, Restore};
 use ssntp::{Role, Uuid};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use drover_api::views::{
+    BatchAnswer, BatchBody, EventQuery, InstanceQuery, InstanceView, LaunchAnswer, LaunchBody, LogQuery, LogView,
+};
 
 use crate::daemon::{Controller, NodeView};
 use crate::lifecycle::{Input, State as Life};
@@ -161,41 +166,19 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 type Ctl = State<Arc<Controller>>;
 
-/// An instance as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct InstanceView {
-    /// UUID.
-    pub uuid: Uuid,
-    /// Tenant.
-    pub tenant: String,
-    /// Workload name.
-    pub workload: String,
-    /// State name.
-    pub state: String,
-    /// Node it runs or ran on.
-    pub node: Option<Uuid>,
-    /// Why it waits, failed or ended, in the cluster's words.
-    pub why: String,
-    /// Restarts so far.
-    pub restarts: u32,
-    /// Exit code, once exited.
-    pub exit_code: Option<i32>,
-    /// Batch it belongs to.
-    pub batch: Option<Uuid>,
-}
-
-impl From<&InstanceRecord> for InstanceView {
-    fn from(r: &InstanceRecord) -> Self {
+/// An instance record as the API shows it.
+pub fn instance_view(r: &InstanceRecord) -> InstanceView {
+    {
         let why = match &r.life.state {
             Life::Queued { reason } if r.why.is_empty() => reason.clone(),
             Life::Failed { reason } if r.why.is_empty() => reason.clone(),
             _ => r.why.clone(),
         };
-        Self {
+        InstanceView {
             uuid: r.uuid,
             tenant: r.tenant.clone(),
             workload: r.workload.clone(),
-            state: r.life.state.name().to_owned(),
+            state: r.life.state.status(),
             node: r.node,
             why,
             restarts: r.life.restarts,
@@ -320,18 +303,6 @@ async fn delete_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Body of a launch.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LaunchBody {
-    #[serde(default = "one")]
-    count: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
 fn json_body<T: for<'de> Deserialize<'de>>(body: &str) -> ApiResult<T> {
     let text = if body.trim().is_empty() { "{}" } else { body };
     serde_json::from_str(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))
@@ -346,14 +317,7 @@ async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>,
         })
         .await?;
     c.wake();
-    Ok((StatusCode::CREATED, Json(json!({"instances": ids}))).into_response())
-}
-
-/// Filters for listing instances.
-#[derive(Debug, Deserialize)]
-struct InstanceQuery {
-    workload: Option<String>,
-    state: Option<String>,
+    Ok((StatusCode::CREATED, Json(LaunchAnswer { instances: ids })).into_response())
 }
 
 async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<InstanceQuery>) -> ApiResult<Response> {
@@ -363,7 +327,7 @@ async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<I
         .iter()
         .filter(|r| q.workload.as_ref().is_none_or(|w| *w == r.workload))
         .filter(|r| q.state.as_ref().is_none_or(|s| s == r.life.state.name()))
-        .map(InstanceView::from)
+        .map(instance_view)
         .collect();
     Ok(Json(views).into_response())
 }
@@ -375,7 +339,7 @@ fn parse_id(id: &str) -> ApiResult<Uuid> {
 async fn show_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
-    Ok(Json(InstanceView::from(&record)).into_response())
+    Ok(Json(instance_view(&record)).into_response())
 }
 
 async fn instance_action(
@@ -401,7 +365,7 @@ async fn instance_action(
         .await?;
     c.send_all(commands).await;
     c.wake();
-    Ok((StatusCode::ACCEPTED, Json(InstanceView::from(&record))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(instance_view(&record))).into_response())
 }
 
 async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
@@ -409,12 +373,6 @@ async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<S
     let commands = c.blocking(move |c| c.service().delete(&tenant, id)).await?;
     c.send_all(commands).await;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Options of a log fetch.
-#[derive(Debug, Deserialize)]
-struct LogQuery {
-    max_bytes: Option<u32>,
 }
 
 async fn logs(
@@ -433,34 +391,7 @@ async fn logs(
         .fetch_log(id, node, max_bytes, Duration::from_secs(10))
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("logs of {id}: {e}")))?;
-    Ok(Json(json!({"instance": id, "node": node, "data": data.data, "truncated": data.truncated})).into_response())
-}
-
-/// Body of a batch submission.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    workload: String,
-    count: usize,
-    /// How long to wait for the scheduler's answers before replying, ms (default 3000).
-    wait_ms: Option<u64>,
-}
-
-/// The answer to a batch submission (sd-taskpacker's BatchSubmit).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct BatchAnswer {
-    /// The batch.
-    pub batch: Uuid,
-    /// Instances running, with their node.
-    pub started: Vec<InstanceView>,
-    /// Instances in the scheduler's queue, with why.
-    pub queued: Vec<InstanceView>,
-    /// Instances refused (too large for any node, queue full …), with why.
-    pub rejected: Vec<InstanceView>,
-    /// Instances with no answer yet when the wait ran out.
-    pub pending: Vec<InstanceView>,
-    /// How many more instances of this size would fit now, from the nodes' latest reports.
-    pub slots_remaining_estimate: u64,
+    Ok(Json(LogView { instance: id, node, data: data.data, truncated: data.truncated }).into_response())
 }
 
 #[allow(clippy::disallowed_methods)] // a handler's wait deadline (IO, not a decision)
@@ -468,7 +399,7 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     let BatchBody { workload, count, wait_ms } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
     let nodes = c.nodes();
-    let usable: Vec<&NodeView> = nodes.iter().filter(|n| matches!(n.status.as_str(), "READY" | "FULL")).collect();
+    let usable: Vec<&NodeView> = nodes.iter().filter(|n| n.status.holds_capacity()).collect();
     // The most memory one node can be promised: the same bound the scheduler places by.
     let overcommit = c.overcommit();
     let largest = usable
@@ -501,7 +432,7 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     };
     let mut answer = BatchAnswer { batch, ..BatchAnswer::default() };
     for r in &records {
-        let view = InstanceView::from(r);
+        let view = instance_view(r);
         match r.life.state {
             Life::Running { .. } | Life::Exited { .. } => answer.started.push(view),
             Life::Queued { .. } => answer.queued.push(view),
@@ -511,7 +442,7 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     }
     let free: u64 = usable
         .iter()
-        .filter(|n| n.status == "READY")
+        .filter(|n| n.status == NodeStatus::Ready)
         .filter_map(|n| n.stats.as_ref())
         .map(|s| s.mem_available_mb / mem_mb)
         .sum();
@@ -562,9 +493,9 @@ async fn status(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
             Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?))
         })
         .await?;
-    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_status = std::collections::BTreeMap::<&str, usize>::new();
     for n in c.nodes() {
-        *by_status.entry(n.status).or_default() += 1;
+        *by_status.entry(n.status.name()).or_default() += 1;
     }
     Ok(Json(json!({
         "scheduler": c.link_view(),
@@ -573,17 +504,6 @@ async fn status(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
         "revision": revision,
     }))
     .into_response())
-}
-
-/// Cursor and wait of an events request.
-#[derive(Debug, Deserialize)]
-struct EventQuery {
-    #[serde(default)]
-    after: u64,
-    /// Wait this long for something new, ms (long poll); 0 answers at once.
-    #[serde(default)]
-    wait_ms: u64,
-    limit: Option<usize>,
 }
 
 #[allow(clippy::disallowed_methods)] // the long poll's deadline (IO, not a decision)

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_model::NodeStatus;
 use serde::Serialize;
 use ssntp::client::{ClientEvent, ClientHandle};
 use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
@@ -40,12 +41,17 @@ pub struct NodeView {
     pub uuid: Uuid,
     /// `connected`, `disconnected` or `lost` (from the scheduler), refined by STATS to
     /// `READY`, `FULL`, `MAINTENANCE`.
-    pub status: String,
+    #[serde(serialize_with = "status_name")]
+    pub status: NodeStatus,
     /// Latest STATS, if any arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
     /// When it was last heard of, Unix ms.
     pub last_seen_unix_ms: u64,
+}
+
+fn status_name<S: serde::Serializer>(status: &NodeStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.name())
 }
 
 /// Whether the scheduler link is up, and since when.
@@ -268,16 +274,16 @@ impl Controller {
             }
         }
         let mut nodes = self.nodes.lock().expect("nodes lock");
-        let mut touch = |uuid: Uuid, status: Option<&str>, stats: Option<&Stats>| {
+        let mut touch = |uuid: Uuid, status: Option<NodeStatus>, stats: Option<&Stats>| {
             let view = nodes.entry(uuid).or_insert_with(|| NodeView {
                 uuid,
-                status: "connected".into(),
+                status: NodeStatus::Connected,
                 stats: None,
                 last_seen_unix_ms: 0,
             });
             view.last_seen_unix_ms = unix_ms();
             if let Some(status) = status {
-                status.clone_into(&mut view.status);
+                view.status = status;
             }
             if let Some(stats) = stats {
                 view.stats = Some(stats.clone());
@@ -285,20 +291,21 @@ impl Controller {
         };
         match message {
             Message::NodeConnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
-                touch(e.node_uuid, Some("connected"), None);
+                touch(e.node_uuid, Some(NodeStatus::Connected), None);
             }
             // NODE_DISCONNECTED names any peer, controllers too; only launchers are nodes.
             Message::NodeDisconnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
-                touch(e.node_uuid, Some("disconnected"), None);
+                touch(e.node_uuid, Some(NodeStatus::Disconnected), None);
             }
-            Message::NodeLost(e) => touch(e.node_uuid, Some("lost"), None),
+            Message::NodeLost(e) => touch(e.node_uuid, Some(NodeStatus::Lost), None),
             Message::Stats(s) => {
                 let status = match s.status {
-                    NodeState::Ready => "READY",
-                    NodeState::Full => "FULL",
-                    NodeState::Maintenance => "MAINTENANCE",
-                    NodeState::Offline => "OFFLINE",
-                    NodeState::Unknown => "UNKNOWN",
+                    NodeState::Ready => NodeStatus::Ready,
+                    NodeState::Full => NodeStatus::Full,
+                    NodeState::Maintenance => NodeStatus::Maintenance,
+                    NodeState::Offline => NodeStatus::Offline,
+                    // A status this build does not know: up, but not known to take work.
+                    NodeState::Unknown => NodeStatus::Connected,
                 };
                 touch(origin, Some(status), Some(s));
             }
@@ -345,14 +352,8 @@ pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<Cl
 /// The nodes a reconnect must hear from before unanswered STARTs go again: those the
 /// controller last knew to be up, and those the store believes run its instances.
 fn expected_nodes(controller: &Controller) -> Vec<Uuid> {
-    let mut expected: Vec<Uuid> = controller
-        .nodes
-        .lock()
-        .expect("nodes lock")
-        .values()
-        .filter(|n| n.status != "disconnected" && n.status != "lost")
-        .map(|n| n.uuid)
-        .collect();
+    let mut expected: Vec<Uuid> =
+        controller.nodes.lock().expect("nodes lock").values().filter(|n| n.status.is_up()).map(|n| n.uuid).collect();
     expected.extend(controller.service.store().nodes_running());
     expected.sort();
     expected.dedup();

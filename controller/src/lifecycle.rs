@@ -13,6 +13,7 @@
 //! acts, so a controller that crashes never sends a START twice for one desired copy: START is
 //! only ever sent from `pending`, and `pending` is left before the START goes out.
 
+use drover_model::InstanceStatus;
 use serde::{Deserialize, Serialize};
 use ssntp::payload::{ExitReason, FailureReason};
 use ssntp::Uuid;
@@ -60,24 +61,29 @@ pub enum State {
 }
 
 impl State {
+    /// The state as the API and CLI name it.
+    pub const fn status(&self) -> InstanceStatus {
+        match self {
+            Self::Pending { .. } => InstanceStatus::Pending,
+            Self::Starting => InstanceStatus::Starting,
+            Self::Queued { .. } => InstanceStatus::Queued,
+            Self::Running { .. } => InstanceStatus::Running,
+            Self::Exited { .. } => InstanceStatus::Exited,
+            Self::Failed { .. } => InstanceStatus::Failed,
+            Self::Stopped => InstanceStatus::Stopped,
+            Self::Lost => InstanceStatus::Lost,
+            Self::Canceled => InstanceStatus::Canceled,
+        }
+    }
+
     /// Whether nothing more will happen without the user.
-    pub fn is_final(&self) -> bool {
-        matches!(self, Self::Exited { .. } | Self::Failed { .. } | Self::Stopped | Self::Lost | Self::Canceled)
+    pub const fn is_final(&self) -> bool {
+        self.status().is_final()
     }
 
     /// The state's name as the API and CLI show it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Pending { .. } => "pending",
-            Self::Starting => "starting",
-            Self::Queued { .. } => "queued",
-            Self::Running { .. } => "running",
-            Self::Exited { .. } => "exited",
-            Self::Failed { .. } => "failed",
-            Self::Stopped => "stopped",
-            Self::Lost => "lost",
-            Self::Canceled => "canceled",
-        }
+    pub const fn name(&self) -> &'static str {
+        self.status().name()
     }
 }
 

@@ -12,8 +12,8 @@
 //! the node has been FULL for at least the dwell time, so a node hovering at a threshold does
 //! not flap (kubelet's eviction-pressure transition period, scaled down).
 
-use drover_model::{Capacity, Demand, Overcommit, Shortfall, Usage};
-use ssntp::payload::{FailureReason, NodeState, Start};
+use drover_model::{Capacity, Demand, NodeStatus, Overcommit, Shortfall, Usage};
+use ssntp::payload::{FailureReason, Start};
 
 /// The node's thresholds (from the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +147,13 @@ pub fn admit(
 /// READY/FULL/MAINTENANCE with hysteresis.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StatusMachine {
-    state: NodeState,
+    state: NodeStatus,
     full_since_ms: u64,
 }
 
 impl Default for StatusMachine {
     fn default() -> Self {
-        Self { state: NodeState::Ready, full_since_ms: 0 }
+        Self { state: NodeStatus::Ready, full_since_ms: 0 }
     }
 }
 
@@ -166,9 +166,9 @@ impl StatusMachine {
         f: &Figures,
         overcommit: Overcommit,
         maintenance: bool,
-    ) -> NodeState {
+    ) -> NodeStatus {
         if maintenance {
-            self.state = NodeState::Maintenance;
+            self.state = NodeStatus::Maintenance;
             return self.state;
         }
         let offered = f.capacity(limits).mem_limit(overcommit);
@@ -182,24 +182,24 @@ impl StatusMachine {
             && f.instances < limits.max_instances
             && f.mem_allocated_mb + m <= offered;
         self.state = match self.state {
-            NodeState::Full => {
+            NodeStatus::Full => {
                 if clear && now_ms.saturating_sub(self.full_since_ms) >= limits.dwell_ms {
-                    NodeState::Ready
+                    NodeStatus::Ready
                 } else {
-                    NodeState::Full
+                    NodeStatus::Full
                 }
             }
             _ if short => {
                 self.full_since_ms = now_ms;
-                NodeState::Full
+                NodeStatus::Full
             }
-            _ => NodeState::Ready,
+            _ => NodeStatus::Ready,
         };
         self.state
     }
 
     /// The last status.
-    pub fn state(&self) -> NodeState {
+    pub fn state(&self) -> NodeStatus {
         self.state
     }
 }
@@ -291,21 +291,21 @@ mod tests {
         // With memory overcommitted the node is READY past its raw memory, FULL past the bound.
         let mut m = StatusMachine::default();
         let over = Figures { mem_allocated_mb: 5000, ..figures(4000) };
-        assert_eq!(m.update(0, &LIMITS, &over, doubled, false), NodeState::Ready);
-        assert_eq!(m.update(0, &LIMITS, &over, OC, false), NodeState::Full);
+        assert_eq!(m.update(0, &LIMITS, &over, doubled, false), NodeStatus::Ready);
+        assert_eq!(m.update(0, &LIMITS, &over, OC, false), NodeStatus::Full);
     }
 
     #[test]
     fn full_turns_ready_only_with_margin_and_after_the_dwell() {
         let mut m = StatusMachine::default();
-        assert_eq!(m.update(0, &LIMITS, &figures(4000), OC, false), NodeState::Ready);
-        assert_eq!(m.update(1_000, &LIMITS, &figures(200), OC, false), NodeState::Full);
+        assert_eq!(m.update(0, &LIMITS, &figures(4000), OC, false), NodeStatus::Ready);
+        assert_eq!(m.update(1_000, &LIMITS, &figures(200), OC, false), NodeStatus::Full);
         // Just above the reserve is not enough: the margin is 5 % of 4096 MiB.
-        assert_eq!(m.update(20_000, &LIMITS, &figures(300), OC, false), NodeState::Full);
+        assert_eq!(m.update(20_000, &LIMITS, &figures(300), OC, false), NodeStatus::Full);
         // Clear, but the dwell is not over yet.
-        assert_eq!(m.update(5_000, &LIMITS, &figures(4000), OC, false), NodeState::Full);
-        assert_eq!(m.update(11_000, &LIMITS, &figures(4000), OC, false), NodeState::Ready);
-        assert_eq!(m.update(12_000, &LIMITS, &figures(4000), OC, true), NodeState::Maintenance);
+        assert_eq!(m.update(5_000, &LIMITS, &figures(4000), OC, false), NodeStatus::Full);
+        assert_eq!(m.update(11_000, &LIMITS, &figures(4000), OC, false), NodeStatus::Ready);
+        assert_eq!(m.update(12_000, &LIMITS, &figures(4000), OC, true), NodeStatus::Maintenance);
     }
 
     proptest! {
@@ -314,11 +314,11 @@ mod tests {
         fn oscillation_does_not_flap(samples in prop::collection::vec(0u64..1000, 1..400)) {
             let mut m = StatusMachine::default();
             let mut turns_to_ready: Vec<u64> = Vec::new();
-            let mut last = NodeState::Ready;
+            let mut last = NodeStatus::Ready;
             for (i, avail) in samples.iter().enumerate() {
                 let now = i as u64 * 500;
                 let state = m.update(now, &LIMITS, &figures(*avail), OC, false);
-                if last == NodeState::Full && state == NodeState::Ready {
+                if last == NodeStatus::Full && state == NodeStatus::Ready {
                     turns_to_ready.push(now);
                 }
                 last = state;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use drover_model::{Now, Overcommit};
+use drover_model::{NodeStatus, Now, Overcommit};
 use ssntp::payload::{
     CommandFailure, FailureReason, InstanceEvent, InstanceExited, InstanceFailure, InstanceStat, InstanceState,
     LogFetch, Message, NodeReport, NodeState, Start, StartFailure, Stats,
@@ -500,17 +500,18 @@ impl Core {
             self.overcommit,
             self.flags.maintenance,
         );
-        let status = match state {
-            NodeState::Full => Message::Full(Some(r.clone())),
-            NodeState::Maintenance => Message::Maintenance(Some(r.clone())),
-            _ => Message::Ready(r.clone()),
+        let (status, wire_state) = match state {
+            NodeStatus::Full => (Message::Full(Some(r.clone())), NodeState::Full),
+            NodeStatus::Maintenance => (Message::Maintenance(Some(r.clone())), NodeState::Maintenance),
+            // The machine gives only READY, FULL and MAINTENANCE.
+            _ => (Message::Ready(r.clone()), NodeState::Ready),
         };
         out.push(Effect::Report { session, message: status });
         let mut instances: Vec<InstanceStat> = self.table.iter().map(|(id, e)| instance_stat(*id, e)).collect();
         instances.sort_unstable_by_key(|s| s.instance_uuid);
         let stats = Stats {
             node_uuid: self.config.node,
-            status: state,
+            status: wire_state,
             mem_total_mb: r.mem_total_mb,
             mem_available_mb: r.mem_available_mb,
             disk_total_mb: r.disk_total_mb,

@@ -7,6 +7,8 @@
 //!   or sent); [`Clock`], and [`SystemClock`], the one place daemons read the system's clocks
 //!   (a `clippy.toml` rule bans reading them anywhere else without saying why).
 //! - [`duration`]: how durations are written (`500ms`, `10s`, `5m`), in flags and files.
+//! - [`status`]: [`NodeStatus`] and [`InstanceStatus`]: the states every part shows and reads
+//!   the same way, with their names and which instance states are final.
 //! - [`fit`]: whether work fits a node's resources within the overcommit bounds — the rule the
 //!   scheduler places by and a launcher admits by.
 
@@ -14,8 +16,10 @@
 
 pub mod duration;
 pub mod fit;
+pub mod status;
 pub mod time;
 
 pub use duration::parse_duration;
 pub use fit::{fit, Capacity, Demand, Overcommit, Shortfall, Usage};
+pub use status::{InstanceStatus, NodeStatus};
 pub use time::{unix_ms_now, Clock, Now, SystemClock};

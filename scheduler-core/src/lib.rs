@@ -29,13 +29,14 @@ pub mod queue;
 
 use std::collections::HashMap;
 
+use drover_model::NodeStatus;
 pub use drover_model::Now;
 use drover_model::Overcommit;
 use ssntp::payload::{
     ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, InstanceState, Message, NodeEvent,
     NodeLost, NodeReport, NodeType, Start, StartFailure,
 };
-use ssntp::{Frame, Role, Status, Uuid};
+use ssntp::{Frame, Role, Uuid};
 
 use self::estimate::Estimator;
 use self::nodes::{Need, Node, NodeTable, Placed};
@@ -280,9 +281,9 @@ impl Hub {
             match () {
                 () if node.lost => s.lost += 1,
                 () if node.conn_id.is_none() => s.disconnected += 1,
-                () if node.maintenance || node.status == Status::Maintenance => s.maintenance += 1,
-                () if node.status == Status::Ready => s.ready += 1,
-                () if node.status == Status::Full => s.full += 1,
+                () if node.maintenance || node.status == NodeStatus::Maintenance => s.maintenance += 1,
+                () if node.status == NodeStatus::Ready => s.ready += 1,
+                () if node.status == NodeStatus::Full => s.full += 1,
                 () => s.not_ready += 1,
             }
             s.reclaimed_mb += node.instances.values().map(|p| p.request_mb - p.charge_mb).sum::<u64>();
@@ -344,7 +345,7 @@ impl Hub {
             // A lost node's instances were handed to the controller to restart elsewhere; what
             // still runs there is a stale copy for the controller to reconcile from STATS.
             Some(old) if !old.lost => {
-                Node { conn_id: Some(conn_id), status: Status::Connected, last_seen_ms: now.mono_ms, ..old }
+                Node { conn_id: Some(conn_id), status: NodeStatus::Connected, last_seen_ms: now.mono_ms, ..old }
             }
             Some(old) => {
                 self.placed.retain(|_, n| *n != uuid);
@@ -391,10 +392,10 @@ impl Hub {
             out.push(Output::Warn(format!("node {from} declared lost earlier is reporting again")));
         }
         match message {
-            Message::Ready(report) => self.status(from, Status::Ready, Some(report)),
-            Message::Full(report) => self.status(from, Status::Full, report),
-            Message::Maintenance(report) => self.status(from, Status::Maintenance, report),
-            Message::Offline => self.status(from, Status::Offline, None),
+            Message::Ready(report) => self.status(from, NodeStatus::Ready, Some(report)),
+            Message::Full(report) => self.status(from, NodeStatus::Full, report),
+            Message::Maintenance(report) => self.status(from, NodeStatus::Maintenance, report),
+            Message::Offline => self.status(from, NodeStatus::Offline, None),
             Message::Stats(stats) => {
                 self.stats(from, &stats);
                 out.push(Output::ToControllers(frame));
@@ -423,7 +424,7 @@ impl Hub {
                             "node {from} refused the START of {} for want of room ({}); placing it elsewhere",
                             f.instance_uuid, f.detail
                         )));
-                        self.status(from, Status::Full, None);
+                        self.status(from, NodeStatus::Full, None);
                         out.extend(self.place_or_queue(now, sender, start, Some(from)));
                     }
                     _ => out.push(Output::ToControllers(frame)),
@@ -437,7 +438,7 @@ impl Hub {
         out
     }
 
-    fn status(&mut self, from: Uuid, status: Status, report: Option<NodeReport>) {
+    fn status(&mut self, from: Uuid, status: NodeStatus, report: Option<NodeReport>) {
         self.nodes.update(&from, &self.cfg, |n| {
             n.status = status;
             if let Some(mut report) = report {

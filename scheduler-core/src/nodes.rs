@@ -14,9 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use drover_model::NodeStatus;
 use drover_model::{Capacity, Demand, Shortfall, Usage};
 use ssntp::payload::{NodeReport, Requirements};
-use ssntp::{Status, Uuid};
+use ssntp::Uuid;
 
 use super::Config;
 
@@ -145,7 +146,7 @@ pub struct Node {
     /// Its connection, while connected.
     pub conn_id: Option<u64>,
     /// Its last status (CONNECTED until the first report).
-    pub status: Status,
+    pub status: NodeStatus,
     /// Evacuated by a controller: no new work until RESTORE.
     pub maintenance: bool,
     /// Declared lost (NODE_LOST sent).
@@ -254,7 +255,7 @@ impl Node {
         Self {
             uuid,
             conn_id: Some(conn_id),
-            status: Status::Connected,
+            status: NodeStatus::Connected,
             maintenance: false,
             lost: false,
             report: NodeReport { node_uuid: uuid, ..NodeReport::default() },
@@ -323,7 +324,11 @@ impl Node {
 
     /// Whether the node may take new work at all (before looking at the START).
     pub fn is_open(&self, cfg: &Config) -> bool {
-        self.conn_id.is_some() && !self.lost && !self.maintenance && self.status == Status::Ready && !self.is_busy(cfg)
+        self.conn_id.is_some()
+            && !self.lost
+            && !self.maintenance
+            && self.status == NodeStatus::Ready
+            && !self.is_busy(cfg)
     }
 
     /// Whether the START fits, and if not, the first reason why not.
@@ -339,10 +344,13 @@ impl Node {
         }
         match self.status {
             _ if self.maintenance => return Err(Misfit::Maintenance),
-            Status::Maintenance => return Err(Misfit::Maintenance),
-            Status::Full => return Err(Misfit::Full),
-            Status::Ready => {}
-            Status::Connected | Status::Offline => return Err(Misfit::NotReady),
+            NodeStatus::Maintenance => return Err(Misfit::Maintenance),
+            NodeStatus::Full => return Err(Misfit::Full),
+            NodeStatus::Ready => {}
+            // Disconnected and lost are answered above, from the connection and liveness.
+            NodeStatus::Connected | NodeStatus::Offline | NodeStatus::Disconnected | NodeStatus::Lost => {
+                return Err(Misfit::NotReady)
+            }
         }
         let req = need.requirements;
         if req.node_id.is_some_and(|id| id != self.uuid) {

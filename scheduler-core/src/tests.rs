@@ -188,7 +188,7 @@ fn full_cn_from_a_launcher_is_retried_on_another_node() {
     let out = rig.send(u(10), AGENT, Message::StartFailure(refusal));
     assert_eq!(placed_on(&out), vec![(u(50), u(11))]);
     assert!(failure(&out).is_none(), "full_cn is not passed on to the controller");
-    assert_eq!(rig.hub.node(&u(10)).unwrap().status, Status::Full);
+    assert_eq!(rig.hub.node(&u(10)).unwrap().status, NodeStatus::Full);
     // Any other refusal is passed on.
     let refusal = StartFailure {
         node_uuid: Some(u(11)),

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use drover_model::NodeStatus;
 use drover_scheduler::hub::nodes::{Need, Node, NodeTable, Placed};
 use drover_scheduler::hub::{placement, Config, Hub, Input, Now, Policy};
 use ssntp::payload::{Backend, InstanceEvent, Message, NodeReport, Requirements, Start};
-use ssntp::{Role, Status, Uuid};
+use ssntp::{Role, Uuid};
 
 fn uuid(i: u64) -> Uuid {
     let mut b = [0u8; 16];
@@ -37,7 +38,7 @@ fn table(n: u64, case: Case, cfg: &Config) -> NodeTable {
     for i in 0..n {
         let id = uuid(i);
         let mut node = Node::new(id, i, 0);
-        node.status = Status::Ready;
+        node.status = NodeStatus::Ready;
         let rare = i % 100 == 37;
         let mut labels = BTreeMap::new();
         if rare || !matches!(case, Case::FewFitLabel) {

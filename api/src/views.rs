@@ -1,0 +1,181 @@
+//! What the API's routes take and give: request bodies and queries, and the views of
+//! instances, launches, logs and batches. The controller serialises these, the CLI reads them;
+//! state names come from [`drover_model`] so both sides spell them the same way.
+
+use drover_model::InstanceStatus;
+use serde::{Deserialize, Serialize};
+use ssntp::Uuid;
+
+/// An instance as the API shows it (`GET /v1/instances`, `GET /v1/instances/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// UUID.
+    pub uuid: Uuid,
+    /// Tenant.
+    pub tenant: String,
+    /// Workload name.
+    pub workload: String,
+    /// Its state (by name: `pending`, `running`, `exited` …).
+    #[serde(with = "instance_status")]
+    pub state: InstanceStatus,
+    /// Node it runs or ran on.
+    pub node: Option<Uuid>,
+    /// Why it waits, failed or ended, in the cluster's words.
+    pub why: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// Batch it belongs to.
+    pub batch: Option<Uuid>,
+}
+
+impl InstanceView {
+    /// Whether it ended well: exited with code 0.
+    pub fn succeeded(&self) -> bool {
+        self.state == InstanceStatus::Exited && self.exit_code.unwrap_or(0) == 0
+    }
+}
+
+/// Serde for [`InstanceStatus`] by its name.
+pub mod instance_status {
+    use drover_model::InstanceStatus;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// Writes the name.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(status: &InstanceStatus, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(status.name())
+    }
+
+    /// Reads a name.
+    ///
+    /// # Errors
+    /// Not a state name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<InstanceStatus, D::Error> {
+        let name = String::deserialize(d)?;
+        InstanceStatus::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown instance state {name:?}")))
+    }
+}
+
+/// Body of `POST /v1/workloads/{name}/launch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchBody {
+    /// How many instances (default 1).
+    #[serde(default = "one")]
+    pub count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Answer to a launch: the new instances, pending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchAnswer {
+    /// Their UUIDs.
+    pub instances: Vec<Uuid>,
+}
+
+/// Filters of `GET /v1/instances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceQuery {
+    /// Only this workload's.
+    pub workload: Option<String>,
+    /// Only in this state (by name).
+    pub state: Option<String>,
+}
+
+/// Options of `GET /v1/instances/{id}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// At most this many bytes from the end (default 64 KiB, at most 1 MiB).
+    pub max_bytes: Option<u32>,
+}
+
+/// An instance's output, as its node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogView {
+    /// The instance.
+    pub instance: Uuid,
+    /// Its node.
+    pub node: Uuid,
+    /// The last bytes of its output (lossy UTF-8).
+    pub data: String,
+    /// Whether earlier output was cut off.
+    pub truncated: bool,
+}
+
+/// Body of `POST /v1/batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// A workload of class `batch`.
+    pub workload: String,
+    /// How many instances.
+    pub count: usize,
+    /// How long to wait for the scheduler's answers before replying, ms (default 3000).
+    pub wait_ms: Option<u64>,
+}
+
+/// The answer to a batch submission (sd-taskpacker's BatchSubmit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// The batch.
+    pub batch: Uuid,
+    /// Instances running, with their node.
+    pub started: Vec<InstanceView>,
+    /// Instances in the scheduler's queue, with why.
+    pub queued: Vec<InstanceView>,
+    /// Instances refused (too large for any node, queue full …), with why.
+    pub rejected: Vec<InstanceView>,
+    /// Instances with no answer yet when the wait ran out.
+    pub pending: Vec<InstanceView>,
+    /// How many more instances of this size would fit now, from the nodes' latest reports.
+    pub slots_remaining_estimate: u64,
+}
+
+/// Cursor and wait of `GET /v1/events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventQuery {
+    /// Events after this revision.
+    #[serde(default)]
+    pub after: u64,
+    /// Wait this long for something new, ms (long poll); 0 answers at once.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// At most this many (default 1000, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_view_reads_back_with_its_state_by_name() {
+        let view = InstanceView {
+            uuid: Uuid::from_bytes([7; 16]),
+            tenant: "admin".into(),
+            workload: "w".into(),
+            state: InstanceStatus::Running,
+            node: None,
+            why: String::new(),
+            restarts: 0,
+            exit_code: None,
+            batch: None,
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["state"], "running");
+        assert_eq!(serde_json::from_value::<InstanceView>(json).unwrap(), view);
+        let bad = serde_json::json!({"uuid": Uuid::nil(), "tenant": "", "workload": "", "state": "dancing",
+            "node": null, "why": "", "restarts": 0, "exit_code": null, "batch": null});
+        let e = serde_json::from_value::<InstanceView>(bad).unwrap_err().to_string();
+        assert!(e.contains("dancing"), "{e}");
+        assert_eq!(serde_json::from_str::<LaunchBody>("{}").unwrap().count, 1);
+        assert!(serde_json::from_str::<LaunchBody>(r#"{"cuont": 2}"#).is_err(), "unknown fields are refused");
+    }
+}

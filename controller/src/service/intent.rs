@@ -1,0 +1,215 @@
+//! What users ask: workloads, launches, batches, and actions on one instance, checked against
+//! the tenant.
+
+use super::*;
+
+impl Service {
+    /// Checks and saves a workload file; returns its name. `create` refuses to replace one.
+    ///
+    /// # Errors
+    /// An invalid file, an existing workload when `create`, or the store.
+    pub fn put_workload(
+        &self,
+        tenant: &str,
+        source: &str,
+        format: Format,
+        create: bool,
+    ) -> Result<String, ServiceError> {
+        let parsed = crate::workload::parse(source, format)?;
+        let existing = self.store.workload(tenant, &parsed.name)?;
+        if create && existing.is_some() {
+            return Err(ServiceError::Conflict(format!("workload {} exists; replace it with PUT", parsed.name)));
+        }
+        let uuid = existing.map_or_else(Uuid::new_v4, |w| w.uuid);
+        let stored =
+            StoredWorkload { tenant: tenant.to_owned(), uuid, source: source.to_owned(), toml: format == Format::Toml };
+        self.store.put_workload(&parsed.name, &stored)?;
+        Ok(parsed.name)
+    }
+
+    /// Deletes a workload that has no live instance.
+    ///
+    /// # Errors
+    /// Unknown workload, live instances, or the store.
+    pub fn delete_workload(&self, tenant: &str, name: &str) -> Result<(), ServiceError> {
+        if self.store.workload(tenant, name)?.is_none() {
+            return Err(ServiceError::NotFound(format!("workload {name}")));
+        }
+        let live = self
+            .store
+            .instances(Some(tenant))?
+            .into_iter()
+            .filter(|r| r.workload == name && !r.life.state.is_final())
+            .count();
+        if live > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "workload {name} has {live} live instances; stop or cancel them first"
+            )));
+        }
+        self.store.delete_workload(tenant, name)?;
+        Ok(())
+    }
+
+    /// Creates `count` instances of a workload, all pending; they are durable when this returns.
+    ///
+    /// # Errors
+    /// Unknown workload, a count of 0 or over [`MAX_LAUNCH`], or the store.
+    pub fn launch(&self, tenant: &str, workload: &str, count: usize, now_ms: u64) -> Result<Vec<Uuid>, ServiceError> {
+        self.create(tenant, workload, count, now_ms, None, |_| None).map(|(ids, _, _)| ids)
+    }
+
+    /// Creates the instances: pending, or already failed when `refuse` gives a reason for the
+    /// workload, so that refused work is never due and no START of it can leave.
+    pub(super) fn create(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        now_ms: u64,
+        batch: Option<Uuid>,
+        refuse: impl FnOnce(&Workload) -> Option<String>,
+    ) -> Result<(Vec<Uuid>, Workload, bool), ServiceError> {
+        if count == 0 || count > MAX_LAUNCH {
+            return Err(ServiceError::Invalid(format!("count must be 1 to {MAX_LAUNCH}, got {count}")));
+        }
+        let stored = self
+            .store
+            .workload(tenant, workload)?
+            .ok_or_else(|| ServiceError::NotFound(format!("workload {workload}")))?;
+        let parsed = stored.parsed()?;
+        if batch.is_some() && parsed.class != WorkClass::Batch {
+            return Err(ServiceError::Invalid(format!(
+                "workload {workload} is of class workorder; batch submit takes class = \"batch\" workloads"
+            )));
+        }
+        let mut life = Lifecycle::new(parsed.restart, now_ms);
+        let why = refuse(&parsed).unwrap_or_default();
+        let refused = !why.is_empty();
+        if refused {
+            life.state = State::Failed { reason: why.clone() };
+        }
+        let ids = self.store.create_instances(tenant, workload, count, &life, &why, batch)?;
+        Ok((ids, parsed, refused))
+    }
+
+    /// Creates a batch of `count` instances of a batch-class workload; returns the batch id, the
+    /// instances and the workload. Work needing more memory than `largest_node_mb` (the largest
+    /// node known, if any) is created already failed, with the reason, and its batch fails.
+    ///
+    /// # Errors
+    /// As [`Service::launch`], or a workload that is not of class batch.
+    pub fn submit_batch(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        largest_node_mb: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(Uuid, Vec<Uuid>, Workload), ServiceError> {
+        let batch = Uuid::new_v4();
+        let too_large = |w: &Workload| {
+            let need = w.requirements.mem_mb.max(1);
+            let largest = largest_node_mb.filter(|l| *l < need)?;
+            Some(format!("needs {need} MiB; the largest node offers {largest} MiB"))
+        };
+        let (ids, parsed, refused) = self.create(tenant, workload, count, now_ms, Some(batch), too_large)?;
+        let open =
+            OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
+        self.batches.lock().expect("batches lock").insert(batch, open);
+        self.store.note(tenant, None, format!("batch {batch} of {count} × {workload} submitted"))?;
+        if refused {
+            let records =
+                ids.iter().filter_map(|id| self.store.instance(*id).transpose()).collect::<Result<Vec<_>, _>>()?;
+            self.batch_progress(&records, &ids.iter().copied().collect())?;
+        }
+        Ok((batch, ids, parsed))
+    }
+
+    /// Marks instances failed at once (a batch refused before any START went out).
+    ///
+    /// # Errors
+    /// The store.
+    pub fn fail(&self, ids: &[Uuid], why: &str) -> Result<(), ServiceError> {
+        let mut ended = HashSet::new();
+        let (records, _) = self.store.update_instances(ids, |r| {
+            if !r.life.state.is_final() {
+                r.life.state = State::Failed { reason: why.to_owned() };
+                why.clone_into(&mut r.why);
+                ended.insert(r.uuid);
+            }
+        })?;
+        self.batch_progress(&records, &ended)
+    }
+
+    /// A user's stop, cancel or start of an instance of `tenant`.
+    ///
+    /// # Errors
+    /// Not this tenant's instance (reported as not found), a start of an instance that is not
+    /// stopped or ended, or the store.
+    pub fn user(&self, tenant: &str, instance: Uuid, input: Input, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let record = self.owned(tenant, instance)?;
+        let state = &record.life.state;
+        match input {
+            Input::Start if !state.is_final() => {
+                return Err(ServiceError::Conflict(format!("instance {instance} is {}, not stopped", state.name())));
+            }
+            Input::Start if *state == State::Canceled => {
+                return Err(ServiceError::Conflict(format!("instance {instance} was canceled for good")));
+            }
+            Input::Stop if state.is_final() => {
+                return Err(ServiceError::Conflict(format!("instance {instance} is already {}", state.name())));
+            }
+            _ => {}
+        }
+        let why = match input {
+            Input::Stop => "stop requested",
+            Input::Cancel => "cancel requested",
+            Input::Start => "start requested",
+            _ => "",
+        };
+        self.apply(vec![(instance, input)], why, now_ms)
+    }
+
+    /// Deletes an ended instance: its record goes and its node is told to remove its files.
+    ///
+    /// # Errors
+    /// Not this tenant's, still live (409), or the store.
+    pub fn delete(&self, tenant: &str, instance: Uuid) -> Result<Vec<Message>, ServiceError> {
+        let record = self.owned(tenant, instance)?;
+        if !record.life.state.is_final() {
+            return Err(ServiceError::Conflict(format!(
+                "instance {instance} is {}; stop or cancel it first",
+                record.life.state.name()
+            )));
+        }
+        self.store.delete_instance(instance)?;
+        Ok(record
+            .node
+            .map(|node| Message::Delete(Delete { instance_uuid: instance, workload_agent_uuid: node, stop: false }))
+            .into_iter()
+            .collect())
+    }
+
+    /// An instance of `tenant` (`admin` sees all); another tenant's is "not found".
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub fn owned(&self, tenant: &str, instance: Uuid) -> Result<InstanceRecord, ServiceError> {
+        match self.store.instance(instance)? {
+            Some(r) if r.tenant == tenant || tenant == ADMIN => Ok(r),
+            _ => Err(ServiceError::NotFound(format!("instance {instance}"))),
+        }
+    }
+
+    /// How many instances are in each state.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn counts(&self, tenant: Option<&str>) -> Result<BTreeMap<&'static str, usize>, ServiceError> {
+        let mut counts = BTreeMap::new();
+        for r in self.store.instances(tenant)? {
+            *counts.entry(r.life.state.name()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+}

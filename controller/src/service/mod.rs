@@ -1,0 +1,138 @@
+//! The controller's service core: user intent and cluster reports in, SSNTP commands out, with
+//! every change committed to the [`Store`] before anything is sent.
+//!
+//! - [`Service::tick`] sends a START for every instance whose time has come. The instance is
+//!   committed as `starting` first, so a controller that crashes before or after sending never
+//!   sends a START for that copy again on its own; [`Service::reconnected`] re-sends the STARTs
+//!   that got no answer, and a duplicate is refused by the scheduler or launcher and read as
+//!   "it runs" — at most one running copy per desired instance.
+//! - [`Service::report`] turns a frame from the cluster into the instance's next state and the
+//!   commands it needs (a STOP for an instance the user stopped while it was starting). A
+//!   report from a node other than the one the instance runs on is about a stale copy: a start
+//!   there is stopped, an end there changes nothing.
+//! - [`Service::reconcile`] compares a node's STATS with the store: an instance still waiting
+//!   for its start report that runs there is running there (the report was lost); a copy the
+//!   store does not want there is stopped; an instance the store believes runs there but the node has not
+//!   reported for the grace is lost; an end the controller missed (it was down) is applied.
+//! - User actions check the tenant: another tenant's instance is "not found", never "forbidden",
+//!   so tenants cannot probe each other's UUIDs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use ssntp::payload::{Delete, ExitReason, InstanceState, Message, Start, Stats, Stop, WorkClass};
+use ssntp::Uuid;
+
+use crate::lifecycle::{Action, Input, Lifecycle, State};
+use crate::store::{InstanceRecord, Store, StoreError, StoredWorkload};
+use crate::workload::{Format, SpecError, Workload};
+
+/// Why a user request was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The workload file is invalid (HTTP 400).
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// No such workload or instance for this tenant (HTTP 404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A request that cannot be honoured as asked (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request clashes with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed (HTTP 500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Most instances one launch may create.
+pub const MAX_LAUNCH: usize = 100_000;
+
+/// Most STARTs one tick sends (the rest go at the next tick): bounds one transaction and the
+/// burst on the scheduler connection.
+pub const MAX_STARTS_PER_TICK: usize = 2_000;
+
+/// A batch still running: what is left and how the rest ended.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    tenant: String,
+    workload: String,
+    left: usize,
+    exited: usize,
+    failed: usize,
+}
+
+/// The service.
+#[derive(Debug)]
+pub struct Service {
+    store: Store,
+    /// Instances a node's STATS did not list, since when (Unix ms); in memory, since a
+    /// restarted controller simply waits one grace again.
+    missing: Mutex<HashMap<Uuid, u64>>,
+    batches: Mutex<HashMap<Uuid, OpenBatch>>,
+}
+
+impl Service {
+    /// A service over `store`.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn new(store: Store) -> Result<Self, ServiceError> {
+        let mut batches: HashMap<Uuid, OpenBatch> = HashMap::new();
+        for record in store.instances(None)? {
+            if let Some(batch) = record.batch {
+                let open = batches.entry(batch).or_default();
+                open.tenant.clone_from(&record.tenant);
+                open.workload.clone_from(&record.workload);
+                match record.life.state {
+                    State::Exited { .. } => open.exited += 1,
+                    ref s if s.is_final() => open.failed += 1,
+                    _ => open.left += 1,
+                }
+            }
+        }
+        batches.retain(|_, b| b.left > 0);
+        Ok(Self { store, missing: Mutex::new(HashMap::new()), batches: Mutex::new(batches) })
+    }
+
+    /// The store (reads for the API).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// One change to one instance: the input and the explanation to keep.
+type Change = (Uuid, Input, String);
+
+/// The tenant that may act for all.
+pub const ADMIN: &str = "admin";
+
+/// How long an instance the store believes runs on a node may be missing from that node's
+/// STATS before it counts as lost (several report intervals: a START and the first STATS race).
+pub const RECONCILE_GRACE_MS: u64 = 10_000;
+
+pub(super) fn start_message(id: Uuid, stored: &StoredWorkload, w: &Workload, restart: bool) -> Message {
+    let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
+    start.workload_uuid = Some(stored.uuid);
+    start.class = w.class;
+    start.priority = w.priority;
+    start.deadline_unix_ms = w.deadline_unix_ms;
+    start.max_run_time_s = w.max_run_time_s;
+    start.restart = restart;
+    Message::Start(start)
+}
+
+pub(super) fn stop(instance: Uuid, node: Uuid) -> Message {
+    Message::Stop(Stop { instance_uuid: instance, workload_agent_uuid: node, grace_ms: None })
+}
+
+mod intent;
+mod reconcile;
+mod reports;
+mod sending;
+
+#[cfg(test)]
+mod tests;

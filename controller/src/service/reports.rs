@@ -1,0 +1,180 @@
+//! What the cluster reports: a frame from the scheduler or a node becomes the instance's next
+//! state and the commands it needs; batches learn how their instances ended.
+
+use super::*;
+
+impl Service {
+    /// Applies a frame from the cluster; returns the commands it calls for.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn report(&self, origin: Uuid, message: &Message, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        self.report_many(&[(origin, message.clone())], now_ms)
+    }
+
+    /// Applies frames from the cluster in order, the instance changes of consecutive frames in
+    /// one transaction (one fsync for a burst of reports); returns the commands they call for.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn report_many(&self, frames: &[(Uuid, Message)], now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for (origin, message) in frames {
+            if let Message::Stats(stats) = message {
+                out.extend(self.apply_changes(std::mem::take(&mut changes), now_ms)?);
+                out.extend(self.reconcile(stats, now_ms, RECONCILE_GRACE_MS)?);
+                continue;
+            }
+            let (more, commands) = self.changes_for(*origin, message)?;
+            changes.extend(more);
+            out.extend(commands);
+        }
+        out.extend(self.apply_changes(changes, now_ms)?);
+        Ok(out)
+    }
+
+    /// The instance changes a frame (other than STATS) asks for, and commands to send at once.
+    pub(super) fn changes_for(
+        &self,
+        origin: Uuid,
+        message: &Message,
+    ) -> Result<(Vec<Change>, Vec<Message>), ServiceError> {
+        // Which node a report about one instance comes from.
+        let from_node = match message {
+            Message::InstanceStarted(e) | Message::InstanceStopped(e) => {
+                Some((e.instance_uuid, e.node_uuid.unwrap_or(origin)))
+            }
+            Message::InstanceExited(e) => Some((e.instance_uuid, e.node_uuid)),
+            _ => None,
+        };
+        if let Some((instance, node)) = from_node {
+            if let Some(State::Running { node: running_on }) = self.store.instance(instance)?.map(|r| r.life.state) {
+                if running_on != node {
+                    // A stale copy (its node was lost and came back, or a resent START raced).
+                    let commands = match message {
+                        Message::InstanceStarted(_) => vec![stop(instance, node)],
+                        _ => Vec::new(),
+                    };
+                    return Ok((Vec::new(), commands));
+                }
+            }
+        }
+        let (inputs, why): (Vec<(Uuid, Input)>, String) = match message {
+            Message::InstanceQueued(q) => {
+                (vec![(q.instance_uuid, Input::Queued { reason: q.reason.clone() })], q.reason.clone())
+            }
+            Message::StartFailure(f) => {
+                let input = Input::StartFailed { reason: f.reason, detail: f.detail.clone(), node: f.node_uuid };
+                (vec![(f.instance_uuid, input)], format!("start failed: {:?}: {}", f.reason, f.detail))
+            }
+            Message::InstanceStarted(e) => {
+                (vec![(e.instance_uuid, Input::Started { node: e.node_uuid.unwrap_or(origin) })], String::new())
+            }
+            Message::InstanceExited(e) => {
+                let why =
+                    format!("exited: {:?}{}", e.reason, e.exit_code.map_or(String::new(), |c| format!(", code {c}")));
+                (vec![(e.instance_uuid, Input::Exited { code: e.exit_code, reason: e.reason })], why)
+            }
+            Message::InstanceStopped(e) => {
+                // A stop the user did not ask for was the node's: an evacuation.
+                let user = self.store.instance(e.instance_uuid)?.is_some_and(|r| r.life.stop_requested);
+                (
+                    vec![(e.instance_uuid, Input::Stopped { evacuated: !user })],
+                    if user { "stopped".into() } else { "evacuated".into() },
+                )
+            }
+            Message::NodeLost(l) => (
+                l.instances.iter().map(|i| (*i, Input::NodeLost)).collect(),
+                format!("node {} lost", l.node_uuid.short()),
+            ),
+            _ => return Ok((Vec::new(), Vec::new())),
+        };
+        Ok((inputs.into_iter().map(|(id, input)| (id, input, why.clone())).collect(), Vec::new()))
+    }
+
+    /// Applies inputs with one explanation to instances in one transaction.
+    pub(super) fn apply(
+        &self,
+        inputs: Vec<(Uuid, Input)>,
+        why: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Message>, ServiceError> {
+        self.apply_changes(inputs.into_iter().map(|(id, input)| (id, input, why.to_owned())).collect(), now_ms)
+    }
+
+    /// Applies changes in one transaction, each instance's in the order given; returns the
+    /// STOPs they call for.
+    pub(super) fn apply_changes(&self, changes: Vec<Change>, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut order = Vec::new();
+        let mut by_id: HashMap<Uuid, Vec<(Input, String)>> = HashMap::new();
+        for (id, input, why) in changes {
+            by_id
+                .entry(id)
+                .or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                })
+                .push((input, why));
+        }
+        let mut out = Vec::new();
+        let mut ended = HashSet::new();
+        let (records, _) = self.store.update_instances(&order, |r| {
+            let was_final = r.life.state.is_final();
+            for (input, why) in by_id.remove(&r.uuid).unwrap_or_default() {
+                for action in r.life.handle(now_ms, input) {
+                    if let Action::SendStop { node } = action {
+                        out.push(stop(r.uuid, node));
+                    }
+                }
+                if let State::Running { node } = r.life.state {
+                    r.node = Some(node);
+                }
+                if !why.is_empty() {
+                    r.why = why;
+                }
+            }
+            if !was_final && r.life.state.is_final() {
+                ended.insert(r.uuid);
+            }
+        })?;
+        self.batch_progress(&records, &ended)?;
+        Ok(out)
+    }
+
+    /// Counts instances of open batches that just ended; a batch whose last instance ended is
+    /// an event.
+    pub(super) fn batch_progress(&self, records: &[InstanceRecord], ended: &HashSet<Uuid>) -> Result<(), ServiceError> {
+        let mut finished = Vec::new();
+        {
+            let mut batches = self.batches.lock().expect("batches lock");
+            for record in records.iter().filter(|r| ended.contains(&r.uuid)) {
+                let Some(batch_id) = record.batch else { continue };
+                let Some(batch) = batches.get_mut(&batch_id) else { continue };
+                batch.left = batch.left.saturating_sub(1);
+                if matches!(record.life.state, State::Exited { .. }) {
+                    batch.exited += 1;
+                } else {
+                    batch.failed += 1;
+                }
+                if batch.left == 0 {
+                    if let Some(b) = batches.remove(&batch_id) {
+                        finished.push((batch_id, b));
+                    }
+                }
+            }
+        }
+        for (id, b) in finished {
+            let verdict = if b.failed == 0 { "completed" } else { "failed" };
+            self.store.note(
+                &b.tenant,
+                None,
+                format!("batch {id} of {} {verdict}: {} exited, {} failed or stopped", b.workload, b.exited, b.failed),
+            )?;
+        }
+        Ok(())
+    }
+}

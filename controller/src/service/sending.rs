@@ -1,0 +1,66 @@
+//! What goes to the scheduler on the controller's own clock: STARTs whose time has come, and
+//! after a reconnect the STARTs that got no answer.
+
+use super::*;
+
+impl Service {
+    /// The STARTs due at `now_ms`, each committed as sent before it is returned.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn tick(&self, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let due = self.store.due(now_ms, MAX_STARTS_PER_TICK);
+        let mut sends = Vec::new();
+        let (records, _) = self.store.update_instances(&due, |r| {
+            for action in r.life.handle(now_ms, Input::Tick) {
+                if let Action::SendStart { restart } = action {
+                    sends.push((r.uuid, restart));
+                }
+            }
+        })?;
+        let by_id: HashMap<Uuid, &InstanceRecord> = records.iter().map(|r| (r.uuid, r)).collect();
+        let mut workloads: HashMap<(String, String), (StoredWorkload, Workload)> = HashMap::new();
+        let mut out = Vec::with_capacity(sends.len());
+        for (id, restart) in sends {
+            let record = by_id[&id];
+            let key = (record.tenant.clone(), record.workload.clone());
+            if !workloads.contains_key(&key) {
+                match self.store.workload(&record.tenant, &record.workload)? {
+                    Some(stored) => {
+                        let parsed = stored.parsed()?;
+                        workloads.insert(key.clone(), (stored, parsed));
+                    }
+                    None => {
+                        // The workload went away under a pending instance: it cannot start.
+                        self.store.update_instance(id, |r| {
+                            r.life.state = State::Failed { reason: "its workload was deleted".into() };
+                        })?;
+                        continue;
+                    }
+                }
+            }
+            let (stored, w) = &workloads[&key];
+            out.push(start_message(id, stored, w, restart));
+        }
+        Ok(out)
+    }
+
+    /// After the scheduler connection came back: STARTs that got no answer are sent again at
+    /// the next tick.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn reconnected(&self, now_ms: u64) -> Result<(), ServiceError> {
+        let waiting: Vec<Uuid> = self
+            .store
+            .instances(None)?
+            .into_iter()
+            .filter(|r| matches!(r.life.state, State::Starting | State::Queued { .. }))
+            .map(|r| r.uuid)
+            .collect();
+        self.store.update_instances(&waiting, |r| {
+            r.life.handle(now_ms, Input::Resend);
+        })?;
+        Ok(())
+    }
+}

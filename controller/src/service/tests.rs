@@ -1,0 +1,282 @@
+//! The service against the in-memory and redb stores.
+
+use super::*;
+use crate::lifecycle::State;
+use ssntp::payload::{
+    ExitReason, FailureReason, InstanceEvent, InstanceExited, InstanceQueued, NodeLost, StartFailure,
+};
+
+const WORKLOAD: &str = r#"
+name = "job"
+size = "tiny"
+[backend]
+type = "process"
+argv = ["/bin/false"]
+[restart]
+policy = "on-failure"
+attempts = 1
+backoff = "1s"
+"#;
+
+fn node() -> Uuid {
+    Uuid::from_bytes([7; 16])
+}
+
+fn starts(messages: &[Message]) -> Vec<(Uuid, bool)> {
+    messages
+        .iter()
+        .filter_map(|m| if let Message::Start(s) = m { Some((s.instance_uuid, s.restart)) } else { None })
+        .collect()
+}
+
+/// A service on a redb file (for tests that reopen it, as a restarted controller would).
+fn service(dir: &std::path::Path) -> Service {
+    Service::new(Store::open(&dir.join("c.redb")).unwrap()).unwrap()
+}
+
+/// A service on the in-memory store: no disk.
+fn memory_service() -> Service {
+    Service::new(Store::in_memory()).unwrap()
+}
+
+#[test]
+fn launch_start_fail_restart_and_give_up() {
+    let s = memory_service();
+    assert_eq!(s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap(), "job");
+    let ids = s.launch("acme", "job", 2, 0).unwrap();
+    let sent = s.tick(0).unwrap();
+    assert_eq!(starts(&sent).len(), 2);
+    let Message::Start(first) = &sent[0] else { unreachable!() };
+    assert_eq!(first.requirements.mem_mb, 32, "tiny");
+    assert!(first.workload_uuid.is_some());
+    assert!(s.tick(0).unwrap().is_empty(), "nothing twice");
+    let id = ids[0];
+    s.report(
+        node(),
+        &Message::InstanceQueued(InstanceQueued {
+            instance_uuid: id,
+            reason: "0 of 1 nodes fit: 1 load above threshold".into(),
+            position: 0,
+        }),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        s.store().instance(id).unwrap().unwrap().why,
+        "0 of 1 nodes fit: 1 load above threshold",
+        "drover ps says why it waits"
+    );
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: id, node_uuid: Some(node()) }), 2)
+        .unwrap();
+    assert_eq!(s.store().instance(id).unwrap().unwrap().node, Some(node()));
+    let exited = |_at: u64| {
+        Message::InstanceExited(InstanceExited {
+            instance_uuid: id,
+            node_uuid: node(),
+            exit_code: Some(1),
+            reason: ExitReason::Failed,
+        })
+    };
+    s.report(node(), &exited(3), 3).unwrap();
+    assert!(s.tick(500).unwrap().is_empty(), "backoff");
+    assert_eq!(starts(&s.tick(1003).unwrap()), vec![(id, true)], "restarted once, marked as a restart");
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: id, node_uuid: Some(node()) }), 1004)
+        .unwrap();
+    s.report(node(), &exited(1005), 1005).unwrap();
+    let record = s.store().instance(id).unwrap().unwrap();
+    assert!(matches!(record.life.state, State::Failed { .. }), "attempts used up: {:?}", record.life.state);
+    assert!(record.why.contains("code 1"), "{}", record.why);
+}
+
+#[test]
+fn a_crash_after_commit_resends_once_and_a_duplicate_means_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let s = service(dir.path());
+        s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+        let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+        let _lost_in_the_crash = s.tick(0).unwrap();
+        id
+    };
+    let s = service(dir.path());
+    assert!(s.tick(10).unwrap().is_empty(), "a restarted controller does not start it again by itself");
+    s.reconnected(10).unwrap();
+    assert_eq!(starts(&s.tick(10).unwrap()), vec![(id, true)], "sent again after reconnecting");
+    let dup = StartFailure {
+        node_uuid: Some(node()),
+        instance_uuid: id,
+        reason: FailureReason::AlreadyRunning,
+        restart: true,
+        detail: String::new(),
+    };
+    s.report(node(), &Message::StartFailure(dup), 11).unwrap();
+    assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Running { node: node() });
+    assert!(s.tick(5000).unwrap().is_empty(), "exactly one copy");
+}
+
+#[test]
+fn node_loss_evacuation_user_stop_and_tenant_isolation() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "job", 2, 0).unwrap();
+    s.tick(0).unwrap();
+    for id in &ids {
+        s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }), 1)
+            .unwrap();
+    }
+    // Tenant isolation: another tenant cannot stop it, and learns nothing about it.
+    assert!(matches!(s.user("other", ids[0], Input::Stop, 2), Err(ServiceError::NotFound(_))));
+    // The user stops one: a STOP goes to its node; its stop is final.
+    let out = s.user("acme", ids[0], Input::Stop, 2).unwrap();
+    assert!(matches!(&out[..], [Message::Stop(stop)] if stop.workload_agent_uuid == node()));
+    s.report(node(), &Message::InstanceStopped(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(node()) }), 3)
+        .unwrap();
+    assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Stopped);
+    // The other is evacuated (a stop nobody asked for): started again elsewhere.
+    s.report(node(), &Message::InstanceStopped(InstanceEvent { instance_uuid: ids[1], node_uuid: Some(node()) }), 4)
+        .unwrap();
+    assert_eq!(starts(&s.tick(4).unwrap()), vec![(ids[1], true)]);
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: ids[1], node_uuid: Some(node()) }), 5)
+        .unwrap();
+    // Its node is lost: restarted per policy.
+    s.report(node(), &Message::NodeLost(NodeLost { node_uuid: node(), instances: vec![ids[1]] }), 6).unwrap();
+    assert!(matches!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Pending { .. }));
+    assert!(matches!(s.launch("acme", "nope", 1, 0), Err(ServiceError::NotFound(_))));
+    assert!(matches!(s.launch("acme", "job", 0, 0), Err(ServiceError::Invalid(_))));
+    assert!(matches!(s.put_workload("acme", "name = 1", Format::Toml, false), Err(ServiceError::Spec(_))));
+}
+
+fn stats(node: Uuid, instances: &[(Uuid, InstanceState, Option<i32>)]) -> Stats {
+    Stats {
+        node_uuid: node,
+        status: ssntp::payload::NodeState::Ready,
+        mem_total_mb: 1024,
+        mem_available_mb: 1024,
+        disk_total_mb: 0,
+        disk_available_mb: 0,
+        load: 0.0,
+        cpus_online: 1,
+        hostname: "n".into(),
+        networks: vec![],
+        instances: instances
+            .iter()
+            .map(|(id, state, exit_code)| ssntp::payload::InstanceStat {
+                instance_uuid: *id,
+                state: *state,
+                memory_usage_mb: -1,
+                disk_usage_mb: -1,
+                cpu_usage: -1,
+                exit_code: *exit_code,
+                workload_uuid: None,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "job", 3, 0).unwrap();
+    s.tick(0).unwrap();
+    let other = Uuid::from_bytes([8; 16]);
+    for id in &ids {
+        s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }), 1)
+            .unwrap();
+    }
+    // A node that came back runs a copy of ids[0] (which runs on node()) and something unknown.
+    let stranger = Uuid::new_v4();
+    let out = s
+        .reconcile(
+            &stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]),
+            2,
+            10_000,
+        )
+        .unwrap();
+    let stopped: Vec<(Uuid, Uuid)> = out
+        .iter()
+        .filter_map(|m| if let Message::Stop(s) = m { Some((s.instance_uuid, s.workload_agent_uuid)) } else { None })
+        .collect();
+    assert_eq!(stopped, vec![(ids[0], other), (stranger, other)]);
+    // Its stale copy's stop report does not touch the real one.
+    s.report(other, &Message::InstanceStopped(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(other) }), 3)
+        .unwrap();
+    assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
+    // node() reports ids[0] running, ids[1] exited (the event was missed), ids[2] not at all.
+    let report = stats(node(), &[(ids[0], InstanceState::Active, None), (ids[1], InstanceState::Exited, Some(0))]);
+    assert!(s.reconcile(&report, 4, 10_000).unwrap().is_empty());
+    assert_eq!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Exited { code: Some(0) });
+    assert_eq!(s.store().instance(ids[2]).unwrap().unwrap().life.state, State::Running { node: node() }, "grace");
+    s.reconcile(&report, 10_004, 10_000).unwrap();
+    let lost = s.store().instance(ids[2]).unwrap().unwrap();
+    assert!(matches!(lost.life.state, State::Pending { .. }), "restarted per policy: {:?}", lost.life.state);
+    assert!(lost.why.contains("not reported"), "{}", lost.why);
+    assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
+}
+
+#[test]
+fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
+    let s = memory_service();
+    let batch = WORKLOAD.replace("size = \"tiny\"", "class = \"batch\"\n[resources]\nmem_mb = 4096");
+    s.put_workload("acme", &batch, Format::Toml, false).unwrap();
+    let (id, ids, _) = s.submit_batch("acme", "job", 3, Some(1024), 0).unwrap();
+    assert!(s.tick(0).unwrap().is_empty(), "no START for refused work");
+    for i in &ids {
+        let r = s.store().instance(*i).unwrap().unwrap();
+        assert!(matches!(r.life.state, State::Failed { .. }), "{:?}", r.life.state);
+        assert!(r.why.contains("the largest node offers 1024 MiB"), "{}", r.why);
+    }
+    let events = s.store().events_after(0, 1000).unwrap();
+    assert!(events.iter().any(|e| e.what.contains(&format!("batch {id} of job failed"))));
+    // Work that fits is created pending.
+    let (_, ids, _) = s.submit_batch("acme", "job", 1, Some(8192), 0).unwrap();
+    assert_eq!(s.tick(0).unwrap().len(), 1);
+    assert!(!s.store().instance(ids[0]).unwrap().unwrap().life.state.is_final());
+}
+
+#[test]
+fn batches_end_with_an_event_and_conflicts_are_refused() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    assert!(matches!(s.submit_batch("acme", "job", 2, None, 0), Err(ServiceError::Invalid(_))), "workorder class");
+    assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
+    let batch =
+        WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
+    s.put_workload("acme", &batch, Format::Toml, false).unwrap();
+    let (id, ids, _) = s.submit_batch("acme", "job", 2, None, 0).unwrap();
+    assert!(matches!(s.delete_workload("acme", "job"), Err(ServiceError::Conflict(_))), "live instances");
+    assert!(matches!(s.delete("acme", ids[0]), Err(ServiceError::Conflict(_))), "live instance");
+    s.tick(0).unwrap();
+    for (i, instance) in ids.iter().enumerate() {
+        s.report(
+            node(),
+            &Message::InstanceStarted(InstanceEvent { instance_uuid: *instance, node_uuid: Some(node()) }),
+            1,
+        )
+        .unwrap();
+        let exited = InstanceExited {
+            instance_uuid: *instance,
+            node_uuid: node(),
+            exit_code: Some(i32::try_from(i).unwrap()),
+            reason: if i == 0 { ExitReason::Completed } else { ExitReason::Failed },
+        };
+        s.report(node(), &Message::InstanceExited(exited), 2).unwrap();
+    }
+    let events = s.store().events_after(0, 1000).unwrap();
+    let last = &events.last().unwrap().what;
+    assert!(last.contains(&format!("batch {id}")) && last.contains("1 exited, 1 failed"), "{last}");
+    assert!(matches!(s.user("acme", ids[0], Input::Stop, 3), Err(ServiceError::Conflict(_))));
+    assert!(matches!(&s.delete("acme", ids[0]).unwrap()[..], [Message::Delete(_)]));
+    assert!(s.store().instance(ids[0]).unwrap().is_none());
+}
+
+#[test]
+fn an_instance_whose_start_report_was_lost_is_found_running_by_stats() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+    s.tick(0).unwrap();
+    assert!(s.reconcile(&stats(node(), &[(id, InstanceState::Active, None)]), 1, 10_000).unwrap().is_empty());
+    assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Running { node: node() });
+    assert_eq!(s.store().running_on(node()), vec![id]);
+}
