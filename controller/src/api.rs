@@ -363,7 +363,7 @@ async fn instance_action(
             c.service().owned(&tenant, id).map(|r| (commands, r))
         })
         .await?;
-    c.send_all(commands).await;
+    c.submit(commands).await;
     c.wake();
     Ok((StatusCode::ACCEPTED, Json(instance_view(&record))).into_response())
 }
@@ -371,7 +371,7 @@ async fn instance_action(
 async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let commands = c.blocking(move |c| c.service().delete(&tenant, id)).await?;
-    c.send_all(commands).await;
+    c.submit(commands).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -483,7 +483,7 @@ async fn node_action(
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use evacuate or restore")))
         }
     };
-    c.send_now(&message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    c.send_now(message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
 }
 

@@ -5,7 +5,9 @@
 //!   about its nodes, and the log requests waiting for an answer.
 //! - [`run_link`] is the only task that talks to the scheduler: it applies every frame to the
 //!   service, sends what the service asks for, and ticks (STARTs due) every 100 ms or at once
-//!   when the API asks. After a reconnect it re-sends the STARTs that got no answer, once the
+//!   when the API asks. API handlers never write to the link: they hand it a [`LinkCommand`]
+//!   (commands the service decided, a node action, a log request), so what goes to the
+//!   scheduler goes in one order, from one place. After a reconnect it re-sends the STARTs that got no answer, once the
 //!   nodes it knew have reported (see [`crate::resend_gate`]).
 //!
 //! Store calls block (redb commits with fsync), so they run on tokio's blocking pool.
@@ -69,6 +71,24 @@ pub struct LinkView {
 
 type LogWaiter = (Uuid, oneshot::Sender<Result<LogData, String>>);
 
+/// Most commands from API handlers waiting for the link task (overflow: the handler waits).
+pub const MAX_LINK_COMMANDS: usize = 1024;
+
+/// What an API handler asks the link task to send.
+#[derive(Debug)]
+pub enum LinkCommand {
+    /// Commands the service decided (STOPs, DELETEs): sent in order; without a connection they
+    /// are dropped, since what matters is in the store and goes again after the reconnect.
+    Send(Vec<Message>),
+    /// One command whose sender wants to know whether it went (a node action, a log request).
+    SendNow {
+        /// The command.
+        message: Box<Message>,
+        /// Whether it was handed to the connection, or why not.
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 /// The controller's shared state.
 #[derive(Debug)]
 pub struct Controller {
@@ -87,6 +107,10 @@ pub struct Controller {
     overcommit: Mutex<drover_model::Overcommit>,
     /// STARTs sent since this process started.
     pub starts_sent: AtomicU64,
+    /// API handlers' commands for the link task.
+    to_link: mpsc::Sender<LinkCommand>,
+    /// The other end, until [`run_link`] takes it.
+    link_commands: Mutex<Option<mpsc::Receiver<LinkCommand>>>,
 }
 
 /// Unix time now, ms.
@@ -103,7 +127,10 @@ impl Controller {
     /// The store.
     pub fn new(service: Service, link: Option<ClientHandle>, resend_hold: Duration) -> Result<Arc<Self>, ServiceError> {
         let revision = service.store().revision()?;
+        let (to_link, link_commands) = mpsc::channel(MAX_LINK_COMMANDS);
         Ok(Arc::new(Self {
+            to_link,
+            link_commands: Mutex::new(Some(link_commands)),
             service,
             link,
             nodes: Mutex::new(BTreeMap::new()),
@@ -164,9 +191,30 @@ impl Controller {
         self.wake.notify_one();
     }
 
-    /// Sends commands to the scheduler. A command that cannot go (no link) is dropped: what
-    /// matters is in the store and is sent again after the reconnect.
-    pub async fn send_all(&self, messages: Vec<Message>) {
+    /// Hands commands the service decided to the link task (see [`LinkCommand::Send`]).
+    pub async fn submit(&self, messages: Vec<Message>) {
+        if self.link.is_none() || messages.is_empty() {
+            return;
+        }
+        let _ = self.to_link.send(LinkCommand::Send(messages)).await;
+    }
+
+    /// Hands one command to the link task and waits until it went, or says why it cannot go.
+    ///
+    /// # Errors
+    /// No scheduler connection.
+    pub async fn send_now(&self, message: Message) -> Result<(), String> {
+        if self.link.is_none() {
+            return Err("no scheduler link".into());
+        }
+        let (done, went) = oneshot::channel();
+        self.to_link.send(LinkCommand::SendNow { message: Box::new(message), done }).await.map_err(|_| "the controller is stopping")?;
+        went.await.map_err(|_| "the controller is stopping")?
+    }
+
+    /// Sends commands on the link (the link task only). A command that cannot go is dropped:
+    /// what matters is in the store and is sent again after the reconnect.
+    async fn send_all(&self, messages: Vec<Message>) {
         let Some(link) = &self.link else { return };
         for message in messages {
             if let Err(e) = link.send(&message).await {
@@ -175,13 +223,18 @@ impl Controller {
         }
     }
 
-    /// Sends one command now, or says why it cannot go.
-    ///
-    /// # Errors
-    /// No scheduler connection.
-    pub async fn send_now(&self, message: &Message) -> Result<(), String> {
-        let link = self.link.as_ref().ok_or("no scheduler link")?;
-        link.send(message).await.map_err(|e| format!("scheduler unreachable: {e}"))
+    /// Carries out an API handler's command (the link task only).
+    async fn link_command(&self, command: LinkCommand) {
+        match command {
+            LinkCommand::Send(messages) => self.send_all(messages).await,
+            LinkCommand::SendNow { message, done } => {
+                let result = match &self.link {
+                    None => Err("no scheduler link".to_owned()),
+                    Some(link) => link.send(&message).await.map_err(|e| format!("scheduler unreachable: {e}")),
+                };
+                let _ = done.send(result);
+            }
+        }
     }
 
     /// The scheduler's overcommit (how far nodes may be promised beyond what they have).
@@ -220,7 +273,7 @@ impl Controller {
             logs.insert(request_id, (instance, tx));
         }
         let fetch = LogFetch { instance_uuid: instance, workload_agent_uuid: node, max_bytes, request_id };
-        let result = match self.send_now(&Message::LogFetch(fetch)).await {
+        let result = match self.send_now(Message::LogFetch(fetch)).await {
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) => Err("the request was dropped".into()),
@@ -316,6 +369,10 @@ impl Controller {
 
 /// The scheduler loop (see the module text). Ends when the link's event stream ends.
 pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<ClientEvent>) {
+    let Some(mut commands) = controller.link_commands.lock().expect("link commands lock").take() else {
+        tracing::error!("the scheduler loop was started twice");
+        return;
+    };
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -343,6 +400,7 @@ pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<Cl
                 }
                 apply_frames(&controller, frames).await;
             }
+            Some(command) = commands.recv() => controller.link_command(command).await,
             _ = ticker.tick() => tick(&controller).await,
             () = controller.wake.notified() => tick(&controller).await,
         }

@@ -132,18 +132,44 @@ pub enum Input {
     },
 }
 
+/// What goes out: a message the hub decided, for the shell to encode, or a peer's frame passed
+/// on as it came.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A message the hub decided (a START it placed, a refusal, an event), in the name of
+    /// `origin` (the scheduler, or the controller a START came from).
+    Message {
+        /// Whose name the frame carries.
+        origin: Uuid,
+        /// The message.
+        message: Box<Message>,
+    },
+    /// A peer's frame forwarded unchanged: never decoded twice or re-encoded on the way.
+    Forward(Frame),
+}
+
+impl Payload {
+    /// The frame to write.
+    pub fn into_frame(self) -> Frame {
+        match self {
+            Self::Message { origin, message } => message.to_frame(origin),
+            Self::Forward(frame) => frame,
+        }
+    }
+}
+
 /// What the shell must do.
 #[derive(Debug, PartialEq)]
 pub enum Output {
-    /// Send a frame to one peer.
+    /// Send to one peer.
     To {
         /// The peer.
         peer: Uuid,
-        /// The frame.
-        frame: Frame,
+        /// What to send.
+        payload: Payload,
     },
-    /// Send a frame to every connected controller.
-    ToControllers(Frame),
+    /// Send to every connected controller.
+    ToControllers(Payload),
     /// Replace the cluster configuration (CONFIGURE).
     Configure(ClusterConfig),
     /// Something an operator should read in the log.
@@ -291,8 +317,9 @@ impl Hub {
         s
     }
 
-    fn own(&self, message: &Message) -> Frame {
-        message.to_frame(self.uuid)
+    /// A message in the scheduler's own name.
+    fn own(&self, message: Message) -> Payload {
+        Payload::Message { origin: self.uuid, message: Box::new(message) }
     }
 
     fn is_master(&self, uuid: Uuid) -> bool {
@@ -305,7 +332,10 @@ impl Hub {
             Input::Connected { conn_id, uuid, role } => self.connected(now, conn_id, uuid, role),
             Input::Disconnected { conn_id, uuid } => self.disconnected(now, conn_id, uuid),
             Input::Message { from, role, frame, message } => {
-                let frame = frame.unwrap_or_else(|| message.to_frame(from));
+                let frame = match frame {
+                    Some(frame) => Payload::Forward(frame),
+                    None => Payload::Message { origin: from, message: Box::new(message.clone()) },
+                };
                 if role.contains(Role::CONTROLLER) {
                     self.command(now, from, frame, message)
                 } else {
@@ -356,7 +386,7 @@ impl Hub {
         node.report.node_uuid = uuid;
         self.nodes.insert(node, &self.cfg);
         let node_type = if role.contains(Role::AGENT) { NodeType::ComputeNode } else { NodeType::NetworkNode };
-        vec![Output::ToControllers(self.own(&Message::NodeConnected(NodeEvent { node_uuid: uuid, node_type })))]
+        vec![Output::ToControllers(self.own(Message::NodeConnected(NodeEvent { node_uuid: uuid, node_type })))]
     }
 
     fn disconnected(&mut self, now: Now, conn_id: u64, uuid: Uuid) -> Vec<Output> {
@@ -374,12 +404,12 @@ impl Hub {
             self.mru = None;
         }
         let event = NodeEvent { node_uuid: uuid, node_type: NodeType::ComputeNode };
-        vec![Output::ToControllers(self.own(&Message::NodeDisconnected(event)))]
+        vec![Output::ToControllers(self.own(Message::NodeDisconnected(event)))]
     }
 
     // === from launchers ===
 
-    fn report(&mut self, now: Now, from: Uuid, frame: Frame, message: Message) -> Vec<Output> {
+    fn report(&mut self, now: Now, from: Uuid, frame: Payload, message: Message) -> Vec<Output> {
         let mut out = Vec::new();
         let was_lost = self.nodes.update(&from, &self.cfg, |n| {
             n.last_seen_ms = now.mono_ms;
@@ -489,7 +519,7 @@ impl Hub {
 
     // === from controllers ===
 
-    fn command(&mut self, now: Now, from: Uuid, frame: Frame, message: Message) -> Vec<Output> {
+    fn command(&mut self, now: Now, from: Uuid, frame: Payload, message: Message) -> Vec<Output> {
         if !self.is_master(from) && !matches!(message, Message::TraceReport(_)) {
             let detail = "only the master controller may command; this controller is a backup".to_owned();
             return self.refuse(from, &message, FailureReason::NotPermitted, detail);
@@ -523,7 +553,7 @@ impl Hub {
             }
             _ => {}
         }
-        let mut out = vec![Output::To { peer: target, frame }];
+        let mut out = vec![Output::To { peer: target, payload: frame }];
         self.drain_on(target, &mut out); // RESTORE reopens the node
         out
     }
@@ -551,7 +581,7 @@ impl Hub {
             // A repeated START (a controller that restarted or reconnected) changes nothing,
             // but is answered, so the sender learns where its instance is.
             let event = InstanceQueued { instance_uuid: id, reason: queued.reason.clone(), position: 0 };
-            return vec![Output::To { peer: from, frame: self.own(&Message::InstanceQueued(event)) }];
+            return vec![Output::To { peer: from, payload: self.own(Message::InstanceQueued(event)) }];
         }
         if self.cfg.estimate {
             if let Some(w) = start.workload_uuid {
@@ -573,7 +603,7 @@ impl Hub {
         let queued = Queued { start, from, since_ms: now.mono_ms, expires_ms, reason: reason.clone() };
         let position = self.queue.push(queued).expect("the queue has room");
         let event = InstanceQueued { instance_uuid: id, reason, position: u32::try_from(position).unwrap_or(u32::MAX) };
-        vec![Output::ToControllers(self.own(&Message::InstanceQueued(event)))]
+        vec![Output::ToControllers(self.own(Message::InstanceQueued(event)))]
     }
 
     /// Places a START if a node fits; returns the forwarded START.
@@ -604,7 +634,10 @@ impl Hub {
         let mut forwarded = start.clone();
         forwarded.workload_agent_uuid = Some(node);
         forwarded.charge_mb = Some(need.charge_mb);
-        Output::To { peer: node, frame: Message::Start(forwarded).to_frame(from) }
+        Output::To {
+            peer: node,
+            payload: Payload::Message { origin: from, message: Box::new(Message::Start(forwarded)) },
+        }
     }
 
     /// Tries queued STARTs in order on any node (the tick's sweep).
@@ -705,7 +738,7 @@ impl Hub {
                 limit / 1000,
                 instances.len()
             )));
-            out.push(Output::ToControllers(self.own(&Message::NodeLost(NodeLost { node_uuid: uuid, instances }))));
+            out.push(Output::ToControllers(self.own(Message::NodeLost(NodeLost { node_uuid: uuid, instances }))));
         }
     }
 
@@ -720,7 +753,7 @@ impl Hub {
             restart: start.restart,
             detail,
         };
-        vec![Output::To { peer: to, frame: self.own(&Message::StartFailure(failure)) }]
+        vec![Output::To { peer: to, payload: self.own(Message::StartFailure(failure)) }]
     }
 
     /// The failure matching a refused command, sent back to its sender.
@@ -750,7 +783,7 @@ impl Hub {
             }
             _ => Message::CommandFailure(command_failure(None, None)),
         };
-        vec![Output::To { peer: to, frame: self.own(&failure) }]
+        vec![Output::To { peer: to, payload: self.own(failure) }]
     }
 }
 

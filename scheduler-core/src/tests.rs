@@ -86,11 +86,19 @@ impl Rig {
 fn decode(out: Vec<Output>) -> Vec<(Option<Uuid>, Message)> {
     out.into_iter()
         .filter_map(|o| match o {
-            Output::To { peer, frame } => Some((Some(peer), Message::decode(&frame).unwrap())),
-            Output::ToControllers(frame) => Some((None, Message::decode(&frame).unwrap())),
+            Output::To { peer, payload } => Some((Some(peer), message_of(payload))),
+            Output::ToControllers(payload) => Some((None, message_of(payload))),
             Output::Configure(_) | Output::Warn(_) => None,
         })
         .collect()
+}
+
+/// The message of a payload; only a forwarded frame needs decoding.
+fn message_of(payload: Payload) -> Message {
+    match payload {
+        Payload::Message { message, .. } => *message,
+        Payload::Forward(frame) => Message::decode(&frame).unwrap(),
+    }
 }
 
 fn placed_on(out: &[(Option<Uuid>, Message)]) -> Vec<(Uuid, Uuid)> {

@@ -261,8 +261,9 @@ fn with_scheduler_fields(mut config: ClusterConfig, core: &Config) -> ClusterCon
 
 fn deliver(peers: &mut Outbox, hub: &Hub, config: &RwLock<ClusterConfig>, output: Output) {
     match output {
-        Output::To { peer, frame } => peers.send(peer, frame),
-        Output::ToControllers(frame) => {
+        Output::To { peer, payload } => peers.send(peer, payload.into_frame()),
+        Output::ToControllers(payload) => {
+            let frame = payload.into_frame();
             for controller in hub.controllers() {
                 peers.send(controller, frame.clone());
             }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::{FrameReader, FrameWriter};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Kind, Status, DEFAULT_MAX_PAYLOAD};
-use crate::payload::{ClusterConfig, Connect, ErrorReport, Message};
+use crate::payload::{ClusterConfig, ErrorReport, Message};
 use crate::role::{roles_from_cert_der, Role};
 use crate::tls::server_name_for;
 use crate::uuid::Uuid;
@@ -155,16 +155,11 @@ impl Connection {
             Err(e) => return Err(refuse(&mut writer, opts.uuid, e.into()).await),
         };
 
-        let connect = Connect {
-            role: opts.role,
-            uuid: opts.uuid,
-            hostname: opts.hostname.clone(),
-            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-        };
-        writer.write_message(opts.uuid, &Message::Connect(connect)).await?;
+        let connect = crate::handshake::connect(opts.role, opts.uuid, opts.hostname.clone());
+        writer.write_message(opts.uuid, &connect).await?;
         let reply = reader.expect_frame().await?;
-        match Message::decode(&reply)? {
-            Message::Connected(c) if certified.contains(c.role) && c.role.contains(opts.server_role) => Ok(Self {
+        match crate::handshake::connected(&reply, certified, opts.server_role) {
+            Ok(c) => Ok(Self {
                 target: target.to_owned(),
                 server_uuid: c.uuid,
                 server_role: c.role,
@@ -173,13 +168,9 @@ impl Connection {
                 reader,
                 writer,
             }),
-            Message::Connected(c) => {
-                Err(refuse(&mut writer, opts.uuid, Error::RoleMismatch { claimed: c.role, certified }).await)
-            }
-            other => match (reply.kind, error_reason(&other)) {
-                (Kind::Error(code), Some(reason)) => Err(Error::Rejected { code, reason }),
-                _ => Err(Error::Protocol(format!("expected CONNECTED, got {}", reply.kind))),
-            },
+            // Told so (ciao sent ConnectionFailure) and left.
+            Err(e @ Error::RoleMismatch { .. }) => Err(refuse(&mut writer, opts.uuid, e).await),
+            Err(e) => Err(e),
         }
     }
 
@@ -238,22 +229,7 @@ async fn refuse(writer: &mut Writer, uuid: Uuid, e: Error) -> Error {
     e
 }
 
-/// The `reason` of an error message, if it is one.
-pub fn error_reason(message: &Message) -> Option<String> {
-    Some(match message {
-        Message::InvalidFrameType(r)
-        | Message::ConnectionFailure(r)
-        | Message::ConnectionAborted(r)
-        | Message::InvalidConfiguration(r)
-        | Message::InvalidPayload(r) => r.reason.clone(),
-        Message::StartFailure(f) => format!("{:?}: {}", f.reason, f.detail),
-        Message::StopFailure(f) | Message::RestartFailure(f) | Message::DeleteFailure(f) => {
-            format!("{:?}: {}", f.reason, f.detail)
-        }
-        Message::CommandFailure(f) => format!("{} {:?}: {}", f.command, f.reason, f.detail),
-        _ => return None,
-    })
-}
+pub use crate::handshake::error_reason;
 
 /// What a reconnecting [`Client`] tells the application.
 #[derive(Debug)]

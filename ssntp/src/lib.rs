@@ -11,6 +11,8 @@
 //! - [`uuid`]: UUIDs as raw header bytes and as payload text.
 //! - [`role`]: the role bitmask, role OIDs and reading roles from a certificate.
 //! - [`tls`]: PEM loading, rustls server and client configurations (TLS 1.3 only).
+//! - [`handshake`]: the handshake's rules without IO (CONNECT, its checks against the
+//!   certificate, CONNECTED), shared by server and client.
 //! - [`conn`]: buffered frame reading and batched writing over any async stream.
 //! - [`server`]: accept loop, handshake with role checks, per-peer queues, shutdown.
 //! - [`client`]: one connection, or a client that reconnects with backoff.
@@ -34,6 +36,7 @@ pub mod client;
 pub mod conn;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod identity;
 pub mod payload;
 pub mod role;

@@ -752,50 +752,162 @@ pub struct ErrorReport {
 
 // === the message table ===
 
-/// A decoded frame payload, one variant per frame kind.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(missing_docs)] // Each variant is named after its frame kind (see docs/ssntp.md).
-pub enum Message {
-    Connect(Connect),
-    Start(Start),
-    Stop(Stop),
-    Stats(Stats),
-    Evacuate(Evacuate),
-    Delete(Delete),
-    Restart(Restart),
-    Configure(Configure),
-    Restore(Restore),
-    LogFetch(LogFetch),
+/// Who may send a message to the scheduler (see the table in `docs/ssntp.md`).
+mod senders {
+    use crate::Role;
 
-    Connected(Connected),
-    Ready(NodeReport),
-    /// FULL may carry the same report as READY.
-    Full(Option<NodeReport>),
-    Offline,
-    /// MAINTENANCE may carry the same report as READY.
-    Maintenance(Option<NodeReport>),
+    /// Anyone (CONNECT: the role is checked against the certificate in the handshake).
+    pub(super) const ANYONE: Role = Role::from_bits(u32::MAX);
+    /// No client: only the scheduler sends it.
+    pub(super) const SCHEDULER_ONLY: Role = Role::NONE;
+    /// Controllers.
+    pub(super) const CONTROLLERS: Role = Role::CONTROLLER;
+    /// Launchers of every kind.
+    pub(super) const AGENTS: Role = Role::AGENT.union(Role::NETAGENT).union(Role::CNCIAGENT);
+    /// Controllers and launchers.
+    pub(super) const PEERS: Role = CONTROLLERS.union(AGENTS);
+}
 
-    InvalidFrameType(ErrorReport),
-    StartFailure(StartFailure),
-    StopFailure(InstanceFailure),
-    ConnectionFailure(ErrorReport),
-    RestartFailure(InstanceFailure),
-    DeleteFailure(InstanceFailure),
-    ConnectionAborted(ErrorReport),
-    InvalidConfiguration(ErrorReport),
-    InvalidPayload(ErrorReport),
-    CommandFailure(CommandFailure),
+/// How a payload is written: one CBOR value, an optional one (empty payload for none), or
+/// nothing.
+mod codec {
+    use bytes::Bytes;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
 
-    InstanceDeleted(InstanceEvent),
-    TraceReport(TraceReport),
-    NodeConnected(NodeEvent),
-    NodeDisconnected(NodeEvent),
-    InstanceStopped(InstanceEvent),
-    InstanceStarted(InstanceEvent),
-    InstanceExited(InstanceExited),
-    InstanceQueued(InstanceQueued),
-    NodeLost(NodeLost),
-    LogData(LogData),
+    use super::{empty, from_cbor, optional, to_cbor, PayloadError};
+    use crate::Kind;
+
+    pub(super) fn encode_cbor<T: Serialize>(value: &T) -> Bytes {
+        to_cbor(value)
+    }
+
+    pub(super) fn decode_cbor<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, PayloadError> {
+        from_cbor(kind, bytes)
+    }
+
+    pub(super) fn encode_optional<T: Serialize>(value: &Option<T>) -> Bytes {
+        value.as_ref().map_or_else(Bytes::new, to_cbor)
+    }
+
+    pub(super) fn decode_optional<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<Option<T>, PayloadError> {
+        optional(kind, bytes)
+    }
+
+    pub(super) fn decode_empty(kind: Kind, bytes: &[u8]) -> Result<(), PayloadError> {
+        empty(kind, bytes)
+    }
+}
+
+/// Builds [`Message`] from one table: each variant with its payload type and codec, the frame
+/// kind it travels as, and who may send it. The enum, `kind`, `encode_payload`,
+/// `decode_payload` and `allowed_senders` all come from the table, so a new message is one line
+/// here (and its operand in `frame.rs`).
+macro_rules! messages {
+    (
+        with payload { $( $(#[$meta:meta])* $variant:ident($ty:ty) via $encode:ident / $decode:ident = [$($kind:tt)+] from $senders:ident; )+ }
+        without payload { $( $(#[$bmeta:meta])* $bare:ident = [$($bkind:tt)+] from $bsenders:ident; )+ }
+    ) => {
+        /// A decoded frame payload, one variant per frame kind.
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(missing_docs)] // Each variant is named after its frame kind (see docs/ssntp.md).
+        pub enum Message {
+            $( $(#[$meta])* $variant($ty), )+
+            $( $(#[$bmeta])* $bare, )+
+        }
+
+        impl Message {
+            /// The frame kind this message travels as.
+            pub const fn kind(&self) -> Kind {
+                #[allow(unused_imports)]
+                use Kind::{Command as C, Error as X, Event as E, Status as S};
+                match self {
+                    $( Self::$variant(_) => $($kind)+, )+
+                    $( Self::$bare => $($bkind)+, )+
+                }
+            }
+
+            /// The payload bytes.
+            pub fn encode_payload(&self) -> Bytes {
+                match self {
+                    $( Self::$variant(p) => codec::$encode(p), )+
+                    $( Self::$bare => Bytes::new(), )+
+                }
+            }
+
+            /// Like [`Message::decode`], from a kind and payload bytes.
+            ///
+            /// # Errors
+            /// See [`Message::decode`].
+            pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Self, PayloadError> {
+                #[allow(unused_imports)]
+                use Kind::{Command as C, Error as X, Event as E, Status as S};
+                Ok(match kind {
+                    $( $($kind)+ => Self::$variant(codec::$decode(kind, p)?), )+
+                    $( $($bkind)+ => {
+                        codec::decode_empty(kind, p)?;
+                        Self::$bare
+                    } )+
+                })
+            }
+
+            /// The roles that may send this message to the scheduler (see the table in
+            /// `docs/ssntp.md`). The server refuses a frame from any other role.
+            pub const fn allowed_senders(&self) -> Role {
+                match self {
+                    $( Self::$variant(_) => senders::$senders, )+
+                    $( Self::$bare => senders::$bsenders, )+
+                }
+            }
+        }
+    };
+}
+
+messages! {
+    with payload {
+        Connect(Connect) via encode_cbor / decode_cbor = [C(Command::Connect)] from ANYONE;
+        Start(Start) via encode_cbor / decode_cbor = [C(Command::Start)] from CONTROLLERS;
+        Stop(Stop) via encode_cbor / decode_cbor = [C(Command::Stop)] from CONTROLLERS;
+        Stats(Stats) via encode_cbor / decode_cbor = [C(Command::Stats)] from AGENTS;
+        Evacuate(Evacuate) via encode_cbor / decode_cbor = [C(Command::Evacuate)] from CONTROLLERS;
+        Delete(Delete) via encode_cbor / decode_cbor = [C(Command::Delete)] from CONTROLLERS;
+        Restart(Restart) via encode_cbor / decode_cbor = [C(Command::Restart)] from CONTROLLERS;
+        Configure(Configure) via encode_cbor / decode_cbor = [C(Command::Configure)] from CONTROLLERS;
+        Restore(Restore) via encode_cbor / decode_cbor = [C(Command::Restore)] from CONTROLLERS;
+        LogFetch(LogFetch) via encode_cbor / decode_cbor = [C(Command::LogFetch)] from CONTROLLERS;
+
+        Connected(Connected) via encode_cbor / decode_cbor = [S(Status::Connected)] from SCHEDULER_ONLY;
+        Ready(NodeReport) via encode_cbor / decode_cbor = [S(Status::Ready)] from AGENTS;
+        /// FULL may carry the same report as READY.
+        Full(Option<NodeReport>) via encode_optional / decode_optional = [S(Status::Full)] from AGENTS;
+        /// MAINTENANCE may carry the same report as READY.
+        Maintenance(Option<NodeReport>) via encode_optional / decode_optional = [S(Status::Maintenance)] from AGENTS;
+
+        InvalidFrameType(ErrorReport) via encode_cbor / decode_cbor = [X(ErrorCode::InvalidFrameType)] from PEERS;
+        StartFailure(StartFailure) via encode_cbor / decode_cbor = [X(ErrorCode::StartFailure)] from PEERS;
+        StopFailure(InstanceFailure) via encode_cbor / decode_cbor = [X(ErrorCode::StopFailure)] from PEERS;
+        ConnectionFailure(ErrorReport) via encode_cbor / decode_cbor = [X(ErrorCode::ConnectionFailure)] from PEERS;
+        RestartFailure(InstanceFailure) via encode_cbor / decode_cbor = [X(ErrorCode::RestartFailure)] from PEERS;
+        DeleteFailure(InstanceFailure) via encode_cbor / decode_cbor = [X(ErrorCode::DeleteFailure)] from PEERS;
+        ConnectionAborted(ErrorReport) via encode_cbor / decode_cbor = [X(ErrorCode::ConnectionAborted)] from PEERS;
+        InvalidConfiguration(ErrorReport) via encode_cbor / decode_cbor = [X(ErrorCode::InvalidConfiguration)] from PEERS;
+        InvalidPayload(ErrorReport) via encode_cbor / decode_cbor = [X(ErrorCode::InvalidPayload)] from PEERS;
+        CommandFailure(CommandFailure) via encode_cbor / decode_cbor = [X(ErrorCode::CommandFailure)] from PEERS;
+
+        InstanceDeleted(InstanceEvent) via encode_cbor / decode_cbor = [E(Event::InstanceDeleted)] from AGENTS;
+        TraceReport(TraceReport) via encode_cbor / decode_cbor = [E(Event::TraceReport)] from PEERS;
+        NodeConnected(NodeEvent) via encode_cbor / decode_cbor = [E(Event::NodeConnected)] from SCHEDULER_ONLY;
+        NodeDisconnected(NodeEvent) via encode_cbor / decode_cbor = [E(Event::NodeDisconnected)] from SCHEDULER_ONLY;
+        InstanceStopped(InstanceEvent) via encode_cbor / decode_cbor = [E(Event::InstanceStopped)] from AGENTS;
+        InstanceStarted(InstanceEvent) via encode_cbor / decode_cbor = [E(Event::InstanceStarted)] from AGENTS;
+        InstanceExited(InstanceExited) via encode_cbor / decode_cbor = [E(Event::InstanceExited)] from AGENTS;
+        InstanceQueued(InstanceQueued) via encode_cbor / decode_cbor = [E(Event::InstanceQueued)] from SCHEDULER_ONLY;
+        NodeLost(NodeLost) via encode_cbor / decode_cbor = [E(Event::NodeLost)] from SCHEDULER_ONLY;
+        LogData(LogData) via encode_cbor / decode_cbor = [E(Event::LogData)] from AGENTS;
+    }
+    without payload {
+        Offline = [S(Status::Offline)] from AGENTS;
+    }
 }
 
 fn to_cbor<T: Serialize>(value: &T) -> Bytes {
@@ -833,83 +945,6 @@ fn empty(kind: Kind, bytes: &[u8]) -> Result<(), PayloadError> {
 }
 
 impl Message {
-    /// The frame kind this message travels as.
-    pub const fn kind(&self) -> Kind {
-        use Kind::{Command as C, Error as X, Event as E, Status as S};
-        match self {
-            Self::Connect(_) => C(Command::Connect),
-            Self::Start(_) => C(Command::Start),
-            Self::Stop(_) => C(Command::Stop),
-            Self::Stats(_) => C(Command::Stats),
-            Self::Evacuate(_) => C(Command::Evacuate),
-            Self::Delete(_) => C(Command::Delete),
-            Self::Restart(_) => C(Command::Restart),
-            Self::Configure(_) => C(Command::Configure),
-            Self::Restore(_) => C(Command::Restore),
-            Self::LogFetch(_) => C(Command::LogFetch),
-            Self::Connected(_) => S(Status::Connected),
-            Self::Ready(_) => S(Status::Ready),
-            Self::Full(_) => S(Status::Full),
-            Self::Offline => S(Status::Offline),
-            Self::Maintenance(_) => S(Status::Maintenance),
-            Self::InvalidFrameType(_) => X(ErrorCode::InvalidFrameType),
-            Self::StartFailure(_) => X(ErrorCode::StartFailure),
-            Self::StopFailure(_) => X(ErrorCode::StopFailure),
-            Self::ConnectionFailure(_) => X(ErrorCode::ConnectionFailure),
-            Self::RestartFailure(_) => X(ErrorCode::RestartFailure),
-            Self::DeleteFailure(_) => X(ErrorCode::DeleteFailure),
-            Self::ConnectionAborted(_) => X(ErrorCode::ConnectionAborted),
-            Self::InvalidConfiguration(_) => X(ErrorCode::InvalidConfiguration),
-            Self::InvalidPayload(_) => X(ErrorCode::InvalidPayload),
-            Self::CommandFailure(_) => X(ErrorCode::CommandFailure),
-            Self::InstanceDeleted(_) => E(Event::InstanceDeleted),
-            Self::TraceReport(_) => E(Event::TraceReport),
-            Self::NodeConnected(_) => E(Event::NodeConnected),
-            Self::NodeDisconnected(_) => E(Event::NodeDisconnected),
-            Self::InstanceStopped(_) => E(Event::InstanceStopped),
-            Self::InstanceStarted(_) => E(Event::InstanceStarted),
-            Self::InstanceExited(_) => E(Event::InstanceExited),
-            Self::InstanceQueued(_) => E(Event::InstanceQueued),
-            Self::NodeLost(_) => E(Event::NodeLost),
-            Self::LogData(_) => E(Event::LogData),
-        }
-    }
-
-    /// The payload bytes.
-    pub fn encode_payload(&self) -> Bytes {
-        match self {
-            Self::Connect(p) => to_cbor(p),
-            Self::Start(p) => to_cbor(p),
-            Self::Stop(p) => to_cbor(p),
-            Self::Stats(p) => to_cbor(p),
-            Self::Evacuate(p) => to_cbor(p),
-            Self::Delete(p) => to_cbor(p),
-            Self::Restart(p) => to_cbor(p),
-            Self::Configure(p) => to_cbor(p),
-            Self::Restore(p) => to_cbor(p),
-            Self::LogFetch(p) => to_cbor(p),
-            Self::Connected(p) => to_cbor(p),
-            Self::Ready(p) => to_cbor(p),
-            Self::Full(p) | Self::Maintenance(p) => p.as_ref().map_or_else(Bytes::new, to_cbor),
-            Self::Offline => Bytes::new(),
-            Self::InvalidFrameType(p)
-            | Self::ConnectionFailure(p)
-            | Self::ConnectionAborted(p)
-            | Self::InvalidConfiguration(p)
-            | Self::InvalidPayload(p) => to_cbor(p),
-            Self::StartFailure(p) => to_cbor(p),
-            Self::StopFailure(p) | Self::RestartFailure(p) | Self::DeleteFailure(p) => to_cbor(p),
-            Self::CommandFailure(p) => to_cbor(p),
-            Self::InstanceDeleted(p) | Self::InstanceStopped(p) | Self::InstanceStarted(p) => to_cbor(p),
-            Self::TraceReport(p) => to_cbor(p),
-            Self::NodeConnected(p) | Self::NodeDisconnected(p) => to_cbor(p),
-            Self::InstanceExited(p) => to_cbor(p),
-            Self::InstanceQueued(p) => to_cbor(p),
-            Self::NodeLost(p) => to_cbor(p),
-            Self::LogData(p) => to_cbor(p),
-        }
-    }
-
     /// The message as a frame from `origin`.
     pub fn to_frame(&self, origin: Uuid) -> Frame {
         Frame { kind: self.kind(), origin, payload: self.encode_payload() }
@@ -922,74 +957,5 @@ impl Message {
     /// where the kind carries none.
     pub fn decode(frame: &Frame) -> Result<Self, PayloadError> {
         Self::decode_payload(frame.kind, &frame.payload)
-    }
-
-    /// Like [`Message::decode`], from a kind and payload bytes.
-    ///
-    /// # Errors
-    /// See [`Message::decode`].
-    pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Self, PayloadError> {
-        use Kind::{Command as C, Error as X, Event as E, Status as S};
-        let k = kind;
-        Ok(match kind {
-            C(Command::Connect) => Self::Connect(from_cbor(k, p)?),
-            C(Command::Start) => Self::Start(from_cbor(k, p)?),
-            C(Command::Stop) => Self::Stop(from_cbor(k, p)?),
-            C(Command::Stats) => Self::Stats(from_cbor(k, p)?),
-            C(Command::Evacuate) => Self::Evacuate(from_cbor(k, p)?),
-            C(Command::Delete) => Self::Delete(from_cbor(k, p)?),
-            C(Command::Restart) => Self::Restart(from_cbor(k, p)?),
-            C(Command::Configure) => Self::Configure(from_cbor(k, p)?),
-            C(Command::Restore) => Self::Restore(from_cbor(k, p)?),
-            C(Command::LogFetch) => Self::LogFetch(from_cbor(k, p)?),
-            S(Status::Connected) => Self::Connected(from_cbor(k, p)?),
-            S(Status::Ready) => Self::Ready(from_cbor(k, p)?),
-            S(Status::Full) => Self::Full(optional(k, p)?),
-            S(Status::Offline) => {
-                empty(k, p)?;
-                Self::Offline
-            }
-            S(Status::Maintenance) => Self::Maintenance(optional(k, p)?),
-            X(ErrorCode::InvalidFrameType) => Self::InvalidFrameType(from_cbor(k, p)?),
-            X(ErrorCode::StartFailure) => Self::StartFailure(from_cbor(k, p)?),
-            X(ErrorCode::StopFailure) => Self::StopFailure(from_cbor(k, p)?),
-            X(ErrorCode::ConnectionFailure) => Self::ConnectionFailure(from_cbor(k, p)?),
-            X(ErrorCode::RestartFailure) => Self::RestartFailure(from_cbor(k, p)?),
-            X(ErrorCode::DeleteFailure) => Self::DeleteFailure(from_cbor(k, p)?),
-            X(ErrorCode::ConnectionAborted) => Self::ConnectionAborted(from_cbor(k, p)?),
-            X(ErrorCode::InvalidConfiguration) => Self::InvalidConfiguration(from_cbor(k, p)?),
-            X(ErrorCode::InvalidPayload) => Self::InvalidPayload(from_cbor(k, p)?),
-            X(ErrorCode::CommandFailure) => Self::CommandFailure(from_cbor(k, p)?),
-            E(Event::InstanceDeleted) => Self::InstanceDeleted(from_cbor(k, p)?),
-            E(Event::TraceReport) => Self::TraceReport(from_cbor(k, p)?),
-            E(Event::NodeConnected) => Self::NodeConnected(from_cbor(k, p)?),
-            E(Event::NodeDisconnected) => Self::NodeDisconnected(from_cbor(k, p)?),
-            E(Event::InstanceStopped) => Self::InstanceStopped(from_cbor(k, p)?),
-            E(Event::InstanceStarted) => Self::InstanceStarted(from_cbor(k, p)?),
-            E(Event::InstanceExited) => Self::InstanceExited(from_cbor(k, p)?),
-            E(Event::InstanceQueued) => Self::InstanceQueued(from_cbor(k, p)?),
-            E(Event::NodeLost) => Self::NodeLost(from_cbor(k, p)?),
-            E(Event::LogData) => Self::LogData(from_cbor(k, p)?),
-        })
-    }
-
-    /// The roles that may send this message to the scheduler (see the table in
-    /// `docs/ssntp.md`). The server refuses a frame from any other role.
-    pub fn allowed_senders(&self) -> Role {
-        let controller = Role::CONTROLLER;
-        let agent = Role::AGENT | Role::NETAGENT | Role::CNCIAGENT;
-        match self.kind() {
-            Kind::Command(Command::Stats) => agent,
-            Kind::Command(Command::Connect) => Role::from_bits(u32::MAX),
-            Kind::Command(_) => controller,
-            // CONNECTED is the server's; no client sends it.
-            Kind::Status(Status::Connected) => Role::NONE,
-            Kind::Status(_) => agent,
-            Kind::Error(_) => controller | agent,
-            Kind::Event(Event::NodeConnected | Event::NodeDisconnected | Event::NodeLost)
-            | Kind::Event(Event::InstanceQueued) => Role::NONE,
-            Kind::Event(Event::TraceReport) => controller | agent,
-            Kind::Event(_) => agent,
-        }
     }
 }

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{FrameReader, FrameWriter, CLOSE_TIMEOUT};
 use crate::error::{Error, Result};
-use crate::frame::{Command, Frame, Kind, DEFAULT_MAX_PAYLOAD};
+use crate::frame::{Frame, DEFAULT_MAX_PAYLOAD};
 use crate::payload::{ClusterConfig, Connect, Connected, Message};
 use crate::role::{roles_from_cert_der, Role};
 use crate::uuid::Uuid;
@@ -313,20 +313,7 @@ where
     let checked = async {
         let certified = cert_roles?;
         let first = reader.expect_frame().await?;
-        if first.kind != Kind::Command(Command::Connect) {
-            return Err(Error::Protocol(format!("expected CONNECT as the first frame, got {}", first.kind)));
-        }
-        let Message::Connect(connect) = Message::decode(&first)? else {
-            unreachable!("a CONNECT frame decodes to Message::Connect")
-        };
-        if connect.uuid.is_nil() || connect.uuid != first.origin {
-            return Err(Error::Protocol("CONNECT uuid must be non-nil and equal the frame origin".into()));
-        }
-        let claimed = connect.role;
-        if claimed.is_empty() || !certified.contains(claimed) || !shared.opts.accept_roles.contains(claimed) {
-            return Err(Error::RoleMismatch { claimed, certified });
-        }
-        Ok(connect)
+        crate::handshake::accept(&first, certified, shared.opts.accept_roles)
     };
     match checked.await {
         Ok(connect) => {
