@@ -208,7 +208,10 @@ impl Controller {
             return Err("no scheduler link".into());
         }
         let (done, went) = oneshot::channel();
-        self.to_link.send(LinkCommand::SendNow { message: Box::new(message), done }).await.map_err(|_| "the controller is stopping")?;
+        self.to_link
+            .send(LinkCommand::SendNow { message: Box::new(message), done })
+            .await
+            .map_err(|_| "the controller is stopping")?;
         went.await.map_err(|_| "the controller is stopping")?
     }
 

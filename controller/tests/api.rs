@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Pki;
+use common::{api_client, cluster_pki, Pki};
 use drover_cli::client::{ApiClient, ApiConfig};
 use drover_controller::daemon::Controller;
 use drover_controller::service::Service;
@@ -34,16 +34,11 @@ struct Api {
 impl Api {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::new(&dir.path().join("pki"));
+        let pki = cluster_pki();
         let store = Store::open(&dir.path().join("c.redb")).unwrap();
         let controller = Controller::new(Service::new(store).unwrap(), None, std::time::Duration::ZERO).unwrap();
-        let tls = drover_controller::api::tls_config(
-            &pki.cert("server-api"),
-            &pki.dir.join("server-api-key.pem"),
-            &pki.ca(),
-            None,
-        )
-        .unwrap();
+        let tls = drover_controller::api::tls_config(&pki.cert("server-api"), &pki.key("server-api"), &pki.ca(), None)
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = tokio_util::sync::CancellationToken::new();
@@ -52,7 +47,7 @@ impl Api {
     }
 
     fn as_user(&self, user: &str) -> ApiClient {
-        self.pki.client(&self.addr, Some(user))
+        api_client(&self.pki, &self.addr, Some(user))
     }
 }
 
@@ -75,7 +70,7 @@ async fn status_of(c: &ApiClient, method: Method, path: &str, body: Option<(&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_401_and_403() {
     let api = Api::start().await;
-    let anonymous = api.pki.client(&api.addr, None);
+    let anonymous = api_client(&api.pki, &api.addr, None);
     let (status, v) = status_of(&anonymous, Method::GET, "/v1/instances", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
     assert!(v.to_string().contains("client certificate is required"), "{v}");
@@ -94,8 +89,7 @@ async fn authentication_401_and_403() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
     assert!(v.to_string().contains("not controller"), "{v}");
     // A certificate from another CA does not get past TLS.
-    let other = tempfile::tempdir().unwrap();
-    let stranger = Pki::new(other.path());
+    let stranger = cluster_pki();
     let foreign = ApiClient::new(&ApiConfig {
         addr: api.addr.clone(),
         cacert: api.pki.ca(),

@@ -1,19 +1,16 @@
 //! Prometheus metrics (`--metrics ADDR`): the hub's summary, refreshed every second, served as
-//! text on `GET /metrics`.
-//!
-//! The HTTP side is deliberately tiny: one request per connection, request head bounded to
-//! 8 KiB and 5 s, anything but `GET /metrics` answered 404.
+//! text on `GET /metrics` (axum; anything else is answered 404).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::hub::Summary;
@@ -108,38 +105,17 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` from the text `snapshot` returns.
 pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                true
-            })
-            .await;
-            if !matches!(read, Ok(true)) {
-                return;
-            }
-            let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
-            let (status, body) =
-                if wanted { ("200 OK", snapshot()) } else { ("404 Not Found", "try /metrics\n".to_owned()) };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = snapshot();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the metrics server stopped");
     }
 }
 

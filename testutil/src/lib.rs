@@ -6,11 +6,19 @@
 //! - [`RawPeer`]: a TLS connection that sends arbitrary bytes or frames and expects frames with
 //!   timeouts — for handshake, hostile-input and protocol tests.
 //! - [`TestServer`]: an SSNTP server on `127.0.0.1:0` whose events the test reads.
-//! - [`eventually`] and [`assert_eventually!`]: wait for a condition with a deadline.
+//! - [`poll`], [`eventually`], [`assert_eventually!`] and [`wait_for`]: wait for a condition
+//!   or a value with a deadline (one loop).
+//! - [`agents`]: fake launchers (many to a process, each its own mutual-TLS connection) and a
+//!   controller-role load generator, for benchmarks and scale tests.
+//! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
+//!   from `/proc`, the scheduler's `/metrics`.
 //! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 #![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod process;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -177,6 +185,37 @@ impl Pki {
         drover_cert::issue_spec(self.dir(), spec, stem).expect("issue spec");
     }
 
+    /// Issues a certificate the way an operator does (`drover-cert issue --role R --name N`),
+    /// with `orgs` as its tenants; returns its stem, `<role>-<name>`.
+    ///
+    /// # Panics
+    /// If minting fails.
+    pub fn issue_named(&self, role: Role, name: &str, hosts: &[&str], orgs: &[&str]) -> String {
+        let req = IssueRequest {
+            role,
+            name: name.into(),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            ips: vec![],
+            orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
+            days: 2,
+        };
+        let issued = drover_cert::issue(self.dir(), &req).expect("issue");
+        let file = issued.cert.file_name().and_then(|f| f.to_str()).expect("a certificate file name");
+        file.strip_suffix(".pem").expect("a .pem file").to_owned()
+    }
+
+    /// The `--cacert`, `--cert` and `--key` flags of a daemon using the certificate of `stem`.
+    pub fn tls_args(&self, stem: &str) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.ca().display().to_string(),
+            "--cert".into(),
+            self.cert(stem).display().to_string(),
+            "--key".into(),
+            self.key(stem).display().to_string(),
+        ]
+    }
+
     /// Revokes the certificate of `stem` (servers built afterwards refuse it).
     ///
     /// # Panics
@@ -199,15 +238,46 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    poll(timeout, Duration::from_millis(10), || {
+        let ready = check();
+        async move { ready.await.then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// Polls `check` every `every` until it gives a value, for at most `timeout`. The one waiting
+/// loop of the tests: [`eventually`], [`assert_eventually!`] and [`wait_for`] are built on it.
+pub async fn poll<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if check().await {
-            return true;
+        if let Some(v) = check().await {
+            return Some(v);
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value; panics naming `what` after `timeout`.
+/// For waits on whole clusters of processes, where each look costs an API call.
+///
+/// # Panics
+/// When the time is up.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll(timeout, Duration::from_millis(100), check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }
 

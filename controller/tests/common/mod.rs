@@ -7,90 +7,51 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use drover_cert::IssueRequest;
 use drover_cli::client::{ApiClient, ApiConfig};
 use serde_json::Value;
 use ssntp::Role;
+pub use testutil::Pki;
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A CA and certificates: scheduler, controller, agent, the API server, and API users.
 /// The host's address on the veth link to a partition test's network namespace.
 pub const PARTITION_HOST_IP: &str = "10.213.77.1";
 
-pub struct Pki {
-    pub dir: PathBuf,
+/// The cluster's certificates, minted by `testutil::Pki`: scheduler (also reachable from a
+/// partition test's namespace), agent, controller, the API server, and API users of several
+/// tenants (`controller-<user>`).
+pub fn cluster_pki() -> Pki {
+    let pki = Pki::new();
+    let local = ["localhost", "127.0.0.1"];
+    pki.issue_named(Role::SCHEDULER, "local", &["localhost", "127.0.0.1", PARTITION_HOST_IP], &[]);
+    pki.issue_named(Role::AGENT, "local", &[], &[]);
+    pki.issue_named(Role::CONTROLLER, "local", &[], &["admin"]);
+    pki.issue_named(Role::SERVER, "api", &local, &[]);
+    pki.issue_named(Role::CONTROLLER, "admin", &[], &["admin"]);
+    pki.issue_named(Role::CONTROLLER, "acme", &[], &["acme"]);
+    pki.issue_named(Role::CONTROLLER, "globex", &[], &["globex"]);
+    pki.issue_named(Role::CONTROLLER, "both", &[], &["acme", "globex"]);
+    pki.issue_named(Role::CONTROLLER, "nobody", &[], &[]);
+    pki
 }
 
-impl Pki {
-    pub fn new(dir: &Path) -> Self {
-        drover_cert::create_ca(dir, "test CA", 30).unwrap();
-        let pki = Self { dir: dir.to_owned() };
-        let local = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        // The scheduler is also reachable from a network namespace's veth (partition tests).
-        let mut scheduler_hosts = local();
-        scheduler_hosts.push(PARTITION_HOST_IP.to_owned());
-        pki.issue(Role::SCHEDULER, "local", scheduler_hosts, &[]);
-        pki.issue(Role::AGENT, "local", vec![], &[]);
-        pki.issue(Role::CONTROLLER, "local", vec![], &["admin"]);
-        pki.issue(Role::SERVER, "api", local(), &[]);
-        pki.issue(Role::CONTROLLER, "admin", vec![], &["admin"]);
-        pki.issue(Role::CONTROLLER, "acme", vec![], &["acme"]);
-        pki.issue(Role::CONTROLLER, "globex", vec![], &["globex"]);
-        pki.issue(Role::CONTROLLER, "both", vec![], &["acme", "globex"]);
-        pki.issue(Role::CONTROLLER, "nobody", vec![], &[]);
-        pki
-    }
-
-    pub fn issue(&self, role: Role, name: &str, hosts: Vec<String>, orgs: &[&str]) {
-        let req = IssueRequest {
-            role,
-            name: name.into(),
-            hosts,
-            ips: vec![],
-            orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
-            days: 30,
-        };
-        drover_cert::issue(&self.dir, &req).unwrap();
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    pub fn cert(&self, stem: &str) -> PathBuf {
-        self.dir.join(format!("{stem}.pem"))
-    }
-
-    pub fn tls_args(&self, stem: &str) -> Vec<String> {
-        vec![
-            "--cacert".into(),
-            self.ca().display().to_string(),
-            "--cert".into(),
-            self.cert(stem).display().to_string(),
-            "--key".into(),
-            self.dir.join(format!("{stem}-key.pem")).display().to_string(),
-        ]
-    }
-
-    /// An API client acting as `user` (a `controller-<user>` certificate), or with no
-    /// certificate at all.
-    pub fn client(&self, addr: &str, user: Option<&str>) -> ApiClient {
-        let mut c = ApiClient::new(&ApiConfig {
-            addr: addr.to_owned(),
-            cacert: self.ca(),
-            cert: user.map(|u| self.cert(&format!("controller-{u}"))),
-            key: None,
-            tenant: None,
-        })
-        .unwrap();
-        c.timeout = Duration::from_secs(30);
-        c
-    }
+/// An API client acting as `user` (a `controller-<user>` certificate), or with no certificate
+/// at all.
+pub fn api_client(pki: &Pki, addr: &str, user: Option<&str>) -> ApiClient {
+    let mut c = ApiClient::new(&ApiConfig {
+        addr: addr.to_owned(),
+        cacert: pki.ca(),
+        cert: user.map(|u| pki.cert(&format!("controller-{u}"))),
+        key: None,
+        tenant: None,
+    })
+    .unwrap();
+    c.timeout = Duration::from_secs(30);
+    c
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    testutil::process::free_port().unwrap()
 }
 
 /// A binary built next to this package's `drover-controller`.
@@ -192,7 +153,7 @@ impl Cluster {
     /// As [`Cluster::start`], with extra scheduler flags.
     pub fn start_with(scheduler_args: &[&str], launcher_args: &[&[&str]]) -> Self {
         let work = tempfile::tempdir().unwrap();
-        let pki = Pki::new(&work.path().join("pki"));
+        let pki = cluster_pki();
         let logs = work.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         // A test may choose the scheduler's listen address (`--listen 0.0.0.0:P`); everyone on
@@ -256,7 +217,7 @@ impl Cluster {
     }
 
     pub fn admin(&self) -> ApiClient {
-        self.pki.client(&self.api_addr, Some("admin"))
+        api_client(&self.pki, &self.api_addr, Some("admin"))
     }
 
     /// Waits until the controller is connected and `nodes` nodes are READY.
@@ -288,23 +249,16 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    wait_within(what, PATIENCE, check).await
+    testutil::wait_for(what, PATIENCE, check).await
 }
 
 /// Polls `check` until it gives a value, up to `limit` (for waits longer than [`PATIENCE`]).
-pub async fn wait_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn wait_within<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testutil::wait_for(what, limit, check).await
 }
 
 // === what the cluster says, through the API ===

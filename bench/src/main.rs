@@ -1,15 +1,15 @@
 //! `drover-bench`: Drover's scale benchmarks against a real scheduler process.
 //!
 //! # Layout
-//! - `procs`: the scheduler (or relay) child, its CPU and memory from `/proc`, its metrics.
-//! - `agents`: fake launchers, many to this process, and the controller that submits STARTs.
+//! - `testutil::process` (shared): the scheduler (or relay) child, its CPU and memory from
+//!   `/proc`, its metrics.
+//! - `testutil::agents` (shared): fake launchers, many to this process, and the controller
+//!   that submits STARTs.
 //! - `relay`: the no-scheduling relay that `ceiling` measures.
 //! - `scenarios`: `place`, `hold`, `storm`, `ceiling`, each a table of figures against goals.
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 
-mod agents;
-mod procs;
 mod relay;
 mod scenarios;
 
@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 /// process, fake launchers in this process (each its own mutual-TLS connection), and a
 /// controller-role load generator. Prints a table against the project's goals, or JSON.
 ///
-/// Build first: cargo build --release -p drover-scheduler -p testutil
+/// Build first: cargo build --release -p drover-scheduler -p drover-bench
 /// Then e.g.:   target/release/drover-bench place
 ///              target/release/drover-bench place --nodes 200 --instances 2000
 ///

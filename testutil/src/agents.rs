@@ -16,27 +16,27 @@ use ssntp::{Role, Uuid};
 use tokio::sync::{mpsc, Semaphore};
 
 /// Resources each benchmark instance asks for.
-pub(crate) const INSTANCE_VCPUS: u32 = 1;
+pub const INSTANCE_VCPUS: u32 = 1;
 /// Memory each benchmark instance asks for, MiB.
-pub(crate) const INSTANCE_MEM_MB: u64 = 128;
+pub const INSTANCE_MEM_MB: u64 = 128;
 
 /// Times and counts per instance, shared by the generator and every agent.
 #[derive(Debug)]
-pub(crate) struct Ledger {
+pub struct Ledger {
     origin: Instant,
     prefix: [u8; 8],
     submitted_ns: Vec<AtomicU64>,
     received_ns: Vec<AtomicU64>,
     receipts: Vec<AtomicU32>,
     /// STARTs received by agents (duplicates included).
-    pub(crate) received: AtomicU64,
+    pub received: AtomicU64,
     /// STARTs for instances this run never submitted.
-    pub(crate) strangers: AtomicU64,
+    pub strangers: AtomicU64,
 }
 
 impl Ledger {
     /// A ledger for `instances` instances.
-    pub(crate) fn new(instances: usize) -> Self {
+    pub fn new(instances: usize) -> Self {
         let prefix: [u8; 8] = rand::random();
         Self {
             origin: Instant::now(),
@@ -50,12 +50,17 @@ impl Ledger {
     }
 
     /// Number of instances.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.submitted_ns.len()
     }
 
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.submitted_ns.is_empty()
+    }
+
     /// The UUID of instance `index`.
-    pub(crate) fn uuid(&self, index: usize) -> Uuid {
+    pub fn uuid(&self, index: usize) -> Uuid {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.prefix);
         bytes[8..].copy_from_slice(&(index as u64).to_be_bytes());
@@ -92,7 +97,7 @@ impl Ledger {
 
     /// Submit→START latencies in µs of instances that arrived, sorted; and the span from the
     /// first submit to the last arrival.
-    pub(crate) fn latencies(&self) -> (Vec<f64>, Duration) {
+    pub fn latencies(&self) -> (Vec<f64>, Duration) {
         let mut lat = Vec::with_capacity(self.len());
         let (mut first, mut last) = (u64::MAX, 0);
         for (s, r) in self.submitted_ns.iter().zip(&self.received_ns) {
@@ -111,7 +116,7 @@ impl Ledger {
     }
 
     /// Instances never received, and instances received more than once.
-    pub(crate) fn lost_and_duplicated(&self) -> (u64, u64) {
+    pub fn lost_and_duplicated(&self) -> (u64, u64) {
         let mut lost = 0;
         let mut dup = 0;
         for r in &self.receipts {
@@ -127,36 +132,36 @@ impl Ledger {
 
 /// What one agent saw.
 #[derive(Debug, Default)]
-pub(crate) struct AgentCounters {
+pub struct AgentCounters {
     /// STARTs received.
-    pub(crate) starts: AtomicU64,
+    pub starts: AtomicU64,
     /// Other commands received (STOP, DELETE, EVACUATE …).
-    pub(crate) other_commands: AtomicU64,
+    pub other_commands: AtomicU64,
     /// Sessions established.
-    pub(crate) connects: AtomicU64,
+    pub connects: AtomicU64,
     /// When (ns since the ledger's origin) it last sent READY after connecting.
-    pub(crate) ready_at_ns: AtomicU64,
+    pub ready_at_ns: AtomicU64,
 }
 
 /// How the fake launchers present themselves.
 #[derive(Debug, Clone)]
-pub(crate) struct AgentShape {
+pub struct AgentShape {
     /// CPUs online each reports.
-    pub(crate) cpus: u32,
+    pub cpus: u32,
     /// Memory each reports, MiB.
-    pub(crate) mem_mb: u64,
+    pub mem_mb: u64,
     /// Interval of READY + STATS reports, as a launcher's `--report-interval`; `None` reports
     /// only on connecting.
-    pub(crate) report_interval: Option<Duration>,
+    pub report_interval: Option<Duration>,
     /// Instances each already runs (reported in STATS; for `storm`).
-    pub(crate) preexisting: usize,
+    pub preexisting: usize,
 }
 
 /// A running fleet of agents.
 #[derive(Debug)]
-pub(crate) struct Fleet {
+pub struct Fleet {
     /// Per-agent counters, in start order.
-    pub(crate) counters: Vec<Arc<AgentCounters>>,
+    pub counters: Vec<Arc<AgentCounters>>,
     handles: Vec<ClientHandle>,
     ledger: Arc<Ledger>,
 }
@@ -166,7 +171,7 @@ impl Fleet {
     /// (so that the ramp-up measures the scheduler, not a handshake storm the bench caused);
     /// returns once every agent has connected once. `progress` is called with the number
     /// connected.
-    pub(crate) async fn start(
+    pub async fn start(
         count: usize,
         target: String,
         tls: Arc<rustls::ClientConfig>,
@@ -213,22 +218,22 @@ impl Fleet {
     }
 
     /// The instant the agents' `ready_at_ns` count from.
-    pub(crate) fn origin(&self) -> Instant {
+    pub fn origin(&self) -> Instant {
         self.ledger.origin
     }
 
     /// Sum of a counter over all agents.
-    pub(crate) fn total(&self, field: impl Fn(&AgentCounters) -> &AtomicU64) -> u64 {
+    pub fn total(&self, field: impl Fn(&AgentCounters) -> &AtomicU64) -> u64 {
         self.counters.iter().map(|c| field(c).load(Ordering::Relaxed)).sum()
     }
 
     /// STARTs received per agent.
-    pub(crate) fn starts_per_agent(&self) -> Vec<u64> {
+    pub fn starts_per_agent(&self) -> Vec<u64> {
         self.counters.iter().map(|c| c.starts.load(Ordering::Relaxed)).collect()
     }
 
     /// Closes every connection.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         for h in &self.handles {
             h.close();
         }
@@ -349,30 +354,30 @@ impl Agent {
 
 /// What the controller heard back.
 #[derive(Debug, Default)]
-pub(crate) struct ControllerCounters {
+pub struct ControllerCounters {
     /// INSTANCE_STARTED forwarded by the scheduler.
-    pub(crate) started: AtomicU64,
+    pub started: AtomicU64,
     /// INSTANCE_QUEUED.
-    pub(crate) queued: AtomicU64,
+    pub queued: AtomicU64,
     /// START_FAILURE.
-    pub(crate) refused: AtomicU64,
+    pub refused: AtomicU64,
     /// NODE_LOST.
-    pub(crate) nodes_lost: AtomicU64,
+    pub nodes_lost: AtomicU64,
     /// Sessions established.
-    pub(crate) connects: AtomicU64,
+    pub connects: AtomicU64,
 }
 
 /// The load generator: a controller-role client.
 #[derive(Debug)]
-pub(crate) struct Generator {
+pub struct Generator {
     handle: ClientHandle,
     /// What it heard.
-    pub(crate) counters: Arc<ControllerCounters>,
+    pub counters: Arc<ControllerCounters>,
 }
 
 impl Generator {
     /// Connects as a controller and starts reading what the scheduler forwards.
-    pub(crate) async fn connect(target: String, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+    pub async fn connect(target: String, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
         let mut opts = ClientOptions::new(vec![target], tls, Role::CONTROLLER, Uuid::new_v4());
         opts.outbound_queue = 65_536;
         opts.inbound_queue = 65_536;
@@ -410,7 +415,7 @@ impl Generator {
 
     /// Submits every instance of the ledger at `rate` STARTs/s (0: as fast as the connection
     /// takes them), in bursts every millisecond. `progress` gets the number submitted.
-    pub(crate) async fn submit(&self, ledger: &Ledger, rate: u64, progress: impl Fn(u64)) -> anyhow::Result<()> {
+    pub async fn submit(&self, ledger: &Ledger, rate: u64, progress: impl Fn(u64)) -> anyhow::Result<()> {
         let begin = Instant::now();
         let mut next_progress = 0;
         for i in 0..ledger.len() {
@@ -438,7 +443,7 @@ impl Generator {
     }
 
     /// Closes the connection.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         self.handle.close();
     }
 }

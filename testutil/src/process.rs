@@ -10,36 +10,39 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A free loopback port (bound and released; good enough for a benchmark on a quiet machine).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A binary next to this one (`target/release/drover-scheduler` beside `drover-bench`).
-pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating drover-bench")?;
     let path = me.parent().context("drover-bench has no directory")?.join(name);
     if !path.exists() {
-        bail!("{} not found; build it first: cargo build --release -p drover-scheduler -p testutil", path.display());
+        bail!(
+            "{} not found; build it first: cargo build --release -p drover-scheduler -p drover-bench",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 /// A child process that is killed when dropped.
 #[derive(Debug)]
-pub(crate) struct Daemon {
+pub struct Daemon {
     child: Child,
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     /// Its SSNTP address.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// Its metrics address, if it serves metrics.
-    pub(crate) metrics: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Daemon {
     /// Starts `program args…`, its standard error going to `log`.
-    pub(crate) fn start(
+    pub fn start(
         program: &Path,
         args: Vec<String>,
         log: PathBuf,
@@ -51,12 +54,12 @@ impl Daemon {
     }
 
     /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// `kill -9`, then the same command again (same port, same flags).
-    pub(crate) fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.child = spawn(&self.program, &self.args, &self.log)?;
         Ok(())
@@ -68,14 +71,14 @@ impl Daemon {
     }
 
     /// The last `n` lines of its log.
-    pub(crate) fn log_tail(&self, n: usize) -> String {
+    pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(n).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// Fails with the tail of the log if the process has exited.
-    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}); last lines of its log:\n{}", self.program.display(), self.log_tail(20));
         }
@@ -83,7 +86,7 @@ impl Daemon {
     }
 
     /// CPU time used so far (all threads) and memory now.
-    pub(crate) fn usage(&self) -> Usage {
+    pub fn usage(&self) -> Usage {
         Usage::of(self.pid())
     }
 }
@@ -108,18 +111,18 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
 
 /// CPU and memory of a process, from `/proc`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Usage {
+pub struct Usage {
     /// CPU seconds of all live threads (`/proc/PID/task/*/schedstat`, nanosecond resolution).
-    pub(crate) cpu_s: f64,
+    pub cpu_s: f64,
     /// Resident set now, KiB.
-    pub(crate) rss_kib: u64,
+    pub rss_kib: u64,
     /// Peak resident set, KiB.
-    pub(crate) peak_rss_kib: u64,
+    pub peak_rss_kib: u64,
 }
 
 impl Usage {
     /// Reads the figures of `pid`; zeros when they cannot be read.
-    pub(crate) fn of(pid: u32) -> Self {
+    pub fn of(pid: u32) -> Self {
         let mut cpu_ns: u64 = 0;
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for task in tasks.flatten() {
@@ -144,15 +147,15 @@ impl Usage {
 
 /// Scheduler figures from its `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct SchedulerView {
+pub struct SchedulerView {
     /// Nodes READY.
-    pub(crate) ready: u64,
+    pub ready: u64,
     /// Nodes declared lost.
-    pub(crate) lost: u64,
+    pub lost: u64,
 }
 
 /// Reads the scheduler's metrics (refreshed by the scheduler once a second).
-pub(crate) async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<SchedulerView> {
+pub async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<SchedulerView> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
     let mut text = String::new();
@@ -175,7 +178,7 @@ pub(crate) async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<Scheduler
 }
 
 /// Polls the scheduler's metrics until `done` holds; returns when it first held.
-pub(crate) async fn wait_view(
+pub async fn wait_view(
     addr: SocketAddr,
     timeout: Duration,
     mut done: impl FnMut(&SchedulerView) -> bool,

@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 use testutil::Pki;
 
-use crate::agents::{AgentShape, Fleet, Generator, Ledger, INSTANCE_MEM_MB, INSTANCE_VCPUS};
-use crate::procs::{free_port, sibling_binary, wait_view, Daemon, Usage};
+use testutil::agents::{AgentShape, Fleet, Generator, Ledger, INSTANCE_MEM_MB, INSTANCE_VCPUS};
+use testutil::process::{free_port, sibling_binary, wait_view, Daemon, Usage};
 
 /// How results and progress are shown.
 #[derive(Debug, Clone, Copy)]
@@ -532,7 +532,7 @@ pub(crate) async fn hold(args: &HoldArgs, ui: &Ui) -> anyhow::Result<bool> {
     }
     measure.finish_and_clear();
     let after = daemon.usage();
-    let view = crate::procs::scheduler_view(metrics).await?;
+    let view = testutil::process::scheduler_view(metrics).await?;
     #[allow(clippy::cast_precision_loss)]
     let per_conn_kib = after.rss_kib.saturating_sub(idle.rss_kib) as f64 / n as f64;
     let cpu_share = (after.cpu_s - before.cpu_s) / begin.elapsed().as_secs_f64() * 100.0;
@@ -614,7 +614,7 @@ pub(crate) async fn storm(args: &StormArgs, ui: &Ui) -> anyhow::Result<bool> {
     let back = ui.bar(n as u64, "launchers READY again");
     let deadline = Instant::now() + Duration::from_secs(120);
     let all_ready = loop {
-        let view = crate::procs::scheduler_view(metrics).await.unwrap_or_default();
+        let view = testutil::process::scheduler_view(metrics).await.unwrap_or_default();
         back.set_position(view.ready);
         if view.ready >= n as u64 {
             break Instant::now();
@@ -634,7 +634,7 @@ pub(crate) async fn storm(args: &StormArgs, ui: &Ui) -> anyhow::Result<bool> {
     // Watch a while longer: a scheduler that lost track would now send STARTs or STOPs, or
     // declare nodes lost.
     tokio::time::sleep(args.report_interval * 3).await;
-    let view = crate::procs::scheduler_view(metrics).await?;
+    let view = testutil::process::scheduler_view(metrics).await?;
     let usage = daemon.usage();
     let commands_after = fleet.total(|c| &c.other_commands) + fleet.total(|c| &c.starts);
     let mut report = Report::new(
