@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{node_status, wait_for, Cluster};
+use common::{wait_for, Cluster};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -102,13 +102,7 @@ async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
     .await;
     assert_eq!(moved.len(), 4, "none lost, none added");
     assert!(on_node >= 1);
-    wait_for("the node to be in maintenance", || async {
-        (node_status(&api, &node).await? == "MAINTENANCE").then_some(())
-    })
-    .await;
-    api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
-    wait_for("the node to be READY again", || async { (node_status(&api, &node).await? == "READY").then_some(()) })
-        .await;
+    common::restore_evacuated(&api, &node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

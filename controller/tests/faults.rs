@@ -280,11 +280,5 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     })
     .await;
     assert_eq!(c.len(), COUNT);
-    wait_for("the node to be in maintenance", || async {
-        (node_status(&api, &node).await? == "MAINTENANCE").then_some(())
-    })
-    .await;
-    api.post(&format!("/v1/nodes/{node}/restore"), &json!({})).await.unwrap();
-    wait_for("the node to be READY again", || async { (node_status(&api, &node).await? == "READY").then_some(()) })
-        .await;
+    common::restore_evacuated(&api, &node).await;
 }

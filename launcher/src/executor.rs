@@ -80,7 +80,7 @@ pub enum Adopted {
 }
 
 /// Runs workloads. Every method returns at once; what follows arrives as [`Event`]s.
-pub trait Executor {
+pub trait Executor: std::fmt::Debug {
     /// Starts the workload of a START the core admitted.
     ///
     /// # Errors

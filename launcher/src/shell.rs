@@ -20,7 +20,7 @@ use crate::admission::Limits;
 use crate::cgroup::Cgroups;
 use crate::cli::Args;
 use crate::core::{Config, Core, Effect, Input, STOP_GRACE};
-use crate::executor::{Event, Executor};
+use crate::executor::{Adopted, Event, Executor};
 use crate::instances::{Instances, ShimCommand};
 use crate::probe;
 use crate::state::{read_json, write_json, NodeFlags};
@@ -196,21 +196,16 @@ impl Shell {
 /// Runs until `shutdown` completes. Workloads keep running when the launcher exits.
 ///
 /// # Errors
-/// None yet; the signature leaves room for fatal conditions.
-#[allow(clippy::disallowed_methods)] // the shell: the drain deadline
+/// This launcher's NUMA node cannot be read.
 pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let Prepared { args, tls, uuid, shim, offer } = prepared;
-    let cgroups = Cgroups::detect(&args.cgroup_root);
+    let cgroups = Cgroups::detect(&prepared.args.cgroup_root);
     match &cgroups {
         Cgroups::Unavailable { why } => tracing::warn!(%why, "workloads will run without memory and CPU limits"),
         other => tracing::info!(cgroups = ?other.feature(), "memory and CPU limits available"),
     }
     let limits_feature = cgroups.feature().map(str::to_owned);
-    let mut opts = ClientOptions::new(args.servers.clone(), tls, Role::AGENT, uuid);
-    opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
-    let (client, mut events) = Client::spawn(opts);
-    let (instance_tx, mut instance_events) = mpsc::channel::<Event>(1024);
-    let pin = match &offer.numa {
+    let (instance_tx, instance_events) = mpsc::channel::<Event>(1024);
+    let pin = match &prepared.offer.numa {
         Some((n, sysfs)) => {
             let node = probe::numa_node(sysfs, *n).map_err(anyhow::Error::msg)?;
             if matches!(cgroups, Cgroups::Unavailable { .. }) {
@@ -221,10 +216,44 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         None => None,
     };
     let oci_runtime =
-        offer.backends.iter().any(|b| b == "oci").then(|| probe::find_program(&["runc", "crun"])).flatten();
-    let mut instances =
-        Instances::new(&args.state_dir, shim, cgroups, instance_tx).with_pin(pin).with_oci_runtime(oci_runtime);
+        prepared.offer.backends.iter().any(|b| b == "oci").then(|| probe::find_program(&["runc", "crun"])).flatten();
+    let mut instances = Instances::new(&prepared.args.state_dir, prepared.shim.clone(), cgroups, instance_tx)
+        .with_pin(pin)
+        .with_oci_runtime(oci_runtime);
     let adopted = instances.adopt();
+    let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };
+    run_with(prepared, executor, shutdown).await
+}
+
+/// An executor with the channel its events arrive on and what it found on disk.
+#[derive(Debug)]
+pub struct Executing {
+    /// The executor.
+    pub executor: Box<dyn Executor + Send>,
+    /// Its events.
+    pub events: mpsc::Receiver<Event>,
+    /// The instances it found at start-up.
+    pub adopted: Vec<Adopted>,
+    /// The cgroup feature when it can limit workloads.
+    pub limits_feature: Option<String>,
+}
+
+/// Runs the launcher around any executor (the real one in [`run`], a fake in tests) until
+/// `shutdown` completes.
+///
+/// # Errors
+/// None yet; the signature leaves room for fatal conditions.
+#[allow(clippy::disallowed_methods)] // the shell: the drain deadline
+pub async fn run_with(
+    prepared: Prepared,
+    executing: Executing,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Prepared { args, tls, uuid, offer, .. } = prepared;
+    let Executing { executor, events: mut instance_events, adopted, limits_feature } = executing;
+    let mut opts = ClientOptions::new(args.servers.clone(), tls, Role::AGENT, uuid);
+    opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
+    let (client, mut events) = Client::spawn(opts);
     let flags: NodeFlags = match read_json(&args.state_dir.join("launcher.json")) {
         Ok(flags) => flags.unwrap_or_default(),
         Err(e) => {
@@ -247,7 +276,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         core: Core::new(config, flags),
         clock: SystemClock::start(),
         client,
-        executor: Box::new(instances),
+        executor,
         uuid,
         offer,
         state_dir: args.state_dir.clone(),

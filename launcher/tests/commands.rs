@@ -11,7 +11,7 @@ use common::{alive, wait_for, Launcher};
 use ssntp::payload::{Backend, Evacuate, FailureReason, InstanceState, Message, Requirements, Restore, Start};
 use ssntp::server::{Peer, ServerEvent};
 use ssntp::Uuid;
-use testutil::{Pki, TestServer};
+use testutil::TestServer;
 
 fn sleeper(id: Uuid, mem_mb: u64) -> Start {
     let backend = Backend::Process {
@@ -54,14 +54,9 @@ async fn started(server: &mut TestServer, instance: Uuid) {
 
 #[tokio::test]
 async fn admission_evacuation_restore_and_sigterm() {
-    let pki = Pki::new();
-    let mut server = TestServer::start(&pki).await;
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let log = work.path().join("launcher.log");
-    let _show_log = common::LogOnPanic(log.clone());
-    let _no_leftovers = common::KillWorkloads(state.clone());
-    let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log, extra: vec![] };
+    let (pki, mut server, work) = common::rig().await;
+    let state = &work.state;
+    let launcher = Launcher::new(&pki, &server, &work);
     let mut child = launcher.spawn();
     let peer = connect(&mut server).await;
     status(&mut server, "READY").await;

@@ -13,18 +13,12 @@ use common::{alive, wait_for, Launcher};
 use ssntp::payload::{Backend, InstanceState, Message, Requirements, Start};
 use ssntp::server::ServerEvent;
 use ssntp::Uuid;
-use testutil::{Pki, TestServer};
 
 #[tokio::test]
 async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
-    let pki = Pki::new();
-    let mut server = TestServer::start(&pki).await;
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("state");
-    let log = work.path().join("launcher.log");
-    let _show_log = common::LogOnPanic(log.clone());
-    let _no_leftovers = common::KillWorkloads(state.clone());
-    let launcher = Launcher { pki: &pki, addr: server.addr.to_string(), state: &state, log: &log, extra: vec![] };
+    let (pki, mut server, work) = common::rig().await;
+    let (state, log) = (&work.state, &work.log);
+    let launcher = Launcher::new(&pki, &server, &work);
 
     let mut child = launcher.spawn();
     let peer = wait_for(&mut server, "launcher connect", |e| match e {
@@ -94,7 +88,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     assert_eq!(exited.exit_code, Some(7));
     assert_eq!(exited.node_uuid, node);
     child.kill();
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    let log_text = std::fs::read_to_string(log).unwrap();
     assert!(log_text.contains("instance state unreadable"), "the corrupt record was reported:\n{log_text}");
     server.stop().await;
 }

@@ -27,14 +27,12 @@ pub mod nodes;
 pub mod placement;
 pub mod queue;
 
-use std::collections::HashMap;
-
 use drover_model::NodeStatus;
 pub use drover_model::Now;
 use drover_model::Overcommit;
 use ssntp::payload::{
-    ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, InstanceState, Message, NodeEvent,
-    NodeLost, NodeReport, NodeType, Start, StartFailure,
+    ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, Message, NodeEvent, NodeLost,
+    NodeReport, NodeType, Start, StartFailure,
 };
 use ssntp::{Frame, Role, Uuid};
 
@@ -214,11 +212,6 @@ pub struct Hub {
     /// Controllers in connection order: the first is the master, the others backups.
     controllers: Vec<(Uuid, u64)>,
     nodes: NodeTable,
-    /// Instance → node it was placed on (or reported from).
-    placed: HashMap<Uuid, Uuid>,
-    /// START and sender of instances placed but not yet confirmed by their node, so that a
-    /// `full_cn` refusal can be retried elsewhere. Dropped on confirmation, which keeps it small.
-    pending_restarts: HashMap<Uuid, (Start, Uuid)>,
     queue: Queue,
     estimator: Estimator,
     mru: Option<Uuid>,
@@ -237,8 +230,6 @@ impl Hub {
             started_ms: now.mono_ms,
             controllers: Vec::new(),
             nodes: NodeTable::default(),
-            placed: HashMap::new(),
-            pending_restarts: HashMap::new(),
             queue,
             estimator: Estimator::default(),
             mru: None,
@@ -275,7 +266,7 @@ impl Hub {
 
     /// The node an instance is on, as far as the scheduler knows.
     pub fn node_of(&self, instance: &Uuid) -> Option<Uuid> {
-        self.placed.get(instance).copied()
+        self.nodes.location(instance).map(|l| l.node)
     }
 
     /// Whether an instance waits in the queue.
@@ -378,7 +369,8 @@ impl Hub {
                 Node { conn_id: Some(conn_id), status: NodeStatus::Connected, last_seen_ms: now.mono_ms, ..old }
             }
             Some(old) => {
-                self.placed.retain(|_, n| *n != uuid);
+                // What it reported while lost is stale too: it starts afresh.
+                self.nodes.forget_all_on(uuid, cfg);
                 Node { maintenance: old.maintenance, ..Node::new(uuid, conn_id, now.mono_ms) }
             }
             None => Node::new(uuid, conn_id, now.mono_ms),
@@ -431,10 +423,7 @@ impl Hub {
                 out.push(Output::ToControllers(frame));
             }
             Message::InstanceStarted(e) => {
-                self.pending_restarts.remove(&e.instance_uuid);
-                self.nodes.update(&from, &self.cfg, |n| {
-                    n.instances.modify(&e.instance_uuid, |p| p.confirmed = true);
-                });
+                self.nodes.confirm(from, e.instance_uuid, &self.cfg);
                 out.push(Output::ToControllers(frame));
             }
             Message::InstanceExited(ref e) => {
@@ -479,42 +468,13 @@ impl Hub {
     }
 
     fn stats(&mut self, from: Uuid, stats: &ssntp::payload::Stats) {
-        let (cfg, estimator, placed, pending) =
-            (&self.cfg, &mut self.estimator, &mut self.placed, &mut self.pending_restarts);
-        self.nodes.update(&from, cfg, |n| {
-            for stat in &stats.instances {
-                let id = stat.instance_uuid;
-                if stat.state == InstanceState::Exited || stat.state == InstanceState::Stopped {
-                    n.instances.remove(&id);
-                    placed.remove(&id);
-                    continue;
-                }
-                placed.entry(id).or_insert(from);
-                pending.remove(&id);
-                let usage = u64::try_from(stat.memory_usage_mb).ok();
-                let known = n.instances.modify(&id, |p| {
-                    p.confirmed = true;
-                    if let (Some(usage), Some(w)) = (usage, p.workload) {
-                        estimator.observe(w, usage);
-                        // Never charge an instance less than it is seen to use.
-                        p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
-                    }
-                });
-                if known.is_none() {
-                    if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
-                        estimator.observe(w, usage);
-                    }
-                }
-            }
-        });
+        self.nodes.apply_stats(from, stats, &self.cfg, &mut self.estimator);
     }
 
     /// Forgets an instance that left a node; returns its START and sender if the scheduler
     /// placed it (for a retry elsewhere).
     fn gone(&mut self, node: Uuid, instance: Uuid) -> Option<(Start, Uuid)> {
-        self.placed.remove(&instance);
-        self.nodes.update(&node, &self.cfg, |n| n.instances.remove(&instance)).flatten()?;
-        self.pending_restarts.remove(&instance)
+        self.nodes.forget(node, instance, &self.cfg)
     }
 
     // === from controllers ===
@@ -573,7 +533,7 @@ impl Hub {
     /// `not_on` excludes a node that just refused it.
     fn place_or_queue(&mut self, now: Now, from: Uuid, start: Start, not_on: Option<Uuid>) -> Vec<Output> {
         let id = start.instance_uuid;
-        if let Some(node) = self.placed.get(&id) {
+        if let Some(node) = self.nodes.location(&id).map(|l| l.node) {
             let detail = format!("instance {id} is already placed on node {node}");
             return self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
         }
@@ -623,12 +583,7 @@ impl Hub {
             workload: start.workload_uuid,
             confirmed: false,
         };
-        self.nodes.update(&node, &self.cfg, |n| {
-            n.instances.insert(start.instance_uuid, placed);
-            n.starts += 1;
-        });
-        self.placed.insert(start.instance_uuid, node);
-        self.pending_restarts.insert(start.instance_uuid, (start.clone(), from));
+        self.nodes.place(node, placed, start, from, &self.cfg);
         self.mru = Some(node);
         self.placements += 1;
         let mut forwarded = start.clone();
@@ -718,18 +673,8 @@ impl Hub {
         let lost: Vec<Uuid> =
             active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= limit).map(|n| n.uuid).collect();
         for uuid in lost {
-            let mut instances: Vec<Uuid> = Vec::new();
-            self.nodes.update(&uuid, &self.cfg, |n| {
-                n.lost = true;
-                instances.extend(n.instances.drain());
-            });
-            instances.extend(self.placed.iter().filter(|(_, n)| **n == uuid).map(|(id, _)| *id));
-            instances.sort();
-            instances.dedup();
-            for id in &instances {
-                self.placed.remove(id);
-                self.pending_restarts.remove(id);
-            }
+            self.nodes.update(&uuid, &self.cfg, |n| n.lost = true);
+            let instances = self.nodes.forget_all_on(uuid, &self.cfg);
             if self.mru == Some(uuid) {
                 self.mru = None;
             }

@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_model::NodeStatus;
 use drover_model::{Capacity, Demand, Shortfall, Usage};
-use ssntp::payload::{NodeReport, Requirements};
+use ssntp::payload::{InstanceState, NodeReport, Requirements, Start, Stats};
 use ssntp::Uuid;
 
 use super::Config;
+use crate::estimate::Estimator;
 
 /// An instance the scheduler placed on a node (or learned of from STATS).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +109,12 @@ impl Charges {
         ids
     }
 
-    /// An instance.
+    /// Every instance's UUID.
+    pub fn ids(&self) -> impl Iterator<Item = &Uuid> {
+        self.map.keys()
+    }
+
+    /// One instance's charge.
     pub fn get(&self, id: &Uuid) -> Option<&Placed> {
         self.map.get(id)
     }
@@ -396,8 +402,23 @@ impl Node {
 /// Nested so that a lookup borrows the START's strings instead of allocating a key.
 type LabelIndex = HashMap<String, HashMap<String, BTreeSet<(u64, Uuid)>>>;
 
-/// All known nodes, with indexes of the open ones by free memory: one over all of them, and one
-/// per label, so that a START requiring a rare label finds its node as fast as any other.
+/// Where an instance is, as far as the scheduler knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// Its node.
+    pub node: Uuid,
+    /// The START and its sender while the node has not confirmed it, so that a `full_cn`
+    /// refusal can be retried elsewhere; `None` once confirmed, and for instances the scheduler
+    /// only learned of from STATS.
+    pub unconfirmed: Option<Box<(Start, Uuid)>>,
+}
+
+/// All known nodes and the one index of where instances are, with indexes of the open nodes by
+/// free memory: one over all of them, and one per label, so that a START requiring a rare label
+/// finds its node as fast as any other.
+///
+/// An instance the scheduler placed is both in its node's [`Charges`] (what it costs the node)
+/// and in the index (where it is); the methods here change both together.
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: BTreeMap<Uuid, Node>,
@@ -405,6 +426,8 @@ pub struct NodeTable {
     by_free: BTreeSet<(u64, Uuid)>,
     /// The same, per label the node carries.
     by_label: LabelIndex,
+    /// Instance → where it is.
+    instances: HashMap<Uuid, Location>,
 }
 
 impl NodeTable {
@@ -469,6 +492,7 @@ impl NodeTable {
         by_free == self.by_free
             && by_label == self.by_label
             && self.nodes.values().all(|n| n.instances.sums_consistent())
+            && self.check_instance_index()
     }
 
     /// Whether any node is open.
@@ -518,6 +542,106 @@ impl NodeTable {
         let node = self.nodes.remove(uuid)?;
         Self::unindex(&mut self.by_free, &mut self.by_label, &node, cfg);
         Some(node)
+    }
+
+    /// Where an instance is.
+    pub fn location(&self, instance: &Uuid) -> Option<&Location> {
+        self.instances.get(instance)
+    }
+
+    /// Number of instances whose node is known.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Records a START placed on `node` (which exists and fits it), sent by `sender`.
+    pub fn place(&mut self, node: Uuid, placed: Placed, start: &Start, sender: Uuid, cfg: &Config) {
+        let id = start.instance_uuid;
+        self.update(&node, cfg, |n| {
+            n.instances.insert(id, placed);
+            n.starts += 1;
+        });
+        self.instances.insert(id, Location { node, unconfirmed: Some(Box::new((start.clone(), sender))) });
+    }
+
+    /// The node said the instance runs (INSTANCE_STARTED).
+    pub fn confirm(&mut self, node: Uuid, instance: Uuid, cfg: &Config) {
+        if let Some(location) = self.instances.get_mut(&instance) {
+            location.unconfirmed = None;
+        }
+        self.update(&node, cfg, |n| n.instances.modify(&instance, |p| p.confirmed = true));
+    }
+
+    /// An instance left `node`; returns its START and sender if the scheduler placed it there and
+    /// it was not confirmed (for a retry elsewhere).
+    /// A report from another node than the index names is about a stale copy there: the index
+    /// keeps the instance where it is.
+    pub fn forget(&mut self, node: Uuid, instance: Uuid, cfg: &Config) -> Option<(Start, Uuid)> {
+        let location = match self.instances.get(&instance) {
+            Some(l) if l.node == node => self.instances.remove(&instance),
+            _ => None,
+        };
+        self.update(&node, cfg, |n| n.instances.remove(&instance)).flatten()?;
+        location.and_then(|l| l.unconfirmed).map(|b| *b)
+    }
+
+    /// Forgets every instance on a node (it was lost, or came back after being lost); returns
+    /// them, sorted.
+    pub fn forget_all_on(&mut self, node: Uuid, cfg: &Config) -> Vec<Uuid> {
+        let mut gone: Vec<Uuid> = self.update(&node, cfg, |n| n.instances.drain()).unwrap_or_default();
+        self.instances.retain(|id, l| {
+            if l.node == node {
+                gone.push(*id);
+                false
+            } else {
+                true
+            }
+        });
+        gone.sort_unstable();
+        gone.dedup();
+        gone
+    }
+
+    /// Takes in a node's STATS: ended instances leave; running ones are confirmed, located (the
+    /// scheduler may not have placed them: it restarted) and their memory use observed.
+    pub fn apply_stats(&mut self, from: Uuid, stats: &Stats, cfg: &Config, estimator: &mut Estimator) {
+        let index = &mut self.instances;
+        let Some(n) = self.nodes.get_mut(&from) else { return };
+        Self::unindex(&mut self.by_free, &mut self.by_label, n, cfg);
+        for stat in &stats.instances {
+            let id = stat.instance_uuid;
+            if stat.state == InstanceState::Exited || stat.state == InstanceState::Stopped {
+                n.instances.remove(&id);
+                if index.get(&id).is_some_and(|l| l.node == from) {
+                    index.remove(&id);
+                }
+                continue;
+            }
+            index.entry(id).or_insert(Location { node: from, unconfirmed: None }).unconfirmed = None;
+            let usage = u64::try_from(stat.memory_usage_mb).ok();
+            let known = n.instances.modify(&id, |p| {
+                p.confirmed = true;
+                if let (Some(usage), Some(w)) = (usage, p.workload) {
+                    estimator.observe(w, usage);
+                    // Never charge an instance less than it is seen to use.
+                    p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
+                }
+            });
+            if known.is_none() {
+                if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
+                    estimator.observe(w, usage);
+                }
+            }
+        }
+        Self::index(&mut self.by_free, &mut self.by_label, n, cfg);
+    }
+
+    /// Whether the index agrees with the nodes' charges: every charged instance is located on
+    /// its node.
+    fn check_instance_index(&self) -> bool {
+        self.nodes
+            .values()
+            .all(|n| n.instances.ids().all(|id| self.instances.get(id).is_some_and(|l| l.node == n.uuid)))
     }
 
     /// Changes a node and keeps the indexes true. Returns what `change` returned, or `None` for

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use ssntp::payload::{
     Backend, Delete, Evacuate, InstanceEvent, InstanceExited, InstanceStat, Requirements, Restore, Stats, WorkClass,
 };
-use ssntp::payload::{ExitReason, NodeState};
+use ssntp::payload::{ExitReason, InstanceState, NodeState};
 
 use drover_model::Overcommit;
 

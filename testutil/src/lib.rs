@@ -10,6 +10,7 @@
 //!   or a value with a deadline (one loop).
 //! - [`agents`]: fake launchers (many to a process, each its own mutual-TLS connection) and a
 //!   controller-role load generator, for benchmarks and scale tests.
+//! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
 //! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod executor;
 pub mod process;
 
 use std::future::Future;

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_cli::client::{ApiClient, ApiConfig};
+use drover_model::NodeStatus;
 use serde_json::Value;
 use ssntp::Role;
 pub use testutil::Pki;
@@ -318,4 +319,17 @@ pub fn runs(events: &[Value]) -> HashMap<String, usize> {
         }
     }
     runs
+}
+
+/// Waits for an evacuated node to be in maintenance, restores it, and waits for it to be READY.
+pub async fn restore_evacuated(api: &ApiClient, node: &str) {
+    wait_for("the node to be in maintenance", || async {
+        (node_status(api, node).await? == NodeStatus::Maintenance.name()).then_some(())
+    })
+    .await;
+    api.post(&format!("/v1/nodes/{node}/restore"), &serde_json::json!({})).await.unwrap();
+    wait_for("the node to be READY again", || async {
+        (node_status(api, node).await? == NodeStatus::Ready.name()).then_some(())
+    })
+    .await;
 }

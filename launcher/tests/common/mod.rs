@@ -40,6 +40,36 @@ impl Launcher<'_> {
     }
 }
 
+/// A launcher's working files for one test: its state directory and log, with the guards that
+/// print the log when the test fails and kill its workloads when the test ends (before the
+/// directory goes).
+pub(crate) struct Work {
+    _show_log: LogOnPanic,
+    _no_leftovers: KillWorkloads,
+    pub(crate) state: PathBuf,
+    pub(crate) log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A test scheduler and a launcher's working files.
+pub(crate) async fn rig() -> (Pki, TestServer, Work) {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("launcher.log");
+    let work =
+        Work { _show_log: LogOnPanic(log.clone()), _no_leftovers: KillWorkloads(state.clone()), state, log, _dir: dir };
+    (pki, server, work)
+}
+
+impl<'a> Launcher<'a> {
+    /// A launcher with no extra flags against `server`, in `work`.
+    pub(crate) fn new(pki: &'a Pki, server: &TestServer, work: &'a Work) -> Self {
+        Self { pki, addr: server.addr.to_string(), state: &work.state, log: &work.log, extra: vec![] }
+    }
+}
+
 /// A launcher process that is killed if the test ends (or fails) without waiting for it.
 pub(crate) struct Running(pub(crate) Child);
 
