@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`client`]: an HTTPS client of the API (the CLI, `drover up`, tests).
 //! - [`cli`]: the `drover` commands.
+//! - [`local`]: the flags each daemon is started with on one machine (`drover up`, tests).
 //! - [`up`]: `drover up`: local PKI, child processes, demo workload, status until Ctrl-C.
 
 #![forbid(unsafe_code)]
@@ -12,4 +13,5 @@
 
 pub mod cli;
 pub mod client;
+pub mod local;
 pub mod up;

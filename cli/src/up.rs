@@ -21,6 +21,7 @@ use ssntp::Role;
 use tokio::process::{Child, Command};
 
 use crate::client::{ApiClient, ApiConfig};
+use crate::local;
 
 /// What `drover up` was asked to do.
 #[derive(Debug, Clone)]
@@ -80,15 +81,6 @@ fn ensure_pki(dir: &Path) -> anyhow::Result<Pki> {
         drover_cert::issue(&pki.dir, &req).with_context(|| format!("minting {stem}"))?;
     }
     Ok(pki)
-}
-
-fn tls_args(paths: &TlsPaths) -> Vec<String> {
-    let mut args =
-        vec!["--cacert".into(), paths.ca.display().to_string(), "--cert".into(), paths.cert.display().to_string()];
-    if let Some(key) = &paths.key {
-        args.extend(["--key".into(), key.display().to_string()]);
-    }
-    args
 }
 
 fn spawn(bin_dir: &Path, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
@@ -271,31 +263,19 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
 
     // A first try on someone's workstation should not wait for their load average to drop:
     // the load threshold is for shared compute nodes.
-    let mut sched_args = vec![
-        "--listen".to_owned(),
-        addr.clone(),
-        "--heartbeat".to_owned(),
-        "--load-threshold".to_owned(),
-        "64".to_owned(),
-    ];
-    sched_args.extend(tls_args(&pki.paths("scheduler-local")));
+    let mut sched_args = local::scheduler_args(&addr, &pki.paths("scheduler-local"));
+    sched_args.extend(["--heartbeat".to_owned(), "--load-threshold".to_owned(), "64".to_owned()]);
     let mut children: Vec<(String, Child)> = Vec::new();
     tokio::pin!(shutdown);
     let result = async {
         children.push(("drover-scheduler".into(), spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?));
-        let mut controller_args = vec![
-            "--server".to_owned(),
-            addr.clone(),
-            "--db".to_owned(),
-            dir.join("controller.redb").display().to_string(),
-            "--state-dir".to_owned(),
-            dir.join("controller").display().to_string(),
-            "--api-listen".to_owned(),
-            api_addr.clone(),
-            "--api-cert".to_owned(),
-            pki.dir.join("server-api.pem").display().to_string(),
-        ];
-        controller_args.extend(tls_args(&pki.paths("controller-local")));
+        let controller_args = local::controller_args(
+            &addr,
+            &dir,
+            &api_addr,
+            &pki.dir.join("server-api.pem"),
+            &pki.paths("controller-local"),
+        );
         children.push(("drover-controller".into(), spawn(&bin_dir, "drover-controller", &controller_args, &logs)?));
         let numa = numa_nodes();
         let per_numa = numa.len() > 1;
@@ -305,17 +285,11 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
                 Some(n) => (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}"))),
                 None => ("drover-launcher".to_owned(), dir.join("launcher")),
             };
-            let mut args = vec![
-                "--server".to_owned(),
-                addr.clone(),
-                "--state-dir".to_owned(),
-                state.display().to_string(),
-                "--drain-on-exit".to_owned(),
-            ];
+            let mut args = local::launcher_args(&addr, &state, &pki.paths("agent-local"));
+            args.push("--drain-on-exit".to_owned());
             if let Some(n) = node {
                 args.extend(["--numa-node".to_owned(), n.to_string()]);
             }
-            args.extend(tls_args(&pki.paths("agent-local")));
             children.push((name.clone(), spawn_named(&bin_dir, "drover-launcher", &name, &args, &logs)?));
         }
         println!(

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_cli::client::{ApiClient, ApiConfig};
+use drover_cli::local;
 use drover_model::NodeStatus;
 use serde_json::Value;
 use ssntp::Role;
@@ -163,47 +164,38 @@ impl Cluster {
         let port = listen.map_or_else(free_port, |l| l.rsplit(':').next().unwrap().parse().unwrap());
         let sched_addr = format!("127.0.0.1:{port}");
         let api_addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["--load-threshold".to_owned(), "1000".into()];
-        if listen.is_none() {
-            args.extend(["--listen".to_owned(), sched_addr.clone()]);
+        let mut args = local::scheduler_args(listen.unwrap_or(&sched_addr), &pki.paths("scheduler-local", false));
+        args.extend(["--load-threshold".to_owned(), "1000".into()]);
+        let mut extra = scheduler_args.iter().map(|s| (*s).to_owned()).peekable();
+        while let Some(a) = extra.next() {
+            if a == "--listen" {
+                extra.next(); // given above
+            } else {
+                args.push(a);
+            }
         }
-        args.extend(scheduler_args.iter().map(|s| (*s).to_owned()));
-        args.extend(pki.tls_args("scheduler-local"));
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
         let scheduler_args = args;
         let controller = Self::spawn_controller(work.path(), &pki, &sched_addr, &api_addr);
         let mut launchers = Vec::new();
         for (i, extra) in launcher_args.iter().enumerate() {
-            let mut args = vec![
-                "--server".to_owned(),
-                sched_addr.clone(),
-                "--state-dir".into(),
-                work.path().join(format!("launcher{i}")).display().to_string(),
-                "--drain-on-exit".into(),
-                "--report-interval".into(),
-                "500ms".into(),
-            ];
+            let state = work.path().join(format!("launcher{i}"));
+            let mut args = local::launcher_args(&sched_addr, &state, &pki.paths("agent-local", false));
+            args.extend(["--drain-on-exit".into(), "--report-interval".into(), "500ms".into()]);
             args.extend(extra.iter().map(|s| (*s).to_owned()));
-            args.extend(pki.tls_args("agent-local"));
             launchers.push(Proc::spawn(&format!("launcher{i}"), "drover-launcher", &args, &logs));
         }
         Self { work, pki, sched_addr, api_addr, scheduler_args, scheduler, controller, launchers }
     }
 
     pub fn spawn_controller(work: &Path, pki: &Pki, sched_addr: &str, api_addr: &str) -> Proc {
-        let mut args = vec![
-            "--server".to_owned(),
-            sched_addr.to_owned(),
-            "--db".into(),
-            work.join("controller.redb").display().to_string(),
-            "--state-dir".into(),
-            work.join("controller").display().to_string(),
-            "--api-listen".into(),
-            api_addr.to_owned(),
-            "--api-cert".into(),
-            pki.cert("server-api").display().to_string(),
-        ];
-        args.extend(pki.tls_args("controller-local"));
+        let args = local::controller_args(
+            sched_addr,
+            work,
+            api_addr,
+            &pki.cert("server-api"),
+            &pki.paths("controller-local", false),
+        );
         Proc::spawn("controller", "drover-controller", &args, &work.join("logs"))
     }
 
