@@ -7,9 +7,11 @@
 //!   that submits STARTs.
 //! - `relay`: the no-scheduling relay that `ceiling` measures.
 //! - `scenarios`: `place`, `hold`, `storm`, `ceiling`, each a table of figures against goals.
+//! - `e2e`: the user's path through the API to real launchers.
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 
+mod e2e;
 mod relay;
 mod scenarios;
 
@@ -52,6 +54,9 @@ enum Scenario {
     /// kill -9 and restart the scheduler under N launchers: time until every node is READY
     /// again, and that no instance was restarted or stopped and no node declared lost.
     Storm(scenarios::StormArgs),
+    /// The user's path: real scheduler, controller and K launchers (sim backend); M instances
+    /// launched through the API; instances/s until all run, each daemon's CPU and peak RSS.
+    E2e(e2e::E2eArgs),
     /// `place` through the scheduler and through a relay that does no scheduling, side by
     /// side: what share of the machine's transport ceiling placement reaches.
     Ceiling(scenarios::PlaceArgs),
@@ -79,6 +84,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Hold(a) => scenarios::hold(&a, &ui).await,
             Scenario::Storm(a) => scenarios::storm(&a, &ui).await,
             Scenario::Ceiling(a) => scenarios::ceiling(&a, &ui).await,
+            Scenario::E2e(a) => e2e::e2e(&a, &ui).await,
             Scenario::Relay { listen, cacert, cert, key } => {
                 let paths = ssntp::tls::TlsPaths { ca: cacert, cert, key: Some(key), crl: None };
                 relay::run(listen, paths).await.map(|()| true)

@@ -22,7 +22,7 @@ pub(crate) struct Ui {
 }
 
 impl Ui {
-    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+    pub(crate) fn bar(&self, len: u64, what: &str) -> ProgressBar {
         if self.json || self.quiet {
             return ProgressBar::hidden();
         }
@@ -36,7 +36,7 @@ impl Ui {
         bar
     }
 
-    fn say(&self, text: &str) {
+    pub(crate) fn say(&self, text: &str) {
         if !self.json && !self.quiet {
             eprintln!("{text}");
         }
@@ -107,7 +107,7 @@ pub(crate) struct StormArgs {
 
 // === the report ===
 
-struct Report {
+pub(crate) struct Report {
     scenario: &'static str,
     params: Value,
     rows: Vec<(String, String, String, Option<bool>)>,
@@ -116,12 +116,12 @@ struct Report {
 }
 
 impl Report {
-    fn new(scenario: &'static str, params: Value) -> Self {
+    pub(crate) fn new(scenario: &'static str, params: Value) -> Self {
         Self { scenario, params, rows: Vec::new(), figures: Map::new(), checks_ok: true }
     }
 
     /// A figure; `goal` is its text and verdict when the project has one.
-    fn figure(&mut self, key: &str, label: &str, value: f64, shown: String, goal: Option<(&str, bool)>) {
+    pub(crate) fn figure(&mut self, key: &str, label: &str, value: f64, shown: String, goal: Option<(&str, bool)>) {
         self.figures.insert(key.to_owned(), json!(value));
         let (goal_text, met) = goal.map_or((String::new(), None), |(t, m)| (t.to_owned(), Some(m)));
         if goal_text.is_empty() {
@@ -133,14 +133,14 @@ impl Report {
     }
 
     /// A correctness check: failing one makes the run fail.
-    fn check(&mut self, key: &str, label: &str, count: u64) {
+    pub(crate) fn check(&mut self, key: &str, label: &str, count: u64) {
         self.figures.insert(key.to_owned(), json!(count));
         let ok = count == 0;
         self.checks_ok &= ok;
         self.rows.push((label.to_owned(), count.to_string(), "0 (check)".to_owned(), Some(ok)));
     }
 
-    fn print(self, ui: &Ui) -> bool {
+    pub(crate) fn print(self, ui: &Ui) -> bool {
         if ui.json {
             let out = json!({
                 "scenario": self.scenario,
@@ -187,13 +187,13 @@ fn median_u64(values: &[u64]) -> u64 {
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 // === the processes ===
 
-fn scheduler(pki: &Pki, extra: &[&str]) -> anyhow::Result<Daemon> {
+pub(crate) fn scheduler(pki: &Pki, extra: &[&str]) -> anyhow::Result<Daemon> {
     let program = sibling_binary("drover-scheduler")?;
     let addr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let metrics = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -234,7 +234,7 @@ fn relay(pki: &Pki) -> anyhow::Result<Daemon> {
     Daemon::start(&program, args, pki.dir().join("relay.log"), addr, None)
 }
 
-async fn wait_listening(daemon: &mut Daemon) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(daemon: &mut Daemon) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(daemon.addr).await.is_err() {
         daemon.check_alive()?;

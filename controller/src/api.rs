@@ -414,7 +414,7 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
         })
         .await?;
     c.wake();
-    let mem_mb = w.requirements.mem_mb.max(1);
+    let demand = drover_model::Demand { vcpus: w.requirements.vcpus, mem_mb: w.requirements.mem_mb.max(1) };
     let deadline = tokio::time::Instant::now() + wait;
     let records = loop {
         let ids = ids.clone();
@@ -440,12 +440,21 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
             _ => answer.rejected.push(view),
         }
     }
+    // By the rule placement uses, from each READY node's last STATS (what it has given out is
+    // in its real available memory; the scheduler's own charges are not known here).
     let free: u64 = usable
         .iter()
         .filter(|n| n.status == NodeStatus::Ready)
         .filter_map(|n| n.stats.as_ref())
-        .map(|s| s.mem_available_mb / mem_mb)
-        .sum();
+        .map(|s| {
+            let capacity = drover_model::Capacity {
+                cpus_online: s.cpus_online,
+                mem_total_mb: s.mem_total_mb,
+                mem_available_mb: s.mem_available_mb,
+            };
+            drover_model::slots(&capacity, &drover_model::Usage::default(), &demand, overcommit)
+        })
+        .fold(0, u64::saturating_add);
     answer.slots_remaining_estimate = free.saturating_sub(answer.started.len() as u64);
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }

@@ -100,6 +100,18 @@ pub fn fit(capacity: &Capacity, usage: &Usage, demand: &Demand, overcommit: Over
     Ok(())
 }
 
+/// How many more pieces of work like `demand` fit a node, one after another, by [`fit`]'s rule
+/// (for estimates such as a batch's remaining slots). Work that needs nothing counts as one
+/// MiB and one vCPU's worth of nothing: it is bounded by the other resources, or by `u64::MAX`.
+pub fn slots(capacity: &Capacity, usage: &Usage, demand: &Demand, overcommit: Overcommit) -> u64 {
+    let per = |room: u64, each: u64| room.checked_div(each).unwrap_or(u64::MAX);
+    let vcpus = per(capacity.cpu_limit(overcommit).saturating_sub(usage.vcpus), u64::from(demand.vcpus));
+    let memory = per(capacity.mem_limit(overcommit).saturating_sub(usage.mem_mb), demand.mem_mb);
+    // Each one placed is unconfirmed until the node reports it, so available memory is shared.
+    let available = per(capacity.mem_available_mb.saturating_sub(usage.mem_unconfirmed_mb), demand.mem_mb);
+    vcpus.min(memory).min(available)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -148,6 +160,29 @@ mod tests {
                 let more = Overcommit { cpu: cpu_oc + extra, mem: mem_oc + extra };
                 prop_assert!(fit(&cap, &usage, &demand, more).is_ok());
             }
+        }
+    }
+
+    proptest! {
+        /// `slots` is exactly how many times `fit` says yes, adding one piece at a time.
+        #[test]
+        fn slots_agree_with_fit(
+            cpus in 1u32..8, total in 1u64..4000, available in 0u64..4000,
+            used_vcpus in 0u64..16, used_mb in 0u64..4000, unconfirmed in 0u64..2000,
+            vcpus in 1u32..4, mem in 1u64..1500, cpu_oc in 1u32..5, mem_oc in 1u32..3,
+        ) {
+            let capacity = Capacity { cpus_online: cpus, mem_total_mb: total, mem_available_mb: available };
+            let oc = Overcommit { cpu: f64::from(cpu_oc), mem: f64::from(mem_oc) };
+            let demand = Demand { vcpus, mem_mb: mem };
+            let mut usage = Usage { vcpus: used_vcpus, mem_mb: used_mb, mem_unconfirmed_mb: unconfirmed };
+            let n = slots(&capacity, &usage, &demand, oc);
+            for _ in 0..n {
+                prop_assert!(fit(&capacity, &usage, &demand, oc).is_ok());
+                usage.vcpus += u64::from(vcpus);
+                usage.mem_mb += mem;
+                usage.mem_unconfirmed_mb += mem;
+            }
+            prop_assert!(fit(&capacity, &usage, &demand, oc).is_err(), "one more than slots() fits");
         }
     }
 }

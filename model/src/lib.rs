@@ -20,6 +20,6 @@ pub mod status;
 pub mod time;
 
 pub use duration::parse_duration;
-pub use fit::{fit, Capacity, Demand, Overcommit, Shortfall, Usage};
+pub use fit::{fit, slots, Capacity, Demand, Overcommit, Shortfall, Usage};
 pub use status::{InstanceStatus, NodeStatus};
 pub use time::{unix_ms_now, Clock, Now, SystemClock};

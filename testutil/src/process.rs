@@ -20,7 +20,7 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = me.parent().context("drover-bench has no directory")?.join(name);
     if !path.exists() {
         bail!(
-            "{} not found; build it first: cargo build --release -p drover-scheduler -p drover-bench",
+            "{} not found; build it first: cargo build --release (the whole workspace: drover-bench e2e also starts the controller and launchers)",
             path.display()
         );
     }

@@ -1,0 +1,286 @@
+//! `e2e`: the user's path. The real scheduler, controller and K real launchers (sim backend)
+//! as child processes; M instances launched through the HTTPS API; instances/s from the first
+//! launch call until the API counts all of them `running`; each daemon's CPU and peak RSS; node
+//! losses, disconnects, lost instances; steady-state CPU once all run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use drover_cli::client::{ApiClient, ApiConfig};
+use drover_cli::local;
+use hyper::Method;
+use serde_json::{json, Value};
+use ssntp::Role;
+use testutil::process::{free_port, scheduler_view, sibling_binary, Daemon, Usage};
+use testutil::Pki;
+
+use crate::scenarios::{mib, scheduler, wait_listening, Report, Ui};
+
+/// `e2e` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct E2eArgs {
+    /// Launchers (real `drover-launcher` processes, sim backend).
+    #[arg(long, default_value_t = 10)]
+    launchers: usize,
+    /// Instances launched through the API.
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
+    /// Launchers' report interval.
+    #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
+    report_interval: Duration,
+    /// Give up when not all run after this long.
+    #[arg(long, default_value = "10m", value_parser = drover_model::parse_duration)]
+    timeout: Duration,
+    /// How long to measure the steady state once all run.
+    #[arg(long, default_value = "10s", value_parser = drover_model::parse_duration)]
+    steady: Duration,
+}
+
+/// Most instances one launch call creates (the API's bound).
+const LAUNCH_CHUNK: usize = 100_000;
+
+struct Cluster {
+    scheduler: Daemon,
+    controller: Daemon,
+    launchers: Vec<Daemon>,
+    api: ApiClient,
+    _work: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn usage(&self) -> (Usage, Usage, Usage) {
+        let launchers = self.launchers.iter().map(Daemon::usage).fold(Usage::default(), |a, u| Usage {
+            cpu_s: a.cpu_s + u.cpu_s,
+            rss_kib: a.rss_kib.max(u.rss_kib),
+            peak_rss_kib: a.peak_rss_kib.max(u.peak_rss_kib),
+        });
+        (self.scheduler.usage(), self.controller.usage(), launchers)
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.scheduler.check_alive()?;
+        self.controller.check_alive()?;
+        for l in &mut self.launchers {
+            l.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Lines of every log that contain `text`.
+    fn log_lines(&self, text: &str) -> usize {
+        std::iter::once(&self.scheduler)
+            .chain(std::iter::once(&self.controller))
+            .chain(&self.launchers)
+            .map(|d| d.log_tail(usize::MAX).lines().filter(|l| l.contains(text)).count())
+            .sum()
+    }
+}
+
+async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
+    let work = tempfile::tempdir()?;
+    let mut scheduler = scheduler(pki, &["--load-threshold", "1000"])?;
+    wait_listening(&mut scheduler).await?;
+    let sched = scheduler.addr.to_string();
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let controller_args = local::controller_args(
+        &sched,
+        work.path(),
+        &api_addr.to_string(),
+        &pki.cert("server-api"),
+        &pki.paths("controller-local", false),
+    );
+    let controller = Daemon::start(
+        &sibling_binary("drover-controller")?,
+        controller_args,
+        work.path().join("controller.log"),
+        api_addr,
+        None,
+    )?;
+    let per_node = args.instances.div_ceil(args.launchers.max(1));
+    let mut launchers = Vec::with_capacity(args.launchers);
+    for i in 0..args.launchers {
+        let mut a = local::launcher_args(&sched, &work.path().join(format!("launcher{i}")), &pki.paths("agent", false));
+        a.extend([
+            "--backend".into(),
+            "sim".into(),
+            "--report-interval".into(),
+            format!("{}ms", args.report_interval.as_millis()),
+            "--max-instances".into(),
+            (per_node * 2 + 16).to_string(),
+        ]);
+        let log = work.path().join(format!("launcher{i}.log"));
+        launchers.push(Daemon::start(&sibling_binary("drover-launcher")?, a, log, scheduler.addr, None)?);
+    }
+    let mut api = ApiClient::new(&ApiConfig {
+        addr: api_addr.to_string(),
+        cacert: pki.ca(),
+        cert: Some(pki.cert("controller-admin")),
+        key: None,
+        tenant: None,
+    })?;
+    api.timeout = Duration::from_secs(120);
+    Ok(Cluster { scheduler, controller, launchers, api, _work: work })
+}
+
+/// The API's count of instances by state.
+async fn counts(api: &ApiClient) -> anyhow::Result<Value> {
+    Ok(api.get("/v1/status").await?["instances"].clone())
+}
+
+fn count(v: &Value, state: &str) -> u64 {
+    v[state].as_u64().unwrap_or(0)
+}
+
+#[allow(clippy::cast_precision_loss)] // counts and seconds in a report
+pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
+    let pki = Pki::new();
+    pki.issue_named(Role::CONTROLLER, "local", &[], &["admin"]);
+    pki.issue_named(Role::CONTROLLER, "admin", &[], &["admin"]);
+    pki.issue_named(Role::SERVER, "api", &["localhost", "127.0.0.1"], &[]);
+    let mut cluster = start(args, &pki).await?;
+
+    ui.say(&format!("waiting for {} launchers to be READY", args.launchers));
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        cluster.check_alive()?;
+        let ready = cluster.api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["READY"].as_u64()).unwrap_or(0);
+        if ready >= args.launchers as u64 {
+            break;
+        }
+        if Instant::now() > ready_by {
+            bail!("only {ready} of {} launchers READY after 60 s", args.launchers);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let workload = json!({
+        "name": "e2e",
+        "resources": {"vcpus": 0, "mem_mb": 1},
+        "backend": {"type": "sim", "duration_ms": 86_400_000u64, "mem_usage_mb": 1},
+        "restart": {"policy": "never"},
+    });
+    cluster
+        .api
+        .call(Method::POST, "/v1/workloads", Some(("application/json", serde_json::to_vec(&workload)?)))
+        .await
+        .context("creating the workload")?;
+    let before = cluster.usage();
+    let bar = ui.bar(args.instances as u64, "instances running");
+    let started = Instant::now();
+    let mut left = args.instances;
+    while left > 0 {
+        let n = left.min(LAUNCH_CHUNK);
+        cluster.api.post("/v1/workloads/e2e/launch", &json!({"count": n})).await.context("launching")?;
+        left -= n;
+    }
+    let launched_in = started.elapsed();
+    let deadline = started + args.timeout;
+    let mut last = Value::Null;
+    let all_running = loop {
+        cluster.check_alive()?;
+        if let Ok(c) = counts(&cluster.api).await {
+            bar.set_position(count(&c, "running"));
+            if count(&c, "running") >= args.instances as u64 {
+                break Some(started.elapsed());
+            }
+            last = c;
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    let during = cluster.usage();
+    tokio::time::sleep(args.steady).await;
+    let after = cluster.usage();
+    let final_counts = counts(&cluster.api).await.unwrap_or(last);
+    let lost_nodes = match cluster.scheduler.metrics {
+        Some(m) => scheduler_view(m).await.map(|v| v.lost).unwrap_or(0),
+        None => 0,
+    };
+
+    let params = json!({
+        "launchers": args.launchers,
+        "instances": args.instances,
+        "report_interval_ms": args.report_interval.as_millis(),
+        "backend": "sim",
+    });
+    let mut report = Report::new("e2e", params);
+    match all_running {
+        Some(t) => {
+            let rate = args.instances as f64 / t.as_secs_f64();
+            report.figure(
+                "instances_per_s",
+                "instances/s, API call → all running",
+                rate,
+                format!("{rate:.0}"),
+                Some(("≥ 10,000", rate >= 10_000.0)),
+            );
+            report.figure(
+                "all_running_s",
+                "time until all run",
+                t.as_secs_f64(),
+                format!("{:.1} s", t.as_secs_f64()),
+                None,
+            );
+        }
+        None => {
+            let running = count(&final_counts, "running");
+            report.figure(
+                "all_running_s",
+                "time until all run",
+                f64::NAN,
+                format!("not within {:?} ({running} running)", args.timeout),
+                Some(("all", false)),
+            );
+        }
+    }
+    report.figure(
+        "launch_calls_s",
+        "launch API calls took",
+        launched_in.as_secs_f64(),
+        format!("{:.2} s", launched_in.as_secs_f64()),
+        None,
+    );
+    for (key, label, b, d, a) in [
+        ("scheduler", "scheduler", before.0, during.0, after.0),
+        ("controller", "controller", before.1, during.1, after.1),
+        ("launchers", "launchers (all)", before.2, during.2, after.2),
+    ] {
+        let cpu = d.cpu_s - b.cpu_s;
+        report.figure(
+            &format!("{key}_cpu_s"),
+            &format!("{label} CPU to all running"),
+            cpu,
+            format!("{cpu:.1} s"),
+            None,
+        );
+        let steady = (a.cpu_s - d.cpu_s) / args.steady.as_secs_f64() * 100.0;
+        report.figure(
+            &format!("{key}_steady_cpu_pct"),
+            &format!("{label} CPU, steady"),
+            steady,
+            format!("{steady:.1} % of a core"),
+            None,
+        );
+        let peak = mib(a.peak_rss_kib);
+        let peak_label =
+            if key == "launchers" { "launcher peak RSS (largest)".to_owned() } else { format!("{label} peak RSS") };
+        report.figure(
+            &format!("{key}_peak_rss_mib"),
+            &peak_label,
+            peak,
+            format!("{peak:.1} MiB"),
+            Some(("≤ 512 MiB", peak <= 512.0)),
+        );
+    }
+    report.check("nodes_lost", "nodes declared lost", lost_nodes);
+    let disconnects =
+        cluster.log_lines("disconnected from the scheduler") + cluster.log_lines("scheduler connection lost");
+    report.check("disconnects", "disconnects (launchers and controller)", disconnects as u64);
+    let not_running = (args.instances as u64).saturating_sub(count(&final_counts, "running"));
+    report.check("not_running", "instances not running at the end", not_running);
+    let total: u64 = final_counts.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    report.check("extra_instances", "instances beyond those launched", total.saturating_sub(args.instances as u64));
+    Ok(report.print(ui))
+}
