@@ -8,7 +8,8 @@
 //!   which ends were delivered;
 //! - admission ([`crate::admission::admit`]) against the last machine sample and the table;
 //! - the node status (READY, FULL with hysteresis, MAINTENANCE) and the maintenance flag;
-//! - the reports (status and STATS) and the connection they may go on.
+//! - the reports (status and STATS), when they go (on the timer, on connect, and at once when the
+//!   status changes) and the connection they may go on.
 //!
 //! Machine figures come in as [`Input::Sample`] and instance usage as [`Input::Usage`], both
 //! sampled by the shell on its report timer, never per START: a burst of STARTs costs no probe.
@@ -174,6 +175,8 @@ pub struct Core {
     /// controller reconciling after a scheduler restart would start them a second time
     /// elsewhere. So reports name their connection and go on it only.
     session: Option<u64>,
+    /// The status last reported on this connection.
+    reported_status: Option<NodeStatus>,
     /// The last machine sample (no allocations in it).
     sample: NodeReport,
     table: HashMap<Uuid, Entry>,
@@ -191,6 +194,7 @@ impl Core {
             status: StatusMachine::default(),
             overcommit: Overcommit::default(),
             session: None,
+            reported_status: None,
             sample,
             table: HashMap::new(),
             orphans: Vec::new(),
@@ -215,6 +219,7 @@ impl Core {
             Input::Connected { session, overcommit } => {
                 self.overcommit = overcommit;
                 self.session = Some(session);
+                self.reported_status = None;
                 self.report(now, &mut out);
                 self.resend_ends(&mut out);
             }
@@ -222,8 +227,8 @@ impl Core {
             Input::Command(message) => {
                 if let Some(answer) = self.command(message, &mut out) {
                     out.push(Effect::Send(answer));
-                    self.report(now, &mut out);
                 }
+                self.report_if_changed(now, &mut out);
             }
             Input::RunRefused { instance, reason, detail } => {
                 let restart = self.table.remove(&instance).is_some_and(|e| e.restart);
@@ -235,11 +240,11 @@ impl Core {
                     detail,
                 };
                 out.push(Effect::Send(Message::StartFailure(failure)));
-                self.report(now, &mut out);
+                self.report_if_changed(now, &mut out);
             }
             Input::Workload(event) => {
                 self.workload(event, &mut out);
-                self.report(now, &mut out);
+                self.report_if_changed(now, &mut out);
             }
             Input::EndDelivered(instance) => {
                 if let Some(Phase::Ended { delivered, .. }) = self.table.get_mut(&instance).map(|e| &mut e.phase) {
@@ -489,17 +494,38 @@ impl Core {
         r
     }
 
+    /// The node's status now (the status machine moves on).
+    fn status_now(&mut self, now: Now) -> NodeStatus {
+        let figures = self.figures();
+        self.status.update(now.mono_ms, &self.config.limits, &figures, self.overcommit, self.flags.maintenance)
+    }
+
+    /// Reports at once only when the status changed since the last report on this connection:
+    /// instance news travels in its own events, and a report per event made a launch cost a
+    /// full STATS per instance (quadratic per node). The timer reports the rest.
+    fn report_if_changed(&mut self, now: Now, out: &mut Vec<Effect>) {
+        if self.session.is_none() {
+            return;
+        }
+        let state = self.status_now(now);
+        if self.reported_status != Some(state) {
+            self.send_report(state, out);
+        }
+    }
+
     /// The status (READY, FULL or MAINTENANCE) and STATS, on the current connection only.
     fn report(&mut self, now: Now, out: &mut Vec<Effect>) {
+        if self.session.is_none() {
+            return;
+        }
+        let state = self.status_now(now);
+        self.send_report(state, out);
+    }
+
+    fn send_report(&mut self, state: NodeStatus, out: &mut Vec<Effect>) {
         let Some(session) = self.session else { return };
+        self.reported_status = Some(state);
         let r = self.node_report();
-        let state = self.status.update(
-            now.mono_ms,
-            &self.config.limits,
-            &self.figures(),
-            self.overcommit,
-            self.flags.maintenance,
-        );
         let (status, wire_state) = match state {
             NodeStatus::Full => (Message::Full(Some(r.clone())), NodeState::Full),
             NodeStatus::Maintenance => (Message::Maintenance(Some(r.clone())), NodeState::Maintenance),

@@ -133,6 +133,8 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
     command(&mut c, Message::Start(start(2, 100)));
     let out = command(&mut c, Message::Evacuate(Evacuate { workload_agent_uuid: NODE, deadline_ms: Some(2000) }));
     assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: true }), "saved before anything else");
+    assert!(sent(&out).iter().any(|m| matches!(m, Message::Maintenance(Some(_)))), "said at once: {out:?}");
+    assert_eq!(stats_of(&out).unwrap().status, NodeState::Maintenance);
     let stops: Vec<Uuid> = out
         .iter()
         .filter_map(|e| match e {
@@ -142,16 +144,16 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
         .collect();
     assert_eq!(stops, vec![id(1), id(2)]);
     assert_eq!(failure_reason(&command(&mut c, Message::Start(start(3, 100)))), Some(FailureReason::NodeMaintenance));
-    // Each end is a stop, and the reports say MAINTENANCE.
+    // Each end is a stop; the status did not change, so no report comes with it.
     let out = c.handle(
         at(3),
         Input::Workload(Event::Exited(Exit { instance: id(1), code: None, reason: ExitReason::Killed })),
     );
+    assert_eq!(out.len(), 1, "{out:?}");
     assert!(matches!(&out[0], Effect::SendEnd { message: Message::InstanceStopped(_), .. }), "{out:?}");
-    assert!(sent(&out).iter().any(|m| matches!(m, Message::Maintenance(Some(_)))));
-    assert_eq!(stats_of(&out).unwrap().status, NodeState::Maintenance);
     let out = command(&mut c, Message::Restore(Restore { workload_agent_uuid: NODE }));
-    assert_eq!(out, vec![Effect::SaveFlags(NodeFlags { maintenance: false })]);
+    assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: false }));
+    assert!(sent(&out).iter().any(|m| matches!(m, Message::Ready(_))), "READY at once: {out:?}");
     assert!(failure_reason(&command(&mut c, Message::Start(start(3, 100)))).is_none());
 }
 
@@ -173,6 +175,23 @@ fn ends_are_sent_again_after_a_reconnect_until_delivered() {
     // The ended copy stays in STATS (until a DELETE), as exited with its code.
     let stat = &stats_of(&out).unwrap().instances[0];
     assert_eq!((stat.state, stat.exit_code), (InstanceState::Exited, Some(3)));
+}
+
+#[test]
+fn a_burst_of_starts_and_their_events_costs_no_report_until_the_timer() {
+    let mut c = core();
+    // 16 vCPUs offered (4 CPUs × 4): twelve STARTs of one vCPU fit.
+    for n in 1..=12 {
+        let out = command(&mut c, Message::Start(start(n, 10)));
+        assert!(!out.iter().any(|e| matches!(e, Effect::Report { .. })), "{out:?}");
+        let out = c.handle(at(2), Input::Workload(Event::Started { instance: id(n), pid: 1 }));
+        assert_eq!(sent(&out).len(), 1, "only INSTANCE_STARTED: {out:?}");
+    }
+    let out = c.handle(at(3), Input::ReportDue);
+    assert_eq!(stats_of(&out).unwrap().instances.len(), 12);
+    // A change of status is said at once: 3,840 MiB offered, 120 given, 3,720 more fill it.
+    let out = command(&mut c, Message::Start(start(99, 3720)));
+    assert!(sent(&out).iter().any(|m| matches!(m, Message::Full(_))), "FULL at once: {out:?}");
 }
 
 #[test]
