@@ -20,7 +20,7 @@ use serde_json::json;
 /// Scheduler flags that make node loss quick to observe: silent 1 s is suspect, 1 s more is lost.
 const FAST_LOSS: &[&str] =
     &["--node-ttl", "1s", "--node-grace", "1s", "--failover-grace", "0s", "--cpu-overcommit", "600"];
-const SIM: &[&str] = &["--backend", "sim", "--max-instances", "5000"];
+const SIM: &[&str] = &["--backend", "sim", "--max-instances", "10000"];
 
 fn workload(name: &str, policy: &str) -> String {
     format!(
@@ -45,9 +45,11 @@ fn node_of_launcher(cluster: &Cluster, i: usize) -> String {
 }
 
 /// Two sim launchers with room for everything; `count` instances launched; returns once the
-/// first runs (mid-placement), with the acknowledged instance UUIDs.
+/// first runs (mid-placement), with the acknowledged instance UUIDs. Sims start at once, so
+/// placement is paced by a small start window (STARTs in flight per node) to leave a moment in
+/// the middle of it.
 async fn launch_on_two_nodes(count: usize) -> (Cluster, Vec<String>) {
-    let cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
+    let cluster = Cluster::start_with(&["--cpu-overcommit", "6000", "--start-window", "4"], &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
     create(&api, &workload("sim", "never")).await;
@@ -64,7 +66,7 @@ async fn launch_on_two_nodes(count: usize) -> (Cluster, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_scheduler_mid_placement_loses_duplicates_and_evacuates_nothing() {
-    const COUNT: usize = 1000;
+    const COUNT: usize = 4000;
     let (mut cluster, acknowledged) = launch_on_two_nodes(COUNT).await;
     let api = cluster.admin();
     let before = api.get("/v1/status").await.unwrap();
@@ -112,7 +114,7 @@ async fn most_copies(api: &drover_cli::client::ApiClient) -> (usize, Option<(Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_scheduler_never_runs_an_unanswered_start_on_a_second_node() {
-    const COUNT: usize = 1000;
+    const COUNT: usize = 4000;
     let (mut cluster, _) = launch_on_two_nodes(COUNT).await;
     let api = cluster.admin();
     // Freeze the scheduler mid-placement: the launchers go on starting what they received, and

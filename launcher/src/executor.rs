@@ -104,4 +104,6 @@ pub trait Executor: std::fmt::Debug {
     fn tail(&self, instance: Uuid, max_bytes: u32) -> Result<(String, bool), Refusal>;
     /// Samples every instance's use of the node.
     fn usage(&mut self) -> Vec<(Uuid, InstanceUsage)>;
+    /// Writes what it keeps in memory between the shell's report ticks (group commit).
+    fn flush(&mut self) {}
 }

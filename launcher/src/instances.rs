@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::cgroup::{Cgroups, Pin};
 use crate::executor::Executor;
 pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
-use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, ShimSpec};
+use crate::state::{files, read_json, write_json, write_json_as, Durability, ExitRecord, InstanceRecord, ShimSpec};
 
 /// Most output bytes one LOG_FETCH returns, whatever it asks for (frames stay well under the
 /// 4 MiB payload limit).
@@ -90,6 +90,8 @@ pub struct Instances {
     oci_runtime: Option<PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
+    /// Sim records changed since the last [`Instances::flush`].
+    sims_dirty: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -115,6 +117,7 @@ impl Instances {
             oci_runtime: None,
             table: HashMap::new(),
             events,
+            sims_dirty: false,
         }
     }
 
@@ -167,11 +170,39 @@ impl Instances {
         self.table.get(&instance).is_some_and(|i| i.running)
     }
 
-    fn persist(&self, id: Uuid) {
-        if let Some(i) = self.table.get(&id) {
-            if let Err(e) = write_json(&self.dir(id).join(files::STATE), &i.record) {
-                tracing::error!(instance = %id, error = %e, "cannot persist instance state");
-            }
+    fn persist(&mut self, id: Uuid) {
+        let Some(i) = self.table.get(&id) else { return };
+        if matches!(i.record.start.backend, Backend::Sim { .. }) {
+            // Written with the others at the next flush (group commit).
+            self.sims_dirty = true;
+            return;
+        }
+        if let Err(e) = write_json(&self.dir(id).join(files::STATE), &i.record) {
+            tracing::error!(instance = %id, error = %e, "cannot persist instance state");
+        }
+    }
+
+    /// Writes the records of every sim instance to the node's sim file if any changed since the
+    /// last flush: one write for all of them, without fsync (`Durability::Cached`: they survive
+    /// a crash of the launcher, not of the machine). The shell calls it on its report timer.
+    pub fn flush(&mut self) {
+        if !self.sims_dirty {
+            return;
+        }
+        let sims: Vec<&InstanceRecord> = self
+            .table
+            .values()
+            .filter(|i| matches!(i.record.start.backend, Backend::Sim { .. }))
+            .map(|i| &i.record)
+            .collect();
+        let path = self.root.join(files::SIMS);
+        if let Err(e) = std::fs::create_dir_all(&self.root) {
+            tracing::error!(error = %e, "cannot create the instances directory");
+            return;
+        }
+        match write_json_as(&path, &sims, Durability::Cached) {
+            Ok(()) => self.sims_dirty = false,
+            Err(e) => tracing::error!(error = %e, "cannot persist the sim instances"),
         }
     }
 
@@ -240,7 +271,39 @@ impl Instances {
                 }
             }
         }
+        self.adopt_sims(&mut report);
         report
+    }
+
+    /// Picks the sim instances up from the node's sim file: running ones run on for what is
+    /// left of their duration.
+    fn adopt_sims(&mut self, report: &mut Vec<Adopted>) {
+        let sims: Vec<InstanceRecord> = match read_json(&self.root.join(files::SIMS)) {
+            Ok(records) => records.unwrap_or_default(),
+            Err(e) => {
+                // Sims stand for work in scale tests: the controller restarts what is missing.
+                tracing::error!(error = %e, "sim instances unreadable; forgetting them");
+                Vec::new()
+            }
+        };
+        for record in sims {
+            let id = record.start.instance_uuid;
+            let running = record.exit.is_none();
+            let cancel = match (&record.exit, &record.start.backend) {
+                (None, Backend::Sim { duration_ms, exit_code, .. }) => {
+                    let remaining = (record.started_unix_ms + duration_ms).saturating_sub(unix_ms());
+                    Some(self.spawn_sim(id, Duration::from_millis(remaining), *exit_code))
+                }
+                _ => None,
+            };
+            report.push(Adopted::Known {
+                start: Box::new(record.start.clone()),
+                stop_requested: record.stop_requested,
+                exit: record.exit.as_ref().map(|e| exit_of(e, id)),
+                exit_reported: record.exit_reported,
+            });
+            self.table.insert(id, Instance { record, pid: None, running, cancel, last_cpu: None, stop_pending: None });
+        }
     }
 
     /// Starts an instance.
@@ -260,9 +323,13 @@ impl Instances {
             }
         }
         let dir = self.dir(id);
-        let results = dir.join(files::RESULTS);
-        let launch = |e: &dyn std::fmt::Display| (FailureReason::LaunchFailure, e.to_string());
-        std::fs::create_dir_all(&results).map_err(|e| launch(&format!("{}: {e}", results.display())))?;
+        let is_sim = matches!(start.backend, Backend::Sim { .. });
+        if !is_sim {
+            // A sim instance has no directory: its record goes in the node's sim file.
+            let results = dir.join(files::RESULTS);
+            let launch = |e: &dyn std::fmt::Display| (FailureReason::LaunchFailure, e.to_string());
+            std::fs::create_dir_all(&results).map_err(|e| launch(&format!("{}: {e}", results.display())))?;
+        }
         let mut record = InstanceRecord {
             start: start.clone(),
             started_unix_ms: unix_ms(),
@@ -490,8 +557,10 @@ impl Instances {
     /// No such instance or unreadable output.
     pub fn tail(&self, id: Uuid, max_bytes: u32) -> Result<(String, bool), Refusal> {
         use std::io::{Read as _, Seek as _, SeekFrom};
-        if !self.table.contains_key(&id) {
-            return Err((FailureReason::NoInstance, format!("no instance {id} here")));
+        match self.table.get(&id) {
+            None => return Err((FailureReason::NoInstance, format!("no instance {id} here"))),
+            Some(i) if matches!(i.record.start.backend, Backend::Sim { .. }) => return Ok((String::new(), false)),
+            Some(_) => {}
         }
         let no = |e: std::io::Error| (FailureReason::NoInstance, e.to_string());
         let mut file = std::fs::File::open(self.output(id)).map_err(no)?;
@@ -510,6 +579,12 @@ impl Instances {
         let now = std::time::Instant::now();
         let mut out = Vec::with_capacity(self.table.len());
         for (id, i) in &mut self.table {
+            if let Backend::Sim { mem_usage_mb, .. } = &i.record.start.backend {
+                // Nothing to read: a sim uses what it says, and has no files.
+                let memory = if i.running { i64::try_from(*mem_usage_mb).unwrap_or(-1) } else { -1 };
+                out.push((*id, InstanceUsage { memory_mb: memory, cpu_percent: -1, disk_mb: -1 }));
+                continue;
+            }
             let memory = if i.running {
                 self.cgroups.memory_usage_mb(&i.record.cgroups).or_else(|| i.pid.and_then(rss_mb)).or(
                     match &i.record.start.backend {
@@ -591,6 +666,10 @@ impl Executor for Instances {
 
     fn usage(&mut self) -> Vec<(Uuid, InstanceUsage)> {
         Self::usage(self)
+    }
+
+    fn flush(&mut self) {
+        Self::flush(self);
     }
 }
 

@@ -178,6 +178,7 @@ impl Shell {
         self.handle(Input::Sample(Box::new(report))).await;
         let usage = self.executor.usage();
         self.handle(Input::Usage(usage)).await;
+        self.executor.flush();
     }
 
     async fn on_event(&mut self, event: Event) {
@@ -330,6 +331,7 @@ pub async fn run_with(
     }
     shell.sample().await;
     shell.handle(Input::ShuttingDown { drain: args.drain_on_exit }).await;
+    shell.executor.flush();
     if args.drain_on_exit {
         tracing::info!(instances = shell.core.running(), "draining before exit");
         let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(2);
@@ -342,6 +344,7 @@ pub async fn run_with(
     } else {
         tracing::info!(running = shell.core.running(), "exiting; workloads keep running and will be re-adopted");
     }
+    shell.executor.flush();
     tokio::time::sleep(Duration::from_millis(100)).await;
     shell.client.close();
     Ok(())

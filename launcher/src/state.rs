@@ -8,6 +8,7 @@
 //! <state>/instances/<uuid>/pid            the workload's PID, written by the shim   — while running
 //! <state>/instances/<uuid>/exit.json      how it ended, written by the shim         — until reported
 //! <state>/instances/<uuid>/results/       output.txt and whatever the workload leaves there
+//! <state>/instances/sims.json             every sim instance's record (sims have no directory)
 //! ```
 //!
 //! Every file is written to a temporary name and renamed, so a crash leaves the old or the new
@@ -46,12 +47,32 @@ pub enum StateError {
 /// # Errors
 /// File system errors.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    write_json_as(path, value, Durability::Synced)
+}
+
+/// How far a write must get before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On the disk (fsync): survives a power loss.
+    Synced,
+    /// In the page cache: survives a crash of the launcher, not of the machine. For `sim`
+    /// instances, which stand for work in scale tests and must cost next to nothing.
+    Cached,
+}
+
+/// [`write_json`] with a chosen durability; the rename keeps it atomic either way.
+///
+/// # Errors
+/// File system errors.
+pub fn write_json_as<T: Serialize>(path: &Path, value: &T, durability: Durability) -> Result<(), StateError> {
     let io = |source| StateError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(value).expect("state types serialise");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(&text).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    if durability == Durability::Synced {
+        file.sync_all().map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -134,6 +155,8 @@ pub mod files {
     pub const EXIT: &str = "exit.json";
     /// Kept after the end.
     pub const RESULTS: &str = "results";
+    /// The records of every sim instance, in the instances directory (sims have no directory).
+    pub const SIMS: &str = "sims.json";
     /// Output of the workload, inside results/.
     pub const OUTPUT: &str = "output.txt";
 }

@@ -379,3 +379,43 @@ async fn stats_report_cpu_and_disk_use() {
     let exit = until_exit(&mut rx, &mut instances).await;
     assert!(instances.exited(&exit));
 }
+
+#[tokio::test]
+async fn sim_instances_have_no_files_of_their_own_and_are_re_adopted_from_the_sim_file() {
+    let state = tempfile::tempdir().unwrap();
+    let sim = |id: Uuid, duration_ms: u64| {
+        let backend = Backend::Sim { duration_ms, mem_usage_mb: 7, exit_code: 0 };
+        Start::new(id, Requirements { vcpus: 0, mem_mb: 8, ..Default::default() }, backend)
+    };
+    let (long, short) = (Uuid::new_v4(), Uuid::new_v4());
+    {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut first = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+        first.start(&sim(long, 60_000)).unwrap();
+        first.start(&sim(short, 1)).unwrap();
+        let exit = loop {
+            if let Event::Exited(e) = next(&mut rx).await {
+                break e;
+            }
+        };
+        assert_eq!(exit.instance, short);
+        first.exited(&exit);
+        assert!(!first.dir(long).exists(), "no directory per sim instance");
+        assert!(first.usage().iter().any(|(id, u)| *id == long && u.memory_mb == 7), "a sim uses what it says");
+        first.flush();
+    }
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut second = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    let adopted = second.adopt();
+    assert!(
+        adopted.iter().any(|a| matches!(a, Adopted::Known { start, exit: None, .. } if start.instance_uuid == long)),
+        "the long one runs on: {adopted:?}"
+    );
+    assert!(
+        adopted.iter().any(|a| matches!(a, Adopted::Known { start, exit: Some(_), exit_reported: false, .. } if start.instance_uuid == short)),
+        "the short one's end is still to report: {adopted:?}"
+    );
+    assert!(matches!(next(&mut rx).await, Event::Started { instance, .. } if instance == long));
+    assert!(second.is_running(long));
+    assert_eq!(second.tail(long, 100).unwrap(), (String::new(), false), "a sim writes no output");
+}

@@ -122,9 +122,11 @@ impl Service {
         }
         let mut out = Vec::new();
         let mut ended = HashSet::new();
-        let (records, _) = self.store.update_instances(&order, |r| {
+        let (records, _) = self.store.update_instances_stepwise(&order, |r| {
             let was_final = r.life.state.is_final();
+            let mut steps = Vec::new();
             for (input, why) in by_id.remove(&r.uuid).unwrap_or_default() {
+                steps.push(r.life.state.name());
                 for action in r.life.handle(now_ms, input) {
                     if let Action::SendStop { node } = action {
                         out.push(stop(r.uuid, node));
@@ -140,6 +142,7 @@ impl Service {
             if !was_final && r.life.state.is_final() {
                 ended.insert(r.uuid);
             }
+            steps
         })?;
         self.batch_progress(&records, &ended)?;
         Ok(out)

@@ -280,3 +280,22 @@ fn an_instance_whose_start_report_was_lost_is_found_running_by_stats() {
     assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Running { node: node() });
     assert_eq!(s.store().running_on(node()), vec![id]);
 }
+
+#[test]
+fn a_start_and_an_end_applied_together_still_show_every_step_in_the_event() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+    s.tick(0).unwrap();
+    let started = Message::InstanceStarted(InstanceEvent { instance_uuid: id, node_uuid: Some(node()) });
+    let exited = Message::InstanceExited(InstanceExited {
+        instance_uuid: id,
+        node_uuid: node(),
+        exit_code: Some(0),
+        reason: ExitReason::Completed,
+    });
+    s.report_many(&[(node(), started), (node(), exited)], 1).unwrap();
+    let events = s.store().events_after(0, 100).unwrap();
+    let last = events.last().unwrap();
+    assert!(last.what.starts_with("instance starting → running → exited"), "{}", last.what);
+}

@@ -353,15 +353,34 @@ impl Store {
         uuids: &[Uuid],
         mut change: impl FnMut(&mut InstanceRecord),
     ) -> Result<(Vec<InstanceRecord>, u64), StoreError> {
+        self.update_instances_stepwise(uuids, |r| {
+            change(r);
+            Vec::new()
+        })
+    }
+
+    /// Like [`Store::update_instances`], where `change` returns the states the instance passed
+    /// through on the way (several reports applied at once): the event names every step, so a
+    /// start and an end in one batch still read `starting → running → exited`.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    pub fn update_instances_stepwise(
+        &self,
+        uuids: &[Uuid],
+        mut change: impl FnMut(&mut InstanceRecord) -> Vec<&'static str>,
+    ) -> Result<(Vec<InstanceRecord>, u64), StoreError> {
         if uuids.is_empty() {
             return Ok((Vec::new(), self.revision()?));
         }
         let (records, revision) = self.backend.update_instances(uuids, &mut |record| {
             let before = record.life.state.name();
-            change(record);
-            let after = record.life.state.name();
+            let mut path = vec![before];
+            path.extend(change(record));
+            path.push(record.life.state.name());
+            path.dedup();
             let what =
-                if before == after { format!("instance {after}") } else { format!("instance {before} → {after}") };
+                if path.len() == 1 { format!("instance {before}") } else { format!("instance {}", path.join(" → ")) };
             let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
             (record.tenant.clone(), Some(record.uuid), what)
         })?;
