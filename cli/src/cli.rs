@@ -34,7 +34,8 @@ pub struct Cli {
 /// How to reach the API.
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
-    /// The controller's API, `host:port` [default: 127.0.0.1:8889].
+    /// The controller's API, `host:port` [default: the address `drover up` wrote in `--dir`,
+    /// else 127.0.0.1:8889].
     #[arg(long, env = "DROVER_API", global = true)]
     pub api: Option<String>,
     /// CA of the API's certificate [default: .drover/pki/ca.pem].
@@ -59,8 +60,12 @@ impl ApiArgs {
     /// The API configuration, defaults filled in from `--dir`.
     pub fn config(&self) -> ApiConfig {
         let pki = self.dir.join("pki");
+        let written = || {
+            let text = std::fs::read_to_string(self.dir.join(crate::up::API_ADDRESS_FILE)).ok()?;
+            Some(text.trim().to_owned()).filter(|a| !a.is_empty())
+        };
         ApiConfig {
-            addr: self.api.clone().unwrap_or_else(|| "127.0.0.1:8889".into()),
+            addr: self.api.clone().or_else(written).unwrap_or_else(|| "127.0.0.1:8889".into()),
             cacert: self.cacert.clone().unwrap_or_else(|| pki.join(drover_cert::CA_CERT)),
             cert: Some(self.cert.clone().unwrap_or_else(|| pki.join("controller-user.pem"))),
             key: self.key.clone(),
@@ -655,4 +660,26 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
         println!("{verb}: sent to node {}", short(&id));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_address_comes_from_the_flag_else_from_drover_up_else_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |api: Option<&str>| ApiArgs {
+            api: api.map(str::to_owned),
+            cacert: None,
+            cert: None,
+            key: None,
+            tenant: None,
+            dir: dir.path().to_owned(),
+        };
+        assert_eq!(args(None).config().addr, "127.0.0.1:8889");
+        std::fs::write(dir.path().join(crate::up::API_ADDRESS_FILE), "127.0.0.1:18892\n").unwrap();
+        assert_eq!(args(None).config().addr, "127.0.0.1:18892", "the port drover up chose");
+        assert_eq!(args(Some("h:1")).config().addr, "h:1", "the flag wins");
+    }
 }

@@ -40,6 +40,10 @@ pub struct UpOptions {
 }
 
 /// How long the demo may take before `drover up` gives up.
+/// The file in `--dir` where `drover up` writes the API's address, so that `drover --dir D`
+/// finds it whatever `--api-port` was.
+pub const API_ADDRESS_FILE: &str = "api-address";
+
 const DEMO_DEADLINE: Duration = Duration::from_secs(30);
 
 struct Pki {
@@ -260,6 +264,8 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         std::net::TcpListener::bind(&api_addr)
             .with_context(|| format!("port {} is in use; pick another with --api-port", opts.api_port))?,
     );
+    std::fs::write(dir.join(API_ADDRESS_FILE), format!("{api_addr}\n"))
+        .with_context(|| format!("writing {}", dir.join(API_ADDRESS_FILE).display()))?;
 
     // A first try on someone's workstation should not wait for their load average to drop:
     // the load threshold is for shared compute nodes.
