@@ -66,12 +66,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// Lines of every log that contain `text`.
-    fn log_lines(&self, text: &str) -> usize {
+    /// Lines of every log that contain any of `texts`.
+    fn log_lines(&self, texts: &[&str]) -> usize {
         std::iter::once(&self.scheduler)
             .chain(std::iter::once(&self.controller))
             .chain(&self.launchers)
-            .map(|d| d.log_tail(usize::MAX).lines().filter(|l| l.contains(text)).count())
+            .map(|d| d.log_tail(usize::MAX).lines().filter(|l| texts.iter().any(|t| l.contains(t))).count())
             .sum()
     }
 }
@@ -275,8 +275,7 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         );
     }
     report.check("nodes_lost", "nodes declared lost", lost_nodes);
-    let disconnects =
-        cluster.log_lines("disconnected from the scheduler") + cluster.log_lines("scheduler connection lost");
+    let disconnects = cluster.log_lines(&["disconnected from the scheduler", "scheduler connection lost"]);
     report.check("disconnects", "disconnects (launchers and controller)", disconnects as u64);
     let not_running = (args.instances as u64).saturating_sub(count(&final_counts, "running"));
     report.check("not_running", "instances not running at the end", not_running);

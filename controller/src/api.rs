@@ -168,26 +168,24 @@ type Ctl = State<Arc<Controller>>;
 
 /// An instance record as the API shows it.
 pub fn instance_view(r: &InstanceRecord) -> InstanceView {
-    {
-        let why = match &r.life.state {
-            Life::Queued { reason } if r.why.is_empty() => reason.clone(),
-            Life::Failed { reason } if r.why.is_empty() => reason.clone(),
-            _ => r.why.clone(),
-        };
-        InstanceView {
-            uuid: r.uuid,
-            tenant: r.tenant.clone(),
-            workload: r.workload.clone(),
-            state: r.life.state.status(),
-            node: r.node,
-            why,
-            restarts: r.life.restarts,
-            exit_code: match r.life.state {
-                Life::Exited { code } => code,
-                _ => None,
-            },
-            batch: r.batch,
-        }
+    let why = match &r.life.state {
+        Life::Queued { reason } if r.why.is_empty() => reason.clone(),
+        Life::Failed { reason } if r.why.is_empty() => reason.clone(),
+        _ => r.why.clone(),
+    };
+    InstanceView {
+        uuid: r.uuid,
+        tenant: r.tenant.clone(),
+        workload: r.workload.clone(),
+        state: r.life.state.status(),
+        node: r.node,
+        why,
+        restarts: r.life.restarts,
+        exit_code: match r.life.state {
+            Life::Exited { code } => code,
+            _ => None,
+        },
+        batch: r.batch,
     }
 }
 

@@ -109,7 +109,7 @@ async fn a_partitioned_node_is_lost_its_work_runs_elsewhere_and_after_healing_st
         .map(|s| (*s).to_owned()),
     );
     args.extend(sim.iter().map(|s| (*s).to_owned()));
-    args.extend(cluster.pki.tls_args("agent-local"));
+    args.extend(drover_cli::local::tls_args(&cluster.pki.paths("agent-local", false)));
     let log = cluster.work.path().join("logs").join("launcher-netns.log");
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
     let child = Command::new("ip")

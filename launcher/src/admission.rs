@@ -197,11 +197,6 @@ impl StatusMachine {
         };
         self.state
     }
-
-    /// The last status.
-    pub fn state(&self) -> NodeStatus {
-        self.state
-    }
 }
 
 #[cfg(test)]

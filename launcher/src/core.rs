@@ -149,6 +149,73 @@ impl Entry {
     }
 }
 
+/// The instance table, with what its running instances add up to kept as it changes: admission
+/// and the status look at the totals on every START and event, so they cost the same whatever
+/// the number of instances. Only [`InstanceTable::insert`], [`InstanceTable::remove`] and
+/// [`InstanceTable::end`] change whether an instance runs.
+#[derive(Debug, Default)]
+struct InstanceTable {
+    entries: HashMap<Uuid, Entry>,
+    running: usize,
+    vcpus: u32,
+    charged_mb: u64,
+}
+
+impl InstanceTable {
+    fn count(&mut self, e: &Entry, sign: bool) {
+        if !e.running() {
+            return;
+        }
+        if sign {
+            self.running += 1;
+            self.vcpus = self.vcpus.saturating_add(e.vcpus);
+            self.charged_mb = self.charged_mb.saturating_add(e.charged_mb);
+        } else {
+            self.running -= 1;
+            self.vcpus = self.vcpus.saturating_sub(e.vcpus);
+            self.charged_mb = self.charged_mb.saturating_sub(e.charged_mb);
+        }
+    }
+
+    fn insert(&mut self, id: Uuid, entry: Entry) {
+        self.count(&entry, true);
+        if let Some(old) = self.entries.insert(id, entry) {
+            self.count(&old, false);
+        }
+    }
+
+    fn remove(&mut self, id: &Uuid) -> Option<Entry> {
+        let old = self.entries.remove(id)?;
+        self.count(&old, false);
+        Some(old)
+    }
+
+    /// Marks an instance ended; returns it, if it is here.
+    fn end(&mut self, id: &Uuid, code: Option<i32>, reason: ssntp::payload::ExitReason) -> Option<&Entry> {
+        let mut entry = self.entries.remove(id)?;
+        self.count(&entry, false);
+        entry.phase = Phase::Ended { code, reason, delivered: false };
+        Some(self.entries.entry(*id).or_insert(entry))
+    }
+
+    /// An entry to change in anything but whether it runs.
+    fn get_mut(&mut self, id: &Uuid) -> Option<&mut Entry> {
+        self.entries.get_mut(id)
+    }
+
+    fn get(&self, id: &Uuid) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    fn contains_key(&self, id: &Uuid) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Uuid, &Entry)> {
+        self.entries.iter()
+    }
+}
+
 /// The node's fixed facts, from the command line and the machine.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -179,7 +246,7 @@ pub struct Core {
     reported_status: Option<NodeStatus>,
     /// The last machine sample (no allocations in it).
     sample: NodeReport,
-    table: HashMap<Uuid, Entry>,
+    table: InstanceTable,
     /// Ends of instances whose records were unreadable, to report once connected.
     orphans: Vec<Exit>,
 }
@@ -196,14 +263,14 @@ impl Core {
             session: None,
             reported_status: None,
             sample,
-            table: HashMap::new(),
+            table: InstanceTable::default(),
             orphans: Vec::new(),
         }
     }
 
     /// Instances whose workloads start or run.
     pub fn running(&self) -> usize {
-        self.table.values().filter(|e| e.running()).count()
+        self.table.running
     }
 
     /// Whether the node is in maintenance.
@@ -413,12 +480,10 @@ impl Core {
                 out.push(Effect::Send(Message::InstanceStarted(started)));
             }
             Event::StartFailed { instance, detail } => {
-                let Some(e) = self.table.get_mut(&instance) else { return };
-                e.phase = Phase::Ended {
-                    code: Some(crate::shim::CANNOT_RUN),
-                    reason: ssntp::payload::ExitReason::Failed,
-                    delivered: false,
-                };
+                let code = Some(crate::shim::CANNOT_RUN);
+                if self.table.end(&instance, code, ssntp::payload::ExitReason::Failed).is_none() {
+                    return;
+                }
                 let failure = StartFailure {
                     node_uuid: Some(node),
                     instance_uuid: instance,
@@ -429,8 +494,7 @@ impl Core {
                 out.push(Effect::SendEnd { instance, message: Message::StartFailure(failure) });
             }
             Event::Exited(exit) => {
-                let Some(e) = self.table.get_mut(&exit.instance) else { return };
-                e.phase = Phase::Ended { code: exit.code, reason: exit.reason, delivered: false };
+                let Some(e) = self.table.end(&exit.instance, exit.code, exit.reason) else { return };
                 let message = end_message(node, &exit, e.stop_requested);
                 out.push(Effect::SendEnd { instance: exit.instance, message });
             }
@@ -458,10 +522,7 @@ impl Core {
     /// vCPUs and memory charged to the running instances: what the scheduler granted in their
     /// STARTs (the request, or a memory estimate below it).
     fn allocated(&self) -> (u32, u64) {
-        self.table
-            .values()
-            .filter(|e| e.running())
-            .fold((0, 0), |(c, m), e| (c.saturating_add(e.vcpus), m.saturating_add(e.charged_mb)))
+        (self.table.vcpus, self.table.charged_mb)
     }
 
     /// The figures admission and status work from. The sample's memory figures have the

@@ -496,12 +496,15 @@ impl Instances {
         i.cancel = None;
         i.record.exit = Some(ExitRecord { code: exit.code, signal: None, reason: exit.reason });
         let stopped = i.record.stop_requested;
+        let has_files = !matches!(i.record.start.backend, Backend::Sim { .. });
         let cgroups = std::mem::take(&mut i.record.cgroups);
         self.cgroups.remove(&cgroups);
         self.persist(exit.instance);
-        let dir = self.dir(exit.instance);
-        for f in [files::SPEC, files::PID, files::EXIT] {
-            let _ = std::fs::remove_file(dir.join(f));
+        if has_files {
+            let dir = self.dir(exit.instance);
+            for f in [files::SPEC, files::PID, files::EXIT] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
         }
         stopped
     }

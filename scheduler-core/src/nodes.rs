@@ -549,11 +549,6 @@ impl NodeTable {
         self.instances.get(instance)
     }
 
-    /// Number of instances whose node is known.
-    pub fn instance_count(&self) -> usize {
-        self.instances.len()
-    }
-
     /// Records a START placed on `node` (which exists and fits it), sent by `sender`.
     pub fn place(&mut self, node: Uuid, placed: Placed, start: &Start, sender: Uuid, cfg: &Config) {
         let id = start.instance_uuid;

@@ -206,18 +206,6 @@ impl Pki {
         file.strip_suffix(".pem").expect("a .pem file").to_owned()
     }
 
-    /// The `--cacert`, `--cert` and `--key` flags of a daemon using the certificate of `stem`.
-    pub fn tls_args(&self, stem: &str) -> Vec<String> {
-        vec![
-            "--cacert".into(),
-            self.ca().display().to_string(),
-            "--cert".into(),
-            self.cert(stem).display().to_string(),
-            "--key".into(),
-            self.key(stem).display().to_string(),
-        ]
-    }
-
     /// Revokes the certificate of `stem` (servers built afterwards refuse it).
     ///
     /// # Panics

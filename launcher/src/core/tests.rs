@@ -348,6 +348,8 @@ proptest! {
             };
             prop_assert!(running.values().sum::<u64>() <= 4096 - LIMITS.mem_reserve_mb, "over the bound: {:?}", running);
             prop_assert_eq!(c.running(), running.len());
+            let charged: u64 = c.table.iter().filter(|(_, e)| e.running()).map(|(_, e)| e.charged_mb).sum();
+            prop_assert_eq!(c.table.charged_mb, charged, "the kept total drifted");
             for e in &out {
                 if let Effect::Report { session: s, .. } = e {
                     prop_assert_eq!(*s, session);
