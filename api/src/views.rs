@@ -80,14 +80,26 @@ pub struct LaunchAnswer {
     pub instances: Vec<Uuid>,
 }
 
-/// Filters of `GET /v1/instances`.
+/// Filters and paging of `GET /v1/instances`. The answer is a JSON array in UUID order; when
+/// more match than `limit`, the header [`NEXT_AFTER_HEADER`] names the `after` of the next page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceQuery {
     /// Only this workload's.
     pub workload: Option<String>,
     /// Only in this state (by name).
     pub state: Option<String>,
+    /// Only those the store has running on this node (UUID).
+    pub node: Option<Uuid>,
+    /// Only those whose UUID starts with this (a short ID).
+    pub prefix: Option<String>,
+    /// At most this many (all when absent).
+    pub limit: Option<usize>,
+    /// Only those after this UUID (the next page).
+    pub after: Option<Uuid>,
 }
+
+/// The response header of `GET /v1/instances` that holds the `after` of the next page.
+pub const NEXT_AFTER_HEADER: &str = "drover-next-after";
 
 /// Options of `GET /v1/instances/{id}/logs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -127,6 +127,44 @@ async fn counts(api: &ApiClient) -> anyhow::Result<Value> {
     Ok(api.get("/v1/status").await?["instances"].clone())
 }
 
+/// How long the reads an operator makes most take, through the API, the best of three (the
+/// first pays for the connection like every call of the CLI does).
+struct ReadTimings {
+    first_page: Duration,
+    show: Duration,
+    status: Duration,
+}
+
+async fn read_timings(api: &ApiClient) -> anyhow::Result<ReadTimings> {
+    async fn best<F, Fut>(mut call: F) -> anyhow::Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Value>>,
+    {
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            call().await?;
+            best = best.min(t.elapsed());
+        }
+        Ok(best)
+    }
+    let first_page = best(|| api.get("/v1/instances?limit=50")).await?;
+    let page = api.get("/v1/instances?limit=1").await?;
+    let id = page[0]["uuid"].as_str().unwrap_or_default().to_owned();
+    let prefix = id.get(..8).unwrap_or_default().to_owned();
+    let show = best(|| {
+        let (api, prefix, id) = (api, prefix.clone(), id.clone());
+        async move {
+            api.get(&format!("/v1/instances?prefix={prefix}&limit=2")).await?;
+            api.get(&format!("/v1/instances/{id}")).await
+        }
+    })
+    .await?;
+    let status = best(|| api.get("/v1/status")).await?;
+    Ok(ReadTimings { first_page, show, status })
+}
+
 fn count(v: &Value, state: &str) -> u64 {
     v[state].as_u64().unwrap_or(0)
 }
@@ -194,6 +232,7 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
     tokio::time::sleep(args.steady).await;
     let after = cluster.usage();
     let final_counts = counts(&cluster.api).await.unwrap_or(last);
+    let reads = read_timings(&cluster.api).await?;
     let lost_nodes = match cluster.scheduler.metrics {
         Some(m) => scheduler_view(m).await.map(|v| v.lost).unwrap_or(0),
         None => 0,
@@ -273,6 +312,15 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
             format!("{peak:.1} MiB"),
             Some(("≤ 512 MiB", peak <= 512.0)),
         );
+    }
+    for (key, label, took, goal_ms) in [
+        ("ps_first_page_ms", "`ps` first page (50), API", reads.first_page, 200.0),
+        ("show_prefix_ms", "`show <8-char prefix>`, API", reads.show, 50.0),
+        ("status_ms", "`status`, API", reads.status, 50.0),
+    ] {
+        let ms = took.as_secs_f64() * 1000.0;
+        let goal = format!("≤ {goal_ms:.0} ms");
+        report.figure(key, label, ms, format!("{ms:.1} ms"), Some((goal.as_str(), ms <= goal_ms)));
     }
     report.check("nodes_lost", "nodes declared lost", lost_nodes);
     let disconnects = cluster.log_lines(&["disconnected from the scheduler", "scheduler connection lost"]);

@@ -109,7 +109,7 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// List instances, with why each waits or failed.
+    /// List instances, with why each waits or failed: a page, and a count of all by state.
     Ps {
         /// Only this workload's.
         #[arg(long)]
@@ -117,6 +117,18 @@ pub enum Cmd {
         /// Only instances in this state (pending, queued, running, exited, failed …).
         #[arg(long)]
         state: Option<String>,
+        /// Only instances running on this node (UUID).
+        #[arg(long)]
+        node: Option<String>,
+        /// Instances per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this instance UUID (the next page; `ps` prints the command for it).
+        #[arg(long)]
+        after: Option<String>,
+        /// Every matching instance, page after page.
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
     },
     /// Show one instance.
     Show {
@@ -242,7 +254,16 @@ fn short(id: &str) -> String {
 }
 
 /// Prints rows as aligned columns.
+/// Rows of a table whose header was printed with an earlier page.
+fn table_rows(headers: &[&str], rows: &[Vec<String>]) {
+    table_with(headers, rows, false);
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) {
+    table_with(headers, rows, true);
+}
+
+fn table_with(headers: &[&str], rows: &[Vec<String>], header: bool) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -261,7 +282,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
         println!("{}", out.trim_end());
     };
-    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    if header {
+        line(headers.iter().map(|h| (*h).to_owned()).collect());
+    }
     for row in rows {
         line(row.clone());
     }
@@ -293,12 +316,104 @@ fn instance_rows(list: &[InstanceView]) -> Vec<Vec<String>> {
 
 const INSTANCE_HEADERS: [&str; 6] = ["ID", "WORKLOAD", "STATE", "NODE", "RESTARTS", "WHY"];
 
-/// Finds the instance a UUID or unique prefix names.
+struct PsArgs {
+    workload: Option<String>,
+    state: Option<String>,
+    node: Option<String>,
+    limit: usize,
+    after: Option<String>,
+    all: bool,
+}
+
+/// A page of instances and the counts by state (or, with `--all`, every page as it comes).
+async fn ps(api: &ApiClient, args: PsArgs, json: bool) -> anyhow::Result<()> {
+    let mut filters = Vec::new();
+    if let Some(w) = &args.workload {
+        filters.push(format!("workload={w}"));
+    }
+    if let Some(s) = &args.state {
+        filters.push(format!("state={s}"));
+    }
+    if let Some(n) = &args.node {
+        let node = resolve(api, n, "node", "/v1/nodes").await?;
+        filters.push(format!("node={node}"));
+    }
+    let limit = if args.all { 1000 } else { args.limit.max(1) };
+    let mut after = args.after.clone();
+    let mut first = true;
+    loop {
+        let mut query = filters.clone();
+        query.push(format!("limit={limit}"));
+        if let Some(a) = &after {
+            query.push(format!("after={a}"));
+        }
+        let (list, next): (Vec<InstanceView>, Option<String>) =
+            api.get_page(&format!("/v1/instances?{}", query.join("&"))).await?;
+        if json {
+            print_json(&serde_json::to_value(&list)?);
+        } else if first || !list.is_empty() {
+            let rows = instance_rows(&list);
+            if first {
+                table(&INSTANCE_HEADERS, &rows);
+            } else {
+                table_rows(&INSTANCE_HEADERS, &rows);
+            }
+        }
+        first = false;
+        match next {
+            Some(n) if args.all => after = Some(n),
+            Some(n) => {
+                if !json {
+                    let status = api.get("/v1/status").await?;
+                    eprintln!("{}", summary_line(&status["instances"], list.len()));
+                    eprintln!("next page: drover ps --after {n} (or --all)");
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// "showing 50 of 1,000,000 instances: 999,950 running, 50 pending".
+fn summary_line(counts: &Value, shown: usize) -> String {
+    let by_state: Vec<(String, u64)> = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(state, n)| n.as_u64().map(|n| (state.clone(), n)))
+        .collect();
+    let total: u64 = by_state.iter().map(|(_, n)| n).sum();
+    let parts: Vec<String> = by_state.iter().map(|(state, n)| format!("{} {state}", thousands(*n))).collect();
+    format!("showing {shown} of {} instances: {}", thousands(total), parts.join(", "))
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Finds the instance (or node) a UUID or unique prefix names. Instances are looked up by
+/// prefix on the server: a short ID costs the same with a million instances as with ten.
 async fn resolve(api: &ApiClient, id: &str, what: &str, list_path: &str) -> anyhow::Result<String> {
     if id.len() == 36 {
         return Ok(id.to_owned());
     }
-    let list = api.get(list_path).await?;
+    let list = if list_path == "/v1/instances" {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("{id:?} is not the start of an {what} UUID");
+        }
+        api.get(&format!("/v1/instances?prefix={}&limit=2", id.to_ascii_lowercase())).await?
+    } else {
+        api.get(list_path).await?
+    };
     let matches: Vec<String> = list
         .as_array()
         .into_iter()
@@ -332,20 +447,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Up { .. } => unreachable!("handled by the binary"),
         Cmd::Workload(cmd) => workload(&api, cmd, json).await?,
         Cmd::Run { workload, count, wait } => return run_workload(&api, &workload, count, wait, json).await,
-        Cmd::Ps { workload, state } => {
-            let mut query = Vec::new();
-            if let Some(w) = workload {
-                query.push(format!("workload={w}"));
-            }
-            if let Some(s) = state {
-                query.push(format!("state={s}"));
-            }
-            let list: Vec<InstanceView> = api.get_as(&format!("/v1/instances?{}", query.join("&"))).await?;
-            if json {
-                print_json(&serde_json::to_value(&list)?);
-            } else {
-                table(&INSTANCE_HEADERS, &instance_rows(&list));
-            }
+        Cmd::Ps { workload, state, node, limit, after, all } => {
+            ps(&api, PsArgs { workload, state, node, limit, after, all }, json).await?;
         }
         Cmd::Show { id } => {
             let id = resolve(&api, &id, "instance", "/v1/instances").await?;
@@ -629,8 +732,7 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     } else {
                         format!("{}/{}", text(s, "mem_available_mb"), text(s, "mem_total_mb"))
                     };
-                    let instances =
-                        s.get("instances").and_then(Value::as_array).map_or("-".into(), |a| a.len().to_string());
+                    let instances = text(n, "instances");
                     vec![
                         short(&text(n, "uuid")),
                         text(n, "status"),

@@ -95,9 +95,37 @@ impl ApiClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.raw_with_headers(method, path, body).await.map(|(status, value, _)| (status, value))
+    }
+
+    async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
         tokio::time::timeout(self.timeout, self.raw_inner(method, path, body))
             .await
             .with_context(|| format!("no answer from the API at {} within {} s", self.addr, self.timeout.as_secs()))?
+    }
+
+    /// GET one page of a list, read as `T`, and the `after` of the next page if there is one
+    /// (see `drover_api::views::NEXT_AFTER_HEADER`).
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`], or an answer that is not a `T`.
+    pub async fn get_page<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, Option<String>)> {
+        let (status, value, headers) = self.raw_with_headers(Method::GET, path, None).await?;
+        if !status.is_success() {
+            let message = value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map_or_else(|| value.to_string(), str::to_owned);
+            return Err(ApiFailure { status, message }.into());
+        }
+        let next = headers.get(drover_api::views::NEXT_AFTER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let page = serde_json::from_value(value).map_err(|e| anyhow::anyhow!("GET {path}: unexpected answer: {e}"))?;
+        Ok((page, next))
     }
 
     async fn raw_inner(
@@ -105,7 +133,7 @@ impl ApiClient {
         method: Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
+    ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .with_context(|| format!("connecting to the API at {} (is drover-controller running?)", self.addr))?;
@@ -130,6 +158,7 @@ impl ApiClient {
         };
         let response = sender.send_request(request).await.context("sending the request")?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
         let value = if bytes.is_empty() {
             Value::Null
@@ -138,7 +167,7 @@ impl ApiClient {
         } else {
             Value::String(String::from_utf8_lossy(&bytes).into_owned())
         };
-        Ok((status, value))
+        Ok((status, value, headers))
     }
 
     /// Sends a request and turns an error status into an [`ApiFailure`].

@@ -28,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use drover_api::views::{
     BatchAnswer, BatchBody, EventQuery, InstanceQuery, InstanceView, LaunchAnswer, LaunchBody, LogQuery, LogView,
+    NEXT_AFTER_HEADER,
 };
 
 use crate::daemon::{Controller, NodeView};
 use crate::lifecycle::{Input, State as Life};
 use crate::service::{ServiceError, ADMIN};
-use crate::store::InstanceRecord;
+use crate::store::{InstancePage, InstanceRecord};
 use crate::workload::Format;
 
 /// Most API connections at once (overflow: new connections wait in the kernel's backlog).
@@ -319,16 +320,47 @@ async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>,
 }
 
 async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<InstanceQuery>) -> ApiResult<Response> {
-    let records =
-        c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
-    let views: Vec<InstanceView> = records
-        .iter()
-        .filter(|r| q.workload.as_ref().is_none_or(|w| *w == r.workload))
-        .filter(|r| q.state.as_ref().is_none_or(|s| s == r.life.state.name()))
-        .map(instance_view)
-        .collect();
-    Ok(Json(views).into_response())
+    if let Some(prefix) = &q.prefix {
+        if prefix.is_empty() || prefix.len() > 36 || !prefix.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-') {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{prefix:?} is not the start of a UUID")));
+        }
+    }
+    let page = c
+        .blocking(move |c| {
+            let store = c.service().store();
+            let keep = |r: &InstanceRecord| {
+                scope(&tenant).is_none_or(|t| t == r.tenant)
+                    && q.workload.as_ref().is_none_or(|w| *w == r.workload)
+                    && q.state.as_ref().is_none_or(|s| s == r.life.state.name())
+                    && q.node.is_none_or(|n| matches!(r.life.state, Life::Running { node } if node == n))
+            };
+            let limit = q.limit.unwrap_or(usize::MAX);
+            match &q.prefix {
+                // A short ID names few instances: read just those.
+                Some(prefix) => {
+                    let mut records = store.instances_with_prefix(prefix, PREFIX_SCAN)?;
+                    records.retain(|r| keep(r) && q.after.is_none_or(|a| r.uuid > a));
+                    let next_after = (records.len() > limit).then(|| records[limit - 1].uuid);
+                    records.truncate(limit);
+                    Ok(InstancePage { records, next_after })
+                }
+                None => store.instances_page(q.after, limit, keep),
+            }
+        })
+        .await
+        .map_err(ServiceError::from)?;
+    let views: Vec<InstanceView> = page.records.iter().map(instance_view).collect();
+    let mut response = Json(views).into_response();
+    if let Some(next) = page.next_after {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string()) {
+            response.headers_mut().insert(NEXT_AFTER_HEADER, value);
+        }
+    }
+    Ok(response)
 }
+
+/// Most instances a prefix lookup reads (a short ID that names more is ambiguous anyway).
+const PREFIX_SCAN: usize = 64;
 
 fn parse_id(id: &str) -> ApiResult<Uuid> {
     id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an instance UUID")))
@@ -457,17 +489,23 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-async fn nodes(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
-    let mut nodes = c.nodes();
-    if tenant != ADMIN {
-        // Which instances run where is other tenants' business.
-        for n in &mut nodes {
-            if let Some(s) = &mut n.stats {
-                s.instances.clear();
-            }
+/// `GET /v1/nodes` options.
+#[derive(Debug, Default, serde::Deserialize)]
+struct NodesQuery {
+    /// Add each node's own list of the instances it runs (admin only: which instances run
+    /// where is other tenants' business).
+    #[serde(default)]
+    instances: bool,
+}
+
+async fn nodes(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<NodesQuery>) -> ApiResult<Response> {
+    if q.instances {
+        if tenant != ADMIN {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may list which instances run where"));
         }
+        return Ok(Json(c.nodes_with_instances()).into_response());
     }
-    Ok(Json(nodes).into_response())
+    Ok(Json(c.nodes()).into_response())
 }
 
 async fn node_action(

@@ -12,7 +12,7 @@
 //!
 //! Store calls block (redb commits with fsync), so they run on tokio's blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use drover_model::NodeStatus;
 use serde::Serialize;
 use ssntp::client::{ClientEvent, ClientHandle};
-use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
+use ssntp::payload::{InstanceState, LogData, LogFetch, Message, NodeState, Stats};
 use ssntp::Uuid;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -45,15 +45,60 @@ pub struct NodeView {
     /// `READY`, `FULL`, `MAINTENANCE`.
     #[serde(serialize_with = "status_name")]
     pub status: NodeStatus,
-    /// Latest STATS, if any arrived.
+    /// Latest STATS figures (its `instances` left out: see `instances`), if any arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    /// How many instances the store believes run there.
+    pub instances: usize,
+    /// The instances the node itself says run there (`GET /v1/nodes?instances=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_active: Option<Vec<Uuid>>,
     /// When it was last heard of, Unix ms.
     pub last_seen_unix_ms: u64,
 }
 
 fn status_name<S: serde::Serializer>(status: &NodeStatus, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(status.name())
+}
+
+/// The instances one node says run there: a complete digest replaces them, news moves them.
+#[derive(Debug, Default)]
+struct Reported {
+    active: HashSet<Uuid>,
+    /// The digest being read, page by page.
+    assembling: Option<HashSet<Uuid>>,
+}
+
+impl Reported {
+    fn observe(&mut self, message: &Message) {
+        let runs = |state| matches!(state, InstanceState::Active | InstanceState::Pending);
+        match message {
+            Message::InstanceNews(news) => {
+                for stat in &news.instances {
+                    if runs(stat.state) {
+                        self.active.insert(stat.instance_uuid);
+                    } else {
+                        self.active.remove(&stat.instance_uuid);
+                    }
+                }
+            }
+            Message::Stats(stats) => {
+                let Some(page) = stats.digest else { return };
+                if page.page == 0 {
+                    self.assembling = Some(HashSet::new());
+                }
+                if let Some(assembling) = self.assembling.as_mut() {
+                    assembling.extend(stats.instances.iter().filter(|s| runs(s.state)).map(|s| s.instance_uuid));
+                }
+                if page.page + 1 >= page.pages {
+                    if let Some(done) = self.assembling.take() {
+                        self.active = done;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Whether the scheduler link is up, and since when.
@@ -95,6 +140,9 @@ pub struct Controller {
     service: Service,
     link: Option<ClientHandle>,
     nodes: Mutex<BTreeMap<Uuid, NodeView>>,
+    /// What each node says runs there, from its digests and news (the nodes' own view, next
+    /// to the store's).
+    reported: Mutex<HashMap<Uuid, Reported>>,
     link_view: Mutex<LinkView>,
     logs: Mutex<HashMap<u64, LogWaiter>>,
     next_request: AtomicU64,
@@ -134,6 +182,7 @@ impl Controller {
             service,
             link,
             nodes: Mutex::new(BTreeMap::new()),
+            reported: Mutex::new(HashMap::new()),
             link_view: Mutex::new(LinkView::default()),
             logs: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -247,7 +296,24 @@ impl Controller {
 
     /// The nodes as last reported.
     pub fn nodes(&self) -> Vec<NodeView> {
-        self.nodes.lock().expect("nodes lock").values().cloned().collect()
+        let mut nodes: Vec<NodeView> = self.nodes.lock().expect("nodes lock").values().cloned().collect();
+        for n in &mut nodes {
+            n.instances = self.service.store().running_count(n.uuid);
+        }
+        nodes
+    }
+
+    /// Every node, with the instances each says runs there.
+    pub fn nodes_with_instances(&self) -> Vec<NodeView> {
+        let mut nodes = self.nodes();
+        let reported = self.reported.lock().expect("reported lock");
+        for n in &mut nodes {
+            let mut active: Vec<Uuid> =
+                reported.get(&n.uuid).map(|r| r.active.iter().copied().collect()).unwrap_or_default();
+            active.sort_unstable();
+            n.reported_active = Some(active);
+        }
+        nodes
     }
 
     /// The scheduler link's state.
@@ -319,9 +385,11 @@ impl Controller {
     }
 
     fn observe_node(&self, origin: Uuid, message: &Message) {
+        self.reported.lock().expect("reported lock").entry(origin).or_default().observe(message);
         if let Some(gate) = self.resend_gate.lock().expect("gate lock").as_mut() {
             match message {
-                Message::Stats(_) => gate.reported(origin),
+                // A node has reported once its digest is in (what runs there, all of it).
+                Message::Stats(s) if s.digest.is_some_and(|d| d.page + 1 >= d.pages) => gate.reported(origin),
                 Message::NodeDisconnected(e) if e.node_type == ssntp::payload::NodeType::ComputeNode => {
                     gate.gone(e.node_uuid);
                 }
@@ -335,6 +403,8 @@ impl Controller {
                 uuid,
                 status: NodeStatus::Connected,
                 stats: None,
+                instances: 0,
+                reported_active: None,
                 last_seen_unix_ms: 0,
             });
             view.last_seen_unix_ms = unix_ms();
@@ -342,7 +412,21 @@ impl Controller {
                 view.status = status;
             }
             if let Some(stats) = stats {
-                view.stats = Some(stats.clone());
+                // The figures; the instance lists of digests stay out of memory here.
+                view.stats = Some(Stats {
+                    node_uuid: stats.node_uuid,
+                    status: stats.status,
+                    mem_total_mb: stats.mem_total_mb,
+                    mem_available_mb: stats.mem_available_mb,
+                    disk_total_mb: stats.disk_total_mb,
+                    disk_available_mb: stats.disk_available_mb,
+                    load: stats.load,
+                    cpus_online: stats.cpus_online,
+                    hostname: stats.hostname.clone(),
+                    networks: stats.networks.clone(),
+                    instances: Vec::new(),
+                    digest: None,
+                });
             }
         };
         match message {
@@ -478,6 +562,8 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             *controller.resend_gate.lock().expect("gate lock") = Some(ResendGate::new(expected, now, hold_ms));
             *controller.link_view.lock().expect("link lock") =
                 LinkView { connected: true, target: Some(target), scheduler: Some(server_uuid), last_error: None };
+            // What happened while the link was down is in the nodes' digests.
+            controller.send_all(vec![controller.service.digests_asked()]).await;
             tick(controller).await;
         }
         ClientEvent::Disconnected { reason } => {

@@ -11,7 +11,8 @@
 //! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
 //! - [`store`]: durable state in redb: workloads, instances, events with a revision.
 //! - [`service`]: user intent and cluster reports in, commands out, committed before sent;
-//!   reconciliation with STATS; batches.
+//!   reconciliation with news and digests; batches.
+//! - [`feeds`]: the order of each node's reports: gaps, duplicates, digest pages (pure).
 //! - [`resend_gate`]: when unanswered STARTs may go again after a reconnect (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
@@ -24,6 +25,7 @@ pub use drover_api::workload;
 
 pub mod api;
 pub mod daemon;
+pub mod feeds;
 pub mod lifecycle;
 pub mod link;
 pub mod resend_gate;

@@ -180,6 +180,20 @@ async fn workloads_instances_400_404_409_and_tenant_isolation() {
     // of globex's; admin sees all three.
     assert_eq!(acme.get("/v1/instances").await.unwrap().as_array().unwrap().len(), 2);
     assert_eq!(api.as_user("admin").get("/v1/instances").await.unwrap().as_array().unwrap().len(), 3);
+    // Pages: one at a time, a header names the next; the last has none.
+    let (page, next): (Vec<Value>, Option<String>) = acme.get_page("/v1/instances?limit=1").await.unwrap();
+    assert_eq!(page.len(), 1);
+    let next = next.expect("a second page");
+    let (rest, none): (Vec<Value>, Option<String>) =
+        acme.get_page(&format!("/v1/instances?limit=1&after={next}")).await.unwrap();
+    assert_eq!((rest.len(), none), (1, None));
+    assert_ne!(page[0]["uuid"], rest[0]["uuid"]);
+    // A short ID finds its instance, and never another tenant's.
+    let found = acme.get(&format!("/v1/instances?prefix={}", &ids[0][..8])).await.unwrap();
+    assert_eq!(found[0]["uuid"], ids[0].as_str());
+    let foreign = acme.get(&format!("/v1/instances?prefix={}", &theirs[..8])).await.unwrap();
+    assert!(foreign.as_array().unwrap().is_empty(), "{foreign}");
+    assert_eq!(status_of(&acme, Method::GET, "/v1/instances?prefix=zz", None).await.0, StatusCode::BAD_REQUEST);
     for (method, path) in [
         (Method::GET, format!("/v1/instances/{theirs}")),
         (Method::POST, format!("/v1/instances/{theirs}/stop")),

@@ -16,7 +16,7 @@ const COUNT: usize = 1000;
 async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
     let sim: &[&str] = &["--backend", "sim", "--max-instances", "5000"];
     // Room for all of them (2 CPUs × 600), so "every instance runs" can be asserted.
-    let mut cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[sim, sim]);
+    let mut cluster = Cluster::start_with(&["--cpu-overcommit", "600", "--start-window", "16"], &[sim, sim]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
     let workload = "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n[restart]\npolicy = \"never\"\n";

@@ -49,7 +49,7 @@ fn node_of_launcher(cluster: &Cluster, i: usize) -> String {
 /// placement is paced by a small start window (STARTs in flight per node) to leave a moment in
 /// the middle of it.
 async fn launch_on_two_nodes(count: usize) -> (Cluster, Vec<String>) {
-    let cluster = Cluster::start_with(&["--cpu-overcommit", "6000", "--start-window", "4"], &[SIM, SIM]);
+    let cluster = Cluster::start_with(&["--cpu-overcommit", "6000", "--start-window", "16"], &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
     create(&api, &workload("sim", "never")).await;

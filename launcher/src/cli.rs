@@ -23,9 +23,14 @@ pub struct Args {
     /// Directory for the node's identity and instance working directories.
     #[arg(long, default_value = "/var/lib/drover/launcher")]
     pub state_dir: PathBuf,
-    /// How often to send READY.
+    /// How often to send the heartbeat (the status and the node's figures; small, whatever
+    /// the number of instances).
     #[arg(long, default_value = "1s", value_parser = drover_model::parse_duration)]
     pub report_interval: Duration,
+    /// How often to send the instances that changed (INSTANCE_NEWS). A burst of 64 changes
+    /// goes at once.
+    #[arg(long, default_value = "250ms", value_parser = drover_model::parse_duration)]
+    pub news_interval: Duration,
     /// Memory kept back for the system, MiB (not offered to workloads).
     #[arg(long, default_value_t = 256)]
     pub mem_reserve_mb: u64,

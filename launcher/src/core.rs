@@ -8,19 +8,25 @@
 //!   which ends were delivered;
 //! - admission ([`crate::admission::admit`]) against the last machine sample and the table;
 //! - the node status (READY, FULL with hysteresis, MAINTENANCE) and the maintenance flag;
-//! - the reports (status and STATS), when they go (on the timer, on connect, and at once when the
-//!   status changes) and the connection they may go on.
+//! - the reports and the connection they may go on (see `docs/ssntp.md`, "Reports"):
+//!   - a heartbeat (status and a STATS of node figures only) on the report timer, on connect and
+//!     at once when the status changes;
+//!   - INSTANCE_NEWS: the instances that changed (started, ended, usage moved), batched on the
+//!     news timer or when [`NEWS_BATCH`] have piled up, numbered;
+//!   - a digest (STATS pages listing every instance) on connect and on REPORT_REQUEST. Ended
+//!     instances leave the digests [`Config::ended_retention_ms`] after their end was delivered,
+//!     so a node's reports stay small whatever it has run.
 //!
 //! Machine figures come in as [`Input::Sample`] and instance usage as [`Input::Usage`], both
 //! sampled by the shell on its report timer, never per START: a burst of STARTs costs no probe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use drover_model::{NodeStatus, Now, Overcommit};
 use ssntp::payload::{
-    CommandFailure, FailureReason, InstanceEvent, InstanceExited, InstanceFailure, InstanceStat, InstanceState,
-    LogFetch, Message, NodeReport, NodeState, Start, StartFailure, Stats,
+    CommandFailure, DigestPage, ExitReason, FailureReason, InstanceEvent, InstanceExited, InstanceFailure,
+    InstanceNews, InstanceStat, InstanceState, LogFetch, Message, NodeReport, NodeState, Start, StartFailure, Stats,
 };
 use ssntp::Uuid;
 
@@ -30,6 +36,18 @@ use crate::state::NodeFlags;
 
 /// Time between SIGTERM and SIGKILL when a STOP or EVACUATE names none.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Most instances in one INSTANCE_NEWS. A burst of this many changes goes at once rather than
+/// on the news timer (the scheduler's start window waits for the confirmations).
+pub const NEWS_BATCH: usize = 64;
+
+/// Most instances in one digest page (about 150 bytes each: a page stays near 300 KiB, far
+/// below the payload limit).
+pub const DIGEST_PAGE: usize = 2048;
+
+/// How long an ended instance stays in the digests after its end was delivered: time for a
+/// controller that missed the end (its link dropped) to read it from a digest.
+pub const ENDED_RETENTION: Duration = Duration::from_secs(600);
 
 /// What the core is told.
 #[derive(Debug, Clone)]
@@ -65,8 +83,10 @@ pub enum Input {
     Sample(Box<NodeReport>),
     /// Every instance's use of the node, freshly sampled.
     Usage(Vec<(Uuid, InstanceUsage)>),
-    /// The report timer fired.
+    /// The report timer fired: a heartbeat.
     ReportDue,
+    /// The news timer fired: send the instances that changed.
+    NewsDue,
     /// The launcher is exiting: say MAINTENANCE, and stop the workloads when `drain`.
     ShuttingDown {
         /// Stop every workload before exiting.
@@ -79,12 +99,17 @@ pub enum Input {
 pub enum Effect {
     /// Send on whatever connection is up; dropped if none.
     Send(Message),
-    /// Send a status or STATS report on this connection only (see [`Core`]'s `session`).
+    /// Send a report (status, STATS, INSTANCE_NEWS) on this connection only (see [`Core`]'s
+    /// `session`). When it carries ends, the shell waits for room and, once it is queued, tells
+    /// the executor and the core ([`Input::EndDelivered`]) of each; otherwise it is dropped
+    /// when the queue is full (the next one says the same).
     Report {
         /// The connection it belongs to.
         session: u64,
         /// The frame.
         message: Message,
+        /// Instances whose end this frame delivers.
+        ends: Vec<Uuid>,
     },
     /// Send an instance's end; on delivery the shell tells the executor and the core
     /// ([`Input::EndDelivered`]).
@@ -116,8 +141,8 @@ pub enum Effect {
 enum Phase {
     /// Admitted; the workload is starting or runs.
     Running,
-    /// Ended (how) and whether the end was delivered.
-    Ended { code: Option<i32>, reason: ssntp::payload::ExitReason, delivered: bool },
+    /// Ended (how, when on the monotonic clock) and whether the end was delivered.
+    Ended { code: Option<i32>, reason: ExitReason, delivered: bool, at_ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -127,8 +152,14 @@ struct Entry {
     workload: Option<Uuid>,
     restart: bool,
     stop_requested: bool,
+    /// The workload was seen running (not only admitted).
+    started: bool,
+    /// It ended before it ran; its end travels as START_FAILURE, never in news or digests.
+    failed_start: bool,
     phase: Phase,
     usage: InstanceUsage,
+    /// The usage last sent: news carries usage only when it moved enough.
+    reported_usage: InstanceUsage,
 }
 
 impl Entry {
@@ -139,9 +170,22 @@ impl Entry {
             workload: start.workload_uuid,
             restart: start.restart,
             stop_requested: false,
+            started: false,
+            failed_start: false,
             phase: Phase::Running,
             usage: InstanceUsage::default(),
+            reported_usage: InstanceUsage::default(),
         }
+    }
+
+    /// Whether a digest at `now_ms` lists it: not a failed start, and not an end delivered
+    /// longer than `retention_ms` ago.
+    fn listed(&self, now_ms: u64, retention_ms: u64) -> bool {
+        !self.failed_start
+            && match self.phase {
+                Phase::Running | Phase::Ended { delivered: false, .. } => true,
+                Phase::Ended { delivered: true, at_ms, .. } => now_ms.saturating_sub(at_ms) < retention_ms,
+            }
     }
 
     fn running(&self) -> bool {
@@ -190,11 +234,11 @@ impl InstanceTable {
         Some(old)
     }
 
-    /// Marks an instance ended; returns it, if it is here.
-    fn end(&mut self, id: &Uuid, code: Option<i32>, reason: ssntp::payload::ExitReason) -> Option<&Entry> {
+    /// Marks an instance ended at `at_ms`; returns it, if it is here.
+    fn end(&mut self, id: &Uuid, code: Option<i32>, reason: ExitReason, at_ms: u64) -> Option<&Entry> {
         let mut entry = self.entries.remove(id)?;
         self.count(&entry, false);
-        entry.phase = Phase::Ended { code, reason, delivered: false };
+        entry.phase = Phase::Ended { code, reason, delivered: false, at_ms };
         Some(self.entries.entry(*id).or_insert(entry))
     }
 
@@ -227,6 +271,8 @@ pub struct Config {
     pub backends: Vec<String>,
     /// The cgroup feature (`cgroup-v1`, `cgroup-v2`) when workloads can be limited here.
     pub limits_feature: Option<String>,
+    /// How long a delivered end stays in the digests ([`ENDED_RETENTION`]).
+    pub ended_retention_ms: u64,
 }
 
 /// The launcher's state and rules.
@@ -249,6 +295,10 @@ pub struct Core {
     table: InstanceTable,
     /// Ends of instances whose records were unreadable, to report once connected.
     orphans: Vec<Exit>,
+    /// The number of the last INSTANCE_NEWS made (0: none yet); digests carry it.
+    news_seq: u64,
+    /// Instances changed since the last news or digest.
+    changed: HashSet<Uuid>,
 }
 
 impl Core {
@@ -265,6 +315,8 @@ impl Core {
             sample,
             table: InstanceTable::default(),
             orphans: Vec::new(),
+            news_seq: 0,
+            changed: HashSet::new(),
         }
     }
 
@@ -282,15 +334,17 @@ impl Core {
     pub fn handle(&mut self, now: Now, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {
-            Input::Adopted(found) => self.adopt(found),
+            Input::Adopted(found) => self.adopt(now, found),
             Input::Connected { session, overcommit } => {
                 self.overcommit = overcommit;
                 self.session = Some(session);
                 self.reported_status = None;
                 self.report(now, &mut out);
                 self.resend_ends(&mut out);
+                self.digest(now, &mut out);
             }
             Input::Disconnected => self.session = None,
+            Input::Command(Message::ReportRequest(_)) => self.digest(now, &mut out),
             Input::Command(message) => {
                 if let Some(answer) = self.command(message, &mut out) {
                     out.push(Effect::Send(answer));
@@ -310,7 +364,10 @@ impl Core {
                 self.report_if_changed(now, &mut out);
             }
             Input::Workload(event) => {
-                self.workload(event, &mut out);
+                self.workload(now, event, &mut out);
+                if self.changed.len() >= NEWS_BATCH {
+                    self.news(&mut out);
+                }
                 self.report_if_changed(now, &mut out);
             }
             Input::EndDelivered(instance) => {
@@ -324,10 +381,14 @@ impl Core {
                 for (id, u) in usage {
                     if let Some(e) = self.table.get_mut(&id) {
                         e.usage = u;
+                        if e.running() && e.started && moved(e.reported_usage, u) {
+                            self.changed.insert(id);
+                        }
                     }
                 }
             }
             Input::ReportDue => self.report(now, &mut out),
+            Input::NewsDue => self.news(&mut out),
             Input::ShuttingDown { drain } => {
                 // Stop taking work and say so; the workloads stay for the next launcher unless
                 // asked to drain.
@@ -341,14 +402,20 @@ impl Core {
         out
     }
 
-    fn adopt(&mut self, found: Vec<Adopted>) {
+    fn adopt(&mut self, now: Now, found: Vec<Adopted>) {
         for a in found {
             match a {
                 Adopted::Known { start, stop_requested, exit, exit_reported } => {
                     let mut entry = Entry::of(&start);
                     entry.stop_requested = stop_requested;
+                    entry.started = true;
                     if let Some(exit) = exit {
-                        entry.phase = Phase::Ended { code: exit.code, reason: exit.reason, delivered: exit_reported };
+                        entry.phase = Phase::Ended {
+                            code: exit.code,
+                            reason: exit.reason,
+                            delivered: exit_reported,
+                            at_ms: now.mono_ms,
+                        };
                     }
                     self.table.insert(start.instance_uuid, entry);
                 }
@@ -367,6 +434,7 @@ impl Core {
                 Ok(replaces) => {
                     if replaces {
                         out.push(Effect::Delete(start.instance_uuid));
+                        self.changed.remove(&start.instance_uuid);
                     }
                     self.table.insert(start.instance_uuid, Entry::of(&start));
                     out.push(Effect::Run(Box::new(start)));
@@ -393,6 +461,7 @@ impl Core {
                 return None; // INSTANCE_STOPPED follows the end
             }
             Message::Delete(delete) => {
+                self.changed.remove(&delete.instance_uuid);
                 if self.table.remove(&delete.instance_uuid).is_none() {
                     let detail = format!("no instance {} here", delete.instance_uuid);
                     return Some(Message::DeleteFailure(failure(
@@ -472,18 +541,28 @@ impl Core {
         }
     }
 
-    fn workload(&mut self, event: Event, out: &mut Vec<Effect>) {
+    /// A workload event: starts and ends become news; a failed start is its own START_FAILURE
+    /// (it carries the reason).
+    fn workload(&mut self, now: Now, event: Event, out: &mut Vec<Effect>) {
         let node = self.config.node;
         match event {
             Event::Started { instance, .. } => {
-                let started = InstanceEvent { instance_uuid: instance, node_uuid: Some(node) };
-                out.push(Effect::Send(Message::InstanceStarted(started)));
+                if let Some(e) = self.table.get_mut(&instance) {
+                    if e.running() && !e.started {
+                        e.started = true;
+                        self.changed.insert(instance);
+                    }
+                }
             }
             Event::StartFailed { instance, detail } => {
                 let code = Some(crate::shim::CANNOT_RUN);
-                if self.table.end(&instance, code, ssntp::payload::ExitReason::Failed).is_none() {
+                if self.table.end(&instance, code, ExitReason::Failed, now.mono_ms).is_none() {
                     return;
                 }
+                if let Some(e) = self.table.get_mut(&instance) {
+                    e.failed_start = true;
+                }
+                self.changed.remove(&instance);
                 let failure = StartFailure {
                     node_uuid: Some(node),
                     instance_uuid: instance,
@@ -494,22 +573,31 @@ impl Core {
                 out.push(Effect::SendEnd { instance, message: Message::StartFailure(failure) });
             }
             Event::Exited(exit) => {
-                let Some(e) = self.table.end(&exit.instance, exit.code, exit.reason) else { return };
-                let message = end_message(node, &exit, e.stop_requested);
-                out.push(Effect::SendEnd { instance: exit.instance, message });
+                if self.table.end(&exit.instance, exit.code, exit.reason, now.mono_ms).is_some() {
+                    self.changed.insert(exit.instance);
+                }
             }
         }
     }
 
-    /// Every end not yet delivered (after a reconnect or a restart).
+    /// Ends that travel on their own, not yet delivered (after a reconnect or a restart):
+    /// failed starts and the instances whose records were unreadable. The rest are in the
+    /// digest.
     fn resend_ends(&self, out: &mut Vec<Effect>) {
         let node = self.config.node;
         let mut ends: Vec<(Uuid, Message)> = self
             .table
             .iter()
             .filter_map(|(id, e)| match e.phase {
-                Phase::Ended { code, reason, delivered: false } => {
-                    Some((*id, end_message(node, &Exit { instance: *id, code, reason }, e.stop_requested)))
+                Phase::Ended { delivered: false, .. } if e.failed_start => {
+                    let failure = StartFailure {
+                        node_uuid: Some(node),
+                        instance_uuid: *id,
+                        reason: FailureReason::LaunchFailure,
+                        restart: false,
+                        detail: "the workload could not be started".into(),
+                    };
+                    Some((*id, Message::StartFailure(failure)))
                 }
                 _ => None,
             })
@@ -574,50 +662,131 @@ impl Core {
         }
     }
 
-    /// The status (READY, FULL or MAINTENANCE) and STATS, on the current connection only.
+    /// The heartbeat: the status (READY, FULL or MAINTENANCE) and a STATS of node figures, on
+    /// the current connection only; news that waits goes with it.
     fn report(&mut self, now: Now, out: &mut Vec<Effect>) {
         if self.session.is_none() {
             return;
         }
         let state = self.status_now(now);
         self.send_report(state, out);
+        self.news(out);
     }
 
     fn send_report(&mut self, state: NodeStatus, out: &mut Vec<Effect>) {
         let Some(session) = self.session else { return };
         self.reported_status = Some(state);
         let r = self.node_report();
-        let (status, wire_state) = match state {
-            NodeStatus::Full => (Message::Full(Some(r.clone())), NodeState::Full),
-            NodeStatus::Maintenance => (Message::Maintenance(Some(r.clone())), NodeState::Maintenance),
+        let status = match state {
+            NodeStatus::Full => Message::Full(Some(r)),
+            NodeStatus::Maintenance => Message::Maintenance(Some(r)),
             // The machine gives only READY, FULL and MAINTENANCE.
-            _ => (Message::Ready(r.clone()), NodeState::Ready),
+            _ => Message::Ready(r),
         };
-        out.push(Effect::Report { session, message: status });
-        let mut instances: Vec<InstanceStat> = self.table.iter().map(|(id, e)| instance_stat(*id, e)).collect();
-        instances.sort_unstable_by_key(|s| s.instance_uuid);
-        let stats = Stats {
+        out.push(Effect::Report { session, message: status, ends: Vec::new() });
+        let stats = self.stats(state, Vec::new(), None);
+        out.push(Effect::Report { session, message: Message::Stats(stats), ends: Vec::new() });
+    }
+
+    /// A STATS with the node's figures, and `instances` when it is a digest page.
+    fn stats(&self, state: NodeStatus, instances: Vec<InstanceStat>, digest: Option<DigestPage>) -> Stats {
+        let r = &self.sample;
+        let status = match state {
+            NodeStatus::Full => NodeState::Full,
+            NodeStatus::Maintenance => NodeState::Maintenance,
+            _ => NodeState::Ready,
+        };
+        Stats {
             node_uuid: self.config.node,
-            status: wire_state,
+            status,
             mem_total_mb: r.mem_total_mb,
             mem_available_mb: r.mem_available_mb,
             disk_total_mb: r.disk_total_mb,
             disk_available_mb: r.disk_available_mb,
             load: r.load,
             cpus_online: r.cpus_online,
-            hostname: r.hostname,
-            networks: r.networks,
+            hostname: r.hostname.clone(),
+            networks: r.networks.clone(),
             instances,
-        };
-        out.push(Effect::Report { session, message: Message::Stats(stats) });
+            digest,
+        }
+    }
+
+    /// INSTANCE_NEWS for what changed, in frames of at most [`NEWS_BATCH`]; kept for the next
+    /// connection's digest when there is none.
+    fn news(&mut self, out: &mut Vec<Effect>) {
+        let Some(session) = self.session else { return };
+        if self.changed.is_empty() {
+            return;
+        }
+        let mut ids: Vec<Uuid> = self.changed.drain().collect();
+        ids.sort_unstable();
+        for chunk in ids.chunks(NEWS_BATCH) {
+            let (instances, ends) = self.listing(chunk);
+            if instances.is_empty() {
+                continue;
+            }
+            self.news_seq += 1;
+            let news = InstanceNews { node_uuid: self.config.node, seq: self.news_seq, instances };
+            out.push(Effect::Report { session, message: Message::InstanceNews(news), ends });
+        }
+    }
+
+    /// Every listed instance, in STATS pages of at most [`DIGEST_PAGE`], as of the last news.
+    fn digest(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let Some(session) = self.session else { return };
+        self.changed.clear();
+        let retention = self.config.ended_retention_ms;
+        let mut ids: Vec<Uuid> =
+            self.table.iter().filter(|(_, e)| e.listed(now.mono_ms, retention)).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let state = self.reported_status.unwrap_or(NodeStatus::Ready);
+        let pages = ids.len().div_ceil(DIGEST_PAGE).max(1);
+        let pages_u32 = u32::try_from(pages).unwrap_or(u32::MAX);
+        for page in 0..pages {
+            let chunk = ids.get(page * DIGEST_PAGE..).map_or(&[][..], |rest| &rest[..rest.len().min(DIGEST_PAGE)]);
+            let (instances, ends) = self.listing(chunk);
+            let digest =
+                DigestPage { seq: self.news_seq, page: u32::try_from(page).unwrap_or(u32::MAX), pages: pages_u32 };
+            let stats = self.stats(state, instances, Some(digest));
+            out.push(Effect::Report { session, message: Message::Stats(stats), ends });
+        }
+    }
+
+    /// The stats of `ids` still here (usage marked as sent), and those whose end they deliver.
+    fn listing(&mut self, ids: &[Uuid]) -> (Vec<InstanceStat>, Vec<Uuid>) {
+        let mut instances = Vec::with_capacity(ids.len());
+        let mut ends = Vec::new();
+        for id in ids {
+            let Some(e) = self.table.get_mut(id) else { continue };
+            if e.failed_start {
+                continue;
+            }
+            e.reported_usage = e.usage;
+            if matches!(e.phase, Phase::Ended { delivered: false, .. }) {
+                ends.push(*id);
+            }
+            instances.push(instance_stat(*id, e));
+        }
+        (instances, ends)
     }
 }
 
+/// Whether usage moved enough to be news: memory by 16 MiB and a tenth, CPU by ten points,
+/// disk by 64 MiB, or a figure became known. Small wobbles wait for the next digest.
+fn moved(before: InstanceUsage, now: InstanceUsage) -> bool {
+    let far = |a: i64, b: i64, floor: i64| (a < 0) != (b < 0) || (a - b).abs() >= floor.max(a.abs().max(b.abs()) / 10);
+    far(before.memory_mb, now.memory_mb, 16)
+        || far(i64::from(before.cpu_percent), i64::from(now.cpu_percent), 10)
+        || far(before.disk_mb, now.disk_mb, 64)
+}
+
 fn instance_stat(id: Uuid, e: &Entry) -> InstanceStat {
-    let (state, exit_code) = match e.phase {
-        Phase::Running => (InstanceState::Active, None),
-        Phase::Ended { code, .. } if e.stop_requested => (InstanceState::Stopped, code),
-        Phase::Ended { code, .. } => (InstanceState::Exited, code),
+    let (state, exit_code, reason) = match e.phase {
+        Phase::Running if e.started => (InstanceState::Active, None, None),
+        Phase::Running => (InstanceState::Pending, None, None),
+        Phase::Ended { code, reason, .. } if e.stop_requested => (InstanceState::Stopped, code, Some(reason)),
+        Phase::Ended { code, reason, .. } => (InstanceState::Exited, code, Some(reason)),
     };
     let running = e.running();
     InstanceStat {
@@ -628,6 +797,7 @@ fn instance_stat(id: Uuid, e: &Entry) -> InstanceStat {
         cpu_usage: if running { e.usage.cpu_percent } else { -1 },
         exit_code,
         workload_uuid: e.workload,
+        reason,
     }
 }
 

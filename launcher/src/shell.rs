@@ -104,32 +104,40 @@ impl Shell {
     async fn handle(&mut self, input: Input) {
         let mut pending: std::collections::VecDeque<Effect> = self.core.handle(self.clock.now(), input).into();
         while let Some(effect) = pending.pop_front() {
-            if let Some(next) = self.apply(effect).await {
+            for next in self.apply(effect).await {
                 pending.extend(self.core.handle(self.clock.now(), next));
             }
         }
     }
 
-    async fn apply(&mut self, effect: Effect) -> Option<Input> {
+    async fn apply(&mut self, effect: Effect) -> Vec<Input> {
         match effect {
             Effect::Send(message) => {
                 if let Err(e) = self.client.send(&message).await {
                     tracing::debug!(error = %e, kind = %message.kind(), "not delivered");
                 }
             }
-            Effect::Report { session, message } => {
+            Effect::Report { session, message, ends } if ends.is_empty() => {
                 let _ = self.client.try_send_in(session, &message);
+            }
+            Effect::Report { session, message, ends } => {
+                if self.client.send_in(session, &message).await.is_ok() {
+                    for instance in &ends {
+                        self.executor.reported(*instance);
+                    }
+                    return ends.into_iter().map(Input::EndDelivered).collect();
+                }
             }
             Effect::SendEnd { instance, message } => {
                 if self.client.send(&message).await.is_ok() {
                     self.executor.reported(instance);
-                    return Some(Input::EndDelivered(instance));
+                    return vec![Input::EndDelivered(instance)];
                 }
             }
             Effect::Run(start) => {
                 if let Err((reason, detail)) = self.executor.run(&start) {
                     tracing::warn!(instance = %start.instance_uuid, %detail, "cannot start the workload");
-                    return Some(Input::RunRefused { instance: start.instance_uuid, reason, detail });
+                    return vec![Input::RunRefused { instance: start.instance_uuid, reason, detail }];
                 }
             }
             Effect::Stop { instance, grace } => self.executor.stop(instance, grace),
@@ -146,7 +154,7 @@ impl Shell {
                 }
             }
         }
-        None
+        Vec::new()
     }
 
     fn tail(&self, fetch: &LogFetch) -> Message {
@@ -272,6 +280,7 @@ pub async fn run_with(
         },
         backends: offer.backends.clone(),
         limits_feature,
+        ended_retention_ms: u64::try_from(crate::core::ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX),
     };
     let mut shell = Shell {
         core: Core::new(config, flags),
@@ -287,6 +296,8 @@ pub async fn run_with(
     shell.sample().await;
     let mut ticker = tokio::time::interval(args.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut news_ticker = tokio::time::interval(args.news_interval);
+    news_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node = %uuid, servers = ?args.servers, running = shell.core.running(), "launcher starting");
     tokio::pin!(shutdown);
 
@@ -326,6 +337,7 @@ pub async fn run_with(
                 shell.sample().await;
                 shell.handle(Input::ReportDue).await;
             }
+            _ = news_ticker.tick() => shell.handle(Input::NewsDue).await,
             () = &mut shutdown => break,
         }
     }
@@ -344,6 +356,8 @@ pub async fn run_with(
     } else {
         tracing::info!(running = shell.core.running(), "exiting; workloads keep running and will be re-adopted");
     }
+    // What changed since the last news goes now (the ends of a drain above all).
+    shell.handle(Input::NewsDue).await;
     shell.executor.flush();
     tokio::time::sleep(Duration::from_millis(100)).await;
     shell.client.close();

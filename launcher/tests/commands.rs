@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{alive, wait_for, Launcher};
+use common::{alive, reported, wait_for, Launcher};
 
 use ssntp::payload::{Backend, Evacuate, FailureReason, InstanceState, Message, Requirements, Restore, Start};
 use ssntp::server::{Peer, ServerEvent};
@@ -45,11 +45,7 @@ async fn connect(server: &mut TestServer) -> Peer {
 }
 
 async fn started(server: &mut TestServer, instance: Uuid) {
-    wait_for(server, "INSTANCE_STARTED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStarted(s), .. } if s.instance_uuid == instance => Some(()),
-        _ => None,
-    })
-    .await;
+    reported(server, "news of the start", instance, |s| s.state == InstanceState::Active).await;
 }
 
 #[tokio::test]
@@ -65,9 +61,10 @@ async fn admission_evacuation_restore_and_sigterm() {
     let a = Uuid::new_v4();
     peer.sender.try_send(&Message::Start(sleeper(a, 32))).unwrap();
     started(&mut server, a).await;
-    // A report follows the change.
-    wait_for(&mut server, "STATS listing the new instance", |e| match e {
-        ServerEvent::Message { message: Message::Stats(s), .. } => {
+    // A digest on request lists it.
+    peer.sender.try_send(&Message::ReportRequest(Default::default())).unwrap();
+    wait_for(&mut server, "a digest listing the new instance", |e| match e {
+        ServerEvent::Message { message: Message::Stats(s), .. } if s.digest.is_some() => {
             s.instances.iter().any(|i| i.instance_uuid == a && i.state == InstanceState::Active).then_some(())
         }
         _ => None,
@@ -89,11 +86,7 @@ async fn admission_evacuation_restore_and_sigterm() {
     peer.sender
         .try_send(&Message::Evacuate(Evacuate { workload_agent_uuid: peer.uuid, deadline_ms: Some(2000) }))
         .unwrap();
-    wait_for(&mut server, "INSTANCE_STOPPED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStopped(s), .. } if s.instance_uuid == a => Some(()),
-        _ => None,
-    })
-    .await;
+    reported(&mut server, "news of the stop", a, |s| s.state == InstanceState::Stopped).await;
     status(&mut server, "MAINTENANCE").await;
     let b = Uuid::new_v4();
     peer.sender.try_send(&Message::Start(sleeper(b, 32))).unwrap();
@@ -139,11 +132,7 @@ async fn admission_evacuation_restore_and_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    wait_for(&mut server, "INSTANCE_STOPPED on drain", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStopped(s), .. } if s.instance_uuid == c => Some(()),
-        _ => None,
-    })
-    .await;
+    reported(&mut server, "news of the stop on drain", c, |s| s.state == InstanceState::Stopped).await;
     assert!(child.wait().success());
     testutil::assert_eventually!(|| async { !alive(c_pid) });
     server.stop().await;

@@ -7,7 +7,7 @@
 mod common;
 
 use clap::Parser as _;
-use common::wait_for;
+use common::{reported, wait_for};
 use drover_launcher::cli::Args;
 use drover_launcher::shell::{self, Executing};
 use ssntp::payload::{Backend, FailureReason, InstanceState, LogFetch, Message, Requirements, Start, Stop};
@@ -59,18 +59,7 @@ async fn the_shell_carries_out_what_the_core_decides_through_its_executor() {
 
     let (runs, refused) = (Uuid::new_v4(), Uuid::new_v4());
     peer.sender.try_send(&Message::Start(start(runs, "/bin/true"))).unwrap();
-    wait_for(&mut server, "INSTANCE_STARTED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStarted(s), .. } if s.instance_uuid == runs => Some(()),
-        _ => None,
-    })
-    .await;
-    wait_for(&mut server, "STATS listing it", |e| match e {
-        ServerEvent::Message { message: Message::Stats(s), .. } => {
-            s.instances.iter().any(|i| i.instance_uuid == runs && i.state == InstanceState::Active).then_some(())
-        }
-        _ => None,
-    })
-    .await;
+    reported(&mut server, "news of the start", runs, |s| s.state == InstanceState::Active).await;
 
     peer.sender.try_send(&Message::Start(start(refused, "/refuse"))).unwrap();
     let failure = wait_for(&mut server, "START_FAILURE", |e| match e {
@@ -91,11 +80,7 @@ async fn the_shell_carries_out_what_the_core_decides_through_its_executor() {
 
     let stop = Stop { instance_uuid: runs, workload_agent_uuid: peer.uuid, grace_ms: None };
     peer.sender.try_send(&Message::Stop(stop)).unwrap();
-    wait_for(&mut server, "INSTANCE_STOPPED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStopped(s), .. } if s.instance_uuid == runs => Some(()),
-        _ => None,
-    })
-    .await;
+    reported(&mut server, "news of the stop", runs, |s| s.state == InstanceState::Stopped).await;
     assert_eq!(fake.calls(), vec![Call::Run(runs), Call::Stop(runs)], "the refused run never reached it");
 
     let _ = stop_launcher.send(());

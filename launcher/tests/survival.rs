@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alive, wait_for, Launcher};
+use common::{alive, reported, wait_for, Launcher};
 use ssntp::payload::{Backend, InstanceState, Message, Requirements, Start};
 use ssntp::server::ServerEvent;
 use ssntp::Uuid;
@@ -33,11 +33,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
         Backend::Process { argv: vec!["/bin/sh".into(), "-c".into(), script.into()], env: Default::default() };
     let start = Start::new(instance, Requirements { vcpus: 1, mem_mb: 32, ..Default::default() }, backend);
     peer.sender.try_send(&Message::Start(start)).unwrap();
-    wait_for(&mut server, "INSTANCE_STARTED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceStarted(s), .. } if s.instance_uuid == instance => Some(()),
-        _ => None,
-    })
-    .await;
+    reported(&mut server, "news of the start", instance, |s| s.state == InstanceState::Active).await;
     let instance_dir = state.join("instances").join(instance.to_string());
     let pid: i32 = std::fs::read_to_string(instance_dir.join("pid")).unwrap().trim().parse().unwrap();
     let output = instance_dir.join("results/output.txt");
@@ -80,13 +76,10 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
     std::fs::write(instance_dir.join("stopme"), "").unwrap();
     testutil::assert_eventually!(|| async { !alive(pid) });
     let mut child = launcher.spawn();
-    let exited = wait_for(&mut server, "INSTANCE_EXITED", |e| match e {
-        ServerEvent::Message { message: Message::InstanceExited(x), .. } if x.instance_uuid == instance => Some(x),
-        _ => None,
-    })
-    .await;
+    let (from, exited) =
+        reported(&mut server, "the end, in the digest", instance, |s| s.state == InstanceState::Exited).await;
     assert_eq!(exited.exit_code, Some(7));
-    assert_eq!(exited.node_uuid, node);
+    assert_eq!(from, node);
     child.kill();
     let log_text = std::fs::read_to_string(log).unwrap();
     assert!(log_text.contains("instance state unreadable"), "the corrupt record was reported:\n{log_text}");

@@ -32,7 +32,7 @@ pub use drover_model::Now;
 use drover_model::Overcommit;
 use ssntp::payload::{
     ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, Message, NodeEvent, NodeLost,
-    NodeReport, NodeType, Start, StartFailure,
+    NodeReport, NodeType, ReportRequest, Start, StartFailure,
 };
 use ssntp::{Frame, Role, Uuid};
 
@@ -346,6 +346,7 @@ impl Hub {
             let detail = format!("waited {waited} s in the queue; {why}");
             out.extend(self.refuse_start(expired.from, &expired.start, FailureReason::QueueTimeout, detail));
         }
+        self.estimator.settle(now.mono_ms);
         self.liveness(now, &mut out);
         self.drain(&mut out);
         out
@@ -412,6 +413,9 @@ impl Hub {
             // off) is back. Declaring it lost already handed its instances to the controller,
             // so what it still runs is a stale copy for the controller to stop from its STATS.
             out.push(Output::Warn(format!("node {from} declared lost earlier is reporting again")));
+            // Its digest tells the controllers which stale copies to stop.
+            let request = Message::ReportRequest(ReportRequest { node_uuid: Some(from) });
+            out.push(Output::To { peer: from, payload: self.own(request) });
         }
         match message {
             Message::Ready(report) => self.status(from, NodeStatus::Ready, Some(report)),
@@ -419,7 +423,12 @@ impl Hub {
             Message::Maintenance(report) => self.status(from, NodeStatus::Maintenance, report),
             Message::Offline => self.status(from, NodeStatus::Offline, None),
             Message::Stats(stats) => {
-                self.stats(from, &stats);
+                self.stats(now, from, &stats.instances);
+                out.push(Output::ToControllers(frame));
+            }
+            // The batch goes on as it came, not re-encoded per instance.
+            Message::InstanceNews(news) => {
+                self.stats(now, from, &news.instances);
                 out.push(Output::ToControllers(frame));
             }
             Message::InstanceStarted(e) => {
@@ -467,8 +476,8 @@ impl Hub {
         });
     }
 
-    fn stats(&mut self, from: Uuid, stats: &ssntp::payload::Stats) {
-        self.nodes.apply_stats(from, stats, &self.cfg, &mut self.estimator);
+    fn stats(&mut self, now: Now, from: Uuid, stats: &[ssntp::payload::InstanceStat]) {
+        self.nodes.apply_stats(from, stats, &self.cfg, &mut self.estimator, now.mono_ms);
     }
 
     /// Forgets an instance that left a node; returns its START and sender if the scheduler
@@ -496,6 +505,15 @@ impl Hub {
             Message::Evacuate(m) => m.workload_agent_uuid,
             Message::Restore(m) => m.workload_agent_uuid,
             Message::LogFetch(m) => m.workload_agent_uuid,
+            Message::ReportRequest(r) => match r.node_uuid {
+                Some(node) => node,
+                None => {
+                    let mut connected: Vec<Uuid> =
+                        self.nodes.iter().filter(|n| n.conn_id.is_some()).map(|n| n.uuid).collect();
+                    connected.sort_unstable();
+                    return connected.into_iter().map(|peer| Output::To { peer, payload: frame.clone() }).collect();
+                }
+            },
             // Errors a controller reports go to the other controllers.
             _ => return vec![Output::ToControllers(frame)],
         };

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_model::NodeStatus;
 use drover_model::{Capacity, Demand, Shortfall, Usage};
-use ssntp::payload::{InstanceState, NodeReport, Requirements, Start, Stats};
+use ssntp::payload::{InstanceStat, InstanceState, NodeReport, Requirements, Start};
 use ssntp::Uuid;
 
 use super::Config;
@@ -597,13 +597,23 @@ impl NodeTable {
         gone
     }
 
-    /// Takes in a node's STATS: ended instances leave; running ones are confirmed, located (the
+    /// Takes in the instances of a node's STATS or INSTANCE_NEWS: ended instances leave; running ones are confirmed, located (the
     /// scheduler may not have placed them: it restarted) and their memory use observed.
-    pub fn apply_stats(&mut self, from: Uuid, stats: &Stats, cfg: &Config, estimator: &mut Estimator) {
+    pub fn apply_stats(
+        &mut self,
+        from: Uuid,
+        stats: &[InstanceStat],
+        cfg: &Config,
+        estimator: &mut Estimator,
+        now_ms: u64,
+    ) {
+        if stats.is_empty() {
+            return;
+        }
         let index = &mut self.instances;
         let Some(n) = self.nodes.get_mut(&from) else { return };
         Self::unindex(&mut self.by_free, &mut self.by_label, n, cfg);
-        for stat in &stats.instances {
+        for stat in stats {
             let id = stat.instance_uuid;
             if stat.state == InstanceState::Exited || stat.state == InstanceState::Stopped {
                 n.instances.remove(&id);
@@ -617,14 +627,14 @@ impl NodeTable {
             let known = n.instances.modify(&id, |p| {
                 p.confirmed = true;
                 if let (Some(usage), Some(w)) = (usage, p.workload) {
-                    estimator.observe(w, usage);
+                    estimator.observe(w, usage, now_ms);
                     // Never charge an instance less than it is seen to use.
                     p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
                 }
             });
             if known.is_none() {
                 if let (Some(usage), Some(w)) = (usage, stat.workload_uuid) {
-                    estimator.observe(w, usage);
+                    estimator.observe(w, usage, now_ms);
                 }
             }
         }

@@ -385,8 +385,13 @@ fn a_lost_node_that_reports_again_on_its_connection_is_back_without_its_old_inst
         rig.tick(sec);
     }
     assert_eq!(rig.hub.summary(rig.now).lost, 1, "frozen for TTL + grace: lost");
-    // SIGCONT: the same connection speaks again.
-    rig.ready(victim_n, report(victim, 4, 1000, 0.0));
+    // SIGCONT: the same connection speaks again, and is asked for its digest (the controller
+    // stops the stale copies it lists).
+    let out = rig.ready(victim_n, report(victim, 4, 1000, 0.0));
+    assert!(
+        out.iter().any(|(to, m)| *to == Some(victim) && matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(victim))),
+        "{out:?}"
+    );
     let s = rig.hub.summary(rig.now);
     assert_eq!((s.lost, s.ready), (0, 3), "it is back and open");
     assert_eq!(rig.hub.node_of(&u(50)), None, "its old instance is the controller's to reconcile");
@@ -447,8 +452,9 @@ fn memory_estimates_reclaim_unused_memory_within_the_overcommit_bound() {
         s
     };
     assert_eq!(placed_on(&rig.start(with_workload(1))).len(), 1);
-    // The instance uses 100 MiB of its 1000; after warm-up its workload is charged less.
-    for _ in 0..40 {
+    // The instance uses 100 MiB of its 1000; after warm-up its workload is charged less, with
+    // time (the usage is sent once a second here; a launcher sends it only when it moves).
+    for sec in 1..=40 {
         let stats = Stats {
             node_uuid: u(10),
             status: NodeState::Ready,
@@ -468,9 +474,12 @@ fn memory_estimates_reclaim_unused_memory_within_the_overcommit_bound() {
                 cpu_usage: 0,
                 exit_code: None,
                 workload_uuid: Some(workload),
+                reason: None,
             }],
+            digest: None,
         };
         rig.send(u(10), AGENT, Message::Stats(stats));
+        rig.tick(sec);
     }
     r.mem_available_mb = 1900;
     rig.ready(10, r);
@@ -723,4 +732,37 @@ proptest! {
             prop_assert_eq!(hub.summary(now).brake, brake);
         }
     }
+}
+
+#[test]
+fn a_report_request_reaches_one_node_or_every_connected_node_and_news_confirms_starts() {
+    let mut rig = Rig::new(Config { start_window: 1, ..Config::default() });
+    rig.node(10, 4, 4096);
+    rig.node(11, 4, 4096);
+    rig.node(12, 4, 4096);
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 112, uuid: u(12) });
+    let all = rig.send(u(1), CTL, Message::ReportRequest(ssntp::payload::ReportRequest::default()));
+    let peers: Vec<Option<Uuid>> = all.iter().map(|(p, _)| *p).collect();
+    assert_eq!(peers, vec![Some(u(10)), Some(u(11))], "connected nodes only");
+    let one = rig.send(u(1), CTL, Message::ReportRequest(ssntp::payload::ReportRequest { node_uuid: Some(u(11)) }));
+    assert!(matches!(&one[..], [(Some(p), Message::ReportRequest(_))] if *p == u(11)));
+    // Start windows of one: a third START waits until news says a first one runs.
+    let (a, b, c) = (Uuid::from_bytes([1; 16]), Uuid::from_bytes([2; 16]), Uuid::from_bytes([3; 16]));
+    let node = placed_on(&rig.start(start(a, 1, 10)))[0].1;
+    assert_eq!(placed_on(&rig.start(start(b, 1, 10))).len(), 1);
+    assert!(placed_on(&rig.start(start(c, 1, 10))).is_empty(), "both windows full");
+    let stat = InstanceStat {
+        instance_uuid: a,
+        state: InstanceState::Active,
+        memory_usage_mb: -1,
+        disk_usage_mb: -1,
+        cpu_usage: -1,
+        exit_code: None,
+        workload_uuid: None,
+        reason: None,
+    };
+    let news = ssntp::payload::InstanceNews { node_uuid: node, seq: 1, instances: vec![stat] };
+    let out = rig.send(node, AGENT, Message::InstanceNews(news));
+    assert!(out.iter().any(|(p, m)| p.is_none() && matches!(m, Message::InstanceNews(_))), "forwarded: {out:?}");
+    assert_eq!(placed_on(&out), vec![(c, node)], "the confirmed node takes the queued START");
 }

@@ -141,8 +141,10 @@ fn stats_2k(node: Uuid) -> Message {
                 cpu_usage: 37,
                 exit_code: None,
                 workload_uuid: Some(Uuid::new_v4()),
+                reason: None,
             })
             .collect(),
+        digest: Some(ssntp::payload::DigestPage { seq: 0, page: 0, pages: 1 }),
     })
 }
 

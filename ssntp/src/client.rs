@@ -323,6 +323,18 @@ impl ClientHandle {
         }
     }
 
+    /// As [`ClientHandle::try_send_in`], waiting for room in that connection's queue.
+    ///
+    /// # Errors
+    /// [`Error::Send`] when that connection is gone.
+    pub async fn send_in(&self, session: u64, message: &Message) -> Result<()> {
+        let tx = match self.session.lock().expect("session lock").as_ref() {
+            Some((current, tx)) if *current == session => tx.clone(),
+            _ => return Err(Error::Send("that connection is gone")),
+        };
+        tx.send(message.to_frame(self.uuid)).await.map_err(|_| Error::Send("that connection is gone"))
+    }
+
     fn queue(tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<()> {
         tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Send("outbound queue full"),

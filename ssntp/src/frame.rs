@@ -145,6 +145,8 @@ wire_enum! {
         Restore = 12 => "RESTORE",
         /// Controller → scheduler → launcher: fetch the tail of an instance's output.
         LogFetch = 16 => "LOG_FETCH",
+        /// Controller → scheduler → one launcher (or every launcher): send a digest now.
+        ReportRequest = 17 => "REPORT_REQUEST",
     }
 }
 
@@ -187,6 +189,8 @@ wire_enum! {
         NodeLost = 19 => "NODE_LOST",
         /// Launcher → controllers: answer to LOG_FETCH.
         LogData = 20 => "LOG_DATA",
+        /// Launcher → scheduler → controllers: the instances that changed, batched, numbered.
+        InstanceNews = 21 => "INSTANCE_NEWS",
     }
 }
 

@@ -227,6 +227,45 @@ pub struct InstanceStat {
     /// Workload the instance belongs to (for the scheduler's memory estimate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_uuid: Option<Uuid>,
+    /// Why it ended, once `exited` (absent from older launchers: judge by `exit_code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ExitReason>,
+}
+
+/// Marks a STATS as one page of a digest: every instance the node holds, as of news number
+/// `seq`, split over `pages` frames sent in order (`page` = 0 … `pages` − 1). A STATS without
+/// it is a heartbeat: node figures only, its `instances` ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestPage {
+    /// The number of the last INSTANCE_NEWS this digest includes (0: none yet).
+    pub seq: u64,
+    /// This page, from 0.
+    pub page: u32,
+    /// How many pages the digest has (at least 1).
+    pub pages: u32,
+}
+
+/// INSTANCE_NEWS (EVENT 21): the instances whose state or usage changed since the node's
+/// previous news, each as its whole current [`InstanceStat`] (so applying one twice, or a later
+/// one without an earlier one, never moves an instance backwards). `seq` counts a launcher's
+/// news from 1; a receiver that sees a gap asks for a digest (REPORT_REQUEST).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceNews {
+    /// The launcher's UUID.
+    pub node_uuid: Uuid,
+    /// This news' number: one more than the previous news from this launcher process.
+    pub seq: u64,
+    /// The instances that changed.
+    pub instances: Vec<InstanceStat>,
+}
+
+/// REPORT_REQUEST (COMMAND 17): asks a launcher (or, without `node_uuid`, every launcher) for
+/// a digest now: after a controller connects, and when it sees a gap in a node's news.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReportRequest {
+    /// The node; every node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_uuid: Option<Uuid>,
 }
 
 /// STATS (COMMAND 3): node figures plus every instance's usage.
@@ -253,9 +292,12 @@ pub struct Stats {
     /// Network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<Network>,
-    /// Per-instance usage.
+    /// Per-instance usage (a digest page's share; empty in a heartbeat).
     #[serde(default)]
     pub instances: Vec<InstanceStat>,
+    /// Which digest page this is; absent in a heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<DigestPage>,
 }
 
 // === work ===
@@ -875,6 +917,7 @@ messages! {
         Configure(Configure) via encode_cbor / decode_cbor = [C(Command::Configure)] from CONTROLLERS;
         Restore(Restore) via encode_cbor / decode_cbor = [C(Command::Restore)] from CONTROLLERS;
         LogFetch(LogFetch) via encode_cbor / decode_cbor = [C(Command::LogFetch)] from CONTROLLERS;
+        ReportRequest(ReportRequest) via encode_cbor / decode_cbor = [C(Command::ReportRequest)] from CONTROLLERS;
 
         Connected(Connected) via encode_cbor / decode_cbor = [S(Status::Connected)] from SCHEDULER_ONLY;
         Ready(NodeReport) via encode_cbor / decode_cbor = [S(Status::Ready)] from AGENTS;
@@ -904,6 +947,7 @@ messages! {
         InstanceQueued(InstanceQueued) via encode_cbor / decode_cbor = [E(Event::InstanceQueued)] from SCHEDULER_ONLY;
         NodeLost(NodeLost) via encode_cbor / decode_cbor = [E(Event::NodeLost)] from SCHEDULER_ONLY;
         LogData(LogData) via encode_cbor / decode_cbor = [E(Event::LogData)] from AGENTS;
+        InstanceNews(InstanceNews) via encode_cbor / decode_cbor = [E(Event::InstanceNews)] from AGENTS;
     }
     without payload {
         Offline = [S(Status::Offline)] from AGENTS;

@@ -185,8 +185,10 @@ fn build(kind: Kind, p: &Prims) -> Message {
                         cpu_usage: p.int,
                         exit_code: p.flag.then_some(p.int),
                         workload_uuid: Some(c),
+                        reason: p.flag.then_some(ExitReason::Killed),
                     })
                     .collect(),
+                digest: p.flag.then_some(DigestPage { seq: p.n, page: p.small / 2, pages: p.small }),
             }),
             Command::Evacuate => {
                 Message::Evacuate(Evacuate { workload_agent_uuid: a, deadline_ms: p.flag.then_some(p.n) })
@@ -201,6 +203,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 max_bytes: p.small,
                 request_id: p.n,
             }),
+            Command::ReportRequest => Message::ReportRequest(ReportRequest { node_uuid: p.flag.then_some(a) }),
         },
         Kind::Status(status) => match status {
             Status::Connected => Message::Connected(Connected { role: Role::SCHEDULER, uuid: a, config }),
@@ -267,6 +270,22 @@ fn build(kind: Kind, p: &Prims) -> Message {
             Event::LogData => {
                 Message::LogData(LogData { instance_uuid: a, request_id: p.n, data: p.text.clone(), truncated: p.flag })
             }
+            Event::InstanceNews => Message::InstanceNews(InstanceNews {
+                node_uuid: a,
+                seq: p.n,
+                instances: (0..p.small % 3)
+                    .map(|i| InstanceStat {
+                        instance_uuid: if i == 0 { b } else { c },
+                        state: if p.flag { InstanceState::Exited } else { InstanceState::Active },
+                        memory_usage_mb: i64::from(p.int),
+                        disk_usage_mb: -1,
+                        cpu_usage: -1,
+                        exit_code: p.flag.then_some(p.int),
+                        workload_uuid: None,
+                        reason: p.flag.then_some(ExitReason::Failed),
+                    })
+                    .collect(),
+            }),
         },
     }
 }
@@ -443,6 +462,77 @@ fn golden_ready() {
     assert_eq!(hex(&frame.to_bytes()), GOLDEN_READY);
     let back = frame::decode_one(&frame.to_bytes(), DEFAULT_MAX_PAYLOAD).unwrap();
     assert_eq!(Message::decode(&back).unwrap(), Message::Ready(ready));
+}
+
+const INSTANCE: &str = "00000000-0000-4000-8000-000000000001";
+
+/// Golden INSTANCE_NEWS: news number 7 from the same node; one instance exited with code 3.
+pub const GOLDEN_INSTANCE_NEWS: &str = concat!(
+    "01000315",
+    "000000c7",                         // 1.0 EVENT INSTANCE_NEWS, 199 payload bytes
+    "4cb195221e18439a883af9b2a3a95f5e", // origin
+    "a3",                               // map(3)
+    "696e6f64655f75756964",
+    "7824", // "node_uuid": text(36)
+    "34636231393532322d316531382d343339612d383833612d663962326133613935663565",
+    "63736571",
+    "07", // "seq": 7
+    "69696e7374616e636573",
+    "81", // "instances": array(1)
+    "a7", // map(7)
+    "6d696e7374616e63655f75756964",
+    "7824", // "instance_uuid": text(36)
+    "30303030303030302d303030302d343030302d383030302d303030303030303030303031",
+    "657374617465",
+    "66657869746564", // "state": "exited"
+    "6f6d656d6f72795f75736167655f6d62",
+    "20", // "memory_usage_mb": -1
+    "6d6469736b5f75736167655f6d62",
+    "20", // "disk_usage_mb": -1
+    "696370755f7573616765",
+    "20", // "cpu_usage": -1
+    "69657869745f636f6465",
+    "03", // "exit_code": 3
+    "66726561736f6e",
+    "666661696c6564", // "reason": "failed"
+);
+
+#[test]
+fn golden_instance_news() {
+    let uuid: Uuid = AGENT.parse().unwrap();
+    let news = InstanceNews {
+        node_uuid: uuid,
+        seq: 7,
+        instances: vec![InstanceStat {
+            instance_uuid: INSTANCE.parse().unwrap(),
+            state: InstanceState::Exited,
+            memory_usage_mb: -1,
+            disk_usage_mb: -1,
+            cpu_usage: -1,
+            exit_code: Some(3),
+            workload_uuid: None,
+            reason: Some(ExitReason::Failed),
+        }],
+    };
+    let frame = Message::InstanceNews(news.clone()).to_frame(uuid);
+    assert_eq!(hex(&frame.to_bytes()), GOLDEN_INSTANCE_NEWS);
+    let back = frame::decode_one(&frame.to_bytes(), DEFAULT_MAX_PAYLOAD).unwrap();
+    assert_eq!(Message::decode(&back).unwrap(), Message::InstanceNews(news));
+}
+
+/// Golden REPORT_REQUEST for every node: an empty map.
+pub const GOLDEN_REPORT_REQUEST: &str = concat!(
+    "01000011",
+    "00000001",                         // 1.0 COMMAND REPORT_REQUEST, 1 payload byte
+    "4cb195221e18439a883af9b2a3a95f5e", // origin
+    "a0",                               // map(0)
+);
+
+#[test]
+fn golden_report_request() {
+    let uuid: Uuid = AGENT.parse().unwrap();
+    let frame = Message::ReportRequest(ReportRequest::default()).to_frame(uuid);
+    assert_eq!(hex(&frame.to_bytes()), GOLDEN_REPORT_REQUEST);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use ssntp::client::{Client, ClientEvent, ClientHandle, ClientOptions};
 use ssntp::payload::{
-    Backend, InstanceEvent, InstanceStat, InstanceState, Message, NodeReport, NodeState, Requirements, Start, Stats,
+    Backend, DigestPage, InstanceEvent, InstanceStat, InstanceState, Message, NodeReport, NodeState, Requirements,
+    Start, Stats,
 };
 use ssntp::{Role, Uuid};
 use tokio::sync::{mpsc, Semaphore};
@@ -269,7 +270,7 @@ impl Agent {
                     let Some(event) = event else { return };
                     match event {
                         ClientEvent::Connected { .. } => {
-                            self.report().await;
+                            self.report(true).await;
                             self.counters.ready_at_ns.store(self.ledger.now_ns(), Ordering::Relaxed);
                             self.counters.connects.fetch_add(1, Ordering::Relaxed);
                             if let Some((_permit, up)) = first_session.take() {
@@ -300,14 +301,16 @@ impl Agent {
                 }
                 _ = ticker.tick(), if self.shape.report_interval.is_some() => {
                     if self.handle.is_connected() {
-                        self.report().await;
+                        self.report(false).await;
                     }
                 }
             }
         }
     }
 
-    async fn report(&self) {
+    /// READY and a heartbeat STATS, or with `digest` a one-page digest listing every instance
+    /// (as a launcher does on connecting).
+    async fn report(&self, digest: bool) {
         let used = self.instances.len() as u64 * INSTANCE_MEM_MB;
         let report = NodeReport {
             node_uuid: self.handle.uuid(),
@@ -333,19 +336,24 @@ impl Agent {
             cpus_online: report.cpus_online,
             hostname: report.hostname.clone(),
             networks: Vec::new(),
-            instances: self
-                .instances
-                .iter()
-                .map(|id| InstanceStat {
-                    instance_uuid: *id,
-                    state: InstanceState::Active,
-                    memory_usage_mb: 64,
-                    disk_usage_mb: 0,
-                    cpu_usage: 1,
-                    exit_code: None,
-                    workload_uuid: None,
-                })
-                .collect(),
+            instances: if digest {
+                self.instances
+                    .iter()
+                    .map(|id| InstanceStat {
+                        instance_uuid: *id,
+                        state: InstanceState::Active,
+                        memory_usage_mb: 64,
+                        disk_usage_mb: 0,
+                        cpu_usage: 1,
+                        exit_code: None,
+                        workload_uuid: None,
+                        reason: None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            digest: digest.then_some(DigestPage { seq: 0, page: 0, pages: 1 }),
         };
         let _ = self.handle.send(&Message::Ready(report)).await;
         let _ = self.handle.send(&Message::Stats(stats)).await;

@@ -206,10 +206,6 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn counts(&self, tenant: Option<&str>) -> Result<BTreeMap<&'static str, usize>, ServiceError> {
-        let mut counts = BTreeMap::new();
-        for r in self.store.instances(tenant)? {
-            *counts.entry(r.life.state.name()).or_default() += 1;
-        }
-        Ok(counts)
+        Ok(self.store.counts(tenant))
     }
 }

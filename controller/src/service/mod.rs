@@ -10,10 +10,11 @@
 //!   commands it needs (a STOP for an instance the user stopped while it was starting). A
 //!   report from a node other than the one the instance runs on is about a stale copy: a start
 //!   there is stopped, an end there changes nothing.
-//! - [`Service::reconcile`] compares a node's STATS with the store: an instance still waiting
-//!   for its start report that runs there is running there (the report was lost); a copy the
-//!   store does not want there is stopped; an instance the store believes runs there but the node has not
-//!   reported for the grace is lost; an end the controller missed (it was down) is applied.
+//! - A node's INSTANCE_NEWS and digests (STATS pages) are read against the store
+//!   (`reconcile.rs`): an instance still waiting for its start report that runs there is running
+//!   there (the report was lost); a copy the store does not want there is stopped; an end the
+//!   controller missed (it was down) is applied; an instance the store believes runs there but
+//!   a complete digest does not list is lost. A gap in a node's news asks it for a digest.
 //! - User actions check the tenant: another tenant's instance is "not found", never "forbidden",
 //!   so tenants cannot probe each other's UUIDs.
 
@@ -69,9 +70,9 @@ struct OpenBatch {
 #[derive(Debug)]
 pub struct Service {
     store: Store,
-    /// Instances a node's STATS did not list, since when (Unix ms); in memory, since a
-    /// restarted controller simply waits one grace again.
-    missing: Mutex<HashMap<Uuid, u64>>,
+    /// The order of each node's reports; in memory (a restarted controller asks every node
+    /// for a digest).
+    feeds: Mutex<crate::feeds::Feeds>,
     batches: Mutex<HashMap<Uuid, OpenBatch>>,
 }
 
@@ -95,7 +96,7 @@ impl Service {
             }
         }
         batches.retain(|_, b| b.left > 0);
-        Ok(Self { store, missing: Mutex::new(HashMap::new()), batches: Mutex::new(batches) })
+        Ok(Self { store, feeds: Mutex::new(crate::feeds::Feeds::default()), batches: Mutex::new(batches) })
     }
 
     /// The store (reads for the API).
@@ -109,10 +110,6 @@ type Change = (Uuid, Input, String);
 
 /// The tenant that may act for all.
 pub const ADMIN: &str = "admin";
-
-/// How long an instance the store believes runs on a node may be missing from that node's
-/// STATS before it counts as lost (several report intervals: a START and the first STATS race).
-pub const RECONCILE_GRACE_MS: u64 = 10_000;
 
 pub(super) fn start_message(id: Uuid, stored: &StoredWorkload, w: &Workload, restart: bool) -> Message {
     let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());

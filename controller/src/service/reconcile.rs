@@ -1,76 +1,149 @@
-//! A node's STATS against the store: lost start reports, stale copies, missed ends and silent
-//! instances.
+//! A node's instance reports against the store: INSTANCE_NEWS and digest pages (STATS) carry
+//! each instance's whole state on that node, so one rule reads both ([`Service::stat_changes`]):
+//! lost start reports, stale copies and missed ends. A complete digest also finds the instances
+//! the store believes run there that the node no longer holds: they are lost. The order of a
+//! node's reports (gaps, duplicates, pages) is judged by [`crate::feeds::Feeds`].
+
+use ssntp::payload::{InstanceNews, InstanceStat, ReportRequest};
 
 use super::*;
+use crate::feeds::{NewsVerdict, PageVerdict};
 
 impl Service {
-    /// Compares a node's STATS with the store (see the module text); returns the STOPs for
-    /// copies that should not run there. `grace_ms`: how long an instance may go unreported
-    /// before it counts as lost.
+    /// What one instance's stat from `node` calls for: changes, and STOPs for copies that
+    /// should not run there.
     ///
     /// # Errors
     /// The store.
-    pub fn reconcile(&self, stats: &Stats, now_ms: u64, grace_ms: u64) -> Result<Vec<Message>, ServiceError> {
-        let node = stats.node_uuid;
-        let mut out = Vec::new();
-        let mut inputs = Vec::new();
-        let mut reported = HashSet::with_capacity(stats.instances.len());
-        // What the store believes runs here, from the in-memory index: the common case (the
-        // node reports what the store expects) needs no read of the store.
-        let on_node: HashSet<Uuid> = self.store.running_on(node).into_iter().collect();
-        for stat in &stats.instances {
-            let id = stat.instance_uuid;
-            reported.insert(id);
-            let here = on_node.contains(&id);
-            match stat.state {
-                InstanceState::Active | InstanceState::Pending if !here => {
-                    let record = self.store.instance(id)?;
-                    let waiting =
-                        record.as_ref().is_some_and(|r| matches!(r.life.state, State::Starting | State::Queued { .. }));
-                    let unwanted = record.as_ref().is_none_or(|r| {
-                        r.life.state.is_final()
-                            || matches!(r.life.state, State::Running { node: other } if other != node)
+    pub(super) fn stat_changes(
+        &self,
+        node: Uuid,
+        stat: &InstanceStat,
+        changes: &mut Vec<Change>,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ServiceError> {
+        let id = stat.instance_uuid;
+        // The common case (a running instance reported where the store has it) needs no read.
+        let here = self.store.node_of(id) == Some(node);
+        let ended = matches!(stat.state, InstanceState::Exited | InstanceState::Stopped);
+        if here && !ended {
+            return Ok(());
+        }
+        let record = self.store.instance(id)?;
+        let waiting = record.as_ref().is_some_and(|r| matches!(r.life.state, State::Starting | State::Queued { .. }));
+        match stat.state {
+            InstanceState::Active | InstanceState::Pending => {
+                let unwanted = record.as_ref().is_none_or(|r| {
+                    r.life.state.is_final() || matches!(r.life.state, State::Running { node: other } if other != node)
+                });
+                if waiting {
+                    // It runs there, and its start report was lost or is this: this is the copy.
+                    changes.push((id, Input::Started { node }, String::new()));
+                } else if unwanted {
+                    out.push(stop(id, node));
+                }
+            }
+            InstanceState::Exited | InstanceState::Stopped if here || waiting => {
+                if waiting {
+                    // Started and ended between two reports.
+                    changes.push((id, Input::Started { node }, String::new()));
+                }
+                if stat.state == InstanceState::Exited {
+                    let code = stat.exit_code;
+                    let reason = stat.reason.filter(|r| *r != ExitReason::Unknown).unwrap_or(if code == Some(0) {
+                        ExitReason::Completed
+                    } else {
+                        ExitReason::Failed
                     });
-                    if waiting {
-                        // It runs, and the start report was lost (the controller was down, or a
-                        // repeated START was refused as a duplicate): this is the copy.
-                        inputs.push((id, Input::Started { node }));
-                    } else if unwanted {
-                        out.push(stop(id, node));
-                    }
+                    let why = format!("exited: {reason:?}{}", code.map_or(String::new(), |c| format!(", code {c}")));
+                    changes.push((id, Input::Exited { code, reason }, why));
+                } else {
+                    // A stop the user did not ask for was the node's: an evacuation.
+                    let user = record.as_ref().is_some_and(|r| r.life.stop_requested);
+                    let why = if user { "stopped" } else { "evacuated" };
+                    changes.push((id, Input::Stopped { evacuated: !user }, why.into()));
                 }
-                // An end the controller missed (it was down, or the event was lost).
-                InstanceState::Exited if here => {
-                    let reason = if stat.exit_code == Some(0) { ExitReason::Completed } else { ExitReason::Failed };
-                    inputs.push((id, Input::Exited { code: stat.exit_code, reason }));
-                }
-                InstanceState::Stopped if here => {
-                    let user = self.store.instance(id)?.is_some_and(|r| r.life.stop_requested);
-                    inputs.push((id, Input::Stopped { evacuated: !user }));
-                }
-                _ => {}
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An INSTANCE_NEWS from `node`: its changes, and a REPORT_REQUEST when news was lost.
+    ///
+    /// # Errors
+    /// The store.
+    pub(super) fn news_changes(
+        &self,
+        node: Uuid,
+        news: &InstanceNews,
+        changes: &mut Vec<Change>,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ServiceError> {
+        let verdict = self.feeds.lock().expect("feeds lock").news(node, news.seq);
+        match verdict {
+            NewsVerdict::Stale => return Ok(()),
+            NewsVerdict::ApplyAndAsk => out.push(Message::ReportRequest(ReportRequest { node_uuid: Some(node) })),
+            NewsVerdict::Apply => {}
+        }
+        for stat in &news.instances {
+            self.stat_changes(node, stat, changes, out)?;
+        }
+        Ok(())
+    }
+
+    /// One STATS from `node`. A heartbeat (no digest) changes nothing here. A digest page's
+    /// entries are read as news; once its last page is in, `changes` so far are applied and the
+    /// instances the store believes run there that the digest did not list are lost.
+    ///
+    /// # Errors
+    /// The store.
+    pub(super) fn digest_changes(
+        &self,
+        node: Uuid,
+        stats: &Stats,
+        now_ms: u64,
+        changes: &mut Vec<Change>,
+        out: &mut Vec<Message>,
+    ) -> Result<(), ServiceError> {
+        let Some(page) = stats.digest else { return Ok(()) };
+        for stat in &stats.instances {
+            self.stat_changes(node, stat, changes, out)?;
+        }
+        let verdict =
+            self.feeds.lock().expect("feeds lock").page(node, page, stats.instances.iter().map(|s| s.instance_uuid));
+        match verdict {
+            PageVerdict::Partial | PageVerdict::Broken { ask: false } => {}
+            PageVerdict::Broken { ask: true } => {
+                out.push(Message::ReportRequest(ReportRequest { node_uuid: Some(node) }))
+            }
+            PageVerdict::Complete(listed) => {
+                out.extend(self.apply_changes(std::mem::take(changes), now_ms)?);
+                let mut lost: Vec<Uuid> =
+                    self.store.running_on(node).into_iter().filter(|id| !listed.contains(id)).collect();
+                lost.sort_unstable();
+                let why = format!("not held by node {} any more (its digest did not list it)", node.short());
+                out.extend(self.apply(lost.into_iter().map(|id| (id, Input::NodeLost)).collect(), &why, now_ms)?);
             }
         }
-        let mut missing = self.missing.lock().expect("missing lock");
-        let mut lost = Vec::new();
-        for id in on_node {
-            if reported.contains(&id) {
-                missing.remove(&id);
-                continue;
-            }
-            let since = *missing.entry(id).or_insert(now_ms);
-            if now_ms.saturating_sub(since) >= grace_ms {
-                missing.remove(&id);
-                lost.push((id, Input::NodeLost));
-            }
-        }
-        drop(missing);
-        out.extend(self.apply(inputs, "", now_ms)?);
-        out.extend(self.apply(
-            lost,
-            &format!("not reported by node {} for {} s", node.short(), grace_ms / 1000),
-            now_ms,
-        )?);
+        Ok(())
+    }
+
+    /// Applies one STATS from `node` at once (see [`Service::report_many`] for frames in bulk);
+    /// returns the commands it calls for.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn reconcile(&self, stats: &Stats, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        let (mut changes, mut out) = (Vec::new(), Vec::new());
+        self.digest_changes(stats.node_uuid, stats, now_ms, &mut changes, &mut out)?;
+        out.extend(self.apply_changes(changes, now_ms)?);
         Ok(out)
+    }
+
+    /// The link came up: every node is asked for a digest (what was missed while it was down).
+    pub fn digests_asked(&self) -> Message {
+        self.feeds.lock().expect("feeds lock").asked_all();
+        Message::ReportRequest(ReportRequest::default())
     }
 }

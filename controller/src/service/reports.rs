@@ -21,10 +21,16 @@ impl Service {
         let mut out = Vec::new();
         let mut changes = Vec::new();
         for (origin, message) in frames {
-            if let Message::Stats(stats) = message {
-                out.extend(self.apply_changes(std::mem::take(&mut changes), now_ms)?);
-                out.extend(self.reconcile(stats, now_ms, RECONCILE_GRACE_MS)?);
-                continue;
+            match message {
+                Message::Stats(stats) => {
+                    self.digest_changes(*origin, stats, now_ms, &mut changes, &mut out)?;
+                    continue;
+                }
+                Message::InstanceNews(news) => {
+                    self.news_changes(*origin, news, &mut changes, &mut out)?;
+                    continue;
+                }
+                _ => {}
             }
             let (more, commands) = self.changes_for(*origin, message)?;
             changes.extend(more);
@@ -34,7 +40,7 @@ impl Service {
         Ok(out)
     }
 
-    /// The instance changes a frame (other than STATS) asks for, and commands to send at once.
+    /// The instance changes a frame (other than STATS and INSTANCE_NEWS) asks for, and commands to send at once.
     pub(super) fn changes_for(
         &self,
         origin: Uuid,

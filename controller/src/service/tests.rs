@@ -168,13 +168,15 @@ fn stats(node: Uuid, instances: &[(Uuid, InstanceState, Option<i32>)]) -> Stats 
                 cpu_usage: -1,
                 exit_code: *exit_code,
                 workload_uuid: None,
+                reason: None,
             })
             .collect(),
+        digest: Some(ssntp::payload::DigestPage { seq: 0, page: 0, pages: 1 }),
     }
 }
 
 #[test]
-fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
+fn digests_reconcile_stale_copies_missed_exits_and_instances_the_node_no_longer_holds() {
     let s = memory_service();
     s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
     let ids = s.launch("acme", "job", 3, 0).unwrap();
@@ -187,11 +189,7 @@ fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
     // A node that came back runs a copy of ids[0] (which runs on node()) and something unknown.
     let stranger = Uuid::new_v4();
     let out = s
-        .reconcile(
-            &stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]),
-            2,
-            10_000,
-        )
+        .reconcile(&stats(other, &[(ids[0], InstanceState::Active, None), (stranger, InstanceState::Active, None)]), 2)
         .unwrap();
     let stopped: Vec<(Uuid, Uuid)> = out
         .iter()
@@ -202,15 +200,23 @@ fn stats_reconcile_stale_copies_missed_exits_and_silent_instances() {
     s.report(other, &Message::InstanceStopped(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(other) }), 3)
         .unwrap();
     assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
-    // node() reports ids[0] running, ids[1] exited (the event was missed), ids[2] not at all.
-    let report = stats(node(), &[(ids[0], InstanceState::Active, None), (ids[1], InstanceState::Exited, Some(0))]);
-    assert!(s.reconcile(&report, 4, 10_000).unwrap().is_empty());
+    // node()'s digest, in two pages: ids[0] running, ids[1] exited (the event was missed), ids[2]
+    // not at all.
+    let mut first = stats(node(), &[(ids[0], InstanceState::Active, None)]);
+    first.digest = Some(ssntp::payload::DigestPage { seq: 0, page: 0, pages: 2 });
+    let mut second = stats(node(), &[(ids[1], InstanceState::Exited, Some(0))]);
+    second.digest = Some(ssntp::payload::DigestPage { seq: 0, page: 1, pages: 2 });
+    assert!(s.reconcile(&first, 4).unwrap().is_empty());
+    assert_eq!(s.store().instance(ids[2]).unwrap().unwrap().life.state, State::Running { node: node() }, "partial");
+    assert!(s.reconcile(&second, 4).unwrap().is_empty());
     assert_eq!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Exited { code: Some(0) });
-    assert_eq!(s.store().instance(ids[2]).unwrap().unwrap().life.state, State::Running { node: node() }, "grace");
-    s.reconcile(&report, 10_004, 10_000).unwrap();
     let lost = s.store().instance(ids[2]).unwrap().unwrap();
     assert!(matches!(lost.life.state, State::Pending { .. }), "restarted per policy: {:?}", lost.life.state);
-    assert!(lost.why.contains("not reported"), "{}", lost.why);
+    assert!(lost.why.contains("did not list it"), "{}", lost.why);
+    // A heartbeat (no digest) says nothing about instances.
+    let mut heartbeat = stats(node(), &[]);
+    heartbeat.digest = None;
+    assert!(s.reconcile(&heartbeat, 5).unwrap().is_empty());
     assert_eq!(s.store().instance(ids[0]).unwrap().unwrap().life.state, State::Running { node: node() });
 }
 
@@ -276,9 +282,9 @@ fn an_instance_whose_start_report_was_lost_is_found_running_by_stats() {
     s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
     let id = s.launch("acme", "job", 1, 0).unwrap()[0];
     s.tick(0).unwrap();
-    assert!(s.reconcile(&stats(node(), &[(id, InstanceState::Active, None)]), 1, 10_000).unwrap().is_empty());
+    assert!(s.reconcile(&stats(node(), &[(id, InstanceState::Active, None)]), 1).unwrap().is_empty());
     assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Running { node: node() });
-    assert_eq!(s.store().running_on(node()), vec![id]);
+    assert_eq!(s.store().running_on(node()), [id].into());
 }
 
 #[test]
@@ -298,4 +304,145 @@ fn a_start_and_an_end_applied_together_still_show_every_step_in_the_event() {
     let events = s.store().events_after(0, 100).unwrap();
     let last = events.last().unwrap();
     assert!(last.what.starts_with("instance starting → running → exited"), "{}", last.what);
+}
+
+/// What a node really holds of one instance, in the order it can only move forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Truth {
+    NotYet,
+    Runs,
+    Ended(i32),
+}
+
+fn truth_stat(id: Uuid, truth: Truth) -> Option<ssntp::payload::InstanceStat> {
+    let (state, exit_code, reason) = match truth {
+        Truth::NotYet => return None,
+        Truth::Runs => (InstanceState::Active, None, None),
+        Truth::Ended(0) => (InstanceState::Exited, Some(0), Some(ExitReason::Completed)),
+        Truth::Ended(code) => (InstanceState::Exited, Some(code), Some(ExitReason::Failed)),
+    };
+    Some(ssntp::payload::InstanceStat {
+        instance_uuid: id,
+        state,
+        memory_usage_mb: -1,
+        disk_usage_mb: -1,
+        cpu_usage: -1,
+        exit_code,
+        workload_uuid: None,
+        reason,
+    })
+}
+
+/// The store's state, on the same scale.
+fn seen(s: &Service, id: Uuid) -> Truth {
+    match s.store().instance(id).unwrap().unwrap().life.state {
+        State::Running { .. } => Truth::Runs,
+        State::Exited { code } => Truth::Ended(code.unwrap_or(0)),
+        State::Failed { .. } => Truth::Ended(3),
+        _ => Truth::NotYet,
+    }
+}
+
+/// How one INSTANCE_NEWS fares on its way.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Delivered,
+    Dropped,
+    Duplicated,
+    /// Overtaken by the next one.
+    Late,
+}
+
+proptest::proptest! {
+    /// Whatever happens to a node's news (dropped, duplicated, reordered), the store never runs
+    /// ahead of what the node holds, and once the digests the controller asks for (and the one a
+    /// reconnect brings) are in, it agrees with the node exactly.
+    #[test]
+    fn the_view_converges_to_the_nodes_truth_whatever_happens_to_the_news(
+        steps in proptest::collection::vec((0usize..6, proptest::prelude::any::<bool>()), 1..40),
+        fates in proptest::collection::vec(proptest::sample::select(vec![Fate::Delivered, Fate::Delivered, Fate::Dropped, Fate::Duplicated, Fate::Late]), 40),
+    ) {
+        let s = memory_service();
+        s.put_workload("acme", &WORKLOAD.replace("on-failure", "never"), Format::Toml, false).unwrap();
+        let ids = s.launch("acme", "job", 6, 0).unwrap();
+        s.tick(0).unwrap();
+        let mut truth = vec![Truth::NotYet; ids.len()];
+        let mut seq = 0u64;
+        let mut now = 1u64;
+        let mut late: Option<Message> = None;
+        let digest = |truth: &[Truth], seq: u64| {
+            let mut d = stats(node(), &[]);
+            d.instances = ids.iter().zip(truth).filter_map(|(id, t)| truth_stat(*id, *t)).collect();
+            d.digest = Some(ssntp::payload::DigestPage { seq, page: 0, pages: 1 });
+            Message::Stats(d)
+        };
+        for (n, ((i, fails), fate)) in steps.into_iter().zip(fates).enumerate() {
+            truth[i] = match truth[i] {
+                Truth::NotYet => Truth::Runs,
+                Truth::Runs => Truth::Ended(if fails { 3 } else { 0 }),
+                ended => ended,
+            };
+            seq += 1;
+            let news = Message::InstanceNews(ssntp::payload::InstanceNews {
+                node_uuid: node(),
+                seq,
+                instances: truth_stat(ids[i], truth[i]).into_iter().collect(),
+            });
+            let mut arriving = match fate {
+                Fate::Delivered => vec![news],
+                Fate::Dropped => vec![],
+                Fate::Duplicated => vec![news.clone(), news],
+                Fate::Late => {
+                    late = Some(news);
+                    vec![]
+                }
+            };
+            if !matches!(fate, Fate::Late) {
+                arriving.extend(late.take());
+            }
+            let mut asked = false;
+            for frame in arriving {
+                now += 1;
+                let out = s.report(node(), &frame, now).unwrap();
+                asked |= out.iter().any(|m| matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(node())));
+                // Every copy on the node is the one wanted: an old report read as new would stop it.
+                proptest::prop_assert!(!out.iter().any(|m| matches!(m, Message::Stop(_))), "step {}: {:?}", n, out);
+                for (id, t) in ids.iter().zip(&truth) {
+                    proptest::prop_assert!(seen(&s, *id) <= *t, "step {}: the store ran ahead of the node", n);
+                }
+            }
+            if asked {
+                // The launcher answers with a digest as of its latest news.
+                now += 1;
+                s.report(node(), &digest(&truth, seq), now).unwrap();
+            }
+        }
+        // A reconnect: every node is asked for a digest.
+        now += 1;
+        s.report(node(), &digest(&truth, seq), now).unwrap();
+        for (id, t) in ids.iter().zip(&truth) {
+            proptest::prop_assert_eq!(seen(&s, *id), *t);
+        }
+    }
+}
+
+#[test]
+fn a_gap_in_a_nodes_news_asks_it_for_a_digest_once() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+    s.tick(0).unwrap();
+    let news = |seq| {
+        Message::InstanceNews(ssntp::payload::InstanceNews {
+            node_uuid: node(),
+            seq,
+            instances: truth_stat(id, Truth::Runs).into_iter().collect(),
+        })
+    };
+    let asks = |out: Vec<Message>| out.iter().filter(|m| matches!(m, Message::ReportRequest(_))).count();
+    assert_eq!(asks(s.report(node(), &news(1), 1).unwrap()), 0);
+    assert_eq!(seen(&s, id), Truth::Runs);
+    assert_eq!(asks(s.report(node(), &news(3), 2).unwrap()), 1, "news 2 was lost");
+    assert_eq!(asks(s.report(node(), &news(5), 3).unwrap()), 0, "asked already");
+    assert!(matches!(s.digests_asked(), Message::ReportRequest(r) if r.node_uuid.is_none()));
 }

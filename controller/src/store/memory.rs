@@ -85,6 +85,12 @@ impl StoreBackend for MemoryBackend {
         Ok(all)
     }
 
+    fn instances_from(&self, start: &str, limit: usize) -> Result<Vec<InstanceRecord>, StoreError> {
+        // UUID byte order is UUID text order.
+        let inner = self.lock();
+        Ok(inner.instances.values().filter(|r| r.uuid.to_string().as_str() >= start).take(limit).cloned().collect())
+    }
+
     fn update_instances(
         &self,
         uuids: &[Uuid],

@@ -16,7 +16,7 @@
 pub mod memory;
 pub mod redb;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -84,6 +84,13 @@ pub trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Storage errors or a corrupt record.
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// At most `limit` instances whose UUID text is at least `start`, in UUID text order (a
+    /// page, or the instances a prefix names).
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    fn instances_from(&self, start: &str, limit: usize) -> Result<Vec<InstanceRecord>, StoreError>;
 
     /// Reads, changes and writes the instances in one atomic write; `change` says what the
     /// event of each is. Unknown UUIDs are skipped. Returns the records as written and the last
@@ -178,7 +185,93 @@ pub struct Event {
 pub struct Store {
     backend: Box<dyn StoreBackend>,
     pending: Mutex<BTreeMap<Uuid, u64>>,
-    running: Mutex<BTreeMap<Uuid, Uuid>>,
+    running: Mutex<RunningIndex>,
+    counts: Mutex<CountIndex>,
+}
+
+/// How many instances each tenant has in each state, kept as records change: `status` answers
+/// without reading a record.
+#[derive(Debug, Default)]
+struct CountIndex {
+    /// (tenant, state name) of each key number.
+    keys: Vec<(String, &'static str)>,
+    numbers: HashMap<(String, &'static str), u16>,
+    of: HashMap<Uuid, u16>,
+    counts: Vec<usize>,
+}
+
+impl CountIndex {
+    fn set(&mut self, instance: Uuid, now: Option<(&str, &'static str)>) {
+        let number = now.map(|(tenant, state)| {
+            if let Some(n) = self.numbers.get(&(tenant.to_owned(), state)) {
+                return *n;
+            }
+            let n = u16::try_from(self.keys.len()).unwrap_or(u16::MAX);
+            self.keys.push((tenant.to_owned(), state));
+            self.numbers.insert((tenant.to_owned(), state), n);
+            self.counts.push(0);
+            n
+        });
+        let old = match number {
+            Some(n) => self.of.insert(instance, n),
+            None => self.of.remove(&instance),
+        };
+        if let Some(old) = old {
+            self.counts[usize::from(old)] -= 1;
+        }
+        if let Some(n) = number {
+            self.counts[usize::from(n)] += 1;
+        }
+    }
+
+    fn by_state(&self, tenant: Option<&str>) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for ((t, state), count) in self.keys.iter().zip(&self.counts) {
+            if *count > 0 && tenant.is_none_or(|tenant| tenant == t) {
+                *out.entry(*state).or_default() += count;
+            }
+        }
+        out
+    }
+}
+
+/// A page of instances and where the next one starts.
+#[derive(Debug, Default)]
+pub struct InstancePage {
+    /// The instances, in UUID order.
+    pub records: Vec<InstanceRecord>,
+    /// Give this as `after` for the next page; `None` when there is no more.
+    pub next_after: Option<Uuid>,
+}
+/// Which instances the store believes run where, both ways: a node's digest and an instance's
+/// report each look up what they need without a scan.
+#[derive(Debug, Default)]
+struct RunningIndex {
+    node_of: HashMap<Uuid, Uuid>,
+    on_node: HashMap<Uuid, HashSet<Uuid>>,
+}
+
+impl RunningIndex {
+    fn set(&mut self, instance: Uuid, node: Option<Uuid>) {
+        let old = match node {
+            Some(node) => self.node_of.insert(instance, node),
+            None => self.node_of.remove(&instance),
+        };
+        if old == node {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some(set) = self.on_node.get_mut(&old) {
+                set.remove(&instance);
+                if set.is_empty() {
+                    self.on_node.remove(&old);
+                }
+            }
+        }
+        if let Some(node) = node {
+            self.on_node.entry(node).or_default().insert(instance);
+        }
+    }
 }
 
 impl Store {
@@ -200,7 +293,12 @@ impl Store {
     /// # Errors
     /// The backend's records cannot be read.
     pub fn over(backend: Box<dyn StoreBackend>) -> Result<Self, StoreError> {
-        let store = Self { backend, pending: Mutex::new(BTreeMap::new()), running: Mutex::new(BTreeMap::new()) };
+        let store = Self {
+            backend,
+            pending: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(RunningIndex::default()),
+            counts: Mutex::new(CountIndex::default()),
+        };
         let records = store.backend.instances()?;
         store.index(&records);
         Ok(store)
@@ -210,29 +308,41 @@ impl Store {
     fn index<'a>(&self, records: impl IntoIterator<Item = &'a InstanceRecord>) {
         let mut pending = self.pending.lock().expect("pending index lock");
         let mut running = self.running.lock().expect("running index lock");
+        let mut counts = self.counts.lock().expect("counts index lock");
         for record in records {
+            counts.set(record.uuid, Some((&record.tenant, record.life.state.name())));
             if let State::Pending { not_before_ms } = record.life.state {
                 pending.insert(record.uuid, not_before_ms);
             } else {
                 pending.remove(&record.uuid);
             }
-            if let State::Running { node } = record.life.state {
-                running.insert(record.uuid, node);
-            } else {
-                running.remove(&record.uuid);
-            }
+            let node = match record.life.state {
+                State::Running { node } => Some(node),
+                _ => None,
+            };
+            running.set(record.uuid, node);
         }
     }
 
     /// Instances the store believes run on `node`.
-    pub fn running_on(&self, node: Uuid) -> Vec<Uuid> {
+    pub fn running_on(&self, node: Uuid) -> HashSet<Uuid> {
         let running = self.running.lock().expect("running index lock");
-        running.iter().filter(|(_, n)| **n == node).map(|(id, _)| *id).collect()
+        running.on_node.get(&node).cloned().unwrap_or_default()
+    }
+
+    /// How many instances the store believes run on `node`.
+    pub fn running_count(&self, node: Uuid) -> usize {
+        self.running.lock().expect("running index lock").on_node.get(&node).map_or(0, HashSet::len)
+    }
+
+    /// The node the store believes `instance` runs on.
+    pub fn node_of(&self, instance: Uuid) -> Option<Uuid> {
+        self.running.lock().expect("running index lock").node_of.get(&instance).copied()
     }
 
     /// The nodes the store believes run at least one instance.
     pub fn nodes_running(&self) -> BTreeSet<Uuid> {
-        self.running.lock().expect("running index lock").values().copied().collect()
+        self.running.lock().expect("running index lock").on_node.keys().copied().collect()
     }
 
     /// Instances waiting for a START whose time has come at `now_ms`, at most `limit`.
@@ -324,6 +434,61 @@ impl Store {
         Ok(all)
     }
 
+    /// At most `limit` instances after `after` (from the first when `None`) that `keep`
+    /// accepts, in UUID order. Reads only as far as it must: the first page of an unfiltered
+    /// list reads `limit` records whatever the store holds.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    pub fn instances_page(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+        keep: impl Fn(&InstanceRecord) -> bool,
+    ) -> Result<InstancePage, StoreError> {
+        let limit = limit.max(1);
+        let chunk = limit.clamp(64, 4096);
+        // Keys are UUID text: the smallest key above `after` is `after` followed by NUL.
+        let mut start = after.map_or_else(String::new, |a| format!("{a}\0"));
+        let mut records = Vec::new();
+        loop {
+            let batch = self.backend.instances_from(&start, chunk)?;
+            let done = batch.len() < chunk;
+            if let Some(last) = batch.last() {
+                start = format!("{}\0", last.uuid);
+            }
+            for record in batch {
+                if !keep(&record) {
+                    continue;
+                }
+                if records.len() == limit {
+                    let next_after = records.last().map(|r: &InstanceRecord| r.uuid);
+                    return Ok(InstancePage { records, next_after });
+                }
+                records.push(record);
+            }
+            if done {
+                return Ok(InstancePage { records, next_after: None });
+            }
+        }
+    }
+
+    /// The instances whose UUID text starts with `prefix` (at most `limit`).
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt record.
+    pub fn instances_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<InstanceRecord>, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let mut found = self.backend.instances_from(&prefix, limit)?;
+        found.retain(|r| r.uuid.to_string().starts_with(&prefix));
+        Ok(found)
+    }
+
+    /// How many instances of a tenant (or of all) are in each state, from the index.
+    pub fn counts(&self, tenant: Option<&str>) -> BTreeMap<&'static str, usize> {
+        self.counts.lock().expect("counts index lock").by_state(tenant)
+    }
+
     /// Changes an instance in one write; the event says what became of it. Returns the
     /// revision, or `None` for an unknown instance.
     ///
@@ -396,7 +561,8 @@ impl Store {
         let Some(record) = self.backend.instance(uuid)? else { return Ok(false) };
         let removed = self.backend.delete_instance(uuid, (record.tenant, Some(uuid), "instance deleted".to_owned()))?;
         self.pending.lock().expect("pending index lock").remove(&uuid);
-        self.running.lock().expect("running index lock").remove(&uuid);
+        self.running.lock().expect("running index lock").set(uuid, None);
+        self.counts.lock().expect("counts index lock").set(uuid, None);
         Ok(removed)
     }
 
@@ -470,7 +636,8 @@ mod tests {
         assert_eq!(store.update_instance(Uuid::new_v4(), |_| {}).unwrap(), None);
         assert!(store.delete_instance(ids[0]).unwrap());
         assert!(!store.delete_instance(ids[0]).unwrap(), "gone already: no event");
-        assert_eq!(store.running_on(node), vec![ids[1]]);
+        assert_eq!(store.running_on(node), [ids[1]].into());
+        assert_eq!((store.node_of(ids[1]), store.node_of(ids[0]), store.running_count(node)), (Some(node), None, 1));
         assert!(store.delete_workload("acme", "web").unwrap());
         assert!(!store.delete_workload("acme", "web").unwrap());
         let last = store.note("acme", None, "batch done".into()).unwrap();
@@ -489,6 +656,46 @@ mod tests {
         reads_back_what_it_wrote(&Store::in_memory());
         let dir = tempfile::tempdir().unwrap();
         reads_back_what_it_wrote(&Store::open(&dir.path().join("c.redb")).unwrap());
+        pages_prefixes_and_counts(&Store::in_memory());
+        pages_prefixes_and_counts(&Store::open(&dir.path().join("p.redb")).unwrap());
+    }
+
+    fn pages_prefixes_and_counts(store: &Store) {
+        let life = Lifecycle::new(RESTART, 0);
+        let mut ids = store.create_instances("acme", "web", 10, &life, "", None).unwrap();
+        ids.extend(store.create_instances("other", "web", 5, &life, "", None).unwrap());
+        ids.sort_by_key(ToString::to_string);
+        // Pages of four: every instance once, in order, then no cursor.
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = store.instances_page(after, 4, |_| true).unwrap();
+            assert!(page.records.len() <= 4);
+            seen.extend(page.records.iter().map(|r| r.uuid));
+            pages += 1;
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!((seen, pages), (ids.clone(), 4));
+        // A filter reads on until the page is full.
+        let acme = store.instances_page(None, 100, |r| r.tenant == "acme").unwrap();
+        assert_eq!((acme.records.len(), acme.next_after), (10, None));
+        let exactly = store.instances_page(None, 10, |r| r.tenant == "acme").unwrap();
+        assert_eq!(exactly.next_after, None, "no cursor when nothing more matches");
+        // A prefix finds its instance; the empty prefix finds the first ones.
+        let first = ids[0].to_string();
+        let found = store.instances_with_prefix(&first[..8].to_uppercase(), 2).unwrap();
+        assert!(found.iter().any(|r| r.uuid == ids[0]));
+        assert!(found.iter().all(|r| r.uuid.to_string().starts_with(&first[..8])));
+        // Counts follow every change, per tenant and in all.
+        assert_eq!(store.counts(Some("acme")).get("pending"), Some(&10));
+        assert_eq!(store.counts(None).get("pending"), Some(&15));
+        let node = Uuid::new_v4();
+        store.update_instances(&ids[..3], |r| r.life.state = State::Running { node }).unwrap();
+        store.delete_instance(ids[14]).unwrap();
+        let all = store.counts(None);
+        assert_eq!((all.get("running"), all.get("pending")), (Some(&3), Some(&11)));
     }
 
     #[test]

@@ -148,6 +148,17 @@ impl StoreBackend for RedbBackend {
         Ok(out)
     }
 
+    fn instances_from(&self, start: &str, limit: usize) -> Result<Vec<InstanceRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INSTANCES)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for entry in table.range::<&str>(start..)?.take(limit) {
+            let (_, v) = entry?;
+            out.push(parse(v.value())?);
+        }
+        Ok(out)
+    }
+
     fn update_instances(
         &self,
         uuids: &[Uuid],

@@ -266,15 +266,13 @@ pub fn running(list: &[Value]) -> usize {
     list.iter().filter(|i| i["state"] == "running").count()
 }
 
-/// Instance → the nodes whose own STATS report it active.
+/// Instance → the nodes whose own reports (digests and news) say it runs there.
 pub async fn active_copies(api: &ApiClient) -> Option<HashMap<String, Vec<String>>> {
-    let nodes = api.get("/v1/nodes").await.ok()?;
+    let nodes = api.get("/v1/nodes?instances=true").await.ok()?;
     let mut copies: HashMap<String, Vec<String>> = HashMap::new();
     for n in nodes.as_array()? {
-        for i in n["stats"]["instances"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            if i["state"] == "active" {
-                copies.entry(i["instance_uuid"].as_str()?.to_owned()).or_default().push(n["uuid"].as_str()?.to_owned());
-            }
+        for i in n["reported_active"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            copies.entry(i.as_str()?.to_owned()).or_default().push(n["uuid"].as_str()?.to_owned());
         }
     }
     Some(copies)

@@ -1,5 +1,6 @@
 //! The launcher core, driven by inputs alone: admission against the sampled machine, the
-//! instance table, stops and evacuation, ends until delivered, reports bound to their connection.
+//! instance table, stops and evacuation, ends until delivered, reports bound to their connection,
+//! news that costs what changed and digests that stay small whatever the history.
 
 use drover_model::{Now, Overcommit};
 use proptest::prelude::*;
@@ -9,13 +10,16 @@ use ssntp::payload::{
 };
 use ssntp::Uuid;
 
-use super::{Config, Core, Effect, Input};
+use super::{Config, Core, Effect, Input, DIGEST_PAGE, NEWS_BATCH};
 use crate::admission::Limits;
+use crate::executor::InstanceUsage;
 use crate::executor::{Adopted, Event, Exit};
 use crate::state::NodeFlags;
 
 const NODE: Uuid = Uuid::from_bytes([0xAA; 16]);
 const LIMITS: Limits = Limits { mem_reserve_mb: 256, disk_reserve_mb: 1024, max_instances: 50, dwell_ms: 10_000 };
+
+const RETENTION_MS: u64 = 600_000;
 
 fn id(n: u128) -> Uuid {
     Uuid::from_bytes(n.to_be_bytes())
@@ -27,11 +31,23 @@ fn at(ms: u64) -> Now {
 
 /// A node of 4 CPUs and 4,096 MiB (3,840 offered after the reserve), connected on session 1.
 fn core() -> Core {
+    core_with(LIMITS)
+}
+
+/// A node that takes thousands of small instances at once.
+fn big_core() -> Core {
+    let mut c = core_with(Limits { max_instances: 100_000, ..LIMITS });
+    c.handle(at(0), Input::Sample(Box::new(NodeReport { cpus_online: 4096, ..sample(1 << 30, 1 << 30) })));
+    c
+}
+
+fn core_with(limits: Limits) -> Core {
     let config = Config {
         node: NODE,
-        limits: LIMITS,
+        limits,
         backends: vec!["process".into(), "sim".into()],
         limits_feature: Some("cgroup-v2".into()),
+        ended_retention_ms: RETENTION_MS,
     };
     let mut c = Core::new(config, NodeFlags::default());
     c.handle(at(0), Input::Sample(Box::new(sample(4096, 4000))));
@@ -83,6 +99,34 @@ fn stats_of(effects: &[Effect]) -> Option<&ssntp::payload::Stats> {
         Message::Stats(s) => Some(s),
         _ => None,
     })
+}
+
+/// The digest pages among `effects`.
+fn digest_of(effects: &[Effect]) -> Vec<&ssntp::payload::Stats> {
+    sent(effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Stats(s) if s.digest.is_some() => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every instance a digest among `effects` lists, if there is one.
+fn digest_listed(effects: &[Effect]) -> Option<std::collections::BTreeSet<Uuid>> {
+    let pages = digest_of(effects);
+    (!pages.is_empty()).then(|| pages.iter().flat_map(|p| p.instances.iter().map(|s| s.instance_uuid)).collect())
+}
+
+/// The INSTANCE_NEWS among `effects`, with the ends each delivers.
+fn news_of(effects: &[Effect]) -> Vec<(&ssntp::payload::InstanceNews, &Vec<Uuid>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Report { message: Message::InstanceNews(n), ends, .. } => Some((n, ends)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -144,13 +188,16 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
         .collect();
     assert_eq!(stops, vec![id(1), id(2)]);
     assert_eq!(failure_reason(&command(&mut c, Message::Start(start(3, 100)))), Some(FailureReason::NodeMaintenance));
-    // Each end is a stop; the status did not change, so no report comes with it.
+    // Each end is a stop, news for the timer; the status did not change, so nothing goes now.
     let out = c.handle(
         at(3),
         Input::Workload(Event::Exited(Exit { instance: id(1), code: None, reason: ExitReason::Killed })),
     );
-    assert_eq!(out.len(), 1, "{out:?}");
-    assert!(matches!(&out[0], Effect::SendEnd { message: Message::InstanceStopped(_), .. }), "{out:?}");
+    assert!(out.is_empty(), "{out:?}");
+    let out = c.handle(at(3), Input::NewsDue);
+    let news = news_of(&out);
+    assert_eq!(news.len(), 1, "{out:?}");
+    assert_eq!((news[0].0.instances[0].state, news[0].1), (InstanceState::Stopped, &vec![id(1)]));
     let out = command(&mut c, Message::Restore(Restore { workload_agent_uuid: NODE }));
     assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: false }));
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Ready(_))), "READY at once: {out:?}");
@@ -158,37 +205,59 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
 }
 
 #[test]
-fn ends_are_sent_again_after_a_reconnect_until_delivered() {
+fn ends_are_sent_again_after_a_reconnect_until_delivered_then_leave_the_digests() {
     let mut c = core();
     command(&mut c, Message::Start(start(1, 100)));
     let exit = Exit { instance: id(1), code: Some(3), reason: ExitReason::Failed };
-    let out = c.handle(at(2), Input::Workload(Event::Exited(exit)));
-    assert!(
-        matches!(&out[0], Effect::SendEnd { instance, message: Message::InstanceExited(e) } if *instance == id(1) && e.exit_code == Some(3))
-    );
+    c.handle(at(2), Input::Workload(Event::Exited(exit)));
+    let out = c.handle(at(2), Input::NewsDue);
+    let news = news_of(&out);
+    let stat = &news[0].0.instances[0];
+    assert_eq!((stat.state, stat.exit_code, stat.reason), (InstanceState::Exited, Some(3), Some(ExitReason::Failed)));
+    assert_eq!(news[0].1, &vec![id(1)], "the news delivers the end");
+    // Not delivered (the connection dropped): the next connection's digest carries it.
     c.handle(at(3), Input::Disconnected);
     let out = c.handle(at(4), Input::Connected { session: 2, overcommit: Overcommit::default() });
-    assert!(out.iter().any(|e| matches!(e, Effect::SendEnd { instance, .. } if *instance == id(1))), "{out:?}");
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Report { message: Message::Stats(s), ends, .. } if s.digest.is_some() && ends == &vec![id(1)])),
+        "{out:?}"
+    );
     c.handle(at(5), Input::EndDelivered(id(1)));
     let out = c.handle(at(6), Input::Connected { session: 3, overcommit: Overcommit::default() });
-    assert!(!out.iter().any(|e| matches!(e, Effect::SendEnd { .. })), "{out:?}");
-    // The ended copy stays in STATS (until a DELETE), as exited with its code.
-    let stat = &stats_of(&out).unwrap().instances[0];
+    assert!(out.iter().all(|e| !matches!(e, Effect::Report { ends, .. } if !ends.is_empty())), "{out:?}");
+    // Delivered, the ended copy stays in the digests for the retention, as exited with its code…
+    let stat = &digest_of(&out)[0].instances[0];
     assert_eq!((stat.state, stat.exit_code), (InstanceState::Exited, Some(3)));
+    // …and then leaves them (it stays on the node, for its logs, until a DELETE).
+    let out = c.handle(at(5 + RETENTION_MS), Input::Command(Message::ReportRequest(Default::default())));
+    assert_eq!(digest_listed(&out), Some(Default::default()));
+    assert!(command(
+        &mut c,
+        Message::LogFetch(LogFetch { instance_uuid: id(1), workload_agent_uuid: NODE, max_bytes: 1, request_id: 1 })
+    )
+    .iter()
+    .all(|e| matches!(e, Effect::Tail(_))));
 }
 
 #[test]
-fn a_burst_of_starts_and_their_events_costs_no_report_until_the_timer() {
+fn a_burst_of_starts_and_their_events_costs_one_news_on_the_timer() {
     let mut c = core();
     // 16 vCPUs offered (4 CPUs × 4): twelve STARTs of one vCPU fit.
     for n in 1..=12 {
         let out = command(&mut c, Message::Start(start(n, 10)));
         assert!(!out.iter().any(|e| matches!(e, Effect::Report { .. })), "{out:?}");
         let out = c.handle(at(2), Input::Workload(Event::Started { instance: id(n), pid: 1 }));
-        assert_eq!(sent(&out).len(), 1, "only INSTANCE_STARTED: {out:?}");
+        assert!(sent(&out).is_empty(), "nothing per event: {out:?}");
     }
+    let out = c.handle(at(3), Input::NewsDue);
+    let news = news_of(&out);
+    assert_eq!((news.len(), news[0].0.instances.len(), news[0].0.seq), (1, 12, 1));
+    assert!(news[0].0.instances.iter().all(|s| s.state == InstanceState::Active));
+    assert!(c.handle(at(3), Input::NewsDue).is_empty(), "nothing changed since");
+    // The heartbeat lists no instances, whatever runs.
     let out = c.handle(at(3), Input::ReportDue);
-    assert_eq!(stats_of(&out).unwrap().instances.len(), 12);
+    let heartbeat = stats_of(&out).unwrap();
+    assert!(heartbeat.instances.is_empty() && heartbeat.digest.is_none(), "{heartbeat:?}");
     // A change of status is said at once: 3,840 MiB offered, 120 given, 3,720 more fill it.
     let out = command(&mut c, Message::Start(start(99, 3720)));
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Full(_))), "FULL at once: {out:?}");
@@ -201,7 +270,7 @@ fn reports_go_only_on_the_connection_they_belong_to() {
     assert!(c.handle(at(2), Input::ReportDue).is_empty(), "nothing while disconnected");
     let out = c.handle(at(3), Input::Connected { session: 7, overcommit: Overcommit::default() });
     assert!(out.iter().all(|e| matches!(e, Effect::Report { session: 7, .. })), "{out:?}");
-    assert_eq!(out.len(), 2, "status and STATS: {out:?}");
+    assert_eq!(out.len(), 3, "status, heartbeat and a one-page digest: {out:?}");
 }
 
 #[test]
@@ -242,16 +311,20 @@ fn a_stop_before_the_start_is_known_to_have_run_is_still_carried_out() {
     let out = command(&mut c, Message::Stop(Stop { instance_uuid: id(1), workload_agent_uuid: NODE, grace_ms: None }));
     assert!(matches!(&out[..], [Effect::Stop { instance, .. }] if *instance == id(1)));
     c.handle(at(2), Input::Workload(Event::Started { instance: id(1), pid: 42 }));
-    let out = c.handle(
-        at(3),
-        Input::Workload(Event::Exited(Exit { instance: id(1), code: None, reason: ExitReason::Killed })),
-    );
-    assert!(matches!(&out[0], Effect::SendEnd { message: Message::InstanceStopped(_), .. }));
+    c.handle(at(3), Input::Workload(Event::Exited(Exit { instance: id(1), code: None, reason: ExitReason::Killed })));
+    let out = c.handle(at(3), Input::NewsDue);
+    assert_eq!(news_of(&out)[0].0.instances[0].state, InstanceState::Stopped);
 }
 
 #[test]
 fn adopted_instances_count_and_unreadable_ones_are_reported() {
-    let config = Config { node: NODE, limits: LIMITS, backends: vec!["process".into()], limits_feature: None };
+    let config = Config {
+        node: NODE,
+        limits: LIMITS,
+        backends: vec!["process".into()],
+        limits_feature: None,
+        ended_retention_ms: RETENTION_MS,
+    };
     let mut c = Core::new(config, NodeFlags::default());
     let orphan = Exit { instance: id(8), code: None, reason: ExitReason::Unknown };
     c.handle(
@@ -321,9 +394,10 @@ proptest! {
                 Op::Exit { n } if running.contains_key(&id(u128::from(n))) => {
                     running.remove(&id(u128::from(n)));
                     let exit = Exit { instance: id(u128::from(n)), code: Some(0), reason: ExitReason::Completed };
-                    let out = c.handle(now, Input::Workload(Event::Exited(exit)));
-                    let ends = out.iter().filter(|e| matches!(e, Effect::SendEnd { .. })).count();
-                    prop_assert_eq!(ends, 1);
+                    c.handle(now, Input::Workload(Event::Exited(exit)));
+                    let out = c.handle(now, Input::NewsDue);
+                    let ends: Vec<Uuid> = news_of(&out).iter().flat_map(|(_, ends)| ends.iter().copied()).collect();
+                    prop_assert_eq!(ends, vec![id(u128::from(n))]);
                     c.handle(now, Input::EndDelivered(id(u128::from(n))));
                     out
                 }
@@ -355,10 +429,77 @@ proptest! {
                     prop_assert_eq!(*s, session);
                 }
             }
-            if let Some(stats) = stats_of(&out) {
-                let listed: std::collections::BTreeSet<Uuid> = stats.instances.iter().map(|s| s.instance_uuid).collect();
+            if let Some(listed) = digest_listed(&out) {
                 prop_assert_eq!(&listed, &held);
             }
         }
     }
+}
+
+#[test]
+fn news_is_numbered_batched_and_digests_carry_the_last_number() {
+    let mut c = big_core();
+    let n = u128::try_from(NEWS_BATCH).unwrap() + 10;
+    let mut news = Vec::new();
+    for i in 1..=n {
+        command(&mut c, Message::Start(start(i, 1)));
+        let out = c.handle(at(2), Input::Workload(Event::Started { instance: id(i), pid: 1 }));
+        news.extend(news_of(&out).into_iter().map(|(n, _)| (n.seq, n.instances.len())));
+    }
+    assert_eq!(news, vec![(1, NEWS_BATCH)], "a full batch goes at once");
+    let out = c.handle(at(3), Input::NewsDue);
+    assert_eq!(news_of(&out).iter().map(|(n, _)| (n.seq, n.instances.len())).collect::<Vec<_>>(), vec![(2, 10)]);
+    let out = c.handle(at(4), Input::Command(Message::ReportRequest(Default::default())));
+    let pages = digest_of(&out);
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].digest, Some(ssntp::payload::DigestPage { seq: 2, page: 0, pages: 1 }));
+    assert_eq!(pages[0].instances.len(), NEWS_BATCH + 10);
+    // Usage that moves is news; a wobble is not.
+    let usage = |mb| InstanceUsage { memory_mb: mb, cpu_percent: 5, disk_mb: 0 };
+    c.handle(at(5), Input::Usage(vec![(id(1), usage(100)), (id(2), usage(100))]));
+    let out = c.handle(at(5), Input::NewsDue);
+    assert_eq!(news_of(&out)[0].0.instances.len(), 2, "figures became known");
+    c.handle(at(6), Input::Usage(vec![(id(1), usage(104)), (id(2), usage(400))]));
+    let out = c.handle(at(6), Input::NewsDue);
+    let moved: Vec<Uuid> = news_of(&out)[0].0.instances.iter().map(|s| s.instance_uuid).collect();
+    assert_eq!(moved, vec![id(2)]);
+}
+
+#[test]
+fn a_node_that_ran_many_instances_keeps_its_reports_small() {
+    let mut c = big_core();
+    // 20,000 short instances, each started and ended, their ends delivered.
+    let mut largest_news = 0;
+    for i in 1..=20_000u128 {
+        command(&mut c, Message::Start(start(i, 1)));
+        let mut out = c.handle(at(2), Input::Workload(Event::Started { instance: id(i), pid: 1 }));
+        let exit = Exit { instance: id(i), code: Some(0), reason: ExitReason::Completed };
+        out.extend(c.handle(at(2), Input::Workload(Event::Exited(exit))));
+        if i % 1000 == 0 {
+            out.extend(c.handle(at(2), Input::NewsDue));
+        }
+        for (news, ends) in news_of(&out) {
+            largest_news = largest_news.max(news.instances.len());
+            for end in ends {
+                c.handle(at(2), Input::EndDelivered(*end));
+            }
+        }
+    }
+    assert!(largest_news <= NEWS_BATCH, "{largest_news}");
+    // Within the retention, the digest pages them.
+    let out = c.handle(at(3), Input::Command(Message::ReportRequest(Default::default())));
+    let pages = digest_of(&out);
+    assert_eq!(pages.len(), 20_000usize.div_ceil(DIGEST_PAGE));
+    assert!(pages.iter().all(|p| p.instances.len() <= DIGEST_PAGE));
+    for page in &pages {
+        let bytes = Message::Stats((*page).clone()).encode_payload().len();
+        assert!(bytes < 512 * 1024, "a page of {bytes} bytes");
+    }
+    // After it, the heartbeat and the digest carry nothing of that history.
+    let out = c.handle(at(3 + RETENTION_MS), Input::Command(Message::ReportRequest(Default::default())));
+    assert_eq!(digest_of(&out).len(), 1);
+    assert_eq!(digest_listed(&out), Some(Default::default()));
+    let out = c.handle(at(4 + RETENTION_MS), Input::ReportDue);
+    let bytes: usize = sent(&out).iter().map(|m| m.encode_payload().len()).sum();
+    assert!(bytes < 1024, "heartbeat of {bytes} bytes");
 }

@@ -145,3 +145,23 @@ impl Drop for LogOnPanic {
         }
     }
 }
+
+/// The next report of `instance` (in INSTANCE_NEWS or a digest page) that `pick` accepts, with
+/// the node that sent it.
+pub(crate) async fn reported(
+    server: &mut TestServer,
+    what: &str,
+    instance: ssntp::Uuid,
+    mut pick: impl FnMut(&ssntp::payload::InstanceStat) -> bool,
+) -> (ssntp::Uuid, ssntp::payload::InstanceStat) {
+    use ssntp::payload::Message;
+    wait_for(server, what, |e| {
+        let (node, stats) = match e {
+            ServerEvent::Message { message: Message::InstanceNews(n), .. } => (n.node_uuid, n.instances),
+            ServerEvent::Message { message: Message::Stats(s), .. } => (s.node_uuid, s.instances),
+            _ => return None,
+        };
+        stats.into_iter().find(|s| s.instance_uuid == instance && pick(s)).map(|s| (node, s))
+    })
+    .await
+}
