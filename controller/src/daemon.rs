@@ -385,6 +385,9 @@ impl Controller {
     }
 
     fn observe_node(&self, origin: Uuid, message: &Message) {
+        if matches!(message, Message::Stats(_) | Message::InstanceNews(_)) {
+            self.service.heard(origin);
+        }
         self.reported.lock().expect("reported lock").entry(origin).or_default().observe(message);
         if let Some(gate) = self.resend_gate.lock().expect("gate lock").as_mut() {
             match message {
@@ -533,6 +536,8 @@ async fn tick(controller: &Arc<Controller>) {
         return;
     }
     let now = controller.now_ms();
+    let digests = controller.service.digests_due(now);
+    controller.send_all(digests).await;
     resend_if_settled(controller, now).await;
     match controller.blocking(move |c| c.service.tick(now)).await {
         Ok(starts) => {
@@ -563,7 +568,7 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             *controller.link_view.lock().expect("link lock") =
                 LinkView { connected: true, target: Some(target), scheduler: Some(server_uuid), last_error: None };
             // What happened while the link was down is in the nodes' digests.
-            controller.send_all(vec![controller.service.digests_asked()]).await;
+            controller.service.link_up();
             tick(controller).await;
         }
         ClientEvent::Disconnected { reason } => {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::cgroup::{Cgroups, Pin};
 use crate::executor::Executor;
 pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
-use crate::state::{files, read_json, write_json, write_json_as, Durability, ExitRecord, InstanceRecord, ShimSpec};
+use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Journal, ShimSpec};
 
 /// Most output bytes one LOG_FETCH returns, whatever it asks for (frames stay well under the
 /// 4 MiB payload limit).
@@ -90,8 +90,8 @@ pub struct Instances {
     oci_runtime: Option<PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
-    /// Sim records changed since the last [`Instances::flush`].
-    sims_dirty: bool,
+    /// The sim records' journal; changes wait in it until [`Instances::flush`].
+    sims: Journal,
 }
 
 fn unix_ms() -> u64 {
@@ -117,7 +117,7 @@ impl Instances {
             oci_runtime: None,
             table: HashMap::new(),
             events,
-            sims_dirty: false,
+            sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
         }
     }
 
@@ -173,8 +173,8 @@ impl Instances {
     fn persist(&mut self, id: Uuid) {
         let Some(i) = self.table.get(&id) else { return };
         if matches!(i.record.start.backend, Backend::Sim { .. }) {
-            // Written with the others at the next flush (group commit).
-            self.sims_dirty = true;
+            // Appended with the others at the next flush (group commit).
+            self.sims.put(&i.record);
             return;
         }
         if let Err(e) = write_json(&self.dir(id).join(files::STATE), &i.record) {
@@ -182,27 +182,20 @@ impl Instances {
         }
     }
 
-    /// Writes the records of every sim instance to the node's sim file if any changed since the
-    /// last flush: one write for all of them, without fsync (`Durability::Cached`: they survive
-    /// a crash of the launcher, not of the machine). The shell calls it on its report timer.
+    /// Appends the sim records' changes since the last flush to the node's sim journal: one
+    /// write for all of them, the size of what changed, without fsync (they survive a crash of
+    /// the launcher, not of the machine). The shell calls it on its report timer.
     pub fn flush(&mut self) {
-        if !self.sims_dirty {
-            return;
-        }
-        let sims: Vec<&InstanceRecord> = self
-            .table
-            .values()
-            .filter(|i| matches!(i.record.start.backend, Backend::Sim { .. }))
-            .map(|i| &i.record)
-            .collect();
-        let path = self.root.join(files::SIMS);
         if let Err(e) = std::fs::create_dir_all(&self.root) {
             tracing::error!(error = %e, "cannot create the instances directory");
             return;
         }
-        match write_json_as(&path, &sims, Durability::Cached) {
-            Ok(()) => self.sims_dirty = false,
-            Err(e) => tracing::error!(error = %e, "cannot persist the sim instances"),
+        let table = &self.table;
+        let is_sim = |i: &&Instance| matches!(i.record.start.backend, Backend::Sim { .. });
+        let live = table.values().filter(is_sim).count();
+        let records = || table.values().filter(is_sim).map(|i| &i.record).collect::<Vec<&InstanceRecord>>();
+        if let Err(e) = self.sims.flush(live, records) {
+            tracing::error!(error = %e, "cannot persist the sim instances");
         }
     }
 
@@ -278,8 +271,8 @@ impl Instances {
     /// Picks the sim instances up from the node's sim file: running ones run on for what is
     /// left of their duration.
     fn adopt_sims(&mut self, report: &mut Vec<Adopted>) {
-        let sims: Vec<InstanceRecord> = match read_json(&self.root.join(files::SIMS)) {
-            Ok(records) => records.unwrap_or_default(),
+        let sims: Vec<InstanceRecord> = match self.sims.load(|r: &InstanceRecord| r.start.instance_uuid) {
+            Ok(records) => records,
             Err(e) => {
                 // Sims stand for work in scale tests: the controller restarts what is missing.
                 tracing::error!(error = %e, "sim instances unreadable; forgetting them");
@@ -547,6 +540,9 @@ impl Instances {
     pub fn delete(&mut self, id: Uuid) -> Result<(), Refusal> {
         self.stop(id, Duration::ZERO)?;
         if let Some(i) = self.table.remove(&id) {
+            if matches!(i.record.start.backend, Backend::Sim { .. }) {
+                self.sims.del(id);
+            }
             self.cgroups.remove(&i.record.cgroups);
         }
         let _ = std::fs::remove_dir_all(self.dir(id));

@@ -8,11 +8,14 @@
 //! <state>/instances/<uuid>/pid            the workload's PID, written by the shim   — while running
 //! <state>/instances/<uuid>/exit.json      how it ended, written by the shim         — until reported
 //! <state>/instances/<uuid>/results/       output.txt and whatever the workload leaves there
-//! <state>/instances/sims.json             every sim instance's record (sims have no directory)
+//! <state>/instances/sims.jsonl            the sim instances' records, a journal of changes
 //! ```
 //!
 //! Every file is written to a temporary name and renamed, so a crash leaves the old or the new
-//! version, never half of one. JSON because operators read these files when things go wrong.
+//! version, never half of one. The sim journal is the exception: one JSON line per change,
+//! appended, so a change costs its own size and not the size of every sim on the node; a torn
+//! last line is ignored, and the journal is rewritten from the live records when it has grown to
+//! twice their number. JSON because operators read these files when things go wrong.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -155,15 +158,158 @@ pub mod files {
     pub const EXIT: &str = "exit.json";
     /// Kept after the end.
     pub const RESULTS: &str = "results";
-    /// The records of every sim instance, in the instances directory (sims have no directory).
-    pub const SIMS: &str = "sims.json";
+    /// The sim instances' records, in the instances directory (sims have no directory): a
+    /// journal ([`super::Journal`]).
+    pub const SIMS: &str = "sims.jsonl";
     /// Output of the workload, inside results/.
     pub const OUTPUT: &str = "output.txt";
+}
+
+/// One line of a [`Journal`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line<T> {
+    Put(T),
+    Del(ssntp::Uuid),
+}
+
+/// An append-only file of changes to records keyed by UUID, one JSON line each, written without
+/// fsync (what it holds survives a crash of the launcher, not of the machine). Changes wait in
+/// memory until [`Journal::flush`] appends them in one write.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    pending: Vec<u8>,
+    lines: usize,
+}
+
+impl Journal {
+    /// The journal at `path` (read it with [`Journal::load`]).
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, pending: Vec::new(), lines: 0 }
+    }
+
+    /// Records that `record` is now as given.
+    pub fn put<T: Serialize>(&mut self, record: &T) {
+        serde_json::to_writer(&mut self.pending, &Line::Put(record)).expect("state types serialise");
+        self.pending.push(b'\n');
+    }
+
+    /// Records that the record `id` is gone.
+    pub fn del(&mut self, id: ssntp::Uuid) {
+        serde_json::to_writer(&mut self.pending, &Line::<()>::Del(id)).expect("state types serialise");
+        self.pending.push(b'\n');
+    }
+
+    /// Appends what changed since the last flush. When the file has grown past twice `live`
+    /// records (and a thousand), it is rewritten from `records()` instead.
+    ///
+    /// # Errors
+    /// File system errors (the changes stay pending for the next flush).
+    pub fn flush<'a, T: Serialize + 'a>(
+        &mut self,
+        live: usize,
+        records: impl FnOnce() -> Vec<&'a T>,
+    ) -> Result<(), StateError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let io = |source| StateError::Io { path: self.path.clone(), source };
+        let added = self.pending.iter().filter(|b| **b == b'\n').count();
+        if self.lines + added > 2 * live + 1000 {
+            let mut text = Vec::new();
+            let records = records();
+            for record in &records {
+                serde_json::to_writer(&mut text, &Line::Put(record)).expect("state types serialise");
+                text.push(b'\n');
+            }
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, &text).map_err(io)?;
+            std::fs::rename(&tmp, &self.path).map_err(io)?;
+            self.lines = records.len();
+        } else {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io)?;
+            file.write_all(&self.pending).map_err(io)?;
+            self.lines += added;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// The records the journal holds, replaying its changes in order. A last line cut short (a
+    /// crash mid-write) is ignored.
+    ///
+    /// # Errors
+    /// An unreadable file, or a line before the last that is not a change.
+    pub fn load<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        key: impl Fn(&T) -> ssntp::Uuid,
+    ) -> Result<Vec<T>, StateError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError::Io { path: self.path.clone(), source }),
+        };
+        let mut records: std::collections::HashMap<ssntp::Uuid, T> = std::collections::HashMap::new();
+        let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let complete = bytes.last() == Some(&b'\n');
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_slice::<Line<T>>(line) {
+                Ok(Line::Put(record)) => {
+                    records.insert(key(&record), record);
+                }
+                Ok(Line::Del(id)) => {
+                    records.remove(&id);
+                }
+                Err(_) if i + 1 == lines.len() && !complete => {}
+                Err(e) => {
+                    return Err(StateError::Corrupt { path: self.path.clone(), reason: format!("line {}: {e}", i + 1) })
+                }
+            }
+        }
+        self.lines = lines.len();
+        Ok(records.into_values().collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_replays_its_changes_ignores_a_torn_tail_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let id = |n: u8| ssntp::Uuid::from_bytes([n; 16]);
+        let key = |f: &(ssntp::Uuid, u32)| f.0;
+        let mut j = Journal::new(path.clone());
+        assert!(j.load(key).unwrap().is_empty(), "no file: nothing");
+        j.put(&(id(1), 1));
+        j.put(&(id(2), 1));
+        j.put(&(id(1), 2));
+        j.del(id(2));
+        j.flush::<(ssntp::Uuid, u32)>(1, Vec::new).unwrap();
+        let mut again = Journal::new(path.clone());
+        assert_eq!(again.load(key).unwrap(), vec![(id(1), 2)]);
+        // A crash mid-append leaves a torn last line: ignored.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"put\":[\"0303");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Journal::new(path.clone()).load(key).unwrap(), vec![(id(1), 2)]);
+        // A broken line before the last is corruption.
+        std::fs::write(&path, b"nonsense\n{\"del\":\"01010101-0101-0101-0101-010101010101\"}\n").unwrap();
+        assert!(matches!(Journal::new(path.clone()).load(key), Err(StateError::Corrupt { .. })));
+        // Many changes to one record: the file is rewritten, not grown without end.
+        std::fs::remove_file(&path).unwrap();
+        let mut j = Journal::new(path.clone());
+        let live = (id(9), 0u32);
+        for n in 0..5000 {
+            j.put(&(id(9), n));
+            j.flush(1, || vec![&live]).unwrap();
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= 1002, "{lines} lines");
+    }
 
     #[test]
     fn json_round_trip_missing_and_corrupt() {

@@ -32,6 +32,8 @@ pub struct Estimate {
     pub peak_mb: u64,
     /// Samples seen.
     pub samples: u32,
+    /// When it was last registered or sampled (monotonic ms).
+    pub used_ms: u64,
     /// When the first sample came (monotonic ms).
     pub first_sample_ms: Option<u64>,
     /// When the estimate last stepped down (monotonic ms).
@@ -40,7 +42,15 @@ pub struct Estimate {
 
 impl Estimate {
     fn new(request_mb: u64) -> Self {
-        Self { request_mb, estimate_mb: request_mb, peak_mb: 0, samples: 0, first_sample_ms: None, stepped_ms: 0 }
+        Self {
+            request_mb,
+            estimate_mb: request_mb,
+            peak_mb: 0,
+            samples: 0,
+            used_ms: 0,
+            first_sample_ms: None,
+            stepped_ms: 0,
+        }
     }
 
     fn with_margin(usage_mb: u64) -> u64 {
@@ -49,6 +59,7 @@ impl Estimate {
 
     fn observe(&mut self, usage_mb: u64, now_ms: u64) {
         self.samples = self.samples.saturating_add(1);
+        self.used_ms = now_ms;
         self.first_sample_ms.get_or_insert(now_ms);
         self.peak_mb = self.peak_mb.max(usage_mb);
         let needed = Self::with_margin(usage_mb).min(self.request_mb);
@@ -87,12 +98,13 @@ impl Estimator {
     }
 
     /// Records the request of a workload (the first START of it creates the estimate).
-    pub fn register(&mut self, workload: Uuid, request_mb: u64) {
+    pub fn register(&mut self, workload: Uuid, request_mb: u64, now_ms: u64) {
         let entry = self.by_workload.entry(workload).or_insert_with(|| Estimate::new(request_mb));
         if entry.request_mb != request_mb {
             // The workload's request changed: start over from the new request.
             *entry = Estimate::new(request_mb);
         }
+        entry.used_ms = now_ms;
     }
 
     /// Records one usage sample of an instance of `workload` at `now_ms`.
@@ -100,6 +112,11 @@ impl Estimator {
         if let Some(e) = self.by_workload.get_mut(&workload) {
             e.observe(usage_mb, now_ms);
         }
+    }
+
+    /// Forgets the estimates of workloads neither started nor sampled for `idle_ms`.
+    pub fn prune(&mut self, now_ms: u64, idle_ms: u64) {
+        self.by_workload.retain(|_, e| now_ms.saturating_sub(e.used_ms) < idle_ms);
     }
 
     /// Lets time act: each estimate past its warm-up closes a step of its gap every
@@ -126,7 +143,7 @@ mod tests {
         let w = Uuid::from_bytes([1; 16]);
         let mut est = Estimator::default();
         assert_eq!(est.charge(Some(w), 1000), 1000, "unknown workload: the request");
-        est.register(w, 1000);
+        est.register(w, 1000, 0);
         est.settle(10_000);
         assert_eq!(est.charge(Some(w), 1000), 1000, "no sample, no decay");
         est.observe(w, 100, 0);
@@ -147,8 +164,12 @@ mod tests {
         assert_eq!(est.charge(Some(w), 1000), 600 + 60 + MARGIN_MB, "jumps up at once");
         est.observe(w, 5000, 30_000);
         assert_eq!(est.charge(Some(w), 1000), 1000, "never above the request");
-        est.register(w, 2000);
+        est.register(w, 2000, 30_000);
         assert_eq!(est.charge(Some(w), 2000), 2000, "a new request starts over");
+        est.prune(30_000 + 3_599_999, 3_600_000);
+        assert!(est.get(w).is_some(), "used within the hour");
+        est.prune(30_000 + 3_600_000, 3_600_000);
+        assert!(est.get(w).is_none(), "forgotten after an hour unused");
     }
 
     proptest! {
@@ -156,7 +177,7 @@ mod tests {
         fn estimate_stays_between_last_usage_and_request(request in 1u64..100_000, usages in prop::collection::vec(0u64..200_000, 1..60)) {
             let w = Uuid::from_bytes([2; 16]);
             let mut est = Estimator::default();
-            est.register(w, request);
+            est.register(w, request, 0);
             for (t, usage) in (0u64..).zip(usages) {
                 est.observe(w, usage, t * 400);
                 est.settle(t * 400);

@@ -43,6 +43,9 @@ use self::queue::{Queue, QueueKey, Queued};
 
 /// How many queued STARTs one event may place (bounds the work per event).
 const DRAIN_LIMIT: usize = 256;
+
+/// How long a lost, disconnected node (and an unused estimate) is remembered, ms.
+pub const FORGET_AFTER_MS: u64 = 3_600_000;
 /// How many queued STARTs one event may look at, from the head of the queue.
 const LOOK_LIMIT: usize = 4096;
 
@@ -563,7 +566,7 @@ impl Hub {
         }
         if self.cfg.estimate {
             if let Some(w) = start.workload_uuid {
-                self.estimator.register(w, start.requirements.mem_mb);
+                self.estimator.register(w, start.requirements.mem_mb, now.mono_ms);
             }
         }
         if let Some(out) = self.try_place(from, &start, not_on) {
@@ -703,6 +706,24 @@ impl Hub {
             )));
             out.push(Output::ToControllers(self.own(Message::NodeLost(NodeLost { node_uuid: uuid, instances }))));
         }
+        self.prune(now);
+    }
+
+    /// Memory follows live state: a node lost and gone for [`FORGET_AFTER_MS`] is forgotten (it
+    /// starts afresh if it ever comes back), and so is the estimate of a workload not seen for
+    /// as long.
+    fn prune(&mut self, now: Now) {
+        let gone: Vec<Uuid> = self
+            .nodes
+            .iter()
+            .filter(|n| n.lost && n.conn_id.is_none() && now.mono_ms.saturating_sub(n.last_seen_ms) >= FORGET_AFTER_MS)
+            .map(|n| n.uuid)
+            .collect();
+        for uuid in gone {
+            self.nodes.forget_all_on(uuid, &self.cfg);
+            self.nodes.remove(&uuid, &self.cfg);
+        }
+        self.estimator.prune(now.mono_ms, FORGET_AFTER_MS);
     }
 
     // === refusals ===

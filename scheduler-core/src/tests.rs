@@ -766,3 +766,29 @@ fn a_report_request_reaches_one_node_or_every_connected_node_and_news_confirms_s
     assert!(out.iter().any(|(p, m)| p.is_none() && matches!(m, Message::InstanceNews(_))), "forwarded: {out:?}");
     assert_eq!(placed_on(&out), vec![(c, node)], "the confirmed node takes the queued START");
 }
+
+#[test]
+fn a_node_lost_and_gone_for_an_hour_is_forgotten() {
+    let mut rig =
+        Rig::new(Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() });
+    rig.node(10, 4, 1000);
+    rig.node(11, 4, 1000);
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) });
+    for sec in 1..=3 {
+        rig.now = at(sec);
+        rig.ready(11, report(u(11), 4, 1000, 0.0));
+        rig.tick(sec);
+    }
+    assert!(rig.hub.node(&u(10)).is_some_and(|n| n.lost), "lost, remembered");
+    let hour = FORGET_AFTER_MS / 1000;
+    rig.now = at(hour - 1);
+    rig.ready(11, report(u(11), 4, 1000, 0.0));
+    rig.tick(hour - 1);
+    assert!(rig.hub.node(&u(10)).is_some(), "not yet: an hour from when it was last seen");
+    rig.now = at(hour);
+    rig.ready(11, report(u(11), 4, 1000, 0.0));
+    rig.tick(hour);
+    assert!(rig.hub.node(&u(10)).is_none(), "forgotten");
+    assert!(rig.hub.node(&u(11)).is_some(), "the live node stays");
+    assert!(rig.hub.indexes_consistent());
+}

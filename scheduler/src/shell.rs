@@ -24,8 +24,11 @@ use crate::metrics::Metrics;
 /// reading (TCP backpressure) until the hub catches up.
 const INBOX: usize = 8192;
 
-/// Bytes of frames kept for one peer whose outbound queue is full, until it has room again.
+/// Bytes of frames kept for one launcher whose outbound queue is full, until it has room again.
 const PEER_BACKLOG_BYTES: usize = 8 << 20;
+/// The same for a controller: every node's reports go to it, and a dropped controller costs a
+/// resync (digests from every node), so it may fall further behind before it is cut off.
+const CONTROLLER_BACKLOG_BYTES: usize = 128 << 20;
 /// Bytes of such backlogs over all peers together.
 const TOTAL_BACKLOG_BYTES: usize = 256 << 20;
 
@@ -107,7 +110,7 @@ pub async fn run_on(
                 let input = match event {
                     ServerEvent::Connected(peer) => {
                         let input = Input::Connected { conn_id: peer.conn_id, uuid: peer.uuid, role: peer.role };
-                        peers.connected(peer.uuid, peer.sender);
+                        peers.connected(peer.uuid, peer.role, peer.sender);
                         input
                     }
                     ServerEvent::Disconnected { conn_id, uuid, .. } => {
@@ -154,6 +157,8 @@ struct Outbox {
     senders: HashMap<Uuid, PeerSender>,
     backlogs: HashMap<Uuid, Backlog>,
     backlog_bytes: usize,
+    /// Peers allowed the larger backlog (controllers).
+    controllers: std::collections::HashSet<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -163,9 +168,14 @@ struct Backlog {
 }
 
 impl Outbox {
-    fn connected(&mut self, uuid: Uuid, sender: PeerSender) {
+    fn connected(&mut self, uuid: Uuid, role: ssntp::Role, sender: PeerSender) {
         self.drop_backlog(uuid); // frames for the old connection were for it only
         self.senders.insert(uuid, sender);
+        if role.contains(ssntp::Role::CONTROLLER) {
+            self.controllers.insert(uuid);
+        } else {
+            self.controllers.remove(&uuid);
+        }
     }
 
     fn disconnected(&mut self, uuid: Uuid, conn_id: u64) {
@@ -198,8 +208,9 @@ impl Outbox {
     /// Keeps a frame for later, in order behind what already waits for that peer.
     fn keep(&mut self, to: Uuid, frame: Frame) {
         let size = frame.wire_len();
+        let limit = if self.controllers.contains(&to) { CONTROLLER_BACKLOG_BYTES } else { PEER_BACKLOG_BYTES };
         let backlog = self.backlogs.entry(to).or_default();
-        if backlog.bytes + size > PEER_BACKLOG_BYTES || self.backlog_bytes + size > TOTAL_BACKLOG_BYTES {
+        if backlog.bytes + size > limit || self.backlog_bytes + size > TOTAL_BACKLOG_BYTES {
             let waiting = backlog.bytes;
             tracing::warn!(peer = %to, waiting_bytes = waiting, "peer cannot keep up; disconnecting it");
             if let Some(sender) = self.senders.get(&to) {

@@ -80,11 +80,9 @@ impl Service {
         changes: &mut Vec<Change>,
         out: &mut Vec<Message>,
     ) -> Result<(), ServiceError> {
-        let verdict = self.feeds.lock().expect("feeds lock").news(node, news.seq);
-        match verdict {
-            NewsVerdict::Stale => return Ok(()),
-            NewsVerdict::ApplyAndAsk => out.push(Message::ReportRequest(ReportRequest { node_uuid: Some(node) })),
-            NewsVerdict::Apply => {}
+        // A gap makes the node want a digest; [`Service::digests_due`] asks for it.
+        if self.feeds.lock().expect("feeds lock").news(node, news.seq) == NewsVerdict::Stale {
+            return Ok(());
         }
         for stat in &news.instances {
             self.stat_changes(node, stat, changes, out)?;
@@ -113,10 +111,7 @@ impl Service {
         let verdict =
             self.feeds.lock().expect("feeds lock").page(node, page, stats.instances.iter().map(|s| s.instance_uuid));
         match verdict {
-            PageVerdict::Partial | PageVerdict::Broken { ask: false } => {}
-            PageVerdict::Broken { ask: true } => {
-                out.push(Message::ReportRequest(ReportRequest { node_uuid: Some(node) }))
-            }
+            PageVerdict::Partial | PageVerdict::Broken => {}
             PageVerdict::Complete(listed) => {
                 out.extend(self.apply_changes(std::mem::take(changes), now_ms)?);
                 let mut lost: Vec<Uuid> =
@@ -141,9 +136,20 @@ impl Service {
         Ok(out)
     }
 
-    /// The link came up: every node is asked for a digest (what was missed while it was down).
-    pub fn digests_asked(&self) -> Message {
-        self.feeds.lock().expect("feeds lock").asked_all();
-        Message::ReportRequest(ReportRequest::default())
+    /// The link came up: every node needs a digest (what was missed while it was down is in
+    /// them); [`Service::digests_due`] asks for them a few at a time.
+    pub fn link_up(&self) {
+        self.feeds.lock().expect("feeds lock").want_all();
+    }
+
+    /// A node was heard from: one new to this controller needs a digest.
+    pub fn heard(&self, node: Uuid) {
+        self.feeds.lock().expect("feeds lock").heard(node);
+    }
+
+    /// The REPORT_REQUESTs to send at `now_ms` (see [`crate::feeds`]).
+    pub fn digests_due(&self, now_ms: u64) -> Vec<Message> {
+        let due = self.feeds.lock().expect("feeds lock").due(now_ms);
+        due.into_iter().map(|node| Message::ReportRequest(ReportRequest { node_uuid: Some(node) })).collect()
     }
 }

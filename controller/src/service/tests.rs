@@ -400,17 +400,16 @@ proptest::proptest! {
             if !matches!(fate, Fate::Late) {
                 arriving.extend(late.take());
             }
-            let mut asked = false;
             for frame in arriving {
                 now += 1;
                 let out = s.report(node(), &frame, now).unwrap();
-                asked |= out.iter().any(|m| matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(node())));
                 // Every copy on the node is the one wanted: an old report read as new would stop it.
                 proptest::prop_assert!(!out.iter().any(|m| matches!(m, Message::Stop(_))), "step {}: {:?}", n, out);
                 for (id, t) in ids.iter().zip(&truth) {
                     proptest::prop_assert!(seen(&s, *id) <= *t, "step {}: the store ran ahead of the node", n);
                 }
             }
+            let asked = s.digests_due(now).iter().any(|m| matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(node())));
             if asked {
                 // The launcher answers with a digest as of its latest news.
                 now += 1;
@@ -439,10 +438,20 @@ fn a_gap_in_a_nodes_news_asks_it_for_a_digest_once() {
             instances: truth_stat(id, Truth::Runs).into_iter().collect(),
         })
     };
-    let asks = |out: Vec<Message>| out.iter().filter(|m| matches!(m, Message::ReportRequest(_))).count();
-    assert_eq!(asks(s.report(node(), &news(1), 1).unwrap()), 0);
+    let asked = |out: Vec<Message>| {
+        out.iter().filter(|m| matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(node()))).count()
+    };
+    s.report(node(), &news(1), 1).unwrap();
     assert_eq!(seen(&s, id), Truth::Runs);
-    assert_eq!(asks(s.report(node(), &news(3), 2).unwrap()), 1, "news 2 was lost");
-    assert_eq!(asks(s.report(node(), &news(5), 3).unwrap()), 0, "asked already");
-    assert!(matches!(s.digests_asked(), Message::ReportRequest(r) if r.node_uuid.is_none()));
+    assert_eq!(asked(s.digests_due(1)), 1, "a node new to this controller");
+    let mut digest = stats(node(), &[(id, InstanceState::Active, None)]);
+    digest.digest = Some(ssntp::payload::DigestPage { seq: 1, page: 0, pages: 1 });
+    s.report(node(), &Message::Stats(digest), 2).unwrap();
+    assert_eq!(asked(s.digests_due(2)), 0, "in step");
+    s.report(node(), &news(3), 3).unwrap();
+    s.report(node(), &news(5), 3).unwrap();
+    assert_eq!(asked(s.digests_due(3)), 1, "news 2 and 4 were lost: one digest");
+    assert_eq!(asked(s.digests_due(4)), 0, "asked already");
+    s.link_up();
+    assert_eq!(asked(s.digests_due(5)), 1, "a new link wants every digest again");
 }
