@@ -228,9 +228,21 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
+    // CPU until all run is read now; the steady window opens once the last starts' follow-up
+    // news (each sim's usage, known at its first sample) has gone.
     let during = cluster.usage();
+    tokio::time::sleep(args.report_interval * 3).await;
+    let settled = cluster.usage();
+    let bytes_before = match cluster.scheduler.metrics {
+        Some(m) => scheduler_view(m).await.map(|v| v.report_bytes).unwrap_or(0),
+        None => 0,
+    };
     tokio::time::sleep(args.steady).await;
     let after = cluster.usage();
+    let bytes_after = match cluster.scheduler.metrics {
+        Some(m) => scheduler_view(m).await.map(|v| v.report_bytes).unwrap_or(0),
+        None => 0,
+    };
     let final_counts = counts(&cluster.api).await.unwrap_or(last);
     let reads = read_timings(&cluster.api).await?;
     let lost_nodes = match cluster.scheduler.metrics {
@@ -281,10 +293,10 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         format!("{:.2} s", launched_in.as_secs_f64()),
         None,
     );
-    for (key, label, b, d, a) in [
-        ("scheduler", "scheduler", before.0, during.0, after.0),
-        ("controller", "controller", before.1, during.1, after.1),
-        ("launchers", "launchers (all)", before.2, during.2, after.2),
+    for (key, label, b, d, s, a) in [
+        ("scheduler", "scheduler", before.0, during.0, settled.0, after.0),
+        ("controller", "controller", before.1, during.1, settled.1, after.1),
+        ("launchers", "launchers (all)", before.2, during.2, settled.2, after.2),
     ] {
         let cpu = d.cpu_s - b.cpu_s;
         report.figure(
@@ -294,7 +306,7 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
             format!("{cpu:.1} s"),
             None,
         );
-        let steady = (a.cpu_s - d.cpu_s) / args.steady.as_secs_f64() * 100.0;
+        let steady = (a.cpu_s - s.cpu_s) / args.steady.as_secs_f64() * 100.0;
         report.figure(
             &format!("{key}_steady_cpu_pct"),
             &format!("{label} CPU, steady"),
@@ -322,6 +334,15 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         let goal = format!("≤ {goal_ms:.0} ms");
         report.figure(key, label, ms, format!("{ms:.1} ms"), Some((goal.as_str(), ms <= goal_ms)));
     }
+    // The scheduler's counter moves once a second: over the steady window it counts whole seconds.
+    let report_rate = bytes_after.saturating_sub(bytes_before) as f64 / args.steady.as_secs_f64();
+    report.figure(
+        "steady_report_bytes_per_s",
+        "launcher report bytes/s, steady (all)",
+        report_rate,
+        format!("{:.1} KiB/s", report_rate / 1024.0),
+        None,
+    );
     report.check("nodes_lost", "nodes declared lost", lost_nodes);
     let disconnects = cluster.log_lines(&["disconnected from the scheduler", "scheduler connection lost"]);
     report.check("disconnects", "disconnects (launchers and controller)", disconnects as u64);

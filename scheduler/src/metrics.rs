@@ -31,6 +31,7 @@ pub struct Metrics {
     refused: Counter,
     reclaimed: Gauge,
     brake: Gauge,
+    report_bytes: Counter,
     last: Summary,
 }
 
@@ -70,7 +71,29 @@ impl Metrics {
         );
         let brake = Gauge::default();
         registry.register("node_loss_brake", "1 while most nodes are silent and NODE_LOST is held back", brake.clone());
-        Self { registry, nodes, queued, oldest_wait, placements, refused, reclaimed, brake, last: Summary::default() }
+        let report_bytes = Counter::default();
+        registry.register(
+            "launcher_report_bytes",
+            "Bytes of frames received from launchers (heartbeats, news, digests, events)",
+            report_bytes.clone(),
+        );
+        Self {
+            registry,
+            nodes,
+            queued,
+            oldest_wait,
+            placements,
+            refused,
+            reclaimed,
+            brake,
+            report_bytes,
+            last: Summary::default(),
+        }
+    }
+
+    /// Counts bytes received from launchers since the last call.
+    pub fn add_report_bytes(&mut self, bytes: u64) {
+        self.report_bytes.inc_by(bytes);
     }
 
     /// Takes in the latest summary.
@@ -144,6 +167,7 @@ mod tests {
             brake: true,
             ..Summary::default()
         });
+        m.add_report_bytes(1200);
         let text = m.encode();
         for line in [
             "drover_scheduler_nodes{state=\"ready\"} 3",
@@ -152,6 +176,7 @@ mod tests {
             "drover_scheduler_placements_total 15",
             "drover_scheduler_reclaimed_memory_mib 512",
             "drover_scheduler_node_loss_brake 1",
+            "drover_scheduler_launcher_report_bytes_total 1200",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -103,6 +103,8 @@ pub async fn run_on(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
+    // Bytes received from launchers since the last metrics update.
+    let mut report_bytes = 0u64;
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -118,6 +120,9 @@ pub async fn run_on(
                         Input::Disconnected { conn_id, uuid }
                     }
                     ServerEvent::Message { from, role, frame, message, .. } => {
+                        if role.contains(ssntp::Role::AGENT) {
+                            report_bytes += frame.wire_len() as u64;
+                        }
                         Input::Message { from, role, frame: Some(frame), message }
                     }
                 };
@@ -133,7 +138,11 @@ pub async fn run_on(
                     deliver(&mut peers, &hub, &config, output);
                 }
                 let summary = hub.summary(now);
-                metrics.lock().expect("metrics lock").update(&summary);
+                {
+                    let mut metrics = metrics.lock().expect("metrics lock");
+                    metrics.update(&summary);
+                    metrics.add_report_bytes(std::mem::take(&mut report_bytes));
+                }
                 if args.heartbeat {
                     eprintln!("{}", heartbeat.line(&hub, &summary, now));
                 }

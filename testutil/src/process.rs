@@ -152,6 +152,8 @@ pub struct SchedulerView {
     pub ready: u64,
     /// Nodes declared lost.
     pub lost: u64,
+    /// Bytes received from launchers so far.
+    pub report_bytes: u64,
 }
 
 /// Reads the scheduler's metrics (refreshed by the scheduler once a second).
@@ -174,6 +176,7 @@ pub async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<SchedulerView> {
     Ok(SchedulerView {
         ready: value("drover_scheduler_nodes{state=\"ready\"}"),
         lost: value("drover_scheduler_nodes{state=\"lost\"}"),
+        report_bytes: value("drover_scheduler_launcher_report_bytes_total"),
     })
 }
 
