@@ -350,5 +350,23 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
     report.check("not_running", "instances not running at the end", not_running);
     let total: u64 = final_counts.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     report.check("extra_instances", "instances beyond those launched", total.saturating_sub(args.instances as u64));
+    // The scheduler alone, on the same machine right after, once the cluster is gone.
+    drop(cluster);
+    ui.say(&format!(
+        "placing {} instances on {} fake launchers, the scheduler alone …",
+        args.instances, args.launchers
+    ));
+    let place = crate::scenarios::place_rate(args.launchers, args.instances, args.report_interval, ui).await?;
+    report.figure("place_per_s", "`place`, scheduler alone, same run", place, format!("{place:.0}"), None);
+    if let Some(t) = all_running {
+        let share = args.instances as f64 / t.as_secs_f64() / place.max(1e-9) * 100.0;
+        report.figure(
+            "share_of_place_pct",
+            "end to end / `place`",
+            share,
+            format!("{share:.0} %"),
+            Some(("≥ 25 %", share >= 25.0)),
+        );
+    }
     Ok(report.print(ui))
 }

@@ -453,6 +453,20 @@ pub(crate) async fn place(args: &PlaceArgs, ui: &Ui) -> anyhow::Result<bool> {
     Ok(report.print(ui))
 }
 
+/// The scheduler alone on `nodes` fake launchers: placements/s for `instances` STARTs offered as
+/// fast as the connection takes them (for `e2e`'s share of it).
+pub(crate) async fn place_rate(
+    nodes: usize,
+    instances: usize,
+    report_interval: Duration,
+    ui: &Ui,
+) -> anyhow::Result<f64> {
+    let args = PlaceArgs { nodes, instances, rate: 0, policy: "spread".into(), report_interval, handshakes: 64 };
+    let pki = Pki::new();
+    let daemon = scheduler(&pki, &["--policy", &args.policy])?;
+    Ok(run_place(&args, ui, &pki, daemon).await?.rate)
+}
+
 /// `ceiling`.
 pub(crate) async fn ceiling(args: &PlaceArgs, ui: &Ui) -> anyhow::Result<bool> {
     let pki = Pki::new();
