@@ -47,6 +47,15 @@ pub struct ApiFailure {
     pub message: String,
 }
 
+impl ApiFailure {
+    /// The failure an error answer describes (its `error.message`, or the whole answer).
+    fn of(status: StatusCode, answer: &Value) -> Self {
+        let message =
+            answer.pointer("/error/message").and_then(Value::as_str).map_or_else(|| answer.to_string(), str::to_owned);
+        Self { status, message }
+    }
+}
+
 fn key_for(cert: &Path) -> PathBuf {
     let stem = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     cert.with_file_name(format!("{stem}-key.pem"))
@@ -117,11 +126,7 @@ impl ApiClient {
     pub async fn get_page<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, Option<String>)> {
         let (status, value, headers) = self.raw_with_headers(Method::GET, path, None).await?;
         if !status.is_success() {
-            let message = value
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
-            return Err(ApiFailure { status, message }.into());
+            return Err(ApiFailure::of(status, &value).into());
         }
         let next = headers.get(drover_api::views::NEXT_AFTER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let page = serde_json::from_value(value).map_err(|e| anyhow::anyhow!("GET {path}: unexpected answer: {e}"))?;
@@ -179,9 +184,7 @@ impl ApiClient {
         if status.is_success() {
             return Ok(value);
         }
-        let message =
-            value.pointer("/error/message").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
-        Err(ApiFailure { status, message }.into())
+        Err(ApiFailure::of(status, &value).into())
     }
 
     /// GET.

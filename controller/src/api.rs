@@ -334,7 +334,7 @@ async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<I
                     && q.state.as_ref().is_none_or(|s| s == r.life.state.name())
                     && q.node.is_none_or(|n| matches!(r.life.state, Life::Running { node } if node == n))
             };
-            let limit = q.limit.unwrap_or(usize::MAX);
+            let limit = q.limit.unwrap_or(usize::MAX).max(1);
             match &q.prefix {
                 // A short ID names few instances: read just those.
                 Some(prefix) => {

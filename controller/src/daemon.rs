@@ -12,7 +12,7 @@
 //!
 //! Store calls block (redb commits with fsync), so they run on tokio's blocking pool.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use drover_model::NodeStatus;
 use serde::Serialize;
 use ssntp::client::{ClientEvent, ClientHandle};
-use ssntp::payload::{InstanceState, LogData, LogFetch, Message, NodeState, Stats};
+use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
 use ssntp::Uuid;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -59,46 +59,6 @@ pub struct NodeView {
 
 fn status_name<S: serde::Serializer>(status: &NodeStatus, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(status.name())
-}
-
-/// The instances one node says run there: a complete digest replaces them, news moves them.
-#[derive(Debug, Default)]
-struct Reported {
-    active: HashSet<Uuid>,
-    /// The digest being read, page by page.
-    assembling: Option<HashSet<Uuid>>,
-}
-
-impl Reported {
-    fn observe(&mut self, message: &Message) {
-        let runs = |state| matches!(state, InstanceState::Active | InstanceState::Pending);
-        match message {
-            Message::InstanceNews(news) => {
-                for stat in &news.instances {
-                    if runs(stat.state) {
-                        self.active.insert(stat.instance_uuid);
-                    } else {
-                        self.active.remove(&stat.instance_uuid);
-                    }
-                }
-            }
-            Message::Stats(stats) => {
-                let Some(page) = stats.digest else { return };
-                if page.page == 0 {
-                    self.assembling = Some(HashSet::new());
-                }
-                if let Some(assembling) = self.assembling.as_mut() {
-                    assembling.extend(stats.instances.iter().filter(|s| runs(s.state)).map(|s| s.instance_uuid));
-                }
-                if page.page + 1 >= page.pages {
-                    if let Some(done) = self.assembling.take() {
-                        self.active = done;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// Whether the scheduler link is up, and since when.
@@ -140,9 +100,6 @@ pub struct Controller {
     service: Service,
     link: Option<ClientHandle>,
     nodes: Mutex<BTreeMap<Uuid, NodeView>>,
-    /// What each node says runs there, from its digests and news (the nodes' own view, next
-    /// to the store's).
-    reported: Mutex<HashMap<Uuid, Reported>>,
     link_view: Mutex<LinkView>,
     logs: Mutex<HashMap<u64, LogWaiter>>,
     next_request: AtomicU64,
@@ -182,7 +139,6 @@ impl Controller {
             service,
             link,
             nodes: Mutex::new(BTreeMap::new()),
-            reported: Mutex::new(HashMap::new()),
             link_view: Mutex::new(LinkView::default()),
             logs: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -306,12 +262,8 @@ impl Controller {
     /// Every node, with the instances each says runs there.
     pub fn nodes_with_instances(&self) -> Vec<NodeView> {
         let mut nodes = self.nodes();
-        let reported = self.reported.lock().expect("reported lock");
         for n in &mut nodes {
-            let mut active: Vec<Uuid> =
-                reported.get(&n.uuid).map(|r| r.active.iter().copied().collect()).unwrap_or_default();
-            active.sort_unstable();
-            n.reported_active = Some(active);
+            n.reported_active = Some(self.service.reported_running(n.uuid));
         }
         nodes
     }
@@ -388,7 +340,6 @@ impl Controller {
         if matches!(message, Message::Stats(_) | Message::InstanceNews(_)) {
             self.service.heard(origin);
         }
-        self.reported.lock().expect("reported lock").entry(origin).or_default().observe(message);
         if let Some(gate) = self.resend_gate.lock().expect("gate lock").as_mut() {
             match message {
                 // A node has reported once its digest is in (what runs there, all of it).
@@ -414,22 +365,10 @@ impl Controller {
             if let Some(status) = status {
                 view.status = status;
             }
-            if let Some(stats) = stats {
-                // The figures; the instance lists of digests stay out of memory here.
-                view.stats = Some(Stats {
-                    node_uuid: stats.node_uuid,
-                    status: stats.status,
-                    mem_total_mb: stats.mem_total_mb,
-                    mem_available_mb: stats.mem_available_mb,
-                    disk_total_mb: stats.disk_total_mb,
-                    disk_available_mb: stats.disk_available_mb,
-                    load: stats.load,
-                    cpus_online: stats.cpus_online,
-                    hostname: stats.hostname.clone(),
-                    networks: stats.networks.clone(),
-                    instances: Vec::new(),
-                    digest: None,
-                });
+            // The heartbeat's figures; digest pages carry the same figures and instance lists
+            // that have no place here.
+            if let Some(stats) = stats.filter(|s| s.digest.is_none()) {
+                view.stats = Some(stats.clone());
             }
         };
         match message {

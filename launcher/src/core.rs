@@ -741,13 +741,12 @@ impl Core {
             self.table.iter().filter(|(_, e)| e.listed(now.mono_ms, retention)).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         let state = self.reported_status.unwrap_or(NodeStatus::Ready);
-        let pages = ids.len().div_ceil(DIGEST_PAGE).max(1);
-        let pages_u32 = u32::try_from(pages).unwrap_or(u32::MAX);
-        for page in 0..pages {
-            let chunk = ids.get(page * DIGEST_PAGE..).map_or(&[][..], |rest| &rest[..rest.len().min(DIGEST_PAGE)]);
+        // A node with nothing to list still sends one (empty) page: the digest is its truth.
+        let chunks: Vec<&[Uuid]> = if ids.is_empty() { vec![&[]] } else { ids.chunks(DIGEST_PAGE).collect() };
+        let pages = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        for (page, chunk) in (0..).zip(chunks) {
             let (instances, ends) = self.listing(chunk);
-            let digest =
-                DigestPage { seq: self.news_seq, page: u32::try_from(page).unwrap_or(u32::MAX), pages: pages_u32 };
+            let digest = DigestPage { seq: self.news_seq, page, pages };
             let stats = self.stats(state, instances, Some(digest));
             out.push(Effect::Report { session, message: Message::Stats(stats), ends });
         }

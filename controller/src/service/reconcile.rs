@@ -81,7 +81,7 @@ impl Service {
         out: &mut Vec<Message>,
     ) -> Result<(), ServiceError> {
         // A gap makes the node want a digest; [`Service::digests_due`] asks for it.
-        if self.feeds.lock().expect("feeds lock").news(node, news.seq) == NewsVerdict::Stale {
+        if self.feeds.lock().expect("feeds lock").news(node, news.seq, &news.instances) == NewsVerdict::Stale {
             return Ok(());
         }
         for stat in &news.instances {
@@ -108,8 +108,7 @@ impl Service {
         for stat in &stats.instances {
             self.stat_changes(node, stat, changes, out)?;
         }
-        let verdict =
-            self.feeds.lock().expect("feeds lock").page(node, page, stats.instances.iter().map(|s| s.instance_uuid));
+        let verdict = self.feeds.lock().expect("feeds lock").page(node, page, &stats.instances);
         match verdict {
             PageVerdict::Partial | PageVerdict::Broken => {}
             PageVerdict::Complete(listed) => {
@@ -145,6 +144,11 @@ impl Service {
     /// A node was heard from: one new to this controller needs a digest.
     pub fn heard(&self, node: Uuid) {
         self.feeds.lock().expect("feeds lock").heard(node);
+    }
+
+    /// The instances `node` itself says run there (from its news and digests), sorted.
+    pub fn reported_running(&self, node: Uuid) -> Vec<Uuid> {
+        self.feeds.lock().expect("feeds lock").running(node)
     }
 
     /// The REPORT_REQUESTs to send at `now_ms` (see [`crate::feeds`]).

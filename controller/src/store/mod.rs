@@ -195,7 +195,8 @@ pub struct Store {
 struct CountIndex {
     /// (tenant, state name) of each key number.
     keys: Vec<(String, &'static str)>,
-    numbers: HashMap<(String, &'static str), u16>,
+    /// Tenant → state name → key number (looked up without building a key per record).
+    numbers: HashMap<String, HashMap<&'static str, u16>>,
     of: HashMap<Uuid, u16>,
     counts: Vec<usize>,
 }
@@ -203,12 +204,12 @@ struct CountIndex {
 impl CountIndex {
     fn set(&mut self, instance: Uuid, now: Option<(&str, &'static str)>) {
         let number = now.map(|(tenant, state)| {
-            if let Some(n) = self.numbers.get(&(tenant.to_owned(), state)) {
+            if let Some(n) = self.numbers.get(tenant).and_then(|states| states.get(state)) {
                 return *n;
             }
             let n = u16::try_from(self.keys.len()).unwrap_or(u16::MAX);
             self.keys.push((tenant.to_owned(), state));
-            self.numbers.insert((tenant.to_owned(), state), n);
+            self.numbers.entry(tenant.to_owned()).or_default().insert(state, n);
             self.counts.push(0);
             n
         });
