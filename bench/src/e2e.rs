@@ -34,6 +34,23 @@ pub(crate) struct E2eArgs {
     /// How long to measure the steady state once all run.
     #[arg(long, default_value = "10s", value_parser = drover_model::parse_duration)]
     steady: Duration,
+    /// The launchers' niceness (0–19). On a real cluster each launcher has a machine of its own;
+    /// here K of them share this one with the control plane, and at K = 1,000 they would take
+    /// most of its CPU from the scheduler and controller being measured. Their CPU is reported
+    /// apart either way; 0 runs them as equals.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    launcher_nice: u8,
+}
+
+/// The peak RSS a daemon may reach with `instances` launched (the scale issue's goals: 512 MiB
+/// each up to 100,000 instances; at more, up to a million, 1 GiB for the scheduler and 2 GiB
+/// for the controller, whose store index and cache grow with the instances).
+fn rss_goal_mib(daemon: &str, instances: usize) -> f64 {
+    match daemon {
+        "scheduler" if instances > 100_000 => 1024.0,
+        "controller" if instances > 100_000 => 2048.0,
+        _ => 512.0,
+    }
 }
 
 /// Most instances one launch call creates (the API's bound).
@@ -97,6 +114,7 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
         None,
     )?;
     let per_node = args.instances.div_ceil(args.launchers.max(1));
+    let launcher = sibling_binary("drover-launcher")?;
     let mut launchers = Vec::with_capacity(args.launchers);
     for i in 0..args.launchers {
         let mut a = local::launcher_args(&sched, &work.path().join(format!("launcher{i}")), &pki.paths("agent", false));
@@ -109,7 +127,10 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
             (per_node * 2 + 16).to_string(),
         ]);
         let log = work.path().join(format!("launcher{i}.log"));
-        launchers.push(Daemon::start(&sibling_binary("drover-launcher")?, a, log, scheduler.addr, None)?);
+        // `nice` execs the launcher: the process (and its pid, whose CPU is read) is the same.
+        let mut niced = vec!["-n".to_owned(), args.launcher_nice.to_string(), launcher.display().to_string()];
+        niced.extend(a);
+        launchers.push(Daemon::start(std::path::Path::new("nice"), niced, log, scheduler.addr, None)?);
     }
     let mut api = ApiClient::new(&ApiConfig {
         addr: api_addr.to_string(),
@@ -254,6 +275,7 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         "launchers": args.launchers,
         "instances": args.instances,
         "report_interval_ms": args.report_interval.as_millis(),
+        "launcher_nice": args.launcher_nice,
         "backend": "sim",
     });
     let mut report = Report::new("e2e", params);
@@ -317,12 +339,13 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         let peak = mib(a.peak_rss_kib);
         let peak_label =
             if key == "launchers" { "launcher peak RSS (largest)".to_owned() } else { format!("{label} peak RSS") };
+        let goal_mib = rss_goal_mib(key, args.instances);
         report.figure(
             &format!("{key}_peak_rss_mib"),
             &peak_label,
             peak,
             format!("{peak:.1} MiB"),
-            Some(("≤ 512 MiB", peak <= 512.0)),
+            Some((&format!("≤ {goal_mib:.0} MiB"), peak <= goal_mib)),
         );
     }
     for (key, label, took, goal_ms) in [

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use drover_model::NodeStatus;
 use serde::Serialize;
-use ssntp::client::{ClientEvent, ClientHandle};
+use ssntp::client::{ClientEvent, ClientEvents, ClientHandle};
 use ssntp::payload::{LogData, LogFetch, Message, NodeState, Stats};
 use ssntp::Uuid;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -397,7 +397,7 @@ impl Controller {
 }
 
 /// The scheduler loop (see the module text). Ends when the link's event stream ends.
-pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<ClientEvent>) {
+pub async fn run_link(controller: Arc<Controller>, mut events: ClientEvents) {
     let Some(mut commands) = controller.link_commands.lock().expect("link commands lock").take() else {
         tracing::error!("the scheduler loop was started twice");
         return;
@@ -416,7 +416,9 @@ pub async fn run_link(controller: Arc<Controller>, mut events: mpsc::Receiver<Cl
                     match event {
                         ClientEvent::Message { frame, message } => {
                             controller.observe(frame.origin, &message);
-                            frames.push((frame.origin, message));
+                            if Service::reads_store(&message) {
+                                frames.push((frame.origin, message));
+                            }
                         }
                         other => {
                             apply_frames(&controller, std::mem::take(&mut frames)).await;
@@ -528,7 +530,9 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
         }
         ClientEvent::Message { frame, message } => {
             controller.observe(frame.origin, &message);
-            apply_frames(controller, vec![(frame.origin, message)]).await;
+            if Service::reads_store(&message) {
+                apply_frames(controller, vec![(frame.origin, message)]).await;
+            }
         }
     }
 }

@@ -2,18 +2,20 @@
 
 use std::sync::Arc;
 
-use ssntp::client::{error_reason, Client, ClientEvent, ClientHandle, ClientOptions};
+use ssntp::client::{error_reason, Client, ClientEvents, ClientHandle, ClientOptions};
 use ssntp::payload::Message;
 use ssntp::{Role, Uuid};
-use tokio::sync::mpsc;
+
+/// How many bytes of the scheduler's frames may wait for the link task: every node's news fans
+/// in here, and the link task stops taking frames while a store write runs (a large launch), so
+/// the socket is drained into memory meanwhile rather than left full for the scheduler's write
+/// timeout to cut.
+pub const INBOUND_BYTES: usize = 128 << 20;
 
 /// Starts a reconnecting controller-role client.
-pub fn connect(
-    targets: Vec<String>,
-    tls: Arc<rustls::ClientConfig>,
-    uuid: Uuid,
-) -> (ClientHandle, mpsc::Receiver<ClientEvent>) {
+pub fn connect(targets: Vec<String>, tls: Arc<rustls::ClientConfig>, uuid: Uuid) -> (ClientHandle, ClientEvents) {
     let mut opts = ClientOptions::new(targets, tls, Role::CONTROLLER, uuid);
+    opts.inbound_bytes = INBOUND_BYTES;
     opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
     Client::spawn(opts)
 }

@@ -28,6 +28,10 @@ pub struct Args {
     /// The durable store (created if missing).
     #[arg(long, default_value = "/var/lib/drover/controller.redb")]
     pub db: PathBuf,
+    /// Memory the store may use to cache its file's pages, in MiB. More makes reads of a large
+    /// store cheaper; the kernel's page cache holds the file either way.
+    #[arg(long, default_value_t = crate::store::redb::DEFAULT_CACHE_BYTES >> 20, value_name = "MIB")]
+    pub store_cache_mib: usize,
     /// Directory for the controller's identity (its UUID).
     #[arg(long, default_value = "/var/lib/drover/controller")]
     pub state_dir: PathBuf,
@@ -93,7 +97,8 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let store = Store::open(&args.db).with_context(|| format!("opening the store {}", args.db.display()))?;
+    let store = Store::open_with_cache(&args.db, args.store_cache_mib.saturating_mul(1 << 20))
+        .with_context(|| format!("opening the store {}", args.db.display()))?;
     Ok(Prepared { args, tls, uuid, api, store })
 }
 

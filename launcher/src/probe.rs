@@ -5,6 +5,8 @@
 //! boot (deferred initialisation), and the sum of the nodes need not equal `/proc/meminfo`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ssntp::payload::{Network, NodeReport};
 use ssntp::Uuid;
@@ -177,16 +179,46 @@ pub fn networks() -> Vec<Network> {
         .collect()
 }
 
-/// A fresh report for the whole machine.
+/// How long the facts that rarely change (host name, CPU model and count, addresses) are reused
+/// between heartbeats. `/proc/cpuinfo` alone is tens of KiB on a large machine, and the
+/// addresses cost a netlink dump: read every second by every launcher, they were most of an
+/// idle launcher's CPU.
+pub const SLOW_FACTS_TTL: Duration = Duration::from_secs(60);
+
+/// The facts of [`SLOW_FACTS_TTL`].
+#[derive(Debug, Clone)]
+struct SlowFacts {
+    hostname: String,
+    cpu_model: String,
+    cpu_mhz: Option<u32>,
+    cpus: u32,
+    networks: Vec<Network>,
+}
+
+#[allow(clippy::disallowed_methods)] // a probe of the machine: how old its cached facts are
+fn slow_facts() -> SlowFacts {
+    static CACHE: Mutex<Option<(Instant, SlowFacts)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, facts)) = cache.as_ref().filter(|(at, _)| at.elapsed() < SLOW_FACTS_TTL) {
+        return facts.clone();
+    }
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let (cpu_model, cpu_mhz) = std::fs::read_to_string("/proc/cpuinfo").map(|t| parse_cpuinfo(&t)).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let facts = SlowFacts { hostname, cpu_model, cpu_mhz, cpus, networks: networks() };
+    *cache = Some((Instant::now(), facts.clone()));
+    facts
+}
+
+/// A fresh report for the whole machine (memory, load and disk read now; the rest at most
+/// [`SLOW_FACTS_TTL`] old).
 pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeReport {
     let (mem_total, mem_available) =
         std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_meminfo).unwrap_or((0, 0));
     let load = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(parse_loadavg).unwrap_or(0.0);
     let (disk_total, disk_available) = disk_mb(state_dir).unwrap_or((0, 0));
-    let hostname =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    let (cpu_model, cpu_mhz) = std::fs::read_to_string("/proc/cpuinfo").map(|t| parse_cpuinfo(&t)).unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let SlowFacts { hostname, cpu_model, cpu_mhz, cpus, networks } = slow_facts();
     NodeReport {
         node_uuid,
         mem_total_mb: mem_total.saturating_sub(mem_reserve_mb),
@@ -196,7 +228,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         cpus_online: cpus,
         hostname,
         load,
-        networks: networks(),
+        networks,
         arch: std::env::consts::ARCH.to_owned(),
         cpu_model,
         cpu_mhz,

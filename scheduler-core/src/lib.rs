@@ -44,6 +44,12 @@ use self::queue::{Queue, QueueKey, Queued};
 /// How many queued STARTs one event may place (bounds the work per event).
 const DRAIN_LIMIT: usize = 256;
 
+/// How often, at most, a node's heartbeat (a STATS without a digest page) goes on to the
+/// controllers while its status stays the same, ms. Controllers need a change of status at
+/// once and the figures only to show them; a thousand nodes reporting every second would
+/// otherwise cost every controller a thousand frames a second.
+pub const HEARTBEAT_FORWARD_MS: u64 = 5_000;
+
 /// How long a lost, disconnected node (and an unused estimate) is remembered, ms.
 pub const FORGET_AFTER_MS: u64 = 3_600_000;
 /// How many queued STARTs one event may look at, from the head of the queue.
@@ -306,7 +312,7 @@ impl Hub {
                 () if node.status == NodeStatus::Full => s.full += 1,
                 () => s.not_ready += 1,
             }
-            s.reclaimed_mb += node.instances.values().map(|p| p.request_mb - p.charge_mb).sum::<u64>();
+            s.reclaimed_mb += node.instances.reclaimed_mb();
         }
         s
     }
@@ -369,9 +375,13 @@ impl Hub {
         let mut node = match self.nodes.remove(&uuid, cfg) {
             // A lost node's instances were handed to the controller to restart elsewhere; what
             // still runs there is a stale copy for the controller to reconcile from STATS.
-            Some(old) if !old.lost => {
-                Node { conn_id: Some(conn_id), status: NodeStatus::Connected, last_seen_ms: now.mono_ms, ..old }
-            }
+            Some(old) if !old.lost => Node {
+                conn_id: Some(conn_id),
+                status: NodeStatus::Connected,
+                last_seen_ms: now.mono_ms,
+                heartbeat_forwarded: None,
+                ..old
+            },
             Some(old) => {
                 // What it reported while lost is stale too: it starts afresh.
                 self.nodes.forget_all_on(uuid, cfg);
@@ -427,7 +437,9 @@ impl Hub {
             Message::Offline => self.status(from, NodeStatus::Offline, None),
             Message::Stats(stats) => {
                 self.stats(now, from, &stats.instances);
-                out.push(Output::ToControllers(frame));
+                if stats.digest.is_some() || self.heartbeat_due(now, from, stats.status) {
+                    out.push(Output::ToControllers(frame));
+                }
             }
             // The batch goes on as it came, not re-encoded per instance.
             Message::InstanceNews(news) => {
@@ -467,6 +479,22 @@ impl Hub {
         // A report or a departed instance can only make room on this node.
         self.drain_on(from, &mut out);
         out
+    }
+
+    /// Whether a heartbeat of `from` with `status` goes on to the controllers now (see
+    /// [`HEARTBEAT_FORWARD_MS`]); if so, it counts as sent.
+    fn heartbeat_due(&mut self, now: Now, from: Uuid, status: ssntp::payload::NodeState) -> bool {
+        self.nodes
+            .update(&from, &self.cfg, |n| {
+                let due = n
+                    .heartbeat_forwarded
+                    .is_none_or(|(at, last)| last != status || now.mono_ms.saturating_sub(at) >= HEARTBEAT_FORWARD_MS);
+                if due {
+                    n.heartbeat_forwarded = Some((now.mono_ms, status));
+                }
+                due
+            })
+            .unwrap_or(true)
     }
 
     fn status(&mut self, from: Uuid, status: NodeStatus, report: Option<NodeReport>) {

@@ -102,6 +102,11 @@ impl Charges {
         Some(result)
     }
 
+    /// Memory requested but not charged (what estimates reclaimed), MiB, from the sums.
+    pub fn reclaimed_mb(&self) -> u64 {
+        self.sums.request_mb - self.sums.charge_mb
+    }
+
     /// Removes every instance; returns their UUIDs.
     pub fn drain(&mut self) -> Vec<Uuid> {
         let ids = self.map.drain().map(|(id, _)| id).collect();
@@ -165,6 +170,9 @@ pub struct Node {
     pub instances: Charges,
     /// STARTs placed on it since it connected.
     pub starts: u64,
+    /// When its last heartbeat went to the controllers (monotonic ms) and the status it
+    /// carried; `None` until the first since it connected.
+    pub heartbeat_forwarded: Option<(u64, ssntp::payload::NodeState)>,
 }
 
 /// Why a START does not fit a node, in the order of the checks: the node's state first (a node
@@ -268,6 +276,7 @@ impl Node {
             last_seen_ms: now_ms,
             instances: Charges::default(),
             starts: 0,
+            heartbeat_forwarded: None,
         }
     }
 

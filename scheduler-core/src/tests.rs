@@ -792,3 +792,40 @@ fn a_node_lost_and_gone_for_an_hour_is_forgotten() {
     assert!(rig.hub.node(&u(11)).is_some(), "the live node stays");
     assert!(rig.hub.indexes_consistent());
 }
+
+#[test]
+fn heartbeats_reach_controllers_on_a_change_of_status_and_otherwise_every_few_seconds() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 4, 4096);
+    let heartbeat = |status: NodeState, digest: Option<ssntp::payload::DigestPage>| Stats {
+        node_uuid: u(10),
+        status,
+        mem_total_mb: 4096,
+        mem_available_mb: 4096,
+        disk_total_mb: 0,
+        disk_available_mb: 0,
+        load: 0.0,
+        cpus_online: 4,
+        hostname: String::new(),
+        networks: vec![],
+        instances: vec![],
+        digest,
+    };
+    let forwarded = |rig: &mut Rig, ms: u64, status: NodeState, digest: Option<ssntp::payload::DigestPage>| {
+        rig.now = Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms };
+        let out = rig.send(u(10), AGENT, Message::Stats(heartbeat(status, digest)));
+        out.iter().any(|(p, m)| p.is_none() && matches!(m, Message::Stats(_)))
+    };
+    assert!(forwarded(&mut rig, 1_000, NodeState::Ready, None), "the first one");
+    assert!(!forwarded(&mut rig, 2_000, NodeState::Ready, None), "same status, 1 s later");
+    assert!(forwarded(&mut rig, 3_000, NodeState::Full, None), "a new status at once");
+    assert!(forwarded(&mut rig, 3_500, NodeState::Ready, None), "and back");
+    let page = Some(ssntp::payload::DigestPage { seq: 1, page: 0, pages: 1 });
+    assert!(forwarded(&mut rig, 4_000, NodeState::Ready, page), "a digest page always");
+    assert!(!forwarded(&mut rig, 8_000, NodeState::Ready, None));
+    assert!(forwarded(&mut rig, 3_500 + HEARTBEAT_FORWARD_MS, NodeState::Ready, None), "the figures, now and then");
+    // A reconnect sends the next one on whatever it says.
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 210, uuid: u(10), role: AGENT });
+    assert!(forwarded(&mut rig, 9_000, NodeState::Ready, None), "first since it connected");
+}

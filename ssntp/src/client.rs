@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -73,9 +73,19 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// Frames queued for sending before [`ClientHandle::try_send`] reports full.
     pub outbound_queue: usize,
-    /// Frames received but not yet taken by the application before reading pauses.
-    pub inbound_queue: usize,
+    /// Bytes of frames received but not yet taken by the application before reading pauses
+    /// (a frame counts its payload plus [`INBOUND_FRAME_OVERHEAD`]). Sized in bytes, not frames,
+    /// so that an application busy for a while (a controller's long store write) keeps draining
+    /// the socket while news is small, and a few large frames still bound memory.
+    pub inbound_bytes: usize,
 }
+
+/// What a received frame counts against [`ClientOptions::inbound_bytes`] beyond its payload
+/// (the decoded message, the event).
+pub const INBOUND_FRAME_OVERHEAD: usize = 256;
+
+/// The default [`ClientOptions::inbound_bytes`].
+pub const DEFAULT_INBOUND_BYTES: usize = 16 << 20;
 
 impl ClientOptions {
     /// Defaults for a client of a scheduler.
@@ -91,7 +101,7 @@ impl ClientOptions {
             handshake_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
             outbound_queue: 1024,
-            inbound_queue: 1024,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
         }
     }
 }
@@ -364,16 +374,78 @@ pub struct Client;
 impl Client {
     /// Starts connecting in the background. Events arrive on the returned receiver; the client
     /// stops when [`ClientHandle::close`] is called or the receiver is dropped.
-    pub fn spawn(opts: ClientOptions) -> (ClientHandle, mpsc::Receiver<ClientEvent>) {
-        let (events, rx) = mpsc::channel(opts.inbound_queue);
+    pub fn spawn(opts: ClientOptions) -> (ClientHandle, ClientEvents) {
+        let budget = opts.inbound_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let bytes = Arc::new(Semaphore::new(budget));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let events = EventSender { tx, bytes: bytes.clone(), budget };
         let handle =
             ClientHandle { uuid: opts.uuid, session: Arc::new(Mutex::new(None)), stop: CancellationToken::new() };
         tokio::spawn(run(opts, handle.clone(), events));
-        (handle, rx)
+        (handle, ClientEvents { rx, bytes })
     }
 }
 
-async fn run(opts: ClientOptions, handle: ClientHandle, events: mpsc::Sender<ClientEvent>) {
+/// The events of a [`Client`], in order; at most [`ClientOptions::inbound_bytes`] of received
+/// frames wait here (overflow policy: the client stops reading the socket until the application
+/// takes some, and the server's own write timeout decides what happens to a peer that stays
+/// behind).
+#[derive(Debug)]
+pub struct ClientEvents {
+    rx: mpsc::UnboundedReceiver<(ClientEvent, u32)>,
+    bytes: Arc<Semaphore>,
+}
+
+impl ClientEvents {
+    /// The next event; `None` once the client has stopped.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        let (event, cost) = self.rx.recv().await?;
+        self.bytes.add_permits(cost as usize);
+        Some(event)
+    }
+
+    /// The next event if one is waiting.
+    ///
+    /// # Errors
+    /// None waiting, or the client has stopped.
+    pub fn try_recv(&mut self) -> std::result::Result<ClientEvent, mpsc::error::TryRecvError> {
+        let (event, cost) = self.rx.try_recv()?;
+        self.bytes.add_permits(cost as usize);
+        Ok(event)
+    }
+}
+
+impl Drop for ClientEvents {
+    fn drop(&mut self) {
+        // A client waiting for room learns that no one will make any.
+        self.bytes.close();
+    }
+}
+
+/// The client's side of [`ClientEvents`].
+#[derive(Debug)]
+struct EventSender {
+    tx: mpsc::UnboundedSender<(ClientEvent, u32)>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl EventSender {
+    /// Queues an event once its bytes fit; `Err` when the application has gone.
+    async fn send(&self, event: ClientEvent) -> std::result::Result<(), ()> {
+        let size = match &event {
+            ClientEvent::Message { frame, .. } => frame.payload.len() + INBOUND_FRAME_OVERHEAD,
+            _ => INBOUND_FRAME_OVERHEAD,
+        };
+        // A frame larger than the whole budget waits for an empty queue.
+        let cost = u32::try_from(size.min(self.budget)).unwrap_or(u32::MAX);
+        let permit = self.bytes.acquire_many(cost).await.map_err(|_| ())?;
+        permit.forget();
+        self.tx.send((event, cost)).map_err(|_| ())
+    }
+}
+
+async fn run(opts: ClientOptions, handle: ClientHandle, events: EventSender) {
     let stop = handle.stop.clone();
     let mut attempt: u32 = 0;
     let mut sessions: u64 = 0;
@@ -422,7 +494,7 @@ async fn session(
     conn: Connection,
     number: u64,
     handle: &ClientHandle,
-    events: &mpsc::Sender<ClientEvent>,
+    events: &EventSender,
     opts: &ClientOptions,
 ) -> String {
     let Connection { target, server_uuid, config, mut reader, writer, .. } = conn;

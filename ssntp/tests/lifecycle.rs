@@ -12,11 +12,11 @@ use ssntp::{Role, Uuid};
 use testutil::{Pki, RawPeer, TestServer, PATIENCE};
 use tokio::net::TcpListener;
 
-async fn next_client_event(rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>) -> ClientEvent {
+async fn next_client_event(rx: &mut ssntp::client::ClientEvents) -> ClientEvent {
     tokio::time::timeout(PATIENCE, rx.recv()).await.expect("client event in time").expect("client running")
 }
 
-async fn wait_connected(rx: &mut tokio::sync::mpsc::Receiver<ClientEvent>) -> Uuid {
+async fn wait_connected(rx: &mut ssntp::client::ClientEvents) -> Uuid {
     loop {
         match next_client_event(rx).await {
             ClientEvent::Connected { server_uuid, .. } => return server_uuid,

@@ -253,7 +253,7 @@ struct Agent {
 impl Agent {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<ClientEvent>,
+        mut events: ssntp::client::ClientEvents,
         permit: tokio::sync::OwnedSemaphorePermit,
         up: mpsc::UnboundedSender<()>,
     ) {
@@ -388,7 +388,7 @@ impl Generator {
     pub async fn connect(target: String, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
         let mut opts = ClientOptions::new(vec![target], tls, Role::CONTROLLER, Uuid::new_v4());
         opts.outbound_queue = 65_536;
-        opts.inbound_queue = 65_536;
+        opts.inbound_bytes = 256 << 20;
         let (handle, mut events) = Client::spawn(opts);
         let counters = Arc::new(ControllerCounters::default());
         let (up_tx, up_rx) = tokio::sync::oneshot::channel();

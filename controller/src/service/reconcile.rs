@@ -4,6 +4,7 @@
 //! the store believes run there that the node no longer holds: they are lost. The order of a
 //! node's reports (gaps, duplicates, pages) is judged by [`crate::feeds::Feeds`].
 
+use drover_model::InstanceStatus;
 use ssntp::payload::{InstanceNews, InstanceStat, ReportRequest};
 
 use super::*;
@@ -23,19 +24,20 @@ impl Service {
         out: &mut Vec<Message>,
     ) -> Result<(), ServiceError> {
         let id = stat.instance_uuid;
-        // The common case (a running instance reported where the store has it) needs no read.
-        let here = self.store.node_of(id) == Some(node);
+        // The indexes answer the common cases (a start reported, a running instance reported
+        // where the store has it, an end) without reading the record.
+        let running_on = self.store.node_of(id);
+        let here = running_on == Some(node);
         let ended = matches!(stat.state, InstanceState::Exited | InstanceState::Stopped);
         if here && !ended {
             return Ok(());
         }
-        let record = self.store.instance(id)?;
-        let waiting = record.as_ref().is_some_and(|r| matches!(r.life.state, State::Starting | State::Queued { .. }));
+        let state = self.store.state_of(id);
+        let waiting = matches!(state, Some(InstanceStatus::Starting | InstanceStatus::Queued));
         match stat.state {
             InstanceState::Active | InstanceState::Pending => {
-                let unwanted = record.as_ref().is_none_or(|r| {
-                    r.life.state.is_final() || matches!(r.life.state, State::Running { node: other } if other != node)
-                });
+                let unwanted =
+                    state.is_none_or(|status| status.is_final() || running_on.is_some_and(|other| other != node));
                 if waiting {
                     // It runs there, and its start report was lost or is this: this is the copy.
                     changes.push((id, Input::Started { node }, String::new()));
@@ -59,7 +61,7 @@ impl Service {
                     changes.push((id, Input::Exited { code, reason }, why));
                 } else {
                     // A stop the user did not ask for was the node's: an evacuation.
-                    let user = record.as_ref().is_some_and(|r| r.life.stop_requested);
+                    let user = self.store.instance(id)?.is_some_and(|r| r.life.stop_requested);
                     let why = if user { "stopped" } else { "evacuated" };
                     changes.push((id, Input::Stopped { evacuated: !user }, why.into()));
                 }

@@ -12,6 +12,23 @@ impl Service {
         self.report_many(&[(origin, message.clone())], now_ms)
     }
 
+    /// Whether applying `message` may touch the store: a heartbeat (STATS without a digest
+    /// page), a node's arrival or a log answer does not, so the link applies none of those
+    /// through the store — a thousand nodes' heartbeats cost no transaction.
+    pub fn reads_store(message: &Message) -> bool {
+        match message {
+            Message::Stats(stats) => stats.digest.is_some(),
+            Message::InstanceNews(_)
+            | Message::InstanceQueued(_)
+            | Message::StartFailure(_)
+            | Message::InstanceStarted(_)
+            | Message::InstanceExited(_)
+            | Message::InstanceStopped(_)
+            | Message::NodeLost(_) => true,
+            _ => false,
+        }
+    }
+
     /// Applies frames from the cluster in order, the instance changes of consecutive frames in
     /// one transaction (one fsync for a burst of reports); returns the commands they call for.
     ///

@@ -1,6 +1,8 @@
 //! What goes to the scheduler on the controller's own clock: STARTs whose time has come, and
 //! after a reconnect the STARTs that got no answer.
 
+use drover_model::InstanceStatus;
+
 use super::*;
 
 impl Service {
@@ -51,13 +53,8 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn reconnected(&self, now_ms: u64) -> Result<(), ServiceError> {
-        let waiting: Vec<Uuid> = self
-            .store
-            .instances(None)?
-            .into_iter()
-            .filter(|r| matches!(r.life.state, State::Starting | State::Queued { .. }))
-            .map(|r| r.uuid)
-            .collect();
+        let mut waiting = self.store.instances_in_states(&[InstanceStatus::Starting, InstanceStatus::Queued]);
+        waiting.sort_unstable();
         self.store.update_instances(&waiting, |r| {
             r.life.handle(now_ms, Input::Resend);
         })?;

@@ -455,3 +455,43 @@ fn a_gap_in_a_nodes_news_asks_it_for_a_digest_once() {
     s.link_up();
     assert_eq!(asked(s.digests_due(5)), 1, "a new link wants every digest again");
 }
+
+#[test]
+fn frames_the_link_keeps_from_the_store_change_nothing_there() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "job", 2, 0).unwrap();
+    s.tick(0).unwrap();
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(node()) }), 1)
+        .unwrap();
+    let mut heartbeat = stats(node(), &[(ids[1], InstanceState::Active, None)]);
+    heartbeat.digest = None;
+    let skipped = [
+        Message::Stats(heartbeat),
+        Message::NodeConnected(ssntp::payload::NodeEvent {
+            node_uuid: node(),
+            node_type: ssntp::payload::NodeType::ComputeNode,
+        }),
+        Message::NodeDisconnected(ssntp::payload::NodeEvent {
+            node_uuid: node(),
+            node_type: ssntp::payload::NodeType::ComputeNode,
+        }),
+        Message::InstanceDeleted(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(node()) }),
+    ];
+    let revision = s.store().revision().unwrap();
+    for message in &skipped {
+        assert!(!Service::reads_store(message), "{}", message.kind());
+        assert!(s.report(node(), message, 2).unwrap().is_empty(), "{}", message.kind());
+    }
+    assert_eq!(s.store().revision().unwrap(), revision, "nothing written");
+    assert_eq!(s.counts(None).unwrap().get("running"), Some(&1));
+    assert_eq!(s.counts(None).unwrap().get("starting"), Some(&1), "a heartbeat's list is not a digest");
+    // What the store must see is not skipped.
+    let mut digest = stats(node(), &[(ids[1], InstanceState::Active, None)]);
+    assert!(Service::reads_store(&Message::Stats(digest.clone())));
+    digest.digest = Some(ssntp::payload::DigestPage { seq: 1, page: 0, pages: 1 });
+    s.report(node(), &Message::Stats(digest), 3).unwrap();
+    assert!(matches!(s.store().instance(ids[1]).unwrap().unwrap().life.state, State::Running { .. }));
+    let first = s.store().instance(ids[0]).unwrap().unwrap().life.state;
+    assert!(!matches!(first, State::Running { .. }), "not listed in the digest: no longer running ({first:?})");
+}

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
+use drover_model::InstanceStatus;
 use serde::{Deserialize, Serialize};
 use ssntp::Uuid;
 
@@ -193,18 +194,18 @@ pub struct Store {
 /// without reading a record.
 #[derive(Debug, Default)]
 struct CountIndex {
-    /// (tenant, state name) of each key number.
-    keys: Vec<(String, &'static str)>,
-    /// Tenant → state name → key number (looked up without building a key per record).
-    numbers: HashMap<String, HashMap<&'static str, u16>>,
+    /// (tenant, state) of each key number.
+    keys: Vec<(String, InstanceStatus)>,
+    /// Tenant → state → key number (looked up without building a key per record).
+    numbers: HashMap<String, HashMap<InstanceStatus, u16>>,
     of: HashMap<Uuid, u16>,
     counts: Vec<usize>,
 }
 
 impl CountIndex {
-    fn set(&mut self, instance: Uuid, now: Option<(&str, &'static str)>) {
+    fn set(&mut self, instance: Uuid, now: Option<(&str, InstanceStatus)>) {
         let number = now.map(|(tenant, state)| {
-            if let Some(n) = self.numbers.get(tenant).and_then(|states| states.get(state)) {
+            if let Some(n) = self.numbers.get(tenant).and_then(|states| states.get(&state)) {
                 return *n;
             }
             let n = u16::try_from(self.keys.len()).unwrap_or(u16::MAX);
@@ -225,11 +226,25 @@ impl CountIndex {
         }
     }
 
+    /// The state of an instance, if the store has it.
+    fn state_of(&self, instance: Uuid) -> Option<InstanceStatus> {
+        self.of.get(&instance).map(|n| self.keys[usize::from(*n)].1)
+    }
+
+    /// The instances in any of `states`, from memory (a million entries take milliseconds).
+    fn in_states(&self, states: &[InstanceStatus]) -> Vec<Uuid> {
+        let wanted: Vec<bool> = self.keys.iter().map(|(_, state)| states.contains(state)).collect();
+        if !wanted.contains(&true) {
+            return Vec::new();
+        }
+        self.of.iter().filter(|(_, n)| wanted[usize::from(**n)]).map(|(id, _)| *id).collect()
+    }
+
     fn by_state(&self, tenant: Option<&str>) -> BTreeMap<&'static str, usize> {
         let mut out = BTreeMap::new();
         for ((t, state), count) in self.keys.iter().zip(&self.counts) {
             if *count > 0 && tenant.is_none_or(|tenant| tenant == t) {
-                *out.entry(*state).or_default() += count;
+                *out.entry(state.name()).or_default() += count;
             }
         }
         out
@@ -281,7 +296,16 @@ impl Store {
     /// # Errors
     /// The file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::over(Box::new(redb::RedbBackend::open(path)?))
+        Self::open_with_cache(path, redb::DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) a redb store at `path` that keeps at most `cache_bytes` of its pages
+    /// in memory (the rest is read from the file, usually from the kernel's page cache).
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a redb database.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::over(Box::new(redb::RedbBackend::open(path, cache_bytes)?))
     }
 
     /// An empty store in memory (tests).
@@ -311,7 +335,7 @@ impl Store {
         let mut running = self.running.lock().expect("running index lock");
         let mut counts = self.counts.lock().expect("counts index lock");
         for record in records {
-            counts.set(record.uuid, Some((&record.tenant, record.life.state.name())));
+            counts.set(record.uuid, Some((&record.tenant, record.life.state.status())));
             if let State::Pending { not_before_ms } = record.life.state {
                 pending.insert(record.uuid, not_before_ms);
             } else {
@@ -488,6 +512,17 @@ impl Store {
     /// How many instances of a tenant (or of all) are in each state, from the index.
     pub fn counts(&self, tenant: Option<&str>) -> BTreeMap<&'static str, usize> {
         self.counts.lock().expect("counts index lock").by_state(tenant)
+    }
+
+    /// The state of an instance, from the counts index: no record is read. `None` for an
+    /// instance the store does not have.
+    pub fn state_of(&self, instance: Uuid) -> Option<InstanceStatus> {
+        self.counts.lock().expect("counts index lock").state_of(instance)
+    }
+
+    /// The instances in any of `states`, in no order, from the counts index: no record is read.
+    pub fn instances_in_states(&self, states: &[InstanceStatus]) -> Vec<Uuid> {
+        self.counts.lock().expect("counts index lock").in_states(states)
     }
 
     /// Changes an instance in one write; the event says what became of it. Returns the
