@@ -54,6 +54,9 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     Ok(Prepared { args, tls, uuid, shim, offer })
 }
 
+/// How long an exiting launcher waits for its connection to write what is queued and close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// What the node offers, from the flags; refuses what cannot work here.
 fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
     let mut backends = Vec::new();
@@ -359,7 +362,12 @@ pub async fn run_with(
     // What changed since the last news goes now (the ends of a drain above all).
     shell.handle(Input::NewsDue).await;
     shell.executor.flush();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Closing writes what is queued first; the client's events end once it has (a fixed pause
+    // here lost the last news on a loaded machine).
     shell.client.close();
+    let closed = tokio::time::timeout(CLOSE_WAIT, async { while events.recv().await.is_some() {} }).await;
+    if closed.is_err() {
+        tracing::warn!("the scheduler connection did not close in time; the last news may be lost");
+    }
     Ok(())
 }
