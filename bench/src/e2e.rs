@@ -135,7 +135,7 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
     let mut api = ApiClient::new(&ApiConfig {
         addr: api_addr.to_string(),
         cacert: pki.ca(),
-        cert: Some(pki.cert("controller-admin")),
+        cert: Some(pki.cert("user-admin")),
         key: None,
         tenant: None,
     })?;
@@ -193,8 +193,8 @@ fn count(v: &Value, state: &str) -> u64 {
 #[allow(clippy::cast_precision_loss)] // counts and seconds in a report
 pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
     let pki = Pki::new();
-    pki.issue_named(Role::CONTROLLER, "local", &[], &["admin"]);
-    pki.issue_named(Role::CONTROLLER, "admin", &[], &["admin"]);
+    pki.issue_named(Role::CONTROLLER, "local", &[], &[]);
+    pki.issue_named(Role::USER, "admin", &[], &["admin"]);
     pki.issue_named(Role::SERVER, "api", &["localhost", "127.0.0.1"], &[]);
     let mut cluster = start(args, &pki).await?;
 

@@ -219,6 +219,9 @@ pub struct IssueRequest {
     pub orgs: Vec<String>,
     /// Validity in days.
     pub days: u32,
+    /// The UUID a client certificate is issued to (a new one when `None`); a server's
+    /// certificate names none.
+    pub uuid: Option<ssntp::Uuid>,
 }
 
 /// Every knob of an issued certificate, including ones the CLI never turns (for tests).
@@ -240,6 +243,8 @@ pub struct CertSpec {
     pub ips: Vec<IpAddr>,
     /// Organizations.
     pub orgs: Vec<String>,
+    /// The identity (a `urn:uuid:` URI SAN) the holder must claim.
+    pub identity: Option<ssntp::Uuid>,
     /// Start of validity.
     pub not_before: OffsetDateTime,
     /// End of validity.
@@ -269,6 +274,17 @@ impl CertSpec {
             }
         }
         let server = req.role.intersects(Role::SCHEDULER | Role::SERVER);
+        if req.role.contains(Role::CONTROLLER) && !req.orgs.is_empty() {
+            return Err(CertError::Invalid(
+                "a controller certificate is the controller daemon's and names no tenants; \
+                 API users get --role user (with --org for their tenants, or --org admin)"
+                    .into(),
+            ));
+        }
+        if server && req.uuid.is_some() {
+            return Err(CertError::Invalid("--uuid names a client's identity; servers have none".into()));
+        }
+        let identity = (!server).then(|| req.uuid.unwrap_or_else(ssntp::Uuid::new_v4));
         let now = OffsetDateTime::now_utc();
         Ok(Self {
             name: req.name.clone(),
@@ -279,6 +295,7 @@ impl CertSpec {
             dns,
             ips,
             orgs: req.orgs.clone(),
+            identity,
             not_before: now - Duration::minutes(5),
             not_after: now + Duration::days(i64::from(req.days)),
         })
@@ -298,6 +315,12 @@ impl CertSpec {
             params.subject_alt_names.push(SanType::DnsName(name));
         }
         params.subject_alt_names.extend(self.ips.iter().copied().map(SanType::IpAddress));
+        if let Some(uuid) = self.identity {
+            let uri = format!("{}{uuid}", ssntp::role::IDENTITY_URI_PREFIX);
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().map_err(|_| CertError::Invalid("identity URI".into()))?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if self.client_auth {
             params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
@@ -337,7 +360,7 @@ pub struct Issued {
 /// # Errors
 /// No CA, a bad request, or file system errors.
 pub fn issue(dir: &Path, req: &IssueRequest) -> Result<Issued> {
-    if req.role.iter().count() != 1 || req.role.bits() & !0x3f != 0 {
+    if req.role.iter().count() != 1 || req.role.bits() & !0x7f != 0 {
         return Err(CertError::Invalid(format!("a certificate carries exactly one role, got {}", req.role)));
     }
     let spec = CertSpec::from_request(req)?;
@@ -376,6 +399,8 @@ pub struct CertInfo {
     pub sans: Vec<String>,
     /// Organizations (tenants).
     pub orgs: Vec<String>,
+    /// The UUID it was issued to, if it names one.
+    pub identity: Option<ssntp::Uuid>,
     /// Start of validity.
     pub not_before: String,
     /// End of validity.
@@ -400,6 +425,12 @@ impl fmt::Display for CertInfo {
             if self.orgs.is_empty() { String::new() } else { format!(" {}", self.orgs.join(", ")) }
         )?;
         writeln!(f, "SANs:        {}", self.sans.join(", "))?;
+        writeln!(
+            f,
+            "identity:    {}",
+            self.identity
+                .map_or_else(|| "none (minted before identities; issue it again)".to_owned(), |u| u.to_string())
+        )?;
         writeln!(f, "not before:  {}", self.not_before)?;
         writeln!(f, "not after:   {}", self.not_after)?;
         write!(f, "SPKI SHA256: {}", self.spki_sha256)
@@ -457,6 +488,7 @@ fn info(der: &[u8]) -> Result<CertInfo, String> {
                     };
                     sans.push(ip.map_or_else(|| "IP:?".into(), |ip| format!("IP:{ip}")));
                 }
+                GeneralName::URI(uri) => sans.push(format!("URI:{uri}")),
                 other => sans.push(format!("{other:?}")),
             }
         }
@@ -480,6 +512,7 @@ fn info(der: &[u8]) -> Result<CertInfo, String> {
         usages,
         sans,
         orgs,
+        identity: ssntp::role::identity_from_cert_der(der).ok().flatten(),
         not_before: cert.validity().not_before.to_string(),
         not_after: cert.validity().not_after.to_string(),
         is_ca: cert.is_ca(),

@@ -17,7 +17,7 @@ use ssntp::Role;
 ///   drover-cert issue --dir pki --role scheduler --name sched --host sched.example --ip 10.0.0.1
 ///   drover-cert issue --dir pki --role controller --name ctl
 ///   drover-cert issue --dir pki --role agent --name node1
-///   drover-cert issue --dir pki --role controller --name alice --org admin   # an API user
+///   drover-cert issue --dir pki --role user --name alice --org admin         # an API user
 ///
 /// How ciao-cert's flags map:
 ///   -anchor                    → `ca` (the CA is its own certificate, not the scheduler's)
@@ -57,7 +57,8 @@ enum Cmd {
         /// CA directory.
         #[arg(long)]
         dir: PathBuf,
-        /// scheduler, controller, agent, netagent, server or cnciagent.
+        /// agent (a launcher), controller (the controller daemon), user (a person using the API,
+        /// with --org), scheduler, server (the API's TLS certificate), netagent or cnciagent.
         #[arg(long)]
         role: Role,
         /// Holder name: Common Name and part of the file names.
@@ -75,6 +76,11 @@ enum Cmd {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// The UUID the holder is (agents, controllers, users): by default a new one. Give an
+        /// existing launcher's (`cat STATE_DIR/uuid-agent`) to issue it a certificate it can
+        /// keep using its instances with.
+        #[arg(long)]
+        uuid: Option<ssntp::Uuid>,
     },
     /// Print a certificate: subject, role, SANs, validity, SPKI fingerprint.
     Show {
@@ -105,11 +111,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let path = create_ca(&dir, &name, days).context("creating the CA")?;
             println!("CA certificate: {}", path.display());
         }
-        Cmd::Issue { dir, role, name, hosts, ips, orgs, days } => {
+        Cmd::Issue { dir, role, name, hosts, ips, orgs, days, uuid } => {
             if role.intersects(Role::SCHEDULER | Role::SERVER) && hosts.is_empty() && ips.is_empty() {
                 anyhow::bail!("a {role} certificate needs --host or --ip: clients verify the address they dial");
             }
-            let req = IssueRequest { role, name, hosts, ips, orgs, days };
+            let req = IssueRequest { role, name, hosts, ips, orgs, days, uuid };
             let issued = issue(&dir, &req).context("issuing the certificate")?;
             println!("certificate: {}\nkey:         {}", issued.cert.display(), issued.key.display());
         }

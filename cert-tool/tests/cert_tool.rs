@@ -17,6 +17,7 @@ fn req(role: Role, name: &str, hosts: &[&str]) -> IssueRequest {
         ips: vec![],
         orgs: vec![],
         days: 30,
+        uuid: None,
     }
 }
 
@@ -41,7 +42,30 @@ fn every_role_round_trips_through_the_certificate() {
         assert_eq!(info.usages, if server { vec!["serverAuth"] } else { vec!["clientAuth"] }, "{role}");
         assert!(info.sans.contains(&"DNS:localhost".to_owned()) && info.sans.contains(&"IP:10.1.2.3".to_owned()));
         assert_eq!(info.spki_sha256.len(), 32 * 3 - 1);
+        let identity = ssntp::role::identity_from_cert_der(&certs[0]).unwrap();
+        assert_eq!(identity.is_some(), !server, "{role}: clients are issued to a UUID, servers are not");
+        assert_eq!(info.identity, identity);
     }
+}
+
+#[test]
+fn a_client_certificate_names_the_uuid_asked_for_and_users_are_not_controllers() {
+    let dir = tempfile::tempdir().unwrap();
+    create_ca(dir.path(), "Test", 10).unwrap();
+    let node = ssntp::Uuid::from_bytes([5; 16]);
+    let issued = issue(dir.path(), &IssueRequest { uuid: Some(node), ..req(Role::AGENT, "n1", &[]) }).unwrap();
+    let certs = ssntp::tls::load_certs(&issued.cert).unwrap();
+    assert_eq!(ssntp::role::identity_from_cert_der(&certs[0]).unwrap(), Some(node));
+    assert!(show(&issued.cert).unwrap().to_string().contains(&format!("identity:    {node}")));
+    let two = issue(dir.path(), &req(Role::AGENT, "n2", &[])).unwrap();
+    let other = ssntp::role::identity_from_cert_der(&ssntp::tls::load_certs(&two.cert).unwrap()[0]).unwrap();
+    assert!(other.is_some_and(|u| u != node), "a new UUID each");
+    let tenant = IssueRequest { orgs: vec!["acme".into()], ..req(Role::CONTROLLER, "alice", &[]) };
+    let err = issue(dir.path(), &tenant).unwrap_err();
+    assert!(err.to_string().contains("--role user"), "{err}");
+    let user = issue(dir.path(), &IssueRequest { role: Role::USER, ..tenant }).unwrap();
+    let facts = ssntp::role::cert_facts(&ssntp::tls::load_certs(&user.cert).unwrap()[0]).unwrap();
+    assert_eq!((facts.roles, facts.names_tenants), (Role::USER, true));
 }
 
 #[test]
@@ -109,6 +133,14 @@ fn binary_reports_errors_and_exits_non_zero() {
     let out = run(&["show", &format!("{pki}/agent-n1.pem")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("role:        agent") && text.contains("tenant-a"), "{text}");
+    let out = run(&["issue", "--dir", pki, "--role", "controller", "--name", "alice", "--org", "acme"]);
+    assert!(!out.status.success(), "a tenant's certificate is not a controller's");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--role user"));
+    let node = "0f0e0d0c-0b0a-4908-8706-050403020100";
+    assert!(run(&["issue", "--dir", pki, "--role", "user", "--name", "alice", "--org", "acme"]).status.success());
+    assert!(run(&["issue", "--dir", pki, "--role", "agent", "--name", "n2", "--uuid", node]).status.success());
+    let out = run(&["show", &format!("{pki}/agent-n2.pem")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("identity:    {node}")));
     let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
     assert!(help.contains("-anchor-cert"), "--help maps ciao-cert's flags");
 }
@@ -117,7 +149,7 @@ fn binary_reports_errors_and_exits_non_zero() {
 fn several_tenants_survive_in_the_organization() {
     let dir = tempfile::tempdir().unwrap();
     create_ca(dir.path(), "Test", 10).unwrap();
-    let mut request = req(Role::CONTROLLER, "alice", &[]);
+    let mut request = req(Role::USER, "alice", &[]);
     request.orgs = vec!["acme".into(), "globex".into()];
     let issued = issue(dir.path(), &request).unwrap();
     assert_eq!(show(&issued.cert).unwrap().orgs, vec!["acme".to_owned(), "globex".to_owned()]);

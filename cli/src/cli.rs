@@ -41,8 +41,8 @@ pub struct ApiArgs {
     /// CA of the API's certificate [default: .drover/pki/ca.pem].
     #[arg(long, env = "DROVER_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
-    /// Your certificate (controller role; Organization = your tenants)
-    /// [default: .drover/pki/controller-user.pem].
+    /// Your certificate (user role; Organization = your tenants)
+    /// [default: .drover/pki/user-local.pem].
     #[arg(long, env = "DROVER_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// Your certificate's key [default: <cert stem>-key.pem].
@@ -67,7 +67,7 @@ impl ApiArgs {
         ApiConfig {
             addr: self.api.clone().or_else(written).unwrap_or_else(|| "127.0.0.1:8889".into()),
             cacert: self.cacert.clone().unwrap_or_else(|| pki.join(drover_cert::CA_CERT)),
-            cert: Some(self.cert.clone().unwrap_or_else(|| pki.join("controller-user.pem"))),
+            cert: Some(self.cert.clone().unwrap_or_else(|| pki.join(crate::up::USER_CERT))),
             key: self.key.clone(),
             tenant: self.tenant.clone(),
         }

@@ -18,7 +18,7 @@ pub struct ApiConfig {
     pub addr: String,
     /// CA that signed the API's certificate.
     pub cacert: PathBuf,
-    /// The user's certificate (controller role, tenants as Organization); none to call
+    /// The user's certificate (user role, tenants as Organization); none to call
     /// without one.
     pub cert: Option<PathBuf>,
     /// Its key (default: `<cert stem>-key.pem`).

@@ -39,6 +39,9 @@ pub struct UpOptions {
     pub bin_dir: Option<PathBuf>,
 }
 
+/// The API user's certificate `drover up` mints in `<dir>/pki` (the CLI's default).
+pub const USER_CERT: &str = "user-local.pem";
+
 /// How long the demo may take before `drover up` gives up.
 /// The file in `--dir` where `drover up` writes the API's address, so that `drover --dir D`
 /// finds it whatever `--api-port` was.
@@ -70,21 +73,55 @@ fn ensure_pki(dir: &Path) -> anyhow::Result<Pki> {
     }
     let local = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let wanted = [
-        (Role::SCHEDULER, "local", local()),
-        (Role::AGENT, "local", vec![]),
-        (Role::CONTROLLER, "local", vec![]),
-        (Role::SERVER, "api", local()),
-        (Role::CONTROLLER, "user", vec![]),
+        (Role::SCHEDULER, "local", local(), false),
+        (Role::CONTROLLER, "local", vec![], false),
+        (Role::SERVER, "api", local(), false),
+        (Role::USER, "local", vec![], true),
     ];
-    for (role, name, hosts) in wanted {
+    for (role, name, hosts, admin) in wanted {
         let stem = format!("{}-{name}", role.iter().next().map_or_else(String::new, |r| r.to_string()));
-        if pki.dir.join(format!("{stem}.pem")).exists() {
+        let path = pki.dir.join(format!("{stem}.pem"));
+        // Certificates an older `drover up` minted (clients without an identity) are minted again.
+        if path.exists() && (role.intersects(Role::SCHEDULER | Role::SERVER) || has_identity(&path)) {
             continue;
         }
-        let req = IssueRequest { role, name: name.into(), hosts, ips: vec![], orgs: vec!["admin".into()], days: 365 };
+        let orgs = if admin { vec!["admin".into()] } else { vec![] };
+        let req = IssueRequest { role, name: name.into(), hosts, ips: vec![], orgs, days: 365, uuid: None };
         drover_cert::issue(&pki.dir, &req).with_context(|| format!("minting {stem}"))?;
     }
     Ok(pki)
+}
+
+/// The certificate of the launcher `name` (`agent-<name>.pem`), minted when missing or when an
+/// older `drover up` minted it without an identity; a launcher that already has a UUID in
+/// `state_dir` keeps it (its instances are known under it).
+fn ensure_agent_cert(pki: &Pki, name: &str, state_dir: &Path) -> anyhow::Result<TlsPaths> {
+    let stem = format!("agent-{name}");
+    let path = pki.dir.join(format!("{stem}.pem"));
+    if !(path.exists() && has_identity(&path)) {
+        let known = std::fs::read_to_string(ssntp::identity::uuid_path(state_dir, Role::AGENT))
+            .ok()
+            .and_then(|t| t.trim().parse::<ssntp::Uuid>().ok());
+        let req = IssueRequest {
+            role: Role::AGENT,
+            name: name.into(),
+            hosts: vec![],
+            ips: vec![],
+            orgs: vec![],
+            days: 365,
+            uuid: known,
+        };
+        drover_cert::issue(&pki.dir, &req).with_context(|| format!("minting {stem}"))?;
+    }
+    Ok(pki.paths(&stem))
+}
+
+/// Whether the certificate at `path` names an identity.
+fn has_identity(path: &Path) -> bool {
+    ssntp::tls::load_certs(path)
+        .ok()
+        .and_then(|certs| certs.first().and_then(|leaf| ssntp::role::identity_from_cert_der(leaf).ok().flatten()))
+        .is_some()
 }
 
 fn spawn(bin_dir: &Path, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
@@ -271,6 +308,8 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
     // the load threshold is for shared compute nodes.
     let mut sched_args = local::scheduler_args(&addr, &pki.paths("scheduler-local"));
     sched_args.extend(["--heartbeat".to_owned(), "--load-threshold".to_owned(), "64".to_owned()]);
+    // Every certificate here names its holder's identity.
+    sched_args.push("--require-cert-identity".to_owned());
     let mut children: Vec<(String, Child)> = Vec::new();
     tokio::pin!(shutdown);
     let result = async {
@@ -287,11 +326,15 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         let per_numa = numa.len() > 1;
         let launchers: Vec<Option<u32>> = if per_numa { numa.into_iter().map(Some).collect() } else { vec![None] };
         for node in &launchers {
-            let (name, state) = match node {
-                Some(n) => (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}"))),
-                None => ("drover-launcher".to_owned(), dir.join("launcher")),
+            let (name, state, cert) = match node {
+                Some(n) => {
+                    (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}")), format!("local-numa{n}"))
+                }
+                None => ("drover-launcher".to_owned(), dir.join("launcher"), "local".to_owned()),
             };
-            let mut args = local::launcher_args(&addr, &state, &pki.paths("agent-local"));
+            // One certificate per launcher: each is its own node.
+            let paths = ensure_agent_cert(&pki, &cert, &state)?;
+            let mut args = local::launcher_args(&addr, &state, &paths);
             args.push("--drain-on-exit".to_owned());
             if let Some(n) = node {
                 args.extend(["--numa-node".to_owned(), n.to_string()]);
@@ -306,7 +349,7 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         let api = ApiClient::new(&ApiConfig {
             addr: api_addr.clone(),
             cacert: pki.dir.join(drover_cert::CA_CERT),
-            cert: Some(pki.dir.join("controller-user.pem")),
+            cert: Some(pki.dir.join(USER_CERT)),
             key: None,
             tenant: None,
         })?;

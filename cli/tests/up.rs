@@ -44,14 +44,9 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     assert!(stdout.contains("exited on node"), "{stdout}");
     assert!(stdout.contains("hello from drover: instance"), "{stdout}");
     let pki = work.path().join(".drover/pki");
-    for file in [
-        "ca.pem",
-        "scheduler-local.pem",
-        "agent-local.pem",
-        "controller-local.pem",
-        "server-api.pem",
-        "controller-user.pem",
-    ] {
+    for file in
+        ["ca.pem", "scheduler-local.pem", "agent-local.pem", "controller-local.pem", "server-api.pem", "user-local.pem"]
+    {
         assert!(pki.join(file).exists(), "{file}");
     }
     // The instance's results and its state file survive on the node; nothing else does.

@@ -1,8 +1,8 @@
 //! The HTTPS API: client-certificate authentication, tenants, JSON in and out.
 //!
 //! Authentication follows ciao: the client certificate must chain to the API's client CA and
-//! carry the controller role; its Organization names the tenants it may act for, and `admin`
-//! may act for all. A request without a certificate (or with one that names no tenant) gets
+//! carry the user role (or, minted before that role, the controller role); its Organization
+//! names the tenants it may act for, and `admin` may act for all. A request without a certificate (or with one that names no tenant) gets
 //! 401; naming a tenant the certificate does not list (`X-Drover-Tenant`) gets 403; another
 //! tenant's instance or workload is 404, so tenants cannot probe each other's UUIDs.
 //!
@@ -49,7 +49,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub enum Caller {
     /// No usable certificate; the reason is the 401's message.
     Anonymous(String),
-    /// A certificate with the controller role.
+    /// A certificate with the user role (or, from before that role, the controller role) that
+    /// names tenants.
     User {
         /// Common Name.
         name: String,
@@ -63,17 +64,20 @@ impl Caller {
     pub fn from_peer(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Self {
         let Some(leaf) = certs.and_then(<[_]>::first) else {
             return Self::Anonymous(
-                "a client certificate is required (see drover-cert issue --role controller)".into(),
+                "a client certificate is required (drover-cert issue --role user --org TENANT)".into(),
             );
         };
         match drover_cert::inspect(leaf) {
             Err(e) => Self::Anonymous(format!("unreadable client certificate: {e}")),
-            Ok(info) if !info.roles.contains(Role::CONTROLLER) => {
-                Self::Anonymous(format!("the certificate's role is {}, not controller", info.roles))
+            // Users' certificates minted before the user role carry the controller role and
+            // tenants; the scheduler no longer takes those as controllers, the API still takes
+            // them as users.
+            Ok(info) if !info.roles.intersects(Role::USER | Role::CONTROLLER) => {
+                Self::Anonymous(format!("the certificate's role is {}, not user", info.roles))
             }
-            Ok(info) if info.orgs.is_empty() => {
-                Self::Anonymous("the certificate names no tenant (Organization); issue it with --org".into())
-            }
+            Ok(info) if info.orgs.is_empty() => Self::Anonymous(
+                "the certificate names no tenant (Organization); issue it with --role user --org TENANT".into(),
+            ),
             Ok(info) => {
                 let name = info.subject.split("CN=").nth(1).unwrap_or(&info.subject).to_owned();
                 Self::User { name, tenants: info.orgs }

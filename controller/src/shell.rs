@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use ssntp::cli::TlsArgs;
-use ssntp::identity::load_or_create_uuid;
+use ssntp::identity::uuid_for;
 use ssntp::Role;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,8 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     let identity = ssntp::tls::Identity::load(&args.tls.paths(None))?;
     identity.require_role(Role::CONTROLLER, &args.tls.cert)?;
     let tls = ssntp::tls::client_config(&identity)?;
-    let uuid = load_or_create_uuid(&args.state_dir, Role::CONTROLLER)
+    let certified = identity.certified_uuid().with_context(|| format!("reading {}", args.tls.cert.display()))?;
+    let uuid = uuid_for(&args.state_dir, Role::CONTROLLER, certified)
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     let api = if args.api_listen == "off" {
         None

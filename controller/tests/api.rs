@@ -87,13 +87,28 @@ async fn authentication_401_and_403() {
     .unwrap();
     let (status, v) = status_of(&agent, Method::GET, "/v1/status", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
-    assert!(v.to_string().contains("not controller"), "{v}");
+    assert!(v.to_string().contains("not user"), "{v}");
+    // A user's certificate minted before the user role (controller role, with tenants) still
+    // works at the API; the scheduler refuses it as a controller (scheduler/tests/security.rs).
+    let mut legacy = Pki::spec(&[ssntp::Role::CONTROLLER]);
+    legacy.orgs = vec!["acme".into()];
+    api.pki.issue(&legacy, "legacy-acme");
+    let old_user = ApiClient::new(&ApiConfig {
+        addr: api.addr.clone(),
+        cacert: api.pki.ca(),
+        cert: Some(api.pki.cert("legacy-acme")),
+        key: None,
+        tenant: None,
+    })
+    .unwrap();
+    let (status, v) = status_of(&old_user, Method::GET, "/v1/instances", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     // A certificate from another CA does not get past TLS.
     let stranger = cluster_pki();
     let foreign = ApiClient::new(&ApiConfig {
         addr: api.addr.clone(),
         cacert: api.pki.ca(),
-        cert: Some(stranger.cert("controller-admin")),
+        cert: Some(stranger.cert("user-admin")),
         key: None,
         tenant: None,
     })
@@ -107,18 +122,15 @@ async fn authentication_401_and_403() {
     let config = ApiConfig {
         addr: api.addr.clone(),
         cacert: api.pki.ca(),
-        cert: Some(api.pki.cert("controller-both")),
+        cert: Some(api.pki.cert("user-both")),
         key: None,
         tenant: Some("acme".into()),
     };
     let acme_via_both = ApiClient::new(&config).unwrap();
     assert_eq!(status_of(&acme_via_both, Method::GET, "/v1/instances", None).await.0, StatusCode::OK);
-    let sneaky = ApiClient::new(&ApiConfig {
-        tenant: Some("initech".into()),
-        cert: Some(api.pki.cert("controller-acme")),
-        ..config
-    })
-    .unwrap();
+    let sneaky =
+        ApiClient::new(&ApiConfig { tenant: Some("initech".into()), cert: Some(api.pki.cert("user-acme")), ..config })
+            .unwrap();
     let (status, v) = status_of(&sneaky, Method::GET, "/v1/instances", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
 

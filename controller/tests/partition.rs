@@ -69,7 +69,8 @@ async fn a_partitioned_node_is_lost_its_work_runs_elsewhere_and_after_healing_st
     let link = match Link::create() {
         Ok(link) => link,
         Err(e) => {
-            eprintln!("SKIPPED: cannot create a network namespace and veth pair (needs root and iproute2): {e}");
+            let why = format!("cannot create a network namespace and veth pair (needs root and iproute2): {e}");
+            testutil::skip("netns", "a_partitioned_node_is_lost_its_work_runs_elsewhere", &why);
             return;
         }
     };

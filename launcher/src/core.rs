@@ -320,6 +320,11 @@ impl Core {
         }
     }
 
+    /// Whether a session with the scheduler is up (what is sent now goes somewhere).
+    pub fn connected(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Instances whose workloads start or run.
     pub fn running(&self) -> usize {
         self.table.running

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ssntp::client::{Client, ClientEvent, ClientHandle, ClientOptions};
-use ssntp::identity::load_or_create_uuid;
+use ssntp::identity::uuid_for;
 use ssntp::payload::{CommandFailure, LogData, LogFetch, Message};
 use ssntp::tls::Identity;
 use ssntp::{Role, Uuid};
@@ -48,7 +48,8 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
         ssntp::tls::server_name_for(server).map_err(|e| anyhow::anyhow!("--server {server}: {e}"))?;
     }
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
-    let uuid = load_or_create_uuid(&args.state_dir, Role::AGENT).context("loading the node identity")?;
+    let certified = identity.certified_uuid().with_context(|| format!("reading {}", args.tls.cert.display()))?;
+    let uuid = uuid_for(&args.state_dir, Role::AGENT, certified).context("the node's identity")?;
     let shim = ShimCommand::current().context("locating this executable for the shim")?;
     let offer = offer(&args)?;
     Ok(Prepared { args, tls, uuid, shim, offer })
@@ -56,6 +57,8 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
 
 /// How long an exiting launcher waits for its connection to write what is queued and close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long an exiting launcher without a session waits for one, to send its last news.
+const SESSION_WAIT: Duration = Duration::from_secs(1);
 
 /// What the node offers, from the flags; refuses what cannot work here.
 fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
@@ -190,6 +193,20 @@ impl Shell {
         let usage = self.executor.usage();
         self.handle(Input::Usage(usage)).await;
         self.executor.flush();
+    }
+
+    /// A client event while exiting: a session that comes up takes the last news and hears
+    /// MAINTENANCE (no new work); commands are no longer taken.
+    async fn exit_event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected { session, config, .. } => {
+                let overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
+                self.handle(Input::Connected { session, overcommit }).await;
+                self.handle(Input::ShuttingDown { drain: false }).await;
+            }
+            ClientEvent::Disconnected { .. } => self.handle(Input::Disconnected).await,
+            ClientEvent::ConnectFailed { .. } | ClientEvent::Message { .. } => {}
+        }
     }
 
     async fn on_event(&mut self, event: Event) {
@@ -344,6 +361,10 @@ pub async fn run_with(
             () = &mut shutdown => break,
         }
     }
+    // A session that came up just before the signal still carries what follows.
+    while let Ok(event) = events.try_recv() {
+        shell.exit_event(event).await;
+    }
     shell.sample().await;
     shell.handle(Input::ShuttingDown { drain: args.drain_on_exit }).await;
     shell.executor.flush();
@@ -351,13 +372,24 @@ pub async fn run_with(
         tracing::info!(instances = shell.core.running(), "draining before exit");
         let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(2);
         while shell.core.running() > 0 {
-            match tokio::time::timeout_at(deadline, instance_events.recv()).await {
-                Ok(Some(event)) => shell.on_event(event).await,
-                _ => break,
+            tokio::select! {
+                event = tokio::time::timeout_at(deadline, instance_events.recv()) => match event {
+                    Ok(Some(event)) => shell.on_event(event).await,
+                    _ => break,
+                },
+                Some(event) = events.recv() => shell.exit_event(event).await,
             }
         }
     } else {
         tracing::info!(running = shell.core.running(), "exiting; workloads keep running and will be re-adopted");
+    }
+    // The last news needs a session: one being set up gets a moment.
+    let deadline = tokio::time::Instant::now() + SESSION_WAIT;
+    while !shell.core.connected() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => shell.exit_event(event).await,
+            _ => break,
+        }
     }
     // What changed since the last news goes now (the ends of a drain above all).
     shell.handle(Input::NewsDue).await;

@@ -162,7 +162,7 @@ async fn a_stop_before_the_workload_has_started_ends_it_once_it_starts() {
 async fn a_workload_past_its_memory_limit_ends_with_oom() {
     let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
     if let Cgroups::Unavailable { why } = &cgroups {
-        eprintln!("SKIPPED a_workload_past_its_memory_limit_ends_with_oom: {why}");
+        testutil::skip("cgroup-memory", "a_workload_past_its_memory_limit_ends_with_oom", why);
         return;
     }
     let state = tempfile::tempdir().unwrap();
@@ -268,7 +268,8 @@ async fn numa_local_workloads_are_pinned_to_their_node() {
         Cgroups::Unavailable { .. } => false,
     };
     if !has_cpuset {
-        eprintln!("SKIPPED numa_local_workloads_are_pinned_to_their_node: no writable cpuset controller ({cgroups:?})");
+        let why = format!("no writable cpuset controller ({cgroups:?})");
+        testutil::skip("cpuset", "numa_local_workloads_are_pinned_to_their_node", &why);
         return;
     }
     let state = tempfile::tempdir().unwrap();
@@ -308,8 +309,10 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
     let work = tempfile::tempdir().unwrap();
     let (Some(runtime), true, Some(rootfs)) = (runtime, root, busybox_rootfs(work.path())) else {
-        eprintln!(
-            "SKIPPED oci_containers_run_with_runc_from_a_busybox_rootfs: needs root, runc or crun, and busybox-static"
+        testutil::skip(
+            "oci",
+            "oci_containers_run_with_runc_from_a_busybox_rootfs",
+            "needs root, runc or crun, and busybox-static",
         );
         return;
     };

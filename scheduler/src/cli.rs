@@ -78,6 +78,12 @@ pub struct Args {
     /// Most concurrent connections (handshakes included); more wait in the kernel's backlog.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Refuse certificates that name no identity (minted before `drover-cert` wrote a
+    /// `urn:uuid:` name into each). Without this flag such certificates are taken, each UUID
+    /// bound to the first certificate seen with it, so that a cluster can move over node by
+    /// node; set it once every certificate has been issued again (README, "Certificates").
+    #[arg(long)]
+    pub require_cert_identity: bool,
     /// Largest frame payload accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_payload: usize,

@@ -82,6 +82,11 @@ pub async fn run_on(
     let mut opts = ServerOptions::new(uuid);
     opts.max_connections = args.max_connections;
     opts.max_payload = args.max_payload;
+    opts.identities = if args.require_cert_identity {
+        ssntp::bindings::IdentityPolicy::Require
+    } else {
+        ssntp::bindings::IdentityPolicy::Bind
+    };
     let config = Arc::new(RwLock::new(with_scheduler_fields(ClusterConfig::default(), &core_config)));
     let (events_tx, mut events) = mpsc::channel(INBOX);
     let server = Server::new(tls, opts, config.clone(), events_tx);

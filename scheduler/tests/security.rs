@@ -42,8 +42,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What an offender presents: a certificate, the role it claims, and the UUID (a new one when
+/// `None`); each must be refused.
+type Offence = (&'static str, Arc<rustls::ClientConfig>, Role, Option<Uuid>);
+
+/// The honest peers' identities, which offenders try to take.
+struct Victims {
+    launcher: Uuid,
+    controller: Uuid,
+}
+
 /// The certificates offenders present; each must be refused.
-fn bad_certificates(pki: &Pki, other: &Pki) -> Vec<(&'static str, Arc<rustls::ClientConfig>, Role)> {
+fn bad_certificates(pki: &Pki, other: &Pki, victims: &Victims) -> Vec<Offence> {
     let mut expired = Pki::spec(&[Role::AGENT]);
     expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
     expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
@@ -60,13 +70,41 @@ fn bad_certificates(pki: &Pki, other: &Pki) -> Vec<(&'static str, Arc<rustls::Cl
     let theirs = other.identity("agent");
     foreign.chain = theirs.chain;
     foreign.key = theirs.key;
+    // Another node's certificate, a user's, and a tenant's certificate minted the old way
+    // (controller role, O=acme), as the trust issue reproduced them.
+    let node2 = pki.issue_named(Role::AGENT, "node2", &[], &[]);
+    let user = pki.issue_named(Role::USER, "alice", &[], &["acme"]);
+    let mut tenant = Pki::spec(&[Role::CONTROLLER]);
+    tenant.orgs = vec!["acme".into()];
+    pki.issue(&tenant, "tenant-as-controller");
     vec![
-        ("wrong CA", ssntp::tls::client_config(&foreign).unwrap(), Role::AGENT),
-        ("expired", pki.client_tls("expired"), Role::AGENT),
-        ("revoked", pki.client_tls("revoked"), Role::AGENT),
-        ("anyExtendedKeyUsage", pki.client_tls("anyeku"), Role::AGENT),
-        ("no role", pki.client_tls_unchecked("norole"), Role::AGENT),
-        ("claimed role not in the certificate", pki.client_tls("agent"), Role::CONTROLLER),
+        ("wrong CA", ssntp::tls::client_config(&foreign).unwrap(), Role::AGENT, None),
+        ("expired", pki.client_tls("expired"), Role::AGENT, None),
+        ("revoked", pki.client_tls("revoked"), Role::AGENT, None),
+        ("anyExtendedKeyUsage", pki.client_tls("anyeku"), Role::AGENT, None),
+        ("no role", pki.client_tls_unchecked("norole"), Role::AGENT, None),
+        ("claimed role not in the certificate", pki.client_tls("agent"), Role::CONTROLLER, None),
+        (
+            "another node's certificate claiming the launcher's UUID",
+            pki.client_tls(&node2),
+            Role::AGENT,
+            Some(victims.launcher),
+        ),
+        (
+            "a certificate without identity claiming the launcher's UUID",
+            pki.client_tls("agent"),
+            Role::AGENT,
+            Some(victims.launcher),
+        ),
+        (
+            "a certificate without identity claiming the controller's UUID",
+            pki.client_tls("controller"),
+            Role::CONTROLLER,
+            Some(victims.controller),
+        ),
+        ("a user's certificate as a controller", pki.client_tls(&user), Role::CONTROLLER, None),
+        ("a user's certificate as a user", pki.client_tls(&user), Role::USER, None),
+        ("a tenant's controller-role certificate", pki.client_tls("tenant-as-controller"), Role::CONTROLLER, None),
     ]
 }
 
@@ -94,7 +132,14 @@ fn bad_inputs(origin: Uuid) -> Vec<(&'static str, Vec<u8>)> {
 async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memory_stays_bounded() {
     let pki = Pki::new();
     let other = Pki::new();
-    let certificates = bad_certificates(&pki, &other);
+    // The honest peers hold certificates issued to them, as `drover-cert issue` mints them.
+    let honest_agent = pki.issue_named(Role::AGENT, "honest", &[], &[]);
+    let honest_controller = pki.issue_named(Role::CONTROLLER, "ctl", &[], &[]);
+    let victims = Victims {
+        launcher: pki.certified_uuid(&honest_agent).unwrap(),
+        controller: pki.certified_uuid(&honest_controller).unwrap(),
+    };
+    let certificates = bad_certificates(&pki, &other, &victims);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
@@ -114,8 +159,9 @@ async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memo
     let pid = scheduler.child.id();
 
     // The honest launcher: READY on connect, INSTANCE_STARTED for every START.
-    let launcher_uuid = Uuid::new_v4();
-    let opts = ClientOptions::new(vec![scheduler.addr.clone()], pki.client_tls("agent"), Role::AGENT, launcher_uuid);
+    let launcher_uuid = victims.launcher;
+    let opts =
+        ClientOptions::new(vec![scheduler.addr.clone()], pki.client_tls(&honest_agent), Role::AGENT, launcher_uuid);
     let (launcher, mut launcher_events) = Client::spawn(opts);
     let (sessions, starts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     {
@@ -152,9 +198,9 @@ async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memo
     // The honest controller.
     let opts = ClientOptions::new(
         vec![scheduler.addr.clone()],
-        pki.client_tls("controller"),
+        pki.client_tls(&honest_controller),
         Role::CONTROLLER,
-        Uuid::new_v4(),
+        victims.controller,
     );
     let (controller, mut controller_events) = Client::spawn(opts);
     let controller_sessions = Arc::new(AtomicU64::new(0));
@@ -180,9 +226,9 @@ async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memo
     let begin = Instant::now();
     let (mut sent, mut refused_certs, mut closed_inputs) = (0u64, 0u64, 0u64);
     while begin.elapsed() < HOSTILE_FOR {
-        for (what, tls, role) in &certificates {
+        for (what, tls, role, claim) in &certificates {
             let addr = scheduler.addr.parse().unwrap();
-            match RawPeer::connect_as(addr, tls.clone(), *role).await {
+            match RawPeer::connect_claiming(addr, tls.clone(), *role, *claim).await {
                 Err(_) => {}
                 Ok((_, frame, _)) => {
                     assert!(matches!(frame.kind, Kind::Error(_)), "{what}: got {} instead of a refusal", frame.kind);
@@ -239,5 +285,37 @@ async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memo
         rss_after < rss_before + 32 * 1024,
         "memory grew from {rss_before} KiB to {rss_after} KiB under {refused_certs} + {closed_inputs} offenders"
     );
-    assert!(refused_certs >= 6 && closed_inputs >= 5, "every offender kind ran at least once");
+    assert!(refused_certs >= 12 && closed_inputs >= 5, "every offender kind ran at least once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_cert_identity_refuses_certificates_minted_before_identities() {
+    let pki = Pki::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
+        .args(["--listen", &addr, "--require-cert-identity"])
+        .arg("--cacert")
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.cert("scheduler"))
+        .arg("--key")
+        .arg(pki.key("scheduler"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scheduler = Scheduler { child, addr };
+    let sock: std::net::SocketAddr = scheduler.addr.parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(sock).await.is_err() {
+        assert!(Instant::now() < deadline, "the scheduler did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, frame, message) = RawPeer::connect_as(sock, pki.client_tls("agent"), Role::AGENT).await.unwrap();
+    assert!(matches!(message, Message::ConnectionAborted(_)), "no identity: refused, got {}", frame.kind);
+    assert!(ssntp::handshake::error_reason(&message).unwrap().contains("drover-cert issue"), "says what to do");
+    let node = pki.issue_named(Role::AGENT, "n1", &[], &[]);
+    let uuid = pki.certified_uuid(&node);
+    let (_, frame, _) = RawPeer::connect_claiming(sock, pki.client_tls(&node), Role::AGENT, uuid).await.unwrap();
+    assert!(ssntp::client::is_connected_frame(&frame), "issued to a UUID, claiming it: accepted");
 }

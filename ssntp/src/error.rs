@@ -45,6 +45,10 @@ pub enum Error {
         /// Roles in the certificate.
         certified: Role,
     },
+    /// The peer claimed a UUID other than the one its certificate was issued to, or one that a
+    /// peer with another certificate holds right now.
+    #[error("identity refused: {0}")]
+    Identity(String),
     /// The remote side answered with an ERROR frame and closed.
     #[error("refused by peer ({code}): {reason}")]
     Rejected {
@@ -68,7 +72,7 @@ impl Error {
         Some(match self {
             Self::Frame(_) | Self::Protocol(_) => Message::InvalidFrameType(report),
             Self::Payload(_) => Message::InvalidPayload(report),
-            Self::CertRole(_) | Self::RoleMismatch { .. } => Message::ConnectionAborted(report),
+            Self::CertRole(_) | Self::RoleMismatch { .. } | Self::Identity(_) => Message::ConnectionAborted(report),
             Self::Io(_) | Self::Truncated | Self::Closed | Self::Timeout(_) | Self::Rejected { .. } | Self::Send(_) => {
                 return None
             }
@@ -78,7 +82,7 @@ impl Error {
     /// Whether retrying unchanged cannot help (the peer refused our role or certificate).
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Rejected { code: ErrorCode::ConnectionAborted, .. })
-            || matches!(self, Self::RoleMismatch { .. } | Self::CertRole(_))
+            || matches!(self, Self::RoleMismatch { .. } | Self::CertRole(_) | Self::Identity(_))
     }
 }
 

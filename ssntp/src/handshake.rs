@@ -8,7 +8,7 @@
 use crate::error::Error;
 use crate::frame::{Command, Frame, Kind};
 use crate::payload::{Connect, Connected, Message};
-use crate::role::Role;
+use crate::role::{CertFacts, Role};
 use crate::uuid::Uuid;
 
 /// The CONNECT a client sends: its role and UUID, its host name, this build's version.
@@ -16,13 +16,15 @@ pub fn connect(role: Role, uuid: Uuid, hostname: Option<String>) -> Message {
     Message::Connect(Connect { role, uuid, hostname, version: Some(env!("CARGO_PKG_VERSION").to_owned()) })
 }
 
-/// The server's check of a client's first frame. `certified`: the roles in the client's
-/// certificate; `accepted`: the roles this server serves.
+/// The server's check of a client's first frame against the client's certificate and the roles
+/// this server serves (`accepted`).
 ///
 /// # Errors
-/// Not a CONNECT, an undecodable payload, a nil UUID or one other than the frame's origin, or
-/// a role that is empty, not certified or not served here.
-pub fn accept(first: &Frame, certified: Role, accepted: Role) -> Result<Connect, Error> {
+/// Not a CONNECT, an undecodable payload, a nil UUID or one other than the frame's origin, a
+/// role that is empty, not certified or not served here, a UUID other than the one the
+/// certificate was issued to, or a controller whose certificate names tenants (an API user's).
+pub fn accept(first: &Frame, cert: &CertFacts, accepted: Role) -> Result<Connect, Error> {
+    let (certified, identity) = (cert.roles, cert.identity);
     if first.kind != Kind::Command(Command::Connect) {
         return Err(Error::Protocol(format!("expected CONNECT as the first frame, got {}", first.kind)));
     }
@@ -35,6 +37,16 @@ pub fn accept(first: &Frame, certified: Role, accepted: Role) -> Result<Connect,
     let claimed = connect.role;
     if claimed.is_empty() || !certified.contains(claimed) || !accepted.contains(claimed) {
         return Err(Error::RoleMismatch { claimed, certified });
+    }
+    if let Some(own) = identity.filter(|own| *own != connect.uuid) {
+        return Err(Error::Identity(format!("claimed {}, but the certificate was issued to {own}", connect.uuid)));
+    }
+    if claimed.contains(Role::CONTROLLER) && cert.names_tenants {
+        return Err(Error::Identity(
+            "a certificate that names tenants (O=) is an API user's; only the controller daemon's \
+             certificate, which names none, may connect as a controller"
+                .into(),
+        ));
     }
     Ok(connect)
 }
@@ -82,21 +94,50 @@ mod tests {
         Uuid::from_bytes([n; 16])
     }
 
+    fn facts(roles: Role, identity: Option<Uuid>) -> CertFacts {
+        CertFacts { roles, identity, names_tenants: false }
+    }
+
     #[test]
     fn a_server_accepts_only_a_certified_connect_from_its_origin() {
         let agent = connect(Role::AGENT, id(1), None).to_frame(id(1));
-        assert_eq!(accept(&agent, Role::AGENT, Role::AGENT | Role::CONTROLLER).unwrap().uuid, id(1));
-        let err = accept(&agent, Role::CONTROLLER, Role::AGENT | Role::CONTROLLER).unwrap_err();
+        assert_eq!(accept(&agent, &facts(Role::AGENT, None), Role::AGENT | Role::CONTROLLER).unwrap().uuid, id(1));
+        let err = accept(&agent, &facts(Role::CONTROLLER, None), Role::AGENT | Role::CONTROLLER).unwrap_err();
         assert!(matches!(err, Error::RoleMismatch { .. }), "not in the certificate: {err}");
-        assert!(matches!(accept(&agent, Role::AGENT, Role::CONTROLLER), Err(Error::RoleMismatch { .. })), "not served");
+        assert!(
+            matches!(accept(&agent, &facts(Role::AGENT, None), Role::CONTROLLER), Err(Error::RoleMismatch { .. })),
+            "not served"
+        );
         let spoofed = connect(Role::AGENT, id(1), None).to_frame(id(2));
-        assert!(matches!(accept(&spoofed, Role::AGENT, Role::AGENT), Err(Error::Protocol(_))));
+        assert!(matches!(accept(&spoofed, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
         let nil = connect(Role::AGENT, Uuid::nil(), None).to_frame(Uuid::nil());
-        assert!(matches!(accept(&nil, Role::AGENT, Role::AGENT), Err(Error::Protocol(_))));
+        assert!(matches!(accept(&nil, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
         let not_first = Message::Offline.to_frame(id(1));
-        assert!(matches!(accept(&not_first, Role::AGENT, Role::AGENT), Err(Error::Protocol(_))));
+        assert!(matches!(accept(&not_first, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
         let nothing = connect(Role::NONE, id(1), None).to_frame(id(1));
-        assert!(matches!(accept(&nothing, Role::AGENT, Role::AGENT), Err(Error::RoleMismatch { .. })));
+        assert!(matches!(accept(&nothing, &facts(Role::AGENT, None), Role::AGENT), Err(Error::RoleMismatch { .. })));
+    }
+
+    #[test]
+    fn a_certificate_with_an_identity_may_claim_only_that_identity() {
+        let agent = connect(Role::AGENT, id(1), None).to_frame(id(1));
+        assert_eq!(accept(&agent, &facts(Role::AGENT, Some(id(1))), Role::AGENT).unwrap().uuid, id(1));
+        let err = accept(&agent, &facts(Role::AGENT, Some(id(2))), Role::AGENT).unwrap_err();
+        assert!(matches!(err, Error::Identity(_)), "{err}");
+        assert!(err.is_permanent());
+        assert!(matches!(err.to_peer_message(), Some(Message::ConnectionAborted(_))));
+    }
+
+    #[test]
+    fn a_users_certificate_is_not_a_controller() {
+        let controller = connect(Role::CONTROLLER, id(1), None).to_frame(id(1));
+        let user = CertFacts { roles: Role::CONTROLLER, identity: None, names_tenants: true };
+        let err = accept(&controller, &user, Role::CONTROLLER | Role::AGENT).unwrap_err();
+        assert!(matches!(err, Error::Identity(_)), "{err}");
+        assert!(accept(&controller, &facts(Role::CONTROLLER, None), Role::CONTROLLER).is_ok(), "the daemon's");
+        let as_user = connect(Role::USER, id(1), None).to_frame(id(1));
+        let refused = accept(&as_user, &facts(Role::USER, Some(id(1))), Role::CONTROLLER | Role::AGENT);
+        assert!(matches!(refused, Err(Error::RoleMismatch { .. })), "the scheduler serves no users");
     }
 
     #[test]

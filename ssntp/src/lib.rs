@@ -9,7 +9,9 @@
 //!   that refuses oversized or unknown frames before buffering them.
 //! - [`payload`]: typed payloads, one per kind, and [`Message`], which maps kinds to payloads.
 //! - [`uuid`]: UUIDs as raw header bytes and as payload text.
-//! - [`role`]: the role bitmask, role OIDs and reading roles from a certificate.
+//! - [`role`]: the role bitmask, role OIDs, and reading roles, identity and tenants from a
+//!   certificate.
+//! - [`bindings`]: which certificate holds which UUID on a server (no impostors, pure).
 //! - [`tls`]: PEM loading, rustls server and client configurations (TLS 1.3 only).
 //! - [`handshake`]: the handshake's rules without IO (CONNECT, its checks against the
 //!   certificate, CONNECTED), shared by server and client.
@@ -28,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bindings;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "net")]

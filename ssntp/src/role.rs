@@ -32,15 +32,19 @@ impl Role {
     pub const NETAGENT: Self = Self(0x10);
     /// CNCI agent (ciao's; reserved).
     pub const CNCIAGENT: Self = Self(0x20);
+    /// A person using the API (`drover`): accepted by the controller's API, never by the
+    /// scheduler. Drover's own; not a ciao role.
+    pub const USER: Self = Self(0x40);
 
     /// Every single role with its name, its bit and the last arc of its OID.
-    pub const TABLE: [(Self, &'static str, u64); 6] = [
+    pub const TABLE: [(Self, &'static str, u64); 7] = [
         (Self::AGENT, "agent", 1),
         (Self::SCHEDULER, "scheduler", 2),
         (Self::CONTROLLER, "controller", 3),
         (Self::NETAGENT, "netagent", 4),
         (Self::SERVER, "server", 5),
         (Self::CNCIAGENT, "cnciagent", 6),
+        (Self::USER, "user", 7),
     ];
 
     /// From the wire bitmask; unknown bits are kept (a newer peer may define more roles).
@@ -139,7 +143,7 @@ impl fmt::Debug for Role {
 
 /// A role name that `drover-cert` and the CLIs do not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}; known roles: agent, scheduler, controller, netagent, server, cnciagent")]
+#[error("unknown role {0:?}; known roles: agent, scheduler, controller, user, netagent, server, cnciagent")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -165,6 +169,59 @@ pub enum CertRoleError {
     /// The certificate carries no role OID (`1.3.6.1.4.1.343.8.N`) in its extended key usage.
     #[error("certificate carries no SSNTP role OID in its extended key usage")]
     NoRole,
+    /// The certificate names more than one identity, or one that is not a UUID.
+    #[error("certificate identity: {0}")]
+    BadIdentity(String),
+}
+
+/// What the server needs to know about a client's certificate, read once at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The roles it was issued for.
+    pub roles: Role,
+    /// The UUID it was issued to (see [`identity_from_cert_der`]).
+    pub identity: Option<crate::Uuid>,
+    /// Whether its subject names organizations (tenants): an API user's certificate.
+    pub names_tenants: bool,
+}
+
+/// Reads a DER certificate's roles, identity and whether it names tenants.
+///
+/// # Errors
+/// An unparsable certificate, one without any role OID, or a bad identity.
+pub fn cert_facts(der: &[u8]) -> Result<CertFacts, CertRoleError> {
+    let roles = roles_from_cert_der(der)?;
+    let identity = identity_from_cert_der(der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertRoleError::Unparsable(e.to_string()))?;
+    let names_tenants = cert.subject().iter_organization().next().is_some();
+    Ok(CertFacts { roles, identity, names_tenants })
+}
+
+/// The URI prefix of the subject alternative name that carries a certificate's identity.
+pub const IDENTITY_URI_PREFIX: &str = "urn:uuid:";
+
+/// The identity a DER certificate was issued to: the UUID of its one `urn:uuid:` URI subject
+/// alternative name, which `drover-cert issue` writes. `None` for a certificate minted before
+/// identities were (its holder's UUID is then whatever it claims; see `docs/ssntp.md` § 3).
+///
+/// # Errors
+/// An unparsable certificate, several identities, or one that is not a UUID.
+pub fn identity_from_cert_der(der: &[u8]) -> Result<Option<crate::Uuid>, CertRoleError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CertRoleError::Unparsable(e.to_string()))?;
+    let Some(san) = cert.subject_alternative_name().map_err(|e| CertRoleError::Unparsable(e.to_string()))? else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for name in &san.value.general_names {
+        let x509_parser::extensions::GeneralName::URI(uri) = name else { continue };
+        let Some(text) = uri.strip_prefix(IDENTITY_URI_PREFIX) else { continue };
+        let uuid: crate::Uuid =
+            text.parse().map_err(|_| CertRoleError::BadIdentity(format!("{uri:?} does not name a UUID")))?;
+        if found.replace(uuid).is_some_and(|other| other != uuid) {
+            return Err(CertRoleError::BadIdentity("the certificate names more than one UUID".into()));
+        }
+    }
+    Ok(found)
 }
 
 /// Reads the roles a DER certificate was issued for: the OR of its role OIDs (as ciao's
@@ -200,6 +257,7 @@ mod tests {
             ("netagent", 0x10, "1.3.6.1.4.1.343.8.4"),
             ("server", 0x01, "1.3.6.1.4.1.343.8.5"),
             ("cnciagent", 0x20, "1.3.6.1.4.1.343.8.6"),
+            ("user", 0x40, "1.3.6.1.4.1.343.8.7"),
         ];
         for (name, bits, oid) in expect {
             let role: Role = name.parse().unwrap();
@@ -209,7 +267,7 @@ mod tests {
             assert_eq!(Role::from_oid_str(oid), Some(role));
             assert_eq!(role.to_string(), name);
         }
-        assert_eq!(Role::from_oid_str("1.3.6.1.4.1.343.8.7"), None);
+        assert_eq!(Role::from_oid_str("1.3.6.1.4.1.343.8.8"), None);
         assert_eq!(Role::from_oid_str("1.3.6.1.5.5.7.3.2"), None);
         assert!("root".parse::<Role>().is_err());
     }

@@ -17,7 +17,6 @@
 //!   only when that overflows too);
 //! - the handshake must finish within [`ServerOptions::handshake_timeout`].
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +30,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bindings::{Bindings, CertKey, IdentityPolicy};
 use crate::conn::{FrameReader, FrameWriter, CLOSE_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, DEFAULT_MAX_PAYLOAD};
 use crate::payload::{ClusterConfig, Connect, Connected, Message};
-use crate::role::{roles_from_cert_der, Role};
+use crate::role::{cert_facts, CertFacts, Role};
 use crate::uuid::Uuid;
 
 /// Server settings. [`ServerOptions::new`] gives the defaults.
@@ -60,6 +60,8 @@ pub struct ServerOptions {
     pub controller_outbound_queue: usize,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// Whether certificates without an identity are taken (see [`crate::bindings`]).
+    pub identities: IdentityPolicy,
 }
 
 impl ServerOptions {
@@ -75,6 +77,7 @@ impl ServerOptions {
             outbound_queue: 1024,
             controller_outbound_queue: 65_536,
             shutdown_grace: Duration::from_secs(2),
+            identities: IdentityPolicy::default(),
         }
     }
 }
@@ -205,8 +208,9 @@ impl PeerSender {
     }
 }
 
-/// One entry per connected UUID, so a reconnecting peer replaces its stale connection.
-type Registry = Mutex<HashMap<Uuid, (u64, CancellationToken)>>;
+/// Which certificate holds each UUID, and the live connection holding it: a reconnecting peer
+/// replaces its stale connection, an impostor is refused (see [`crate::bindings`]).
+type Registry = Mutex<Bindings<CancellationToken>>;
 
 struct Shared {
     opts: ServerOptions,
@@ -238,12 +242,13 @@ impl Server {
         config: SharedConfig,
         events: mpsc::Sender<ServerEvent>,
     ) -> Self {
+        let registry = Mutex::new(Bindings::new(opts.identities, opts.max_connections.saturating_mul(4)));
         let shared = Shared {
             opts,
             acceptor: TlsAcceptor::from(tls),
             config,
             events,
-            registry: Mutex::new(HashMap::new()),
+            registry,
             next_conn_id: AtomicU64::new(1),
             tracker: TaskTracker::new(),
         };
@@ -299,10 +304,16 @@ struct Accepted<R, W> {
     connect: Connect,
 }
 
-/// Reads CONNECT, checks it against the certificate, answers CONNECTED or an ERROR.
+/// The client's certificate as the handshake needs it: its facts and its DER bytes.
+type ClientCert = std::result::Result<(CertFacts, Arc<[u8]>), crate::role::CertRoleError>;
+
+/// Reads CONNECT, checks it against the certificate, binds the UUID to the certificate (closing
+/// the connection it replaces), answers CONNECTED or an ERROR.
 async fn handshake<R, W>(
     shared: &Shared,
-    cert_roles: std::result::Result<Role, crate::role::CertRoleError>,
+    cert: ClientCert,
+    conn_id: u64,
+    token: &CancellationToken,
     mut reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
 ) -> Result<Accepted<R, W>>
@@ -311,15 +322,30 @@ where
     W: AsyncWrite + Unpin,
 {
     let checked = async {
-        let certified = cert_roles?;
+        let (facts, der) = cert?;
         let first = reader.expect_frame().await?;
-        crate::handshake::accept(&first, certified, shared.opts.accept_roles)
+        let connect = crate::handshake::accept(&first, &facts, shared.opts.accept_roles)?;
+        let key = facts.identity.map_or(CertKey::Certificate(der), CertKey::Identity);
+        let replaced = shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .claim(connect.uuid, key, conn_id, token.clone())
+            .map_err(|refused| Error::Identity(refused.to_string()))?;
+        if let Some(old) = replaced {
+            tracing::info!(uuid = %connect.uuid, "peer reconnected; closing its previous connection");
+            old.cancel();
+        }
+        Ok::<_, Error>(connect)
     };
     match checked.await {
         Ok(connect) => {
             let config = shared.config.read().expect("config lock").clone();
             let connected = Message::Connected(Connected { role: shared.opts.role, uuid: shared.opts.uuid, config });
-            writer.write_message(shared.opts.uuid, &connected).await?;
+            if let Err(e) = writer.write_message(shared.opts.uuid, &connected).await {
+                shared.registry.lock().expect("registry lock").release(connect.uuid, conn_id);
+                return Err(e);
+            }
             Ok(Accepted { reader, writer, connect })
         }
         Err(e) => {
@@ -340,17 +366,18 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let accepted = tokio::time::timeout(shared.opts.handshake_timeout, async {
         // A certificate that fails verification (wrong CA, expired, revoked, no clientAuth)
         // ends here; the client sees the TLS alert on its first read.
         let tls = shared.acceptor.accept(tcp).await?;
-        let cert_roles = match tls.get_ref().1.peer_certificates() {
-            Some([leaf, ..]) => roles_from_cert_der(leaf),
+        let cert: ClientCert = match tls.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => cert_facts(leaf).map(|facts| (facts, Arc::from(leaf.as_ref()))),
             _ => Err(crate::role::CertRoleError::NoRole),
         };
         let (r, w) = tokio::io::split(tls);
         let reader = FrameReader::new(r, shared.opts.max_payload);
-        handshake(&shared, cert_roles, reader, FrameWriter::new(w)).await
+        handshake(&shared, cert, conn_id, &token, reader, FrameWriter::new(w)).await
     })
     .await;
     let accepted = match accepted {
@@ -361,11 +388,11 @@ async fn connection(
         }
         Err(_) => {
             tracing::info!(%addr, "handshake timed out");
+            shared.registry.lock().expect("registry lock").release_connection(conn_id);
             return;
         }
     };
     let Accepted { mut reader, writer, connect } = accepted;
-    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (uuid, role) = (connect.uuid, connect.role);
     let depth = if role.contains(Role::CONTROLLER) {
         shared.opts.controller_outbound_queue
@@ -375,10 +402,6 @@ async fn connection(
     let (tx, rx) = mpsc::channel(depth);
     let sender = PeerSender { conn_id, origin: shared.opts.uuid, tx, close: token.clone() };
 
-    if let Some((old_id, old)) = shared.registry.lock().expect("registry lock").insert(uuid, (conn_id, token.clone())) {
-        tracing::info!(%uuid, old_conn = old_id, "peer reconnected; closing its previous connection");
-        old.cancel();
-    }
     tracing::info!(%addr, %uuid, %role, conn_id, "peer connected");
     shared.tracker.spawn(write_loop(writer, rx, token.clone()));
 
@@ -389,12 +412,7 @@ async fn connection(
         read_loop(&shared, &mut reader, &sender, conn_id, uuid, role, &token).await
     };
     token.cancel();
-    {
-        let mut registry = shared.registry.lock().expect("registry lock");
-        if registry.get(&uuid).is_some_and(|(id, _)| *id == conn_id) {
-            registry.remove(&uuid);
-        }
-    }
+    shared.registry.lock().expect("registry lock").release(uuid, conn_id);
     tracing::info!(%uuid, conn_id, %reason, "peer disconnected");
     let _ = shared.events.send(ServerEvent::Disconnected { conn_id, uuid, role, reason }).await;
 }

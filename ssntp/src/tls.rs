@@ -150,6 +150,14 @@ impl Identity {
         Ok(Self { ca, chain, key, crls, roles })
     }
 
+    /// The UUID the own certificate was issued to, if it names one.
+    ///
+    /// # Errors
+    /// The certificate names several identities, or one that is not a UUID.
+    pub fn certified_uuid(&self) -> Result<Option<crate::Uuid>, CertRoleError> {
+        self.chain.first().map_or(Ok(None), |leaf| crate::role::identity_from_cert_der(leaf))
+    }
+
     /// Checks that the own certificate carries `role` (before anything is bound or dialled,
     /// so the operator learns of a wrong file at once).
     ///

@@ -14,6 +14,8 @@
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
 //! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
+//! - [`skip`]: a test that cannot run here says so, and fails where the feature is known to
+//!   exist (`DROVER_REQUIRE`, set by `.ci/run`).
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 #![forbid(unsafe_code)]
@@ -39,6 +41,29 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
+
+/// A test that cannot run because `feature` is missing here (`why` says what was looked for).
+/// Where the machine is known to have the feature — `DROVER_REQUIRE` names it (comma-separated;
+/// `.ci/run` sets it from what it probed: `cgroup-memory`, `cpuset`, `oci`, `netns`) — a skip
+/// would hide a failure, so this panics. Otherwise it prints `SKIPPED`, and appends a line to
+/// the file `DROVER_SKIP_LOG` names (if any) for the run's summary.
+///
+/// # Panics
+/// When `feature` is required here.
+pub fn skip(feature: &str, test: &str, why: &str) {
+    let required = std::env::var("DROVER_REQUIRE").unwrap_or_default();
+    assert!(
+        !required.split(',').any(|f| f.trim() == feature),
+        "{test} needs {feature}, which DROVER_REQUIRE says this machine has, but: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(path) = std::env::var("DROVER_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(log, "{test} ({feature}): {why}");
+        }
+    }
+}
 
 /// How long helpers wait by default. Generous: CI machines are slow and shared.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -77,10 +102,12 @@ impl Pki {
             (Role::CNCIAGENT, vec![]),
             (Role::SERVER, vec!["localhost".to_owned()]),
         ] {
-            let req = IssueRequest { role, name: "test".into(), hosts, ips: vec![], orgs: vec![], days: 2 };
-            let issued = drover_cert::issue(pki.dir(), &req).expect("issue");
-            std::fs::rename(&issued.cert, pki.cert(&role.to_string())).expect("rename cert");
-            std::fs::rename(&issued.key, pki.key(&role.to_string())).expect("rename key");
+            // Shared by many test peers, each with its own UUID: certificates without an
+            // identity, as minted before identities (see `issue_named` for ones with).
+            let req = IssueRequest { role, name: "test".into(), hosts, ips: vec![], orgs: vec![], days: 2, uuid: None };
+            let mut spec = CertSpec::from_request(&req).expect("spec");
+            spec.identity = None;
+            pki.issue(&spec, &role.to_string());
         }
         pki
     }
@@ -174,6 +201,7 @@ impl Pki {
             dns: vec![],
             ips: vec![],
             orgs: vec![],
+            identity: None,
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(1),
         }
@@ -188,7 +216,8 @@ impl Pki {
     }
 
     /// Issues a certificate the way an operator does (`drover-cert issue --role R --name N`),
-    /// with `orgs` as its tenants; returns its stem, `<role>-<name>`.
+    /// with `orgs` as its tenants (a client's is issued to a new UUID: see
+    /// [`Pki::certified_uuid`]); returns its stem, `<role>-<name>`.
     ///
     /// # Panics
     /// If minting fails.
@@ -200,10 +229,20 @@ impl Pki {
             ips: vec![],
             orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
             days: 2,
+            uuid: None,
         };
         let issued = drover_cert::issue(self.dir(), &req).expect("issue");
         let file = issued.cert.file_name().and_then(|f| f.to_str()).expect("a certificate file name");
         file.strip_suffix(".pem").expect("a .pem file").to_owned()
+    }
+
+    /// The UUID the certificate of `stem` was issued to, if it names one.
+    ///
+    /// # Panics
+    /// If the certificate does not load.
+    pub fn certified_uuid(&self, stem: &str) -> Option<ssntp::Uuid> {
+        let certs = ssntp::tls::load_certs(&self.cert(stem)).expect("load certificate");
+        ssntp::role::identity_from_cert_der(&certs[0]).expect("a readable identity")
     }
 
     /// Revokes the certificate of `stem` (servers built afterwards refuse it).
@@ -320,7 +359,23 @@ impl RawPeer {
         tls: Arc<rustls::ClientConfig>,
         role: Role,
     ) -> Result<(Self, Frame, Message), ssntp::Error> {
+        Self::connect_claiming(addr, tls, role, None).await
+    }
+
+    /// [`RawPeer::connect_as`], claiming `uuid` (another peer's, say) instead of a new one.
+    ///
+    /// # Errors
+    /// As [`RawPeer::connect_as`].
+    pub async fn connect_claiming(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        role: Role,
+        uuid: Option<Uuid>,
+    ) -> Result<(Self, Frame, Message), ssntp::Error> {
         let mut peer = Self::connect(addr, tls).await?;
+        if let Some(uuid) = uuid {
+            peer.uuid = uuid;
+        }
         peer.send_message(&Message::Connect(Connect { role, uuid: peer.uuid, hostname: None, version: None })).await?;
         let (frame, message) = peer.expect(PATIENCE).await?;
         Ok((peer, frame, message))

@@ -19,31 +19,31 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// The host's address on the veth link to a partition test's network namespace.
 pub const PARTITION_HOST_IP: &str = "10.213.77.1";
 
-/// The cluster's certificates, minted by `testutil::Pki`: scheduler (also reachable from a
-/// partition test's namespace), agent, controller, the API server, and API users of several
-/// tenants (`controller-<user>`).
+/// The cluster's certificates, minted by `testutil::Pki` as an operator would: scheduler (also
+/// reachable from a partition test's namespace), one agent (`agent-local`; [`Cluster`] mints
+/// one per launcher), the controller daemon, the API server, and API users of several tenants
+/// (`user-<user>`).
 pub fn cluster_pki() -> Pki {
     let pki = Pki::new();
     let local = ["localhost", "127.0.0.1"];
     pki.issue_named(Role::SCHEDULER, "local", &["localhost", "127.0.0.1", PARTITION_HOST_IP], &[]);
     pki.issue_named(Role::AGENT, "local", &[], &[]);
-    pki.issue_named(Role::CONTROLLER, "local", &[], &["admin"]);
+    pki.issue_named(Role::CONTROLLER, "local", &[], &[]);
     pki.issue_named(Role::SERVER, "api", &local, &[]);
-    pki.issue_named(Role::CONTROLLER, "admin", &[], &["admin"]);
-    pki.issue_named(Role::CONTROLLER, "acme", &[], &["acme"]);
-    pki.issue_named(Role::CONTROLLER, "globex", &[], &["globex"]);
-    pki.issue_named(Role::CONTROLLER, "both", &[], &["acme", "globex"]);
-    pki.issue_named(Role::CONTROLLER, "nobody", &[], &[]);
+    pki.issue_named(Role::USER, "admin", &[], &["admin"]);
+    pki.issue_named(Role::USER, "acme", &[], &["acme"]);
+    pki.issue_named(Role::USER, "globex", &[], &["globex"]);
+    pki.issue_named(Role::USER, "both", &[], &["acme", "globex"]);
+    pki.issue_named(Role::USER, "nobody", &[], &[]);
     pki
 }
 
-/// An API client acting as `user` (a `controller-<user>` certificate), or with no certificate
-/// at all.
+/// An API client acting as `user` (a `user-<user>` certificate), or with no certificate at all.
 pub fn api_client(pki: &Pki, addr: &str, user: Option<&str>) -> ApiClient {
     let mut c = ApiClient::new(&ApiConfig {
         addr: addr.to_owned(),
         cacert: pki.ca(),
-        cert: user.map(|u| pki.cert(&format!("controller-{u}"))),
+        cert: user.map(|u| pki.cert(&format!("user-{u}"))),
         key: None,
         tenant: None,
     })
@@ -180,7 +180,9 @@ impl Cluster {
         let mut launchers = Vec::new();
         for (i, extra) in launcher_args.iter().enumerate() {
             let state = work.path().join(format!("launcher{i}"));
-            let mut args = local::launcher_args(&sched_addr, &state, &pki.paths("agent-local", false));
+            // Each launcher is a node of its own, with its own certificate.
+            let agent = pki.issue_named(Role::AGENT, &format!("local{i}"), &[], &[]);
+            let mut args = local::launcher_args(&sched_addr, &state, &pki.paths(&agent, false));
             args.extend(["--drain-on-exit".into(), "--report-interval".into(), "500ms".into()]);
             args.extend(extra.iter().map(|s| (*s).to_owned()));
             launchers.push(Proc::spawn(&format!("launcher{i}"), "drover-launcher", &args, &logs));
@@ -229,7 +231,7 @@ impl Cluster {
             .args(["--api", &self.api_addr, "--cacert"])
             .arg(self.pki.ca())
             .arg("--cert")
-            .arg(self.pki.cert("controller-admin"))
+            .arg(self.pki.cert("user-admin"))
             .args(args)
             .output()
             .unwrap()
