@@ -635,6 +635,92 @@ async fn metrics(State(c): Ctl) -> ApiResult<Response> {
     Ok(([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
+/// The API's TLS: the server configuration new connections use, and the certificates its
+/// revocation list names (open connections of those are closed when it changes).
+#[derive(Debug, Clone)]
+pub struct ApiTls {
+    /// For new connections.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Revoked client certificates.
+    pub revoked: Arc<ssntp::tls::Revoked>,
+}
+
+/// Where the API's TLS material lives, as the flags name it.
+#[derive(Debug, Clone)]
+pub struct ApiTlsFiles {
+    /// The API's certificate.
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The CA of client certificates.
+    pub client_ca: std::path::PathBuf,
+    /// The revocation list of client certificates.
+    pub crl: Option<std::path::PathBuf>,
+}
+
+impl ApiTlsFiles {
+    /// Loads the material.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files.
+    pub fn load(&self) -> anyhow::Result<ApiTls> {
+        let config = tls_config(&self.cert, &self.key, &self.client_ca, self.crl.as_deref())?;
+        let crls = match &self.crl {
+            Some(crl) => ssntp::tls::load_crls(crl)?,
+            None => Vec::new(),
+        };
+        Ok(ApiTls { config, revoked: Arc::new(ssntp::tls::Revoked::from_crls(&crls)?) })
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        [Some(&self.cert), Some(&self.key), Some(&self.client_ca), self.crl.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// How often the API's TLS files are looked at for changes.
+pub const TLS_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Loads the API's TLS material again on SIGHUP or when its files change, until `shutdown`;
+/// material that does not load is refused with an error in the log and the current one stays.
+pub async fn watch_tls(files: ApiTlsFiles, tls: tokio::sync::watch::Sender<ApiTls>, shutdown: CancellationToken) {
+    let stamps = |files: &ApiTlsFiles| -> Vec<Option<(std::time::SystemTime, u64)>> {
+        files
+            .files()
+            .iter()
+            .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .collect()
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = stamps(&files);
+    let mut ticker = tokio::time::interval(TLS_CHECK_EVERY);
+    loop {
+        let why = tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = ticker.tick() => {
+                if stamps(&files) == seen {
+                    continue;
+                }
+                "its files changed"
+            }
+        };
+        seen = stamps(&files);
+        match files.load() {
+            Ok(loaded) => {
+                tracing::info!(why, revoked = loaded.revoked.len(), "API TLS material reloaded");
+                tls.send_replace(loaded);
+            }
+            Err(e) => {
+                tracing::error!(why, error = format!("{e:#}"), "API TLS material not reloaded; the current one stays")
+            }
+        }
+    }
+}
+
 /// The API's TLS configuration: TLS 1.3, the server certificate, client certificates from
 /// `client_ca` checked when offered (and CRLs), but not required at the TLS layer, so a
 /// request without one gets a JSON 401 rather than a failed handshake.
@@ -672,12 +758,11 @@ pub fn tls_config(
 /// Serves the API on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tokio::sync::watch::Receiver<ApiTls>,
     controller: Arc<Controller>,
     shutdown: CancellationToken,
 ) {
     let app = router(controller);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -695,7 +780,8 @@ pub async fn serve(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.borrow().config));
+        let mut reloads = tls.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -712,14 +798,33 @@ pub async fn serve(
                 }
             };
             let caller = Caller::from_peer(stream.get_ref().1.peer_certificates());
+            let leaf = stream.get_ref().1.peer_certificates().and_then(<[_]>::first).map(|c| c.as_ref().to_vec());
             let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(caller)));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => if let Err(e) = result { tracing::debug!(%peer, error = %e, "API connection ended") },
-                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "API connection ended");
+                        }
+                        return;
+                    }
+                    () = shutdown.cancelled() => break,
+                    changed = reloads.changed() => {
+                        // A kept-alive connection of a certificate revoked since is cut.
+                        let revoked = changed.is_err()
+                            || leaf.as_ref().is_some_and(|l| reloads.borrow().revoked.contains(l));
+                        if revoked {
+                            tracing::warn!(%peer, "closing an API connection whose certificate was revoked");
+                            return;
+                        }
+                    }
+                }
             }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }

@@ -64,7 +64,7 @@ pub struct Prepared {
     args: Args,
     tls: Arc<rustls::ClientConfig>,
     uuid: ssntp::Uuid,
-    api: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    api: Option<(SocketAddr, crate::api::ApiTlsFiles, crate::api::ApiTls)>,
     store: Store,
 }
 
@@ -93,7 +93,9 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
             cert.with_file_name(format!("{stem}-key.pem"))
         });
         let ca = args.api_client_ca.clone().unwrap_or_else(|| args.tls.cacert.clone());
-        Some((addr, crate::api::tls_config(&cert, &key, &ca, args.api_crl.as_deref())?))
+        let files = crate::api::ApiTlsFiles { cert, key, client_ca: ca, crl: args.api_crl.clone() };
+        let loaded = files.load()?;
+        Some((addr, files, loaded))
     };
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,12 +119,14 @@ pub async fn run(
     let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some((addr, tls)) = api {
+    if let Some((addr, files, tls)) = api {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the API to {addr} (in use? pick another with --api-listen)"))?;
         tracing::info!(%addr, "API listening");
-        tasks.spawn(crate::api::serve(listener, tls, Arc::clone(&controller), stop.clone()));
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+        tasks.spawn(crate::api::watch_tls(files, tls_tx, stop.clone()));
+        tasks.spawn(crate::api::serve(listener, tls_rx, Arc::clone(&controller), stop.clone()));
     }
     tracing::info!(uuid = %uuid, db = %args.db.display(), servers = ?args.servers, "controller running");
     tasks.spawn(crate::daemon::run_link(Arc::clone(&controller), events));

@@ -37,12 +37,18 @@ impl Api {
         let pki = cluster_pki();
         let store = Store::open(&dir.path().join("c.redb")).unwrap();
         let controller = Controller::new(Service::new(store).unwrap(), None, std::time::Duration::ZERO).unwrap();
-        let tls = drover_controller::api::tls_config(&pki.cert("server-api"), &pki.key("server-api"), &pki.ca(), None)
-            .unwrap();
+        let files = drover_controller::api::ApiTlsFiles {
+            cert: pki.cert("server-api"),
+            key: pki.key("server-api"),
+            client_ca: pki.ca(),
+            crl: Some(pki.crl()),
+        };
+        let (tls, reloads) = tokio::sync::watch::channel(files.load().unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(drover_controller::api::serve(listener, tls, Arc::clone(&controller), stop.clone()));
+        tokio::spawn(drover_controller::api::watch_tls(files, tls, stop.clone()));
+        tokio::spawn(drover_controller::api::serve(listener, reloads, Arc::clone(&controller), stop.clone()));
         Self { _dir: dir, pki, addr, stop }
     }
 
@@ -65,6 +71,22 @@ async fn status_of(c: &ApiClient, method: Method, path: &str, body: Option<(&str
         assert_eq!(value.pointer("/error/status").and_then(Value::as_u64), Some(u64::from(status.as_u16())));
     }
     (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_certificate_revoked_while_the_api_runs_is_refused_once_the_crl_file_changes() {
+    let api = Api::start().await;
+    let acme = api.as_user("acme");
+    assert_eq!(status_of(&acme, Method::GET, "/v1/instances", None).await.0, StatusCode::OK);
+    api.pki.revoke("user-acme");
+    // The API looks at its files every few seconds; no restart, no signal.
+    testutil::assert_eventually!(
+        testutil::PATIENCE + drover_controller::api::TLS_CHECK_EVERY,
+        || async { api.as_user("acme").raw(Method::GET, "/v1/instances", None).await.is_err() },
+        "the revoked certificate is still taken"
+    );
+    let globex = api.as_user("globex");
+    assert_eq!(status_of(&globex, Method::GET, "/v1/instances", None).await.0, StatusCode::OK, "others are");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

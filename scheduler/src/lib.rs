@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus text on `--metrics ADDR`.
 //! - [`shell`]: the tokio shell: the SSNTP server, the event loop that feeds the hub and
 //!   delivers its outputs, the heartbeat ticker.
+//! - [`reload`]: TLS material and revocations reloaded on SIGHUP or a change of the files.
 //! - [`cli`]: command-line flags.
 
 #![forbid(unsafe_code)]
@@ -22,4 +23,5 @@ pub mod cli;
 pub mod heartbeat;
 pub use drover_scheduler_core as hub;
 pub mod metrics;
+pub mod reload;
 pub mod shell;

@@ -90,6 +90,7 @@ pub async fn run_on(
     let config = Arc::new(RwLock::new(with_scheduler_fields(ClusterConfig::default(), &core_config)));
     let (events_tx, mut events) = mpsc::channel(INBOX);
     let server = Server::new(tls, opts, config.clone(), events_tx);
+    let reloader = tokio::spawn(crate::reload::watch(server.control(), args.tls.paths(args.crl.clone())));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(server.run(listener, async {
         let _ = stop_rx.await;
@@ -155,6 +156,7 @@ pub async fn run_on(
             () = &mut shutdown => break,
         }
     }
+    reloader.abort();
     let _ = stop_tx.send(());
     let _ = server_task.await;
     Ok(())

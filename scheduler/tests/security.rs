@@ -288,29 +288,66 @@ async fn offenders_are_refused_and_closed_while_honest_peers_are_served_and_memo
     assert!(refused_certs >= 12 && closed_inputs >= 5, "every offender kind ran at least once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_cert_identity_refuses_certificates_minted_before_identities() {
-    let pki = Pki::new();
+/// A scheduler process on a free port with `extra` flags (and the CRL), once it listens.
+async fn listening_scheduler(pki: &Pki, extra: &[&str]) -> (Scheduler, std::net::SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
-        .args(["--listen", &addr, "--require-cert-identity"])
+        .args(["--listen", &addr])
+        .args(extra)
         .arg("--cacert")
         .arg(pki.ca())
         .arg("--cert")
         .arg(pki.cert("scheduler"))
         .arg("--key")
         .arg(pki.key("scheduler"))
+        .arg("--crl")
+        .arg(pki.crl())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
     let scheduler = Scheduler { child, addr };
-    let sock: std::net::SocketAddr = scheduler.addr.parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(sock).await.is_err() {
         assert!(Instant::now() < deadline, "the scheduler did not listen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (scheduler, sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_while_connected_is_closed_at_sighup_and_refused_after() {
+    let pki = Pki::new();
+    let (scheduler, sock) = listening_scheduler(&pki, &[]).await;
+    let victim = pki.issue_named(Role::AGENT, "victim", &[], &[]);
+    let bystander = pki.issue_named(Role::AGENT, "bystander", &[], &[]);
+    let connect = |stem: String| {
+        let (tls, uuid) = (pki.client_tls(&stem), pki.certified_uuid(&stem));
+        async move { RawPeer::connect_claiming(sock, tls, Role::AGENT, uuid).await }
+    };
+    let (mut doomed, frame, _) = connect(victim.clone()).await.unwrap();
+    assert!(ssntp::client::is_connected_frame(&frame));
+    let (mut kept, frame, _) = connect(bystander).await.unwrap();
+    assert!(ssntp::client::is_connected_frame(&frame));
+
+    pki.revoke(&victim);
+    let hup = std::process::Command::new("kill").args(["-HUP", &scheduler.child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    doomed.until_closed(PATIENCE).await.expect("the revoked peer is closed at the reload");
+    assert!(kept.until_closed(Duration::from_millis(500)).await.is_err(), "the others stay");
+    match connect(victim).await {
+        Ok((_, frame, message)) => panic!("a revoked certificate connected again: {} {message:?}", frame.kind),
+        Err(e) => eprintln!("refused as revoked: {e}"),
+    }
+    let mut scheduler = scheduler;
+    assert!(scheduler.child.try_wait().unwrap().is_none(), "SIGHUP reloads; it does not stop the scheduler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_cert_identity_refuses_certificates_minted_before_identities() {
+    let pki = Pki::new();
+    let (_scheduler, sock) = listening_scheduler(&pki, &["--require-cert-identity"]).await;
     let (_, frame, message) = RawPeer::connect_as(sock, pki.client_tls("agent"), Role::AGENT).await.unwrap();
     assert!(matches!(message, Message::ConnectionAborted(_)), "no identity: refused, got {}", frame.kind);
     assert!(ssntp::handshake::error_reason(&message).unwrap().contains("drover-cert issue"), "says what to do");

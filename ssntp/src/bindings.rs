@@ -119,6 +119,11 @@ impl<C> Bindings<C> {
         }
     }
 
+    /// The UUIDs held by a live connection, with it.
+    pub fn live(&self) -> impl Iterator<Item = (&Uuid, &C)> {
+        self.by_uuid.iter().filter_map(|(uuid, b)| b.live.as_ref().map(|(_, c)| (uuid, c)))
+    }
+
     /// How many UUIDs are bound.
     pub fn len(&self) -> usize {
         self.by_uuid.len()

@@ -208,18 +208,62 @@ impl PeerSender {
     }
 }
 
+/// A live connection as the registry keeps it: how to close it, and the certificate it
+/// presented (to close it when that certificate is revoked).
+#[derive(Debug, Clone)]
+struct LiveConn {
+    token: CancellationToken,
+    leaf: Arc<[u8]>,
+}
+
 /// Which certificate holds each UUID, and the live connection holding it: a reconnecting peer
 /// replaces its stale connection, an impostor is refused (see [`crate::bindings`]).
-type Registry = Mutex<Bindings<CancellationToken>>;
+type Registry = Mutex<Bindings<LiveConn>>;
 
 struct Shared {
     opts: ServerOptions,
-    acceptor: TlsAcceptor,
+    /// Replaced by [`ServerControl::set_tls`]; each handshake takes the current one.
+    acceptor: RwLock<TlsAcceptor>,
     config: SharedConfig,
     events: mpsc::Sender<ServerEvent>,
     registry: Registry,
     next_conn_id: AtomicU64,
     tracker: TaskTracker,
+}
+
+/// Changes a running [`Server`] (see [`Server::control`]). Cheap to clone.
+#[derive(Clone)]
+pub struct ServerControl {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerControl").finish_non_exhaustive()
+    }
+}
+
+impl ServerControl {
+    /// New handshakes use `tls` (a reloaded certificate, key or revocation list); connections
+    /// already up keep theirs.
+    pub fn set_tls(&self, tls: Arc<rustls::ServerConfig>) {
+        *self.shared.acceptor.write().expect("acceptor lock") = TlsAcceptor::from(tls);
+    }
+
+    /// Closes every live connection whose certificate (DER) `revoked` says is revoked; returns
+    /// how many.
+    pub fn close_revoked(&self, revoked: &crate::tls::Revoked) -> usize {
+        let registry = self.shared.registry.lock().expect("registry lock");
+        let mut closed = 0;
+        for (uuid, live) in registry.live() {
+            if revoked.contains(&live.leaf) {
+                tracing::warn!(%uuid, "closing a peer whose certificate was revoked");
+                live.token.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
 }
 
 /// An SSNTP server bound to its TLS configuration and its application channel.
@@ -245,7 +289,7 @@ impl Server {
         let registry = Mutex::new(Bindings::new(opts.identities, opts.max_connections.saturating_mul(4)));
         let shared = Shared {
             opts,
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: RwLock::new(TlsAcceptor::from(tls)),
             config,
             events,
             registry,
@@ -253,6 +297,11 @@ impl Server {
             tracker: TaskTracker::new(),
         };
         Self { shared: Arc::new(shared) }
+    }
+
+    /// A handle that changes the running server: its TLS configuration, its peers.
+    pub fn control(&self) -> ServerControl {
+        ServerControl { shared: Arc::clone(&self.shared) }
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then closes every
@@ -322,7 +371,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let checked = async {
-        let (facts, der) = cert?;
+        let (facts, leaf) = cert?;
+        let der = leaf.clone();
         let first = reader.expect_frame().await?;
         let connect = crate::handshake::accept(&first, &facts, shared.opts.accept_roles)?;
         let key = facts.identity.map_or(CertKey::Certificate(der), CertKey::Identity);
@@ -330,11 +380,11 @@ where
             .registry
             .lock()
             .expect("registry lock")
-            .claim(connect.uuid, key, conn_id, token.clone())
+            .claim(connect.uuid, key, conn_id, LiveConn { token: token.clone(), leaf: leaf.clone() })
             .map_err(|refused| Error::Identity(refused.to_string()))?;
         if let Some(old) = replaced {
             tracing::info!(uuid = %connect.uuid, "peer reconnected; closing its previous connection");
-            old.cancel();
+            old.token.cancel();
         }
         Ok::<_, Error>(connect)
     };
@@ -370,7 +420,8 @@ async fn connection(
     let accepted = tokio::time::timeout(shared.opts.handshake_timeout, async {
         // A certificate that fails verification (wrong CA, expired, revoked, no clientAuth)
         // ends here; the client sees the TLS alert on its first read.
-        let tls = shared.acceptor.accept(tcp).await?;
+        let acceptor = shared.acceptor.read().expect("acceptor lock").clone();
+        let tls = acceptor.accept(tcp).await?;
         let cert: ClientCert = match tls.get_ref().1.peer_certificates() {
             Some([leaf, ..]) => cert_facts(leaf).map(|facts| (facts, Arc::from(leaf.as_ref()))),
             _ => Err(crate::role::CertRoleError::NoRole),

@@ -37,6 +37,9 @@ pub enum TlsError {
         /// What was wrong.
         reason: String,
     },
+    /// A revocation list does not parse.
+    #[error("certificate revocation list: {0}")]
+    Crl(String),
 }
 
 fn pem_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
@@ -203,6 +206,47 @@ pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, T
         .with_client_cert_verifier(verifier.build()?)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     Ok(Arc::new(config))
+}
+
+/// The certificates revocation lists name, as (issuer DN DER, serial) pairs, to check peers
+/// that connected before a revocation (the TLS handshake checks new ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked(std::collections::HashSet<(Vec<u8>, Vec<u8>)>);
+
+impl Revoked {
+    /// Reads the revoked serials of `crls`.
+    ///
+    /// # Errors
+    /// A list that does not parse.
+    pub fn from_crls(crls: &[CertificateRevocationListDer<'_>]) -> Result<Self, TlsError> {
+        let mut set = std::collections::HashSet::new();
+        for crl in crls {
+            let (_, parsed) = x509_parser::parse_x509_crl(crl).map_err(|e| TlsError::Crl(e.to_string()))?;
+            let issuer = parsed.issuer().as_raw().to_vec();
+            for revoked in parsed.iter_revoked_certificates() {
+                set.insert((issuer.clone(), revoked.raw_serial().to_vec()));
+            }
+        }
+        Ok(Self(set))
+    }
+
+    /// Whether the DER certificate `leaf` is revoked (an unparsable one counts as revoked).
+    pub fn contains(&self, leaf: &[u8]) -> bool {
+        match x509_parser::parse_x509_certificate(leaf) {
+            Ok((_, cert)) => self.0.contains(&(cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec())),
+            Err(_) => true,
+        }
+    }
+
+    /// How many certificates are revoked.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The client side: TLS 1.3 only, the server verified against the CA, own certificate sent.
