@@ -145,7 +145,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self { status, message: message.into() }
     }
 }
@@ -195,7 +195,7 @@ pub fn instance_view(r: &InstanceRecord) -> InstanceView {
 }
 
 /// The router (without TLS: [`serve`] adds the caller to each request).
-pub fn router(controller: Arc<Controller>) -> Router {
+pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -> Router {
     Router::new()
         .route("/v1/workloads", get(list_workloads).post(create_workload))
         .route("/v1/workloads/{name}", get(show_workload).put(replace_workload).delete(delete_workload))
@@ -211,6 +211,11 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::api_guard::Guard::new(limit)),
+            crate::api_guard::guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api_guard::MAX_BODY))
         .with_state(controller)
 }
 
@@ -760,9 +765,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: tokio::sync::watch::Receiver<ApiTls>,
     controller: Arc<Controller>,
+    limit: crate::api_guard::RateLimit,
     shutdown: CancellationToken,
 ) {
-    let app = router(controller);
+    let app = router(controller, limit);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {

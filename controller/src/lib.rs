@@ -16,6 +16,7 @@
 //! - [`resend_gate`]: when unanswered STARTs may go again after a reconnect (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
+//! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
 //! - [`shell`]: `drover-controller`'s flags and tasks.
 //! - [`link`]: the controller's SSNTP connection and how events are described for people.
 
@@ -24,6 +25,7 @@
 pub use drover_api::workload;
 
 pub mod api;
+pub mod api_guard;
 pub mod daemon;
 pub mod feeds;
 pub mod lifecycle;

@@ -50,6 +50,13 @@ pub struct Args {
     /// Certificate revocation list for API users.
     #[arg(long)]
     pub api_crl: Option<PathBuf>,
+    /// Requests a second one API client (certificate subject) may make on average; more get
+    /// 429 with Retry-After.
+    #[arg(long, default_value_t = crate::api_guard::RATE_PER_S)]
+    pub api_rate: f64,
+    /// Requests one API client may make at once, above its rate.
+    #[arg(long, default_value_t = crate::api_guard::BURST)]
+    pub api_burst: f64,
     /// After the scheduler connection comes back (a scheduler restart), STARTs that got no
     /// answer are sent again only once every node known before has reported what it runs, or
     /// after this long: a node may already run such an instance, and sending it sooner could
@@ -73,6 +80,9 @@ pub struct Prepared {
 /// # Errors
 /// Bad certificates, a missing API certificate, an unusable store.
 pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
+    if args.api_rate.is_nan() || args.api_rate <= 0.0 || args.api_burst.is_nan() || args.api_burst < 1.0 {
+        anyhow::bail!("--api-rate must be above 0 and --api-burst at least 1");
+    }
     let identity = ssntp::tls::Identity::load(&args.tls.paths(None))?;
     identity.require_role(Role::CONTROLLER, &args.tls.cert)?;
     let tls = ssntp::tls::client_config(&identity)?;
@@ -126,7 +136,8 @@ pub async fn run(
         tracing::info!(%addr, "API listening");
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
         tasks.spawn(crate::api::watch_tls(files, tls_tx, stop.clone()));
-        tasks.spawn(crate::api::serve(listener, tls_rx, Arc::clone(&controller), stop.clone()));
+        let limit = crate::api_guard::RateLimit { per_s: args.api_rate, burst: args.api_burst };
+        tasks.spawn(crate::api::serve(listener, tls_rx, Arc::clone(&controller), limit, stop.clone()));
     }
     tracing::info!(uuid = %uuid, db = %args.db.display(), servers = ?args.servers, "controller running");
     tasks.spawn(crate::daemon::run_link(Arc::clone(&controller), events));

@@ -33,6 +33,10 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
+        Self::start_with(drover_controller::api_guard::RateLimit::default()).await
+    }
+
+    async fn start_with(limit: drover_controller::api_guard::RateLimit) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = cluster_pki();
         let store = Store::open(&dir.path().join("c.redb")).unwrap();
@@ -48,7 +52,7 @@ impl Api {
         let addr = listener.local_addr().unwrap().to_string();
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(drover_controller::api::watch_tls(files, tls, stop.clone()));
-        tokio::spawn(drover_controller::api::serve(listener, reloads, Arc::clone(&controller), stop.clone()));
+        tokio::spawn(drover_controller::api::serve(listener, reloads, Arc::clone(&controller), limit, stop.clone()));
         Self { _dir: dir, pki, addr, stop }
     }
 
@@ -87,6 +91,30 @@ async fn a_users_certificate_revoked_while_the_api_runs_is_refused_once_the_crl_
     );
     let globex = api.as_user("globex");
     assert_eq!(status_of(&globex, Method::GET, "/v1/instances", None).await.0, StatusCode::OK, "others are");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_has_a_rate_and_a_body_limit_answered_in_json() {
+    let api = Api::start_with(drover_controller::api_guard::RateLimit { per_s: 0.5, burst: 3.0 }).await;
+    let acme = api.as_user("acme");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(status_of(&acme, Method::GET, "/v1/status", None).await);
+    }
+    let codes: Vec<StatusCode> = statuses.iter().map(|(s, _)| *s).collect();
+    assert_eq!(&codes[..3], &[StatusCode::OK; 3], "the burst");
+    assert!(codes[3..].contains(&StatusCode::TOO_MANY_REQUESTS), "then the rate: {codes:?}");
+    let limited = statuses.iter().find(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).unwrap();
+    assert!(limited.1.to_string().contains("slow down"), "{}", limited.1);
+    assert_eq!(
+        status_of(&api.as_user("globex"), Method::GET, "/v1/status", None).await.0,
+        StatusCode::OK,
+        "per client"
+    );
+    let huge = "x".repeat(drover_controller::api_guard::MAX_BODY + 1);
+    let (status, v) =
+        status_of(&api.as_user("admin"), Method::POST, "/v1/workloads", Some(("application/toml", &huge))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
