@@ -77,6 +77,17 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     // A successful run under on-failure is not restarted.
     let hello = instances(&api, "hello").await;
     assert_eq!(hello[0]["restarts"], 0);
+
+    // Every call that changed something is in the audit trail, with who made it.
+    let log = cluster.controller.log_text();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("drover::audit")).collect();
+    assert!(
+        audit.iter().any(|l| l.contains("/v1/workloads/flaky/launch")
+            && l.contains("subject=\"admin")
+            && l.contains("status=201")),
+        "{audit:#?}"
+    );
+    assert!(!audit.iter().any(|l| l.contains("method=GET")), "reads are not audited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
