@@ -218,10 +218,14 @@ impl Lifecycle {
             }
             (State::Pending { .. }, Input::Stop) => self.state = State::Stopped,
             (State::Pending { .. }, Input::Cancel) => self.state = State::Canceled,
+            (State::Starting | State::Queued { .. }, Input::Stop | Input::Cancel) if self.stop_requested => {}
             (State::Starting | State::Queued { .. }, input @ (Input::Stop | Input::Cancel)) => {
-                // Not running yet: remember, and stop it the moment it reports in.
+                // Not running yet: the scheduler takes it out of its queue, or stops it where it
+                // placed it (a STOP naming no node); should it run anyway, it is stopped the
+                // moment it reports in.
                 self.stop_requested = true;
                 self.cancel_requested = input == Input::Cancel;
+                actions.push(Action::SendStop { node: Uuid::nil() });
             }
             (state, Input::Cancel) if state.is_final() => self.state = State::Canceled,
             (state, Input::Start) if state.is_final() && state != State::Canceled => {
@@ -398,13 +402,25 @@ mod tests {
     fn cancel_while_starting_stops_it_as_soon_as_it_runs() {
         let mut l = Lifecycle::new(ON_FAILURE, 0);
         l.handle(0, Input::Tick);
-        assert!(l.handle(0, Input::Cancel).is_empty());
+        assert_eq!(l.handle(0, Input::Cancel), vec![Action::SendStop { node: Uuid::nil() }], "withdrawn at once");
+        assert!(l.handle(0, Input::Cancel).is_empty(), "once");
         assert_eq!(l.handle(0, Input::Started { node: node() }), vec![Action::SendStop { node: node() }]);
         l.handle(0, Input::Exited { code: None, reason: ExitReason::Killed });
         assert_eq!(l.state, State::Canceled);
         assert!(l.handle(10_000, Input::Tick).is_empty());
         l.handle(0, Input::Start);
         assert_eq!(l.state, State::Canceled, "canceled is for good");
+    }
+
+    #[test]
+    fn cancel_of_queued_work_ends_when_the_scheduler_takes_it_out_of_its_queue() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Queued { reason: "0 of 1 nodes fit".into() });
+        assert_eq!(l.handle(0, Input::Cancel), vec![Action::SendStop { node: Uuid::nil() }]);
+        // The scheduler's INSTANCE_STOPPED: it never ran.
+        assert!(l.handle(0, Input::Stopped { evacuated: true }).is_empty());
+        assert_eq!(l.state, State::Canceled);
     }
 
     fn inputs() -> impl Strategy<Value = Input> {

@@ -31,8 +31,8 @@ use drover_model::NodeStatus;
 pub use drover_model::Now;
 use drover_model::Overcommit;
 use ssntp::payload::{
-    ClusterConfig, CommandFailure, FailureReason, InstanceFailure, InstanceQueued, Message, NodeEvent, NodeLost,
-    NodeReport, NodeType, ReportRequest, Start, StartFailure,
+    ClusterConfig, CommandFailure, FailureReason, InstanceEvent, InstanceFailure, InstanceQueued, Message, NodeEvent,
+    NodeLost, NodeReport, NodeType, ReportRequest, Start, StartFailure,
 };
 use ssntp::{Frame, Role, Uuid};
 
@@ -524,9 +524,29 @@ impl Hub {
             let detail = "only the master controller may command; this controller is a backup".to_owned();
             return self.refuse(from, &message, FailureReason::NotPermitted, detail);
         }
+        if let Message::Stop(stop) = &message {
+            // A STOP of work still in the queue takes it out: it never runs (a user's cancel
+            // of queued work must not place it first and stop it after).
+            if self.queue.remove_instance(stop.instance_uuid).is_some() {
+                let stopped = InstanceEvent { instance_uuid: stop.instance_uuid, node_uuid: None };
+                return vec![Output::ToControllers(self.own(Message::InstanceStopped(stopped)))];
+            }
+        }
         let target = match &message {
             Message::Start(start) => {
                 return self.place_or_queue(now, from, start.clone(), None);
+            }
+            // A STOP that names no node (the controller sent the START and has not heard
+            // where it went) goes where the scheduler placed it.
+            Message::Stop(m) if m.workload_agent_uuid.is_nil() => {
+                let placed_on = self.nodes.iter().find(|n| n.instances.get(&m.instance_uuid).is_some()).map(|n| n.uuid);
+                match placed_on {
+                    Some(node) => node,
+                    None => {
+                        let detail = "no START of it is queued or placed here".to_owned();
+                        return self.refuse(from, &message, FailureReason::NoInstance, detail);
+                    }
+                }
             }
             Message::Configure(c) => return vec![Output::Configure(c.config.clone())],
             Message::TraceReport(_) => return vec![Output::ToControllers(frame)],

@@ -109,6 +109,12 @@ impl Queue {
         Some(item)
     }
 
+    /// Removes the START of `instance`, if it waits here.
+    pub fn remove_instance(&mut self, instance: Uuid) -> Option<Queued> {
+        let key = *self.by_instance.get(&instance)?;
+        self.remove(&key)
+    }
+
     /// Removes and returns every START whose time is up at `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Queued> {
         let expired: Vec<QueueKey> =

@@ -829,3 +829,32 @@ fn heartbeats_reach_controllers_on_a_change_of_status_and_otherwise_every_few_se
     rig.hub.handle(rig.now, Input::Connected { conn_id: 210, uuid: u(10), role: AGENT });
     assert!(forwarded(&mut rig, 9_000, NodeState::Ready, None), "first since it connected");
 }
+
+#[test]
+fn a_stop_takes_queued_work_out_of_the_queue_and_finds_placed_work_without_a_node_named() {
+    let mut rig = Rig::new(Config::default());
+    // No node: the START waits in the queue.
+    assert!(queued(&rig.start(start(u(60), 1, 10))).is_some());
+    let withdraw = |instance| {
+        Message::Stop(ssntp::payload::Stop {
+            instance_uuid: instance,
+            workload_agent_uuid: Uuid::nil(),
+            grace_ms: None,
+        })
+    };
+    let out = rig.send(u(1), CTL, withdraw(u(60)));
+    assert!(
+        matches!(&out[..], [(None, Message::InstanceStopped(e))] if e.instance_uuid == u(60) && e.node_uuid.is_none()),
+        "{out:?}"
+    );
+    assert_eq!(rig.hub.summary(rig.now).queued, 0, "out of the queue");
+    rig.node(10, 4, 4096);
+    assert!(placed_on(&rig.start(start(u(61), 1, 10))).contains(&(u(61), u(10))));
+    let out = rig.send(u(1), CTL, withdraw(u(61)));
+    assert!(matches!(&out[..], [(Some(p), Message::Stop(s))] if *p == u(10) && s.instance_uuid == u(61)), "{out:?}");
+    let out = rig.send(u(1), CTL, withdraw(u(62)));
+    assert!(
+        matches!(&out[..], [(Some(p), Message::StopFailure(f))] if *p == u(1) && f.reason == FailureReason::NoInstance),
+        "{out:?}"
+    );
+}

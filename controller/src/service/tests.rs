@@ -495,3 +495,21 @@ fn frames_the_link_keeps_from_the_store_change_nothing_there() {
     let first = s.store().instance(ids[0]).unwrap().unwrap().life.state;
     assert!(!matches!(first, State::Running { .. }), "not listed in the digest: no longer running ({first:?})");
 }
+
+#[test]
+fn cancelling_queued_work_withdraws_it_from_the_scheduler_and_ends_when_it_is_out() {
+    let s = memory_service();
+    s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
+    let id = s.launch("acme", "job", 1, 0).unwrap()[0];
+    s.tick(0).unwrap();
+    let queued = InstanceQueued { instance_uuid: id, reason: "0 of 1 nodes fit".into(), position: 0 };
+    s.report(node(), &Message::InstanceQueued(queued), 1).unwrap();
+    let out = s.user("acme", id, Input::Cancel, 2).unwrap();
+    assert!(
+        matches!(&out[..], [Message::Stop(stop)] if stop.instance_uuid == id && stop.workload_agent_uuid.is_nil()),
+        "{out:?}"
+    );
+    let scheduler = Uuid::from_bytes([9; 16]);
+    s.report(scheduler, &Message::InstanceStopped(InstanceEvent { instance_uuid: id, node_uuid: None }), 3).unwrap();
+    assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Canceled);
+}
