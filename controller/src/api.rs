@@ -79,7 +79,13 @@ impl Caller {
                 "the certificate names no tenant (Organization); issue it with --role user --org TENANT".into(),
             ),
             Ok(info) => {
-                let name = info.subject.split("CN=").nth(1).unwrap_or(&info.subject).to_owned();
+                // The Common Name alone ("CN=alice, O=acme" → "alice"): tenants are listed apart.
+                let name = info
+                    .subject
+                    .split(", ")
+                    .find_map(|part| part.strip_prefix("CN="))
+                    .unwrap_or(&info.subject)
+                    .to_owned();
                 Self::User { name, tenants: info.orgs }
             }
         }

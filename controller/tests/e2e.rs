@@ -83,7 +83,7 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     let audit: Vec<&str> = log.lines().filter(|l| l.contains("drover::audit")).collect();
     assert!(
         audit.iter().any(|l| l.contains("/v1/workloads/flaky/launch")
-            && l.contains("subject=\"admin")
+            && l.contains("subject=\"admin\"")
             && l.contains("status=201")),
         "{audit:#?}"
     );
