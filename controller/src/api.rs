@@ -698,28 +698,12 @@ pub const TLS_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Loads the API's TLS material again on SIGHUP or when its files change, until `shutdown`;
 /// material that does not load is refused with an error in the log and the current one stays.
 pub async fn watch_tls(files: ApiTlsFiles, tls: tokio::sync::watch::Sender<ApiTls>, shutdown: CancellationToken) {
-    let stamps = |files: &ApiTlsFiles| -> Vec<Option<(std::time::SystemTime, u64)>> {
-        files
-            .files()
-            .iter()
-            .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
-            .collect()
-    };
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = stamps(&files);
-    let mut ticker = tokio::time::interval(TLS_CHECK_EVERY);
+    let mut trigger = ssntp::cli::ReloadTrigger::new(files.files(), TLS_CHECK_EVERY);
     loop {
         let why = tokio::select! {
             () = shutdown.cancelled() => return,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            _ = ticker.tick() => {
-                if stamps(&files) == seen {
-                    continue;
-                }
-                "its files changed"
-            }
+            why = trigger.next() => why,
         };
-        seen = stamps(&files);
         match files.load() {
             Ok(loaded) => {
                 tracing::info!(why, revoked = loaded.revoked.len(), "API TLS material reloaded");

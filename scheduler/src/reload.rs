@@ -4,9 +4,10 @@
 //! revokes are closed. Material that does not load is refused with an error in the log, and
 //! the current material stays.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use ssntp::cli::ReloadTrigger;
 use ssntp::server::ServerControl;
 use ssntp::tls::{Identity, Revoked, TlsPaths};
 use ssntp::Role;
@@ -16,27 +17,10 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Reloads on SIGHUP or a change of the files in `paths`, until the task is dropped.
 pub async fn watch(control: ServerControl, paths: TlsPaths) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler; TLS material reloads only when its files change");
-            None
-        }
-    };
-    let mut seen = stamps(&paths);
-    let mut ticker = tokio::time::interval(CHECK_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let files = [Some(&paths.ca), Some(&paths.cert), paths.key.as_ref(), paths.crl.as_ref()];
+    let mut trigger = ReloadTrigger::new(files.into_iter().flatten().cloned().collect(), CHECK_EVERY);
     loop {
-        let why = tokio::select! {
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            _ = ticker.tick() => {
-                if stamps(&paths) == seen {
-                    continue;
-                }
-                "its files changed"
-            }
-        };
-        seen = stamps(&paths);
+        let why = trigger.next().await;
         match reload(&control, &paths) {
             Ok(closed) => tracing::info!(why, revoked_peers_closed = closed, "TLS material reloaded"),
             Err(e) => {
@@ -58,13 +42,4 @@ pub fn reload(control: &ServerControl, paths: &TlsPaths) -> anyhow::Result<usize
     let revoked = Revoked::from_crls(&identity.crls)?;
     control.set_tls(tls);
     Ok(control.close_revoked(&revoked))
-}
-
-/// What identifies a version of each file: its modification time and length.
-fn stamps(paths: &TlsPaths) -> Vec<Option<(SystemTime, u64)>> {
-    [Some(&paths.ca), Some(&paths.cert), paths.key.as_ref(), paths.crl.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
-        .collect()
 }

@@ -52,6 +52,63 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     }
 }
 
+/// When a daemon should load its TLS material again: on SIGHUP, or when one of its files
+/// changes (modification time or length, looked at every `every`). One trigger for the
+/// scheduler and the API, so both reload alike.
+#[derive(Debug)]
+pub struct ReloadTrigger {
+    files: Vec<std::path::PathBuf>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    ticker: tokio::time::Interval,
+    seen: Vec<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl ReloadTrigger {
+    /// Watches `files`; the SIGHUP handler is installed now (without one, only file changes
+    /// count, with a warning).
+    pub fn new(files: Vec<std::path::PathBuf>, every: std::time::Duration) -> Self {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; TLS material reloads only when its files change");
+                None
+            }
+        };
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let seen = stamps(&files);
+        Self { files, hangup, ticker, seen }
+    }
+
+    /// Waits for the next reason to reload: `"SIGHUP"` or `"its files changed"`.
+    pub async fn next(&mut self) -> &'static str {
+        loop {
+            let hangup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let why = tokio::select! {
+                Some(()) = hangup => "SIGHUP",
+                _ = self.ticker.tick() => {
+                    if stamps(&self.files) == self.seen {
+                        continue;
+                    }
+                    "its files changed"
+                }
+            };
+            self.seen = stamps(&self.files);
+            return why;
+        }
+    }
+}
+
+/// What identifies a version of each file: its modification time and length.
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
 /// The whole `main` of a daemon: logging, command line (exit 64 when invalid), `prepare` (load
 /// and check configuration; exit 64 on error, before anything is bound or dialled), then `run`
 /// until SIGINT or SIGTERM (exit 1 with the error's chain on failure).
