@@ -132,6 +132,8 @@ struct WorkloadFile {
     #[serde(default)]
     restart: RestartSpec,
     max_run_time: Option<String>,
+    #[serde(default)]
+    run_as_root: bool,
 }
 
 fn workorder() -> WorkClass {
@@ -157,6 +159,9 @@ pub struct Workload {
     pub restart: Restart,
     /// Kill after this many seconds.
     pub max_run_time_s: Option<u64>,
+    /// Runs as root, on nodes that allow it only (it requires their `root` feature). Without
+    /// it, a workload runs as an unprivileged user of its tenant's.
+    pub run_as_root: bool,
 }
 
 /// File format.
@@ -254,7 +259,10 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         }
         None => None,
     };
-    let p = f.requirements;
+    let mut p = f.requirements;
+    if f.run_as_root && !p.features.iter().any(|x| x == ssntp::payload::ROOT_FEATURE) {
+        p.features.push(ssntp::payload::ROOT_FEATURE.to_owned());
+    }
     Ok(Workload {
         name: f.name,
         class: f.class,
@@ -282,6 +290,7 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
             backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
         },
         max_run_time_s,
+        run_as_root: f.run_as_root,
     })
 }
 
@@ -324,6 +333,14 @@ backoff = "2s"
         let w = parse(json, Format::Json).unwrap();
         assert_eq!((w.class, w.requirements.vcpus, w.requirements.mem_mb), (WorkClass::Workorder, 2, 512));
         assert_eq!(w.restart.policy, RestartPolicy::OnFailure, "default policy");
+        assert!(!w.run_as_root && w.requirements.features.is_empty(), "no root unless asked");
+        let root = parse(&TOML.replace("priority = 5", "priority = 5\nrun_as_root = true"), Format::Toml).unwrap();
+        assert!(root.run_as_root);
+        assert_eq!(
+            root.requirements.features,
+            vec!["limits", ssntp::payload::ROOT_FEATURE],
+            "only nodes allowing root fit"
+        );
         assert_eq!(Format::of_path(std::path::Path::new("w.TOML")), Format::Toml);
     }
 

@@ -216,3 +216,54 @@ async fn with_estimates_on_work_requesting_three_times_a_node_runs_once_usage_is
     .await;
     assert!(reclaimed >= each, "five instances charged below their {each} MiB request: {reclaimed} MiB reclaimed");
 }
+
+/// Runs `script` as a one-off workload of `api`'s tenant and returns its output once it ended.
+async fn output_of(api: &drover_cli::client::ApiClient, name: &str, script: &str) -> String {
+    let toml = format!(
+        "name = \"{name}\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", {script:?}]\n[restart]\npolicy = \"never\"\n"
+    );
+    put(api, &toml).await;
+    let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the workload to end", || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] == "exited" || i["state"] == "failed").then_some(())
+    })
+    .await;
+    api.get(&format!("/v1/instances/{id}/logs")).await.unwrap()["data"].as_str().unwrap().to_owned()
+}
+
+/// Through the API and the real daemons (launcher as root, its default `--run-as auto`): each
+/// tenant's workloads run as an unprivileged user of the tenant's own, and one tenant cannot
+/// read what another's workload left in its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenants_workloads_run_as_its_own_unprivileged_user() {
+    if !testutil::is_root() {
+        testutil::skip("root", "each_tenants_workloads_run_as_its_own_unprivileged_user", "needs root to switch users");
+        return;
+    }
+    let cluster = Cluster::start(&[&[]]);
+    cluster.wait_ready(1).await;
+    let acme = common::api_client(&cluster.pki, &cluster.api_addr, Some("acme"));
+    let globex = common::api_client(&cluster.pki, &cluster.api_addr, Some("globex"));
+    let mine = output_of(&acme, "keeper", "echo uid=$(id -u); echo acme-secret > secret; echo dir=$PWD").await;
+    let uid = |out: &str| -> u32 {
+        out.lines()
+            .find_map(|l| l.strip_prefix("uid="))
+            .and_then(|u| u.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let acme_uid = uid(&mine);
+    assert_ne!(acme_uid, 0, "not root: {mine}");
+    let acme_dir = mine.lines().find_map(|l| l.strip_prefix("dir=")).unwrap().trim().to_owned();
+    let theirs =
+        output_of(&globex, "snoop", &format!("echo uid=$(id -u); cat {acme_dir}/secret || echo refused")).await;
+    let globex_uid = uid(&theirs);
+    assert!(globex_uid != 0 && globex_uid != acme_uid, "a user of its own: {theirs}");
+    assert!(theirs.contains("refused") && !theirs.contains("acme-secret"), "{theirs}");
+    // The same tenant gets the same user again.
+    let again = output_of(&acme, "again", "echo uid=$(id -u)").await;
+    assert_eq!(uid(&again), acme_uid);
+}

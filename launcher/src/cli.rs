@@ -54,6 +54,23 @@ pub struct Args {
     /// Label placement can require (repeatable), e.g. --label zone=b --label gpu=a100.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Who workloads run as when the launcher runs as root: `auto` gives each tenant a user of
+    /// its own from --uid-range (kept in the state directory), so tenants cannot read each
+    /// other's results; a user name or UID[:GID] runs every workload as that user. A launcher
+    /// that is not root runs workloads as its own user. Never root (see --allow-root).
+    #[arg(long, default_value = "auto", value_name = "auto|USER|UID[:GID]")]
+    pub run_as: String,
+    /// The user one tenant's workloads run as (repeatable), e.g. --tenant-user acme=build-acme.
+    #[arg(long = "tenant-user", value_name = "TENANT=USER", value_parser = parse_tenant_user)]
+    pub tenant_users: Vec<(String, String)>,
+    /// The uids `--run-as auto` gives tenants, one each, FIRST-LAST (they need no entry in
+    /// /etc/passwd; keep the range free of real users).
+    #[arg(long, default_value = "1000000000-1000065535", value_name = "FIRST-LAST", value_parser = crate::users::parse_range)]
+    pub uid_range: (u32, u32),
+    /// Run a workload as root when it asks (`run_as_root = true`); the node then offers the
+    /// `root` feature, which such workloads require. Needs the launcher to run as root.
+    #[arg(long)]
+    pub allow_root: bool,
     /// Where sysfs is mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys", hide = true)]
     pub sysfs_root: PathBuf,
@@ -69,4 +86,11 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         return Err(format!("{text:?}: keys and values are letters, digits and - _ . /"));
     }
     Ok((k.to_owned(), v.to_owned()))
+}
+
+fn parse_tenant_user(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((tenant, user)) if !tenant.is_empty() && !user.is_empty() => Ok((tenant.to_owned(), user.to_owned())),
+        _ => Err(format!("{text:?}: give TENANT=USER (a user name or UID[:GID])")),
+    }
 }

@@ -23,6 +23,27 @@ use crate::cgroup::{Cgroups, Pin};
 use crate::executor::Executor;
 pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Journal, ShimSpec};
+use crate::users::{Account, Users};
+
+/// The launcher's own user and group.
+pub fn own_account() -> Account {
+    Account { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
+}
+
+/// Creates an instance's directory and its `results/`. The directory stays the launcher's
+/// (its records and the shim's files are there, out of the workload's reach) and only lets
+/// others pass through; `results/` is the workload user's alone.
+fn make_dirs(dir: &Path, user: Option<Account>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let results = dir.join(files::RESULTS);
+    std::fs::create_dir_all(&results)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(user) = user {
+        std::os::unix::fs::chown(&results, Some(user.uid), Some(user.gid))?;
+    }
+    Ok(())
+}
 
 /// Most output bytes one LOG_FETCH returns, whatever it asks for (frames stay well under the
 /// 4 MiB payload limit).
@@ -92,6 +113,10 @@ pub struct Instances {
     events: mpsc::Sender<Event>,
     /// The sim records' journal; changes wait in it until [`Instances::flush`].
     sims: Journal,
+    /// Who workloads run as.
+    users: Users,
+    /// Where new per-tenant allocations are kept (none: not kept, for tests).
+    users_file: Option<PathBuf>,
 }
 
 fn unix_ms() -> u64 {
@@ -118,7 +143,26 @@ impl Instances {
             table: HashMap::new(),
             events,
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
+            users: Users::one(own_account()),
+            users_file: None,
         }
+    }
+
+    /// Runs workloads as `users` decides (by default: as the launcher's own user), keeping new
+    /// per-tenant allocations in `file`.
+    #[must_use]
+    pub fn with_users(mut self, users: Users, file: Option<PathBuf>) -> Self {
+        // Workloads pass through to their own `results/`; nobody lists the node's instances.
+        let opened = std::fs::create_dir_all(&self.root).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))
+        });
+        if let Err(e) = opened {
+            tracing::error!(dir = %self.root.display(), error = %e, "cannot prepare the instances directory");
+        }
+        self.users = users;
+        self.users_file = file;
+        self
     }
 
     /// Runs `oci` instances with this runtime (runc or crun).
@@ -317,11 +361,18 @@ impl Instances {
         }
         let dir = self.dir(id);
         let is_sim = matches!(start.backend, Backend::Sim { .. });
+        let mut user = None;
         if !is_sim {
+            let (account, allocated) = self.users.account_for(start.tenant.as_deref(), start.run_as_root)?;
+            if allocated {
+                if let Some(file) = &self.users_file {
+                    write_json(file, self.users.allocated())
+                        .map_err(|e| (FailureReason::LaunchFailure, format!("cannot keep the tenant's uid: {e}")))?;
+                }
+            }
+            user = account;
             // A sim instance has no directory: its record goes in the node's sim file.
-            let results = dir.join(files::RESULTS);
-            let launch = |e: &dyn std::fmt::Display| (FailureReason::LaunchFailure, e.to_string());
-            std::fs::create_dir_all(&results).map_err(|e| launch(&format!("{}: {e}", results.display())))?;
+            make_dirs(&dir, user).map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", dir.display())))?;
         }
         let mut record = InstanceRecord {
             start: start.clone(),
@@ -330,6 +381,7 @@ impl Instances {
             exit: None,
             exit_reported: false,
             cgroups: Vec::new(),
+            user,
         };
         let result = match &start.backend {
             Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env, &mut record).map(|()| None),
@@ -374,7 +426,7 @@ impl Instances {
                 .create(&id.to_string(), req.mem_mb, req.vcpus, self.pin.as_ref())
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
-        self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record)
+        self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record.user, record)
     }
 
     /// Writes the shim's spec and the instance record, and starts the shim.
@@ -384,13 +436,16 @@ impl Instances {
         dir: &Path,
         argv: Vec<String>,
         env: std::collections::BTreeMap<String, String>,
+        user: Option<Account>,
         record: &mut InstanceRecord,
     ) -> Result<(), Refusal> {
-        let spec = ShimSpec { argv, env, cgroups: record.cgroups.clone(), max_run_time_s: record.start.max_run_time_s };
+        let spec =
+            ShimSpec { argv, env, cgroups: record.cgroups.clone(), max_run_time_s: record.start.max_run_time_s, user };
         write_json(&dir.join(files::SPEC), &spec).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         write_json(&dir.join(files::STATE), &*record).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
-        // The shim gets its own process group: a signal to the launcher's group (Ctrl-C in a
-        // terminal) must not reach it. Tokio reaps it if it ends while this launcher runs.
+        // The shim makes itself a session of its own as its first step (see `shim::isolate`): a
+        // signal to the launcher's group (Ctrl-C in a terminal) must not reach it. Tokio reaps
+        // it if it ends while this launcher runs.
         tokio::process::Command::new(&self.shim.program)
             .args(&self.shim.args)
             .arg("--dir")
@@ -398,7 +453,6 @@ impl Instances {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| {
@@ -436,8 +490,18 @@ impl Instances {
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         let req = &record.start.requirements;
-        let config =
-            crate::oci::config(&id.to_string(), rootfs, &dir.join(files::RESULTS), args, env, req.mem_mb, req.vcpus);
+        let config = crate::oci::config(
+            &crate::oci::Container {
+                id: &id.to_string(),
+                rootfs,
+                results: &dir.join(files::RESULTS),
+                user: record.user,
+            },
+            args,
+            env,
+            req.mem_mb,
+            req.vcpus,
+        );
         write_json(&bundle.join("config.json"), &config).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         let argv = vec![
             runtime.display().to_string(),
@@ -446,7 +510,8 @@ impl Instances {
             bundle.display().to_string(),
             id.to_string(),
         ];
-        self.spawn_shim(id, dir, argv, std::collections::BTreeMap::new(), record)
+        // The runtime itself runs as root; the container's process runs as `user`.
+        self.spawn_shim(id, dir, argv, std::collections::BTreeMap::new(), None, record)
     }
 
     /// Runs a `sim` instance for `duration`; returns the handle that ends it early.
@@ -562,7 +627,7 @@ impl Instances {
             Some(_) => {}
         }
         let no = |e: std::io::Error| (FailureReason::NoInstance, e.to_string());
-        let mut file = std::fs::File::open(self.output(id)).map_err(no)?;
+        let mut file = crate::state::open_output(&self.output(id), false).map_err(no)?;
         let len = file.metadata().map_err(no)?.len();
         let keep = len.min(u64::from(max_bytes.min(MAX_LOG_BYTES)));
         file.seek(SeekFrom::Start(len - keep)).map_err(no)?;

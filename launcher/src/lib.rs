@@ -21,6 +21,7 @@
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
+//! - [`users`]: who a workload runs as (per-tenant users, never root unless allowed and asked).
 //! - [`cli`]: command-line flags.
 
 #![forbid(unsafe_code)]
@@ -36,3 +37,4 @@ pub mod probe;
 pub mod shell;
 pub mod shim;
 pub mod state;
+pub mod users;

@@ -14,11 +14,23 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+/// Which container, from what, and as whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Container<'a> {
+    /// The container's ID (the instance's UUID).
+    pub id: &'a str,
+    /// Root file system on the node, mounted read-only.
+    pub rootfs: &'a Path,
+    /// The instance's `results/`, bind-mounted at `/results`.
+    pub results: &'a Path,
+    /// The user its process runs as (no capabilities); `None`: root with the default set, for
+    /// workloads that asked for root where the launcher allows it.
+    pub user: Option<crate::users::Account>,
+}
+
 /// The runtime's `config.json` for one container.
 pub fn config(
-    id: &str,
-    rootfs: &Path,
-    results: &Path,
+    container: &Container<'_>,
     args: &[String],
     env: &BTreeMap<String, String>,
     mem_mb: u64,
@@ -26,15 +38,23 @@ pub fn config(
 ) -> Value {
     let mut environment = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
     environment.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    let caps = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FOWNER",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_NET_BIND_SERVICE"
-    ]);
+    let Container { id, rootfs, results, user } = *container;
+    let (uid, gid, caps) = match user {
+        Some(u) => (u.uid, u.gid, json!([])),
+        None => (
+            0,
+            0,
+            json!([
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_FOWNER",
+                "CAP_KILL",
+                "CAP_SETGID",
+                "CAP_SETUID",
+                "CAP_NET_BIND_SERVICE"
+            ]),
+        ),
+    };
     let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
     if mem_mb > 0 {
         resources["memory"] =
@@ -47,11 +67,11 @@ pub fn config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": { "uid": 0, "gid": 0 },
+            "user": { "uid": uid, "gid": gid },
             "args": args,
             "env": environment,
             "cwd": "/results",
-            "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+            "capabilities": { "bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": [] },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096 }],
             "noNewPrivileges": true
         },
@@ -83,15 +103,14 @@ mod tests {
     #[test]
     fn config_carries_rootfs_args_limits_and_results_mount() {
         let env = BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]);
-        let c = config(
-            "0123456789",
-            Path::new("/srv/rootfs"),
-            Path::new("/var/x/results"),
-            &["sh".into(), "-c".into(), "true".into()],
-            &env,
-            64,
-            2,
-        );
+        let user = Some(crate::users::Account { uid: 5000, gid: 5001 });
+        let container = Container {
+            id: "0123456789",
+            rootfs: Path::new("/srv/rootfs"),
+            results: Path::new("/var/x/results"),
+            user,
+        };
+        let c = config(&container, &["sh".into(), "-c".into(), "true".into()], &env, 64, 2);
         assert_eq!(c["root"]["path"], "/srv/rootfs");
         assert_eq!(c["root"]["readonly"], true);
         assert_eq!(c["process"]["args"][2], "true");
@@ -99,9 +118,18 @@ mod tests {
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 200_000);
         assert_eq!(c["hostname"], "drover-01234567");
+        assert_eq!(
+            (c["process"]["user"]["uid"].as_u64(), c["process"]["user"]["gid"].as_u64()),
+            (Some(5000), Some(5001))
+        );
+        assert_eq!(c["process"]["capabilities"]["bounding"], json!([]), "an unprivileged user gets no capabilities");
+        assert_eq!(c["process"]["noNewPrivileges"], true);
         let results = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/results").unwrap();
         assert_eq!(results["source"], "/var/x/results");
-        let unlimited = config("x", Path::new("/r"), Path::new("/o"), &[], &BTreeMap::new(), 0, 0);
+        let as_root = Container { id: "x", rootfs: Path::new("/r"), results: Path::new("/o"), user: None };
+        let unlimited = config(&as_root, &[], &BTreeMap::new(), 0, 0);
         assert!(unlimited["linux"]["resources"].get("memory").is_none());
+        assert_eq!(unlimited["process"]["user"]["uid"], 0);
+        assert!(!unlimited["process"]["capabilities"]["bounding"].as_array().unwrap().is_empty());
     }
 }

@@ -24,6 +24,8 @@ use crate::executor::{Adopted, Event, Executor};
 use crate::instances::{Instances, ShimCommand};
 use crate::probe;
 use crate::state::{read_json, write_json, NodeFlags};
+use crate::users::{Account, RunAs, Users};
+use ssntp::payload::ROOT_FEATURE;
 
 /// Validated configuration.
 #[derive(Debug)]
@@ -33,6 +35,7 @@ pub struct Prepared {
     uuid: Uuid,
     shim: ShimCommand,
     offer: probe::Offer,
+    users: Users,
 }
 
 /// Loads TLS material, checks the agent role, creates the state directory and loads the
@@ -51,8 +54,82 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     let certified = identity.certified_uuid().with_context(|| format!("reading {}", args.tls.cert.display()))?;
     let uuid = uuid_for(&args.state_dir, Role::AGENT, certified).context("the node's identity")?;
     let shim = ShimCommand::current().context("locating this executable for the shim")?;
-    let offer = offer(&args)?;
-    Ok(Prepared { args, tls, uuid, shim, offer })
+    let users = users(&args)?;
+    let mut offer = offer(&args)?;
+    if users.allows_root() {
+        offer.features.push(ROOT_FEATURE.to_owned());
+    }
+    Ok(Prepared { args, tls, uuid, shim, offer, users })
+}
+
+/// Where `--run-as auto` keeps the uid it gave each tenant.
+pub const TENANT_UIDS_FILE: &str = "tenant-uids.json";
+
+/// A user name or `UID[:GID]` as an account.
+fn account(text: &str) -> anyhow::Result<Account> {
+    if let Some(account) = crate::users::parse_numeric(text) {
+        return Ok(account);
+    }
+    let user = nix::unistd::User::from_name(text)
+        .with_context(|| format!("looking up user {text:?}"))?
+        .with_context(|| format!("no user {text:?} on this machine (give a name from /etc/passwd or UID[:GID])"))?;
+    Ok(Account { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
+}
+
+/// The run-as policy from the flags. A root launcher also opens the state directory for
+/// passage (0711) so workloads under other users reach their `results/`.
+fn users(args: &Args) -> anyhow::Result<Users> {
+    let own = crate::instances::own_account();
+    let named = |text: &str| -> anyhow::Result<Account> {
+        let a = account(text)?;
+        if a.uid == 0 || a.gid == 0 {
+            anyhow::bail!("{text:?} is root: workloads run as root only when they ask and --allow-root is given");
+        }
+        Ok(a)
+    };
+    let mut tenants = std::collections::BTreeMap::new();
+    for (tenant, user) in &args.tenant_users {
+        tenants.insert(tenant.clone(), named(user).with_context(|| format!("--tenant-user {tenant}={user}"))?);
+    }
+    let run_as = if args.run_as == "auto" {
+        RunAs::PerTenant { first: args.uid_range.0, last: args.uid_range.1 }
+    } else {
+        RunAs::One(named(&args.run_as).with_context(|| format!("--run-as {}", args.run_as))?)
+    };
+    if own.uid != 0 {
+        // Not root: it cannot switch users, and its workloads are never root.
+        let switching = matches!(run_as, RunAs::One(a) if a != own) || tenants.values().any(|a| *a != own);
+        if switching || args.allow_root {
+            anyhow::bail!(
+                "--run-as, --tenant-user and --allow-root need the launcher to run as root (it runs as uid {}); \
+                 without them its workloads run as its own user",
+                own.uid
+            );
+        }
+        tracing::info!(uid = own.uid, "workloads run as this launcher's user (tenants are not separated)");
+        return Ok(Users::one(own));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("opening {} for workloads to pass through", args.state_dir.display()))?;
+    }
+    for ancestor in args.state_dir.canonicalize()?.ancestors().skip(1) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(ancestor).with_context(|| ancestor.display().to_string())?.permissions().mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "workloads run as other users and cannot pass through {} (mode {:o}); \
+                 chmod o+x it or choose a --state-dir they can reach",
+                ancestor.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    let allocated = read_json(&args.state_dir.join(TENANT_UIDS_FILE))
+        .with_context(|| format!("reading {}", args.state_dir.join(TENANT_UIDS_FILE).display()))?
+        .unwrap_or_default();
+    Ok(Users::new(run_as, tenants, allocated, args.allow_root))
 }
 
 /// How long an exiting launcher waits for its connection to write what is queued and close.
@@ -248,7 +325,8 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         prepared.offer.backends.iter().any(|b| b == "oci").then(|| probe::find_program(&["runc", "crun"])).flatten();
     let mut instances = Instances::new(&prepared.args.state_dir, prepared.shim.clone(), cgroups, instance_tx)
         .with_pin(pin)
-        .with_oci_runtime(oci_runtime);
+        .with_oci_runtime(oci_runtime)
+        .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };
     run_with(prepared, executor, shutdown).await

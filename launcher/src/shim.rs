@@ -1,10 +1,11 @@
 //! The per-instance supervisor (`drover-launcher shim --dir DIR`), like containerd's shim.
 //!
-//! The launcher starts one shim per `process` instance, in its own process group, and forgets
-//! about it; the shim outlives launcher crashes. It:
-//! 1. reads `spec.json`, joins the instance's cgroups (the workload inherits them);
-//! 2. starts the workload in its own process group, working directory = the instance directory,
-//!    stdout and stderr appended to `results/output.txt`, and writes its PID to `pid`;
+//! The launcher starts one shim per `process` instance and forgets about it; the shim outlives
+//! launcher crashes. It:
+//! 1. makes itself a session of its own with `no_new_privs` (inherited by the workload), reads
+//!    `spec.json`, joins the instance's cgroups (the workload inherits them);
+//! 2. starts the workload in its own process group as the spec's user, working directory =
+//!    `results/`, stdout and stderr appended to `results/output.txt`, and writes its PID to `pid`;
 //! 3. kills it when its maximum run time is up;
 //! 4. waits for it, tells an OOM kill from other ends with the cgroup's `oom_kill` counter,
 //!    removes everything in the directory but `results/` and the state files, and writes
@@ -36,7 +37,7 @@ fn oom_kills(cgroups: &[std::path::PathBuf]) -> u64 {
 /// Appends a line of the shim's own to the instance's output, so the operator sees why.
 fn note(dir: &Path, text: &str) {
     let path = dir.join(files::RESULTS).join(files::OUTPUT);
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = crate::state::open_output(&path, true) {
         let _ = writeln!(f, "drover: {text}");
     }
 }
@@ -65,8 +66,22 @@ fn finish(dir: &Path, record: ExitRecord) -> i32 {
     }
 }
 
+/// The instance gets a session of its own (the shim leads it; no controlling terminal to reach
+/// the operator's through) and `no_new_privs`, which the workload inherits: no set-user-ID
+/// program gives it back the privileges it was started without. Done in the shim itself, as
+/// the first thing, because doing it in the workload's pre-exec step would need `unsafe`.
+fn isolate() -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    Ok(())
+}
+
 /// Runs the shim for the instance in `dir`; returns the shim's own exit code.
 pub fn run(dir: &Path) -> i32 {
+    if let Err(e) = isolate() {
+        note(dir, &format!("cannot isolate the workload: {e}"));
+        return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+    }
     let spec: ShimSpec = match read_json(&dir.join(files::SPEC)) {
         Ok(Some(spec)) => spec,
         Ok(None) => {
@@ -83,7 +98,7 @@ pub fn run(dir: &Path) -> i32 {
         return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
     }
     let output = dir.join(files::RESULTS).join(files::OUTPUT);
-    let open = || std::fs::OpenOptions::new().create(true).append(true).open(&output);
+    let open = || crate::state::open_output(&output, true);
     let (Ok(out), Ok(err)) = (open(), open()) else {
         return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
     };
@@ -91,15 +106,19 @@ pub fn run(dir: &Path) -> i32 {
         note(dir, "argv is empty");
         return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
     };
-    let spawned = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .envs(&spec.env)
-        .current_dir(dir)
+        .current_dir(dir.join(files::RESULTS))
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn();
+        .stderr(err);
+    if let Some(user) = spec.user {
+        // std drops the supplementary groups too when it switches away from root.
+        command.uid(user.uid).gid(user.gid);
+    }
+    let spawned = command.process_group(0).spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {

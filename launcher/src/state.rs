@@ -71,12 +71,41 @@ pub fn write_json_as<T: Serialize>(path: &Path, value: &T, durability: Durabilit
     let io = |source| StateError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(value).expect("state types serialise");
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    // The launcher's own records: nobody else reads them (a workload's env is in spec.json).
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?
+    };
     file.write_all(&text).map_err(io)?;
     if durability == Durability::Synced {
         file.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Opens an instance's output file for the launcher or the shim, which may run as root while
+/// `results/` belongs to the workload's user: a symbolic link or a second hard link planted
+/// there must not make root read or append to a file the workload could not.
+///
+/// # Errors
+/// The file cannot be opened, or is a link.
+pub fn open_output(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let mut options = std::fs::OpenOptions::new();
+    if append {
+        options.create(true).append(true).mode(0o644);
+    } else {
+        options.read(true);
+    }
+    let file = options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() > 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a plain file of its own", path.display()),
+        ));
+    }
+    Ok(file)
 }
 
 /// Reads JSON from `path`; `Ok(None)` when the file does not exist.
@@ -120,6 +149,10 @@ pub struct InstanceRecord {
     /// cgroup directories the instance runs in.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The user its workload runs as (`None`: root, asked for and allowed; or a record from
+    /// before users were chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<crate::users::Account>,
 }
 
 /// How a workload ended, as the shim saw it.
@@ -144,6 +177,10 @@ pub struct ShimSpec {
     pub cgroups: Vec<PathBuf>,
     /// Kill the workload after this long, seconds.
     pub max_run_time_s: Option<u64>,
+    /// The user to run it as; `None`: the shim's own (root, when the workload asked for it and
+    /// the launcher allows it). Specs written before there was a choice have none.
+    #[serde(default)]
+    pub user: Option<crate::users::Account>,
 }
 
 /// File names inside an instance directory.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use drover_launcher::cgroup::Cgroups;
 use drover_launcher::instances::{Adopted, Event, Exit, Instances, ShimCommand};
+use drover_launcher::users::{RunAs, Users};
 use ssntp::payload::{Backend, ExitReason, FailureReason, Requirements, Start};
 use ssntp::Uuid;
 use tokio::sync::mpsc;
@@ -251,7 +252,7 @@ async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
     );
     assert_eq!(second.pid(running), Some(pid), "same PID");
     assert!(second.is_running(running));
-    std::fs::write(second.dir(running).join("stopme"), "").unwrap();
+    std::fs::write(second.dir(running).join("results/stopme"), "").unwrap();
     let exit = until_exit(&mut rx, &mut second).await;
     assert_eq!(exit, Exit { instance: running, code: Some(7), reason: ExitReason::Failed });
     assert!(std::fs::read_to_string(second.output(running)).unwrap().contains("tick"));
@@ -319,14 +320,21 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
     let state = work.path().join("state");
     let (tx, mut rx) = mpsc::channel(16);
     let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
-    let mut instances = Instances::new(&state, shim(), cgroups, tx).with_oci_runtime(Some(runtime));
+    let users = Users::new(
+        RunAs::PerTenant { first: 1_000_000_200, last: 1_000_000_299 },
+        Default::default(),
+        Default::default(),
+        false,
+    );
+    let mut instances =
+        Instances::new(&state, shim(), cgroups, tx).with_oci_runtime(Some(runtime)).with_users(users, None);
     let id = Uuid::new_v4();
     let backend = Backend::Oci {
         rootfs: rootfs.display().to_string(),
         args: vec![
             "sh".into(),
             "-c".into(),
-            "echo hello from $(hostname) in $PWD; echo kept > /results/file; exit 3".into(),
+            "echo hello from $(hostname) in $PWD as $(id -u); echo kept > /results/file; exit 3".into(),
         ],
         env: Default::default(),
     };
@@ -334,7 +342,10 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
     let exit = until_exit(&mut rx, &mut instances).await;
     let output = std::fs::read_to_string(instances.output(id)).unwrap();
     assert_eq!((exit.code, exit.reason), (Some(3), ExitReason::Failed), "{output}");
-    assert!(output.contains(&format!("hello from drover-{} in /results", &id.to_string()[..8])), "{output}");
+    assert!(
+        output.contains(&format!("hello from drover-{} in /results as 1000000200", &id.to_string()[..8])),
+        "the container's process runs as the tenant's user, not root: {output}"
+    );
     assert_eq!(std::fs::read_to_string(instances.dir(id).join("results/file")).unwrap(), "kept\n");
     instances.exited(&exit);
     assert_eq!(names(&instances.dir(id)), vec!["results", "state.json"], "the bundle is gone after the end");
@@ -369,7 +380,7 @@ async fn stats_report_cpu_and_disk_use() {
     let (tx, mut rx) = mpsc::channel(16);
     let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
     let id = Uuid::new_v4();
-    instances.start(&sh(id, "head -c 3000000 /dev/zero > results/blob; while :; do :; done", 16)).unwrap();
+    instances.start(&sh(id, "head -c 3000000 /dev/zero > blob; while :; do :; done", 16)).unwrap();
     let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
     instances.started(id, pid);
     let usage_of = |instances: &mut Instances| instances.usage().into_iter().find(|(i, _)| *i == id).unwrap().1;
@@ -421,4 +432,90 @@ async fn sim_instances_have_no_files_of_their_own_and_are_re_adopted_from_the_si
     assert!(matches!(next(&mut rx).await, Event::Started { instance, .. } if instance == long));
     assert!(second.is_running(long));
     assert_eq!(second.tail(long, 100).unwrap(), (String::new(), false), "a sim writes no output");
+}
+
+fn tenant_sh(id: Uuid, tenant: &str, script: &str) -> Start {
+    Start { tenant: Some(tenant.to_owned()), ..sh(id, script, 16) }
+}
+
+/// Workloads of a root launcher run as their tenant's unprivileged user, with `no_new_privs`
+/// and a session of their own; one tenant cannot read another's results; a link planted as
+/// `output.txt` does not make the launcher (root) read what it points to; root only when the
+/// launcher allows it and the workload asks.
+#[tokio::test]
+async fn workloads_run_as_their_tenants_user_never_root_and_apart() {
+    if !testutil::is_root() {
+        testutil::skip(
+            "root",
+            "workloads_run_as_their_tenants_user_never_root_and_apart",
+            "needs root to switch users",
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
+    let (tx, mut rx) = mpsc::channel(16);
+    let no_limits = Cgroups::Unavailable { why: "test".into() };
+    let users = Users::new(
+        RunAs::PerTenant { first: 1_000_000_100, last: 1_000_000_199 },
+        Default::default(),
+        Default::default(),
+        false,
+    );
+    let uids_file = state.path().join("tenant-uids.json");
+    let mut instances = Instances::new(state.path(), shim(), no_limits, tx).with_users(users, Some(uids_file.clone()));
+
+    let acme = Uuid::new_v4();
+    let acme_results = instances.dir(acme).join("results");
+    instances
+        .start(&tenant_sh(acme, "acme", "echo uid=$(id -u); echo secret > secret.txt; grep NoNewPrivs /proc/self/status; ps -o sid= -p $$ 2>/dev/null || cat /proc/self/stat | cut -d' ' -f6"))
+        .unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    let output = std::fs::read_to_string(instances.output(acme)).unwrap();
+    assert_eq!(exit.code, Some(0), "{output}");
+    assert!(output.contains("uid=1000000100"), "acme's workload runs as acme's user: {output}");
+    assert!(output.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{output}");
+    let session: i32 = output.lines().last().unwrap().trim().parse().unwrap();
+    let launcher_session = nix::unistd::getsid(None).unwrap().as_raw();
+    assert_ne!(session, launcher_session, "the workload is not in the launcher's session");
+    assert!(std::fs::read_to_string(&uids_file).unwrap().contains("1000000100"), "the allocation is kept");
+
+    let globex = Uuid::new_v4();
+    let script = format!(
+        "echo uid=$(id -u); cat {0}/secret.txt && echo READ || echo refused; ls {1} >/dev/null 2>&1 && echo LISTED || echo unlisted",
+        acme_results.display(),
+        state.path().join("instances").display()
+    );
+    instances.start(&tenant_sh(globex, "globex", &script)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    let output = std::fs::read_to_string(instances.output(globex)).unwrap();
+    assert_eq!(exit.code, Some(0), "{output}");
+    assert!(output.contains("uid=1000000101"), "globex has a user of its own: {output}");
+    assert!(output.contains("refused") && !output.contains("READ"), "another tenant's results stay closed: {output}");
+    assert!(output.contains("unlisted"), "nobody lists the node's instances: {output}");
+
+    // A workload that swaps its output for a link to a file only root may read.
+    let sly = Uuid::new_v4();
+    instances.start(&tenant_sh(sly, "acme", "rm -f output.txt; ln -s /etc/shadow output.txt")).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.code, Some(0));
+    assert!(instances.tail(sly, 4096).is_err(), "the launcher does not follow the link");
+
+    // Root: refused unless the launcher allows it, and then only for work that asks.
+    let wants_root = Uuid::new_v4();
+    let refusal = instances.start(&Start { run_as_root: true, ..tenant_sh(wants_root, "acme", "id -u") }).unwrap_err();
+    assert_eq!(refusal.0, FailureReason::NotPermitted, "{}", refusal.1);
+    let (tx, mut rx) = mpsc::channel(16);
+    let allowing = Users::new(
+        RunAs::PerTenant { first: 1_000_000_100, last: 1_000_000_199 },
+        Default::default(),
+        Default::default(),
+        true,
+    );
+    let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx)
+        .with_users(allowing, None);
+    instances.start(&Start { run_as_root: true, ..tenant_sh(wants_root, "acme", "echo uid=$(id -u)") }).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    let output = std::fs::read_to_string(instances.output(wants_root)).unwrap();
+    assert_eq!((exit.code, output.trim()), (Some(0), "uid=0"));
 }

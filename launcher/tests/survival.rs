@@ -73,7 +73,7 @@ async fn workloads_survive_ten_launcher_kills_and_are_re_adopted() {
 
     // The workload ends while no launcher runs; the next one reports its exit code.
     child.kill();
-    std::fs::write(instance_dir.join("stopme"), "").unwrap();
+    std::fs::write(instance_dir.join("results/stopme"), "").unwrap();
     testutil::assert_eventually!(|| async { !alive(pid) });
     let mut child = launcher.spawn();
     let (from, exited) =

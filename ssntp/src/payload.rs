@@ -419,6 +419,14 @@ pub struct Start {
     /// Tenant the instance belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_uuid: Option<Uuid>,
+    /// The tenant's name, as the controller knows it: launchers run each tenant's workloads as
+    /// its own user (`--tenant-user`, or one allocated per tenant). At most
+    /// [`MAX_TENANT_NAME`] bytes; launchers refuse longer names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The workload asks to run as root; only nodes that allow it (feature `root`) run it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub run_as_root: bool,
     /// Workload the instance belongs to (memory estimates are kept per workload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_uuid: Option<Uuid>,
@@ -449,6 +457,12 @@ pub struct Start {
     pub charge_mb: Option<u64>,
 }
 
+/// Longest tenant name a START may carry, bytes.
+pub const MAX_TENANT_NAME: usize = 128;
+
+/// The feature a node offers when it runs workloads as root on request (`--allow-root`).
+pub const ROOT_FEATURE: &str = "root";
+
 impl Start {
     /// The memory this instance is charged on its node, MiB: what the scheduler granted
     /// (`charge_mb`), never more than the request; the request when nothing was granted.
@@ -462,6 +476,8 @@ impl Start {
         Self {
             instance_uuid,
             tenant_uuid: None,
+            tenant: None,
+            run_as_root: false,
             workload_uuid: None,
             class: WorkClass::Workorder,
             priority: 0,

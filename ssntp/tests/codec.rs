@@ -141,6 +141,8 @@ fn build(kind: Kind, p: &Prims) -> Message {
             Command::Start => Message::Start(Start {
                 instance_uuid: a,
                 tenant_uuid: p.flag.then_some(b),
+                tenant: p.flag.then(|| p.text.clone()),
+                run_as_root: !p.flag,
                 workload_uuid: Some(c),
                 class: if p.flag { WorkClass::Batch } else { WorkClass::Workorder },
                 priority: p.small,

@@ -44,7 +44,7 @@ use tokio_rustls::client::TlsStream;
 
 /// A test that cannot run because `feature` is missing here (`why` says what was looked for).
 /// Where the machine is known to have the feature — `DROVER_REQUIRE` names it (comma-separated;
-/// `.ci/run` sets it from what it probed: `cgroup-memory`, `cpuset`, `oci`, `netns`) — a skip
+/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`) — a skip
 /// would hide a failure, so this panics. Otherwise it prints `SKIPPED`, and appends a line to
 /// the file `DROVER_SKIP_LOG` names (if any) for the run's summary.
 ///
@@ -63,6 +63,14 @@ pub fn skip(feature: &str, test: &str, why: &str) {
             let _ = writeln!(log, "{test} ({feature}): {why}");
         }
     }
+}
+
+/// Whether this process runs as root (tests of switching users need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
 /// How long helpers wait by default. Generous: CI machines are slow and shared.

@@ -114,6 +114,8 @@ pub const ADMIN: &str = "admin";
 pub(super) fn start_message(id: Uuid, stored: &StoredWorkload, w: &Workload, restart: bool) -> Message {
     let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
     start.workload_uuid = Some(stored.uuid);
+    start.tenant = Some(stored.tenant.clone());
+    start.run_as_root = w.run_as_root;
     start.class = w.class;
     start.priority = w.priority;
     start.deadline_unix_ms = w.deadline_unix_ms;
