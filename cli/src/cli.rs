@@ -239,6 +239,14 @@ pub enum NodeCmd {
         /// Node UUID (or a unique prefix).
         id: String,
     },
+    /// Declare a silent node gone for good (admin): the scheduler declares it lost now and its
+    /// instances start elsewhere per their restart policy. The way out when the node-loss
+    /// brake holds back NODE_LOST because most nodes really died (the scheduler's heartbeat
+    /// says BRAKE). Refused for a node that still reports.
+    Forget {
+        /// Node UUID (or a unique prefix of one `drover node ls` lists).
+        id: String,
+    },
 }
 
 fn text(v: &Value, key: &str) -> String {
@@ -746,9 +754,12 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                 .collect();
             table(&["ID", "STATUS", "HOST", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "INSTANCES"], &rows);
         }
-        NodeCmd::Evacuate { id } | NodeCmd::Restore { id } if id.is_empty() => bail!("a node id is required"),
+        NodeCmd::Evacuate { id } | NodeCmd::Restore { id } | NodeCmd::Forget { id } if id.is_empty() => {
+            bail!("a node id is required")
+        }
         NodeCmd::Evacuate { id } => node_action(api, &id, "evacuate", json).await?,
         NodeCmd::Restore { id } => node_action(api, &id, "restore", json).await?,
+        NodeCmd::Forget { id } => node_action(api, &id, "forget", json).await?,
     }
     Ok(())
 }

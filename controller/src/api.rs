@@ -21,7 +21,7 @@ use axum::{Extension, Json, Router};
 use drover_model::NodeStatus;
 use serde::Deserialize;
 use serde_json::json;
-use ssntp::payload::{Evacuate, Message, Restore};
+use ssntp::payload::{Evacuate, Message, NodeForget, Restore};
 use ssntp::{Role, Uuid};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -529,18 +529,24 @@ async fn node_action(
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     if tenant != ADMIN {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate or restore nodes"));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate, restore or forget nodes"));
     }
     let node: Uuid =
         id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
-    if !c.nodes().iter().any(|n| n.uuid == node) {
+    // A node to forget may be one this controller never heard from (it restarted while the
+    // node was already gone); the scheduler says whether it knows it.
+    if action != "forget" && !c.nodes().iter().any(|n| n.uuid == node) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {node} not found")));
     }
     let message = match action.as_str() {
         "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
+        "forget" => Message::NodeForget(NodeForget { node_uuid: node }),
         other => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use evacuate or restore")))
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?}; use evacuate, restore or forget"),
+            ))
         }
     };
     c.send_now(message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;

@@ -199,6 +199,11 @@ impl Feeds {
         PageVerdict::Complete(seen)
     }
 
+    /// A node was declared lost: nothing more to ask it until it is heard from again.
+    pub fn lost(&mut self, node: Uuid) {
+        self.feeds.remove(&node);
+    }
+
     /// The link came up: what it missed while down is in digests, so every known node needs
     /// one (nodes not known yet need one when first heard).
     pub fn want_all(&mut self) {

@@ -14,6 +14,7 @@
 //!   reconciliation with news and digests; batches.
 //! - [`feeds`]: the order of each node's reports: gaps, duplicates, digest pages (pure).
 //! - [`resend_gate`]: when unanswered STARTs may go again after a reconnect (pure).
+//! - [`answer_watch`]: STARTs still unanswered after `--start-timeout` go again (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
 //! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
@@ -24,6 +25,7 @@
 
 pub use drover_api::workload;
 
+pub mod answer_watch;
 pub mod api;
 pub mod api_guard;
 pub mod daemon;

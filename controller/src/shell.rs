@@ -63,6 +63,11 @@ pub struct Args {
     /// start it twice. A number with ms, s or m.
     #[arg(long, default_value = "15s", value_parser = drover_model::parse_duration)]
     pub resend_hold: std::time::Duration,
+    /// A START with no answer (the instance still `starting`) for this long is sent again: it
+    /// may have been lost with a launcher's connection. A repeat is harmless (the scheduler
+    /// sends it to where it placed it, or answers where it runs). A number with ms, s or m.
+    #[arg(long, default_value = "2m", value_parser = drover_model::parse_duration)]
+    pub start_timeout: std::time::Duration,
 }
 
 /// Everything checked before anything is bound or dialled.
@@ -124,7 +129,7 @@ pub async fn run(
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let Prepared { args, tls, uuid, api, store } = prepared;
-    let service = Service::new(store)?;
+    let service = Service::new(store)?.with_start_timeout(args.start_timeout);
     let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid);
     let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
     let stop = CancellationToken::new();

@@ -217,7 +217,7 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_restarts_nothing() {
+async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_only_a_forgotten_node_restarts() {
     const COUNT: usize = 20;
     let cluster = Cluster::start_with(FAST_LOSS, &[SIM; 10]);
     cluster.wait_ready(10).await;
@@ -239,6 +239,34 @@ async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_restarts_n
     assert!(list.iter().all(|i| i["restarts"] == 0 && i["state"] == "running"), "no mass restart: {list:?}");
     assert!(!cluster.scheduler.log_text().contains("declared lost"), "no node declared lost under the brake");
 
+    // The operator's way out, for a node known to be gone for good: forget it. Its work starts
+    // elsewhere; the others stay held by the brake.
+    let gone = node_of_launcher(&cluster, 0);
+    let on_gone: Vec<String> =
+        list.iter().filter(|i| i["node"] == gone.as_str()).map(|i| i["uuid"].as_str().unwrap().to_owned()).collect();
+    assert!(!on_gone.is_empty(), "spread put work on every node");
+    let out = cluster.cli(&["node", "forget", &gone[..8]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let up = node_of_launcher(&cluster, 9);
+    let out = cluster.cli(&["node", "forget", &up]);
+    assert!(out.status.success(), "the API passes it on: {}", String::from_utf8_lossy(&out.stderr));
+    wait_within("the forgotten node's work to run elsewhere", Duration::from_secs(30), || async {
+        let list = all_instances(&api).await;
+        let moved = list
+            .iter()
+            .filter(|i| on_gone.iter().any(|u| u == i["uuid"].as_str().unwrap()))
+            .all(|i| i["state"] == "running" && i["node"] != gone.as_str() && i["restarts"] == 1);
+        moved.then_some(())
+    })
+    .await;
+    let log = cluster.scheduler.log_text();
+    assert!(log.contains("forgotten by the operator"), "{log}");
+    assert!(!log.contains(&format!("node {up} forgotten")), "a node that reports is not forgotten");
+    assert_eq!(node_status(&api, &up).await.as_deref(), Some("READY"));
+    let list = all_instances(&api).await;
+    let others = list.iter().filter(|i| !on_gone.iter().any(|u| u == i["uuid"].as_str().unwrap()));
+    assert!(others.into_iter().all(|i| i["restarts"] == 0), "the rest stay held: {list:?}");
+
     for l in &cluster.launchers[..6] {
         l.signal(Signal::SIGCONT);
     }
@@ -248,11 +276,21 @@ async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_restarts_n
     .await;
     cluster.wait_ready(10).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let c =
+        wait_within("one copy each (the forgotten node's stale copies stopped)", Duration::from_secs(30), || async {
+            let c = active_copies(&api).await?;
+            (c.len() == COUNT && c.values().all(|n| n.len() == 1)).then_some(c)
+        })
+        .await;
+    assert_eq!(c.len(), COUNT);
     let list = all_instances(&api).await;
-    assert!(list.iter().all(|i| i["restarts"] == 0 && i["state"] == "running"), "still nothing restarted: {list:?}");
-    let c = active_copies(&api).await.unwrap();
-    assert!(c.len() == COUNT && c.values().all(|n| n.len() == 1), "one copy each: {c:?}");
-    assert!(!cluster.scheduler.log_text().contains("declared lost"));
+    for i in &list {
+        let forgotten = on_gone.iter().any(|u| u == i["uuid"].as_str().unwrap());
+        assert_eq!(i["restarts"], u64::from(forgotten), "only the forgotten node's work restarted: {i}");
+        assert_eq!(i["state"], "running");
+    }
+    let log = cluster.scheduler.log_text();
+    assert_eq!(log.matches(": declared lost with").count(), 1, "nothing declared lost but the forgotten node: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,4 +324,68 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     .await;
     assert_eq!(c.len(), COUNT);
     common::restore_evacuated(&api, &node).await;
+}
+
+/// The one instance of workload `name` (policy `never`), once it runs: its UUID and node.
+async fn one_running(api: &drover_cli::client::ApiClient, name: &str) -> (String, String) {
+    create(api, &workload(name, "never")).await;
+    let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node = wait_for("it to run", || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] == "running").then(|| i["node"].as_str().unwrap().to_owned())
+    })
+    .await;
+    (id, node)
+}
+
+async fn wait_lost(api: &drover_cli::client::ApiClient, id: &str, what: &str) -> serde_json::Value {
+    wait_within(what, Duration::from_secs(30), || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] == "lost").then_some(i)
+    })
+    .await
+}
+
+/// A node lost while the controller is down: the scheduler's NODE_LOST went to nobody. The
+/// restarted controller asks after the node it believes runs the instance, and the scheduler
+/// tells it again: the instance is lost (policy `never`), not `running` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_while_the_controller_is_down_is_learnt_when_it_returns() {
+    let mut cluster = Cluster::start_with(FAST_LOSS, &[SIM, SIM]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    let (id, node) = one_running(&api, "lonely").await;
+    let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
+    cluster.controller.kill9();
+    cluster.launchers[index].kill9();
+    wait_within("the scheduler to declare the node lost", Duration::from_secs(20), || async {
+        cluster.scheduler.log_text().contains("declared lost").then_some(())
+    })
+    .await;
+    cluster.restart_controller();
+    let i = wait_lost(&api, &id, "the instance to be lost after the controller returns").await;
+    assert!(i["why"].as_str().unwrap_or_default().contains("lost"), "{i}");
+}
+
+/// A node that dies while the scheduler is down is one the restarted scheduler never sees. The
+/// controller asks after it; the scheduler expects it from then on and declares it lost when it
+/// stays away for TTL + grace; the instance is lost, not `running` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_while_the_scheduler_is_down_is_declared_lost_by_the_new_one() {
+    let mut cluster = Cluster::start_with(FAST_LOSS, &[SIM, SIM]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    let (id, node) = one_running(&api, "orphan").await;
+    let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
+    cluster.scheduler.kill9();
+    cluster.launchers[index].kill9();
+    cluster.restart_scheduler();
+    wait_lost(&api, &id, "the instance to be lost after the scheduler restarts").await;
+    assert!(cluster.scheduler.log_text().contains("declared lost"), "the new scheduler declared it");
+    // The node that stayed is still a node: new work runs there.
+    let (_, elsewhere) = one_running(&api, "after").await;
+    assert_ne!(elsewhere, node);
 }

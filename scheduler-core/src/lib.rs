@@ -50,6 +50,10 @@ const DRAIN_LIMIT: usize = 256;
 /// otherwise cost every controller a thousand frames a second.
 pub const HEARTBEAT_FORWARD_MS: u64 = 5_000;
 
+/// Most nodes a controller can make this scheduler expect (nodes it never saw connect): a
+/// bound on what a controller's REPORT_REQUESTs can make it remember.
+pub const MAX_EXPECTED_NODES: usize = 65_536;
+
 /// How long a lost, disconnected node (and an unused estimate) is remembered, ms.
 pub const FORGET_AFTER_MS: u64 = 3_600_000;
 /// How many queued STARTs one event may look at, from the head of the queue.
@@ -380,6 +384,8 @@ impl Hub {
                 status: NodeStatus::Connected,
                 last_seen_ms: now.mono_ms,
                 heartbeat_forwarded: None,
+                expected: false,
+                suspect: false,
                 ..old
             },
             Some(old) => {
@@ -419,6 +425,7 @@ impl Hub {
         let mut out = Vec::new();
         let was_lost = self.nodes.update(&from, &self.cfg, |n| {
             n.last_seen_ms = now.mono_ms;
+            n.suspect = false;
             std::mem::replace(&mut n.lost, false)
         });
         if was_lost == Some(true) {
@@ -456,6 +463,13 @@ impl Hub {
             }
             Message::InstanceStopped(ref e) | Message::InstanceDeleted(ref e) => {
                 self.gone(from, e.instance_uuid);
+                out.push(Output::ToControllers(frame));
+            }
+            // The launcher has it already (a START sent twice): it is there, confirmed.
+            Message::StartFailure(f)
+                if matches!(f.reason, FailureReason::AlreadyRunning | FailureReason::InstanceExists) =>
+            {
+                self.nodes.confirm(from, f.instance_uuid, &self.cfg);
                 out.push(Output::ToControllers(frame));
             }
             Message::StartFailure(f) => {
@@ -549,6 +563,7 @@ impl Hub {
                 }
             }
             Message::Configure(c) => return vec![Output::Configure(c.config.clone())],
+            Message::NodeForget(f) => return self.forget_node(now, from, f.node_uuid, &message),
             Message::TraceReport(_) => return vec![Output::ToControllers(frame)],
             Message::Stop(m) => m.workload_agent_uuid,
             Message::Delete(m) => m.workload_agent_uuid,
@@ -557,7 +572,19 @@ impl Hub {
             Message::Restore(m) => m.workload_agent_uuid,
             Message::LogFetch(m) => m.workload_agent_uuid,
             Message::ReportRequest(r) => match r.node_uuid {
-                Some(node) => node,
+                Some(node) => match self.nodes.get(&node) {
+                    Some(n) if n.conn_id.is_some() => node,
+                    // The controller missed the announcement (it was away): again, to it.
+                    Some(n) if n.lost => {
+                        let lost = NodeLost { node_uuid: node, instances: Vec::new() };
+                        return vec![Output::To { peer: from, payload: self.own(Message::NodeLost(lost)) }];
+                    }
+                    Some(_) => {
+                        let detail = format!("node {node} is not connected (declared lost if it stays away)");
+                        return self.refuse(from, &message, FailureReason::NoNode, detail);
+                    }
+                    None => return self.expect_node(now, from, node, &message),
+                },
                 None => {
                     let mut connected: Vec<Uuid> =
                         self.nodes.iter().filter(|n| n.conn_id.is_some()).map(|n| n.uuid).collect();
@@ -602,9 +629,29 @@ impl Hub {
     /// `not_on` excludes a node that just refused it.
     fn place_or_queue(&mut self, now: Now, from: Uuid, start: Start, not_on: Option<Uuid>) -> Vec<Output> {
         let id = start.instance_uuid;
-        if let Some(node) = self.nodes.location(&id).map(|l| l.node) {
+        if let Some(location) = self.nodes.location(&id) {
+            let node = location.node;
+            let unconfirmed = location.unconfirmed.is_some();
+            if unconfirmed && self.nodes.get(&node).is_some_and(|n| n.conn_id.is_some()) {
+                // A repeated START of one placed and not yet confirmed: the first may have been
+                // lost with a connection. The node gets it again; a launcher that has it answers
+                // `already_running`, which confirms it.
+                let mut forwarded = start;
+                forwarded.workload_agent_uuid = Some(node);
+                forwarded.charge_mb = self.nodes.get(&node).and_then(|n| n.instances.get(&id)).map(|p| p.charge_mb);
+                let payload = Payload::Message { origin: from, message: Box::new(Message::Start(forwarded)) };
+                return vec![Output::To { peer: node, payload }];
+            }
+            // Named with its node, so the controller knows where it is (and reconciles from
+            // that node's reports).
             let detail = format!("instance {id} is already placed on node {node}");
-            return self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
+            let mut out = self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
+            if let Some(Output::To { payload: Payload::Message { message, .. }, .. }) = out.first_mut() {
+                if let Message::StartFailure(f) = message.as_mut() {
+                    f.node_uuid = Some(node);
+                }
+            }
+            return out;
         }
         if let Some(queued) = self.queue.get(id) {
             // A repeated START (a controller that restarted or reconnected) changes nothing,
@@ -717,8 +764,40 @@ impl Hub {
 
     // === liveness ===
 
+    /// A controller asks about a node this scheduler has never seen (it restarted, or forgot a
+    /// node lost long ago): the controller believes work runs there. The node is expected from
+    /// now on: it is declared lost like any silent node (TTL + grace, after the failover grace),
+    /// unless it connects.
+    fn expect_node(&mut self, now: Now, from: Uuid, node: Uuid, message: &Message) -> Vec<Output> {
+        let expected = self.nodes.iter().filter(|n| n.expected).count();
+        if expected < MAX_EXPECTED_NODES && !node.is_nil() {
+            let placeholder = Node {
+                conn_id: None,
+                status: NodeStatus::Disconnected,
+                expected: true,
+                ..Node::new(node, 0, now.mono_ms)
+            };
+            self.nodes.insert(placeholder, &self.cfg);
+        }
+        let detail =
+            format!("node {node} has not connected to this scheduler (expected: declared lost if it stays away)");
+        self.refuse(from, message, FailureReason::NoNode, detail)
+    }
+
     fn liveness(&mut self, now: Now, out: &mut Vec<Output>) {
         let ttl = self.cfg.node_ttl_ms;
+        // A connected node silent for the TTL takes no new work until it speaks again.
+        let newly_suspect: Vec<Uuid> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.lost && !n.suspect && n.conn_id.is_some())
+            .filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= ttl)
+            .map(|n| n.uuid)
+            .collect();
+        for uuid in newly_suspect {
+            self.nodes.update(&uuid, &self.cfg, |n| n.suspect = true);
+            out.push(Output::Warn(format!("node {uuid} connected but silent for {} s: no new work", ttl / 1000)));
+        }
         let active: Vec<&Node> = self.nodes.iter().filter(|n| !n.lost).collect();
         let silent = active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= ttl).count();
         #[allow(clippy::cast_precision_loss)] // node counts are far below 2^52
@@ -728,7 +807,8 @@ impl Hub {
             self.brake = brake;
             out.push(Output::Warn(if brake {
                 format!(
-                    "{silent} of {} nodes went silent together: holding back NODE_LOST (this scheduler is probably the one cut off)",
+                    "{silent} of {} nodes went silent together: holding back NODE_LOST (this scheduler is probably the one \
+                     cut off; if those nodes are really gone, `drover node forget NODE` declares each one lost)",
                     active.len()
                 )
             } else {
@@ -742,19 +822,46 @@ impl Hub {
         let lost: Vec<Uuid> =
             active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= limit).map(|n| n.uuid).collect();
         for uuid in lost {
-            self.nodes.update(&uuid, &self.cfg, |n| n.lost = true);
-            let instances = self.nodes.forget_all_on(uuid, &self.cfg);
-            if self.mru == Some(uuid) {
-                self.mru = None;
-            }
-            out.push(Output::Warn(format!(
-                "node {uuid} silent for {} s: declared lost with {} instances",
-                limit / 1000,
-                instances.len()
-            )));
-            out.push(Output::ToControllers(self.own(Message::NodeLost(NodeLost { node_uuid: uuid, instances }))));
+            out.extend(self.declare_lost(uuid, &format!("silent for {} s", limit / 1000)));
         }
         self.prune(now);
+    }
+
+    /// Declares `uuid` lost: its instances go to the controllers (NODE_LOST) to be restarted
+    /// elsewhere per their policy.
+    fn declare_lost(&mut self, uuid: Uuid, why: &str) -> Vec<Output> {
+        self.nodes.update(&uuid, &self.cfg, |n| n.lost = true);
+        let instances = self.nodes.forget_all_on(uuid, &self.cfg);
+        if self.mru == Some(uuid) {
+            self.mru = None;
+        }
+        vec![
+            Output::Warn(format!("node {uuid} {why}: declared lost with {} instances", instances.len())),
+            Output::ToControllers(self.own(Message::NodeLost(NodeLost { node_uuid: uuid, instances }))),
+        ]
+    }
+
+    /// NODE_FORGET: the operator says a silent node is gone for good (the way out of a brake
+    /// that holds because most nodes really died). Declared lost at once; refused for a node
+    /// that still reports, which is evacuated instead.
+    fn forget_node(&mut self, now: Now, from: Uuid, uuid: Uuid, message: &Message) -> Vec<Output> {
+        let Some(node) = self.nodes.get(&uuid) else {
+            return self.refuse(from, message, FailureReason::NoNode, format!("node {uuid} is not known here"));
+        };
+        let silent_ms = now.mono_ms.saturating_sub(node.last_seen_ms);
+        if node.lost {
+            // Said before; said again to whoever asks, so its instances are accounted for.
+            let lost = NodeLost { node_uuid: uuid, instances: Vec::new() };
+            return vec![Output::ToControllers(self.own(Message::NodeLost(lost)))];
+        }
+        if node.conn_id.is_some() && silent_ms < self.cfg.node_ttl_ms {
+            let detail = format!(
+                "node {uuid} reported {} s ago; a node that is up is evacuated (drover node evacuate), not forgotten",
+                silent_ms / 1000
+            );
+            return self.refuse(from, message, FailureReason::NotPermitted, detail);
+        }
+        self.declare_lost(uuid, &format!("forgotten by the operator after {} s of silence", silent_ms / 1000))
     }
 
     /// Memory follows live state: a node lost and gone for [`FORGET_AFTER_MS`] is forgotten (it

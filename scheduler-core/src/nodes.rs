@@ -173,6 +173,12 @@ pub struct Node {
     /// When its last heartbeat went to the controllers (monotonic ms) and the status it
     /// carried; `None` until the first since it connected.
     pub heartbeat_forwarded: Option<(u64, ssntp::payload::NodeState)>,
+    /// Never connected to this scheduler: a controller said work runs there, so it is expected
+    /// (and declared lost if it stays away).
+    pub expected: bool,
+    /// Silent for the TTL while still connected (frozen, or cut off without a reset): takes no
+    /// new work until it speaks again.
+    pub suspect: bool,
 }
 
 /// Why a START does not fit a node, in the order of the checks: the node's state first (a node
@@ -184,6 +190,8 @@ pub enum Misfit {
     Disconnected,
     /// The node was declared lost.
     Lost,
+    /// Connected but silent for the TTL (suspect).
+    Silent,
     /// Evacuated or reported MAINTENANCE.
     Maintenance,
     /// Reported FULL.
@@ -229,6 +237,7 @@ impl Misfit {
             Self::Numa => "not NUMA-local",
             Self::Disconnected => "disconnected",
             Self::Lost => "lost",
+            Self::Silent => "silent",
             Self::Maintenance => "maintenance",
             Self::Full => "full",
             Self::NotReady => "not ready",
@@ -277,6 +286,8 @@ impl Node {
             instances: Charges::default(),
             starts: 0,
             heartbeat_forwarded: None,
+            expected: false,
+            suspect: false,
         }
     }
 
@@ -341,6 +352,7 @@ impl Node {
     pub fn is_open(&self, cfg: &Config) -> bool {
         self.conn_id.is_some()
             && !self.lost
+            && !self.suspect
             && !self.maintenance
             && self.status == NodeStatus::Ready
             && !self.is_busy(cfg)
@@ -356,6 +368,9 @@ impl Node {
         }
         if self.lost {
             return Err(Misfit::Lost);
+        }
+        if self.suspect {
+            return Err(Misfit::Silent);
         }
         match self.status {
             _ if self.maintenance => return Err(Misfit::Maintenance),

@@ -317,7 +317,8 @@ fn commands_for_absent_nodes_backups_and_duplicates_get_answers() {
     let out = rig.send(u(2), CTL, Message::Start(start(u(50), 1, 10)));
     assert_eq!(placed_on(&out).len(), 1);
     let out = rig.send(u(2), CTL, Message::Start(start(u(50), 1, 10)));
-    assert_eq!(failure(&out).map(|f| f.reason), Some(FailureReason::InstanceExists), "never placed twice");
+    assert_eq!(placed_on(&out), vec![(u(50), u(10))], "unconfirmed: sent again to the same node, never elsewhere");
+    assert_eq!(rig.hub.node(&u(10)).unwrap().in_flight(), 1, "one reservation, not two");
 }
 
 #[test]
@@ -635,6 +636,13 @@ proptest! {
                 match message {
                     Message::Start(s) => {
                         let node = to.unwrap();
+                        // Never placed twice while placed: a repeat goes to the same node again
+                        // (the first may have been lost) and reserves nothing more.
+                        if let Some(first) = placed.get(&s.instance_uuid) {
+                            prop_assert_eq!(*first, node, "{} placed on a second node", s.instance_uuid);
+                            outcomes.entry(s.instance_uuid).or_default().push("resent");
+                            continue;
+                        }
                         let m = model.get(&node).expect("placed on a known node");
                         // Never on a closed, evacuated, overloaded or lost node.
                         prop_assert!(m.open && !m.maintenance && !lost_nodes.contains(&node), "{node} closed");
@@ -642,8 +650,7 @@ proptest! {
                         // Requirements honoured.
                         let req = &submitted[&s.instance_uuid].requirements;
                         if let Some(z) = req.labels.get("zone") { prop_assert_eq!(z, &m.zone.to_string()); }
-                        // Never placed twice while placed.
-                        prop_assert!(placed.insert(s.instance_uuid, node).is_none(), "{} placed twice", s.instance_uuid);
+                        placed.insert(s.instance_uuid, node);
                         // Capacity × overcommit is never exceeded when placing, counting every
                         // instance placed there and not yet gone (the reservations).
                         let on_node = placed.iter().filter(|(_, n)| **n == node).map(|(i, _)| &submitted[i].requirements);
@@ -857,4 +864,125 @@ fn a_stop_takes_queued_work_out_of_the_queue_and_finds_placed_work_without_a_nod
         matches!(&out[..], [(Some(p), Message::StopFailure(f))] if *p == u(1) && f.reason == FailureReason::NoInstance),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_repeated_start_goes_again_while_unconfirmed_and_names_its_node_once_confirmed() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 8, 10_000);
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))), vec![(u(50), u(10))]);
+    // The first START may have died with a connection: the node gets it again, with its charge.
+    let again = rig.start(start(u(50), 1, 100));
+    assert_eq!(placed_on(&again), vec![(u(50), u(10))]);
+    assert!(
+        matches!(&again[0].1, Message::Start(s) if s.charge_mb == Some(100) && s.workload_agent_uuid == Some(u(10)))
+    );
+    assert!(failure(&again).is_none());
+    // The launcher has it already: that confirms it, and the controller hears where it is.
+    let refusal = StartFailure {
+        node_uuid: Some(u(10)),
+        instance_uuid: u(50),
+        reason: FailureReason::AlreadyRunning,
+        restart: false,
+        detail: String::new(),
+    };
+    let out = rig.send(u(10), AGENT, Message::StartFailure(refusal));
+    assert_eq!(failure(&out).map(|f| (f.reason, f.node_uuid)), Some((FailureReason::AlreadyRunning, Some(u(10)))));
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)), "still placed there");
+    assert_eq!(rig.hub.node(&u(10)).unwrap().in_flight(), 0, "and confirmed");
+    // Confirmed: a third START is answered with the node, so the controller knows it runs.
+    let out = rig.start(start(u(50), 1, 100));
+    assert!(placed_on(&out).is_empty());
+    assert_eq!(failure(&out).map(|f| (f.reason, f.node_uuid)), Some((FailureReason::InstanceExists, Some(u(10)))));
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
+fn a_controller_asking_after_a_node_hears_it_lost_or_makes_it_expected() {
+    let cfg = Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() };
+    let mut rig = Rig::new(cfg);
+    rig.node(10, 8, 10_000);
+    rig.node(11, 8, 10_000);
+    rig.node(12, 8, 10_000);
+    // Node 10 vanishes and is declared lost (the controller may have missed it).
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) });
+    for sec in 1..=3 {
+        rig.now = at(sec);
+        for n in [11, 12] {
+            rig.ready(n, report(u(n), 8, 10_000, 0.0));
+        }
+        rig.tick(sec);
+    }
+    assert!(rig.hub.node(&u(10)).unwrap().lost);
+    let ask = |n: u8| Message::ReportRequest(ReportRequest { node_uuid: Some(u(n)) });
+    let out = rig.send(u(1), CTL, ask(10));
+    assert!(
+        matches!(&out[..], [(Some(to), Message::NodeLost(l))] if *to == u(1) && l.node_uuid == u(10)),
+        "told again, to the one who asked: {out:?}"
+    );
+    // A node this scheduler never saw (it restarted): refused for now, expected from now on, and
+    // declared lost when it stays away for TTL + grace.
+    let out = rig.send(u(1), CTL, ask(20));
+    assert_eq!(failure_reason(&out), Some(FailureReason::NoNode));
+    assert!(rig.hub.node(&u(20)).is_some_and(|n| n.expected && n.conn_id.is_none()));
+    let mut announced = false;
+    for sec in 4..=6 {
+        rig.now = at(sec);
+        for n in [11, 12] {
+            rig.ready(n, report(u(n), 8, 10_000, 0.0));
+        }
+        announced |= rig.tick(sec).iter().any(|(_, m)| matches!(m, Message::NodeLost(l) if l.node_uuid == u(20)));
+    }
+    assert!(announced, "the expected node that never came is declared lost");
+    // One that does come is a node like any other.
+    rig.send(u(1), CTL, ask(21));
+    rig.node(21, 8, 10_000);
+    assert!(rig.hub.node(&u(21)).is_some_and(|n| !n.expected && n.conn_id.is_some()));
+    assert_eq!(placed_on(&rig.start(start(u(60), 1, 100))).len(), 1);
+    assert!(rig.hub.indexes_consistent());
+}
+
+fn failure_reason(out: &[(Option<Uuid>, Message)]) -> Option<FailureReason> {
+    out.iter().find_map(|(_, m)| if let Message::CommandFailure(f) = m { Some(f.reason) } else { None })
+}
+
+#[test]
+fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
+    let cfg = Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() };
+    let mut rig = Rig::new(cfg);
+    for n in 10..14 {
+        rig.node(n, 8, 10_000);
+    }
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))).len(), 1);
+    let on = rig.hub.node_of(&u(50)).unwrap();
+    // Three of four go silent (frozen: still connected); only node 13 speaks.
+    let speaker = if on == u(13) { u(12) } else { u(13) };
+    let mut lost_said = false;
+    for sec in 1..=5 {
+        rig.now = at(sec);
+        let n = speaker.as_bytes()[0];
+        rig.ready(n, report(speaker, 8, 10_000, 0.0));
+        lost_said |= rig.tick(sec).iter().any(|(_, m)| matches!(m, Message::NodeLost(_)));
+    }
+    assert!(rig.hub.summary(rig.now).brake && !lost_said, "the brake holds NODE_LOST back");
+    // Silent nodes take no new work: it goes to the one that speaks.
+    assert_eq!(placed_on(&rig.start(start(u(51), 1, 100))), vec![(u(51), speaker)]);
+    let forget = |n: Uuid| Message::NodeForget(ssntp::payload::NodeForget { node_uuid: n });
+    // A node that reports is not forgotten.
+    let out = rig.send(u(1), CTL, forget(speaker));
+    assert_eq!(failure_reason(&out), Some(FailureReason::NotPermitted));
+    assert_eq!(failure_reason(&rig.send(u(1), CTL, forget(u(99)))), Some(FailureReason::NoNode));
+    // The operator confirms the node with the work is gone: lost now, with its instance.
+    let out = rig.send(u(1), CTL, forget(on));
+    assert!(
+        out.iter().any(|(to, m)| to.is_none()
+            && matches!(m, Message::NodeLost(l) if l.node_uuid == on && l.instances == vec![u(50)])),
+        "{out:?}"
+    );
+    assert!(rig.hub.node(&on).unwrap().lost);
+    // A silent node that speaks again takes work again.
+    let back = (10..14).map(u).find(|n| *n != on && *n != speaker).unwrap();
+    rig.ready(back.as_bytes()[0], report(back, 8, 100_000, 0.0));
+    assert!(!rig.hub.node(&back).unwrap().suspect);
+    assert!(rig.hub.indexes_consistent());
 }

@@ -12,7 +12,8 @@
 //! … | nodes 3 ready 1 full 0 maint 0 down 0 lost | queued 2 (oldest 4s) | 1250 starts/s | reclaimed 512 MiB
 //! ```
 //!
-//! `BRAKE` is appended while the node-loss brake holds back NODE_LOST.
+//! `BRAKE: …` is appended while the node-loss brake holds back NODE_LOST, with the way out
+//! (`drover node forget NODE` for a node that is gone for good).
 
 use std::fmt::Write as _;
 
@@ -46,7 +47,7 @@ impl Heartbeat {
             s.reclaimed_mb
         );
         if s.brake {
-            out.push_str(" | BRAKE");
+            out.push_str(" | BRAKE: NODE_LOST held back (nodes gone for good: drover node forget NODE)");
         }
         out
     }

@@ -147,6 +147,9 @@ wire_enum! {
         LogFetch = 16 => "LOG_FETCH",
         /// Controller → scheduler → one launcher (or every launcher): send a digest now.
         ReportRequest = 17 => "REPORT_REQUEST",
+        /// Controller → scheduler: the operator confirms a silent node is gone; declare it lost
+        /// now, whatever the node-loss brake or the failover grace holds back.
+        NodeForget = 18 => "NODE_FORGET",
     }
 }
 

@@ -268,6 +268,14 @@ pub struct ReportRequest {
     pub node_uuid: Option<Uuid>,
 }
 
+/// NODE_FORGET (COMMAND 18): the operator confirms that a silent node is gone for good; the
+/// scheduler declares it lost at once (NODE_LOST), even while the node-loss brake holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeForget {
+    /// The node.
+    pub node_uuid: Uuid,
+}
+
 /// STATS (COMMAND 3): node figures plus every instance's usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -934,6 +942,7 @@ messages! {
         Restore(Restore) via encode_cbor / decode_cbor = [C(Command::Restore)] from CONTROLLERS;
         LogFetch(LogFetch) via encode_cbor / decode_cbor = [C(Command::LogFetch)] from CONTROLLERS;
         ReportRequest(ReportRequest) via encode_cbor / decode_cbor = [C(Command::ReportRequest)] from CONTROLLERS;
+        NodeForget(NodeForget) via encode_cbor / decode_cbor = [C(Command::NodeForget)] from CONTROLLERS;
 
         Connected(Connected) via encode_cbor / decode_cbor = [S(Status::Connected)] from SCHEDULER_ONLY;
         Ready(NodeReport) via encode_cbor / decode_cbor = [S(Status::Ready)] from AGENTS;

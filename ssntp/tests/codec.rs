@@ -206,6 +206,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 request_id: p.n,
             }),
             Command::ReportRequest => Message::ReportRequest(ReportRequest { node_uuid: p.flag.then_some(a) }),
+            Command::NodeForget => Message::NodeForget(NodeForget { node_uuid: a }),
         },
         Kind::Status(status) => match status {
             Status::Connected => Message::Connected(Connected { role: Role::SCHEDULER, uuid: a, config }),

@@ -74,7 +74,12 @@ pub struct Service {
     /// for a digest).
     feeds: Mutex<crate::feeds::Feeds>,
     batches: Mutex<HashMap<Uuid, OpenBatch>>,
+    /// STARTs sent on this connection, until answered or timed out.
+    watch: Mutex<crate::answer_watch::AnswerWatch>,
 }
+
+/// How long a START may go unanswered before it is sent again, by default.
+pub const START_TIMEOUT_MS: u64 = 120_000;
 
 impl Service {
     /// A service over `store`.
@@ -96,7 +101,19 @@ impl Service {
             }
         }
         batches.retain(|_, b| b.left > 0);
-        Ok(Self { store, feeds: Mutex::new(crate::feeds::Feeds::default()), batches: Mutex::new(batches) })
+        Ok(Self {
+            store,
+            feeds: Mutex::new(crate::feeds::Feeds::default()),
+            batches: Mutex::new(batches),
+            watch: Mutex::new(crate::answer_watch::AnswerWatch::new(START_TIMEOUT_MS)),
+        })
+    }
+
+    /// Sends a START again when it got no answer for `timeout` (instead of [`START_TIMEOUT_MS`]).
+    #[must_use]
+    pub fn with_start_timeout(self, timeout: std::time::Duration) -> Self {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        Self { watch: Mutex::new(crate::answer_watch::AnswerWatch::new(ms)), ..self }
     }
 
     /// The store (reads for the API).

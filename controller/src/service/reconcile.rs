@@ -138,9 +138,19 @@ impl Service {
     }
 
     /// The link came up: every node needs a digest (what was missed while it was down is in
-    /// them); [`Service::digests_due`] asks for them a few at a time.
+    /// them), the nodes the store believes run instances included; [`Service::digests_due`]
+    /// asks for them a few at a time.
     pub fn link_up(&self) {
-        self.feeds.lock().expect("feeds lock").want_all();
+        // Unanswered STARTs go again through the reconnect's gate, not the start timeout.
+        self.watch.lock().expect("watch lock").clear();
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        feeds.want_all();
+        // Nodes it has not heard from since it started but believes run its instances: a
+        // scheduler that lost them answers NODE_LOST, one that never saw them (it restarted)
+        // expects them and declares them lost if they stay away.
+        for node in self.store.nodes_running() {
+            feeds.heard(node);
+        }
     }
 
     /// A node was heard from: one new to this controller needs a digest.

@@ -107,10 +107,17 @@ impl Service {
                     if user { "stopped".into() } else { "evacuated".into() },
                 )
             }
-            Message::NodeLost(l) => (
-                l.instances.iter().map(|i| (*i, Input::NodeLost)).collect(),
-                format!("node {} lost", l.node_uuid.short()),
-            ),
+            Message::NodeLost(l) => {
+                // What the scheduler knew ran there, and what this controller believes runs
+                // there: a scheduler that restarted knows nothing of it, and says so with an
+                // empty list.
+                self.feeds.lock().expect("feeds lock").lost(l.node_uuid);
+                let mut lost: Vec<Uuid> = l.instances.clone();
+                lost.extend(self.store.running_on(l.node_uuid));
+                lost.sort_unstable();
+                lost.dedup();
+                (lost.into_iter().map(|i| (i, Input::NodeLost)).collect(), format!("node {} lost", l.node_uuid.short()))
+            }
             _ => return Ok((Vec::new(), Vec::new())),
         };
         Ok((inputs.into_iter().map(|(id, input)| (id, input, why.clone())).collect(), Vec::new()))

@@ -11,6 +11,7 @@ impl Service {
     /// # Errors
     /// The store.
     pub fn tick(&self, now_ms: u64) -> Result<Vec<Message>, ServiceError> {
+        self.resend_unanswered(now_ms)?;
         let due = self.store.due(now_ms, MAX_STARTS_PER_TICK);
         let mut sends = Vec::new();
         let (records, _) = self.store.update_instances(&due, |r| {
@@ -44,7 +45,32 @@ impl Service {
             let (stored, w) = &workloads[&key];
             out.push(start_message(id, stored, w, restart));
         }
+        let sent = out.iter().filter_map(|m| if let Message::Start(s) = m { Some(s.instance_uuid) } else { None });
+        self.watch.lock().expect("watch lock").sent(now_ms, sent);
         Ok(out)
+    }
+
+    /// Instances whose START got no answer within the start timeout and still wait for one go
+    /// back to `pending`, to be sent again at once.
+    fn resend_unanswered(&self, now_ms: u64) -> Result<(), ServiceError> {
+        let expired = self.watch.lock().expect("watch lock").expired(now_ms);
+        let mut waiting: Vec<Uuid> =
+            expired.into_iter().filter(|id| self.store.state_of(*id) == Some(InstanceStatus::Starting)).collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        waiting.sort_unstable();
+        waiting.dedup();
+        tracing::warn!(instances = waiting.len(), "STARTs got no answer in time; sending them again");
+        self.store.update_instances(&waiting, |r| {
+            r.life.handle(now_ms, Input::Resend);
+        })?;
+        Ok(())
+    }
+
+    /// STARTs sent and watched for an answer, and how many were not watched for want of room.
+    pub fn watched_starts(&self) -> (usize, u64) {
+        self.watch.lock().expect("watch lock").counts()
     }
 
     /// After the scheduler connection came back: STARTs that got no answer are sent again at

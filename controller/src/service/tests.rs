@@ -513,3 +513,63 @@ fn cancelling_queued_work_withdraws_it_from_the_scheduler_and_ends_when_it_is_ou
     s.report(scheduler, &Message::InstanceStopped(InstanceEvent { instance_uuid: id, node_uuid: None }), 3).unwrap();
     assert_eq!(s.store().instance(id).unwrap().unwrap().life.state, State::Canceled);
 }
+
+const LONG_RUNNING: &str = r#"
+name = "server"
+size = "tiny"
+[backend]
+type = "process"
+argv = ["/bin/sleep", "infinity"]
+[restart]
+policy = "never"
+"#;
+
+#[test]
+fn a_node_lost_while_the_controller_was_away_is_learnt_at_the_reconnect() {
+    let s = memory_service();
+    s.put_workload("acme", LONG_RUNNING, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "server", 2, 0).unwrap();
+    s.tick(0).unwrap();
+    for id in &ids {
+        s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: *id, node_uuid: Some(node()) }), 1)
+            .unwrap();
+    }
+    // The controller restarts (a new service on the same store) and connects: it asks the node
+    // it believes runs its instances for a digest, although it has not heard from it.
+    let s = Service { feeds: Mutex::new(crate::feeds::Feeds::default()), ..s };
+    s.link_up();
+    let asked = s.digests_due(2);
+    assert!(asked.iter().any(|m| matches!(m, Message::ReportRequest(r) if r.node_uuid == Some(node()))), "{asked:?}");
+    // The scheduler answers NODE_LOST naming no instances (it restarted, or announced them
+    // before): what the store believes runs there is lost.
+    s.report(Uuid::nil(), &Message::NodeLost(NodeLost { node_uuid: node(), instances: Vec::new() }), 3).unwrap();
+    for id in &ids {
+        assert_eq!(s.store().instance(*id).unwrap().unwrap().life.state, State::Lost);
+    }
+    assert!(s.digests_due(40_000).is_empty(), "a lost node is not asked again");
+}
+
+#[test]
+fn a_start_without_an_answer_goes_again_after_the_start_timeout() {
+    let s = memory_service().with_start_timeout(std::time::Duration::from_secs(60));
+    s.put_workload("acme", LONG_RUNNING, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "server", 3, 0).unwrap();
+    assert_eq!(starts(&s.tick(0).unwrap()).len(), 3);
+    // One is answered (queued), one runs, one is never answered.
+    s.report(
+        node(),
+        &Message::InstanceQueued(InstanceQueued { instance_uuid: ids[0], reason: "busy".into(), position: 0 }),
+        1,
+    )
+    .unwrap();
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: ids[1], node_uuid: Some(node()) }), 1)
+        .unwrap();
+    assert!(s.tick(59_999).unwrap().is_empty());
+    assert_eq!(starts(&s.tick(60_000).unwrap()), vec![(ids[2], true)], "only the unanswered one, once");
+    assert!(s.tick(61_000).unwrap().is_empty());
+    // Sent again, it is watched again.
+    assert_eq!(starts(&s.tick(120_000).unwrap()), vec![(ids[2], true)]);
+    // A reconnect takes over: nothing is timed from before it.
+    s.link_up();
+    assert!(s.tick(500_000).unwrap().is_empty());
+}
