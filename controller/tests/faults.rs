@@ -389,3 +389,42 @@ async fn a_node_that_dies_while_the_scheduler_is_down_is_declared_lost_by_the_ne
     let (_, elsewhere) = one_running(&api, "after").await;
     assert_ne!(elsewhere, node);
 }
+
+/// A launcher stopped for maintenance (SIGTERM, workloads left running) announces a grace:
+/// its work is not started elsewhere while it is away for less than that, and is once the
+/// grace is over (the node never came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_stopped_for_maintenance_has_its_work_held_for_its_grace() {
+    let held: &[&str] = &["--backend", "sim", "--maintenance-grace", "8s"];
+    let mut cluster = Cluster::start_with(FAST_LOSS, &[held, held]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    create(&api, &workload("steady", "on-failure")).await;
+    let id =
+        api.post("/v1/workloads/steady/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
+    let node = wait_for("it to run", || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] == "running").then(|| i["node"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
+    #[allow(clippy::disallowed_methods)] // the real clock: how long the hold lasts
+    let stopped = std::time::Instant::now();
+    cluster.launchers[index].terminate();
+    // Four TTL + grace periods: without the hold it would have moved by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let i = api.get(&format!("/v1/instances/{id}")).await.unwrap();
+    assert_eq!(
+        (i["state"].as_str(), i["node"].as_str(), &i["restarts"]),
+        (Some("running"), Some(node.as_str()), &json!(0)),
+        "{i}"
+    );
+    let moved = wait_within("the work to move once the grace is over", Duration::from_secs(30), || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (i["state"] == "running" && i["node"] != node.as_str()).then_some(i)
+    })
+    .await;
+    assert!(stopped.elapsed() >= Duration::from_secs(8), "not before the grace");
+    assert_eq!(moved["restarts"], 1);
+    assert!(cluster.scheduler.log_text().contains("held 8 s"));
+}

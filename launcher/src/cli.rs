@@ -44,6 +44,11 @@ pub struct Args {
     /// launcher re-adopts them).
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// On SIGTERM without --drain-on-exit, how long the scheduler holds this node's running
+    /// workloads for the next launcher before declaring the node lost and starting them
+    /// elsewhere (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = drover_model::parse_duration)]
+    pub maintenance_grace: Duration,
     /// Serve one NUMA node only: report its CPUs and memory, and pin every workload to them
     /// (run one launcher per node, each with its own --state-dir and certificate).
     #[arg(long, value_name = "N")]

@@ -273,6 +273,9 @@ pub struct Config {
     pub limits_feature: Option<String>,
     /// How long a delivered end stays in the digests ([`ENDED_RETENTION`]).
     pub ended_retention_ms: u64,
+    /// How long the scheduler is asked to hold this node's workloads when it exits leaving
+    /// them running (`--maintenance-grace`), ms.
+    pub away_grace_ms: u64,
 }
 
 /// The launcher's state and rules.
@@ -397,7 +400,11 @@ impl Core {
             Input::ShuttingDown { drain } => {
                 // Stop taking work and say so; the workloads stay for the next launcher unless
                 // asked to drain.
-                let r = self.node_report();
+                let mut r = self.node_report();
+                if !drain {
+                    // They run on: the scheduler holds them for the next launcher.
+                    r.away_grace_ms = Some(self.config.away_grace_ms);
+                }
                 out.push(Effect::Send(Message::Maintenance(Some(r))));
                 if drain {
                     self.stop_all(STOP_GRACE, &mut out);

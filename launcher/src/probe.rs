@@ -238,6 +238,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         vcpus_allocated: 0,
         mem_allocated_mb: None,
         instance_count: 0,
+        away_grace_ms: None,
     }
 }
 

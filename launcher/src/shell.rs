@@ -179,6 +179,7 @@ struct Shell {
     offer: probe::Offer,
     state_dir: PathBuf,
     mem_reserve_mb: u64,
+    drain_on_exit: bool,
 }
 
 impl Shell {
@@ -279,7 +280,7 @@ impl Shell {
             ClientEvent::Connected { session, config, .. } => {
                 let overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
                 self.handle(Input::Connected { session, overcommit }).await;
-                self.handle(Input::ShuttingDown { drain: false }).await;
+                self.handle(Input::ShuttingDown { drain: self.drain_on_exit }).await;
             }
             ClientEvent::Disconnected { .. } => self.handle(Input::Disconnected).await,
             ClientEvent::ConnectFailed { .. } | ClientEvent::Message { .. } => {}
@@ -379,6 +380,7 @@ pub async fn run_with(
         backends: offer.backends.clone(),
         limits_feature,
         ended_retention_ms: u64::try_from(crate::core::ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX),
+        away_grace_ms: u64::try_from(args.maintenance_grace.as_millis()).unwrap_or(u64::MAX),
     };
     let mut shell = Shell {
         core: Core::new(config, flags),
@@ -389,6 +391,7 @@ pub async fn run_with(
         offer,
         state_dir: args.state_dir.clone(),
         mem_reserve_mb: args.mem_reserve_mb,
+        drain_on_exit: args.drain_on_exit,
     };
     shell.handle(Input::Adopted(adopted)).await;
     shell.sample().await;

@@ -50,6 +50,9 @@ const DRAIN_LIMIT: usize = 256;
 /// otherwise cost every controller a thousand frames a second.
 pub const HEARTBEAT_FORWARD_MS: u64 = 5_000;
 
+/// Longest a stopping launcher may ask its workloads to be held (`away_grace_ms`), ms.
+pub const MAX_AWAY_GRACE_MS: u64 = 24 * 3600 * 1000;
+
 /// Most nodes a controller can make this scheduler expect (nodes it never saw connect): a
 /// bound on what a controller's REPORT_REQUESTs can make it remember.
 pub const MAX_EXPECTED_NODES: usize = 65_536;
@@ -386,6 +389,7 @@ impl Hub {
                 heartbeat_forwarded: None,
                 expected: false,
                 suspect: false,
+                away_until_ms: None,
                 ..old
             },
             Some(old) => {
@@ -440,7 +444,18 @@ impl Hub {
         match message {
             Message::Ready(report) => self.status(from, NodeStatus::Ready, Some(report)),
             Message::Full(report) => self.status(from, NodeStatus::Full, report),
-            Message::Maintenance(report) => self.status(from, NodeStatus::Maintenance, report),
+            Message::Maintenance(report) => {
+                let away = report.as_ref().and_then(|r| r.away_grace_ms).map(|g| g.min(MAX_AWAY_GRACE_MS));
+                if let Some(grace) = away {
+                    let until = now.mono_ms.saturating_add(grace);
+                    self.nodes.update(&from, &self.cfg, |n| n.away_until_ms = Some(until));
+                    out.push(Output::Warn(format!(
+                        "node {from} is stopping with its workloads left running: held {} s before it counts as lost",
+                        grace / 1000
+                    )));
+                }
+                self.status(from, NodeStatus::Maintenance, report);
+            }
             Message::Offline => self.status(from, NodeStatus::Offline, None),
             Message::Stats(stats) => {
                 self.stats(now, from, &stats.instances);
@@ -798,7 +813,9 @@ impl Hub {
             self.nodes.update(&uuid, &self.cfg, |n| n.suspect = true);
             out.push(Output::Warn(format!("node {uuid} connected but silent for {} s: no new work", ttl / 1000)));
         }
-        let active: Vec<&Node> = self.nodes.iter().filter(|n| !n.lost).collect();
+        // A node away for announced maintenance is neither silent nor lost until its grace ends.
+        let away = |n: &Node| n.away_until_ms.is_some_and(|until| now.mono_ms < until);
+        let active: Vec<&Node> = self.nodes.iter().filter(|n| !n.lost && !away(n)).collect();
         let silent = active.iter().filter(|n| now.mono_ms.saturating_sub(n.last_seen_ms) >= ttl).count();
         #[allow(clippy::cast_precision_loss)] // node counts are far below 2^52
         let brake =

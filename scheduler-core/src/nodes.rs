@@ -179,6 +179,9 @@ pub struct Node {
     /// Silent for the TTL while still connected (frozen, or cut off without a reset): takes no
     /// new work until it speaks again.
     pub suspect: bool,
+    /// Its launcher stopped and left its workloads running (MAINTENANCE with a grace): not
+    /// declared lost before this time (monotonic ms), so the next launcher finds them.
+    pub away_until_ms: Option<u64>,
 }
 
 /// Why a START does not fit a node, in the order of the checks: the node's state first (a node
@@ -288,6 +291,7 @@ impl Node {
             heartbeat_forwarded: None,
             expected: false,
             suspect: false,
+            away_until_ms: None,
         }
     }
 

@@ -986,3 +986,32 @@ fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
     assert!(!rig.hub.node(&back).unwrap().suspect);
     assert!(rig.hub.indexes_consistent());
 }
+
+#[test]
+fn a_launcher_stopping_for_maintenance_has_its_workloads_held_for_the_grace_it_announced() {
+    let cfg = Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() };
+    let mut rig = Rig::new(cfg);
+    for n in 10..14 {
+        rig.node(n, 8, 10_000);
+    }
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))).len(), 1);
+    let on = rig.hub.node_of(&u(50)).unwrap();
+    let mut leaving = report(on, 8, 10_000, 0.0);
+    leaving.away_grace_ms = Some(60_000);
+    rig.send(on, AGENT, Message::Maintenance(Some(leaving)));
+    let conn = rig.hub.node(&on).unwrap().conn_id.unwrap();
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: conn, uuid: on });
+    let others: Vec<u8> = (10..14).filter(|n| u(*n) != on).collect();
+    let mut lost_at = None;
+    for sec in 1..=70 {
+        rig.now = at(sec);
+        for n in &others {
+            rig.ready(*n, report(u(*n), 8, 10_000, 0.0));
+        }
+        if rig.tick(sec).iter().any(|(_, m)| matches!(m, Message::NodeLost(l) if l.node_uuid == on)) {
+            lost_at.get_or_insert(sec);
+        }
+    }
+    assert_eq!(lost_at, Some(60), "held for the announced minute, then lost as any silent node");
+    assert!(!rig.hub.summary(rig.now).brake);
+}

@@ -32,6 +32,7 @@ fn ready() -> Message {
         vcpus_allocated: 6,
         mem_allocated_mb: Some(3_000),
         instance_count: 5,
+        away_grace_ms: None,
     })
 }
 

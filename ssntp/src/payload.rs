@@ -177,6 +177,10 @@ pub struct NodeReport {
     /// Number of instances on this node (any state but deleted).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub instance_count: u32,
+    /// Sent with MAINTENANCE by a launcher that stops and leaves its workloads running (an
+    /// upgrade, a restart): hold them this long, ms, before declaring the node lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away_grace_ms: Option<u64>,
 }
 
 /// Node state as named inside STATS (`status` key, text as in ciao).

@@ -96,6 +96,7 @@ fn report(p: &Prims) -> NodeReport {
         vcpus_allocated: p.small / 2,
         mem_allocated_mb: p.flag.then_some(p.n / 5),
         instance_count: p.small % 1000,
+        away_grace_ms: p.flag.then_some(p.n),
     }
 }
 

@@ -183,7 +183,12 @@ impl Cluster {
             // Each launcher is a node of its own, with its own certificate.
             let agent = pki.issue_named(Role::AGENT, &format!("local{i}"), &[], &[]);
             let mut args = local::launcher_args(&sched_addr, &state, &pki.paths(&agent, false));
-            args.extend(["--drain-on-exit".into(), "--report-interval".into(), "500ms".into()]);
+            // Launchers drain on exit, so a test's workloads end with it; one given a maintenance
+            // grace is one a test stops leaving its work running.
+            if !extra.contains(&"--maintenance-grace") {
+                args.push("--drain-on-exit".into());
+            }
+            args.extend(["--report-interval".into(), "500ms".into()]);
             args.extend(extra.iter().map(|s| (*s).to_owned()));
             launchers.push(Proc::spawn(&format!("launcher{i}"), "drover-launcher", &args, &logs));
         }

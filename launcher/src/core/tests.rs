@@ -48,6 +48,7 @@ fn core_with(limits: Limits) -> Core {
         backends: vec!["process".into(), "sim".into()],
         limits_feature: Some("cgroup-v2".into()),
         ended_retention_ms: RETENTION_MS,
+        away_grace_ms: 600_000,
     };
     let mut c = Core::new(config, NodeFlags::default());
     c.handle(at(0), Input::Sample(Box::new(sample(4096, 4000))));
@@ -324,6 +325,7 @@ fn adopted_instances_count_and_unreadable_ones_are_reported() {
         backends: vec!["process".into()],
         limits_feature: None,
         ended_retention_ms: RETENTION_MS,
+        away_grace_ms: 600_000,
     };
     let mut c = Core::new(config, NodeFlags::default());
     let orphan = Exit { instance: id(8), code: None, reason: ExitReason::Unknown };
@@ -502,4 +504,18 @@ fn a_node_that_ran_many_instances_keeps_its_reports_small() {
     let out = c.handle(at(4 + RETENTION_MS), Input::ReportDue);
     let bytes: usize = sent(&out).iter().map(|m| m.encode_payload().len()).sum();
     assert!(bytes < 1024, "heartbeat of {bytes} bytes");
+}
+
+#[test]
+fn an_exit_that_leaves_workloads_running_asks_the_scheduler_to_hold_them() {
+    let grace = |drain: bool| {
+        let mut c = core_with(LIMITS);
+        let out = c.handle(at(1), Input::ShuttingDown { drain });
+        sent(&out).iter().find_map(|m| match m {
+            Message::Maintenance(Some(r)) => Some(r.away_grace_ms),
+            _ => None,
+        })
+    };
+    assert_eq!(grace(false), Some(Some(600_000)), "left running: held for the maintenance grace");
+    assert_eq!(grace(true), Some(None), "drained: nothing to hold");
 }
