@@ -247,10 +247,17 @@ async fn refusals_over_tls_queue_full_timeout_duplicate_and_full_cn_retry() {
         n2.expect("START retried elsewhere", |_, m| if let Message::Start(s) = m { Some(s) } else { None }).await;
     assert_eq!((retried.instance_uuid, retried.workload_agent_uuid), (c, Some(n2.uuid)));
 
-    // A START for an instance already placed is refused, not placed twice.
+    // A START for an instance placed and unconfirmed goes to the same node again (the first
+    // may have been lost), never to another.
+    ctl.send(start(c, 10)).await;
+    let again = n2.expect("the START again", |_, m| if let Message::Start(s) = m { Some(s) } else { None }).await;
+    assert_eq!((again.instance_uuid, again.workload_agent_uuid), (c, Some(n2.uuid)));
+    // Once the node confirms it, a START is refused with the node named, not placed twice.
+    n2.send(Message::InstanceStarted(ssntp::payload::InstanceEvent { instance_uuid: c, node_uuid: Some(n2.uuid) }))
+        .await;
     ctl.send(start(c, 10)).await;
     let f = ctl.expect("instance_exists", failure(c)).await;
-    assert_eq!(f.reason, FailureReason::InstanceExists);
+    assert_eq!((f.reason, f.node_uuid), (FailureReason::InstanceExists, Some(n2.uuid)));
     assert!(!f.reason.is_fatal());
 }
 
