@@ -24,7 +24,7 @@ pub struct InstanceView {
     pub why: String,
     /// Restarts so far.
     pub restarts: u32,
-    /// Exit code, once exited.
+    /// Exit code, once exited (or failed with one).
     pub exit_code: Option<i32>,
     /// Batch it belongs to.
     pub batch: Option<Uuid>,

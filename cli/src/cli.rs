@@ -745,6 +745,7 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                         short(&text(n, "uuid")),
                         text(n, "status"),
                         text(s, "hostname"),
+                        seen_ago(drover_model::unix_ms_now(), n["last_seen_unix_ms"].as_u64()),
                         text(s, "cpus_online"),
                         mem,
                         text(s, "load"),
@@ -752,7 +753,7 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(&["ID", "STATUS", "HOST", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "INSTANCES"], &rows);
+            table(&["ID", "STATUS", "HOST", "LAST_SEEN", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "RUNNING"], &rows);
         }
         NodeCmd::Evacuate { id } | NodeCmd::Restore { id } | NodeCmd::Forget { id } if id.is_empty() => {
             bail!("a node id is required")
@@ -762,6 +763,17 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
         NodeCmd::Forget { id } => node_action(api, &id, "forget", json).await?,
     }
     Ok(())
+}
+
+/// How long ago a node was last heard from, for people ("4s ago", "3m ago", "-" never).
+fn seen_ago(now_ms: u64, unix_ms: Option<u64>) -> String {
+    let Some(at) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
+    let secs = now_ms.saturating_sub(at) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
 }
 
 async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyhow::Result<()> {
@@ -778,6 +790,16 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_seen_reads_as_an_age() {
+        let now = 10_000_000;
+        assert_eq!(seen_ago(now, None), "-");
+        assert_eq!(seen_ago(now, Some(now - 4_000)), "4s ago");
+        assert_eq!(seen_ago(now, Some(now - 600_000)), "10m ago");
+        assert_eq!(seen_ago(now, Some(now - 7_200_000)), "2h ago");
+        assert_eq!(seen_ago(now, Some(now + 5_000)), "0s ago", "a clock ahead is not the future");
+    }
 
     #[test]
     fn the_api_address_comes_from_the_flag_else_from_drover_up_else_the_default() {

@@ -194,6 +194,8 @@ pub fn instance_view(r: &InstanceRecord) -> InstanceView {
         restarts: r.life.restarts,
         exit_code: match r.life.state {
             Life::Exited { code } => code,
+            // A failed run's code is kept too: `show` says what WHY says.
+            Life::Failed { .. } => r.life.exit_code,
             _ => None,
         },
         batch: r.batch,

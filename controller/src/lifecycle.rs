@@ -164,6 +164,9 @@ pub struct Lifecycle {
     pub stop_requested: bool,
     /// Cancel rather than stop once the workload is down.
     pub cancel_requested: bool,
+    /// The exit code of the last run that exited with one (kept when it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
     restart: Restart,
 }
 
@@ -178,6 +181,7 @@ impl Lifecycle {
             starts_sent: 0,
             stop_requested: false,
             cancel_requested: false,
+            exit_code: None,
             restart,
         }
     }
@@ -270,10 +274,13 @@ impl Lifecycle {
                     _ if self.stop_requested => {
                         self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
                     }
+                    // No node could ever take it: a restart would be refused the same way.
+                    (FailureReason::FullCloud, None) => self.state = final_state,
                     _ => self.end(now_ms, true, final_state),
                 }
             }
             (State::Running { .. }, Input::Exited { code, reason }) => {
+                self.exit_code = code;
                 if self.stop_requested {
                     self.state = if self.cancel_requested { State::Canceled } else { State::Stopped };
                 } else {
@@ -336,6 +343,21 @@ mod tests {
         l.handle(3006, Input::Exited { code: Some(2), reason: ExitReason::Failed });
         assert!(matches!(l.state, State::Failed { .. }), "attempts exhausted: {:?}", l.state);
         assert_eq!((l.starts_sent, l.restarts), (3, 2));
+        assert_eq!(l.exit_code, Some(2), "the last run's code is kept with the failure");
+    }
+
+    #[test]
+    fn work_no_node_could_ever_take_fails_without_restarts() {
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        let never = Input::StartFailed {
+            reason: FailureReason::FullCloud,
+            detail: "0 of 2 nodes could ever fit it".into(),
+            node: None,
+        };
+        l.handle(1, never);
+        assert!(matches!(&l.state, State::Failed { reason } if reason.contains("could ever fit")), "{:?}", l.state);
+        assert_eq!(l.restarts, 0);
     }
 
     #[test]

@@ -65,6 +65,10 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     .await;
     assert_eq!(done["restarts"], 2, "{done}");
     assert!(done["why"].as_str().unwrap().contains("code 3"), "{done}");
+    assert_eq!(done["exit_code"], 3, "the failed run's code is shown, as WHY says: {done}");
+    let out = cluster.cli(&["show", &id[..8]]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.lines().any(|l| l.contains("exit") && l.trim_end().ends_with('3')), "{shown}");
     let events = api.get("/v1/events?limit=10000").await.unwrap();
     let runs = events["events"]
         .as_array()
@@ -266,4 +270,35 @@ async fn each_tenants_workloads_run_as_its_own_unprivileged_user() {
     // The same tenant gets the same user again.
     let again = output_of(&acme, "again", "echo uid=$(id -u)").await;
     assert_eq!(uid(&again), acme_uid);
+}
+
+/// Work no node could ever take (more vCPUs than any node has, a backend nobody offers) fails
+/// at once with the reason, instead of waiting out the queue timeout; `show` has its exit code
+/// when a run failed with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_can_never_fit_fails_at_once_and_says_why() {
+    let cluster = Cluster::start(&[&[]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    put(&api, "name = \"huge\"\n[resources]\nvcpus = 4096\nmem_mb = 64\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n")
+        .await;
+    put(
+        &api,
+        "name = \"boxed\"\nsize = \"tiny\"\n[backend]\ntype = \"oci\"\nrootfs = \"/nowhere\"\nargs = [\"true\"]\n",
+    )
+    .await;
+    for (name, words) in [("huge", "insufficient vCPUs"), ("boxed", "backend not offered")] {
+        let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let done = wait_for("it to fail", || async {
+            let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+            (v["state"] == "failed").then_some(v)
+        })
+        .await;
+        let why = done["why"].as_str().unwrap();
+        assert!(why.contains("could ever fit") && why.contains(words), "{done}");
+        assert_eq!(done["restarts"], 0, "nothing to retry: {done}");
+    }
 }

@@ -90,6 +90,9 @@ pub struct Config {
     pub brake_min_nodes: usize,
     /// Most STARTs a node may have placed and not yet confirmed; more wait (backpressure).
     pub start_window: usize,
+    /// Queue work no known node could ever take (nodes that can are expected to join), instead
+    /// of refusing it at once with `full_cloud`.
+    pub wait_for_capacity: bool,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             brake_fraction: 0.55,
             brake_min_nodes: 3,
             start_window: 256,
+            wait_for_capacity: false,
         }
     }
 }
@@ -683,6 +687,12 @@ impl Hub {
             return vec![out];
         }
         let need = self.need(&start);
+        if !self.cfg.wait_for_capacity {
+            // Waiting would only end in a queue timeout: say why now.
+            if let Some(why) = placement::never_fits(&self.nodes, &need, &self.cfg) {
+                return self.refuse_start(from, &start, FailureReason::FullCloud, why);
+            }
+        }
         let reason = placement::explain(&self.nodes, &need, &self.cfg);
         let deadline_ms =
             start.deadline_unix_ms.map_or(u64::MAX, |d| now.mono_ms.saturating_add(d.saturating_sub(now.unix_ms)));

@@ -386,6 +386,49 @@ impl Node {
                 return Err(Misfit::NotReady)
             }
         }
+        self.meets(need)?;
+        if self.load_per_cpu() > cfg.load_threshold {
+            return Err(Misfit::Load);
+        }
+        let usage =
+            Usage { vcpus: self.cpu_used(), mem_mb: self.mem_used(), mem_unconfirmed_mb: self.unconfirmed_mb() };
+        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
+        drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).map_err(|short| match short {
+            Shortfall::Cpu => Misfit::Cpu,
+            Shortfall::Memory => Misfit::Memory,
+            Shortfall::AvailableMemory => Misfit::AvailableMemory,
+        })?;
+        if self.is_busy(cfg) {
+            return Err(Misfit::Busy);
+        }
+        Ok(())
+    }
+
+    /// Whether the START could fit this node were it empty: its requirements are met and the
+    /// node's whole capacity (within the overcommit bound) holds it. The node's last report
+    /// says what it has; one that has not reported could take anything.
+    ///
+    /// # Errors
+    /// The requirement the node does not meet, or the dimension it is too small in.
+    pub fn could_ever_fit(&self, need: &Need<'_>, cfg: &Config) -> Result<(), Misfit> {
+        self.meets(need)?;
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // capacities are far below 2^52; the products are rounded down on purpose
+        let (vcpus, mem_mb) = (
+            (f64::from(self.report.cpus_online) * cfg.overcommit.cpu) as u64,
+            (self.report.mem_total_mb as f64 * cfg.overcommit.mem) as u64,
+        );
+        if u64::from(need.vcpus) > vcpus {
+            return Err(Misfit::Cpu);
+        }
+        if need.charge_mb > mem_mb {
+            return Err(Misfit::Memory);
+        }
+        Ok(())
+    }
+
+    /// The START's requirements that are the node's to meet (not its capacity or state).
+    fn meets(&self, need: &Need<'_>) -> Result<(), Misfit> {
         let req = need.requirements;
         if req.node_id.is_some_and(|id| id != self.uuid) {
             return Err(Misfit::NodeId);
@@ -407,20 +450,6 @@ impl Node {
         }
         if req.numa_local && self.report.numa_node.is_none() {
             return Err(Misfit::Numa);
-        }
-        if self.load_per_cpu() > cfg.load_threshold {
-            return Err(Misfit::Load);
-        }
-        let usage =
-            Usage { vcpus: self.cpu_used(), mem_mb: self.mem_used(), mem_unconfirmed_mb: self.unconfirmed_mb() };
-        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
-        drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).map_err(|short| match short {
-            Shortfall::Cpu => Misfit::Cpu,
-            Shortfall::Memory => Misfit::Memory,
-            Shortfall::AvailableMemory => Misfit::AvailableMemory,
-        })?;
-        if self.is_busy(cfg) {
-            return Err(Misfit::Busy);
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use ssntp::Uuid;
 
-use super::nodes::{Misfit, Need, NodeTable};
+use super::nodes::{Misfit, Need, Node, NodeTable};
 use super::Config;
 
 /// Placement policy.
@@ -54,6 +54,31 @@ pub fn choose(
             fallback
         }
     }
+}
+
+/// Why no node this scheduler knows could ever take the START, not even empty (a 64-vCPU job
+/// on 2-CPU nodes, an `oci` job where no node offers it, a label nobody has): the counted
+/// reasons, or `None` when some node could, or when no node has reported yet (one may come).
+pub fn never_fits(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> Option<String> {
+    let known: Vec<&Node> = nodes.iter().filter(|n| !n.lost && n.report.cpus_online > 0).collect();
+    if known.is_empty() {
+        return None;
+    }
+    let mut counts: BTreeMap<Misfit, usize> = BTreeMap::new();
+    for node in &known {
+        match node.could_ever_fit(need, cfg) {
+            Ok(()) => return None,
+            Err(misfit) => *counts.entry(misfit).or_default() += 1,
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words())).collect();
+    Some(format!(
+        "0 of {} nodes could ever fit it, even empty: {} (it needs {} vCPUs and {} MiB)",
+        known.len(),
+        parts.join(", "),
+        need.vcpus,
+        need.charge_mb
+    ))
 }
 
 /// Why no node fits, counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, 3 load

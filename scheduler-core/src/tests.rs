@@ -279,8 +279,9 @@ fn requirements_are_honoured() {
     assert_eq!(placed_on(&rig.start(s)), vec![(u(52), u(10))]);
     let mut s = start(u(53), 1, 10);
     s.requirements.arch = Some("aarch64".into());
-    let q = queued(&rig.start(s)).cloned().unwrap();
-    assert_eq!(q.reason, "0 of 2 nodes fit: 2 other architecture");
+    let f = failure(&rig.start(s)).cloned().unwrap();
+    assert_eq!(f.reason, FailureReason::FullCloud, "no node could ever take it: refused at once");
+    assert!(f.detail.starts_with("0 of 2 nodes could ever fit it, even empty: 2 other architecture"), "{}", f.detail);
 }
 
 #[test]
@@ -1014,4 +1015,37 @@ fn a_launcher_stopping_for_maintenance_has_its_workloads_held_for_the_grace_it_a
     }
     assert_eq!(lost_at, Some(60), "held for the announced minute, then lost as any silent node");
     assert!(!rig.hub.summary(rig.now).brake);
+}
+
+#[test]
+fn work_no_node_could_ever_take_fails_at_once_unless_the_operator_waits_for_capacity() {
+    let mut rig = Rig::new(Config::default());
+    // No node has reported: one that can may come.
+    assert!(queued(&rig.start(start(u(50), 64, 100))).is_some());
+    rig.node(10, 2, 1000);
+    rig.node(11, 2, 1000);
+    let too_big = rig.start(start(u(51), 64, 100));
+    let f = failure(&too_big).expect("refused at once");
+    assert_eq!(f.reason, FailureReason::FullCloud);
+    assert!(
+        f.detail.contains("0 of 2 nodes could ever fit") && f.detail.contains("2 insufficient vCPUs"),
+        "{}",
+        f.detail
+    );
+    let mut oci = start(u(52), 1, 10);
+    oci.backend = Backend::Oci { rootfs: "/r".into(), args: vec!["true".into()], env: BTreeMap::new() };
+    assert!(failure(&rig.start(oci)).unwrap().detail.contains("2 backend not offered"));
+    let mut labelled = start(u(53), 1, 10);
+    labelled.requirements.labels = BTreeMap::from([("gpu".to_owned(), "a100".to_owned())]);
+    assert!(failure(&rig.start(labelled)).unwrap().detail.contains("2 missing labels"));
+    // Work that fits an empty node but not now waits as before.
+    for i in 0..16 {
+        rig.start(start(Uuid::from_bytes([100 + i; 16]), 1, 10));
+    }
+    let busy = rig.start(start(u(70), 1, 10));
+    assert!(queued(&busy).is_some(), "busy now, not never: {busy:?}");
+    // An operator who expects bigger nodes to join asks to wait.
+    let mut waiting = Rig::new(Config { wait_for_capacity: true, ..Config::default() });
+    waiting.node(10, 2, 1000);
+    assert!(queued(&waiting.start(start(u(51), 64, 100))).is_some());
 }

@@ -72,6 +72,11 @@ pub struct Args {
     /// launcher takes, so the path to a slow launcher never overflows.
     #[arg(long, default_value_t = 256)]
     pub start_window: usize,
+    /// Queue work that no connected node could ever take, even empty (too many vCPUs, too much
+    /// memory, a missing feature or label), waiting for nodes that can to join. By default such
+    /// a START fails at once with `full_cloud` and the reason, instead of after --queue-timeout.
+    #[arg(long)]
+    pub wait_for_capacity: bool,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -158,6 +163,7 @@ impl Args {
             failover_grace_ms: millis(self.failover_grace),
             estimate: self.estimate,
             start_window: self.start_window,
+            wait_for_capacity: self.wait_for_capacity,
             ..Config::default()
         })
     }

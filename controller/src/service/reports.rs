@@ -156,7 +156,8 @@ impl Service {
             let was_final = r.life.state.is_final();
             let mut steps = Vec::new();
             for (input, why) in by_id.remove(&r.uuid).unwrap_or_default() {
-                steps.push(r.life.state.name());
+                let before = r.life.state.name();
+                steps.push(before);
                 for action in r.life.handle(now_ms, input) {
                     if let Action::SendStop { node } = action {
                         out.push(stop(r.uuid, node));
@@ -165,9 +166,7 @@ impl Service {
                 if let State::Running { node } = r.life.state {
                     r.node = Some(node);
                 }
-                if !why.is_empty() {
-                    r.why = why;
-                }
+                r.why = explanation(&r.life, before, why, std::mem::take(&mut r.why));
             }
             if !was_final && r.life.state.is_final() {
                 ended.insert(r.uuid);
@@ -209,5 +208,19 @@ impl Service {
             )?;
         }
         Ok(())
+    }
+}
+
+/// What an instance's WHY says after an input explained by `why` moved it on from the state
+/// named `before`: the words of the change that led to the state it is in, never those of an
+/// earlier one. A state reached at the user's request says so, whatever report completed it.
+fn explanation(life: &crate::lifecycle::Lifecycle, before: &str, why: String, old: String) -> String {
+    let changed = life.state.name() != before;
+    match &life.state {
+        State::Canceled if changed && life.cancel_requested => "canceled at the user's request".to_owned(),
+        State::Stopped if changed && life.stop_requested => "stopped at the user's request".to_owned(),
+        _ if !why.is_empty() => why,
+        _ if changed => String::new(),
+        _ => old,
     }
 }

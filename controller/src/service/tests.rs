@@ -573,3 +573,30 @@ fn a_start_without_an_answer_goes_again_after_the_start_timeout() {
     s.link_up();
     assert!(s.tick(500_000).unwrap().is_empty());
 }
+
+#[test]
+fn why_speaks_of_the_change_that_led_to_the_current_state_only() {
+    let s = memory_service();
+    s.put_workload("acme", LONG_RUNNING, Format::Toml, false).unwrap();
+    let ids = s.launch("acme", "server", 2, 0).unwrap();
+    s.tick(0).unwrap();
+    let why = |id: Uuid| s.store().instance(id).unwrap().unwrap().why;
+    let queued = InstanceQueued { instance_uuid: ids[0], reason: "0 of 1 nodes fit: 1 full".into(), position: 0 };
+    s.report(node(), &Message::InstanceQueued(queued), 1).unwrap();
+    assert_eq!(why(ids[0]), "0 of 1 nodes fit: 1 full");
+    s.report(node(), &Message::InstanceStarted(InstanceEvent { instance_uuid: ids[0], node_uuid: Some(node()) }), 2)
+        .unwrap();
+    assert_eq!(why(ids[0]), "", "running: the queue's reason is gone");
+    // Canceled while it waited; the scheduler's answer (a queue timeout) completes the cancel.
+    s.user("acme", ids[1], Input::Cancel, 3).unwrap();
+    let timeout = StartFailure {
+        node_uuid: None,
+        instance_uuid: ids[1],
+        reason: FailureReason::QueueTimeout,
+        restart: false,
+        detail: "waited 300 s".into(),
+    };
+    s.report(node(), &Message::StartFailure(timeout), 4).unwrap();
+    let r = s.store().instance(ids[1]).unwrap().unwrap();
+    assert_eq!((r.life.state, r.why.as_str()), (State::Canceled, "canceled at the user's request"));
+}
