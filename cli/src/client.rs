@@ -146,7 +146,8 @@ impl ApiClient {
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
-            .with_context(|| format!("TLS with the API at {}", self.addr))?;
+            .with_context(|| format!("TLS with the API at {}", self.addr))
+            .map_err(|e| advised(e, &self.addr))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -161,7 +162,13 @@ impl ApiClient {
             }
             None => request.body(Full::new(Bytes::new()))?,
         };
-        let response = sender.send_request(request).await.context("sending the request")?;
+        // TLS 1.3 servers judge the client's certificate after the handshake: a refusal shows up
+        // here, as an alert.
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("sending the request to the API at {}", self.addr))
+            .map_err(|e| advised(e, &self.addr))?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
@@ -238,5 +245,14 @@ impl ApiClient {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+}
+
+/// A connection error with what to do about it in front, when the TLS library's words have a
+/// known fix ("received fatal alert: DecryptError" → another CA signed this certificate).
+fn advised(e: anyhow::Error, addr: &str) -> anyhow::Error {
+    match ssntp::advice::advice(&format!("{e:#}"), addr) {
+        Some(fix) => e.context(fix),
+        None => e,
     }
 }

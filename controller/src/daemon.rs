@@ -108,6 +108,8 @@ pub struct Controller {
     /// After a reconnect: the nodes to hear from before unanswered STARTs are sent again.
     resend_gate: Mutex<Option<ResendGate>>,
     resend_hold: Duration,
+    /// When the last failure to reach the scheduler was logged.
+    connect_failures: Mutex<ssntp::advice::FailureLog>,
     /// The scheduler's overcommit, from the cluster configuration of the last CONNECTED.
     overcommit: Mutex<drover_model::Overcommit>,
     /// STARTs sent since this process started.
@@ -145,6 +147,7 @@ impl Controller {
             revision: watch::channel(revision).0,
             wake: Notify::new(),
             resend_gate: Mutex::new(None),
+            connect_failures: Mutex::new(ssntp::advice::FailureLog::default()),
             resend_hold,
             overcommit: Mutex::new(drover_model::Overcommit::default()),
             starts_sent: AtomicU64::new(0),
@@ -493,6 +496,7 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
     match event {
         ClientEvent::Connected { target, server_uuid, config, .. } => {
             tracing::info!(%target, scheduler = %server_uuid, "connected to the scheduler");
+            controller.connect_failures.lock().expect("failures lock").connected();
             *controller.overcommit.lock().expect("overcommit lock") =
                 drover_model::Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
             let now = controller.now_ms();
@@ -521,11 +525,12 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             view.last_error = Some(reason);
         }
         ClientEvent::ConnectFailed { target, reason, permanent } => {
-            if permanent {
-                tracing::error!(%target, %reason, "the scheduler refused us");
-            } else {
-                tracing::debug!(%target, %reason, "connect failed");
-            }
+            ssntp::cli::log_connect_failure(
+                &mut controller.connect_failures.lock().expect("failures lock"),
+                &target,
+                &reason,
+                permanent,
+            );
             controller.link_view.lock().expect("link lock").last_error = Some(format!("{target}: {reason}"));
         }
         ClientEvent::Message { frame, message } => {

@@ -89,6 +89,8 @@ async fn a_users_certificate_revoked_while_the_api_runs_is_refused_once_the_crl_
         || async { api.as_user("acme").raw(Method::GET, "/v1/instances", None).await.is_err() },
         "the revoked certificate is still taken"
     );
+    let refused = format!("{:#}", api.as_user("acme").raw(Method::GET, "/v1/instances", None).await.unwrap_err());
+    assert!(refused.contains("was revoked: issue a new one"), "the CLI says what to do: {refused}");
     let globex = api.as_user("globex");
     assert_eq!(status_of(&globex, Method::GET, "/v1/instances", None).await.0, StatusCode::OK, "others are");
 }
@@ -163,7 +165,11 @@ async fn authentication_401_and_403() {
         tenant: None,
     })
     .unwrap();
-    assert!(foreign.get("/v1/status").await.is_err(), "a foreign CA's certificate is refused");
+    let refused = format!("{:#}", foreign.get("/v1/status").await.unwrap_err());
+    assert!(
+        refused.contains("signed by another CA"),
+        "a foreign CA's certificate is refused, saying what to fix: {refused}"
+    );
 
     // Several tenants: pick one; one not in the certificate is 403.
     let both = api.as_user("both");

@@ -401,6 +401,7 @@ pub async fn run_with(
     news_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node = %uuid, servers = ?args.servers, running = shell.core.running(), "launcher starting");
     tokio::pin!(shutdown);
+    let mut failures = ssntp::advice::FailureLog::default();
 
     loop {
         tokio::select! {
@@ -408,6 +409,7 @@ pub async fn run_with(
                 let Some(event) = event else { break };
                 match event {
                     ClientEvent::Connected { target, server_uuid, config, session } => {
+                        failures.connected();
                         tracing::info!(%target, scheduler = %server_uuid, "connected");
                         let overcommit = Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
                         shell.handle(Input::Connected { session, overcommit }).await;
@@ -417,11 +419,7 @@ pub async fn run_with(
                         shell.handle(Input::Disconnected).await;
                     }
                     ClientEvent::ConnectFailed { target, reason, permanent } => {
-                        if permanent {
-                            tracing::error!(%target, %reason, "the scheduler refused this launcher; check its certificate and role");
-                        } else {
-                            tracing::debug!(%target, %reason, "connect failed; retrying");
-                        }
+                        ssntp::cli::log_connect_failure(&mut failures, &target, &reason, permanent);
                     }
                     ClientEvent::Message { message, .. } => {
                         match &message {

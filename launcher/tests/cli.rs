@@ -59,3 +59,37 @@ fn bad_configuration_exits_64_with_a_reason() {
     assert!(err.contains("bad host"), "{err}");
     assert_eq!(launcher(&["--help"]).0, 0);
 }
+
+/// A launcher that cannot connect says why, at warning level, with what to fix — here the
+/// scheduler's certificate does not name the address dialled — and does not repeat it every
+/// retry.
+#[tokio::test]
+async fn a_launcher_that_cannot_connect_says_what_to_fix() {
+    let pki = testutil::Pki::new();
+    pki.issue_named(ssntp::Role::SCHEDULER, "narrow", &["sched.example"], &[]);
+    let server = testutil::TestServer::start_with(&pki, "scheduler-narrow", |_| {}).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
+        .args(["--server", &format!("127.0.0.1:{}", server.addr.port()), "--cacert"])
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.cert("agent"))
+        .arg("--key")
+        .arg(pki.key("agent"))
+        .arg("--state-dir")
+        .arg(state.path().join("s"))
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("cannot connect")).collect();
+    assert_eq!(warnings.len(), 1, "said once while it lasts: {log}");
+    assert!(warnings[0].contains("does not name"), "{log}");
+    assert!(warnings[0].contains("--host/--ip 127.0.0.1"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal");
+}

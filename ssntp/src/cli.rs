@@ -25,10 +25,30 @@ pub fn usage_error(program: &str, error: &dyn std::fmt::Display) -> ! {
     std::process::exit(EX_USAGE);
 }
 
-/// Logs to stderr with `RUST_LOG` (default `info`); set `NO_COLOR` to drop colours.
+/// Logs to stderr with `RUST_LOG` (default `info`); colours only on a terminal, and never with
+/// `NO_COLOR` set (a log file gets no escape codes).
 pub fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+}
+
+/// Logs a failure to reach `target` as a warning with what to fix, when `log` says it is due
+/// (first, changed, or a minute on); `permanent` ones (refused by the server) as errors.
+#[allow(clippy::disallowed_methods)] // a daemon's logging shell: when a failure was last said
+pub fn log_connect_failure(log: &mut crate::advice::FailureLog, target: &str, reason: &str, permanent: bool) {
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
+    )
+    .unwrap_or(u64::MAX);
+    let Some(unlogged) = log.failed(reason, now_ms) else { return };
+    let fix = crate::advice::advice(reason, target).unwrap_or_else(|| "retrying with backoff".to_owned());
+    if permanent {
+        tracing::error!(%target, %reason, %fix, "refused by the server");
+    } else {
+        tracing::warn!(%target, %reason, %fix, repeats = unlogged, "cannot connect; retrying");
+    }
 }
 
 /// The daemons' shutdown trigger: completes on SIGINT or SIGTERM. The handlers are installed

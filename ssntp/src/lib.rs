@@ -12,6 +12,7 @@
 //! - [`role`]: the role bitmask, role OIDs, and reading roles, identity and tenants from a
 //!   certificate.
 //! - [`bindings`]: which certificate holds which UUID on a server (no impostors, pure).
+//! - [`advice`]: what to do about a failed connection, and how often to log it (pure).
 //! - [`tls`]: PEM loading, rustls server and client configurations (TLS 1.3 only).
 //! - [`handshake`]: the handshake's rules without IO (CONNECT, its checks against the
 //!   certificate, CONNECTED), shared by server and client.
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod advice;
 pub mod bindings;
 #[cfg(feature = "cli")]
 pub mod cli;
