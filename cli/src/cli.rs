@@ -641,7 +641,7 @@ async fn run_workload(
     }
     let wanted: std::collections::HashSet<ssntp::Uuid> = launched.instances.iter().copied().collect();
     let total = wanted.len();
-    let progress = if !json && total > 1 {
+    let progress = if !json && total > 0 {
         let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(u64::MAX));
         bar.set_style(
             indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} done, {msg}")
@@ -661,11 +661,14 @@ async fn run_workload(
         let done = mine.iter().filter(|i| i.state.is_final()).count();
         if let Some(bar) = &progress {
             bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+            // Why work waits, in the scheduler's words, so a wait is never silent.
+            let waiting = mine.iter().find(|i| i.state == InstanceStatus::Queued && !i.why.is_empty());
             bar.set_message(format!(
-                "{} running, {} queued, {} failed",
+                "{} running, {} queued, {} failed{}",
                 count_of(InstanceStatus::Running),
                 count_of(InstanceStatus::Queued),
-                count_of(InstanceStatus::Failed)
+                count_of(InstanceStatus::Failed),
+                waiting.map_or(String::new(), |i| format!(" — waiting: {}", i.why))
             ));
         }
         // Instances deleted meanwhile no longer count.
@@ -743,7 +746,8 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     let instances = text(n, "instances");
                     vec![
                         short(&text(n, "uuid")),
-                        text(n, "status"),
+                        // READY by its own account, but the scheduler places nothing there.
+                        if n["load_blocked"] == true { "LOADED".to_owned() } else { text(n, "status") },
                         text(s, "hostname"),
                         seen_ago(drover_model::unix_ms_now(), n["last_seen_unix_ms"].as_u64()),
                         text(s, "cpus_online"),

@@ -55,6 +55,9 @@ pub struct NodeView {
     pub reported_active: Option<Vec<Uuid>>,
     /// When it was last heard of, Unix ms.
     pub last_seen_unix_ms: u64,
+    /// READY, but its load per CPU is above the scheduler's `--load-threshold`: it takes no
+    /// new work until the load drops.
+    pub load_blocked: bool,
 }
 
 fn status_name<S: serde::Serializer>(status: &NodeStatus, s: S) -> Result<S::Ok, S::Error> {
@@ -112,6 +115,8 @@ pub struct Controller {
     connect_failures: Mutex<ssntp::advice::FailureLog>,
     /// The scheduler's overcommit, from the cluster configuration of the last CONNECTED.
     overcommit: Mutex<drover_model::Overcommit>,
+    /// The scheduler's load threshold, from the same configuration.
+    load_threshold: Mutex<Option<f64>>,
     /// STARTs sent since this process started.
     pub starts_sent: AtomicU64,
     /// API handlers' commands for the link task.
@@ -150,6 +155,7 @@ impl Controller {
             connect_failures: Mutex::new(ssntp::advice::FailureLog::default()),
             resend_hold,
             overcommit: Mutex::new(drover_model::Overcommit::default()),
+            load_threshold: Mutex::new(None),
             starts_sent: AtomicU64::new(0),
         }))
     }
@@ -256,8 +262,15 @@ impl Controller {
     /// The nodes as last reported.
     pub fn nodes(&self) -> Vec<NodeView> {
         let mut nodes: Vec<NodeView> = self.nodes.lock().expect("nodes lock").values().cloned().collect();
+        let threshold = *self.load_threshold.lock().expect("threshold lock");
         for n in &mut nodes {
             n.instances = self.service.store().running_count(n.uuid);
+            n.load_blocked = match (&n.stats, threshold) {
+                (Some(s), Some(limit)) if n.status == NodeStatus::Ready && s.cpus_online > 0 => {
+                    s.load / f64::from(s.cpus_online) > limit
+                }
+                _ => false,
+            };
         }
         nodes
     }
@@ -363,6 +376,7 @@ impl Controller {
                 instances: 0,
                 reported_active: None,
                 last_seen_unix_ms: 0,
+                load_blocked: false,
             });
             view.last_seen_unix_ms = unix_ms();
             if let Some(status) = status {
@@ -499,6 +513,7 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             controller.connect_failures.lock().expect("failures lock").connected();
             *controller.overcommit.lock().expect("overcommit lock") =
                 drover_model::Overcommit { cpu: config.cpu_overcommit, mem: config.mem_overcommit };
+            *controller.load_threshold.lock().expect("threshold lock") = config.load_threshold;
             let now = controller.now_ms();
             let expected = expected_nodes(controller);
             if !expected.is_empty() {

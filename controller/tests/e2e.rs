@@ -302,3 +302,39 @@ async fn work_that_can_never_fit_fails_at_once_and_says_why() {
         assert_eq!(done["restarts"], 0, "nothing to retry: {done}");
     }
 }
+
+/// A node whose load is above the scheduler's threshold is READY by its own account but takes
+/// no work: `node ls` says LOADED, and queued work says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_node_shows_as_loaded_and_queued_work_says_why() {
+    let cluster = Cluster::start_with(&["--load-threshold", "0"], &[&[]]);
+    cluster.wait_ready(1).await;
+    // Some load, so the 1-minute average is above 0 whatever else the machine does.
+    struct Busy(std::process::Child);
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _busy = Busy(std::process::Command::new("/bin/sh").args(["-c", "while :; do :; done"]).spawn().unwrap());
+    let api = cluster.admin();
+    common::wait_within("the node to show as loaded", std::time::Duration::from_secs(30), || async {
+        let nodes = api.get("/v1/nodes").await.ok()?;
+        (nodes[0]["load_blocked"] == true).then_some(())
+    })
+    .await;
+    let table = String::from_utf8_lossy(&cluster.cli(&["node", "ls"]).stdout).into_owned();
+    put(&api, "name = \"patient\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
+    let id = api.post("/v1/workloads/patient/launch", &json!({})).await.unwrap()["instances"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let queued = wait_for("it to queue", || async {
+        let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        (v["state"] == "queued").then_some(v)
+    })
+    .await;
+    assert!(table.contains("LOADED"), "{table}");
+    assert!(queued["why"].as_str().unwrap().contains("load above threshold"), "{queued}");
+}

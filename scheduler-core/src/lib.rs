@@ -100,7 +100,7 @@ impl Default for Config {
         Self {
             policy: Policy::Spread,
             overcommit: Overcommit::default(),
-            load_threshold: 1.0,
+            load_threshold: 4.0,
             queue_timeout_ms: 300_000,
             queue_max: 100_000,
             node_ttl_ms: 10_000,

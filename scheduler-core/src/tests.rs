@@ -212,7 +212,7 @@ fn full_cn_from_a_launcher_is_retried_on_another_node() {
 
 #[test]
 fn load_queue_keeps_class_and_priority_order_and_releases_when_load_drops() {
-    let mut rig = Rig::new(Config::default());
+    let mut rig = Rig::new(Config { load_threshold: 1.0, ..Config::default() });
     rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
     rig.ready(10, report(u(10), 2, 10_000, 3.0)); // load 1.5 per CPU
     let mut batch_low = start(u(51), 1, 10);

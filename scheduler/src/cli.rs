@@ -44,8 +44,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub mem_overcommit: f64,
     /// Load average per online CPU above which a node takes no new work; work waits in the
-    /// queue meanwhile.
-    #[arg(long, default_value_t = 1.0)]
+    /// queue meanwhile, and `drover node ls` shows the node as LOADED. The default leaves a
+    /// machine that also does other work usable (a build host often runs at 1-2 per CPU); lower
+    /// it to keep nodes responsive.
+    #[arg(long, default_value_t = 4.0)]
     pub load_threshold: f64,
     /// How long a START may wait in the queue before it fails with `queue_timeout`.
     #[arg(long, default_value = "5m", value_parser = drover_model::parse_duration)]

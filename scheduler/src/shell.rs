@@ -283,6 +283,7 @@ impl Outbox {
 fn with_scheduler_fields(mut config: ClusterConfig, core: &Config) -> ClusterConfig {
     config.cpu_overcommit = core.overcommit.cpu;
     config.mem_overcommit = core.overcommit.mem;
+    config.load_threshold = Some(core.load_threshold);
     config
 }
 

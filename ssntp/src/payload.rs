@@ -84,6 +84,10 @@ pub struct ClusterConfig {
     /// Memory the scheduler offers per MiB of a node; launchers admit by it.
     #[serde(default = "default_mem_overcommit")]
     pub mem_overcommit: f64,
+    /// Load average per online CPU above which the scheduler places no new work on a node
+    /// (controllers show such nodes as loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_threshold: Option<f64>,
 }
 
 const fn default_cpu_overcommit() -> f64 {
@@ -103,6 +107,7 @@ impl Default for ClusterConfig {
             labels: BTreeMap::new(),
             cpu_overcommit: default_cpu_overcommit(),
             mem_overcommit: default_mem_overcommit(),
+            load_threshold: None,
         }
     }
 }

@@ -130,6 +130,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
         labels: p.labels.clone(),
         cpu_overcommit: f64::from(p.small) / 8.0,
         mem_overcommit: (p.n % 1000) as f64 / 100.0,
+        load_threshold: p.flag.then(|| f64::from(p.small) / 4.0),
     };
     match kind {
         Kind::Command(cmd) => match cmd {

@@ -165,7 +165,9 @@ impl Cluster {
         let sched_addr = format!("127.0.0.1:{port}");
         let api_addr = format!("127.0.0.1:{}", free_port());
         let mut args = local::scheduler_args(listen.unwrap_or(&sched_addr), &pki.paths("scheduler-local", false));
-        args.extend(["--load-threshold".to_owned(), "1000".into()]);
+        if !scheduler_args.contains(&"--load-threshold") {
+            args.extend(["--load-threshold".to_owned(), "1000".into()]);
+        }
         let mut extra = scheduler_args.iter().map(|s| (*s).to_owned()).peekable();
         while let Some(a) = extra.next() {
             if a == "--listen" {
