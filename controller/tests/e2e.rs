@@ -287,7 +287,7 @@ async fn work_that_can_never_fit_fails_at_once_and_says_why() {
         "name = \"boxed\"\nsize = \"tiny\"\n[backend]\ntype = \"oci\"\nrootfs = \"/nowhere\"\nargs = [\"true\"]\n",
     )
     .await;
-    for (name, words) in [("huge", "insufficient vCPUs"), ("boxed", "backend not offered")] {
+    for (name, words) in [("huge", "insufficient vCPUs"), ("boxed", "backend oci not offered")] {
         let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
             .as_str()
             .unwrap()

@@ -50,6 +50,9 @@ const DRAIN_LIMIT: usize = 256;
 /// otherwise cost every controller a thousand frames a second.
 pub const HEARTBEAT_FORWARD_MS: u64 = 5_000;
 
+/// How many queued STARTs, from the head, have their reason recomputed every tick.
+pub const REEXPLAIN_LIMIT: usize = 64;
+
 /// Longest a stopping launcher may ask its workloads to be held (`away_grace_ms`), ms.
 pub const MAX_AWAY_GRACE_MS: u64 = 24 * 3600 * 1000;
 
@@ -369,7 +372,27 @@ impl Hub {
         self.estimator.settle(now.mono_ms);
         self.liveness(now, &mut out);
         self.drain(&mut out);
+        self.explain_again(&mut out);
         out
+    }
+
+    /// The reasons the first [`REEXPLAIN_LIMIT`] queued STARTs wait, recomputed: nodes came,
+    /// went, filled or emptied since they were queued. A reason that changed goes to the
+    /// controllers (INSTANCE_QUEUED), so WHY never keeps one that stopped being true.
+    fn explain_again(&mut self, out: &mut Vec<Output>) {
+        let heads: Vec<(QueueKey, Start)> =
+            self.queue.iter().take(REEXPLAIN_LIMIT).map(|(k, q)| (*k, q.start.clone())).collect();
+        for (position, (key, start)) in heads.into_iter().enumerate() {
+            let reason = placement::explain(&self.nodes, &self.need(&start), &self.cfg);
+            if self.queue.set_reason(&key, &reason) {
+                let event = InstanceQueued {
+                    instance_uuid: start.instance_uuid,
+                    reason,
+                    position: u32::try_from(position).unwrap_or(u32::MAX),
+                };
+                out.push(Output::ToControllers(self.own(Message::InstanceQueued(event))));
+            }
+        }
     }
 
     // === peers ===
@@ -674,8 +697,13 @@ impl Hub {
         }
         if let Some(queued) = self.queue.get(id) {
             // A repeated START (a controller that restarted or reconnected) changes nothing,
-            // but is answered, so the sender learns where its instance is.
-            let event = InstanceQueued { instance_uuid: id, reason: queued.reason.clone(), position: 0 };
+            // but is answered, so the sender learns where its instance is and why, as of now.
+            let need = self.need(&queued.start);
+            let reason = placement::explain(&self.nodes, &need, &self.cfg);
+            if let Some(key) = self.queue.key_of(id) {
+                self.queue.set_reason(&key, &reason);
+            }
+            let event = InstanceQueued { instance_uuid: id, reason, position: 0 };
             return vec![Output::To { peer: from, payload: self.own(Message::InstanceQueued(event)) }];
         }
         if self.cfg.estimate {

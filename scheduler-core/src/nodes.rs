@@ -252,6 +252,23 @@ impl Misfit {
         }
     }
 
+    /// The words used in explanations, naming what the START asks for where that is what the
+    /// node lacks ("missing features (gpu)", "backend oci not offered").
+    pub fn words_for(self, need: &Need<'_>) -> String {
+        let req = need.requirements;
+        match self {
+            Self::Features => format!("missing features ({})", req.features.join(", ")),
+            Self::Labels => {
+                let labels: Vec<String> = req.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("missing labels ({})", labels.join(", "))
+            }
+            Self::Backend => format!("backend {} not offered", need.backend),
+            Self::Arch => format!("other architecture (needs {})", req.arch.as_deref().unwrap_or("?")),
+            Self::Hostname => format!("not host {}", req.hostname.as_deref().unwrap_or("?")),
+            other => other.words().to_owned(),
+        }
+    }
+
     /// Whether this node could take the START later without the START changing (capacity or
     /// state), as opposed to never (a requirement it does not meet).
     pub const fn is_transient(self) -> bool {

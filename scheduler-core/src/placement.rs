@@ -71,7 +71,7 @@ pub fn never_fits(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> Option<St
             Err(misfit) => *counts.entry(misfit).or_default() += 1,
         }
     }
-    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words())).collect();
+    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words_for(need))).collect();
     Some(format!(
         "0 of {} nodes could ever fit it, even empty: {} (it needs {} vCPUs and {} MiB)",
         known.len(),
@@ -95,7 +95,7 @@ pub fn explain(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> String {
             Err(misfit) => *counts.entry(misfit).or_default() += 1,
         }
     }
-    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words())).collect();
+    let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words_for(need))).collect();
     let mut text = format!("{fit} of {} nodes fit", nodes.len());
     if !parts.is_empty() {
         text.push_str(": ");

@@ -68,9 +68,25 @@ impl Queue {
         self.by_instance.get(&instance).and_then(|key| self.items.get(key))
     }
 
+    /// The key of a queued instance.
+    pub fn key_of(&self, instance: Uuid) -> Option<QueueKey> {
+        self.by_instance.get(&instance).copied()
+    }
+
     /// A queued START by its key.
     pub fn get_by_key(&self, key: &QueueKey) -> Option<&Queued> {
         self.items.get(key)
+    }
+
+    /// Replaces the reason a START waits; whether it changed.
+    pub fn set_reason(&mut self, key: &QueueKey, reason: &str) -> bool {
+        match self.items.get_mut(key) {
+            Some(item) if item.reason != reason => {
+                reason.clone_into(&mut item.reason);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether another START would exceed the bound.

@@ -281,7 +281,11 @@ fn requirements_are_honoured() {
     s.requirements.arch = Some("aarch64".into());
     let f = failure(&rig.start(s)).cloned().unwrap();
     assert_eq!(f.reason, FailureReason::FullCloud, "no node could ever take it: refused at once");
-    assert!(f.detail.starts_with("0 of 2 nodes could ever fit it, even empty: 2 other architecture"), "{}", f.detail);
+    assert!(
+        f.detail.starts_with("0 of 2 nodes could ever fit it, even empty: 2 other architecture (needs aarch64)"),
+        "{}",
+        f.detail
+    );
 }
 
 #[test]
@@ -1034,10 +1038,10 @@ fn work_no_node_could_ever_take_fails_at_once_unless_the_operator_waits_for_capa
     );
     let mut oci = start(u(52), 1, 10);
     oci.backend = Backend::Oci { rootfs: "/r".into(), args: vec!["true".into()], env: BTreeMap::new() };
-    assert!(failure(&rig.start(oci)).unwrap().detail.contains("2 backend not offered"));
+    assert!(failure(&rig.start(oci)).unwrap().detail.contains("2 backend oci not offered"));
     let mut labelled = start(u(53), 1, 10);
     labelled.requirements.labels = BTreeMap::from([("gpu".to_owned(), "a100".to_owned())]);
-    assert!(failure(&rig.start(labelled)).unwrap().detail.contains("2 missing labels"));
+    assert!(failure(&rig.start(labelled)).unwrap().detail.contains("2 missing labels (gpu=a100)"));
     // Work that fits an empty node but not now waits as before.
     for i in 0..16 {
         rig.start(start(Uuid::from_bytes([100 + i; 16]), 1, 10));
@@ -1048,4 +1052,21 @@ fn work_no_node_could_ever_take_fails_at_once_unless_the_operator_waits_for_capa
     let mut waiting = Rig::new(Config { wait_for_capacity: true, ..Config::default() });
     waiting.node(10, 2, 1000);
     assert!(queued(&waiting.start(start(u(51), 64, 100))).is_some());
+}
+
+#[test]
+fn a_queued_starts_reason_is_recomputed_when_the_nodes_change() {
+    let mut rig = Rig::new(Config { load_threshold: 1.0, ..Config::default() });
+    let q = queued(&rig.start(start(u(50), 1, 10))).cloned().unwrap();
+    assert_eq!(q.reason, "no launcher has connected");
+    // A node arrives, loaded: the reason changes, and the controllers hear it at the tick.
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.ready(10, report(u(10), 2, 10_000, 3.0));
+    let out = rig.tick(1);
+    let told = queued(&out).expect("the new reason goes out");
+    assert_eq!(told.reason, "0 of 1 nodes fit: 1 load above threshold");
+    assert!(queued(&rig.tick(2)).is_none(), "only when it changes");
+    // A repeated START is answered with the reason as of now.
+    let again = rig.start(start(u(50), 1, 10));
+    assert_eq!(queued(&again).unwrap().reason, "0 of 1 nodes fit: 1 load above threshold");
 }
