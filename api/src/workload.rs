@@ -174,6 +174,23 @@ pub enum Format {
 }
 
 impl Format {
+    /// From a file name's extension: `.toml` is TOML, `.json` (or none) JSON; YAML and other
+    /// extensions are refused rather than read as something they are not.
+    ///
+    /// # Errors
+    /// A message naming the extension and the formats there are.
+    pub fn for_file(path: &std::path::Path) -> Result<Self, String> {
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("toml") => Ok(Self::Toml),
+            Some("json") | None => Ok(Self::Json),
+            Some(other) => Err(format!(
+                "{}: .{other} files are not read; write the workload in TOML (.toml) or JSON (.json)",
+                path.display()
+            )),
+        }
+    }
+
     /// From a file name's extension (`.toml` → TOML, anything else → JSON).
     pub fn of_path(path: &std::path::Path) -> Self {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
@@ -192,22 +209,41 @@ pub fn parse(text: &str, format: Format) -> Result<Workload, SpecError> {
     let file: WorkloadFile = match format {
         Format::Json => {
             let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path().to_string(), e.inner().to_string()))?
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let at = (e.inner().line() > 0).then(|| (e.inner().line(), e.inner().column()));
+                path_error(e.path().to_string(), e.inner().to_string(), at)
+            })?
         }
         Format::Toml => {
-            let de = toml::Deserializer::parse(text).map_err(|e| err("(file)", e.message().to_owned()))?;
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| path_error(e.path().to_string(), e.inner().message().to_owned()))?
+            let de = toml::Deserializer::parse(text).map_err(|e| {
+                let at = e.span().map(|span| line_and_column(text, span.start));
+                path_error(String::new(), e.message().to_owned(), at)
+            })?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let at = e.inner().span().map(|span| line_and_column(text, span.start));
+                path_error(e.path().to_string(), e.inner().message().to_owned(), at)
+            })?
         }
     };
     check(file)
 }
 
-fn path_error(path: String, message: String) -> SpecError {
+fn path_error(path: String, message: String, at: Option<(usize, usize)>) -> SpecError {
     let field = if path == "." || path.is_empty() { "(file)".to_owned() } else { path };
-    // serde says "at line L column C" for JSON; the field path says more.
-    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    // serde_json says "at line L column C" its own way; every format says it alike here.
+    let mut message = message.split(" at line ").next().unwrap_or(&message).trim_end().to_owned();
+    if let Some((line, column)) = at {
+        message.push_str(&format!(" (line {line}, column {column})"));
+    }
     SpecError { field, message }
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
@@ -342,6 +378,21 @@ backoff = "2s"
             "only nodes allowing root fit"
         );
         assert_eq!(Format::of_path(std::path::Path::new("w.TOML")), Format::Toml);
+        assert_eq!(Format::for_file(std::path::Path::new("w.TOML")), Ok(Format::Toml));
+        assert_eq!(Format::for_file(std::path::Path::new("w.json")), Ok(Format::Json));
+        assert!(Format::for_file(std::path::Path::new("w.yaml")).unwrap_err().contains(".yaml files are not read"));
+    }
+
+    #[test]
+    fn errors_say_where_in_the_file() {
+        let bad = TOML.replace("attempts = 5", "attempts = \"five\"");
+        let e = parse(&bad, Format::Toml).unwrap_err();
+        let line = bad.lines().position(|l| l.contains("\"five\"")).unwrap() + 1;
+        assert!(e.to_string().contains(&format!("(line {line}, column 12)")), "{e}");
+        let e = parse("{\"name\": \"x\",\n \"priority\": true}", Format::Json).unwrap_err();
+        assert_eq!(e.field, "priority");
+        assert!(e.message.contains("(line 2, column"), "{e}");
+        assert!(parse("name = ", Format::Toml).unwrap_err().message.contains("(line 1, column"));
     }
 
     #[test]

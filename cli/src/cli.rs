@@ -554,21 +554,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         WorkloadCmd::Create { file, replace } => {
+            let format = drover_api::workload::Format::for_file(&file).map_err(anyhow::Error::msg)?;
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let content_type = if drover_api::workload::Format::of_path(&file) == drover_api::workload::Format::Toml {
-                "application/toml"
-            } else {
-                "application/json"
-            };
+            let content_type =
+                if format == drover_api::workload::Format::Toml { "application/toml" } else { "application/json" };
             let v = if replace {
                 let text = String::from_utf8_lossy(&body);
-                let format = drover_api::workload::Format::of_path(&file);
                 let name = drover_api::workload::parse(&text, format)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
                     .name;
                 api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some((content_type, body))).await?
             } else {
-                api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await?
+                api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await.map_err(|e| {
+                    match e.downcast_ref::<crate::client::ApiFailure>() {
+                        Some(f) if f.status == hyper::StatusCode::CONFLICT => anyhow::anyhow!(
+                            "{}; `drover workload create --replace {}` replaces it",
+                            f.message.split(';').next().unwrap_or(&f.message),
+                            file.display()
+                        ),
+                        _ => e,
+                    }
+                })?
             };
             if json {
                 print_json(&v);
@@ -719,9 +725,19 @@ async fn action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyhow::Re
     if json {
         print_json(&v);
     } else {
-        println!("{verb}: {} is {}", short(&id), text(&v, "state"));
+        println!("{}", action_outcome(verb, &short(&id), &text(&v, "state")));
     }
     Ok(())
+}
+
+/// What a stop, cancel or start did, in words that do not read as a refusal: a stop of running
+/// work is on its way, not done.
+fn action_outcome(verb: &str, id: &str, state: &str) -> String {
+    match (verb, state) {
+        ("stop", "stopped") | ("cancel", "canceled") => format!("{id} {state}"),
+        ("stop" | "cancel", _) => format!("{verb} requested: {id} is {state} until its node confirms"),
+        _ => format!("{verb}: {id} is {state}"),
+    }
 }
 
 async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
@@ -794,6 +810,16 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requested_stop_does_not_read_as_a_refusal() {
+        assert_eq!(
+            action_outcome("stop", "b0b95bab", "running"),
+            "stop requested: b0b95bab is running until its node confirms"
+        );
+        assert_eq!(action_outcome("stop", "b0b95bab", "stopped"), "b0b95bab stopped");
+        assert_eq!(action_outcome("start", "b0b95bab", "pending"), "start: b0b95bab is pending");
+    }
 
     #[test]
     fn last_seen_reads_as_an_age() {

@@ -1,7 +1,7 @@
 //! A small HTTPS client for the API (the `drover` CLI and the tests): one TLS 1.3 connection
 //! per request, the user's certificate presented, the API's certificate checked against the CA.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,11 +56,6 @@ impl ApiFailure {
     }
 }
 
-fn key_for(cert: &Path) -> PathBuf {
-    let stem = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    cert.with_file_name(format!("{stem}-key.pem"))
-}
-
 impl ApiClient {
     /// A client for `config`.
     ///
@@ -79,7 +74,7 @@ impl ApiClient {
         let mut tls = match &config.cert {
             Some(cert) => {
                 let chain = ssntp::tls::load_certs(cert).with_context(|| format!("reading {}", cert.display()))?;
-                let key_path = config.key.clone().unwrap_or_else(|| key_for(cert));
+                let key_path = config.key.clone().unwrap_or_else(|| ssntp::tls::default_key_for(cert));
                 let key = ssntp::tls::load_key(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
                 builder.with_client_auth_cert(chain, key)?
             }
@@ -149,9 +144,7 @@ impl ApiClient {
             .with_context(|| format!("TLS with the API at {}", self.addr))
             .map_err(|e| advised(e, &self.addr))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let connection = tokio::spawn(conn);
         let mut request = Request::builder().method(method).uri(path).header("host", &self.addr);
         if let Some(tenant) = &self.tenant {
             request = request.header("x-drover-tenant", tenant);
@@ -162,13 +155,20 @@ impl ApiClient {
             }
             None => request.body(Full::new(Bytes::new()))?,
         };
-        // TLS 1.3 servers judge the client's certificate after the handshake: a refusal shows up
-        // here, as an alert.
-        let response = sender
-            .send_request(request)
-            .await
-            .with_context(|| format!("sending the request to the API at {}", self.addr))
-            .map_err(|e| advised(e, &self.addr))?;
+        // TLS 1.3 servers judge the client's certificate after the handshake: a refusal arrives
+        // as an alert that ends the connection, so its reason is the connection's error.
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                let ended = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                let cause = match ended {
+                    Ok(Ok(Err(closed))) => anyhow::Error::new(closed).context(e.to_string()),
+                    _ => anyhow::Error::new(e),
+                };
+                let e = cause.context(format!("sending the request to the API at {}", self.addr));
+                return Err(advised(e, &self.addr));
+            }
+        };
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();

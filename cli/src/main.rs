@@ -3,8 +3,28 @@
 use drover_cli::cli::{self, Cli, Cmd};
 use drover_cli::up::{self, UpOptions};
 
+/// `drover events | head`: once the reader has gone, writing more is pointless, and Rust's
+/// `println!` panics on the broken pipe. Exit quietly instead, as Unix tools do (without the
+/// `unsafe` that restoring SIGPIPE's default would take); every other panic reports as usual.
+fn quiet_on_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    quiet_on_closed_pipe();
     let cli: Cli = ssntp::cli::parse_or_exit();
     let result = match cli.command {
         Cmd::Up { port, api_port, once, bin_dir } => {

@@ -78,6 +78,22 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
         .count();
     assert_eq!(runs, 3, "started once and restarted twice: {events}");
 
+    // `drover events | head -1`: the reader goes away; drover exits quietly, not in a panic.
+    let mut events = std::process::Command::new(common::bin("drover"))
+        .args(["--api", &cluster.api_addr, "--cacert"])
+        .arg(cluster.pki.ca())
+        .arg("--cert")
+        .arg(cluster.pki.cert("user-admin"))
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(events.stdout.take());
+    let out = events.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
+
     // A successful run under on-failure is not restarted.
     let hello = instances(&api, "hello").await;
     assert_eq!(hello[0]["restarts"], 0);

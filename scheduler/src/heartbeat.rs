@@ -9,7 +9,7 @@
 //! an int) and follows ciao's part with its own summary, after ` | `:
 //!
 //! ```text
-//! … | nodes 3 ready 1 full 0 maint 0 down 0 lost | queued 2 (oldest 4s) | 1250 starts/s | reclaimed 512 MiB
+//! … | nodes: 3 ready, 1 full, 0 maintenance, 0 down, 0 lost | queued 2 (oldest 4s) | 1250 starts/s | reclaimed 512 MiB
 //! ```
 //!
 //! `BRAKE: …` is appended while the node-loss brake holds back NODE_LOST, with the way out
@@ -37,7 +37,7 @@ impl Heartbeat {
         let down = s.disconnected + s.not_ready;
         let _ = write!(
             out,
-            " | nodes {} ready {} full {} maint {down} down {} lost | queued {} (oldest {}s) | {rate} starts/s | reclaimed {} MiB",
+            " | nodes: {} ready, {} full, {} maintenance, {down} down, {} lost | queued {} (oldest {}s) | {rate} starts/s | reclaimed {} MiB",
             s.ready,
             s.full,
             s.maintenance,
@@ -134,7 +134,7 @@ mod tests {
         );
         let mut heartbeat = Heartbeat::default();
         assert!(heartbeat.line(&hub, &hub.summary(now), now).ends_with(
-            " | nodes 2 ready 0 full 0 maint 0 down 0 lost | queued 0 (oldest 0s) | 0 starts/s | reclaimed 0 MiB"
+            " | nodes: 2 ready, 0 full, 0 maintenance, 0 down, 0 lost | queued 0 (oldest 0s) | 0 starts/s | reclaimed 0 MiB"
         ));
     }
 }

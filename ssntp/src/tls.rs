@@ -107,7 +107,8 @@ pub struct TlsArgs {
     /// This process's certificate (may also hold the key).
     #[arg(long, value_name = "PEM")]
     pub cert: PathBuf,
-    /// This process's key; defaults to the certificate file.
+    /// This process's key; defaults to `<cert stem>-key.pem` beside the certificate, as
+    /// drover-cert writes it (or the certificate file itself when no such file exists).
     #[arg(long, value_name = "PEM")]
     pub key: Option<PathBuf>,
 }
@@ -117,6 +118,19 @@ impl TlsArgs {
     /// The paths, with an optional CRL.
     pub fn paths(&self, crl: Option<PathBuf>) -> TlsPaths {
         TlsPaths { ca: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone(), crl }
+    }
+}
+
+/// Where the key of `cert` is when no `--key` is given: `<stem>-key.pem` beside it (what
+/// drover-cert writes for `<stem>.pem`) if that exists, else the certificate file itself (one
+/// PEM holding both). One convention for the daemons and the CLI.
+pub fn default_key_for(cert: &std::path::Path) -> PathBuf {
+    let stem = cert.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = cert.with_file_name(format!("{stem}-key.pem"));
+    if beside.exists() {
+        beside
+    } else {
+        cert.to_owned()
     }
 }
 
@@ -143,7 +157,10 @@ impl Identity {
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
         let ca = load_certs(&paths.ca)?;
         let chain = load_certs(&paths.cert)?;
-        let key = load_key(paths.key.as_deref().unwrap_or(&paths.cert))?;
+        let key = match &paths.key {
+            Some(key) => load_key(key)?,
+            None => load_key(&default_key_for(&paths.cert))?,
+        };
         let crls = match &paths.crl {
             Some(path) => load_crls(path)?,
             None => Vec::new(),
@@ -285,6 +302,15 @@ pub fn host_of(target: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_found_beside_the_certificate_as_drover_cert_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("agent-node1.pem");
+        assert_eq!(default_key_for(&cert), cert, "no key file: the certificate holds both");
+        std::fs::write(dir.path().join("agent-node1-key.pem"), "").unwrap();
+        assert_eq!(default_key_for(&cert), dir.path().join("agent-node1-key.pem"));
+    }
 
     #[test]
     fn host_parsing() {
