@@ -529,15 +529,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             loop {
                 let wait = if follow { 30_000 } else { 0 };
                 let page = api.get(&format!("/v1/events?after={after}&wait_ms={wait}")).await?;
-                for e in page["events"].as_array().into_iter().flatten() {
+                let events = page["events"].as_array().cloned().unwrap_or_default();
+                if json && !follow {
+                    // One answer, one JSON array, like every other command.
+                    print_json(&Value::Array(events));
+                    break;
+                }
+                for e in &events {
                     if json {
+                        // Following: one JSON object per line, as they come.
                         println!("{e}");
                     } else {
-                        let instance = e
-                            .get("instance")
-                            .and_then(Value::as_str)
-                            .map_or(String::new(), |i| format!(" {}", short(i)));
-                        println!("{:>6} {}{instance} {}", text(e, "revision"), text(e, "tenant"), text(e, "what"));
+                        println!("{}", event_line(e));
                     }
                 }
                 std::io::stdout().flush()?;
@@ -785,6 +788,13 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One event for people: when (UTC), its revision, tenant, instance and what happened.
+fn event_line(e: &Value) -> String {
+    let at = e["at_unix_ms"].as_u64().filter(|ms| *ms > 0).map_or_else(|| "-".repeat(19), drover_model::format_utc);
+    let instance = e.get("instance").and_then(Value::as_str).map_or_else(|| "-".to_owned(), short);
+    format!("{at}  {:>6}  {:<10} {:<8}  {}", text(e, "revision"), text(e, "tenant"), instance, text(e, "what"))
+}
+
 /// How long ago a node was last heard from, for people ("4s ago", "3m ago", "-" never).
 fn seen_ago(now_ms: u64, unix_ms: Option<u64>) -> String {
     let Some(at) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
@@ -810,6 +820,16 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_reads_with_its_time() {
+        let e = json!({"revision": 42, "at_unix_ms": 1_795_847_101_999_u64, "tenant": "acme",
+                       "instance": "b0b95bab-0000-0000-0000-000000000000", "what": "instance running → exited: Completed"});
+        assert_eq!(
+            event_line(&e),
+            "2026-11-28 06:25:01      42  acme       b0b95bab  instance running → exited: Completed"
+        );
+    }
 
     #[test]
     fn a_requested_stop_does_not_read_as_a_refusal() {

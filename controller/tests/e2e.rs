@@ -77,6 +77,19 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
         .filter(|e| e["instance"] == id.as_str() && e["what"].as_str().unwrap().contains("starting → running"))
         .count();
     assert_eq!(runs, 3, "started once and restarted twice: {events}");
+    // Each event has its time and its facts as fields.
+    let ended = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["instance"] == id.as_str() && e["to"] == "failed")
+        .unwrap_or_else(|| panic!("no event of the failure: {events}"));
+    assert!(ended["at_unix_ms"].as_u64().unwrap() > 1_700_000_000_000, "{ended}");
+    assert_eq!(
+        (&ended["workload"], &ended["from"], &ended["exit_code"]),
+        (&json!("flaky"), &json!("running"), &json!(3))
+    );
+    assert!(!ended["what"].as_str().unwrap().contains("exited: exited"), "{ended}");
 
     // `drover events | head -1`: the reader goes away; drover exits quietly, not in a panic.
     let mut events = std::process::Command::new(common::bin("drover"))

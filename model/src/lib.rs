@@ -22,4 +22,4 @@ pub mod time;
 pub use duration::parse_duration;
 pub use fit::{fit, slots, Capacity, Demand, Overcommit, Shortfall, Usage};
 pub use status::{InstanceStatus, NodeStatus};
-pub use time::{unix_ms_now, Clock, Now, SystemClock};
+pub use time::{format_utc, unix_ms_now, Clock, Now, SystemClock};

@@ -24,9 +24,10 @@ struct Inner {
 impl Inner {
     fn append(&mut self, events: Vec<EventDraft>) -> u64 {
         let mut revision = self.events.last_key_value().map_or(0, |(r, _)| *r);
-        for (tenant, instance, what) in events {
+        let at = drover_model::unix_ms_now();
+        for draft in events {
             revision += 1;
-            self.events.insert(revision, Event { revision, tenant, instance, what });
+            self.events.insert(revision, draft.into_event(revision, at));
         }
         revision
     }

@@ -32,8 +32,61 @@ use crate::workload::Workload;
 #[error("store: {0}")]
 pub struct StoreError(pub String);
 
-/// One change to the event log: tenant, instance, what happened.
-pub type EventDraft = (String, Option<Uuid>, String);
+/// One change to the event log, before the store gives it a revision and a time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventDraft {
+    /// Tenant it concerns.
+    pub tenant: String,
+    /// Instance, if it is about one.
+    pub instance: Option<Uuid>,
+    /// What happened, for people.
+    pub what: String,
+    /// The same, as fields.
+    pub detail: EventDetail,
+}
+
+impl From<(String, Option<Uuid>, String)> for EventDraft {
+    fn from((tenant, instance, what): (String, Option<Uuid>, String)) -> Self {
+        Self { tenant, instance, what, detail: EventDetail::default() }
+    }
+}
+
+impl EventDraft {
+    /// The event, numbered `revision`, stamped `at_unix_ms`.
+    pub fn into_event(self, revision: u64, at_unix_ms: u64) -> Event {
+        Event {
+            revision,
+            at_unix_ms,
+            tenant: self.tenant,
+            instance: self.instance,
+            what: self.what,
+            detail: self.detail,
+        }
+    }
+}
+
+/// An instance event's facts as fields (absent when they do not apply).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EventDetail {
+    /// The instance's workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The node it runs or ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
+    /// The state it left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The state it is in now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why, in the cluster's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The exit code of its last run, once it ended with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
 
 /// Where the records live. Every method that changes something is one atomic write that appends
 /// `events` in order (revisions one apart, never reused) and returns only once it is durable.
@@ -179,6 +232,12 @@ pub struct Event {
     pub instance: Option<Uuid>,
     /// What happened, for people.
     pub what: String,
+    /// When the store wrote it, Unix ms (0 for events written before it was kept).
+    #[serde(default)]
+    pub at_unix_ms: u64,
+    /// The same as fields.
+    #[serde(default, flatten)]
+    pub detail: EventDetail,
 }
 
 /// The store the service uses: a backend, and the in-memory indexes over it.
@@ -395,7 +454,11 @@ impl Store {
     /// Storage errors.
     pub fn put_workload(&self, name: &str, workload: &StoredWorkload) -> Result<u64, StoreError> {
         let key = format!("{}/{name}", workload.tenant);
-        self.backend.put_workload(&key, workload, (workload.tenant.clone(), None, format!("workload {name} saved")))
+        self.backend.put_workload(
+            &key,
+            workload,
+            (workload.tenant.clone(), None, format!("workload {name} saved")).into(),
+        )
     }
 
     /// A workload of a tenant.
@@ -434,7 +497,16 @@ impl Store {
             .collect();
         let events = records
             .iter()
-            .map(|r| (tenant.to_owned(), Some(r.uuid), format!("instance of {workload} created")))
+            .map(|r| EventDraft {
+                tenant: tenant.to_owned(),
+                instance: Some(r.uuid),
+                what: format!("instance of {workload} created"),
+                detail: EventDetail {
+                    workload: Some(workload.to_owned()),
+                    to: Some(r.life.state.name().to_owned()),
+                    ..EventDetail::default()
+                },
+            })
             .collect();
         self.backend.insert_instances(&records, events)?;
         self.index(&records);
@@ -580,10 +652,25 @@ impl Store {
             path.extend(change(record));
             path.push(record.life.state.name());
             path.dedup();
+            let now = record.life.state.name();
             let what =
                 if path.len() == 1 { format!("instance {before}") } else { format!("instance {}", path.join(" → ")) };
-            let what = if record.why.is_empty() { what } else { format!("{what}: {}", record.why) };
-            (record.tenant.clone(), Some(record.uuid), what)
+            // "running → exited: exited: Completed" said the state twice.
+            let why = record.why.strip_prefix(&format!("{now}: ")).unwrap_or(&record.why);
+            let what = if why.is_empty() { what } else { format!("{what}: {why}") };
+            EventDraft {
+                tenant: record.tenant.clone(),
+                instance: Some(record.uuid),
+                what,
+                detail: EventDetail {
+                    workload: Some(record.workload.clone()),
+                    node: record.node,
+                    from: (before != now).then(|| before.to_owned()),
+                    to: Some(now.to_owned()),
+                    reason: (!record.why.is_empty()).then(|| record.why.clone()),
+                    exit_code: record.life.exit_code,
+                },
+            }
         })?;
         self.index(&records);
         Ok((records, revision))
@@ -595,7 +682,8 @@ impl Store {
     /// Storage errors.
     pub fn delete_instance(&self, uuid: Uuid) -> Result<bool, StoreError> {
         let Some(record) = self.backend.instance(uuid)? else { return Ok(false) };
-        let removed = self.backend.delete_instance(uuid, (record.tenant, Some(uuid), "instance deleted".to_owned()))?;
+        let removed =
+            self.backend.delete_instance(uuid, (record.tenant, Some(uuid), "instance deleted".to_owned()).into())?;
         self.pending.lock().expect("pending index lock").remove(&uuid);
         self.running.lock().expect("running index lock").set(uuid, None);
         self.counts.lock().expect("counts index lock").set(uuid, None);
@@ -622,7 +710,7 @@ impl Store {
     /// Storage errors.
     pub fn delete_workload(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let key = format!("{tenant}/{name}");
-        self.backend.delete_workload(&key, (tenant.to_owned(), None, format!("workload {name} deleted")))
+        self.backend.delete_workload(&key, (tenant.to_owned(), None, format!("workload {name} deleted")).into())
     }
 
     /// Appends an event that changes no record (a batch finished); returns its revision.
@@ -630,7 +718,7 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn note(&self, tenant: &str, instance: Option<Uuid>, what: String) -> Result<u64, StoreError> {
-        self.backend.note((tenant.to_owned(), instance, what))
+        self.backend.note((tenant.to_owned(), instance, what).into())
     }
 
     /// Events after `revision`, oldest first, at most `limit`.

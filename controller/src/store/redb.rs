@@ -72,9 +72,10 @@ impl RedbBackend {
         {
             let mut table = txn.open_table(EVENTS)?;
             revision = table.last()?.map_or(0, |(k, _)| k.value());
-            for (tenant, instance, what) in events {
+            let at = drover_model::unix_ms_now();
+            for draft in events {
                 revision += 1;
-                table.insert(revision, json(&Event { revision, tenant, instance, what }).as_slice())?;
+                table.insert(revision, json(&draft.into_event(revision, at)).as_slice())?;
             }
         }
         txn.commit()?;
