@@ -141,6 +141,8 @@ fn binary_reports_errors_and_exits_non_zero() {
     assert!(run(&["issue", "--dir", pki, "--role", "agent", "--name", "n2", "--uuid", node]).status.success());
     let out = run(&["show", &format!("{pki}/agent-n2.pem")]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("identity:    {node}")));
+    assert_eq!(run(&["issue", "--no-such-flag"]).status.code(), Some(64), "usage errors are 64, as in every binary");
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
     let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
     assert!(help.contains("-anchor-cert"), "--help maps ciao-cert's flags");
 }

@@ -114,8 +114,9 @@ pub enum Cmd {
         /// Only this workload's.
         #[arg(long)]
         workload: Option<String>,
-        /// Only instances in this state (pending, queued, running, exited, failed …).
-        #[arg(long)]
+        /// Only instances in this state: pending, starting, queued, running, exited, failed,
+        /// stopped, lost or canceled.
+        #[arg(long, value_parser = parse_state)]
         state: Option<String>,
         /// Only instances running on this node (UUID).
         #[arg(long)]
@@ -302,7 +303,32 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn instance_rows(list: &[InstanceView]) -> Vec<Vec<String>> {
+/// An instance state's name, refused when it is none (a typo must not list nothing, silently).
+fn parse_state(text: &str) -> Result<String, String> {
+    let names: Vec<&str> = InstanceStatus::ALL.iter().map(|s| s.name()).collect();
+    if names.contains(&text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a state; one of {}", names.join(", ")))
+    }
+}
+
+/// Node names by UUID, as `node ls` shows them (its host name), for tables of instances.
+async fn host_names(api: &ApiClient) -> std::collections::HashMap<ssntp::Uuid, String> {
+    let Ok(nodes) = api.get("/v1/nodes").await else { return std::collections::HashMap::new() };
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let uuid = n["uuid"].as_str()?.parse().ok()?;
+            let host = n["stats"]["hostname"].as_str().filter(|h| !h.is_empty())?;
+            Some((uuid, host.to_owned()))
+        })
+        .collect()
+}
+
+fn instance_rows(list: &[InstanceView], hosts: &std::collections::HashMap<ssntp::Uuid, String>) -> Vec<Vec<String>> {
     list.iter()
         .map(|i| {
             let state = match i.exit_code {
@@ -312,9 +338,10 @@ fn instance_rows(list: &[InstanceView]) -> Vec<Vec<String>> {
             let why = if i.why.is_empty() { "-".to_owned() } else { i.why.clone() };
             vec![
                 short(&i.uuid.to_string()),
+                i.tenant.clone(),
                 i.workload.clone(),
                 state,
-                i.node.map_or("-".into(), |n| short(&n.to_string())),
+                i.node.map_or("-".into(), |n| hosts.get(&n).cloned().unwrap_or_else(|| short(&n.to_string()))),
                 i.restarts.to_string(),
                 why,
             ]
@@ -322,7 +349,7 @@ fn instance_rows(list: &[InstanceView]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const INSTANCE_HEADERS: [&str; 6] = ["ID", "WORKLOAD", "STATE", "NODE", "RESTARTS", "WHY"];
+const INSTANCE_HEADERS: [&str; 7] = ["ID", "TENANT", "WORKLOAD", "STATE", "NODE", "RESTARTS", "WHY"];
 
 struct PsArgs {
     workload: Option<String>,
@@ -347,6 +374,7 @@ async fn ps(api: &ApiClient, args: PsArgs, json: bool) -> anyhow::Result<()> {
         filters.push(format!("node={node}"));
     }
     let limit = if args.all { 1000 } else { args.limit.max(1) };
+    let hosts = if json { std::collections::HashMap::new() } else { host_names(api).await };
     let mut after = args.after.clone();
     let mut first = true;
     loop {
@@ -360,7 +388,7 @@ async fn ps(api: &ApiClient, args: PsArgs, json: bool) -> anyhow::Result<()> {
         if json {
             print_json(&serde_json::to_value(&list)?);
         } else if first || !list.is_empty() {
-            let rows = instance_rows(&list);
+            let rows = instance_rows(&list, &hosts);
             if first {
                 table(&INSTANCE_HEADERS, &rows);
             } else {
@@ -495,9 +523,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     answer.pending.len(),
                     answer.slots_remaining_estimate
                 );
+                let hosts = host_names(&api).await;
                 let mut rows = Vec::new();
                 for part in [&answer.started, &answer.queued, &answer.rejected, &answer.pending] {
-                    rows.extend(instance_rows(part));
+                    rows.extend(instance_rows(part, &hosts));
                 }
                 table(&INSTANCE_HEADERS, &rows);
             }
@@ -510,7 +539,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 let s = &v["scheduler"];
                 if s["connected"].as_bool() == Some(true) {
-                    println!("scheduler: connected to {} ({})", text(s, "target"), short(&text(s, "scheduler")));
+                    println!("scheduler: connected to {} ({})", text(s, "target"), short(&text(s, "uuid")));
                 } else {
                     println!("scheduler: NOT connected ({})", text(s, "last_error"));
                 }
@@ -692,7 +721,7 @@ async fn run_workload(
     if json {
         print_json(&serde_json::to_value(&finals)?);
     } else {
-        table(&INSTANCE_HEADERS, &instance_rows(&finals));
+        table(&INSTANCE_HEADERS, &instance_rows(&finals, &host_names(api).await));
     }
     Ok(if failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
@@ -820,6 +849,12 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_state_is_refused_by_name() {
+        assert_eq!(parse_state("running").as_deref(), Ok("running"));
+        assert!(parse_state("runing").unwrap_err().contains("one of pending"));
+    }
 
     #[test]
     fn an_event_reads_with_its_time() {

@@ -71,8 +71,8 @@ pub struct LinkView {
     pub connected: bool,
     /// The scheduler's address.
     pub target: Option<String>,
-    /// The scheduler's UUID.
-    pub scheduler: Option<Uuid>,
+    /// The scheduler's UUID (`status.scheduler.uuid`).
+    pub uuid: Option<Uuid>,
     /// Why the last attempt or session failed.
     pub last_error: Option<String>,
 }
@@ -526,7 +526,7 @@ async fn handle_event(controller: &Arc<Controller>, event: ClientEvent) {
             let hold_ms = u64::try_from(controller.resend_hold.as_millis()).unwrap_or(u64::MAX);
             *controller.resend_gate.lock().expect("gate lock") = Some(ResendGate::new(expected, now, hold_ms));
             *controller.link_view.lock().expect("link lock") =
-                LinkView { connected: true, target: Some(target), scheduler: Some(server_uuid), last_error: None };
+                LinkView { connected: true, target: Some(target), uuid: Some(server_uuid), last_error: None };
             // What happened while the link was down is in the nodes' digests.
             controller.service.link_up();
             tick(controller).await;

@@ -17,8 +17,13 @@ use crate::store::Store;
 
 /// The Drover controller: keeps workloads and instances durable (redb), sends them to the
 /// scheduler, restarts them per policy, and serves the HTTPS API that the `drover` CLI uses.
+///
+/// Example (keys are found beside their certificates as <name>-key.pem):
+///   drover-controller --server 10.0.0.1:8888 --cacert pki/ca.pem \
+///       --cert pki/controller-ctl.pem --db /var/lib/drover/controller.redb \
+///       --api-listen 0.0.0.0:8889 --api-cert pki/server-api.pem --api-crl pki/crl.pem
 #[derive(Debug, clap::Parser)]
-#[command(name = "drover-controller", version)]
+#[command(name = "drover-controller", version, verbatim_doc_comment)]
 pub struct Args {
     /// Scheduler address `host:port` (repeatable: tried in order).
     #[arg(long = "server", required = true)]

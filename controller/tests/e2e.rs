@@ -49,6 +49,12 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     let out = cluster.cli(&["ps"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().next().unwrap().starts_with("ID") && table.contains("exited(0)"), "{table}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    assert!(table.lines().next().unwrap().contains("TENANT"), "{table}");
+    assert!(table.contains("admin"), "{table}");
+    assert!(table.contains(&host), "NODE by its host name, as node ls shows it: {table}");
+    let out = cluster.cli(&["ps", "--state", "runing"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("one of pending"));
 
     // on-failure, 2 attempts: three runs in all, then failed, with the reason.
     put(

@@ -17,7 +17,7 @@ use crate::hub::{Config, Policy};
 ///   drover-scheduler --cacert pki/ca.pem --cert pki/scheduler-sched.pem \
 ///       --key pki/scheduler-sched-key.pem --crl pki/crl.pem --heartbeat
 ///
-/// Durations take a unit: 500ms, 10s, 5m.
+/// Durations take a unit: 500ms, 10s, 5m, 1h (a bare number is refused).
 #[derive(Debug, clap::Parser)]
 #[command(name = "drover-scheduler", version, verbatim_doc_comment)]
 pub struct Args {
