@@ -497,7 +497,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
-        Cmd::Logs { id, follow } => logs(&api, &id, follow).await?,
+        Cmd::Logs { id, follow } => logs(&api, &id, follow, json).await?,
         Cmd::Stop { id } => action(&api, &id, "stop", json).await?,
         Cmd::Start { id } => action(&api, &id, "start", json).await?,
         Cmd::Cancel { id } => action(&api, &id, "cancel", json).await?,
@@ -726,7 +726,7 @@ async fn run_workload(
     Ok(if failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
-async fn logs(api: &ApiClient, id: &str, follow: bool) -> anyhow::Result<()> {
+async fn logs(api: &ApiClient, id: &str, follow: bool, json: bool) -> anyhow::Result<()> {
     let id = resolve(api, id, "instance", "/v1/instances").await?;
     let mut printed = String::new();
     loop {
@@ -741,7 +741,12 @@ async fn logs(api: &ApiClient, id: &str, follow: bool) -> anyhow::Result<()> {
         };
         // The node keeps the tail; print what is new since the last fetch.
         let new = data.strip_prefix(printed.as_str()).map_or_else(|| data.clone(), str::to_owned);
-        print!("{new}");
+        if json {
+            // One object per fetch (JSON lines when following).
+            println!("{}", json!({"instance": id, "state": state.state.name(), "data": new}));
+        } else {
+            print!("{new}");
+        }
         std::io::stdout().flush()?;
         printed = data;
         if !follow || state.state.is_final() {
@@ -817,6 +822,13 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error as `--json` prints it: `{"error": {"message": …, "status": 404}}` (`status` when
+/// the API answered).
+pub fn error_json(e: &anyhow::Error) -> Value {
+    let status = e.downcast_ref::<crate::client::ApiFailure>().map(|f| f.status.as_u16());
+    json!({"error": {"message": format!("{e:#}"), "status": status}})
+}
+
 /// One event for people: when (UTC), its revision, tenant, instance and what happened.
 fn event_line(e: &Value) -> String {
     let at = e["at_unix_ms"].as_u64().filter(|ms| *ms > 0).map_or_else(|| "-".repeat(19), drover_model::format_utc);
@@ -854,6 +866,16 @@ mod tests {
     fn an_unknown_state_is_refused_by_name() {
         assert_eq!(parse_state("running").as_deref(), Ok("running"));
         assert!(parse_state("runing").unwrap_err().contains("one of pending"));
+    }
+
+    #[test]
+    fn json_errors_carry_the_message_and_the_apis_status() {
+        let failure =
+            crate::client::ApiFailure { status: hyper::StatusCode::NOT_FOUND, message: "no such instance".into() };
+        let v = error_json(&anyhow::Error::new(failure));
+        assert_eq!(v["error"]["status"], 404);
+        assert!(v["error"]["message"].as_str().unwrap().contains("no such instance"));
+        assert_eq!(error_json(&anyhow::anyhow!("offline"))["error"]["status"], Value::Null);
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn quiet_on_closed_pipe() {
 async fn main() -> std::process::ExitCode {
     quiet_on_closed_pipe();
     let cli: Cli = ssntp::cli::parse_or_exit();
+    let json = cli.json;
     let result = match cli.command {
         Cmd::Up { port, api_port, once, bin_dir } => {
             // Handlers are installed now, so Ctrl-C at any point stops the children cleanly.
@@ -36,6 +37,10 @@ async fn main() -> std::process::ExitCode {
         _ => cli::run(cli).await,
     };
     result.unwrap_or_else(|e| {
+        if json {
+            // Scripts that asked for JSON get their errors in it too, on stdout.
+            println!("{}", drover_cli::cli::error_json(&e));
+        }
         eprintln!("drover: error: {e:#}");
         std::process::ExitCode::FAILURE
     })

@@ -46,6 +46,12 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     let out = cluster.cli(&["logs", &id[..8]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from /bin/sh\nline two\n");
+    let out = cluster.cli(&["--json", "logs", &id[..8]]);
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(log["data"], "hello from /bin/sh\nline two\n", "{log}");
+    let out = cluster.cli(&["--json", "show", "00000000-0000-0000-0000-000000000000"]);
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success() && err["error"]["status"] == 404, "--json covers errors: {err}");
     let out = cluster.cli(&["ps"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().next().unwrap().starts_with("ID") && table.contains("exited(0)"), "{table}");
