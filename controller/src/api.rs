@@ -43,6 +43,8 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest long-poll for events.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a node action waits for the scheduler's refusal before it answers 202.
+pub const NODE_COMMAND_WAIT: Duration = Duration::from_secs(1);
 
 /// Who is calling, from the TLS client certificate.
 #[derive(Debug, Clone)]
@@ -551,7 +553,20 @@ async fn node_action(
             ))
         }
     };
-    c.send_now(message).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    // The scheduler answers only a refusal: a moment's wait tells the caller of one (a backup
+    // controller may not command, a node still reporting is not forgotten).
+    let refused = c
+        .node_command(message, node, NODE_COMMAND_WAIT)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    if let Some(f) = refused {
+        let status = match f.reason {
+            ssntp::payload::FailureReason::NoNode => StatusCode::NOT_FOUND,
+            ssntp::payload::FailureReason::NotPermitted => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        return Err(ApiError::new(status, format!("the scheduler refused to {action} node {node}: {}", f.detail)));
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
 }
 

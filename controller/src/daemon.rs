@@ -79,6 +79,12 @@ pub struct LinkView {
 
 type LogWaiter = (Uuid, oneshot::Sender<Result<LogData, String>>);
 
+/// A node command sent for an API call: its name, the node, and where its refusal goes.
+type NodeCommandWaiter = (String, Uuid, oneshot::Sender<ssntp::payload::CommandFailure>);
+
+/// Most node commands waiting for a possible refusal at once (more are sent without waiting).
+pub const MAX_NODE_COMMAND_WAITERS: usize = 256;
+
 /// Most commands from API handlers waiting for the link task (overflow: the handler waits).
 pub const MAX_LINK_COMMANDS: usize = 1024;
 
@@ -105,6 +111,8 @@ pub struct Controller {
     nodes: Mutex<BTreeMap<Uuid, NodeView>>,
     link_view: Mutex<LinkView>,
     logs: Mutex<HashMap<u64, LogWaiter>>,
+    /// Node commands (EVACUATE, RESTORE, NODE_FORGET) whose refusal an API call waits for.
+    node_commands: Mutex<Vec<NodeCommandWaiter>>,
     next_request: AtomicU64,
     revision: watch::Sender<u64>,
     wake: Notify,
@@ -148,6 +156,7 @@ impl Controller {
             nodes: Mutex::new(BTreeMap::new()),
             link_view: Mutex::new(LinkView::default()),
             logs: Mutex::new(HashMap::new()),
+            node_commands: Mutex::new(Vec::new()),
             next_request: AtomicU64::new(1),
             revision: watch::channel(revision).0,
             wake: Notify::new(),
@@ -227,6 +236,41 @@ impl Controller {
             .await
             .map_err(|_| "the controller is stopping")?;
         went.await.map_err(|_| "the controller is stopping")?
+    }
+
+    /// Sends a node command (EVACUATE, RESTORE, NODE_FORGET) and waits up to `wait` for the
+    /// scheduler to refuse it (a backup controller's command, a node it does not know, a node
+    /// that still reports): `Some` with the refusal, `None` when none came in time.
+    ///
+    /// # Errors
+    /// No link, or the controller is stopping.
+    pub async fn node_command(
+        &self,
+        message: Message,
+        node: Uuid,
+        wait: Duration,
+    ) -> Result<Option<ssntp::payload::CommandFailure>, String> {
+        let command = message.kind().to_string();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self.node_commands.lock().expect("node commands lock");
+            waiters.retain(|(_, _, t)| !t.is_closed());
+            if waiters.len() < MAX_NODE_COMMAND_WAITERS {
+                waiters.push((command, node, tx));
+            }
+        }
+        self.send_now(message).await?;
+        Ok(tokio::time::timeout(wait, rx).await.ok().and_then(Result::ok))
+    }
+
+    fn answer_node_command(&self, message: &Message) {
+        let Message::CommandFailure(f) = message else { return };
+        let Some(node) = f.node_uuid else { return };
+        let mut waiters = self.node_commands.lock().expect("node commands lock");
+        if let Some(i) = waiters.iter().position(|(c, n, _)| *c == f.command && *n == node) {
+            let (_, _, tx) = waiters.swap_remove(i);
+            let _ = tx.send(f.clone());
+        }
     }
 
     /// Sends commands on the link (the link task only). A command that cannot go is dropped:
@@ -347,6 +391,7 @@ impl Controller {
     fn observe(&self, origin: Uuid, message: &Message) {
         self.observe_node(origin, message);
         self.answer_log(message);
+        self.answer_node_command(message);
         if !matches!(message, Message::Stats(_) | Message::LogData(_)) {
             tracing::info!("{}", crate::link::describe(origin, message));
         }

@@ -972,6 +972,7 @@ impl Hub {
             }
             Message::Evacuate(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
             Message::Restore(m) => Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), None)),
+            Message::NodeForget(m) => Message::CommandFailure(command_failure(Some(m.node_uuid), None)),
             Message::LogFetch(m) => {
                 Message::CommandFailure(command_failure(Some(m.workload_agent_uuid), Some(m.instance_uuid)))
             }
