@@ -190,15 +190,6 @@ impl Format {
             )),
         }
     }
-
-    /// From a file name's extension (`.toml` → TOML, anything else → JSON).
-    pub fn of_path(path: &std::path::Path) -> Self {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-            Self::Toml
-        } else {
-            Self::Json
-        }
-    }
 }
 
 /// Parses and checks a workload file.
@@ -377,7 +368,6 @@ backoff = "2s"
             vec!["limits", ssntp::payload::ROOT_FEATURE],
             "only nodes allowing root fit"
         );
-        assert_eq!(Format::of_path(std::path::Path::new("w.TOML")), Format::Toml);
         assert_eq!(Format::for_file(std::path::Path::new("w.TOML")), Ok(Format::Toml));
         assert_eq!(Format::for_file(std::path::Path::new("w.json")), Ok(Format::Json));
         assert!(Format::for_file(std::path::Path::new("w.yaml")).unwrap_err().contains(".yaml files are not read"));
@@ -435,7 +425,7 @@ backoff = "2s"
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             let text = std::fs::read_to_string(&path).unwrap();
-            parse(&text, Format::of_path(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            parse(&text, Format::for_file(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }
         assert!(seen >= 3, "examples/ holds the README's examples");

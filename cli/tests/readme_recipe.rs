@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testutil::process::ip;
+
 const DAEMONS: [&str; 3] = ["drover-scheduler", "drover-controller", "drover-launcher"];
 
 /// One ```sh block of the recipe: where it runs and its lines.
@@ -51,15 +53,6 @@ fn recipe(readme: &str) -> Vec<Block> {
         }
     }
     blocks
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
 }
 
 /// The machines: a namespace each, on a bridge in a namespace of its own. Removed on drop,

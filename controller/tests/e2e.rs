@@ -7,13 +7,8 @@
 
 mod common;
 
-use common::{wait_for, Cluster};
-use hyper::Method;
+use common::{create_workload, instance_when, launch_one, wait_for, Cluster, PATIENCE};
 use serde_json::{json, Value};
-
-async fn put(api: &drover_cli::client::ApiClient, toml: &str) {
-    api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
-}
 
 async fn instances(api: &drover_cli::client::ApiClient, workload: &str) -> Vec<Value> {
     api.get(&format!("/v1/instances?workload={workload}")).await.unwrap().as_array().unwrap().clone()
@@ -63,18 +58,13 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("one of pending"));
 
     // on-failure, 2 attempts: three runs in all, then failed, with the reason.
-    put(
+    create_workload(
         &api,
         "name = \"flaky\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", \"echo try; exit 3\"]\n[restart]\npolicy = \"on-failure\"\nattempts = 2\nbackoff = \"200ms\"\n",
     )
     .await;
-    let id =
-        api.post("/v1/workloads/flaky/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
-    let done = wait_for("the flaky workload to give up", || async {
-        let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (v["state"] == "failed").then_some(v)
-    })
-    .await;
+    let id = launch_one(&api, "flaky").await;
+    let done = instance_when(&api, &id, "the flaky workload to give up", PATIENCE, |v| v["state"] == "failed").await;
     assert_eq!(done["restarts"], 2, "{done}");
     assert!(done["why"].as_str().unwrap().contains("code 3"), "{done}");
     assert_eq!(done["exit_code"], 3, "the failed run's code is shown, as WHY says: {done}");
@@ -139,7 +129,7 @@ async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
     let cluster = Cluster::start(&[&[], &[]]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    put(&api, "name = \"sleeper\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
+    create_workload(&api, "name = \"sleeper\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
     api.post("/v1/workloads/sleeper/launch", &json!({"count": 4})).await.unwrap();
     let running = wait_for("four running instances", || async {
         let list = instances(&api, "sleeper").await;
@@ -165,7 +155,7 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
     let cluster = Cluster::start(&[&["--max-instances", "2"]]);
     cluster.wait_ready(1).await;
     let api = cluster.admin();
-    put(&api, "name = \"render\"\nclass = \"batch\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
+    create_workload(&api, "name = \"render\"\nclass = \"batch\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sleep\", \"300\"]\n[restart]\npolicy = \"never\"\n").await;
     let answer = api.post("/v1/batch", &json!({"workload": "render", "count": 5, "wait_ms": 10000})).await.unwrap();
     let n = |k: &str| answer[k].as_array().unwrap().len();
     assert_eq!((n("started"), n("queued"), n("rejected"), n("pending")), (2, 3, 0, 0), "{answer}");
@@ -173,7 +163,7 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
     assert!(answer["slots_remaining_estimate"].as_u64().is_some(), "{answer}");
 
     // Work larger than any node is rejected at once.
-    put(&api, "name = \"huge\"\nclass = \"batch\"\n[resources]\nmem_mb = 1048576\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
+    create_workload(&api, "name = \"huge\"\nclass = \"batch\"\n[resources]\nmem_mb = 1048576\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
     let answer = api.post("/v1/batch", &json!({"workload": "huge", "count": 3})).await.unwrap();
     assert_eq!(answer["rejected"].as_array().unwrap().len(), 3, "{answer}");
     assert!(answer["rejected"][0]["why"].as_str().unwrap().contains("largest node"), "{answer}");
@@ -226,7 +216,7 @@ async fn with_memory_overcommit_twice_a_nodes_memory_runs_and_no_launcher_refuse
     let total = node_memory(&api).await;
     // Eight instances of just under a quarter of the node: twice its memory in all.
     let each = total / 4 - 1;
-    put(&api, &sim_workload("big", each, 0)).await;
+    create_workload(&api, &sim_workload("big", each, 0)).await;
     launch_and_wait(&api, "big", 8, 8).await;
     assert!(8 * each > total, "the test asks for more than the node has");
     assert!(refusals(&cluster).is_empty(), "a launcher refused placed work: {:?}", refusals(&cluster));
@@ -240,7 +230,7 @@ async fn with_estimates_on_work_requesting_three_times_a_node_runs_once_usage_is
     let total = node_memory(&api).await;
     // Each asks for half the node and uses almost nothing.
     let each = total / 2;
-    put(&api, &sim_workload("frugal", each, 8)).await;
+    create_workload(&api, &sim_workload("frugal", each, 8)).await;
     launch_and_wait(&api, "frugal", 1, 1).await;
     // Its STATS teach the scheduler what the workload really uses; the next five are charged
     // that estimate, on the scheduler and on the launcher alike.
@@ -266,16 +256,10 @@ async fn output_of(api: &drover_cli::client::ApiClient, name: &str, script: &str
     let toml = format!(
         "name = \"{name}\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", {script:?}]\n[restart]\npolicy = \"never\"\n"
     );
-    put(api, &toml).await;
-    let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_for("the workload to end", || async {
-        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (i["state"] == "exited" || i["state"] == "failed").then_some(())
-    })
-    .await;
+    create_workload(api, &toml).await;
+    let id = launch_one(api, name).await;
+    instance_when(api, &id, "the workload to end", PATIENCE, |i| i["state"] == "exited" || i["state"] == "failed")
+        .await;
     api.get(&format!("/v1/instances/{id}/logs")).await.unwrap()["data"].as_str().unwrap().to_owned()
 }
 
@@ -320,23 +304,16 @@ async fn work_that_can_never_fit_fails_at_once_and_says_why() {
     let cluster = Cluster::start(&[&[]]);
     cluster.wait_ready(1).await;
     let api = cluster.admin();
-    put(&api, "name = \"huge\"\n[resources]\nvcpus = 4096\nmem_mb = 64\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n")
+    create_workload(&api, "name = \"huge\"\n[resources]\nvcpus = 4096\nmem_mb = 64\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n")
         .await;
-    put(
+    create_workload(
         &api,
         "name = \"boxed\"\nsize = \"tiny\"\n[backend]\ntype = \"oci\"\nrootfs = \"/nowhere\"\nargs = [\"true\"]\n",
     )
     .await;
     for (name, words) in [("huge", "insufficient vCPUs"), ("boxed", "backend oci not offered")] {
-        let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let done = wait_for("it to fail", || async {
-            let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-            (v["state"] == "failed").then_some(v)
-        })
-        .await;
+        let id = launch_one(&api, name).await;
+        let done = instance_when(&api, &id, "it to fail", PATIENCE, |v| v["state"] == "failed").await;
         let why = done["why"].as_str().unwrap();
         assert!(why.contains("could ever fit") && why.contains(words), "{done}");
         assert_eq!(done["restarts"], 0, "nothing to retry: {done}");
@@ -365,16 +342,13 @@ async fn a_loaded_node_shows_as_loaded_and_queued_work_says_why() {
     })
     .await;
     let table = String::from_utf8_lossy(&cluster.cli(&["node", "ls"]).stdout).into_owned();
-    put(&api, "name = \"patient\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
-    let id = api.post("/v1/workloads/patient/launch", &json!({})).await.unwrap()["instances"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let queued = wait_for("it to queue", || async {
-        let v = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (v["state"] == "queued").then_some(v)
-    })
+    create_workload(
+        &api,
+        "name = \"patient\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n",
+    )
     .await;
+    let id = launch_one(&api, "patient").await;
+    let queued = instance_when(&api, &id, "it to queue", PATIENCE, |v| v["state"] == "queued").await;
     assert!(table.contains("LOADED"), "{table}");
     assert!(queued["why"].as_str().unwrap().contains("load above threshold"), "{queued}");
 }

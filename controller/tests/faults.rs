@@ -12,8 +12,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{active_copies, all_events, all_instances, node_status, running, runs, wait_for, wait_within, Cluster};
-use hyper::Method;
+use common::{
+    active_copies, all_events, all_instances, create_workload, instance_when, launch_one, node_status, running, runs,
+    wait_for, wait_within, Cluster, PATIENCE,
+};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -27,10 +29,6 @@ fn workload(name: &str, policy: &str) -> String {
         "name = \"{name}\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n\
          [restart]\npolicy = \"{policy}\"\nattempts = 5\nbackoff = \"100ms\"\n"
     )
-}
-
-async fn create(api: &drover_cli::client::ApiClient, toml: &str) {
-    api.call(Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
 }
 
 /// The node UUID a launcher of the cluster stored in its state directory.
@@ -52,7 +50,7 @@ async fn launch_on_two_nodes(count: usize) -> (Cluster, Vec<String>) {
     let cluster = Cluster::start_with(&["--cpu-overcommit", "6000", "--start-window", "16"], &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    create(&api, &workload("sim", "never")).await;
+    create_workload(&api, &workload("sim", "never")).await;
     let launched = api.post("/v1/workloads/sim/launch", &json!({"count": count})).await.unwrap();
     let acknowledged =
         launched["instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
@@ -173,7 +171,7 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
     let cluster = Cluster::start_with(FAST_LOSS, &[SIM, SIM, SIM]);
     cluster.wait_ready(3).await;
     let api = cluster.admin();
-    create(&api, &workload("web", "on-failure")).await;
+    create_workload(&api, &workload("web", "on-failure")).await;
     api.post("/v1/workloads/web/launch", &json!({"count": COUNT})).await.unwrap();
     wait_for("all running", || async { (running(&all_instances(&api).await) == COUNT).then_some(()) }).await;
     let frozen = node_of_launcher(&cluster, 0);
@@ -222,7 +220,7 @@ async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_only_a_for
     let cluster = Cluster::start_with(FAST_LOSS, &[SIM; 10]);
     cluster.wait_ready(10).await;
     let api = cluster.admin();
-    create(&api, &workload("svc", "on-failure")).await;
+    create_workload(&api, &workload("svc", "on-failure")).await;
     api.post("/v1/workloads/svc/launch", &json!({"count": COUNT})).await.unwrap();
     wait_for("all running", || async { (running(&all_instances(&api).await) == COUNT).then_some(()) }).await;
 
@@ -303,7 +301,7 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     let cluster = Cluster::start_with(&["--cpu-overcommit", "600"], &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    create(&api, &workload("batch", "never")).await;
+    create_workload(&api, &workload("batch", "never")).await;
     api.post("/v1/workloads/batch/launch", &json!({"count": COUNT})).await.unwrap();
     let list = wait_for("all running", || async {
         let list = all_instances(&api).await;
@@ -330,27 +328,17 @@ async fn evacuating_a_node_running_fifty_moves_them_all_and_restore_reopens_it()
     common::restore_evacuated(&api, &node).await;
 }
 
-/// The one instance of workload `name` (policy `never`), once it runs: its UUID and node.
-async fn one_running(api: &drover_cli::client::ApiClient, name: &str) -> (String, String) {
-    create(api, &workload(name, "never")).await;
-    let id = api.post(&format!("/v1/workloads/{name}/launch"), &json!({})).await.unwrap()["instances"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let node = wait_for("it to run", || async {
-        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (i["state"] == "running").then(|| i["node"].as_str().unwrap().to_owned())
-    })
-    .await;
+/// The one instance of workload `name` (restart `policy`), once it runs: its UUID and node.
+async fn one_running(api: &drover_cli::client::ApiClient, name: &str, policy: &str) -> (String, String) {
+    create_workload(api, &workload(name, policy)).await;
+    let id = launch_one(api, name).await;
+    let node = instance_when(api, &id, "it to run", PATIENCE, |i| i["state"] == "running").await;
+    let node = node["node"].as_str().unwrap().to_owned();
     (id, node)
 }
 
 async fn wait_lost(api: &drover_cli::client::ApiClient, id: &str, what: &str) -> serde_json::Value {
-    wait_within(what, Duration::from_secs(30), || async {
-        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (i["state"] == "lost").then_some(i)
-    })
-    .await
+    instance_when(api, id, what, Duration::from_secs(30), |i| i["state"] == "lost").await
 }
 
 /// A node lost while the controller is down: the scheduler's NODE_LOST went to nobody. The
@@ -361,7 +349,7 @@ async fn a_node_lost_while_the_controller_is_down_is_learnt_when_it_returns() {
     let mut cluster = Cluster::start_with(FAST_LOSS, &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    let (id, node) = one_running(&api, "lonely").await;
+    let (id, node) = one_running(&api, "lonely", "never").await;
     let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
     cluster.controller.kill9();
     cluster.launchers[index].kill9();
@@ -382,7 +370,7 @@ async fn a_node_that_dies_while_the_scheduler_is_down_is_declared_lost_by_the_ne
     let mut cluster = Cluster::start_with(FAST_LOSS, &[SIM, SIM]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    let (id, node) = one_running(&api, "orphan").await;
+    let (id, node) = one_running(&api, "orphan", "never").await;
     let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
     cluster.scheduler.kill9();
     cluster.launchers[index].kill9();
@@ -390,7 +378,7 @@ async fn a_node_that_dies_while_the_scheduler_is_down_is_declared_lost_by_the_ne
     wait_lost(&api, &id, "the instance to be lost after the scheduler restarts").await;
     assert!(cluster.scheduler.log_text().contains("declared lost"), "the new scheduler declared it");
     // The node that stayed is still a node: new work runs there.
-    let (_, elsewhere) = one_running(&api, "after").await;
+    let (_, elsewhere) = one_running(&api, "after", "never").await;
     assert_ne!(elsewhere, node);
 }
 
@@ -403,14 +391,7 @@ async fn a_launcher_stopped_for_maintenance_has_its_work_held_for_its_grace() {
     let mut cluster = Cluster::start_with(FAST_LOSS, &[held, held]);
     cluster.wait_ready(2).await;
     let api = cluster.admin();
-    create(&api, &workload("steady", "on-failure")).await;
-    let id =
-        api.post("/v1/workloads/steady/launch", &json!({})).await.unwrap()["instances"][0].as_str().unwrap().to_owned();
-    let node = wait_for("it to run", || async {
-        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
-        (i["state"] == "running").then(|| i["node"].as_str().unwrap().to_owned())
-    })
-    .await;
+    let (id, node) = one_running(&api, "steady", "on-failure").await;
     let index = (0..2).find(|i| node_of_launcher(&cluster, *i) == node).unwrap();
     #[allow(clippy::disallowed_methods)] // the real clock: how long the hold lasts
     let stopped = std::time::Instant::now();

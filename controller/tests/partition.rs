@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::{active_copies, all_instances, free_port, running, wait_within, Cluster, Proc, PARTITION_HOST_IP};
 use hyper::Method;
 use serde_json::json;
+use testutil::process::ip;
 
 const NODE_IP: &str = "10.213.77.2";
 
@@ -21,15 +22,6 @@ const NODE_IP: &str = "10.213.77.2";
 struct Link {
     ns: String,
     host_if: String,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
 }
 
 impl Link {

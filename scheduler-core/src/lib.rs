@@ -380,16 +380,16 @@ impl Hub {
     /// went, filled or emptied since they were queued. A reason that changed goes to the
     /// controllers (INSTANCE_QUEUED), so WHY never keeps one that stopped being true.
     fn explain_again(&mut self, out: &mut Vec<Output>) {
-        let heads: Vec<(QueueKey, Start)> =
-            self.queue.iter().take(REEXPLAIN_LIMIT).map(|(k, q)| (*k, q.start.clone())).collect();
-        for (position, (key, start)) in heads.into_iter().enumerate() {
-            let reason = placement::explain(&self.nodes, &self.need(&start), &self.cfg);
+        let heads: Vec<(QueueKey, Uuid, String)> = self
+            .queue
+            .iter()
+            .take(REEXPLAIN_LIMIT)
+            .map(|(k, q)| (*k, q.start.instance_uuid, placement::explain(&self.nodes, &self.need(&q.start), &self.cfg)))
+            .collect();
+        for (position, (key, instance_uuid, reason)) in heads.into_iter().enumerate() {
             if self.queue.set_reason(&key, &reason) {
-                let event = InstanceQueued {
-                    instance_uuid: start.instance_uuid,
-                    reason,
-                    position: u32::try_from(position).unwrap_or(u32::MAX),
-                };
+                let event =
+                    InstanceQueued { instance_uuid, reason, position: u32::try_from(position).unwrap_or(u32::MAX) };
                 out.push(Output::ToControllers(self.own(Message::InstanceQueued(event))));
             }
         }
@@ -687,13 +687,7 @@ impl Hub {
             // Named with its node, so the controller knows where it is (and reconciles from
             // that node's reports).
             let detail = format!("instance {id} is already placed on node {node}");
-            let mut out = self.refuse_start(from, &start, FailureReason::InstanceExists, detail);
-            if let Some(Output::To { payload: Payload::Message { message, .. }, .. }) = out.first_mut() {
-                if let Message::StartFailure(f) = message.as_mut() {
-                    f.node_uuid = Some(node);
-                }
-            }
-            return out;
+            return self.refuse_start_on(from, &start, Some(node), FailureReason::InstanceExists, detail);
         }
         if let Some(queued) = self.queue.get(id) {
             // A repeated START (a controller that restarted or reconnected) changes nothing,
@@ -939,9 +933,21 @@ impl Hub {
     // === refusals ===
 
     fn refuse_start(&mut self, to: Uuid, start: &Start, reason: FailureReason, detail: String) -> Vec<Output> {
+        self.refuse_start_on(to, start, None, reason, detail)
+    }
+
+    /// A START refused, naming the node it concerns (one where the instance already is).
+    fn refuse_start_on(
+        &mut self,
+        to: Uuid,
+        start: &Start,
+        node: Option<Uuid>,
+        reason: FailureReason,
+        detail: String,
+    ) -> Vec<Output> {
         self.refused += 1;
         let failure = StartFailure {
-            node_uuid: None,
+            node_uuid: node,
             instance_uuid: start.instance_uuid,
             reason,
             restart: start.restart,

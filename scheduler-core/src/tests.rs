@@ -951,8 +951,9 @@ fn failure_reason(out: &[(Option<Uuid>, Message)]) -> Option<FailureReason> {
     out.iter().find_map(|(_, m)| if let Message::CommandFailure(f) = m { Some(f.reason) } else { None })
 }
 
-#[test]
-fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
+/// Nodes 10 to 13, lost after 1 s + 1 s of silence, and instance 50 placed: the rig and the
+/// instance's node.
+fn four_nodes_one_placed() -> (Rig, Uuid) {
     let cfg = Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() };
     let mut rig = Rig::new(cfg);
     for n in 10..14 {
@@ -960,6 +961,12 @@ fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
     }
     assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))).len(), 1);
     let on = rig.hub.node_of(&u(50)).unwrap();
+    (rig, on)
+}
+
+#[test]
+fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
+    let (mut rig, on) = four_nodes_one_placed();
     // Three of four go silent (frozen: still connected); only node 13 speaks.
     let speaker = if on == u(13) { u(12) } else { u(13) };
     let mut lost_said = false;
@@ -994,13 +1001,7 @@ fn under_the_brake_an_operator_forgets_a_node_and_silent_nodes_take_no_work() {
 
 #[test]
 fn a_launcher_stopping_for_maintenance_has_its_workloads_held_for_the_grace_it_announced() {
-    let cfg = Config { node_ttl_ms: 1000, node_grace_ms: 1000, failover_grace_ms: 0, ..Config::default() };
-    let mut rig = Rig::new(cfg);
-    for n in 10..14 {
-        rig.node(n, 8, 10_000);
-    }
-    assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))).len(), 1);
-    let on = rig.hub.node_of(&u(50)).unwrap();
+    let (mut rig, on) = four_nodes_one_placed();
     let mut leaving = report(on, 8, 10_000, 0.0);
     leaving.away_grace_ms = Some(60_000);
     rig.send(on, AGENT, Message::Maintenance(Some(leaving)));

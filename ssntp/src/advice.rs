@@ -11,7 +11,7 @@
 /// `target`; `None` when there is nothing better to say than the reason itself.
 pub fn advice(reason: &str, target: &str) -> Option<String> {
     let r = reason.to_ascii_lowercase();
-    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    let host = crate::tls::host_of(target);
     let text = if r.contains("not valid for name") {
         format!(
             "the server's certificate does not name {host:?}: dial a name or address it has (drover-cert show \

@@ -199,3 +199,21 @@ pub async fn wait_view(
     }
     bail!("the scheduler did not get there within {timeout:?}; last seen {last:?}")
 }
+
+/// Runs `ip ARGS` (iproute2) for tests that build network namespaces; the error says which
+/// command failed and what `ip` printed.
+///
+/// # Errors
+/// `ip` is missing or the command failed (no root, no iproute2, a name taken).
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}

@@ -265,6 +265,32 @@ where
 
 // === what the cluster says, through the API ===
 
+/// Saves a workload from its TOML text (admin or the client's tenant).
+pub async fn create_workload(api: &ApiClient, toml: &str) {
+    api.call(hyper::Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
+}
+
+/// Launches one instance of `workload`; its UUID.
+pub async fn launch_one(api: &ApiClient, workload: &str) -> String {
+    let launched = api.post(&format!("/v1/workloads/{workload}/launch"), &serde_json::json!({})).await.unwrap();
+    launched["instances"][0].as_str().unwrap().to_owned()
+}
+
+/// Instance `id` as the API shows it, once `done` holds for it (within `limit`).
+pub async fn instance_when(
+    api: &ApiClient,
+    id: &str,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_within(what, limit, || async {
+        let i = api.get(&format!("/v1/instances/{id}")).await.ok()?;
+        done(&i).then_some(i)
+    })
+    .await
+}
+
 /// Every instance the controller knows.
 pub async fn all_instances(api: &ApiClient) -> Vec<Value> {
     api.get("/v1/instances").await.unwrap().as_array().unwrap().clone()
