@@ -28,6 +28,9 @@ pub struct InstanceView {
     pub exit_code: Option<i32>,
     /// Batch it belongs to.
     pub batch: Option<Uuid>,
+    /// When it was created, Unix ms (0: created before creation times were kept).
+    #[serde(default)]
+    pub created_unix_ms: u64,
 }
 
 impl InstanceView {
@@ -179,6 +182,7 @@ mod tests {
             restarts: 0,
             exit_code: None,
             batch: None,
+            created_unix_ms: 1_764_000_000_000,
         };
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["state"], "running");

@@ -202,7 +202,7 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
     let ready_by = Instant::now() + Duration::from_secs(60);
     loop {
         cluster.check_alive()?;
-        let ready = cluster.api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["READY"].as_u64()).unwrap_or(0);
+        let ready = cluster.api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["ready"].as_u64()).unwrap_or(0);
         if ready >= args.launchers as u64 {
             break;
         }

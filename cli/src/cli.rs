@@ -17,6 +17,15 @@ use drover_model::InstanceStatus;
 
 use crate::client::{ApiClient, ApiConfig};
 
+/// How `ps` orders instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PsOrder {
+    /// By UUID, the API's page order.
+    Uuid,
+    /// By creation time, oldest first.
+    Created,
+}
+
 /// Drover: a cluster workload scheduler. `drover up` starts a local cluster; the other commands
 /// talk to a controller's API.
 #[derive(Debug, Parser)]
@@ -25,10 +34,30 @@ pub struct Cli {
     #[command(flatten)]
     pub api: ApiArgs,
     /// Print JSON (for scripts) instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+/// The heading of the flags every command takes, listed after the command's own.
+const GLOBAL: &str = "Global options";
+
+/// The global flags that `drover up` does not read: it mints and writes these itself.
+const NOT_FOR_UP: [&str; 6] = ["api", "cacert", "cert", "key", "tenant", "json"];
+
+/// The command line's definition, with `up --help` listing only what `up` reads.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    // A global flag is copied into a subcommand only where it has no flag of that name yet: give
+    // `up` hidden copies first.
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| NOT_FOR_UP.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    cmd.mut_subcommand("up", |up| up.args(hidden))
 }
 
 /// How to reach the API.
@@ -36,23 +65,23 @@ pub struct Cli {
 pub struct ApiArgs {
     /// The controller's API, `host:port` [default: the address `drover up` wrote in `--dir`,
     /// else 127.0.0.1:8889].
-    #[arg(long, env = "DROVER_API", global = true)]
+    #[arg(long, env = "DROVER_API", global = true, help_heading = GLOBAL)]
     pub api: Option<String>,
     /// CA of the API's certificate [default: .drover/pki/ca.pem].
-    #[arg(long, env = "DROVER_CACERT", global = true)]
+    #[arg(long, env = "DROVER_CACERT", global = true, help_heading = GLOBAL)]
     pub cacert: Option<PathBuf>,
     /// Your certificate (user role; Organization = your tenants)
     /// [default: .drover/pki/user-local.pem].
-    #[arg(long, env = "DROVER_CERT", global = true)]
+    #[arg(long, env = "DROVER_CERT", global = true, help_heading = GLOBAL)]
     pub cert: Option<PathBuf>,
     /// Your certificate's key [default: <cert stem>-key.pem].
-    #[arg(long, env = "DROVER_KEY", global = true)]
+    #[arg(long, env = "DROVER_KEY", global = true, help_heading = GLOBAL)]
     pub key: Option<PathBuf>,
     /// Act for this tenant (when your certificate names several, or you are admin).
-    #[arg(long, env = "DROVER_TENANT", global = true)]
+    #[arg(long, env = "DROVER_TENANT", global = true, help_heading = GLOBAL)]
     pub tenant: Option<String>,
     /// Directory `drover up` wrote (for the defaults above).
-    #[arg(long, default_value = ".drover", global = true)]
+    #[arg(long, default_value = ".drover", global = true, help_heading = GLOBAL)]
     pub dir: PathBuf,
 }
 
@@ -130,6 +159,10 @@ pub enum Cmd {
         /// Every matching instance, page after page.
         #[arg(long, conflicts_with = "after")]
         all: bool,
+        /// Order: `uuid` (pages stay stable while instances come and go) or `created` (oldest
+        /// first; reads every matching instance, as `--all` does, to sort them).
+        #[arg(long, value_enum, default_value_t = PsOrder::Uuid)]
+        sort: PsOrder,
     },
     /// Show one instance.
     Show {
@@ -329,6 +362,7 @@ async fn host_names(api: &ApiClient) -> std::collections::HashMap<ssntp::Uuid, S
 }
 
 fn instance_rows(list: &[InstanceView], hosts: &std::collections::HashMap<ssntp::Uuid, String>) -> Vec<Vec<String>> {
+    let now = drover_model::unix_ms_now();
     list.iter()
         .map(|i| {
             let state = match i.exit_code {
@@ -343,13 +377,14 @@ fn instance_rows(list: &[InstanceView], hosts: &std::collections::HashMap<ssntp:
                 state,
                 i.node.map_or("-".into(), |n| hosts.get(&n).cloned().unwrap_or_else(|| short(&n.to_string()))),
                 i.restarts.to_string(),
+                age(now, Some(i.created_unix_ms)),
                 why,
             ]
         })
         .collect()
 }
 
-const INSTANCE_HEADERS: [&str; 7] = ["ID", "TENANT", "WORKLOAD", "STATE", "NODE", "RESTARTS", "WHY"];
+const INSTANCE_HEADERS: [&str; 8] = ["ID", "TENANT", "WORKLOAD", "STATE", "NODE", "RESTARTS", "AGE", "WHY"];
 
 struct PsArgs {
     workload: Option<String>,
@@ -358,6 +393,7 @@ struct PsArgs {
     limit: usize,
     after: Option<String>,
     all: bool,
+    sort: PsOrder,
 }
 
 /// A page of instances and the counts by state (or, with `--all`, every page as it comes).
@@ -373,8 +409,31 @@ async fn ps(api: &ApiClient, args: PsArgs, json: bool) -> anyhow::Result<()> {
         let node = resolve(api, n, "node", "/v1/nodes").await?;
         filters.push(format!("node={node}"));
     }
-    let limit = if args.all { 1000 } else { args.limit.max(1) };
     let hosts = if json { std::collections::HashMap::new() } else { host_names(api).await };
+    if args.sort == PsOrder::Created {
+        let mut list = Vec::new();
+        let mut after = args.after.clone();
+        loop {
+            let mut query = filters.clone();
+            query.push("limit=1000".to_owned());
+            query.extend(after.as_ref().map(|a| format!("after={a}")));
+            let (page, next): (Vec<InstanceView>, Option<String>) =
+                api.get_page(&format!("/v1/instances?{}", query.join("&"))).await?;
+            list.extend(page);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        list.sort_by_key(|i| (i.created_unix_ms, i.uuid));
+        if json {
+            print_json(&serde_json::to_value(&list)?);
+        } else {
+            table(&INSTANCE_HEADERS, &instance_rows(&list, &hosts));
+        }
+        return Ok(());
+    }
+    let limit = if args.all { 1000 } else { args.limit.max(1) };
     let mut after = args.after.clone();
     let mut first = true;
     loop {
@@ -483,8 +542,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Up { .. } => unreachable!("handled by the binary"),
         Cmd::Workload(cmd) => workload(&api, cmd, json).await?,
         Cmd::Run { workload, count, wait } => return run_workload(&api, &workload, count, wait, json).await,
-        Cmd::Ps { workload, state, node, limit, after, all } => {
-            ps(&api, PsArgs { workload, state, node, limit, after, all }, json).await?;
+        Cmd::Ps { workload, state, node, limit, after, all, sort } => {
+            ps(&api, PsArgs { workload, state, node, limit, after, all, sort }, json).await?;
         }
         Cmd::Show { id } => {
             let id = resolve(&api, &id, "instance", "/v1/instances").await?;
@@ -494,6 +553,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 for key in ["uuid", "workload", "tenant", "state", "exit_code", "node", "restarts", "batch", "why"] {
                     println!("{:<10} {}", format!("{key}:"), text(&v, key));
+                }
+                if let Some(at) = v["created_unix_ms"].as_u64().filter(|ms| *ms > 0) {
+                    let ago = age(drover_model::unix_ms_now(), Some(at));
+                    println!("{:<10} {} UTC ({ago} ago)", "created:", drover_model::format_utc(at));
                 }
             }
         }
@@ -800,7 +863,7 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     vec![
                         short(&text(n, "uuid")),
                         // READY by its own account, but the scheduler places nothing there.
-                        if n["load_blocked"] == true { "LOADED".to_owned() } else { text(n, "status") },
+                        if n["load_blocked"] == true { "loaded".to_owned() } else { text(n, "status") },
                         text(s, "hostname"),
                         seen_ago(drover_model::unix_ms_now(), n["last_seen_unix_ms"].as_u64()),
                         text(s, "cpus_online"),
@@ -838,12 +901,21 @@ fn event_line(e: &Value) -> String {
 
 /// How long ago a node was last heard from, for people ("4s ago", "3m ago", "-" never).
 fn seen_ago(now_ms: u64, unix_ms: Option<u64>) -> String {
+    match age(now_ms, unix_ms) {
+        dash if dash == "-" => dash,
+        age => format!("{age} ago"),
+    }
+}
+
+/// The time since `unix_ms` as people read it ("4s", "3m", "5h", "2d"; "-" when unknown).
+fn age(now_ms: u64, unix_ms: Option<u64>) -> String {
     let Some(at) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
     let secs = now_ms.saturating_sub(at) / 1000;
     match secs {
-        0..=119 => format!("{secs}s ago"),
-        120..=7199 => format!("{}m ago", secs / 60),
-        _ => format!("{}h ago", secs / 3600),
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
     }
 }
 
@@ -906,6 +978,9 @@ mod tests {
         assert_eq!(seen_ago(now, Some(now - 600_000)), "10m ago");
         assert_eq!(seen_ago(now, Some(now - 7_200_000)), "2h ago");
         assert_eq!(seen_ago(now, Some(now + 5_000)), "0s ago", "a clock ahead is not the future");
+        let now = 1_000_000_000_000;
+        assert_eq!(age(now, Some(0)), "-", "created before creation times were kept");
+        assert_eq!(age(now, Some(now - 3 * 86_400_000)), "3d");
     }
 
     #[test]
@@ -923,5 +998,28 @@ mod tests {
         std::fs::write(dir.path().join(crate::up::API_ADDRESS_FILE), "127.0.0.1:18892\n").unwrap();
         assert_eq!(args(None).config().addr, "127.0.0.1:18892", "the port drover up chose");
         assert_eq!(args(Some("h:1")).config().addr, "h:1", "the flag wins");
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    #[test]
+    fn up_help_lists_what_up_reads_and_other_help_puts_global_flags_last() {
+        let help = |args: &[&str]| match super::command().try_get_matches_from(args) {
+            Ok(m) => panic!("{args:?} parsed as a command: {:?}", m.subcommand_name()),
+            Err(e) => (e.kind(), e.render().to_string()),
+        };
+        let (kind, up) = help(&["drover", "up", "--help"]);
+        assert_eq!(kind, clap::error::ErrorKind::DisplayHelp);
+        assert!(up.contains("--api-port") && up.contains("--dir"), "{up}");
+        for flag in ["--api ", "--cacert", "--cert ", "--key", "--tenant", "--json"] {
+            assert!(!up.contains(flag), "up does not read {flag}: {up}");
+        }
+        let (_, ps) = help(&["drover", "ps", "--help"]);
+        let global = ps.find("Global options:").expect("a heading of global flags");
+        assert!(ps.find("--state").unwrap() < global && ps.find("--cacert").unwrap() > global, "{ps}");
+        // Given anyway, up still accepts it (a script may set DROVER_API for everything).
+        let parsed = super::command().try_get_matches_from(["drover", "up", "--json", "--once"]);
+        assert!(parsed.is_ok(), "{parsed:?}");
     }
 }

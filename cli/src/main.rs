@@ -25,7 +25,7 @@ fn quiet_on_closed_pipe() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     quiet_on_closed_pipe();
-    let cli: Cli = ssntp::cli::parse_or_exit();
+    let cli: Cli = ssntp::cli::parse_or_exit_with(drover_cli::cli::command());
     let json = cli.json;
     let result = match cli.command {
         Cmd::Up { port, api_port, once, bin_dir } => {

@@ -211,7 +211,7 @@ async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &
         if let Ok(status) = api.get("/v1/status").await {
             let ready = status["nodes"][drover_model::NodeStatus::Ready.name()].as_u64().unwrap_or(0);
             if status["scheduler"]["connected"] == true && ready > 0 {
-                println!("cluster healthy: controller connected, {ready} node(s) READY");
+                println!("cluster healthy: controller connected, {ready} node(s) ready");
                 return Ok(());
             }
         }

@@ -213,14 +213,14 @@ fn the_readme_recipe_for_several_machines_works_as_written() {
         let script: Vec<String> = script.iter().map(|l| own(l)).collect();
         let script = script.join("\n");
         if block.host == "user" {
-            // "You should see both nodes READY": wait for it, then run the block as written.
+            // "You should see both nodes `ready`": wait for it, then run the block as written.
             let api = |cmd: &str| {
                 format!("{}\n{cmd}", script.lines().filter(|l| l.starts_with("export ")).collect::<Vec<_>>().join("\n"))
             };
             let nodes = until_ok(&lab, "user", &api("drover --json node ls"), work, &bin, Duration::from_secs(60));
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut nodes = nodes;
-            while nodes.matches("\"READY\"").count() < 2 {
+            while nodes.matches("\"ready\"").count() < 2 {
                 assert!(Instant::now() < deadline, "both nodes READY:\n{nodes}\n{}", logs(work));
                 std::thread::sleep(Duration::from_millis(500));
                 nodes = until_ok(&lab, "user", &api("drover --json node ls"), work, &bin, Duration::from_secs(10));

@@ -201,6 +201,7 @@ pub fn instance_view(r: &InstanceRecord) -> InstanceView {
             _ => None,
         },
         batch: r.batch,
+        created_unix_ms: r.created_unix_ms,
     }
 }
 
@@ -537,11 +538,9 @@ async fn node_action(
     }
     let node: Uuid =
         id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
-    // A node to forget may be one this controller never heard from (it restarted while the
-    // node was already gone); the scheduler says whether it knows it.
-    if action != "forget" && !c.nodes().iter().any(|n| n.uuid == node) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("node {node} not found")));
-    }
+    // Whether the node exists is the scheduler's to say (404 from its NoNode): this controller
+    // may never have heard from it (it restarted while the node was gone, or it is a backup,
+    // whose refusal must read as one and not as an unknown node).
     let message = match action.as_str() {
         "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),

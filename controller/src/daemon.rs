@@ -427,10 +427,10 @@ impl Controller {
             if let Some(status) = status {
                 view.status = status;
             }
-            // The heartbeat's figures; digest pages carry the same figures and instance lists
-            // that have no place here.
-            if let Some(stats) = stats.filter(|s| s.digest.is_none()) {
-                view.stats = Some(stats.clone());
+            // A digest page carries the heartbeat's figures too, and comes first after a connect:
+            // keep its figures (the host name from the first report on) without its instance list.
+            if let Some(stats) = stats {
+                view.stats = Some(stats.figures());
             }
         };
         match message {

@@ -68,6 +68,14 @@ async fn a_workload_runs_and_its_output_shows_and_a_failing_one_is_restarted_per
     assert_eq!(done["restarts"], 2, "{done}");
     assert!(done["why"].as_str().unwrap().contains("code 3"), "{done}");
     assert_eq!(done["exit_code"], 3, "the failed run's code is shown, as WHY says: {done}");
+    let out = cluster.cli(&["ps", "--sort", "created"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("AGE"), "{table}");
+    let order: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().nth(2)).collect();
+    assert_eq!(order, ["hello", "flaky"], "oldest first: {table}");
+    let out = cluster.cli(&["--json", "show", &id]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown["created_unix_ms"].as_u64().unwrap() > 1_700_000_000_000, "{shown}");
     let out = cluster.cli(&["show", &id[..8]]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.lines().any(|l| l.contains("exit") && l.trim_end().ends_with('3')), "{shown}");
@@ -138,6 +146,34 @@ async fn evacuating_a_node_moves_its_instances_and_restore_brings_it_back() {
     .await;
     let node = running[0]["node"].as_str().unwrap().to_owned();
     let on_node = running.iter().filter(|i| i["node"] == node.as_str()).count();
+
+    // A second controller is a backup: the scheduler refuses its commands, and its API says so.
+    let backup_dir = cluster.work.path().join("backup");
+    std::fs::create_dir_all(&backup_dir).unwrap();
+    let backup_cert = cluster.pki.issue_named(ssntp::Role::CONTROLLER, "backup", &[], &[]);
+    let backup_api = format!("127.0.0.1:{}", common::free_port());
+    let args = drover_cli::local::controller_args(
+        &cluster.sched_addr,
+        &backup_dir,
+        &backup_api,
+        &cluster.pki.cert("server-api"),
+        &cluster.pki.paths(&backup_cert, false),
+    );
+    let mut backup = common::Proc::spawn("backup", "drover-controller", &args, &cluster.work.path().join("logs"));
+    let via_backup = common::api_client(&cluster.pki, &backup_api, Some("admin"));
+    wait_for("the backup controller to connect", || async {
+        (via_backup.get("/v1/status").await.ok()?["scheduler"]["connected"] == true).then_some(())
+    })
+    .await;
+    let out = cluster.cli_at(&backup_api, &["node", "evacuate", &node]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("409") && stderr.contains("refused"), "{stderr}");
+    backup.terminate();
+    let out = cluster.cli(&["node", "evacuate", &ssntp::Uuid::new_v4().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("404"), "a node the scheduler does not know: {stderr}");
+    assert!(instances(&api, "sleeper").await.iter().all(|i| i["state"] == "running"), "nothing moved");
+
     let out = cluster.cli(&["node", "evacuate", &node[..8]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let moved = wait_for("every instance to run elsewhere", || async {
@@ -321,7 +357,7 @@ async fn work_that_can_never_fit_fails_at_once_and_says_why() {
 }
 
 /// A node whose load is above the scheduler's threshold is READY by its own account but takes
-/// no work: `node ls` says LOADED, and queued work says why.
+/// no work: `node ls` says `loaded`, and queued work says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_node_shows_as_loaded_and_queued_work_says_why() {
     let cluster = Cluster::start_with(&["--load-threshold", "0"], &[&[]]);
@@ -349,6 +385,6 @@ async fn a_loaded_node_shows_as_loaded_and_queued_work_says_why() {
     .await;
     let id = launch_one(&api, "patient").await;
     let queued = instance_when(&api, &id, "it to queue", PATIENCE, |v| v["state"] == "queued").await;
-    assert!(table.contains("LOADED"), "{table}");
+    assert!(table.contains("loaded"), "{table}");
     assert!(queued["why"].as_str().unwrap().contains("load above threshold"), "{queued}");
 }

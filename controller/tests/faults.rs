@@ -202,7 +202,7 @@ async fn a_frozen_launcher_is_lost_its_work_runs_elsewhere_and_after_sigcont_sta
     // for the right end state (if the controller stopped the wrong copies, it never comes).
     let copies =
         wait_within("exactly one copy of each instance, none on the thawed node", Duration::from_secs(30), || async {
-            if node_status(&api, &frozen).await? != "READY" {
+            if node_status(&api, &frozen).await? != "ready" {
                 return None; // not heard from since SIGCONT yet
             }
             let c = active_copies(&api).await?;
@@ -264,7 +264,7 @@ async fn six_of_ten_launchers_vanishing_at_once_engages_the_brake_and_only_a_for
     let log = cluster.scheduler.log_text();
     assert!(log.contains("forgotten by the operator"), "{log}");
     assert!(!log.contains(&format!("node {up} forgotten")), "a node that reports is not forgotten");
-    assert_eq!(node_status(&api, &up).await.as_deref(), Some("READY"));
+    assert_eq!(node_status(&api, &up).await.as_deref(), Some("ready"));
     let list = all_instances(&api).await;
     let others = list.iter().filter(|i| !on_gone.iter().any(|u| u == i["uuid"].as_str().unwrap()));
     assert!(others.into_iter().all(|i| i["restarts"] == 0), "the rest stay held: {list:?}");

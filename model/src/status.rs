@@ -26,17 +26,29 @@ impl NodeStatus {
     pub const ALL: [Self; 7] =
         [Self::Ready, Self::Full, Self::Maintenance, Self::Offline, Self::Connected, Self::Disconnected, Self::Lost];
 
-    /// The name the API and CLI show: reported statuses in capitals as on the wire (ciao's
-    /// text), connection states in lower case.
+    /// The name the API and CLI show, in lower case as instance states are (the wire and the
+    /// scheduler's ciao heartbeat keep ciao's capitals: `READY`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Connected => "connected",
+            Self::Ready => "ready",
+            Self::Full => "full",
+            Self::Maintenance => "maintenance",
+            Self::Offline => "offline",
+            Self::Disconnected => "disconnected",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// The name in ciao's heartbeat line: reported statuses in capitals as on the wire
+    /// (`READY`), connection states as [`NodeStatus::name`].
+    pub const fn ciao_name(self) -> &'static str {
+        match self {
             Self::Ready => "READY",
             Self::Full => "FULL",
             Self::Maintenance => "MAINTENANCE",
             Self::Offline => "OFFLINE",
-            Self::Disconnected => "disconnected",
-            Self::Lost => "lost",
+            other => other.name(),
         }
     }
 
@@ -143,7 +155,9 @@ mod tests {
         for s in InstanceStatus::ALL {
             assert_eq!(InstanceStatus::parse(s.name()), Some(s));
         }
-        assert_eq!(NodeStatus::parse("ready"), None, "names are exact");
+        assert_eq!(NodeStatus::parse("READY"), None, "names are exact");
+        let names = NodeStatus::ALL.iter().map(|s| s.name()).chain(InstanceStatus::ALL.iter().map(|s| s.name()));
+        assert!(names.into_iter().all(|n| n == n.to_lowercase()), "one case for every state the API shows");
         let live = [InstanceStatus::Pending, InstanceStatus::Starting, InstanceStatus::Queued, InstanceStatus::Running];
         assert!(live.iter().all(|s| !s.is_final()));
         assert_eq!(InstanceStatus::ALL.iter().filter(|s| s.is_final()).count(), 5);

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub mem_overcommit: f64,
     /// Load average per online CPU above which a node takes no new work; work waits in the
-    /// queue meanwhile, and `drover node ls` shows the node as LOADED. The default leaves a
+    /// queue meanwhile, and `drover node ls` shows the node as `loaded`. The default leaves a
     /// machine that also does other work usable (a build host often runs at 1-2 per CPU); lower
     /// it to keep nodes responsive.
     #[arg(long, default_value_t = 4.0)]

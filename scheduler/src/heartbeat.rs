@@ -81,7 +81,7 @@ pub fn ciao_line(hub: &Hub) -> String {
         .iter()
         .take(4)
         .map(|node| {
-            let mut s = format!("node-{}:{}", node.uuid.short(), node.status);
+            let mut s = format!("node-{}:{}", node.uuid.short(), node.status.ciao_name());
             if hub.most_recently_used() == Some(node.uuid) {
                 s.push('*');
             }

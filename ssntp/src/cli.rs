@@ -8,7 +8,12 @@ pub const EX_USAGE: i32 = 64;
 /// Parses the command line; `--help` and `--version` print and exit 0, anything invalid prints
 /// clap's message and exits with [`EX_USAGE`] before the daemon binds or dials anything.
 pub fn parse_or_exit<T: clap::Parser>() -> T {
-    match T::try_parse() {
+    parse_or_exit_with(T::command())
+}
+
+/// [`parse_or_exit`] with a command definition adjusted after derive (headings, hidden flags).
+pub fn parse_or_exit_with<T: clap::FromArgMatches>(cmd: clap::Command) -> T {
+    match cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m)) {
         Ok(args) => args,
         Err(e) => {
             let code = if e.use_stderr() { EX_USAGE } else { 0 };

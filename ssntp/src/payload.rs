@@ -317,6 +317,26 @@ pub struct Stats {
     pub digest: Option<DigestPage>,
 }
 
+impl Stats {
+    /// The node's figures alone: a heartbeat's content, without a digest page's instance list.
+    pub fn figures(&self) -> Self {
+        Self {
+            node_uuid: self.node_uuid,
+            status: self.status,
+            mem_total_mb: self.mem_total_mb,
+            mem_available_mb: self.mem_available_mb,
+            disk_total_mb: self.disk_total_mb,
+            disk_available_mb: self.disk_available_mb,
+            load: self.load,
+            cpus_online: self.cpus_online,
+            hostname: self.hostname.clone(),
+            networks: self.networks.clone(),
+            instances: Vec::new(),
+            digest: None,
+        }
+    }
+}
+
 // === work ===
 
 /// How urgently work must run (the sd-taskpacker classes).

@@ -219,6 +219,9 @@ pub struct InstanceRecord {
     /// The batch submission it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Uuid>,
+    /// When it was created, Unix ms (0 for records written before it was kept).
+    #[serde(default)]
+    pub created_unix_ms: u64,
 }
 
 /// Something that changed, in revision order.
@@ -484,6 +487,7 @@ impl Store {
         why: &str,
         batch: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
+        let created_unix_ms = drover_model::unix_ms_now();
         let records: Vec<InstanceRecord> = (0..count)
             .map(|_| InstanceRecord {
                 uuid: Uuid::new_v4(),
@@ -493,6 +497,7 @@ impl Store {
                 node: None,
                 why: why.to_owned(),
                 batch,
+                created_unix_ms,
             })
             .collect();
         let events = records

@@ -227,15 +227,20 @@ impl Cluster {
         let api = self.admin();
         wait_for("the cluster to be ready", || async {
             let s = api.get("/v1/status").await.ok()?;
-            (s["scheduler"]["connected"] == true && s["nodes"]["READY"].as_u64() == Some(nodes)).then_some(())
+            (s["scheduler"]["connected"] == true && s["nodes"]["ready"].as_u64() == Some(nodes)).then_some(())
         })
         .await;
     }
 
     /// Runs the `drover` CLI against this cluster as admin.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_at(&self.api_addr, args)
+    }
+
+    /// Runs the `drover` CLI as admin against the API at `api_addr` (another controller's).
+    pub fn cli_at(&self, api_addr: &str, args: &[&str]) -> std::process::Output {
         Command::new(bin("drover"))
-            .args(["--api", &self.api_addr, "--cacert"])
+            .args(["--api", api_addr, "--cacert"])
             .arg(self.pki.ca())
             .arg("--cert")
             .arg(self.pki.cert("user-admin"))
