@@ -227,7 +227,8 @@ pub enum WorkloadCmd {
         #[arg(long)]
         replace: bool,
     },
-    /// List workloads.
+    /// List workloads (also `ls`, as `node ls`).
+    #[command(visible_alias = "ls")]
     List,
     /// Show a workload's file.
     Show {
@@ -261,7 +262,8 @@ pub enum BatchCmd {
 /// `drover node …`
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
-    /// List nodes with capacity and usage.
+    /// List nodes with capacity and usage (also `list`, as `workload list`).
+    #[command(visible_alias = "list")]
     Ls,
     /// Move every instance off a node and put it in maintenance (admin).
     Evacuate {

@@ -108,7 +108,24 @@ impl ApiClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
-        tokio::time::timeout(self.timeout, self.raw_inner(method, path, body))
+        let follow = async {
+            // A standby controller redirects to the leader (307): follow a few hops, with the
+            // same certificate, method and body.
+            let (mut addr, mut path) = (self.addr.clone(), path.to_owned());
+            for _ in 0..MAX_REDIRECTS {
+                let (status, value, headers) = self.raw_inner(&addr, method.clone(), &path, body.clone()).await?;
+                let location = headers.get(hyper::header::LOCATION).and_then(|l| l.to_str().ok());
+                match location.and_then(redirect_target).filter(|_| is_redirect(status)) {
+                    Some((to, to_path)) => (addr, path) = (to, to_path),
+                    None => return Ok((status, value, headers)),
+                }
+            }
+            bail!(
+                "the API at {} redirected more than {MAX_REDIRECTS} times (controllers disagree on who leads?)",
+                self.addr
+            )
+        };
+        tokio::time::timeout(self.timeout, follow)
             .await
             .with_context(|| format!("no answer from the API at {} within {} s", self.addr, self.timeout.as_secs()))?
     }
@@ -130,22 +147,23 @@ impl ApiClient {
 
     async fn raw_inner(
         &self,
+        addr: &str,
         method: Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
-        let tcp = tokio::net::TcpStream::connect(&self.addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .with_context(|| format!("connecting to the API at {} (is drover-controller running?)", self.addr))?;
-        let name = ssntp::tls::server_name_for(&self.addr).map_err(anyhow::Error::msg)?;
+            .with_context(|| format!("connecting to the API at {addr} (is drover-controller running?)"))?;
+        let name = ssntp::tls::server_name_for(addr).map_err(anyhow::Error::msg)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
-            .with_context(|| format!("TLS with the API at {}", self.addr))
-            .map_err(|e| advised(e, &self.addr))?;
+            .with_context(|| format!("TLS with the API at {addr}"))
+            .map_err(|e| advised(e, addr))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         let connection = tokio::spawn(conn);
-        let mut request = Request::builder().method(method).uri(path).header("host", &self.addr);
+        let mut request = Request::builder().method(method).uri(path).header("host", addr);
         if let Some(tenant) = &self.tenant {
             request = request.header("x-drover-tenant", tenant);
         }
@@ -165,8 +183,8 @@ impl ApiClient {
                     Ok(Ok(Err(closed))) => anyhow::Error::new(closed).context(e.to_string()),
                     _ => anyhow::Error::new(e),
                 };
-                let e = cause.context(format!("sending the request to the API at {}", self.addr));
-                return Err(advised(e, &self.addr));
+                let e = cause.context(format!("sending the request to the API at {addr}"));
+                return Err(advised(e, addr));
             }
         };
         let status = response.status();
@@ -248,11 +266,42 @@ impl ApiClient {
     }
 }
 
+/// Most redirects followed for one call.
+const MAX_REDIRECTS: usize = 3;
+
+fn is_redirect(status: StatusCode) -> bool {
+    status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::PERMANENT_REDIRECT
+}
+
+/// `https://host:port/path?query` → (`host:port`, `/path?query`); other schemes are not
+/// followed (the API is HTTPS only).
+fn redirect_target(location: &str) -> Option<(String, String)> {
+    let rest = location.strip_prefix("https://")?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    (!authority.is_empty()).then(|| (authority.to_owned(), path.to_owned()))
+}
+
 /// A connection error with what to do about it in front, when the TLS library's words have a
 /// known fix ("received fatal alert: DecryptError" → another CA signed this certificate).
 fn advised(e: anyhow::Error, addr: &str) -> anyhow::Error {
     match ssntp::advice::advice(&format!("{e:#}"), addr) {
         Some(fix) => e.context(fix),
         None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_to_the_leader_names_its_address_and_the_same_path() {
+        assert_eq!(
+            redirect_target("https://10.0.0.3:8889/v1/instances?limit=5"),
+            Some(("10.0.0.3:8889".to_owned(), "/v1/instances?limit=5".to_owned()))
+        );
+        assert_eq!(redirect_target("https://ctl2:8889"), Some(("ctl2:8889".to_owned(), "/".to_owned())));
+        assert_eq!(redirect_target("http://ctl2:8889/v1/status"), None, "never to plain HTTP");
+        assert!(is_redirect(StatusCode::TEMPORARY_REDIRECT) && !is_redirect(StatusCode::FOUND));
     }
 }

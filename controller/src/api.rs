@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use drover_model::NodeStatus;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use ssntp::payload::{Evacuate, Message, NodeForget, Restore};
 use ssntp::{Role, Uuid};
 use tokio::net::TcpListener;
@@ -36,6 +36,7 @@ use crate::lifecycle::{Input, State as Life};
 use crate::service::{ServiceError, ADMIN};
 use crate::store::{InstancePage, InstanceRecord};
 use crate::workload::Format;
+use drover_etcd::election::LeaderInfo;
 
 /// Most API connections at once (overflow: new connections wait in the kernel's backlog).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -219,6 +220,7 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}/{action}", post(node_action))
         .route("/v1/status", get(status))
+        .route("/v1/leader", get(leader))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
@@ -569,6 +571,11 @@ async fn node_action(
     Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
 }
 
+/// This controller leads (it serves the full API); who it is, when it shares an etcd store.
+async fn leader(State(c): Ctl) -> Json<Value> {
+    Json(json!({"role": "leader", "leader": c.leader_info()}))
+}
+
 async fn status(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let (counts, revision) = c
         .blocking(move |c| {
@@ -780,15 +787,58 @@ pub async fn serve(
     limit: crate::api_guard::RateLimit,
     shutdown: CancellationToken,
 ) {
-    let app = router(controller, limit);
+    serve_app(listener, tls, router(controller, limit), shutdown).await;
+}
+
+/// A standby controller's API: `GET /v1/leader` says who leads; every other call is redirected
+/// there (307, the same method and body) or, while no one leads, answered 503.
+pub fn standby_router(leader: tokio::sync::watch::Receiver<Option<LeaderInfo>>) -> Router {
+    let for_route = leader.clone();
+    Router::new()
+        .route(
+            "/v1/leader",
+            get(move || {
+                let leader = for_route.borrow().clone();
+                async move { Json(json!({"role": "standby", "leader": leader})) }
+            }),
+        )
+        .fallback(move |uri: axum::http::Uri| {
+            let leader = leader.borrow().clone();
+            async move {
+                match leader.filter(|l| !l.addr.is_empty()) {
+                    Some(l) => {
+                        let path = uri.path_and_query().map_or("/", axum::http::uri::PathAndQuery::as_str);
+                        let location = format!("https://{}{path}", l.addr);
+                        (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, location)]).into_response()
+                    }
+                    None => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this controller is a standby and no controller leads yet (an election is under way, \
+                         or etcd has no quorum): retry shortly",
+                    )
+                    .into_response(),
+                }
+            }
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api_guard::MAX_BODY))
+}
+
+/// Serves `app` over TLS until `shutdown`; gives the listener back, so a controller that
+/// becomes the leader serves its full API on the same socket.
+pub async fn serve_app(
+    listener: TcpListener,
+    tls: tokio::sync::watch::Receiver<ApiTls>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> TcpListener {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return listener,
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
         };
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return listener,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {

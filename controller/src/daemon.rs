@@ -131,6 +131,8 @@ pub struct Controller {
     to_link: mpsc::Sender<LinkCommand>,
     /// The other end, until [`run_link`] takes it.
     link_commands: Mutex<Option<mpsc::Receiver<LinkCommand>>>,
+    /// Who this controller is as the elected leader (with an etcd store).
+    leader: Mutex<Option<drover_etcd::election::LeaderInfo>>,
 }
 
 /// Unix time now, ms.
@@ -166,7 +168,18 @@ impl Controller {
             overcommit: Mutex::new(drover_model::Overcommit::default()),
             load_threshold: Mutex::new(None),
             starts_sent: AtomicU64::new(0),
+            leader: Mutex::new(None),
         }))
+    }
+
+    /// Records that this controller leads as `info` (what `GET /v1/leader` answers).
+    pub fn set_leader_info(&self, info: drover_etcd::election::LeaderInfo) {
+        *self.leader.lock().expect("leader lock") = Some(info);
+    }
+
+    /// This controller as the elected leader, when it shares an etcd store.
+    pub fn leader_info(&self) -> Option<drover_etcd::election::LeaderInfo> {
+        self.leader.lock().expect("leader lock").clone()
     }
 
     /// The service.

@@ -9,7 +9,7 @@
 //! - [`workload`]: workload files (JSON or TOML), re-exported from `drover-api`, the contract
 //!   the CLI shares.
 //! - [`lifecycle`]: an instance's life and restart policy: a pure state machine.
-//! - [`store`]: durable state in redb: workloads, instances, events with a revision.
+//! - [`store`]: durable state in redb or etcd: workloads, instances, events with a revision.
 //! - [`service`]: user intent and cluster reports in, commands out, committed before sent;
 //!   reconciliation with news and digests; batches.
 //! - [`feeds`]: the order of each node's reports: gaps, duplicates, digest pages (pure).

@@ -30,9 +30,28 @@ pub struct Args {
     pub servers: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// The durable store (created if missing).
+    /// Where state is kept: `redb` (a file on this machine: `--db`) or `etcd` (an etcd cluster
+    /// shared by several controllers, of which one leads and the others stand by:
+    /// `--etcd-endpoints`).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+    pub store: StoreKind,
+    /// The durable store (created if missing), with `--store redb`.
     #[arg(long, default_value = "/var/lib/drover/controller.redb")]
     pub db: PathBuf,
+    /// With `--store etcd`: where etcd is.
+    #[command(flatten)]
+    pub etcd: drover_etcd::cli::EtcdArgs,
+    /// Most operations in one etcd transaction: the members' `--max-txn-ops` (larger changes
+    /// are written in several transactions, in order).
+    #[arg(long, default_value_t = crate::store::etcd::DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
+    /// Events kept in etcd; older ones are deleted as new ones come.
+    #[arg(long, default_value_t = crate::store::etcd::DEFAULT_RETAIN_EVENTS)]
+    pub etcd_retain_events: u64,
+    /// The API address other controllers send users to while this one leads, `host:port`
+    /// (default: `--api-listen`, with this machine's host name for an unspecified address).
+    #[arg(long)]
+    pub api_advertise: Option<String>,
     /// Memory the store may use to cache its file's pages, in MiB. More makes reads of a large
     /// store cheaper; the kernel's page cache holds the file either way.
     #[arg(long, default_value_t = crate::store::redb::DEFAULT_CACHE_BYTES >> 20, value_name = "MIB")]
@@ -75,6 +94,22 @@ pub struct Args {
     pub start_timeout: std::time::Duration,
 }
 
+/// Where the controller keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// A redb file on this machine.
+    Redb,
+    /// An etcd cluster, with leader election among controllers.
+    Etcd,
+}
+
+/// The store, opened (redb) or to open once elected (etcd).
+#[derive(Debug)]
+enum StoreChoice {
+    Redb(Store),
+    Etcd(crate::store::etcd::EtcdConfig),
+}
+
 /// Everything checked before anything is bound or dialled.
 #[derive(Debug)]
 pub struct Prepared {
@@ -82,7 +117,7 @@ pub struct Prepared {
     tls: Arc<rustls::ClientConfig>,
     uuid: ssntp::Uuid,
     api: Option<(SocketAddr, crate::api::ApiTlsFiles, crate::api::ApiTls)>,
-    store: Store,
+    store: StoreChoice,
 }
 
 /// Loads certificates and opens the store.
@@ -117,46 +152,206 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
         let loaded = files.load()?;
         Some((addr, files, loaded))
     };
-    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let store = Store::open_with_cache(&args.db, args.store_cache_mib.saturating_mul(1 << 20))
-        .with_context(|| format!("opening the store {}", args.db.display()))?;
+    let store = match args.store {
+        StoreKind::Redb => {
+            if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let store = Store::open_with_cache(&args.db, args.store_cache_mib.saturating_mul(1 << 20))
+                .with_context(|| format!("opening the store {}", args.db.display()))?;
+            StoreChoice::Redb(store)
+        }
+        StoreKind::Etcd => StoreChoice::Etcd(etcd_config(&args)?),
+    };
     Ok(Prepared { args, tls, uuid, api, store })
 }
 
-/// Runs until `shutdown`.
+fn etcd_config(args: &Args) -> anyhow::Result<crate::store::etcd::EtcdConfig> {
+    if !args.etcd.given() {
+        anyhow::bail!("--store etcd needs --etcd-endpoints HOST:PORT[,HOST:PORT…] (the etcd members)");
+    }
+    let tls = args.etcd.check().map_err(anyhow::Error::msg)?;
+    if args.etcd_max_txn_ops < 8 {
+        anyhow::bail!("--etcd-max-txn-ops must be at least 8 (etcd's default is 128)");
+    }
+    let mut config = crate::store::etcd::EtcdConfig::new(args.etcd.etcd_endpoints.clone());
+    config.prefix = args.etcd.etcd_prefix.clone();
+    config.tls = tls;
+    config.max_txn_ops = args.etcd_max_txn_ops;
+    config.retain_events = args.etcd_retain_events.max(1);
+    Ok(config)
+}
+
+/// The API address users are sent to while this controller leads.
+fn advertised_api(args: &Args, api: Option<SocketAddr>) -> String {
+    if let Some(a) = &args.api_advertise {
+        return a.clone();
+    }
+    match api {
+        None => String::new(),
+        Some(addr) if addr.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+            format!("{}:{}", host.unwrap_or_else(|_| "localhost".into()), addr.port())
+        }
+        Some(addr) => addr.to_string(),
+    }
+}
+
+/// Runs until `shutdown`: with a redb store at once; with etcd, as a standby until elected,
+/// then as the leader until `shutdown` or until leadership is lost (then it starts again, as a
+/// standby: the process re-executes itself, so nothing of its term survives).
 ///
 /// # Errors
-/// The API address is in use.
+/// The API address is in use; the etcd store cannot be read once elected.
 pub async fn run(
     prepared: Prepared,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let Prepared { args, tls, uuid, api, store } = prepared;
+    let mut api_server = None;
+    if let Some((addr, files, api_tls)) = api {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API to {addr} (in use? pick another with --api-listen)"))?;
+        tracing::info!(%addr, "API listening");
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(api_tls);
+        api_server = Some((listener, files, tls_tx, tls_rx));
+    }
+    match store {
+        StoreChoice::Redb(store) => {
+            tracing::info!(uuid = %uuid, db = %args.db.display(), servers = ?args.servers, "controller running");
+            lead(&args, tls, uuid, store, api_server, None, shutdown).await
+        }
+        StoreChoice::Etcd(config) => run_etcd(args, tls, uuid, config, api_server, shutdown).await,
+    }
+}
+
+type ApiServer = (
+    tokio::net::TcpListener,
+    crate::api::ApiTlsFiles,
+    tokio::sync::watch::Sender<crate::api::ApiTls>,
+    tokio::sync::watch::Receiver<crate::api::ApiTls>,
+);
+
+/// Stands by until elected, then leads.
+async fn run_etcd(
+    args: Args,
+    tls: Arc<rustls::ClientConfig>,
+    uuid: ssntp::Uuid,
+    config: crate::store::etcd::EtcdConfig,
+    mut api_server: Option<ApiServer>,
+    mut shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
+    use drover_etcd::election::LeaderInfo;
+    let advertise = advertised_api(&args, api_server.as_ref().and_then(|(l, ..)| l.local_addr().ok()));
+    tracing::info!(uuid = %uuid, etcd = ?config.endpoints, prefix = %config.prefix, api = %advertise,
+        "controller standing by until elected");
+    // Meanwhile the API redirects users to whoever leads.
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None::<LeaderInfo>);
+    let standby_stop = CancellationToken::new();
+    let standby = api_server.take().map(|(listener, files, tls_tx, tls_rx)| {
+        let app = crate::api::standby_router(leader_rx);
+        let task = tokio::spawn(crate::api::serve_app(listener, tls_rx.clone(), app, standby_stop.clone()));
+        (task, files, tls_tx, tls_rx)
+    });
+    let elect = async {
+        let client = drover_etcd::cli::connect_retrying(&config.endpoints, config.tls.as_ref()).await;
+        let me = LeaderInfo { uuid, addr: advertise.clone(), since_unix_ms: drover_model::unix_ms_now() };
+        drover_etcd::cli::elect(client, &config.prefix, "leader", me, "controller", |leader| {
+            let _ = leader_tx.send(leader);
+        })
+        .await
+    };
+    let leading = tokio::select! {
+        leading = elect => leading,
+        () = &mut shutdown => {
+            standby_stop.cancel();
+            return Ok(());
+        }
+    };
+    tracing::info!(uuid = %uuid, api = %advertise, "this controller leads");
+    standby_stop.cancel();
+    let api_server = match standby {
+        Some((task, files, tls_tx, tls_rx)) => {
+            Some((task.await.context("the standby API stopped")?, files, tls_tx, tls_rx))
+        }
+        None => None,
+    };
+    let fence = leading.fence.clone();
+    let open = tokio::task::spawn_blocking(move || {
+        let backend = crate::store::etcd::EtcdBackend::open(config)?;
+        backend.set_fence(Some(fence));
+        Store::over(Box::new(backend))
+    });
+    let store = match open.await.context("opening the etcd store")? {
+        Ok(store) => store,
+        Err(e) => {
+            leading.resign().await;
+            return Err(anyhow::Error::new(e).context("reading the store from etcd"));
+        }
+    };
+    let leading = Arc::new(leading);
+    let held = Arc::clone(&leading);
+    let lost = Box::pin(async move { held.hold(drover_model::unix_ms_now).await });
+    let compacting = Arc::clone(&leading);
+    let compaction = tokio::spawn(async move { compacting.compact_history(COMPACTION_EVERY).await });
+    let result = lead(&args, tls, uuid, store, api_server, Some((leading.info.clone(), lost)), shutdown).await;
+    compaction.abort();
+    leading.resign().await;
+    result
+}
+
+/// How often the leader compacts etcd's history.
+const COMPACTION_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What ends a term: resolves with why leadership was lost.
+type Lost = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// Leads: the scheduler link, the service and the full API, until `shutdown` (or, elected, until
+/// leadership is lost: then the process starts again as a standby).
+async fn lead(
+    args: &Args,
+    tls: Arc<rustls::ClientConfig>,
+    uuid: ssntp::Uuid,
+    store: Store,
+    api_server: Option<ApiServer>,
+    term: Option<(drover_etcd::election::LeaderInfo, Lost)>,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
     let service = Service::new(store)?.with_start_timeout(args.start_timeout);
     let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid);
     let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some((addr, files, tls)) = api {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the API to {addr} (in use? pick another with --api-listen)"))?;
-        tracing::info!(%addr, "API listening");
-        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+    if let Some((listener, files, tls_tx, tls_rx)) = api_server {
         tasks.spawn(crate::api::watch_tls(files, tls_tx, stop.clone()));
         let limit = crate::api_guard::RateLimit { per_s: args.api_rate, burst: args.api_burst };
         tasks.spawn(crate::api::serve(listener, tls_rx, Arc::clone(&controller), limit, stop.clone()));
     }
-    tracing::info!(uuid = %uuid, db = %args.db.display(), servers = ?args.servers, "controller running");
     tasks.spawn(crate::daemon::run_link(Arc::clone(&controller), events));
-    shutdown.await;
+    let lost: Lost = match term {
+        Some((info, lost)) => {
+            controller.set_leader_info(info);
+            lost
+        }
+        None => Box::pin(std::future::pending()),
+    };
+    let lost_why = tokio::select! {
+        () = shutdown => None,
+        why = lost => Some(why),
+    };
+    if let Some(why) = &lost_why {
+        // Stop acting at once: no more commands, no more writes (the fence refuses them anyway).
+        tracing::error!(reason = %why, "leadership lost; starting again as a standby");
+    }
     stop.cancel();
     client.close();
     // The link loop ends when the client's event stream closes; the API on cancel.
     let _ =
         tokio::time::timeout(std::time::Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} })
             .await;
+    if lost_why.is_some() {
+        drover_etcd::cli::restart_as_standby("drover-controller");
+    }
     Ok(())
 }

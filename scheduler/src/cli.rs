@@ -26,6 +26,16 @@ pub struct Args {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Several schedulers, one active: with `--etcd-endpoints`, this scheduler stands by (not
+    /// listening: launchers and controllers, given every scheduler's address, move on to the
+    /// next) until it wins the election, then listens; it stops listening and starts again as
+    /// a standby if it loses it. Without, it is the only scheduler and listens at once.
+    #[command(flatten)]
+    pub etcd: drover_etcd::cli::EtcdArgs,
+    /// This scheduler's address as launchers and controllers dial it, `host:port`, for the
+    /// others' logs (default: `--listen`, with the host name for an unspecified address).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Certificate revocation list (`drover-cert revoke` writes it); revoked clients are refused.
     #[arg(long, value_name = "PEM")]
     pub crl: Option<PathBuf>,

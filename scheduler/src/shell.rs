@@ -47,6 +47,9 @@ pub struct Prepared {
 /// Invalid knobs, unreadable files, a certificate without the scheduler role, a bad CRL.
 pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     let config = args.config().map_err(anyhow::Error::msg)?;
+    if args.etcd.given() {
+        args.etcd.check().map_err(anyhow::Error::msg)?;
+    }
     let identity = Identity::load(&args.tls.paths(args.crl.clone())).context("loading TLS material")?;
     identity.require_role(Role::SCHEDULER, &args.tls.cert)?;
     let tls = ssntp::tls::server_config(&identity).context("building the TLS configuration")?;
@@ -62,8 +65,61 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listen = prepared.args.listen;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    run_on(listener, prepared, shutdown).await
+    if !prepared.args.etcd.given() {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        return run_on(listener, prepared, shutdown).await;
+    }
+    // One of several: stand by, not listening, until elected.
+    let etcd = prepared.args.etcd.clone();
+    let tls = etcd.check().map_err(anyhow::Error::msg)?;
+    let advertise = prepared.args.advertise.clone().unwrap_or_else(|| advertised(listen));
+    let me = drover_etcd::election::LeaderInfo { uuid: Uuid::new_v4(), addr: advertise.clone(), since_unix_ms: 0 };
+    tracing::info!(etcd = ?etcd.etcd_endpoints, prefix = %etcd.etcd_prefix, %advertise,
+        "scheduler standing by until elected (not listening)");
+    let mut shutdown = Box::pin(shutdown);
+    let elect = async {
+        let client = drover_etcd::cli::connect_retrying(&etcd.etcd_endpoints, tls.as_ref()).await;
+        drover_etcd::cli::elect(client, &etcd.etcd_prefix, "scheduler-leader", me, "scheduler", |_| {}).await
+    };
+    let leading = tokio::select! {
+        leading = elect => leading,
+        () = &mut shutdown => return Ok(()),
+    };
+    tracing::info!(%advertise, "this scheduler is the active one");
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            leading.resign().await;
+            return Err(e).with_context(|| format!("binding {listen}"));
+        }
+    };
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            why = leading.hold(drover_model::unix_ms_now) => {
+                tracing::error!(reason = %why, "no longer the active scheduler; starting again as a standby");
+                let _ = lost_tx.send(why);
+                return;
+            }
+        }
+        leading.resign().await;
+    };
+    let result = run_on(listener, prepared, stop).await;
+    if lost_rx.await.is_ok() {
+        drover_etcd::cli::restart_as_standby("drover-scheduler");
+    }
+    result
+}
+
+/// `listen` as others dial it: the host name for an unspecified address.
+fn advertised(listen: std::net::SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+        format!("{}:{}", host.unwrap_or_else(|_| "localhost".into()), listen.port())
+    } else {
+        listen.to_string()
+    }
 }
 
 /// Runs the scheduler on an already bound listener (tests bind `127.0.0.1:0`).

@@ -10,6 +10,7 @@
 //!   or a value with a deadline (one loop).
 //! - [`agents`]: fake launchers (many to a process, each its own mutual-TLS connection) and a
 //!   controller-role load generator, for benchmarks and scale tests.
+//! - [`etcd`]: real etcd members on loopback ports, each in a temporary directory.
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod etcd;
 pub mod executor;
 pub mod process;
 
@@ -44,7 +46,7 @@ use tokio_rustls::client::TlsStream;
 
 /// A test that cannot run because `feature` is missing here (`why` says what was looked for).
 /// Where the machine is known to have the feature — `DROVER_REQUIRE` names it (comma-separated;
-/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`) — a skip
+/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`, `etcd`) — a skip
 /// would hide a failure, so this panics. Otherwise it prints `SKIPPED`, and appends a line to
 /// the file `DROVER_SKIP_LOG` names (if any) for the run's summary.
 ///

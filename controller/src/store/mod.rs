@@ -11,8 +11,11 @@
 //! returning only once durable):
 //! - [`redb`]: a redb file, fsync per commit — the default, and what `drover up` uses; survives
 //!   `kill -9` of the controller.
+//! - [`etcd`]: under a key prefix of an etcd cluster, each change one transaction fenced by
+//!   the leader election — for controllers that fail over (`--store etcd`).
 //! - [`memory`]: in memory, for tests of the service without a disk.
 
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 
@@ -787,6 +790,77 @@ mod tests {
         reads_back_what_it_wrote(&Store::open(&dir.path().join("c.redb")).unwrap());
         pages_prefixes_and_counts(&Store::in_memory());
         pages_prefixes_and_counts(&Store::open(&dir.path().join("p.redb")).unwrap());
+    }
+
+    #[test]
+    fn the_etcd_backend_behaves_like_the_others_within_etcds_default_limits() {
+        let Some(etcd) = testutil::etcd::EtcdCluster::start("the_etcd_backend_behaves_like_the_others", 1, &[]) else {
+            return;
+        };
+        let open = |prefix: &str| {
+            let mut config = etcd::EtcdConfig::new(etcd.endpoints());
+            config.prefix = prefix.into();
+            config.max_txn_ops = 16; // a launch spans several transactions
+            Store::over(Box::new(etcd::EtcdBackend::open(config).unwrap())).unwrap()
+        };
+        reads_back_what_it_wrote(&open("/t1"));
+        pages_prefixes_and_counts(&open("/t2"));
+        // 100 instances in one call: written in transactions of 16 operations, every record with
+        // its event, revisions one apart, and all there when read again by another store.
+        let store = open("/t3");
+        let ids = store.create_instances("acme", "web", 100, &Lifecycle::new(RESTART, 0), "", None).unwrap();
+        store.update_instances(&ids, |r| r.why = "looked at".into()).unwrap();
+        let again = open("/t3");
+        assert_eq!(again.instances(None).unwrap().len(), 100);
+        assert!(again.instances(None).unwrap().iter().all(|r| r.why == "looked at"));
+        let events = again.events_after(0, 1000).unwrap();
+        assert_eq!(events.len(), 200);
+        assert!(events.windows(2).all(|w| w[1].revision == w[0].revision + 1));
+        assert_eq!(again.revision().unwrap(), 200);
+    }
+
+    #[test]
+    fn a_fenced_etcd_store_refuses_writes_once_its_leader_key_is_gone_or_another_writes() {
+        let Some(etcd) = testutil::etcd::EtcdCluster::start("a_fenced_etcd_store_refuses_writes", 1, &[]) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = drover_etcd::Client::new(&etcd.endpoints(), None, std::time::Duration::from_secs(5)).unwrap();
+        let key = b"/f/leader".to_vec();
+        let won = rt.block_on(client.txn(&drover_etcd::Txn {
+            compare: vec![drover_etcd::Compare::CreateRevision(key.clone(), 0)],
+            success: vec![drover_etcd::Op::put(key.clone(), "me")],
+            failure: vec![],
+        }));
+        let won = won.unwrap();
+        assert!(won.succeeded);
+        let config = || {
+            let mut c = etcd::EtcdConfig::new(etcd.endpoints());
+            c.prefix = "/f".into();
+            c
+        };
+        let leader = etcd::EtcdBackend::open(config()).unwrap();
+        leader.set_fence(Some(etcd::Fence { key: "/f/leader".into(), create_revision: won.revision }));
+        let store = Store::over(Box::new(leader)).unwrap();
+        store.put_workload("web", &workload()).unwrap();
+        // Another controller writing (it thinks it leads) moves the counter: the first is refused.
+        let intruder = Store::over(Box::new(etcd::EtcdBackend::open(config()).unwrap())).unwrap();
+        intruder.note("acme", None, "i lead too".into()).unwrap();
+        let refused = store.note("acme", None, "still me?".into()).unwrap_err();
+        assert!(refused.0.contains("not the leader"), "{refused}");
+        // Reopened (a new term) but with the leader key gone: refused by the fence.
+        let again = etcd::EtcdBackend::open(config()).unwrap();
+        again.set_fence(Some(etcd::Fence { key: "/f/leader".into(), create_revision: won.revision }));
+        rt.block_on(client.txn(&drover_etcd::Txn {
+            success: vec![drover_etcd::Op::Delete { key, end: None }],
+            ..drover_etcd::Txn::default()
+        }))
+        .unwrap();
+        let store = Store::over(Box::new(again)).unwrap();
+        let refused = store.note("acme", None, "after my key went".into()).unwrap_err();
+        assert!(refused.0.contains("no longer the leader"), "{refused}");
+        let events = intruder.events_after(0, 10).unwrap();
+        assert_eq!(events.iter().map(|e| e.what.as_str()).collect::<Vec<_>>(), ["workload web saved", "i lead too"]);
     }
 
     fn pages_prefixes_and_counts(store: &Store) {

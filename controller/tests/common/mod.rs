@@ -154,6 +154,16 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra scheduler flags.
     pub fn start_with(scheduler_args: &[&str], launcher_args: &[&[&str]]) -> Self {
+        Self::start_custom(scheduler_args, launcher_args, Self::spawn_controller)
+    }
+
+    /// As [`Cluster::start_with`], with the controller `spawn` starts (work directory, PKI,
+    /// scheduler address, API address).
+    pub fn start_custom(
+        scheduler_args: &[&str],
+        launcher_args: &[&[&str]],
+        spawn: impl FnOnce(&Path, &Pki, &str, &str) -> Proc,
+    ) -> Self {
         let work = tempfile::tempdir().unwrap();
         let pki = cluster_pki();
         let logs = work.path().join("logs");
@@ -178,7 +188,7 @@ impl Cluster {
         }
         let scheduler = Proc::spawn("scheduler", "drover-scheduler", &args, &logs);
         let scheduler_args = args;
-        let controller = Self::spawn_controller(work.path(), &pki, &sched_addr, &api_addr);
+        let controller = spawn(work.path(), &pki, &sched_addr, &api_addr);
         let mut launchers = Vec::new();
         for (i, extra) in launcher_args.iter().enumerate() {
             let state = work.path().join(format!("launcher{i}"));

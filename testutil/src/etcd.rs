@@ -1,0 +1,159 @@
+//! Real etcd members for tests: each a child process on loopback ports with its data in a
+//! temporary directory of its own (nothing outside it is touched), stopped and removed when
+//! dropped, pass or fail.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a member may take to answer `/health` after it starts.
+const START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// An etcd cluster of one or more members on 127.0.0.1.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// The etcd binary, if this machine has one (`etcd-server` on Debian).
+pub fn etcd_binary() -> Option<PathBuf> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+impl EtcdCluster {
+    /// Starts `members` members (1 or 3) with `extra` flags each, and waits until every one is
+    /// healthy. `None` (the test is skipped: see [`crate::skip`]) when etcd is not installed.
+    ///
+    /// # Panics
+    /// When a member does not come up.
+    pub fn start(test: &str, members: usize, extra: &[&str]) -> Option<Self> {
+        if etcd_binary().is_none() {
+            crate::skip("etcd", test, "no etcd binary (apt-get install etcd-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = || crate::process::free_port().expect("a free port");
+        let members: Vec<Member> = (0..members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: format!("127.0.0.1:{}", port()),
+                peer: format!("127.0.0.1:{}", port()),
+                child: None,
+                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .collect();
+        let mut cluster = Self { members, dir };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i, "new");
+        }
+        for i in 0..cluster.members.len() {
+            cluster.wait_healthy(i);
+        }
+        Some(cluster)
+    }
+
+    /// `host:port` of every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`EtcdCluster::kill`]) and waits until healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
+        self.wait_healthy(i);
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
+        let m = &self.members[i];
+        let data = self.dir.path().join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .expect("an etcd log file");
+        let child = Command::new(etcd_binary().expect("checked at start"))
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &format!("http://{}", m.client)])
+            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
+            .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "drover-test"])
+            .args(&m.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            if health(&self.members[i].client) {
+                return;
+            }
+            if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("etcd member {i} exited ({status}):\n{}", self.log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} not healthy within {START_PATIENCE:?}:\n{}",
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of member `i`'s log.
+    pub fn log(&self, i: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Whether the member at `addr` says it is healthy (`GET /health`).
+fn health(addr: &str) -> bool {
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    if tcp.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
