@@ -40,6 +40,10 @@ pub(crate) struct E2eArgs {
     /// apart either way; 0 runs them as equals.
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
     launcher_nice: u8,
+    /// The controller's store: `redb` (a file) or `etcd` (a local single-member etcd started for
+    /// the run, with `--max-txn-ops 4096`; its CPU is not counted in the controller's).
+    #[arg(long, default_value = "redb", value_parser = ["redb", "etcd"])]
+    store: String,
 }
 
 /// The peak RSS a daemon may reach with `instances` launched (the scale issue's goals: 512 MiB
@@ -61,6 +65,8 @@ struct Cluster {
     controller: Daemon,
     launchers: Vec<Daemon>,
     api: ApiClient,
+    /// With `--store etcd`: the member, stopped when the run ends.
+    _etcd: Option<testutil::etcd::EtcdCluster>,
     _work: tempfile::TempDir,
 }
 
@@ -99,13 +105,25 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
     wait_listening(&mut scheduler).await?;
     let sched = scheduler.addr.to_string();
     let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let controller_args = local::controller_args(
+    let mut controller_args = local::controller_args(
         &sched,
         work.path(),
         &api_addr.to_string(),
         &pki.cert("server-api"),
         &pki.paths("controller-local", false),
     );
+    let etcd = if args.store == "etcd" {
+        let etcd =
+            testutil::etcd::EtcdCluster::start("e2e", 1, &["--max-txn-ops", "4096", "--max-request-bytes", "8388608"])
+                .context("--store etcd needs etcd (apt-get install etcd-server)")?;
+        controller_args.extend(
+            ["--store", "etcd", "--etcd-max-txn-ops", "4096", "--etcd-endpoints", &etcd.endpoints().join(",")]
+                .map(String::from),
+        );
+        Some(etcd)
+    } else {
+        None
+    };
     let controller = Daemon::start(
         &sibling_binary("drover-controller")?,
         controller_args,
@@ -140,7 +158,7 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
         tenant: None,
     })?;
     api.timeout = Duration::from_secs(120);
-    Ok(Cluster { scheduler, controller, launchers, api, _work: work })
+    Ok(Cluster { scheduler, controller, launchers, api, _etcd: etcd, _work: work })
 }
 
 /// The API's count of instances by state.

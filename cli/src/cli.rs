@@ -123,6 +123,12 @@ pub enum Cmd {
         /// (default: next to drover).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Highly available, on this machine: three etcd members (ports PORT+100..102 and
+        /// PORT+110..112, data in DIR/etcd), two schedulers (PORT and PORT+2; one active) and two
+        /// controllers (API-PORT and API-PORT+2; one leads, the other redirects to it) sharing
+        /// their state on etcd. The status line says who leads. Needs etcd (etcd-server).
+        #[arg(long)]
+        ha: bool,
     },
     /// Workload definitions.
     #[command(subcommand)]

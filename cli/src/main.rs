@@ -28,10 +28,10 @@ async fn main() -> std::process::ExitCode {
     let cli: Cli = ssntp::cli::parse_or_exit_with(drover_cli::cli::command());
     let json = cli.json;
     let result = match cli.command {
-        Cmd::Up { port, api_port, once, bin_dir } => {
+        Cmd::Up { port, api_port, once, bin_dir, ha } => {
             // Handlers are installed now, so Ctrl-C at any point stops the children cleanly.
             let ctrl_c = ssntp::cli::shutdown_signal();
-            let opts = UpOptions { dir: cli.api.dir, port, api_port, once, bin_dir };
+            let opts = UpOptions { dir: cli.api.dir, port, api_port, once, bin_dir, ha };
             up::run(opts, ctrl_c).await.map(|()| std::process::ExitCode::SUCCESS)
         }
         _ => cli::run(cli).await,

@@ -37,6 +37,9 @@ pub struct UpOptions {
     /// Where `drover-scheduler`, `drover-controller` and `drover-launcher` are; the `drover`
     /// binary's directory by default.
     pub bin_dir: Option<PathBuf>,
+    /// Highly available: three etcd members, two schedulers (one active), two controllers (one
+    /// leading) sharing their state on etcd.
+    pub ha: bool,
 }
 
 /// The API user's certificate `drover up` mints in `<dir>/pki` (the CLI's default).
@@ -75,6 +78,7 @@ fn ensure_pki(dir: &Path) -> anyhow::Result<Pki> {
     let wanted = [
         (Role::SCHEDULER, "local", local(), false),
         (Role::CONTROLLER, "local", vec![], false),
+        (Role::CONTROLLER, "local-b", vec![], false),
         (Role::SERVER, "api", local(), false),
         (Role::USER, "local", vec![], true),
     ];
@@ -124,13 +128,9 @@ fn has_identity(path: &Path) -> bool {
         .is_some()
 }
 
-fn spawn(bin_dir: &Path, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
-    spawn_named(bin_dir, name, name, args, logs)
-}
-
 /// Starts `program` from `bin_dir`, logging to `<logs>/<name>.log`.
 fn spawn_named(bin_dir: &Path, program: &str, name: &str, args: &[String], logs: &Path) -> anyhow::Result<Child> {
-    let program = bin_dir.join(program);
+    let program = bin_dir.join(program); // an absolute `program` (etcd) stays as it is
     if !program.exists() {
         bail!(
             "{} not found; build every binary first: cargo build --release (then run target/release/drover up)",
@@ -146,6 +146,9 @@ fn spawn_named(bin_dir: &Path, program: &str, name: &str, args: &[String], logs:
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        // Its own process group: Ctrl-C in the terminal reaches `drover up` alone, which stops
+        // the children in order (controllers first, etcd last).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", program.display()))
@@ -278,6 +281,194 @@ fn status_line(status: &Value, heartbeat: Option<String>) -> String {
     line
 }
 
+/// One process of the local cluster.
+struct Part {
+    /// Its log's name, and how messages name it.
+    name: String,
+    /// The program (a name in `bin_dir`, or an absolute path).
+    program: String,
+    args: Vec<String>,
+    /// Stopping order: controllers first (nothing new is sent), launchers next (they drain),
+    /// schedulers, etcd last.
+    stop_rank: u8,
+}
+
+/// The local cluster's layout: its processes and where they listen.
+struct Layout {
+    parts: Vec<Part>,
+    /// The scheduler addresses launchers and controllers are given, in order.
+    schedulers: Vec<String>,
+    /// The API address the CLI is pointed at.
+    api: String,
+    launchers: usize,
+}
+
+/// The etcd binary of this machine, if any.
+fn etcd_binary() -> Option<PathBuf> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Refuses a port already in use, naming the flag that moves it.
+fn check_free(addr: &str, flag: &str) -> anyhow::Result<()> {
+    drop(std::net::TcpListener::bind(addr).with_context(|| format!("{addr} is in use; pick other ports with {flag}"))?);
+    Ok(())
+}
+
+fn layout(opts: &UpOptions, dir: &Path, pki: &Pki) -> anyhow::Result<Layout> {
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let port = |base: u16, offset: u16| {
+        base.checked_add(offset).with_context(|| format!("port {base} + {offset} is past 65535; pick a lower one"))
+    };
+    let mut parts = Vec::new();
+    let schedulers: Vec<String> =
+        if opts.ha { vec![at(opts.port), at(port(opts.port, 2)?)] } else { vec![at(opts.port)] };
+    let apis: Vec<String> =
+        if opts.ha { vec![at(opts.api_port), at(port(opts.api_port, 2)?)] } else { vec![at(opts.api_port)] };
+    let mut planned: Vec<&String> = schedulers.iter().chain(&apis).collect();
+    let etcd_ports: Vec<String> = if opts.ha {
+        (0..3u16)
+            .flat_map(|i| [port(opts.port, 100 + i), port(opts.port, 110 + i)])
+            .map(|p| p.map(at))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    planned.extend(&etcd_ports);
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = planned.iter().find(|a| !seen.insert(**a)) {
+        bail!("{twice} would serve two processes: --port and --api-port must be further apart (with --ha, etcd takes PORT+100..102 and PORT+110..112, the second scheduler PORT+2, the second API API-PORT+2)");
+    }
+    for s in &schedulers {
+        check_free(s, "--port")?;
+    }
+    for a in &apis {
+        check_free(a, "--api-port")?;
+    }
+    let mut etcd_endpoints = Vec::new();
+    if opts.ha {
+        let etcd = etcd_binary().context("drover up --ha needs etcd: apt-get install etcd-server")?;
+        let members: Vec<(String, String, String)> = (0..3u16)
+            .map(|i| Ok((format!("m{i}"), at(port(opts.port, 100 + i)?), at(port(opts.port, 110 + i)?))))
+            .collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> = members.iter().map(|(n, _, peer)| format!("{n}=http://{peer}")).collect();
+        for (name, client, peer) in &members {
+            check_free(client, "--port (etcd uses port+100..102 and port+110..112)")?;
+            check_free(peer, "--port (etcd uses port+100..102 and port+110..112)")?;
+            let data = dir.join("etcd").join(name);
+            // A member that has its data already rejoins; a new one starts the cluster.
+            let state = if data.join("member").exists() { "existing" } else { "new" };
+            parts.push(Part {
+                name: format!("etcd-{name}"),
+                program: etcd.display().to_string(),
+                args: [
+                    "--name",
+                    name,
+                    "--data-dir",
+                    &data.display().to_string(),
+                    "--listen-client-urls",
+                    &format!("http://{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://{client}"),
+                    "--listen-peer-urls",
+                    &format!("http://{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{peer}"),
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    state,
+                    "--initial-cluster-token",
+                    "drover-up",
+                    "--max-txn-ops",
+                    "4096",
+                    "--max-request-bytes",
+                    "8388608",
+                ]
+                .map(String::from)
+                .to_vec(),
+                stop_rank: 3,
+            });
+            etcd_endpoints.push(client.clone());
+        }
+    }
+    let with_etcd = |mut args: Vec<String>| {
+        if opts.ha {
+            args.extend(["--etcd-endpoints".to_owned(), etcd_endpoints.join(",")]);
+        }
+        args
+    };
+    let also = |args: &mut Vec<String>, first: &str| {
+        for s in schedulers.iter().filter(|s| *s != first) {
+            args.extend(["--server".to_owned(), s.clone()]);
+        }
+    };
+    for (i, addr) in schedulers.iter().enumerate() {
+        // A first try on someone's workstation should not wait for their load average to drop:
+        // the load threshold is for shared compute nodes. Every certificate here names its
+        // holder's identity.
+        let mut args = local::scheduler_args(addr, &pki.paths("scheduler-local"));
+        args.extend(["--heartbeat", "--load-threshold", "64", "--require-cert-identity"].map(String::from));
+        let name = if opts.ha { format!("drover-scheduler-{}", ["a", "b"][i]) } else { "drover-scheduler".into() };
+        parts.push(Part { name, program: "drover-scheduler".into(), args: with_etcd(args), stop_rank: 2 });
+    }
+    for (i, api) in apis.iter().enumerate() {
+        let (state, cert, name) = if opts.ha {
+            let suffix = ["a", "b"][i];
+            (
+                dir.join(format!("controller-{suffix}")),
+                ["controller-local", "controller-local-b"][i],
+                format!("drover-controller-{suffix}"),
+            )
+        } else {
+            (dir.to_owned(), "controller-local", "drover-controller".to_owned())
+        };
+        let mut args =
+            local::controller_args(&schedulers[0], &state, api, &pki.dir.join("server-api.pem"), &pki.paths(cert));
+        also(&mut args, &schedulers[0]);
+        if opts.ha {
+            args.extend(["--store", "etcd", "--etcd-max-txn-ops", "4096"].map(String::from));
+        }
+        parts.push(Part { name, program: "drover-controller".into(), args: with_etcd(args), stop_rank: 0 });
+    }
+    let numa = numa_nodes();
+    let launchers: Vec<Option<u32>> = if numa.len() > 1 { numa.into_iter().map(Some).collect() } else { vec![None] };
+    for node in &launchers {
+        let (name, state, cert) = match node {
+            Some(n) => {
+                (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}")), format!("local-numa{n}"))
+            }
+            None => ("drover-launcher".to_owned(), dir.join("launcher"), "local".to_owned()),
+        };
+        // One certificate per launcher: each is its own node.
+        let paths = ensure_agent_cert(pki, &cert, &state)?;
+        let mut args = local::launcher_args(&schedulers[0], &state, &paths);
+        also(&mut args, &schedulers[0]);
+        args.push("--drain-on-exit".to_owned());
+        if let Some(n) = node {
+            args.extend(["--numa-node".to_owned(), n.to_string()]);
+        }
+        parts.push(Part { name, program: "drover-launcher".into(), args, stop_rank: 1 });
+    }
+    Ok(Layout { parts, schedulers, api: apis[0].clone(), launchers: launchers.len() })
+}
+
+/// Who leads, for the status line of `drover up --ha`: the controller and the active scheduler.
+async fn leaders_line(api: &ApiClient, status: &Value) -> String {
+    let leader = api.get("/v1/leader").await.ok();
+    let controller = leader
+        .as_ref()
+        .and_then(|l| {
+            Some(format!(
+                "controller {} (API {})",
+                l["leader"]["uuid"].as_str()?.get(..8)?,
+                l["leader"]["addr"].as_str()?
+            ))
+        })
+        .unwrap_or_else(|| "no controller leads yet".into());
+    let scheduler = status["scheduler"]["target"].as_str().map_or("none".to_owned(), str::to_owned);
+    format!("leader: {controller}; active scheduler: {scheduler}")
+}
+
 /// Runs `drover up`.
 ///
 /// # Errors
@@ -287,63 +478,33 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let pki = ensure_pki(&dir)?;
-    let bin_dir = match opts.bin_dir {
-        Some(d) => d,
+    let bin_dir = match &opts.bin_dir {
+        Some(d) => d.clone(),
         None => std::env::current_exe()?.parent().context("locating the drover binary")?.to_owned(),
     };
-    let addr = format!("127.0.0.1:{}", opts.port);
-    let api_addr = format!("127.0.0.1:{}", opts.api_port);
-    drop(
-        std::net::TcpListener::bind(&addr)
-            .with_context(|| format!("port {} is in use; pick another with --port", opts.port))?,
-    );
-    drop(
-        std::net::TcpListener::bind(&api_addr)
-            .with_context(|| format!("port {} is in use; pick another with --api-port", opts.api_port))?,
-    );
+    let layout = layout(&opts, &dir, &pki)?;
+    let api_addr = layout.api.clone();
     std::fs::write(dir.join(API_ADDRESS_FILE), format!("{api_addr}\n"))
         .with_context(|| format!("writing {}", dir.join(API_ADDRESS_FILE).display()))?;
-
-    // A first try on someone's workstation should not wait for their load average to drop:
-    // the load threshold is for shared compute nodes.
-    let mut sched_args = local::scheduler_args(&addr, &pki.paths("scheduler-local"));
-    sched_args.extend(["--heartbeat".to_owned(), "--load-threshold".to_owned(), "64".to_owned()]);
-    // Every certificate here names its holder's identity.
-    sched_args.push("--require-cert-identity".to_owned());
     let mut children: Vec<(String, Child)> = Vec::new();
+    let mut stop_ranks: Vec<u8> = Vec::new();
     tokio::pin!(shutdown);
+    let heartbeat_logs: Vec<PathBuf> = layout
+        .parts
+        .iter()
+        .filter(|p| p.program == "drover-scheduler")
+        .map(|p| logs.join(format!("{}.log", p.name)))
+        .collect();
     let result = async {
-        children.push(("drover-scheduler".into(), spawn(&bin_dir, "drover-scheduler", &sched_args, &logs)?));
-        let controller_args = local::controller_args(
-            &addr,
-            &dir,
-            &api_addr,
-            &pki.dir.join("server-api.pem"),
-            &pki.paths("controller-local"),
-        );
-        children.push(("drover-controller".into(), spawn(&bin_dir, "drover-controller", &controller_args, &logs)?));
-        let numa = numa_nodes();
-        let per_numa = numa.len() > 1;
-        let launchers: Vec<Option<u32>> = if per_numa { numa.into_iter().map(Some).collect() } else { vec![None] };
-        for node in &launchers {
-            let (name, state, cert) = match node {
-                Some(n) => {
-                    (format!("drover-launcher-numa{n}"), dir.join(format!("launcher-numa{n}")), format!("local-numa{n}"))
-                }
-                None => ("drover-launcher".to_owned(), dir.join("launcher"), "local".to_owned()),
-            };
-            // One certificate per launcher: each is its own node.
-            let paths = ensure_agent_cert(&pki, &cert, &state)?;
-            let mut args = local::launcher_args(&addr, &state, &paths);
-            args.push("--drain-on-exit".to_owned());
-            if let Some(n) = node {
-                args.extend(["--numa-node".to_owned(), n.to_string()]);
-            }
-            children.push((name.clone(), spawn_named(&bin_dir, "drover-launcher", &name, &args, &logs)?));
+        for part in &layout.parts {
+            children.push((part.name.clone(), spawn_named(&bin_dir, &part.program, &part.name, &part.args, &logs)?));
+            stop_ranks.push(part.stop_rank);
         }
+        let ha = if opts.ha { " (etcd ×3, schedulers and controllers ×2)" } else { "" };
         println!(
-            "scheduler on {addr}, API on https://{api_addr}, {} launcher(s); logs in {}",
-            launchers.len(),
+            "scheduler on {}, API on https://{api_addr}, {} launcher(s){ha}; logs in {}",
+            layout.schedulers.join(" and "),
+            layout.launchers,
             logs.display()
         );
         let api = ApiClient::new(&ApiConfig {
@@ -376,7 +537,17 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
                         }
                     }
                     match api.get("/v1/status").await {
-                        Ok(status) => println!("  {}", status_line(&status, last_heartbeat(&logs.join("drover-scheduler.log")))),
+                        Ok(status) => {
+                            // The active scheduler's heartbeat: the newest line of any.
+                            let heartbeat = heartbeat_logs.iter().filter_map(|l| {
+                                let at = std::fs::metadata(l).and_then(|m| m.modified()).ok()?;
+                                Some((at, last_heartbeat(l)?))
+                            }).max_by_key(|(at, _)| *at).map(|(_, line)| line);
+                            println!("  {}", status_line(&status, heartbeat));
+                            if opts.ha {
+                                println!("  {}", leaders_line(&api, &status).await);
+                            }
+                        }
                         Err(e) => println!("  status unavailable: {e:#}"),
                     }
                 }
@@ -387,8 +558,27 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
     }
     .await;
     println!("stopping the cluster");
-    // Controller first (nothing new is sent), launchers next (they drain), scheduler last.
-    children.rotate_left(1);
-    stop_children(&mut children).await;
+    // Controllers first (nothing new is sent), launchers next (they drain), schedulers, etcd.
+    for rank in 0..=3 {
+        let mut group: Vec<(String, Child)> = Vec::new();
+        let mut rest = Vec::new();
+        for (child, r) in children.drain(..).zip(stop_ranks.iter().copied()) {
+            if r == rank {
+                group.push(child);
+            } else {
+                rest.push(child);
+            }
+        }
+        stop_ranks.retain(|r| *r != rank);
+        children = rest;
+        if rank == 3 {
+            // etcd members one by one: each hands raft leadership on while the others run.
+            for member in group.chunks_mut(1) {
+                stop_children(member).await;
+            }
+        } else {
+            stop_children(&mut group).await;
+        }
+    }
     result
 }

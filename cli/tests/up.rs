@@ -135,3 +135,82 @@ fn drover_up_explains_a_port_in_use() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is in use; pick another with --port"), "{stderr}");
 }
+
+/// Ports for `drover up --ha --port P`: P, P+2 (schedulers), P+100..102 and P+110..112 (etcd).
+fn free_ha_base() -> u16 {
+    loop {
+        let base = free_port();
+        let offsets = [0u16, 2, 100, 101, 102, 110, 111, 112];
+        let free = offsets
+            .iter()
+            .all(|o| base.checked_add(*o).is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
+        if free {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn drover_up_ha_runs_etcd_two_schedulers_and_two_controllers_says_who_leads_and_stops_everything() {
+    if testutil::etcd::etcd_binary().is_none() {
+        testutil::skip("etcd", "drover_up_ha", "no etcd binary (apt-get install etcd-server)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (port, api_port) = (free_ha_base(), free_port());
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["up", "--ha", "--port", &port.to_string(), "--api-port", &api_port.to_string()])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = std::sync::Arc::clone(&lines);
+        let stdout = up.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let leader_line = loop {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains("leader: controller")) {
+            break l.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader line:\n{}", lines.lock().unwrap().join("\n"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(leader_line.contains("active scheduler: 127.0.0.1:"), "{leader_line}");
+    let etcds = drover_processes_under(work.path()).into_iter().filter(|p| p.contains("etcd --name")).count();
+    assert_eq!(etcds, 3, "three etcd members: {}", lines.lock().unwrap().join("\n"));
+    // Either controller's API serves the CLI: the standby sends it to the leader.
+    for api in [api_port, api_port + 2] {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["--api", &format!("127.0.0.1:{api}"), "ps", "--state", "exited"])
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("demo"),
+            "via {api}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = up.wait().unwrap();
+    reader.join().unwrap();
+    let text = lines.lock().unwrap().join("\n");
+    assert!(status.success(), "{text}");
+    assert!(!text.contains("killing it"), "everything stops when asked: {text}");
+    let left = drover_processes_under(work.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -224,12 +224,31 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&controller), refuse_writes_when_read_only))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(crate::api_guard::Guard::new(limit)),
             crate::api_guard::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api_guard::MAX_BODY))
         .with_state(controller)
+}
+
+/// While the store cannot take writes (etcd without quorum), every call that would write is
+/// refused with 503 and why; reads go on.
+async fn refuse_writes_when_read_only(
+    State(c): Ctl,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    match c.read_only() {
+        Some(why) if !reads => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("writes are refused until the store answers again: {why}; reads are still answered (they may be a little stale)"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 fn format_of(headers: &HeaderMap, body: &str) -> Format {

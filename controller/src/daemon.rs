@@ -133,6 +133,8 @@ pub struct Controller {
     link_commands: Mutex<Option<mpsc::Receiver<LinkCommand>>>,
     /// Who this controller is as the elected leader (with an etcd store).
     leader: Mutex<Option<drover_etcd::election::LeaderInfo>>,
+    /// Why writes are refused, while they are (etcd without quorum).
+    read_only: Mutex<Option<String>>,
 }
 
 /// Unix time now, ms.
@@ -169,7 +171,18 @@ impl Controller {
             load_threshold: Mutex::new(None),
             starts_sent: AtomicU64::new(0),
             leader: Mutex::new(None),
+            read_only: Mutex::new(None),
         }))
+    }
+
+    /// From now on the API refuses writes, saying `why`.
+    pub fn set_read_only(&self, why: String) {
+        *self.read_only.lock().expect("read-only lock") = Some(why);
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn read_only(&self) -> Option<String> {
+        self.read_only.lock().expect("read-only lock").clone()
     }
 
     /// Records that this controller leads as `info` (what `GET /v1/leader` answers).

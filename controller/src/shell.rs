@@ -281,21 +281,21 @@ async fn run_etcd(
     let open = tokio::task::spawn_blocking(move || {
         let backend = crate::store::etcd::EtcdBackend::open(config)?;
         backend.set_fence(Some(fence));
-        Store::over(Box::new(backend))
+        let serializable = backend.serializable_reads();
+        Store::over(Box::new(backend)).map(|store| (store, serializable))
     });
-    let store = match open.await.context("opening the etcd store")? {
-        Ok(store) => store,
+    let (store, serializable) = match open.await.context("opening the etcd store")? {
+        Ok(opened) => opened,
         Err(e) => {
             leading.resign().await;
             return Err(anyhow::Error::new(e).context("reading the store from etcd"));
         }
     };
     let leading = Arc::new(leading);
-    let held = Arc::clone(&leading);
-    let lost = Box::pin(async move { held.hold(drover_model::unix_ms_now).await });
     let compacting = Arc::clone(&leading);
     let compaction = tokio::spawn(async move { compacting.compact_history(COMPACTION_EVERY).await });
-    let result = lead(&args, tls, uuid, store, api_server, Some((leading.info.clone(), lost)), shutdown).await;
+    let term = Term { leading: Arc::clone(&leading), serializable };
+    let result = lead(&args, tls, uuid, store, api_server, Some(term), shutdown).await;
     compaction.abort();
     leading.resign().await;
     result
@@ -304,8 +304,12 @@ async fn run_etcd(
 /// How often the leader compacts etcd's history.
 const COMPACTION_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// What ends a term: resolves with why leadership was lost.
-type Lost = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+/// An elected controller's term: its lease, and the switch that lets its store answer reads
+/// while etcd has no quorum.
+struct Term {
+    leading: Arc<drover_etcd::election::Leading>,
+    serializable: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// Leads: the scheduler link, the service and the full API, until `shutdown` (or, elected, until
 /// leadership is lost: then the process starts again as a standby).
@@ -315,7 +319,7 @@ async fn lead(
     uuid: ssntp::Uuid,
     store: Store,
     api_server: Option<ApiServer>,
-    term: Option<(drover_etcd::election::LeaderInfo, Lost)>,
+    term: Option<Term>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let service = Service::new(store)?.with_start_timeout(args.start_timeout);
@@ -329,20 +333,42 @@ async fn lead(
         tasks.spawn(crate::api::serve(listener, tls_rx, Arc::clone(&controller), limit, stop.clone()));
     }
     tasks.spawn(crate::daemon::run_link(Arc::clone(&controller), events));
-    let lost: Lost = match term {
-        Some((info, lost)) => {
-            controller.set_leader_info(info);
-            lost
+    use drover_etcd::election::Lost;
+    let mut shutdown = shutdown;
+    let lost = async {
+        match &term {
+            Some(t) => {
+                controller.set_leader_info(t.leading.info.clone());
+                t.leading.hold(drover_model::unix_ms_now).await
+            }
+            None => std::future::pending().await,
         }
-        None => Box::pin(std::future::pending()),
     };
     let lost_why = tokio::select! {
-        () = shutdown => None,
+        () = &mut shutdown => None,
         why = lost => Some(why),
     };
-    if let Some(why) = &lost_why {
+    match (&lost_why, &term) {
+        (Some(Lost::Unreachable(why)), Some(t)) => {
+            // No one can lead until etcd answers again. Stop commanding (the scheduler link
+            // closes) and writing (the API refuses), but keep answering reads from the member
+            // this controller reaches; start again once etcd has a quorum.
+            tracing::error!(reason = %why, "leadership lost: commands and writes stop; reads go on until etcd answers again");
+            client.close();
+            t.serializable.store(true, std::sync::atomic::Ordering::Relaxed);
+            controller.set_read_only(format!("etcd has no quorum or cannot be reached ({why})"));
+            tokio::select! {
+                () = &mut shutdown => {
+                    stop.cancel();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+                    return Ok(());
+                }
+                () = t.leading.wait_for_quorum() => tracing::info!("etcd answers again; starting again as a standby"),
+            }
+        }
         // Stop acting at once: no more commands, no more writes (the fence refuses them anyway).
-        tracing::error!(reason = %why, "leadership lost; starting again as a standby");
+        (Some(why), _) => tracing::error!(reason = %why, "leadership lost; starting again as a standby"),
+        _ => {}
     }
     stop.cancel();
     client.close();

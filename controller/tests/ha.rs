@@ -270,3 +270,65 @@ async fn losing_the_active_scheduler_moves_everyone_to_the_standby_and_nothing_i
     let nodes = api.get("/v1/nodes").await.unwrap();
     assert!(nodes.as_array().unwrap().iter().all(|n| n["status"] == "ready"), "{nodes}");
 }
+
+/// Three etcd members: one lost changes nothing; two lost stop writes (503, saying why) while
+/// reads go on; with them back, work resumes and nothing was lost or run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_but_not_reads_and_all_resumes() {
+    let Some(mut etcd) = EtcdCluster::start("losing_etcd_members", 3, &[]) else { return };
+    let endpoints = etcd.endpoints();
+    let cluster = Cluster::start_custom(&[], &[&["--backend", "sim"]], |work, pki, s, a| {
+        ha_controller(work, pki, s, a, "ctl-a", &endpoints)
+    });
+    let api = cluster.admin();
+    wait_for("the controller to lead", || async { (role(&api).await?.0 == "leader").then_some(()) }).await;
+    cluster.wait_ready(1).await;
+    let workload =
+        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n";
+    api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
+    let running = |n: u64| {
+        let api = &api;
+        move || async move {
+            let s = api.get("/v1/status").await.ok()?;
+            (s["instances"]["running"].as_u64() == Some(n)).then_some(())
+        }
+    };
+    api.post("/v1/workloads/sim/launch", &json!({"count": 3})).await.unwrap();
+    wait_for("three running", running(3)).await;
+
+    etcd.kill(2);
+    api.post("/v1/workloads/sim/launch", &json!({"count": 2})).await.expect("one member of three lost: no effect");
+    wait_for("five running", running(5)).await;
+
+    etcd.kill(1);
+    let refusal = wait_within("writes to be refused with a reason", Duration::from_secs(40), || async {
+        let (status, body) = api
+            .raw(Method::POST, "/v1/workloads/sim/launch", Some(("application/json", b"{\"count\": 1}".to_vec())))
+            .await
+            .ok()?;
+        (status == hyper::StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+    })
+    .await;
+    assert!(refusal.to_string().contains("etcd"), "the refusal says why: {refusal}");
+    let list = api.get("/v1/instances").await.expect("reads are still answered");
+    assert!(list.as_array().unwrap().len() >= 5, "{list}");
+
+    etcd.restart(1);
+    etcd.restart(2);
+    let resumed = wait_within("writes to be taken again", Duration::from_secs(60), || async {
+        api.post("/v1/workloads/sim/launch", &json!({"count": 1})).await.ok()
+    })
+    .await;
+    assert_eq!(resumed["instances"].as_array().unwrap().len(), 1);
+    let status = wait_for("every instance to run", || async {
+        let s = api.get("/v1/status").await.ok()?;
+        let total: u64 = s["instances"].as_object()?.values().filter_map(Value::as_u64).sum();
+        (s["instances"]["running"].as_u64() == Some(total)).then_some(s)
+    })
+    .await;
+    let events = all_events(&api).await;
+    assert!(events.windows(2).all(|w| w[1]["revision"].as_u64() == w[0]["revision"].as_u64().map(|r| r + 1)));
+    let runs = runs(&events);
+    assert!(runs.values().all(|n| *n == 1), "started more than once: {runs:?} ({status})");
+    assert!(runs.len() >= 6, "{runs:?}");
+}

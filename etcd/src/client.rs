@@ -283,7 +283,25 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub async fn range(&self, key: &[u8], end: Option<&[u8]>, limit: i64) -> Result<Range, Error> {
+        self.range_with(key, end, limit, false).await
+    }
+
+    /// As [`Client::range`]; `serializable` reads are answered by the member asked, from what it
+    /// has (no quorum needed; possibly stale), instead of linearizably.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn range_with(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        limit: i64,
+        serializable: bool,
+    ) -> Result<Range, Error> {
         let mut body = json!({"key": b64(key)});
+        if serializable {
+            body["serializable"] = json!(true);
+        }
         if let Some(end) = end {
             body["range_end"] = json!(b64(end));
         }

@@ -176,10 +176,28 @@ async fn try_once(
     Ok(Err(winner))
 }
 
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// etcd did not answer until the renew deadline (no quorum, or this machine is cut off):
+    /// no one may lead until it answers again.
+    Unreachable(String),
+    /// etcd answered that the lease or the key is gone: another may lead now.
+    Superseded(String),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) | Self::Superseded(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Leading {
     /// Renews the lease every `retry` until leadership is lost (the renew deadline passed
     /// without a renewal, the lease expired, or the key is no longer ours); returns why.
-    pub async fn hold(&self, now_ms: impl Fn() -> u64) -> String {
+    pub async fn hold(&self, now_ms: impl Fn() -> u64) -> Lost {
         let client = &self.client;
         let mut tenure = Tenure::start(self.timing, now_ms());
         loop {
@@ -195,14 +213,17 @@ impl Leading {
             .await;
             match attempt {
                 // Renewed as of when it was asked: the lease runs from then at the latest.
-                Ok(Ok((ttl, _))) if ttl <= 0 => return "the lease expired".into(),
+                Ok(Ok((ttl, _))) if ttl <= 0 => return Lost::Superseded("the lease expired".into()),
                 Ok(Ok((_, true))) => tenure.renewed(asked_at),
-                Ok(Ok((_, false))) => return "the leader key is no longer ours".into(),
+                Ok(Ok((_, false))) => return Lost::Superseded("the leader key is no longer ours".into()),
                 Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader lease failed"),
                 Err(_) => tracing::warn!("renewing the leader lease timed out"),
             }
             if !tenure.holds(now_ms()) {
-                return format!("no renewal for {:?} (etcd unreachable?)", self.timing.renew_deadline);
+                return Lost::Unreachable(format!(
+                    "no renewal for {:?}: etcd unreachable or without quorum",
+                    self.timing.renew_deadline
+                ));
             }
         }
     }
@@ -223,6 +244,17 @@ impl Leading {
                 }
             }
             previous = Some(now);
+        }
+    }
+
+    /// Waits until etcd answers a linearizable read again (it has a quorum, and this process
+    /// reaches it), asking every `retry`.
+    pub async fn wait_for_quorum(&self) {
+        loop {
+            tokio::time::sleep(self.timing.retry).await;
+            if self.client.range(self.key.as_bytes(), None, 1).await.is_ok() {
+                return;
+            }
         }
     }
 

@@ -93,7 +93,7 @@ pub async fn run(
             return Err(e).with_context(|| format!("binding {listen}"));
         }
     };
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<drover_etcd::election::Lost>();
     let stop = async move {
         tokio::select! {
             () = shutdown => {}

@@ -96,6 +96,8 @@ pub struct EtcdBackend {
     fence: Mutex<Option<Fence>>,
     /// One writer at a time in this process; holds the counter as last written.
     writer: Mutex<Counter>,
+    /// Reads from whichever member answers, without quorum (set while etcd has none).
+    serializable: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The revision counter as this controller last saw it.
@@ -169,10 +171,17 @@ impl EtcdBackend {
             runtime: Some(runtime),
             fence: Mutex::new(None),
             writer: Mutex::new(Counter { revision: 0, mod_revision: 0 }),
+            serializable: std::sync::Arc::default(),
         };
         let counter = backend.read_counter()?;
         *backend.writer.lock().expect("writer lock") = counter;
         Ok(backend)
+    }
+
+    /// The switch to serializable reads: on, reads are answered by the member asked, without
+    /// quorum, possibly stale (a leader keeps answering reads while etcd has no quorum).
+    pub fn serializable_reads(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        std::sync::Arc::clone(&self.serializable)
     }
 
     /// From now on every write checks `fence` (or nothing, with `None`).
@@ -216,8 +225,10 @@ impl EtcdBackend {
 
     fn read_counter(&self) -> Result<Counter, StoreError> {
         let key = self.counter_key();
-        let got = self.run(move |c| Box::pin(async move { c.get(key.as_bytes()).await }))?;
-        match got {
+        let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
+        let got =
+            self.run(move |c| Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await }))?;
+        match got.kvs.into_iter().next() {
             None => Ok(Counter { revision: 0, mod_revision: 0 }),
             Some(kv) => {
                 let text = String::from_utf8_lossy(&kv.value);
@@ -229,8 +240,10 @@ impl EtcdBackend {
 
     /// One value by key.
     fn get_one(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let got = self.run(move |c| Box::pin(async move { c.get(key.as_bytes()).await }))?;
-        Ok(got.map(|kv| kv.value))
+        let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
+        let got =
+            self.run(move |c| Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await }))?;
+        Ok(got.kvs.into_iter().next().map(|kv| kv.value))
     }
 
     /// Values of keys in `[start, end)`, in key order, at most `limit`.
@@ -240,7 +253,9 @@ impl EtcdBackend {
         while out.len() < limit {
             let chunk = READ_CHUNK.min(i64::try_from(limit - out.len()).unwrap_or(READ_CHUNK));
             let (f, e) = (from.clone(), end.clone());
-            let got = self.run(move |c| Box::pin(async move { c.range(&f, Some(&e), chunk).await }))?;
+            let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
+            let got =
+                self.run(move |c| Box::pin(async move { c.range_with(&f, Some(&e), chunk, serializable).await }))?;
             let next = got.kvs.last().map(|kv| kv.key.clone());
             out.extend(got.kvs.into_iter().map(|kv| (kv.key, kv.value)));
             match next {
