@@ -310,7 +310,7 @@ fn etcd_binary() -> Option<PathBuf> {
 
 /// Refuses a port already in use, naming the flag that moves it.
 fn check_free(addr: &str, flag: &str) -> anyhow::Result<()> {
-    drop(std::net::TcpListener::bind(addr).with_context(|| format!("{addr} is in use; pick other ports with {flag}"))?);
+    drop(std::net::TcpListener::bind(addr).with_context(|| format!("{addr} is in use; pick another with {flag}"))?);
     Ok(())
 }
 

@@ -68,6 +68,29 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client.clone()).collect()
     }
 
+    /// The member that is raft's leader now, if one answers (`POST /v3/maintenance/status`).
+    pub fn leader(&self) -> Option<usize> {
+        let status = |addr: &str| -> Option<serde_json::Value> {
+            let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+            let request = format!(
+                "POST /v3/maintenance/status HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            );
+            tcp.write_all(request.as_bytes()).ok()?;
+            let mut answer = String::new();
+            let _ = tcp.read_to_string(&mut answer);
+            serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()
+        };
+        let (i, s) = self.members.iter().enumerate().find_map(|(i, m)| Some((i, status(&m.client)?)))?;
+        let leader = s["leader"].as_str()?.to_owned();
+        if s["header"]["member_id"].as_str() == Some(leader.as_str()) {
+            return Some(i);
+        }
+        self.members
+            .iter()
+            .position(|m| status(&m.client).is_some_and(|s| s["header"]["member_id"].as_str() == Some(leader.as_str())))
+    }
+
     /// Kills member `i` (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {

@@ -121,6 +121,29 @@ fn etcd_error(e: drover_etcd::Error) -> StoreError {
     StoreError(format!("etcd: {e}"))
 }
 
+/// A call to etcd, as the backend's runtime runs it.
+type EtcdFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, drover_etcd::Error>> + Send>>;
+
+/// Tries after a transient failure: 0.2 + 0.4 + 0.8 + 1.6 s, about the time etcd takes to
+/// elect a new leader when one member of three is lost.
+const RETRIES: u32 = 4;
+
+fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis(200 << attempt.min(4))
+}
+
+/// Whether a failure may pass by itself: a member unreachable or timed out, or etcd changing
+/// leaders (it answers 503 "leader changed", "no leader", "request timed out").
+fn transient(e: &drover_etcd::Error) -> bool {
+    match e {
+        drover_etcd::Error::Unreachable(_) => true,
+        drover_etcd::Error::Refused { status, message } => {
+            *status == 503 || *status == 504 || message.contains("leader") || message.contains("timed out")
+        }
+        drover_etcd::Error::Decode(_) => false,
+    }
+}
+
 /// The smallest key after every key starting with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -191,24 +214,34 @@ impl EtcdBackend {
 
     /// Runs `work` with a client on the backend's runtime and waits for it. Safe from any
     /// thread, async or not: the caller only blocks on a channel.
-    fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(
-            Client,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, drover_etcd::Error>> + Send>>,
-    ) -> Result<T, StoreError> {
+    fn run_raw<T: Send + 'static>(&self, work: &dyn Fn(Client) -> EtcdFuture<T>) -> Result<T, drover_etcd::Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let future = work(self.client.clone());
         let timeout = self.config.timeout;
         self.runtime.as_ref().expect("a runtime until dropped").spawn(async move {
             let answer = match tokio::time::timeout(timeout, future).await {
-                Ok(answer) => answer.map_err(etcd_error),
-                Err(_) => Err(StoreError(format!("etcd did not answer within {timeout:?} (no quorum?)"))),
+                Ok(answer) => answer,
+                Err(_) => Err(drover_etcd::Error::Unreachable(format!("no answer within {timeout:?} (no quorum?)"))),
             };
             let _ = tx.send(answer);
         });
-        rx.recv().map_err(|_| StoreError("the etcd client's runtime stopped".into()))?
+        rx.recv().map_err(|_| drover_etcd::Error::Unreachable("the etcd client's runtime stopped".into()))?
+    }
+
+    /// Runs a read, again after a transient failure (etcd electing a leader, a member gone):
+    /// a read changes nothing, so trying again is always safe.
+    fn run<T: Send + 'static>(&self, work: impl Fn(Client) -> EtcdFuture<T>) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.run_raw(&work) {
+                Err(e) if transient(&e) && attempt < RETRIES => {
+                    tracing::debug!(error = %e, attempt, "etcd read failed; trying again");
+                    std::thread::sleep(retry_pause(attempt));
+                    attempt += 1;
+                }
+                other => return other.map_err(etcd_error),
+            }
+        }
     }
 
     fn key(&self, kind: &str, rest: &str) -> String {
@@ -226,8 +259,10 @@ impl EtcdBackend {
     fn read_counter(&self) -> Result<Counter, StoreError> {
         let key = self.counter_key();
         let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
-        let got =
-            self.run(move |c| Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await }))?;
+        let got = self.run(move |c| {
+            let key = key.clone();
+            Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await })
+        })?;
         match got.kvs.into_iter().next() {
             None => Ok(Counter { revision: 0, mod_revision: 0 }),
             Some(kv) => {
@@ -241,8 +276,10 @@ impl EtcdBackend {
     /// One value by key.
     fn get_one(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
-        let got =
-            self.run(move |c| Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await }))?;
+        let got = self.run(move |c| {
+            let key = key.clone();
+            Box::pin(async move { c.range_with(key.as_bytes(), None, 0, serializable).await })
+        })?;
         Ok(got.kvs.into_iter().next().map(|kv| kv.value))
     }
 
@@ -254,8 +291,10 @@ impl EtcdBackend {
             let chunk = READ_CHUNK.min(i64::try_from(limit - out.len()).unwrap_or(READ_CHUNK));
             let (f, e) = (from.clone(), end.clone());
             let serializable = self.serializable.load(std::sync::atomic::Ordering::Relaxed);
-            let got =
-                self.run(move |c| Box::pin(async move { c.range_with(&f, Some(&e), chunk, serializable).await }))?;
+            let got = self.run(move |c| {
+                let (f, e) = (f.clone(), e.clone());
+                Box::pin(async move { c.range_with(&f, Some(&e), chunk, serializable).await })
+            })?;
             let next = got.kvs.last().map(|kv| kv.key.clone());
             out.extend(got.kvs.into_iter().map(|kv| (kv.key, kv.value)));
             match next {
@@ -310,13 +349,36 @@ impl EtcdBackend {
         }
         let failure = vec![Op::get(self.counter_key())];
         let txn = Txn { compare, success: ops, failure };
-        let answer = self.run(move |c| Box::pin(async move { c.txn(&txn).await }))?;
+        // A transient failure is ambiguous (the write may have been applied before the answer
+        // was lost): try again, and if the counter then already says this write's revision,
+        // it was this write — only this controller writes, and never the same revision twice.
+        let mut ambiguous = false;
+        let mut attempt = 0;
+        let answer = loop {
+            let sent = self.run_raw(&|c: Client| {
+                let t = txn.clone();
+                Box::pin(async move { c.txn(&t).await })
+            });
+            match sent {
+                Ok(answer) => break answer,
+                Err(e) if transient(&e) && attempt < RETRIES => {
+                    tracing::warn!(error = %e, attempt, "etcd write failed; trying again");
+                    ambiguous = true;
+                    std::thread::sleep(retry_pause(attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(etcd_error(e)),
+            }
+        };
         if answer.succeeded {
             return Ok(Counter { revision, mod_revision: answer.revision });
         }
+        let now = answer.reads.first().and_then(|kvs| kvs.first());
+        if let Some(kv) = now.filter(|kv| ambiguous && kv.value == revision.to_string().as_bytes()) {
+            return Ok(Counter { revision, mod_revision: kv.mod_revision });
+        }
         // Refused: another writer moved the counter, or this controller is no longer the leader.
-        let now = answer.reads.first().and_then(|kvs| kvs.first()).map_or(0, |kv| kv.mod_revision);
-        let moved = now != counter.mod_revision;
+        let moved = now.map_or(0, |kv| kv.mod_revision) != counter.mod_revision;
         Err(StoreError(if moved {
             "another controller wrote to the store: this one is not the leader".into()
         } else {
@@ -442,7 +504,11 @@ impl StoreBackend for EtcdBackend {
         for chunk in uuids.chunks(self.config.max_txn_ops.max(1)) {
             let success = chunk.iter().map(|u| Op::get(self.key("i", &u.to_string()))).collect();
             let txn = Txn { success, ..Txn::default() };
-            let answer = self.run(move |c| Box::pin(async move { c.txn(&txn).await }))?;
+            // Only reads: safe to try again.
+            let answer = self.run(move |c| {
+                let txn = txn.clone();
+                Box::pin(async move { c.txn(&txn).await })
+            })?;
             for kv in answer.reads.iter().filter_map(|kvs| kvs.first()) {
                 records.push(parse::<InstanceRecord>(&kv.value)?);
             }
