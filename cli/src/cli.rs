@@ -604,10 +604,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Node(cmd) => node(&api, cmd, json).await?,
         Cmd::Status => {
-            let v = api.get("/v1/status").await?;
+            let mut v = api.get("/v1/status").await?;
+            // With several controllers, who leads (older controllers have no such route).
+            let leader = api.get("/v1/leader").await.ok().map(|l| l["leader"].clone()).filter(|l| !l.is_null());
             if json {
+                if let Some(l) = leader {
+                    v["leader"] = l;
+                }
                 print_json(&v);
             } else {
+                if let Some(l) = &leader {
+                    println!("leader:    controller {} (API {})", short(&text(l, "uuid")), text(l, "addr"));
+                }
                 let s = &v["scheduler"];
                 if s["connected"].as_bool() == Some(true) {
                     println!("scheduler: connected to {} ({})", text(s, "target"), short(&text(s, "uuid")));

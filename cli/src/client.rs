@@ -152,8 +152,13 @@ impl ApiClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        // A leader that a standby redirects to may be gone: say so in seconds, not minutes.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
+            .map_err(|_| {
+                anyhow::anyhow!("no answer within {} s (host down or unreachable?)", CONNECT_TIMEOUT.as_secs())
+            })
+            .and_then(|connected| connected.map_err(anyhow::Error::from))
             .with_context(|| format!("connecting to the API at {addr} (is drover-controller running?)"))?;
         let name = ssntp::tls::server_name_for(addr).map_err(anyhow::Error::msg)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
@@ -265,6 +270,9 @@ impl ApiClient {
         }
     }
 }
+
+/// How long dialling the API may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most redirects followed for one call.
 const MAX_REDIRECTS: usize = 3;

@@ -13,10 +13,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testutil::process::ip;
+use testutil::netlab::Lab;
 
 const DAEMONS: [&str; 3] = ["drover-scheduler", "drover-controller", "drover-launcher"];
 
@@ -55,76 +55,12 @@ fn recipe(readme: &str) -> Vec<Block> {
     blocks
 }
 
-/// The machines: a namespace each, on a bridge in a namespace of its own. Removed on drop,
-/// with every process started in them.
-struct Lab {
-    switch: String,
-    hosts: BTreeMap<String, String>,
-    daemons: Vec<(String, Child)>,
-}
-
-impl Lab {
-    fn new(addresses: &BTreeMap<String, String>) -> Result<Self, String> {
-        let id = std::process::id() % 100_000;
-        let mut lab = Self { switch: format!("drv-sw-{id}"), hosts: BTreeMap::new(), daemons: Vec::new() };
-        ip(&["netns", "add", &lab.switch])?;
-        ip(&["-n", &lab.switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lab.switch, "link", "set", "br0", "up"])?;
-        for (n, (host, address)) in addresses.iter().enumerate() {
-            let ns = format!("drv-{host}-{id}");
-            ip(&["netns", "add", &ns])?;
-            lab.hosts.insert(host.clone(), ns.clone());
-            let port = format!("p{n}");
-            ip(&["-n", &lab.switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-            ip(&["-n", &lab.switch, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &lab.switch, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(lab)
-    }
-
-    /// A command running `script` with `sh` on `host` (in its namespace if it has one).
-    fn command(&self, host: &str, script: &str, work: &Path, bin: &Path) -> Command {
-        let mut c = match self.hosts.get(host) {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "sh", "-ec", script]);
-                c
-            }
-            None => {
-                let mut c = Command::new("sh");
-                c.args(["-ec", script]);
-                c
-            }
-        };
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-        c.current_dir(work).env("PATH", path).env("NO_COLOR", "1").stdin(Stdio::null());
-        c
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.daemons {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.daemons {
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.hosts.values() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        let _ = ip(&["netns", "del", &self.switch]);
-    }
+/// A command running `script` with `sh` on `host`, with the built binaries on its `PATH`.
+fn command(lab: &Lab, host: &str, script: &str, work: &Path, bin: &Path) -> Command {
+    let mut c = lab.shell(host, script);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    c.current_dir(work).env("PATH", path).env("NO_COLOR", "1");
+    c
 }
 
 /// Runs `script` on `host` until it succeeds (the daemons it talks to may still be starting),
@@ -132,7 +68,7 @@ impl Drop for Lab {
 fn until_ok(lab: &Lab, host: &str, script: &str, work: &Path, bin: &Path, patience: Duration) -> String {
     let deadline = Instant::now() + patience;
     loop {
-        let out = lab.command(host, script, work, bin).output().unwrap();
+        let out = command(lab, host, script, work, bin).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if out.status.success() {
             return text;
@@ -199,13 +135,12 @@ fn the_readme_recipe_for_several_machines_works_as_written() {
             .partition(|l| DAEMONS.iter().any(|d| l.split_whitespace().next() == Some(*d)));
         for (n, line) in daemons.iter().enumerate() {
             let log = std::fs::File::create(work.join("logs").join(format!("{}-{n}.log", block.host))).unwrap();
-            let child = lab
-                .command(&block.host, &format!("exec {}", own(line)), work, &bin)
+            let child = command(&lab, &block.host, &format!("exec {}", own(line)), work, &bin)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            lab.daemons.push((block.host.clone(), child));
+            lab.adopt(&block.host, child);
         }
         if script.is_empty() {
             continue;
@@ -226,13 +161,12 @@ fn the_readme_recipe_for_several_machines_works_as_written() {
                 nodes = until_ok(&lab, "user", &api("drover --json node ls"), work, &bin, Duration::from_secs(10));
             }
         }
-        let out = lab.command(&block.host, &script, work, &bin).output().unwrap();
+        let out = command(&lab, &block.host, &script, work, &bin).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "on {}:\n{script}\nfailed:\n{text}\n{}", block.host, logs(work));
         if block.host == "user" {
             assert!(text.contains("exited(0)"), "the workload ran to completion:\n{text}\n{}", logs(work));
         }
     }
-    let daemons_alive = lab.daemons.iter_mut().all(|(_, c)| c.try_wait().ok().flatten().is_none());
-    assert!(daemons_alive, "every daemon still runs:\n{}", logs(work));
+    assert!(lab.all_running(), "every daemon still runs:\n{}", logs(work));
 }

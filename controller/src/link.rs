@@ -13,8 +13,16 @@ use ssntp::{Role, Uuid};
 pub const INBOUND_BYTES: usize = 128 << 20;
 
 /// Starts a reconnecting controller-role client.
-pub fn connect(targets: Vec<String>, tls: Arc<rustls::ClientConfig>, uuid: Uuid) -> (ClientHandle, ClientEvents) {
+/// `term` is this controller's leadership term when it was elected (a scheduler makes the
+/// controller with the highest term its master).
+pub fn connect(
+    targets: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    uuid: Uuid,
+    term: Option<u64>,
+) -> (ClientHandle, ClientEvents) {
     let mut opts = ClientOptions::new(targets, tls, Role::CONTROLLER, uuid);
+    opts.term = term;
     opts.inbound_bytes = INBOUND_BYTES;
     opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
     Client::spawn(opts)

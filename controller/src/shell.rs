@@ -323,7 +323,8 @@ async fn lead(
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let service = Service::new(store)?.with_start_timeout(args.start_timeout);
-    let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid);
+    let term_number = term.as_ref().and_then(|t| u64::try_from(t.leading.fence.create_revision).ok());
+    let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid, term_number);
     let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

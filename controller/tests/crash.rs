@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{active_copies, all_events, runs, wait_for, Cluster};
+use common::{wait_for, Cluster};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -60,33 +60,7 @@ async fn kill_9_of_the_controller_mid_launch_loses_and_duplicates_nothing() {
         "all running, nothing else: {status} (before the kill: {before})"
     );
 
-    // The controller's view: each acknowledged instance, running, never restarted.
-    let list = api.get("/v1/instances").await.unwrap();
-    let list = list.as_array().unwrap();
-    assert_eq!(list.len(), COUNT);
-    for i in list {
-        assert!(acknowledged.iter().any(|a| a == i["uuid"].as_str().unwrap()));
-        assert_eq!(i["restarts"], 0, "{i}");
-    }
-    // The nodes' view (their own STATS): each instance on exactly one node, once.
-    let copies = wait_for("the nodes to report every instance", || async {
-        let copies = active_copies(&api).await?;
-        (copies.len() == COUNT).then_some(copies)
-    })
-    .await;
-    assert!(
-        copies.values().all(|n| n.len() == 1),
-        "a duplicate copy: {:?}",
-        copies.iter().filter(|(_, n)| n.len() > 1).collect::<Vec<_>>()
-    );
-    for a in &acknowledged {
-        assert!(copies.contains_key(a), "{a} does not run");
-    }
-    // And the event log: each instance entered `running` exactly once.
-    let runs = runs(&all_events(&api).await);
-    assert_eq!(runs.len(), COUNT);
-    let twice: Vec<(&String, &usize)> = runs.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    common::assert_each_runs_exactly_once(&api, &acknowledged).await;
     let _: Value = api.get("/v1/status").await.unwrap();
 }
 

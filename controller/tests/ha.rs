@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{active_copies, all_events, api_client, free_port, runs, wait_for, wait_within, Cluster, Proc};
+use common::{all_events, api_client, free_port, runs, wait_for, wait_within, Cluster, Proc};
 use drover_cli::client::ApiClient;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -95,23 +95,7 @@ async fn killing_the_leading_controller_mid_launch_hands_over_within_20s_and_not
     })
     .await;
     assert_eq!(status["instances"].as_object().unwrap().len(), 1, "all running, nothing else: {status}");
-    let list = api.get("/v1/instances?limit=5000").await.unwrap();
-    let list = list.as_array().unwrap();
-    assert_eq!(list.len(), COUNT);
-    for i in list {
-        assert!(acknowledged.iter().any(|a| a == i["uuid"].as_str().unwrap()));
-        assert_eq!(i["restarts"], 0, "{i}");
-    }
-    let copies = wait_for("the nodes to report every instance", || async {
-        let copies = active_copies(&api).await?;
-        (copies.len() == COUNT).then_some(copies)
-    })
-    .await;
-    assert!(copies.values().all(|n| n.len() == 1), "a duplicate copy");
-    let events = all_events(&api).await;
-    let runs = runs(&events);
-    assert_eq!(runs.len(), COUNT);
-    assert!(runs.values().all(|n| *n == 1), "started more than once");
+    let events = common::assert_each_runs_exactly_once(&api, &acknowledged).await;
     let stopped: Vec<&Value> = events.iter().filter(|e| e["to"] == "stopped").collect();
     assert!(stopped.is_empty(), "nothing running is stopped: {stopped:?}");
 }

@@ -181,6 +181,32 @@ fn kvs(v: &Value) -> Result<Vec<KeyValue>, Error> {
         .collect()
 }
 
+/// A range answer as the gateway writes it (`/v3/kv/range`).
+///
+/// # Errors
+/// A key or value that is not base64.
+pub fn decode_range(v: &Value) -> Result<Range, Error> {
+    Ok(Range { kvs: kvs(v)?, more: v["more"].as_bool().unwrap_or(false), revision: num(&v["header"]["revision"]) })
+}
+
+/// A transaction's answer as the gateway writes it (`/v3/kv/txn`).
+///
+/// # Errors
+/// A key or value that is not base64.
+pub fn decode_txn(v: &Value) -> Result<TxnAnswer, Error> {
+    let reads = v["responses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| if r.get("response_range").is_some() { kvs(&r["response_range"]) } else { Ok(Vec::new()) })
+        .collect::<Result<_, _>>()?;
+    Ok(TxnAnswer {
+        succeeded: v["succeeded"].as_bool().unwrap_or(false),
+        revision: num(&v["header"]["revision"]),
+        reads,
+    })
+}
+
 fn op_json(op: &Op) -> Value {
     match op {
         Op::Put { key, value, lease } => {
@@ -308,8 +334,7 @@ impl Client {
         if limit > 0 {
             body["limit"] = json!(limit.to_string());
         }
-        let v = self.call("/v3/kv/range", &body).await?;
-        Ok(Range { kvs: kvs(&v)?, more: v["more"].as_bool().unwrap_or(false), revision: num(&v["header"]["revision"]) })
+        decode_range(&self.call("/v3/kv/range", &body).await?)
     }
 
     /// One key's value, if any.
@@ -330,18 +355,7 @@ impl Client {
             "success": txn.success.iter().map(op_json).collect::<Vec<_>>(),
             "failure": txn.failure.iter().map(op_json).collect::<Vec<_>>(),
         });
-        let v = self.call("/v3/kv/txn", &body).await?;
-        let reads = v["responses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| if r.get("response_range").is_some() { kvs(&r["response_range"]) } else { Ok(Vec::new()) })
-            .collect::<Result<_, _>>()?;
-        Ok(TxnAnswer {
-            succeeded: v["succeeded"].as_bool().unwrap_or(false),
-            revision: num(&v["header"]["revision"]),
-            reads,
-        })
+        decode_txn(&self.call("/v3/kv/txn", &body).await?)
     }
 
     /// A new lease of `ttl_s` seconds; its ID.

@@ -131,6 +131,8 @@ pub enum Input {
         uuid: Uuid,
         /// Its role.
         role: Role,
+        /// A controller's leadership term (see [`ssntp::payload::Connect::term`]).
+        term: Option<u64>,
     },
     /// A peer's connection ended.
     Disconnected {
@@ -232,8 +234,8 @@ pub struct Hub {
     uuid: Uuid,
     cfg: Config,
     started_ms: u64,
-    /// Controllers in connection order: the first is the master, the others backups.
-    controllers: Vec<(Uuid, u64)>,
+    /// Controllers (UUID, connection, term): the first is the master, the others backups.
+    controllers: Vec<(Uuid, u64, Option<u64>)>,
     nodes: NodeTable,
     queue: Queue,
     estimator: Estimator,
@@ -269,7 +271,7 @@ impl Hub {
 
     /// Controllers, master first.
     pub fn controllers(&self) -> Vec<Uuid> {
-        self.controllers.iter().map(|(u, _)| *u).collect()
+        self.controllers.iter().map(|(u, ..)| *u).collect()
     }
 
     /// Every known node in UUID order.
@@ -336,14 +338,25 @@ impl Hub {
         Payload::Message { origin: self.uuid, message: Box::new(message) }
     }
 
+    /// The master is the controller elected last (the highest term), else the first connected:
+    /// a deposed leader may still be connected here, cut off from etcd only, and must command
+    /// nothing more.
+    fn choose_master(&mut self) {
+        let newest = self.controllers.iter().enumerate().max_by_key(|(i, c)| (c.2, std::cmp::Reverse(*i)));
+        if let Some(i) = newest.map(|(i, _)| i).filter(|i| *i > 0) {
+            let master = self.controllers.remove(i);
+            self.controllers.insert(0, master);
+        }
+    }
+
     fn is_master(&self, uuid: Uuid) -> bool {
-        self.controllers.first().is_some_and(|(u, _)| *u == uuid)
+        self.controllers.first().is_some_and(|(u, ..)| *u == uuid)
     }
 
     /// Applies one input.
     pub fn handle(&mut self, now: Now, input: Input) -> Vec<Output> {
         match input {
-            Input::Connected { conn_id, uuid, role } => self.connected(now, conn_id, uuid, role),
+            Input::Connected { conn_id, uuid, role, term } => self.connected(now, conn_id, uuid, role, term),
             Input::Disconnected { conn_id, uuid } => self.disconnected(now, conn_id, uuid),
             Input::Message { from, role, frame, message } => {
                 let frame = match frame {
@@ -397,12 +410,13 @@ impl Hub {
 
     // === peers ===
 
-    fn connected(&mut self, now: Now, conn_id: u64, uuid: Uuid, role: Role) -> Vec<Output> {
+    fn connected(&mut self, now: Now, conn_id: u64, uuid: Uuid, role: Role, term: Option<u64>) -> Vec<Output> {
         if role.contains(Role::CONTROLLER) {
-            match self.controllers.iter_mut().find(|(u, _)| *u == uuid) {
-                Some(entry) => entry.1 = conn_id,
-                None => self.controllers.push((uuid, conn_id)),
+            match self.controllers.iter_mut().find(|(u, ..)| *u == uuid) {
+                Some(entry) => *entry = (uuid, conn_id, term),
+                None => self.controllers.push((uuid, conn_id, term)),
             }
+            self.choose_master();
             return Vec::new();
         }
         let cfg = &self.cfg;
@@ -434,7 +448,8 @@ impl Hub {
 
     fn disconnected(&mut self, now: Now, conn_id: u64, uuid: Uuid) -> Vec<Output> {
         // Master promotion: removing the first entry makes the next one master.
-        self.controllers.retain(|(u, c)| !(*u == uuid && *c == conn_id));
+        self.controllers.retain(|(u, c, _)| !(*u == uuid && *c == conn_id));
+        self.choose_master();
         let current = self.nodes.get(&uuid).is_some_and(|n| n.conn_id == Some(conn_id));
         if !current {
             return Vec::new();

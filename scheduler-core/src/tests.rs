@@ -55,12 +55,13 @@ impl Rig {
     fn new(cfg: Config) -> Self {
         let now = at(0);
         let mut hub = Hub::new(u(0), cfg, now);
-        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL });
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
         Self { hub, now }
     }
 
     fn node(&mut self, n: u8, cpus: u32, mem: u64) {
-        self.hub.handle(self.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT });
+        self.hub
+            .handle(self.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT, term: None });
         self.ready(n, report(u(n), cpus, mem, 0.0));
     }
 
@@ -131,7 +132,7 @@ fn overcommit_bounds_vcpus_and_memory_and_the_queue_says_why() {
     let mut rig = Rig::new(Config { overcommit: Overcommit { cpu: 4.0, mem: 1.5 }, ..Config::default() });
     let mut r = report(u(10), 64, 1000, 0.0);
     r.mem_available_mb = 10_000; // real memory is not what limits here
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT, term: None });
     rig.ready(10, r);
     assert_eq!(placed_on(&rig.start(start(u(50), 1, 1400))).len(), 1);
     let q = queued(&rig.start(start(u(51), 1, 200))).cloned().expect("1400 + 200 > 1500");
@@ -148,7 +149,7 @@ fn a_node_takes_at_most_the_start_window_in_flight_and_more_as_it_confirms() {
     assert!(placed_on(&out).is_empty(), "two STARTs in flight fill the window");
     assert_eq!(queued(&out).unwrap().reason, "0 of 1 nodes fit: 1 busy starting earlier work");
     // A node that becomes ready takes the queued work; new work goes where there is room.
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(11), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(11), role: AGENT, term: None });
     assert_eq!(placed_on(&rig.ready(11, report(u(11), 64, 10_000, 0.0))), vec![(u(52), u(11))]);
     assert_eq!(placed_on(&rig.start(start(u(53), 1, 10))), vec![(u(53), u(11))]);
     assert!(queued(&rig.start(start(u(54), 1, 10))).is_some(), "both windows are full");
@@ -213,7 +214,7 @@ fn full_cn_from_a_launcher_is_retried_on_another_node() {
 #[test]
 fn load_queue_keeps_class_and_priority_order_and_releases_when_load_drops() {
     let mut rig = Rig::new(Config { load_threshold: 1.0, ..Config::default() });
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT, term: None });
     rig.ready(10, report(u(10), 2, 10_000, 3.0)); // load 1.5 per CPU
     let mut batch_low = start(u(51), 1, 10);
     batch_low.class = WorkClass::Batch;
@@ -266,7 +267,7 @@ fn requirements_are_honoured() {
     let mut labelled = report(u(11), 4, 500, 0.0);
     labelled.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
     labelled.features.push("oci".into());
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 7, uuid: u(11), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 7, uuid: u(11), role: AGENT, term: None });
     rig.ready(11, labelled);
     let mut s = start(u(50), 1, 10);
     s.requirements.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
@@ -311,7 +312,7 @@ fn commands_for_absent_nodes_backups_and_duplicates_get_answers() {
     assert!(
         matches!(&out[..], [(Some(to), Message::DeleteFailure(f))] if *to == u(1) && f.reason == FailureReason::NoNode)
     );
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL, term: None });
     let out = rig.send(u(2), CTL, delete);
     assert!(
         matches!(&out[..], [(Some(to), Message::DeleteFailure(f))] if *to == u(2) && f.reason == FailureReason::NotPermitted)
@@ -324,6 +325,28 @@ fn commands_for_absent_nodes_backups_and_duplicates_get_answers() {
     let out = rig.send(u(2), CTL, Message::Start(start(u(50), 1, 10)));
     assert_eq!(placed_on(&out), vec![(u(50), u(10))], "unconfirmed: sent again to the same node, never elsewhere");
     assert_eq!(rig.hub.node(&u(10)).unwrap().in_flight(), 1, "one reservation, not two");
+}
+
+#[test]
+fn a_controller_elected_later_is_the_master_even_while_its_predecessor_is_still_connected() {
+    let mut rig = Rig::new(Config::default()); // u(1) connected first, without a term
+    let connect = |rig: &mut Rig, n: u8, term: Option<u64>| {
+        rig.hub.handle(rig.now, Input::Connected { conn_id: u64::from(n) + 500, uuid: u(n), role: CTL, term });
+    };
+    connect(&mut rig, 2, Some(7));
+    assert_eq!(rig.hub.controllers(), vec![u(2), u(1)], "an elected controller outranks one without a term");
+    connect(&mut rig, 3, Some(5));
+    assert_eq!(rig.hub.controllers()[0], u(2), "an older term does not take over");
+    connect(&mut rig, 4, Some(9));
+    assert_eq!(rig.hub.controllers()[0], u(4), "the newest leader commands; its predecessor is a backup");
+    let delete = Message::Delete(Delete { instance_uuid: u(50), workload_agent_uuid: u(9), stop: false });
+    let out = rig.send(u(2), CTL, delete);
+    assert!(
+        matches!(&out[..], [(Some(to), Message::DeleteFailure(f))] if *to == u(2) && f.reason == FailureReason::NotPermitted),
+        "the deposed leader commands nothing: {out:?}"
+    );
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: 504, uuid: u(4) });
+    assert_eq!(rig.hub.controllers()[0], u(2), "then the highest term left, not the first connected");
 }
 
 #[test]
@@ -438,7 +461,7 @@ fn disconnect_is_reported_at_once_and_a_quick_reconnect_keeps_instances() {
     placed_on(&rig.start(start(u(50), 1, 10)));
     let out = decode(rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) }));
     assert!(matches!(&out[..], [(None, Message::NodeDisconnected(_))]));
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 111, uuid: u(10), role: AGENT, term: None });
     assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)));
     // A stale disconnect of the old connection changes nothing.
     assert!(rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) }).is_empty());
@@ -449,7 +472,7 @@ fn memory_estimates_reclaim_unused_memory_within_the_overcommit_bound() {
     let mut rig = Rig::new(Config { estimate: true, ..Config::default() });
     let mut r = report(u(10), 64, 2000, 0.0);
     r.mem_available_mb = 2000;
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT, term: None });
     rig.ready(10, r.clone());
     let workload = u(200);
     let with_workload = |i: u8| {
@@ -549,7 +572,7 @@ proptest! {
         let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
         let mut now = at(0);
-        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL });
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
         let node_id = |n: u8| u(100 + n);
         let mut model: HashMap<Uuid, ModelNode> = HashMap::new();
         let mut conn = 1000u64;
@@ -564,7 +587,7 @@ proptest! {
                 Op::Node { n, cpus, mem, load10 } => {
                     conn += 1;
                     let id = node_id(n);
-                    let mut o = hub.handle(now, Input::Connected { conn_id: conn, uuid: id, role: AGENT });
+                    let mut o = hub.handle(now, Input::Connected { conn_id: conn, uuid: id, role: AGENT, term: None });
                     let zone = n % 2;
                     let mut r = report(id, cpus, mem, f64::from(load10) / 10.0);
                     r.labels = BTreeMap::from([("zone".to_owned(), zone.to_string())]);
@@ -714,7 +737,7 @@ proptest! {
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
         let ids: Vec<Uuid> = (0..nodes).map(|i| u(10 + i)).collect();
         for (i, id) in ids.iter().enumerate() {
-            hub.handle(at(0), Input::Connected { conn_id: u64::try_from(i).unwrap() + 1, uuid: *id, role: AGENT });
+            hub.handle(at(0), Input::Connected { conn_id: u64::try_from(i).unwrap() + 1, uuid: *id, role: AGENT, term: None });
         }
         let mut lost: HashSet<Uuid> = HashSet::new();
         let mut last_seen: HashMap<Uuid, u64> = ids.iter().map(|id| (*id, 0)).collect();
@@ -838,7 +861,7 @@ fn heartbeats_reach_controllers_on_a_change_of_status_and_otherwise_every_few_se
     assert!(forwarded(&mut rig, 3_500 + HEARTBEAT_FORWARD_MS, NodeState::Ready, None), "the figures, now and then");
     // A reconnect sends the next one on whatever it says.
     rig.hub.handle(rig.now, Input::Disconnected { conn_id: 110, uuid: u(10) });
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 210, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 210, uuid: u(10), role: AGENT, term: None });
     assert!(forwarded(&mut rig, 9_000, NodeState::Ready, None), "first since it connected");
 }
 
@@ -1061,7 +1084,7 @@ fn a_queued_starts_reason_is_recomputed_when_the_nodes_change() {
     let q = queued(&rig.start(start(u(50), 1, 10))).cloned().unwrap();
     assert_eq!(q.reason, "no launcher has connected");
     // A node arrives, loaded: the reason changes, and the controllers hear it at the tick.
-    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT });
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 5, uuid: u(10), role: AGENT, term: None });
     rig.ready(10, report(u(10), 2, 10_000, 3.0));
     let out = rig.tick(1);
     let told = queued(&out).expect("the new reason goes out");

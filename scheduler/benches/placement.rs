@@ -100,10 +100,10 @@ fn start_to_forward(c: &mut Criterion) {
     let now = Now { mono_ms: 0, unix_ms: 0 };
     let mut hub = Hub::new(uuid(0), Config::default(), now);
     let ctl = uuid(1);
-    hub.handle(now, Input::Connected { conn_id: 1, uuid: ctl, role: Role::CONTROLLER });
+    hub.handle(now, Input::Connected { conn_id: 1, uuid: ctl, role: Role::CONTROLLER, term: None });
     for i in 0..1_000 {
         let id = uuid(100 + i);
-        hub.handle(now, Input::Connected { conn_id: 100 + i, uuid: id, role: Role::AGENT });
+        hub.handle(now, Input::Connected { conn_id: 100 + i, uuid: id, role: Role::AGENT, term: None });
         let report = NodeReport {
             node_uuid: id,
             mem_total_mb: 65_536,

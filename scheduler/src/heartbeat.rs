@@ -117,12 +117,12 @@ mod tests {
         let now = Now { mono_ms: 0, unix_ms: 0 };
         let mut hub = Hub::new(uuid(99), Config::default(), now);
         assert_eq!(ciao_line(&hub), "** idle / disconnected **");
-        hub.handle(now, Input::Connected { conn_id: 1, uuid: uuid(1), role: Role::CONTROLLER });
-        hub.handle(now, Input::Connected { conn_id: 2, uuid: uuid(2), role: Role::CONTROLLER });
+        hub.handle(now, Input::Connected { conn_id: 1, uuid: uuid(1), role: Role::CONTROLLER, term: None });
+        hub.handle(now, Input::Connected { conn_id: 2, uuid: uuid(2), role: Role::CONTROLLER, term: None });
         assert_eq!(ciao_line(&hub), "controller-00000001:MASTER, controller-00000002:BACKUP\t\t -no Compute Nodes-");
         for (i, (a, t)) in [(1u8, (16138, 16138)), (2, (256, 256))] {
             let n = uuid(i);
-            hub.handle(now, Input::Connected { conn_id: 10 + u64::from(i), uuid: n, role: Role::AGENT });
+            hub.handle(now, Input::Connected { conn_id: 10 + u64::from(i), uuid: n, role: Role::AGENT, term: None });
             hub.handle(
                 now,
                 Input::Message { from: n, role: Role::AGENT, frame: None, message: Message::Ready(report(n, a, t)) },

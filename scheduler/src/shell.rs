@@ -173,7 +173,7 @@ pub async fn run_on(
                 let Some(event) = event else { break };
                 let input = match event {
                     ServerEvent::Connected(peer) => {
-                        let input = Input::Connected { conn_id: peer.conn_id, uuid: peer.uuid, role: peer.role };
+                        let input = Input::Connected { conn_id: peer.conn_id, uuid: peer.uuid, role: peer.role, term: peer.term };
                         peers.connected(peer.uuid, peer.role, peer.sender);
                         input
                     }

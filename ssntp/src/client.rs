@@ -63,6 +63,8 @@ pub struct ClientOptions {
     pub uuid: Uuid,
     /// Host name sent in CONNECT.
     pub hostname: Option<String>,
+    /// A controller's leadership term, sent in CONNECT.
+    pub term: Option<u64>,
     /// Role the server's certificate and CONNECTED must carry.
     pub server_role: Role,
     /// Largest payload accepted from the server.
@@ -96,6 +98,7 @@ impl ClientOptions {
             role,
             uuid,
             hostname: None,
+            term: None,
             server_role: Role::SCHEDULER,
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(10),
@@ -142,6 +145,7 @@ impl Connection {
         let name = server_name_for(target).map_err(Error::Protocol)?;
         let tcp = TcpStream::connect(target).await?;
         let _ = tcp.set_nodelay(true);
+        crate::conn::detect_dead_peers(&tcp);
         let tls = TlsConnector::from(opts.tls.clone()).connect(name, tcp).await?;
         let certified = match tls.get_ref().1.peer_certificates() {
             Some([leaf, ..]) => roles_from_cert_der(leaf),
@@ -165,7 +169,7 @@ impl Connection {
             Err(e) => return Err(refuse(&mut writer, opts.uuid, e.into()).await),
         };
 
-        let connect = crate::handshake::connect(opts.role, opts.uuid, opts.hostname.clone());
+        let connect = crate::handshake::connect(opts.role, opts.uuid, opts.hostname.clone(), opts.term);
         writer.write_message(opts.uuid, &connect).await?;
         let reply = reader.expect_frame().await?;
         match crate::handshake::connected(&reply, certified, opts.server_role) {

@@ -12,8 +12,8 @@ use crate::role::{CertFacts, Role};
 use crate::uuid::Uuid;
 
 /// The CONNECT a client sends: its role and UUID, its host name, this build's version.
-pub fn connect(role: Role, uuid: Uuid, hostname: Option<String>) -> Message {
-    Message::Connect(Connect { role, uuid, hostname, version: Some(env!("CARGO_PKG_VERSION").to_owned()) })
+pub fn connect(role: Role, uuid: Uuid, hostname: Option<String>, term: Option<u64>) -> Message {
+    Message::Connect(Connect { role, uuid, hostname, version: Some(env!("CARGO_PKG_VERSION").to_owned()), term })
 }
 
 /// The server's check of a client's first frame against the client's certificate and the roles
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_server_accepts_only_a_certified_connect_from_its_origin() {
-        let agent = connect(Role::AGENT, id(1), None).to_frame(id(1));
+        let agent = connect(Role::AGENT, id(1), None, None).to_frame(id(1));
         assert_eq!(accept(&agent, &facts(Role::AGENT, None), Role::AGENT | Role::CONTROLLER).unwrap().uuid, id(1));
         let err = accept(&agent, &facts(Role::CONTROLLER, None), Role::AGENT | Role::CONTROLLER).unwrap_err();
         assert!(matches!(err, Error::RoleMismatch { .. }), "not in the certificate: {err}");
@@ -108,19 +108,19 @@ mod tests {
             matches!(accept(&agent, &facts(Role::AGENT, None), Role::CONTROLLER), Err(Error::RoleMismatch { .. })),
             "not served"
         );
-        let spoofed = connect(Role::AGENT, id(1), None).to_frame(id(2));
+        let spoofed = connect(Role::AGENT, id(1), None, None).to_frame(id(2));
         assert!(matches!(accept(&spoofed, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
-        let nil = connect(Role::AGENT, Uuid::nil(), None).to_frame(Uuid::nil());
+        let nil = connect(Role::AGENT, Uuid::nil(), None, None).to_frame(Uuid::nil());
         assert!(matches!(accept(&nil, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
         let not_first = Message::Offline.to_frame(id(1));
         assert!(matches!(accept(&not_first, &facts(Role::AGENT, None), Role::AGENT), Err(Error::Protocol(_))));
-        let nothing = connect(Role::NONE, id(1), None).to_frame(id(1));
+        let nothing = connect(Role::NONE, id(1), None, None).to_frame(id(1));
         assert!(matches!(accept(&nothing, &facts(Role::AGENT, None), Role::AGENT), Err(Error::RoleMismatch { .. })));
     }
 
     #[test]
     fn a_certificate_with_an_identity_may_claim_only_that_identity() {
-        let agent = connect(Role::AGENT, id(1), None).to_frame(id(1));
+        let agent = connect(Role::AGENT, id(1), None, None).to_frame(id(1));
         assert_eq!(accept(&agent, &facts(Role::AGENT, Some(id(1))), Role::AGENT).unwrap().uuid, id(1));
         let err = accept(&agent, &facts(Role::AGENT, Some(id(2))), Role::AGENT).unwrap_err();
         assert!(matches!(err, Error::Identity(_)), "{err}");
@@ -130,12 +130,12 @@ mod tests {
 
     #[test]
     fn a_users_certificate_is_not_a_controller() {
-        let controller = connect(Role::CONTROLLER, id(1), None).to_frame(id(1));
+        let controller = connect(Role::CONTROLLER, id(1), None, None).to_frame(id(1));
         let user = CertFacts { roles: Role::CONTROLLER, identity: None, names_tenants: true };
         let err = accept(&controller, &user, Role::CONTROLLER | Role::AGENT).unwrap_err();
         assert!(matches!(err, Error::Identity(_)), "{err}");
         assert!(accept(&controller, &facts(Role::CONTROLLER, None), Role::CONTROLLER).is_ok(), "the daemon's");
-        let as_user = connect(Role::USER, id(1), None).to_frame(id(1));
+        let as_user = connect(Role::USER, id(1), None, None).to_frame(id(1));
         let refused = accept(&as_user, &facts(Role::USER, Some(id(1))), Role::CONTROLLER | Role::AGENT);
         assert!(matches!(refused, Err(Error::RoleMismatch { .. })), "the scheduler serves no users");
     }

@@ -51,6 +51,11 @@ pub struct Connect {
     /// Software version of the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// A controller's leadership term (its election key's revision in etcd): a scheduler makes
+    /// the controller with the highest term its master, so a deposed leader still connected
+    /// (cut off from etcd, not from the scheduler) commands nothing. Absent: no election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// CONNECTED (STATUS 0): the server accepted the client.

@@ -97,6 +97,8 @@ pub struct Peer {
     pub role: Role,
     /// Host name it gave, if any.
     pub hostname: Option<String>,
+    /// A controller's leadership term, if it gave one.
+    pub term: Option<u64>,
     /// Its address.
     pub addr: SocketAddr,
     /// How to send it frames.
@@ -416,6 +418,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
+    crate::conn::detect_dead_peers(&tcp);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let accepted = tokio::time::timeout(shared.opts.handshake_timeout, async {
         // A certificate that fails verification (wrong CA, expired, revoked, no clientAuth)
@@ -456,7 +459,8 @@ async fn connection(
     tracing::info!(%addr, %uuid, %role, conn_id, "peer connected");
     shared.tracker.spawn(write_loop(writer, rx, token.clone()));
 
-    let peer = Peer { conn_id, uuid, role, hostname: connect.hostname, addr, sender: sender.clone() };
+    let peer =
+        Peer { conn_id, uuid, role, hostname: connect.hostname, term: connect.term, addr, sender: sender.clone() };
     let reason = if shared.events.send(ServerEvent::Connected(peer)).await.is_err() {
         "server stopping".to_owned()
     } else {

@@ -139,6 +139,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 uuid: a,
                 hostname: p.flag.then(|| p.text.clone()),
                 version: (!p.flag).then(|| p.text.clone()),
+                term: p.flag.then_some(p.n),
             }),
             Command::Start => Message::Start(Start {
                 instance_uuid: a,
@@ -446,7 +447,8 @@ pub const GOLDEN_READY: &str = concat!(
 #[test]
 fn golden_connect() {
     let uuid: Uuid = AGENT.parse().unwrap();
-    let frame = Message::Connect(Connect { role: Role::AGENT, uuid, hostname: None, version: None }).to_frame(uuid);
+    let frame =
+        Message::Connect(Connect { role: Role::AGENT, uuid, hostname: None, version: None, term: None }).to_frame(uuid);
     assert_eq!(hex(&frame.to_bytes()), GOLDEN_CONNECT);
 }
 

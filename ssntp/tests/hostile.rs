@@ -140,8 +140,13 @@ async fn offenders_are_closed_and_an_honest_client_keeps_working() {
 
     // 8. A second CONNECT after the handshake.
     let mut peer = offender(&server, &pki).await;
-    let again =
-        Message::Connect(ssntp::payload::Connect { role: Role::AGENT, uuid: peer.uuid, hostname: None, version: None });
+    let again = Message::Connect(ssntp::payload::Connect {
+        role: Role::AGENT,
+        uuid: peer.uuid,
+        hostname: None,
+        version: None,
+        term: None,
+    });
     peer.send_message(&again).await.unwrap();
     assert_eq!(error_then_close(&mut peer).await, ErrorCode::InvalidFrameType);
     check_honest(&mut server).await;

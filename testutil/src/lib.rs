@@ -11,6 +11,7 @@
 //! - [`agents`]: fake launchers (many to a process, each its own mutual-TLS connection) and a
 //!   controller-role load generator, for benchmarks and scale tests.
 //! - [`etcd`]: real etcd members on loopback ports, each in a temporary directory.
+//! - [`netlab`]: hosts as network namespaces on a bridge, for multi-host tests and partitions.
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
@@ -24,6 +25,7 @@
 pub mod agents;
 pub mod etcd;
 pub mod executor;
+pub mod netlab;
 pub mod process;
 
 use std::future::Future;
@@ -225,8 +227,8 @@ impl Pki {
         drover_cert::issue_spec(self.dir(), spec, stem).expect("issue spec");
     }
 
-    /// Issues a certificate the way an operator does (`drover-cert issue --role R --name N`),
-    /// with `orgs` as its tenants (a client's is issued to a new UUID: see
+    /// Issues a certificate the way an operator does (`drover-cert issue --role R --name N`,
+    /// `--host` for names and `--ip` for addresses among `hosts`), with `orgs` as its tenants (a client's is issued to a new UUID: see
     /// [`Pki::certified_uuid`]); returns its stem, `<role>-<name>`.
     ///
     /// # Panics
@@ -235,8 +237,9 @@ impl Pki {
         let req = IssueRequest {
             role,
             name: name.into(),
-            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-            ips: vec![],
+            // An address among the hosts goes in as an IP SAN, as `drover-cert --ip` does.
+            hosts: hosts.iter().filter(|h| h.parse::<std::net::IpAddr>().is_err()).map(|h| (*h).to_owned()).collect(),
+            ips: hosts.iter().filter_map(|h| h.parse().ok()).collect(),
             orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
             days: 2,
             uuid: None,
@@ -386,7 +389,14 @@ impl RawPeer {
         if let Some(uuid) = uuid {
             peer.uuid = uuid;
         }
-        peer.send_message(&Message::Connect(Connect { role, uuid: peer.uuid, hostname: None, version: None })).await?;
+        peer.send_message(&Message::Connect(Connect {
+            role,
+            uuid: peer.uuid,
+            hostname: None,
+            version: None,
+            term: None,
+        }))
+        .await?;
         let (frame, message) = peer.expect(PATIENCE).await?;
         Ok((peer, frame, message))
     }

@@ -328,6 +328,35 @@ pub async fn active_copies(api: &ApiClient) -> Option<HashMap<String, Vec<String
     Some(copies)
 }
 
+/// Every acknowledged instance runs exactly once: in the controller's view (each of them, and
+/// only them, never restarted), in the nodes' own reports (each on one node), and in the event
+/// log (each entered `running` once). Returns the event log.
+pub async fn assert_each_runs_exactly_once(api: &ApiClient, acknowledged: &[String]) -> Vec<Value> {
+    let list = api.get("/v1/instances?limit=10000").await.unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), acknowledged.len());
+    for i in list {
+        assert!(acknowledged.iter().any(|a| a == i["uuid"].as_str().unwrap()), "not acknowledged: {i}");
+        assert_eq!(i["restarts"], 0, "{i}");
+    }
+    let copies = wait_for("the nodes to report every instance", || async {
+        let copies = active_copies(api).await?;
+        (copies.len() == acknowledged.len()).then_some(copies)
+    })
+    .await;
+    let duplicates: Vec<_> = copies.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(duplicates.is_empty(), "a duplicate copy: {duplicates:?}");
+    for a in acknowledged {
+        assert!(copies.contains_key(a), "{a} does not run");
+    }
+    let events = all_events(api).await;
+    let runs = runs(&events);
+    assert_eq!(runs.len(), acknowledged.len());
+    let twice: Vec<(&String, &usize)> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    events
+}
+
 /// The status the controller shows for a node.
 pub async fn node_status(api: &ApiClient, node: &str) -> Option<String> {
     let nodes = api.get("/v1/nodes").await.ok()?;
