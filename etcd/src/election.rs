@@ -279,6 +279,42 @@ impl Leading {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn one_campaign_wins_the_other_waits_and_leads_once_the_first_resigns_and_history_is_compacted() {
+        let Some(etcd) = testutil::etcd::EtcdCluster::start("one_campaign_wins", 1, &[]) else { return };
+        let client = Client::new(&etcd.endpoints(), None, Duration::from_secs(5)).unwrap();
+        let timing = Timing {
+            lease: Duration::from_secs(5),
+            renew_deadline: Duration::from_secs(3),
+            retry: Duration::from_millis(200),
+        };
+        let me =
+            |n: u8| LeaderInfo { uuid: ssntp::Uuid::from_bytes([n; 16]), addr: format!("host{n}:1"), since_unix_ms: 0 };
+        let key = leader_key("/t", "leader");
+        let first = campaign(client.clone(), &key, me(1), timing, |_| {}).await;
+        let mut seen = Vec::new();
+        let second = tokio::time::timeout(
+            Duration::from_secs(1),
+            campaign(client.clone(), &key, me(2), timing, |l| seen.push(l)),
+        );
+        assert!(second.await.is_err(), "a second campaign waits while the first leads");
+        assert!(seen.iter().any(|l| matches!(l, Ok(Some(info)) if info.uuid == me(1).uuid)), "and hears who leads");
+        // History: two values of one key, then a compaction from the leader's task.
+        client.txn(&Txn { success: vec![Op::put("/t/x", "1")], ..Txn::default() }).await.unwrap();
+        let old = client.status().await.unwrap();
+        client.txn(&Txn { success: vec![Op::put("/t/x", "2")], ..Txn::default() }).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(2500), first.compact_history(Duration::from_secs(1))).await;
+        let again = client.compact(old).await;
+        assert!(again.is_err(), "revision {old} was compacted already: {again:?}");
+        first.resign().await;
+        let second =
+            tokio::time::timeout(Duration::from_secs(3), campaign(client.clone(), &key, me(2), timing, |_| {}))
+                .await
+                .expect("leads once the first resigned");
+        assert_eq!(current(&client, &key).await.unwrap().map(|l| l.uuid), Some(me(2).uuid));
+        assert!(second.fence.create_revision > first.fence.create_revision, "a later term");
+    }
+
     #[test]
     fn a_leader_acts_until_the_renew_deadline_after_its_last_renewal() {
         let timing = Timing::default();

@@ -15,6 +15,19 @@ const START_PATIENCE: Duration = Duration::from_secs(20);
 pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// Client URLs over TLS: the members' certificate and key, and the CA clients check it with.
+    tls: Option<ServerTls>,
+}
+
+/// A member's TLS server certificate (it must name 127.0.0.1) and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
 }
 
 #[derive(Debug)]
@@ -38,6 +51,14 @@ impl EtcdCluster {
     /// # Panics
     /// When a member does not come up.
     pub fn start(test: &str, members: usize, extra: &[&str]) -> Option<Self> {
+        Self::start_with(test, members, extra, None)
+    }
+
+    /// As [`EtcdCluster::start`], with client URLs over TLS when `tls` is given.
+    ///
+    /// # Panics
+    /// When a member does not come up.
+    pub fn start_with(test: &str, members: usize, extra: &[&str], tls: Option<ServerTls>) -> Option<Self> {
         if etcd_binary().is_none() {
             crate::skip("etcd", test, "no etcd binary (apt-get install etcd-server)");
             return None;
@@ -53,7 +74,7 @@ impl EtcdCluster {
                 extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             })
             .collect();
-        let mut cluster = Self { members, dir };
+        let mut cluster = Self { members, dir, tls };
         for i in 0..cluster.members.len() {
             cluster.spawn(i, "new");
         }
@@ -109,6 +130,19 @@ impl EtcdCluster {
         let initial: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls_args: Vec<String> = self
+            .tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    "--cert-file".to_owned(),
+                    t.cert.display().to_string(),
+                    "--key-file".to_owned(),
+                    t.key.display().to_string(),
+                ]
+            })
+            .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,8 +152,9 @@ impl EtcdCluster {
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://{}", m.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-client-urls", &format!("{scheme}://{}", m.client)])
+            .args(["--advertise-client-urls", &format!("{scheme}://{}", m.client)])
+            .args(&tls_args)
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-cluster", &initial.join(",")])
@@ -137,7 +172,7 @@ impl EtcdCluster {
     fn wait_healthy(&mut self, i: usize) {
         let deadline = Instant::now() + START_PATIENCE;
         loop {
-            if health(&self.members[i].client) {
+            if health(&self.members[i].client, self.tls.as_ref()) {
                 return;
             }
             if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -169,14 +204,39 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// Whether the member at `addr` says it is healthy (`GET /health`).
-fn health(addr: &str) -> bool {
+/// Whether the member at `addr` says it is healthy (`GET /health`, over TLS with `tls`).
+fn health(addr: &str, tls: Option<&ServerTls>) -> bool {
     let Ok(mut tcp) = std::net::TcpStream::connect(addr) else { return false };
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
-    if tcp.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
-        return false;
-    }
+    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     let mut answer = String::new();
-    let _ = tcp.read_to_string(&mut answer);
+    match tls {
+        None => {
+            if tcp.write_all(request.as_bytes()).is_err() {
+                return false;
+            }
+            let _ = tcp.read_to_string(&mut answer);
+        }
+        Some(t) => {
+            let Ok(cas) = ssntp::tls::load_certs(&t.ca) else { return false };
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in cas {
+                let _ = roots.add(ca);
+            }
+            let Ok(builder) = rustls::ClientConfig::builder_with_provider(ssntp::tls::provider())
+                .with_safe_default_protocol_versions()
+            else {
+                return false;
+            };
+            let config = std::sync::Arc::new(builder.with_root_certificates(roots).with_no_client_auth());
+            let Ok(name) = rustls_pki_types::ServerName::try_from("127.0.0.1") else { return false };
+            let Ok(conn) = rustls::ClientConnection::new(config, name) else { return false };
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            if stream.write_all(request.as_bytes()).is_err() {
+                return false;
+            }
+            let _ = stream.read_to_string(&mut answer);
+        }
+    }
     answer.contains("\"health\":\"true\"")
 }

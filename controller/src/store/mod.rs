@@ -820,6 +820,47 @@ mod tests {
     }
 
     #[test]
+    fn the_etcd_store_keeps_only_the_latest_events_it_is_told_to() {
+        let Some(etcd) = testutil::etcd::EtcdCluster::start("the_etcd_store_keeps_only_the_latest", 1, &[]) else {
+            return;
+        };
+        let mut config = etcd::EtcdConfig::new(etcd.endpoints());
+        config.retain_events = 10;
+        let store = Store::over(Box::new(etcd::EtcdBackend::open(config).unwrap())).unwrap();
+        for i in 0..1030 {
+            store.note("acme", None, format!("note {i}")).unwrap();
+        }
+        // Old events go every 1,024 revisions, in the write that crosses the mark.
+        let events = store.events_after(0, 5000).unwrap();
+        assert_eq!(events.first().map(|e| e.revision), Some(1015), "the ten before revision 1,024 and all after");
+        assert_eq!(events.last().map(|e| e.revision), Some(1030));
+        assert!(events.windows(2).all(|w| w[1].revision == w[0].revision + 1));
+        assert_eq!(store.revision().unwrap(), 1030, "the counter is untouched");
+    }
+
+    #[test]
+    fn the_etcd_store_speaks_tls_to_members_with_a_drover_cert_server_certificate() {
+        let pki = testutil::Pki::new();
+        let stem = pki.issue_named(ssntp::Role::SERVER, "etcd", &["127.0.0.1", "localhost"], &[]);
+        let tls = testutil::etcd::ServerTls {
+            cert: pki.cert(&stem),
+            key: ssntp::tls::default_key_for(&pki.cert(&stem)),
+            ca: pki.ca(),
+        };
+        let Some(etcd) = testutil::etcd::EtcdCluster::start_with("the_etcd_store_speaks_tls", 1, &[], Some(tls)) else {
+            return;
+        };
+        let mut config = etcd::EtcdConfig::new(etcd.endpoints());
+        config.tls = Some(drover_etcd::Tls { ca_pem: std::fs::read(pki.ca()).unwrap(), identity: None });
+        let store = Store::over(Box::new(etcd::EtcdBackend::open(config.clone()).unwrap())).unwrap();
+        reads_back_what_it_wrote(&store);
+        // Without TLS the same member is not reached.
+        config.tls = None;
+        config.timeout = std::time::Duration::from_secs(2);
+        assert!(etcd::EtcdBackend::open(config).is_err(), "plain HTTP to a TLS member fails");
+    }
+
+    #[test]
     fn a_fenced_etcd_store_refuses_writes_once_its_leader_key_is_gone_or_another_writes() {
         let Some(etcd) = testutil::etcd::EtcdCluster::start("a_fenced_etcd_store_refuses_writes", 1, &[]) else {
             return;
