@@ -67,6 +67,30 @@ fn drover_up_runs_a_real_workload_and_stops_cleanly() {
     assert!(work.path().join(".drover/controller.redb").exists());
 }
 
+/// A `drover up` a failing test would leave running is stopped: SIGINT (it stops its children in
+/// order), then SIGKILL after 20 s.
+struct StopOnPanic(u32);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let gone = std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+                .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"));
+            if gone {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 fn drover_processes_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -91,6 +115,7 @@ fn drover_up_keeps_running_until_ctrl_c_then_leaves_nothing_behind() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(up.id());
     // The CLI reaches the cluster `up` started, with the credentials it wrote.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let ps = loop {
@@ -165,6 +190,7 @@ fn drover_up_ha_runs_etcd_two_schedulers_and_two_controllers_says_who_leads_and_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(up.id());
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {
         let lines = std::sync::Arc::clone(&lines);
