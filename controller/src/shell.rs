@@ -187,14 +187,7 @@ fn advertised_api(args: &Args, api: Option<SocketAddr>) -> String {
     if let Some(a) = &args.api_advertise {
         return a.clone();
     }
-    match api {
-        None => String::new(),
-        Some(addr) if addr.ip().is_unspecified() => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
-            format!("{}:{}", host.unwrap_or_else(|_| "localhost".into()), addr.port())
-        }
-        Some(addr) => addr.to_string(),
-    }
+    api.map_or_else(String::new, drover_etcd::cli::advertised)
 }
 
 /// Runs until `shutdown`: with a redb store at once; with etcd, as a standby until elected,

@@ -70,6 +70,17 @@ impl EtcdArgs {
     }
 }
 
+/// `addr` as other machines dial it, for the leader key: this host's name in place of an
+/// unspecified address (`0.0.0.0:8888` → `sched1:8888`).
+pub fn advertised(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+        format!("{}:{}", host.unwrap_or_else(|_| "localhost".into()), addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
 /// Connects to etcd, retrying every 2 s (logging each failure) until a member answers.
 pub async fn connect_retrying(endpoints: &[String], tls: Option<&Tls>) -> Client {
     loop {

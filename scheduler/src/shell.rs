@@ -72,7 +72,7 @@ pub async fn run(
     // One of several: stand by, not listening, until elected.
     let etcd = prepared.args.etcd.clone();
     let tls = etcd.check().map_err(anyhow::Error::msg)?;
-    let advertise = prepared.args.advertise.clone().unwrap_or_else(|| advertised(listen));
+    let advertise = prepared.args.advertise.clone().unwrap_or_else(|| drover_etcd::cli::advertised(listen));
     let me = drover_etcd::election::LeaderInfo { uuid: Uuid::new_v4(), addr: advertise.clone(), since_unix_ms: 0 };
     tracing::info!(etcd = ?etcd.etcd_endpoints, prefix = %etcd.etcd_prefix, %advertise,
         "scheduler standing by until elected (not listening)");
@@ -110,16 +110,6 @@ pub async fn run(
         drover_etcd::cli::restart_as_standby("drover-scheduler");
     }
     result
-}
-
-/// `listen` as others dial it: the host name for an unspecified address.
-fn advertised(listen: std::net::SocketAddr) -> String {
-    if listen.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
-        format!("{}:{}", host.unwrap_or_else(|_| "localhost".into()), listen.port())
-    } else {
-        listen.to_string()
-    }
 }
 
 /// Runs the scheduler on an already bound listener (tests bind `127.0.0.1:0`).
