@@ -2,7 +2,10 @@
 //! a user writes and what both sides must read the same way. No IO, no tokio, no axum.
 //!
 //! # Layout
-//! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field.
+//! - [`workload`]: workload files (JSON or TOML), checked with errors that name the field;
+//!   task parameters and their schema.
+//! - [`unit`]: task definitions in unit-like files (`build.workorder`, `graph.batch`), with
+//!   errors that name the file and line.
 //! - [`restart`]: restart policies and their bounds, as a workload file states them.
 //! - [`views`]: the routes' bodies, queries and answers (instances, launches, logs, batches),
 //!   with state names from `drover_model`.
@@ -10,5 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod restart;
+pub mod unit;
 pub mod views;
 pub mod workload;

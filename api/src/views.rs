@@ -2,8 +2,11 @@
 //! instances, launches, logs and batches. The controller serialises these, the CLI reads them;
 //! state names come from [`drover_model`] so both sides spell them the same way.
 
+use std::collections::BTreeMap;
+
 use drover_model::InstanceStatus;
 use serde::{Deserialize, Serialize};
+use ssntp::payload::ParamValue;
 use ssntp::Uuid;
 
 /// An instance as the API shows it (`GET /v1/instances`, `GET /v1/instances/{id}`).
@@ -70,6 +73,68 @@ pub struct LaunchBody {
     /// How many instances (default 1).
     #[serde(default = "one")]
     pub count: usize,
+    /// Parameters for every instance, checked against the workload's schema.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
+}
+
+/// Body of `POST /v1/tasks/children`, sent by a running task with its credential
+/// (`Authorization: Bearer $DROVER_TASK_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildrenBody {
+    /// The task to run (a task workload of the asking task's tenant).
+    pub task: String,
+    /// How many instances (default 1).
+    #[serde(default = "one")]
+    pub count: usize,
+    /// Parameters for every instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
+}
+
+/// Answer to `POST /v1/tasks/children`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildrenAnswer {
+    /// The new instances, pending.
+    pub instances: Vec<Uuid>,
+    /// Their name under the root (`build/graph`).
+    pub name: String,
+}
+
+/// One task instance in `GET /v1/tasks` (a tree: each names its parent and root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The instance.
+    pub uuid: Uuid,
+    /// Its name under its root: `build`, `build/graph`.
+    pub name: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The instance that asked for it (none for a root).
+    pub parent: Option<Uuid>,
+    /// Its root instance (itself for a root).
+    pub root: Uuid,
+    /// State.
+    #[serde(with = "instance_status")]
+    pub state: InstanceStatus,
+    /// Node it runs or ran on.
+    pub node: Option<Uuid>,
+    /// Its parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
+    /// (Roots.) Decommissioned.
+    #[serde(default)]
+    pub decommissioned: bool,
+}
+
+/// Answer to `POST /v1/tasks/{root}/decommission`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecommissionAnswer {
+    /// The root instance.
+    pub root: Uuid,
+    /// Its queued and pending tasks canceled.
+    pub canceled: usize,
 }
 
 fn one() -> usize {
@@ -134,6 +199,9 @@ pub struct BatchBody {
     pub count: usize,
     /// How long to wait for the scheduler's answers before replying, ms (default 3000).
     pub wait_ms: Option<u64>,
+    /// Parameters for every instance, checked against the workload's schema.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
 }
 
 /// The answer to a batch submission (sd-taskpacker's BatchSubmit).
@@ -151,6 +219,10 @@ pub struct BatchAnswer {
     pub pending: Vec<InstanceView>,
     /// How many more instances of this size would fit now, from the nodes' latest reports.
     pub slots_remaining_estimate: u64,
+    /// The same per size class (`tiny`, `small`, `medium`, `large`): sd-taskpacker's
+    /// estimated slots remaining.
+    #[serde(default)]
+    pub slots_remaining: BTreeMap<String, u64>,
 }
 
 /// Cursor and wait of `GET /v1/events`.

@@ -134,6 +134,129 @@ struct WorkloadFile {
     max_run_time: Option<String>,
     #[serde(default)]
     run_as_root: bool,
+    version: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    parameters_as: ParamsAs,
+    #[serde(default)]
+    task: bool,
+    #[serde(default)]
+    root: bool,
+    deadline: Option<String>,
+}
+
+/// A parameter's type as a file writes it: `"string"`, `"int"`, `"bool"`, or the allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum ParamSpec {
+    Named(String),
+    OneOf(Vec<String>),
+}
+
+/// What a task's parameter may hold (sd-taskpacker's "well-known schema").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    /// Any text.
+    String,
+    /// A whole number.
+    Int,
+    /// true or false.
+    Bool,
+    /// One of these values.
+    Enum(Vec<String>),
+}
+
+impl ParamType {
+    /// From `string`, `int`, `bool` or `a|b|c`.
+    ///
+    /// # Errors
+    /// Anything else, as a sentence.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "string" => Ok(Self::String),
+            "int" => Ok(Self::Int),
+            "bool" => Ok(Self::Bool),
+            t if t.contains('|') => Ok(Self::Enum(t.split('|').map(str::to_owned).collect())),
+            other => Err(format!("{other:?} is not a type: string, int, bool, or the values as a|b|c")),
+        }
+    }
+
+    /// A value given as text, checked and typed.
+    ///
+    /// # Errors
+    /// It does not fit, with what would.
+    pub fn check(&self, value: &ParamValue) -> Result<ParamValue, String> {
+        let text = match value {
+            ParamValue::Text(t) => t.clone(),
+            ParamValue::Int(i) => i.to_string(),
+            ParamValue::Bool(b) => b.to_string(),
+        };
+        match self {
+            Self::String => Ok(ParamValue::Text(text)),
+            Self::Int => text.parse().map(ParamValue::Int).map_err(|_| format!("{text:?} is not a whole number")),
+            Self::Bool => match text.as_str() {
+                "true" | "yes" | "1" => Ok(ParamValue::Bool(true)),
+                "false" | "no" | "0" => Ok(ParamValue::Bool(false)),
+                _ => Err(format!("{text:?} is not true or false")),
+            },
+            Self::Enum(allowed) if allowed.contains(&text) => Ok(ParamValue::Text(text)),
+            Self::Enum(allowed) => Err(format!("{text:?} is not one of {}", allowed.join(", "))),
+        }
+    }
+}
+
+pub use ssntp::payload::ParamValue;
+
+/// How an instance gets its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamsAs {
+    /// `--key=value` appended to the command, in key order.
+    #[default]
+    Arguments,
+    /// `parameters.json` in the working directory.
+    Json,
+}
+
+/// Checks the parameters given for one instance against a task's schema: every key declared,
+/// every value of its type; keys not given are left out.
+///
+/// # Errors
+/// The first key that is unknown or whose value does not fit, with what would.
+pub fn check_parameters(
+    schema: &BTreeMap<String, ParamType>,
+    given: &BTreeMap<String, ParamValue>,
+) -> Result<BTreeMap<String, ParamValue>, String> {
+    let mut out = BTreeMap::new();
+    for (key, value) in given {
+        let Some(kind) = schema.get(key) else {
+            let known: Vec<&str> = schema.keys().map(String::as_str).collect();
+            return Err(if known.is_empty() {
+                format!("parameter {key}: this task takes no parameters")
+            } else {
+                format!("parameter {key}: unknown (this task takes {})", known.join(", "))
+            });
+        };
+        out.insert(key.clone(), kind.check(value).map_err(|m| format!("parameter {key}: {m}"))?);
+    }
+    Ok(out)
+}
+
+/// Whether a workload or task name is well formed.
+///
+/// # Errors
+/// What a name may be.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("1-64 characters of a-z, 0-9, '-', '_' and '.'".into())
+    }
 }
 
 fn workorder() -> WorkClass {
@@ -162,6 +285,19 @@ pub struct Workload {
     /// Runs as root, on nodes that allow it only (it requires their `root` feature). Without
     /// it, a workload runs as an unprivileged user of its tenant's.
     pub run_as_root: bool,
+    /// The task's version (names its unit and working directory with its name).
+    pub version: Option<String>,
+    /// The parameters an instance may be given, by name.
+    pub parameters: BTreeMap<String, ParamType>,
+    /// How an instance gets them.
+    pub parameters_as: ParamsAs,
+    /// A task: its instances get a credential to ask for child tasks (every task file is one).
+    pub task: bool,
+    /// A root task: started with the controller, kept running, with a state directory kept
+    /// across its runs.
+    pub root: bool,
+    /// Latest start counted from each instance's submission, ms.
+    pub deadline_after_ms: Option<u64>,
 }
 
 /// File format.
@@ -238,12 +374,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
-    let name_ok = !f.name.is_empty()
-        && f.name.len() <= 64
-        && f.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-    if !name_ok {
-        return Err(err("name", "1-64 characters of a-z, 0-9, '-', '_' and '.'"));
-    }
+    check_name(&f.name).map_err(|m| err("name", m))?;
     let (vcpus, mem_mb, disk_mb) = match (&f.size, &f.resources) {
         (Some(_), Some(_)) => return Err(err("size", "give either size or resources, not both")),
         (None, None) => {
@@ -258,6 +389,9 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
     match &f.backend {
         Backend::Process { argv, .. } if argv.is_empty() || argv[0].is_empty() => {
             return Err(err("backend.argv", "needs at least the program"));
+        }
+        Backend::Systemd { argv, .. } if argv.first().is_none_or(|p| !p.starts_with('/')) => {
+            return Err(err("backend.argv", "needs the program as an absolute path (systemd runs it)"));
         }
         Backend::Oci { rootfs, args, .. } => {
             if !rootfs.starts_with('/') {
@@ -286,6 +420,27 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         }
         None => None,
     };
+    let mut parameters = BTreeMap::new();
+    for (key, spec) in f.parameters {
+        let kind = match spec {
+            ParamSpec::Named(name) => ParamType::parse(&name).map_err(|m| err(&format!("parameters.{key}"), m))?,
+            ParamSpec::OneOf(values) if !values.is_empty() => ParamType::Enum(values),
+            ParamSpec::OneOf(_) => return Err(err(&format!("parameters.{key}"), "list at least one value")),
+        };
+        parameters.insert(key, kind);
+    }
+    let deadline_after_ms = match &f.deadline {
+        Some(text) => {
+            let d = drover_model::parse_duration(text).map_err(|m| err("deadline", m))?;
+            Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => None,
+    };
+    if let Some(v) = &f.version {
+        if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+~".contains(c)) {
+            return Err(err("version", "1-64 letters, digits and - _ . + ~"));
+        }
+    }
     let mut p = f.requirements;
     if f.run_as_root && !p.features.iter().any(|x| x == ssntp::payload::ROOT_FEATURE) {
         p.features.push(ssntp::payload::ROOT_FEATURE.to_owned());
@@ -318,6 +473,12 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         },
         max_run_time_s,
         run_as_root: f.run_as_root,
+        version: f.version,
+        parameters,
+        parameters_as: f.parameters_as,
+        task: f.task || f.root,
+        root: f.root,
+        deadline_after_ms,
     })
 }
 

@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use drover_api::views::{BatchAnswer, BatchBody, InstanceView, LaunchAnswer, LaunchBody, LogView};
+use drover_api::views::{
+    BatchAnswer, BatchBody, ChildrenAnswer, ChildrenBody, InstanceView, LaunchAnswer, LaunchBody, LogView, TaskView,
+};
 use drover_model::InstanceStatus;
 
 use crate::client::{ApiClient, ApiConfig};
@@ -143,6 +145,9 @@ pub enum Cmd {
         /// Wait until every instance has ended (exit status 1 if any failed).
         #[arg(long)]
         wait: bool,
+        /// A parameter for every instance (repeatable), checked against the workload's schema.
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
     /// List instances, with why each waits or failed: a page, and a count of all by state.
     Ps {
@@ -206,6 +211,10 @@ pub enum Cmd {
     /// Batch work.
     #[command(subcommand)]
     Batch(BatchCmd),
+    /// Tasks: the tree of root tasks and the children they asked for; decommissioning a root;
+    /// and, from inside a running task, asking for children.
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Nodes.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -225,7 +234,8 @@ pub enum Cmd {
 /// `drover workload …`
 #[derive(Debug, Subcommand)]
 pub enum WorkloadCmd {
-    /// Create a workload from a file (`.toml` or `.json`); --replace overwrites one.
+    /// Create a workload from a file (`.toml` or `.json`, or a task file `NAME.workorder` /
+    /// `NAME.batch`); --replace overwrites one.
     Create {
         /// The workload file.
         file: PathBuf,
@@ -262,7 +272,49 @@ pub enum BatchCmd {
         /// How long to wait for the scheduler's answers, ms.
         #[arg(long, default_value_t = 3000)]
         wait_ms: u64,
+        /// A parameter for every instance (repeatable), checked against the workload's schema.
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
+}
+
+/// `drover task …`
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// List task instances as trees: each root, then the children it asked for, indented.
+    Ls,
+    /// Decommission a root task's instance: no further task of that root runs (its queued
+    /// tasks are canceled, children it asks for are refused); running ones finish.
+    Decommission {
+        /// The root instance's UUID (or a unique prefix).
+        id: String,
+    },
+    /// From inside a running task: ask for child tasks, named `<this task>/<TASK>`. Uses the
+    /// credential Drover gives every task (DROVER_API, DROVER_CA_PEM, DROVER_TASK_TOKEN); no
+    /// certificate needed.
+    Spawn {
+        /// The task to run (a task of the same tenant).
+        task: String,
+        /// How many instances.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: usize,
+        /// A parameter (repeatable).
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+    },
+}
+
+/// `KEY=VALUE`, for `--param`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?}: give KEY=VALUE")),
+    }
+}
+
+/// Parameters as the API takes them (text; the server types them by the schema).
+fn params_of(pairs: Vec<(String, String)>) -> std::collections::BTreeMap<String, ssntp::payload::ParamValue> {
+    pairs.into_iter().map(|(k, v)| (k, ssntp::payload::ParamValue::Text(v))).collect()
 }
 
 /// `drover node …`
@@ -537,6 +589,10 @@ async fn resolve(api: &ApiClient, id: &str, what: &str, list_path: &str) -> anyh
 /// # Errors
 /// The API's refusal or an unreachable API, with what to do about it.
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Cmd::Task(TaskCmd::Spawn { task, count, params }) = cli.command {
+        run_task_spawn(task, count, params, cli.json).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let config = cli.api.config();
     let api = ApiClient::new(&config).with_context(|| {
         format!(
@@ -549,7 +605,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Cmd::Up { .. } => unreachable!("handled by the binary"),
         Cmd::Workload(cmd) => workload(&api, cmd, json).await?,
-        Cmd::Run { workload, count, wait } => return run_workload(&api, &workload, count, wait, json).await,
+        Cmd::Run { workload, count, wait, params } => {
+            return run_workload(&api, &workload, count, params_of(params), wait, json).await
+        }
+        Cmd::Task(cmd) => task(&api, cmd, json).await?,
         Cmd::Ps { workload, state, node, limit, after, all, sort } => {
             ps(&api, PsArgs { workload, state, node, limit, after, all, sort }, json).await?;
         }
@@ -579,9 +638,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("deleted {id}");
             }
         }
-        Cmd::Batch(BatchCmd::Submit { workload, count, wait_ms }) => {
-            let answer: BatchAnswer =
-                api.post_as("/v1/batch", &BatchBody { workload, count, wait_ms: Some(wait_ms) }).await?;
+        Cmd::Batch(BatchCmd::Submit { workload, count, wait_ms, params }) => {
+            let body = BatchBody { workload, count, wait_ms: Some(wait_ms), params: params_of(params) };
+            let answer: BatchAnswer = api.post_as("/v1/batch", &body).await?;
             if json {
                 print_json(&serde_json::to_value(&answer)?);
             } else {
@@ -594,6 +653,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     answer.pending.len(),
                     answer.slots_remaining_estimate
                 );
+                if !answer.slots_remaining.is_empty() {
+                    let per: Vec<String> = ssntp::payload::SizeClass::ALL
+                        .iter()
+                        .filter_map(|c| answer.slots_remaining.get(c.name()).map(|n| format!("{n} {}", c.name())))
+                        .collect();
+                    println!("slots remaining by size: {}", per.join(", "));
+                }
                 let hosts = host_names(&api).await;
                 let mut rows = Vec::new();
                 for part in [&answer.started, &answer.queued, &answer.rejected, &answer.pending] {
@@ -664,6 +730,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
+        WorkloadCmd::Create { file, replace } if is_task_file(&file) => {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let body = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            // Checked here too, so the error names the file as the user wrote it.
+            let task = drover_api::unit::parse_unit(&name, &body).map_err(|e| anyhow::anyhow!("{e}"))?.name;
+            let api = api.clone().with_header("x-drover-task-file", name);
+            let content = Some(("text/x-drover-task", body.into_bytes()));
+            let v = if replace {
+                api.call(Method::PUT, &format!("/v1/workloads/{task}"), content).await?
+            } else {
+                api.call(Method::POST, "/v1/workloads", content).await?
+            };
+            if json {
+                print_json(&v);
+            } else {
+                println!("task {} saved", text(&v, "name"));
+            }
+        }
         WorkloadCmd::Create { file, replace } => {
             let format = drover_api::workload::Format::for_file(&file).map_err(anyhow::Error::msg)?;
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -741,11 +825,12 @@ async fn run_workload(
     api: &ApiClient,
     workload: &str,
     count: usize,
+    params: std::collections::BTreeMap<String, ssntp::payload::ParamValue>,
     wait: bool,
     json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     let launched: LaunchAnswer =
-        api.post_as(&format!("/v1/workloads/{workload}/launch"), &LaunchBody { count }).await?;
+        api.post_as(&format!("/v1/workloads/{workload}/launch"), &LaunchBody { count, params }).await?;
     if !wait {
         if json {
             print_json(&serde_json::to_value(&launched)?);
@@ -1038,4 +1123,77 @@ mod help_tests {
         let parsed = super::command().try_get_matches_from(["drover", "up", "--json", "--once"]);
         assert!(parsed.is_ok(), "{parsed:?}");
     }
+}
+
+fn is_task_file(file: &Path) -> bool {
+    file.file_name().is_some_and(|n| drover_api::unit::is_unit_file(&n.to_string_lossy()))
+}
+
+async fn task(api: &ApiClient, cmd: TaskCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        TaskCmd::Ls => {
+            let list: Vec<TaskView> = api.get_as("/v1/tasks").await?;
+            if json {
+                print_json(&serde_json::to_value(&list)?);
+                return Ok(());
+            }
+            let hosts = host_names(api).await;
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    let depth = t.name.matches('/').count();
+                    let leaf = t.name.rsplit('/').next().unwrap_or(&t.name);
+                    let name = format!("{}{}{leaf}", "  ".repeat(depth), if depth > 0 { "└ " } else { "" });
+                    let state =
+                        if t.decommissioned { format!("{} (decommissioned)", t.state) } else { t.state.to_string() };
+                    let params: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        name,
+                        short(&t.uuid.to_string()),
+                        state,
+                        t.node.map_or("-".into(), |n| hosts.get(&n).cloned().unwrap_or_else(|| short(&n.to_string()))),
+                        if params.is_empty() { "-".into() } else { params.join(" ") },
+                    ]
+                })
+                .collect();
+            table(&["TASK", "ID", "STATE", "NODE", "PARAMS"], &rows);
+        }
+        TaskCmd::Decommission { id } => {
+            let id = resolve(api, &id, "instance", "/v1/instances").await?;
+            let v = api.post(&format!("/v1/tasks/{id}/decommission"), &json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "root {id} decommissioned: {} queued task(s) canceled; running ones finish",
+                    text(&v, "canceled")
+                );
+            }
+        }
+        TaskCmd::Spawn { .. } => unreachable!("run with the task's own credential (run_task_spawn)"),
+    }
+    Ok(())
+}
+
+/// `drover task spawn`, inside a running task: its own credential, not the user's.
+///
+/// # Errors
+/// Not inside a task (its variables are missing), or the API's refusal.
+pub async fn run_task_spawn(
+    task: String,
+    count: usize,
+    params: Vec<(String, String)>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let api = ApiClient::for_task()?;
+    let body = ChildrenBody { task, count, params: params_of(params) };
+    let answer: ChildrenAnswer = api.post_as("/v1/tasks/children", &body).await?;
+    if json {
+        print_json(&serde_json::to_value(&answer)?);
+    } else {
+        for id in &answer.instances {
+            println!("{} {id}", answer.name);
+        }
+    }
+    Ok(())
 }

@@ -33,6 +33,8 @@ pub struct ApiClient {
     addr: String,
     tls: Arc<rustls::ClientConfig>,
     tenant: Option<String>,
+    /// Sent with every request (a task's credential, a task file's name).
+    headers: Vec<(&'static str, String)>,
     /// Per-request deadline.
     pub timeout: Duration,
 }
@@ -85,8 +87,50 @@ impl ApiClient {
             addr: config.addr.clone(),
             tls: Arc::new(tls),
             tenant: config.tenant.clone(),
+            headers: Vec::new(),
             timeout: Duration::from_secs(90),
         })
+    }
+
+    /// A client as a running task is one, from its environment: the API (`DROVER_API`), the
+    /// CA that signs the API's certificate (`DROVER_CA_PEM`), and its credential
+    /// (`DROVER_TASK_TOKEN`), sent as `Authorization: Bearer`; no client certificate.
+    ///
+    /// # Errors
+    /// A variable is missing or the CA does not parse.
+    pub fn for_task() -> anyhow::Result<Self> {
+        use rustls_pki_types::pem::PemObject as _;
+        let var = |name: &str| {
+            std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
+                format!("{name} is not set: `drover task spawn` runs inside a task, which Drover gives it")
+            })
+        };
+        let api = var("DROVER_API")?;
+        let addr = api.strip_prefix("https://").unwrap_or(&api).trim_end_matches('/').to_owned();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pki_types::CertificateDer::pem_slice_iter(var("DROVER_CA_PEM")?.as_bytes()) {
+            roots.add(ca.context("DROVER_CA_PEM")?)?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(ssntp::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let token = var("DROVER_TASK_TOKEN")?;
+        Ok(Self {
+            addr,
+            tls: Arc::new(tls),
+            tenant: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+            timeout: Duration::from_secs(90),
+        })
+    }
+
+    /// The same client, sending one more header with every request.
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// Sends a request; returns the status and the parsed JSON body (`null` when empty).
@@ -171,6 +215,9 @@ impl ApiClient {
         let mut request = Request::builder().method(method).uri(path).header("host", addr);
         if let Some(tenant) = &self.tenant {
             request = request.header("x-drover-tenant", tenant);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(*name, value);
         }
         let request = match body {
             Some((content_type, bytes)) => {

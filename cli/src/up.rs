@@ -232,7 +232,8 @@ async fn wait_healthy(api: &ApiClient, children: &mut [(String, Child)], logs: &
 /// Creates and runs the demo workload through the API and prints its output.
 async fn demo(api: &ApiClient) -> anyhow::Result<()> {
     api.call(hyper::Method::PUT, "/v1/workloads/demo", Some(("application/toml", DEMO.as_bytes().to_vec()))).await?;
-    let launched: LaunchAnswer = api.post_as("/v1/workloads/demo/launch", &LaunchBody { count: 1 }).await?;
+    let launched: LaunchAnswer =
+        api.post_as("/v1/workloads/demo/launch", &LaunchBody { count: 1, params: Default::default() }).await?;
     let id = *launched.instances.first().context("the API returned no instance")?;
     let short = id.short();
     println!("demo workload submitted: instance {short}");

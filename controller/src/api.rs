@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use drover_api::views::{
-    BatchAnswer, BatchBody, EventQuery, InstanceQuery, InstanceView, LaunchAnswer, LaunchBody, LogQuery, LogView,
-    NEXT_AFTER_HEADER,
+    BatchAnswer, BatchBody, ChildrenAnswer, ChildrenBody, DecommissionAnswer, EventQuery, InstanceQuery, InstanceView,
+    LaunchAnswer, LaunchBody, LogQuery, LogView, TaskView, NEXT_AFTER_HEADER,
 };
 
 use crate::daemon::{Controller, NodeView};
@@ -217,6 +217,9 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/instances/{id}/{action}", post(instance_action))
         .route("/v1/instances/{id}/logs", get(logs))
         .route("/v1/batch", post(batch))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/children", post(spawn_children))
+        .route("/v1/tasks/{root}/decommission", post(decommission))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}/{action}", post(node_action))
         .route("/v1/status", get(status))
@@ -249,6 +252,23 @@ async fn refuse_writes_when_read_only(
         .into_response(),
         _ => next.run(request).await,
     }
+}
+
+/// The header that names the task file a body is (`build.workorder`); its content type is
+/// `text/x-drover-task`.
+pub const UNIT_FILE_HEADER: &str = "x-drover-task-file";
+
+/// The task file a workload body is, if it is one.
+fn unit_file_of(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(UNIT_FILE_HEADER) else { return Ok(None) };
+    let file = value.to_str().unwrap_or("");
+    if !drover_api::unit::is_unit_file(file) || file.contains('/') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{UNIT_FILE_HEADER}: {file:?} is not a task file name (NAME.workorder or NAME.batch)"),
+        ));
+    }
+    Ok(Some(file.to_owned()))
 }
 
 fn format_of(headers: &HeaderMap, body: &str) -> Format {
@@ -289,8 +309,26 @@ async fn put(
     body: String,
     name: Option<String>,
 ) -> ApiResult<Response> {
-    let format = format_of(headers, &body);
     let create = name.is_none();
+    if let Some(file) = unit_file_of(headers)? {
+        let task = c
+            .blocking(move |c| {
+                let (task, _) = c.service().put_task_file(&tenant, &file, &body, create)?;
+                if let Some(expected) = name.filter(|n| *n != task) {
+                    return Err(ServiceError::Invalid(format!(
+                        "the file {file} defines task {task:?} but the URL names {expected:?}"
+                    )));
+                }
+                let now = c.now_ms();
+                c.service().ensure_roots(now)?;
+                Ok(task)
+            })
+            .await?;
+        c.wake();
+        let status = if create { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok((status, Json(json!({"name": task}))).into_response());
+    }
+    let format = format_of(headers, &body);
     if let Some(expected) = &name {
         let parsed = crate::workload::parse(&body, format).map_err(ServiceError::from)?;
         if &parsed.name != expected {
@@ -349,11 +387,11 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &str) -> ApiResult<T> {
 }
 
 async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>, body: String) -> ApiResult<Response> {
-    let LaunchBody { count } = json_body(&body)?;
+    let LaunchBody { count, params } = json_body(&body)?;
     let ids = c
         .blocking(move |c| {
             let now = c.now_ms();
-            c.service().launch(&tenant, &name, count, now)
+            c.service().launch_with(&tenant, &name, count, now, &params)
         })
         .await?;
     c.wake();
@@ -467,7 +505,7 @@ async fn logs(
 
 #[allow(clippy::disallowed_methods)] // a handler's wait deadline (IO, not a decision)
 async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult<Response> {
-    let BatchBody { workload, count, wait_ms } = json_body(&body)?;
+    let BatchBody { workload, count, wait_ms, params } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
     let nodes = c.nodes();
     let usable: Vec<&NodeView> = nodes.iter().filter(|n| n.status.holds_capacity()).collect();
@@ -481,7 +519,7 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
     let (batch, ids, w) = c
         .blocking(move |c| {
             let now = c.now_ms();
-            c.service().submit_batch(&tenant, &workload, count, largest, now)
+            c.service().submit_batch(&tenant, &workload, count, largest, now, &params)
         })
         .await?;
     c.wake();
@@ -527,7 +565,104 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
         })
         .fold(0, u64::saturating_add);
     answer.slots_remaining_estimate = free.saturating_sub(answer.started.len() as u64);
+    let placed_mb = (answer.started.len() as u64).saturating_mul(ssntp::payload::in_chunks(w.requirements.mem_mb));
+    answer.slots_remaining = c.slots_remaining(placed_mb);
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A task's credential from `Authorization: Bearer …`.
+fn bearer(headers: &HeaderMap) -> ApiResult<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a task asks with its credential: Authorization: Bearer $DROVER_TASK_TOKEN",
+            )
+        })
+}
+
+/// A running task asks for child tasks (its credential says which; no client certificate).
+async fn spawn_children(State(c): Ctl, headers: HeaderMap, body: String) -> ApiResult<Response> {
+    let token = bearer(&headers)?;
+    let ChildrenBody { task, count, params } = json_body(&body)?;
+    let answer = c
+        .blocking(move |c| {
+            let parent = match c.service().task_by_token(&token)? {
+                Ok(parent) => parent,
+                Err(bad) => return Ok(Err(bad)),
+            };
+            let now = c.now_ms();
+            let ids = c.service().spawn_children(&parent, &task, count, &params, now)?;
+            let name = format!("{}/{task}", parent.task.map(|t| t.name).unwrap_or_default());
+            Ok::<_, ServiceError>(Ok(ChildrenAnswer { instances: ids, name }))
+        })
+        .await?
+        .map_err(|bad| ApiError::new(StatusCode::UNAUTHORIZED, bad.to_string()))?;
+    c.wake();
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// The task instances of the tenant (admin: all), as a tree: roots first, each followed by its
+/// descendants in creation order.
+async fn list_tasks(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
+    let records =
+        c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
+    let mut tasks: Vec<&InstanceRecord> = records.iter().filter(|r| r.task.is_some()).collect();
+    tasks.sort_by_key(|a| (a.created_unix_ms, a.uuid));
+    let view = |r: &InstanceRecord| {
+        let t = r.task.as_ref().expect("a task");
+        TaskView {
+            uuid: r.uuid,
+            name: t.name.clone(),
+            tenant: r.tenant.clone(),
+            parent: t.parent,
+            root: t.root_of(r.uuid),
+            state: r.life.state.status(),
+            node: r.node,
+            params: r.params.clone(),
+            decommissioned: t.decommissioned,
+        }
+    };
+    // Depth first from each root, children in creation order.
+    let mut children: std::collections::HashMap<Uuid, Vec<&InstanceRecord>> = std::collections::HashMap::new();
+    let mut roots = Vec::new();
+    for r in &tasks {
+        match r.task.as_ref().and_then(|t| t.parent) {
+            Some(parent) => children.entry(parent).or_default().push(r),
+            None => roots.push(*r),
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut stack: Vec<&InstanceRecord> = roots.into_iter().rev().collect();
+    while let Some(r) = stack.pop() {
+        out.push(view(r));
+        if let Some(kids) = children.remove(&r.uuid) {
+            stack.extend(kids.into_iter().rev());
+        }
+    }
+    // Children whose parent record was deleted: listed after the trees.
+    let mut orphans: Vec<&InstanceRecord> = children.into_values().flatten().collect();
+    orphans.sort_by_key(|a| (a.created_unix_ms, a.uuid));
+    out.extend(orphans.into_iter().map(view));
+    Ok(Json(out).into_response())
+}
+
+async fn decommission(State(c): Ctl, Tenant(tenant): Tenant, Path(root): Path<String>) -> ApiResult<Response> {
+    let root = parse_id(&root)?;
+    let (commands, canceled) = c
+        .blocking(move |c| {
+            let now = c.now_ms();
+            c.service().decommission(&tenant, root, now)
+        })
+        .await?;
+    c.submit(commands).await;
+    c.wake();
+    Ok(Json(DecommissionAnswer { root, canceled }).into_response())
 }
 
 /// `GET /v1/nodes` options.

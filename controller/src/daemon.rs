@@ -123,6 +123,8 @@ pub struct Controller {
     connect_failures: Mutex<ssntp::advice::FailureLog>,
     /// The scheduler's overcommit, from the cluster configuration of the last CONNECTED.
     overcommit: Mutex<drover_model::Overcommit>,
+    /// When the service's slots estimate was last brought up to date, ms.
+    slots_at_ms: Mutex<u64>,
     /// The scheduler's load threshold, from the same configuration.
     load_threshold: Mutex<Option<f64>>,
     /// STARTs sent since this process started.
@@ -168,6 +170,7 @@ impl Controller {
             connect_failures: Mutex::new(ssntp::advice::FailureLog::default()),
             resend_hold,
             overcommit: Mutex::new(drover_model::Overcommit::default()),
+            slots_at_ms: Mutex::new(0),
             load_threshold: Mutex::new(None),
             starts_sent: AtomicU64::new(0),
             leader: Mutex::new(None),
@@ -322,6 +325,12 @@ impl Controller {
                 let _ = done.send(result);
             }
         }
+    }
+
+    /// How many more instances of each size class would fit now, over every ready node, from
+    /// their latest reports, with `placed_mb` more given out already.
+    pub fn slots_remaining(&self, placed_mb: u64) -> BTreeMap<String, u64> {
+        slots_by_size(&self.nodes(), self.overcommit(), placed_mb)
     }
 
     /// The scheduler's overcommit (how far nodes may be promised beyond what they have).
@@ -565,6 +574,18 @@ async fn tick(controller: &Arc<Controller>) {
         return;
     }
     let now = controller.now_ms();
+    // What batch events say is left, as of the nodes' latest reports (at most a second old).
+    let due = {
+        let mut last = controller.slots_at_ms.lock().expect("slots lock");
+        let due = now.saturating_sub(*last) >= 1000;
+        if due {
+            *last = now;
+        }
+        due
+    };
+    if due {
+        controller.service.set_slots(slots_by_size(&controller.nodes(), controller.overcommit(), 0));
+    }
     let digests = controller.service.digests_due(now);
     controller.send_all(digests).await;
     resend_if_settled(controller, now).await;
@@ -637,4 +658,37 @@ async fn apply_frames(controller: &Arc<Controller>, frames: Vec<(Uuid, Message)>
         Ok(commands) => controller.send_all(commands).await,
         Err(e) => tracing::error!(error = %e, "applying cluster reports"),
     }
+}
+
+/// How many more instances of each size class (sd-taskpacker's estimated slots) fit the ready
+/// nodes, by the rule placement uses, from each one's last report (what it has given out is in
+/// its real available memory), less `placed_mb` given out since (spread over the classes by
+/// their size). An estimate: the scheduler's own charges are not known here.
+pub fn slots_by_size(
+    nodes: &[NodeView],
+    overcommit: drover_model::Overcommit,
+    placed_mb: u64,
+) -> BTreeMap<String, u64> {
+    use ssntp::payload::SizeClass;
+    let ready: Vec<drover_model::Capacity> = nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Ready && !n.load_blocked)
+        .filter_map(|n| n.stats.as_ref())
+        .map(|s| drover_model::Capacity {
+            cpus_online: s.cpus_online,
+            mem_total_mb: s.mem_total_mb,
+            mem_available_mb: s.mem_available_mb,
+        })
+        .collect();
+    SizeClass::ALL
+        .into_iter()
+        .map(|class| {
+            let demand = drover_model::Demand { vcpus: 1, mem_mb: class.mem_mb() };
+            let fit: u64 = ready
+                .iter()
+                .map(|c| drover_model::slots(c, &drover_model::Usage::default(), &demand, overcommit))
+                .fold(0, u64::saturating_add);
+            (class.name().to_owned(), fit.saturating_sub(placed_mb.div_ceil(class.mem_mb())))
+        })
+        .collect()
 }

@@ -92,6 +92,18 @@ pub struct Args {
     /// sends it to where it placed it, or answers where it runs). A number with ms, s or m.
     #[arg(long, default_value = "2m", value_parser = drover_model::parse_duration)]
     pub start_timeout: std::time::Duration,
+    /// Directory of task files (`NAME.workorder`, `NAME.batch`) loaded as workloads at start
+    /// (repeatable; a later directory overrides an earlier one's file of the same name). Root
+    /// tasks among them (`Root=yes`) are started. A file that does not parse is logged, with
+    /// its line, and skipped.
+    #[arg(long = "units", value_name = "DIR", default_values_t = [
+        "/usr/share/drover/units".to_owned(),
+        "/etc/drover/units".to_owned(),
+    ])]
+    pub units: Vec<String>,
+    /// The tenant the task files' workloads belong to.
+    #[arg(long, default_value = "admin")]
+    pub units_tenant: String,
 }
 
 /// Where the controller keeps its state.
@@ -315,10 +327,36 @@ async fn lead(
     term: Option<Term>,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
-    let service = Service::new(store)?.with_start_timeout(args.start_timeout);
+    let api_addr = api_server.as_ref().and_then(|(l, ..)| l.local_addr().ok());
+    let task_env = crate::service::TaskEnv {
+        api_url: match advertised_api(args, api_addr) {
+            a if a.is_empty() => String::new(),
+            a => format!("https://{a}"),
+        },
+        // Not secret (a certificate); tasks verify the API with it.
+        ca_pem: std::fs::read_to_string(&args.tls.cacert).unwrap_or_default(),
+    };
+    let service = Service::new(store)?.with_start_timeout(args.start_timeout).with_task_env(task_env);
     let term_number = term.as_ref().and_then(|t| u64::try_from(t.leading.fence.create_revision).ok());
     let (client, events) = crate::link::connect(args.servers.clone(), tls, uuid, term_number);
     let controller = Controller::new(service, Some(client.clone()), args.resend_hold)?;
+    let dirs: Vec<std::path::PathBuf> = args.units.iter().map(std::path::PathBuf::from).collect();
+    let tenant = args.units_tenant.clone();
+    let loaded = controller
+        .blocking(move |c| {
+            let now = c.now_ms();
+            c.service().load_units(&dirs, &tenant, now)
+        })
+        .await
+        .context("loading the task files")?;
+    if !loaded.tasks.is_empty() || !loaded.errors.is_empty() {
+        tracing::info!(
+            tasks = loaded.tasks.len(),
+            refused = loaded.errors.len(),
+            roots_started = loaded.roots_started,
+            "task files loaded"
+        );
+    }
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some((listener, files, tls_tx, tls_rx)) = api_server {

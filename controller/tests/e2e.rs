@@ -250,8 +250,9 @@ async fn with_memory_overcommit_twice_a_nodes_memory_runs_and_no_launcher_refuse
     cluster.wait_ready(1).await;
     let api = cluster.admin();
     let total = node_memory(&api).await;
-    // Eight instances of just under a quarter of the node: twice its memory in all.
-    let each = total / 4 - 1;
+    // Eight instances of just under a quarter of the node (in whole 32 MiB chunks, as memory is
+    // charged): twice its memory in all.
+    let each = (total / 4 - 1) / 32 * 32;
     create_workload(&api, &sim_workload("big", each, 0)).await;
     launch_and_wait(&api, "big", 8, 8).await;
     assert!(8 * each > total, "the test asks for more than the node has");

@@ -95,6 +95,16 @@ impl Cgroups {
         }
     }
 
+    /// The groups of a systemd unit whose `ControlGroup` is `control_group` (for its usage).
+    pub fn unit_dirs(&self, control_group: &str) -> Vec<PathBuf> {
+        let relative = control_group.trim_start_matches('/');
+        match self {
+            Self::V1 { memory, cpu, .. } => vec![memory.join(relative), cpu.join(relative)],
+            Self::V2 { root } => vec![root.join(relative)],
+            Self::Unavailable { .. } => Vec::new(),
+        }
+    }
+
     /// The feature name advertised in READY (`cgroup-v1`, `cgroup-v2`), if any.
     pub fn feature(&self) -> Option<&'static str> {
         match self {

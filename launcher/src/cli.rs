@@ -53,7 +53,8 @@ pub struct Args {
     /// (run one launcher per node, each with its own --state-dir and certificate).
     #[arg(long, value_name = "N")]
     pub numa_node: Option<u32>,
-    /// Backend this node offers (repeatable): process, oci (needs runc or crun), sim.
+    /// Backend this node offers (repeatable): process, oci (needs runc or crun), systemd
+    /// (transient units; needs systemd as PID 1 answering on the D-Bus system bus), sim.
     #[arg(long = "backend", value_name = "NAME", default_values_t = ["process".to_owned()])]
     pub backends: Vec<String>,
     /// Label placement can require (repeatable), e.g. --label zone=b --label gpu=a100.

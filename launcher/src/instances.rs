@@ -23,6 +23,7 @@ use crate::cgroup::{Cgroups, Pin};
 use crate::executor::Executor;
 pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Journal, ShimSpec};
+use crate::systemd::{Systemd, UnitSpec};
 use crate::users::{Account, Users};
 
 /// The launcher's own user and group.
@@ -84,6 +85,45 @@ struct Instance {
     stop_pending: Option<Duration>,
 }
 
+/// Where a root task finds the state directory kept across its runs.
+pub const STATE_DIR_ENV: &str = "DROVER_STATE_DIR";
+
+/// A name as a file name: letters, digits and `-_.@+~` kept, `/` (a child task's) as `+`,
+/// anything else as `_`; never `.` or `..`.
+fn safe(name: &str) -> String {
+    let out: String = name
+        .chars()
+        .map(|c| match c {
+            '/' => '+',
+            c if c.is_ascii_alphanumeric() || "-_.@~".contains(c) => c,
+            _ => '_',
+        })
+        .collect();
+    if out.chars().all(|c| c == '.') {
+        out.replace('.', "_")
+    } else {
+        out
+    }
+}
+
+/// An instance's directory: named after its task and version, then its UUID
+/// (`build+graph@2.<uuid>`); just the UUID when it has no name.
+pub fn dir_name(start: &Start) -> String {
+    let id = start.instance_uuid;
+    match &start.name {
+        Some(name) => match &start.version {
+            Some(version) => format!("{}@{}.{id}", safe(name), safe(version)),
+            None => format!("{}.{id}", safe(name)),
+        },
+        None => id.to_string(),
+    }
+}
+
+/// The instance a directory belongs to (its name ends in the UUID).
+fn uuid_of_dir(name: &str) -> Option<Uuid> {
+    name.rsplit('.').next()?.parse().ok()
+}
+
 /// Grace for a stop requested before a restart of the launcher, whose own grace is not kept.
 const ADOPTED_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -117,6 +157,8 @@ pub struct Instances {
     users: Users,
     /// Where new per-tenant allocations are kept (none: not kept, for tests).
     users_file: Option<PathBuf>,
+    /// The system manager, when the node offers the `systemd` backend.
+    systemd: Option<Systemd>,
 }
 
 fn unix_ms() -> u64 {
@@ -145,7 +187,15 @@ impl Instances {
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
             users: Users::one(own_account()),
             users_file: None,
+            systemd: None,
         }
+    }
+
+    /// Runs `systemd` instances as transient units of this manager.
+    #[must_use]
+    pub fn with_systemd(mut self, systemd: Option<Systemd>) -> Self {
+        self.systemd = systemd;
+        self
     }
 
     /// Runs workloads as `users` decides (by default: as the launcher's own user), keeping new
@@ -186,7 +236,10 @@ impl Instances {
 
     /// Working directory of an instance.
     pub fn dir(&self, instance: Uuid) -> PathBuf {
-        self.root.join(instance.to_string())
+        match self.table.get(&instance) {
+            Some(i) => self.root.join(dir_name(&i.record.start)),
+            None => self.root.join(instance.to_string()),
+        }
     }
 
     /// Output file of an instance.
@@ -251,7 +304,7 @@ impl Instances {
         let mut report = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return report };
         for entry in entries.flatten() {
-            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
+            let Some(id) = entry.file_name().to_str().and_then(uuid_of_dir) else { continue };
             let dir = entry.path();
             let pid: Option<u32> =
                 std::fs::read_to_string(dir.join(files::PID)).ok().and_then(|p| p.trim().parse().ok());
@@ -300,6 +353,24 @@ impl Instances {
                     let cancel = self.spawn_sim(id, Duration::from_millis(remaining), *exit_code);
                     if let Some(i) = self.table.get_mut(&id) {
                         i.cancel = Some(cancel);
+                    }
+                }
+                (None, Backend::Systemd { .. }) => {
+                    let unit = crate::systemd::unit_name(&record.start);
+                    tracing::info!(instance = %id, %unit, "re-adopted running unit");
+                    match &self.systemd {
+                        Some(systemd) => {
+                            let (systemd, events) = (systemd.clone(), self.events.clone());
+                            tokio::spawn(async move { systemd.watch(id, unit, dir, events).await });
+                        }
+                        None => {
+                            tracing::error!(instance = %id, %unit, "a systemd unit, but this launcher runs without --backend systemd; reporting it ended");
+                            let events = self.events.clone();
+                            tokio::spawn(async move {
+                                let exit = Exit { instance: id, code: None, reason: ExitReason::Unknown };
+                                let _ = events.send(Event::Exited(exit)).await;
+                            });
+                        }
                     }
                 }
                 (None, _) => {
@@ -359,7 +430,13 @@ impl Instances {
                 return Err((reason, format!("instance {id} is already on this node")));
             }
         }
-        let dir = self.dir(id);
+        for (what, text) in [("name", &start.name), ("version", &start.version)] {
+            if text.as_ref().is_some_and(|t| t.len() > ssntp::payload::MAX_TASK_NAME) {
+                let limit = ssntp::payload::MAX_TASK_NAME;
+                return Err((FailureReason::InvalidData, format!("the task's {what} is longer than {limit} bytes")));
+            }
+        }
+        let dir = self.root.join(dir_name(start));
         let is_sim = matches!(start.backend, Backend::Sim { .. });
         let mut user = None;
         if !is_sim {
@@ -374,6 +451,11 @@ impl Instances {
             // A sim instance has no directory: its record goes in the node's sim file.
             make_dirs(&dir, user).map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", dir.display())))?;
         }
+        let mut start = start.clone();
+        if !is_sim {
+            self.prepare_task(&mut start, &dir, user)?;
+        }
+        let start = &start;
         let mut record = InstanceRecord {
             start: start.clone(),
             started_unix_ms: unix_ms(),
@@ -391,6 +473,7 @@ impl Instances {
             Backend::Oci { rootfs, args, env } => {
                 self.spawn_oci(id, &dir, rootfs, args, env, &mut record).map(|()| None)
             }
+            Backend::Systemd { argv, env } => self.spawn_unit(&dir, argv, env, &mut record).map(|()| None),
         };
         let cancel = match result {
             Ok(cancel) => cancel,
@@ -427,6 +510,78 @@ impl Instances {
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
         self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record.user, record)
+    }
+
+    /// What a task's run gets besides its command: `parameters.json` in its working directory
+    /// (when its parameters come that way), and for a root task the state directory kept
+    /// across its runs (`<state>/roots/<tenant>/<name>`, its user's), in `DROVER_STATE_DIR`.
+    fn prepare_task(&self, start: &mut Start, dir: &Path, user: Option<Account>) -> Result<(), Refusal> {
+        let failed =
+            |what: &Path, e: std::io::Error| (FailureReason::LaunchFailure, format!("{}: {e}", what.display()));
+        if !start.parameters.is_empty() {
+            let path = dir.join(files::RESULTS).join(files::PARAMETERS);
+            write_json(&path, &start.parameters).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+            if let Some(user) = user {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(|e| failed(&path, e))?;
+            }
+        }
+        if start.root_task {
+            let tenant = start.tenant.as_deref().unwrap_or("-");
+            let name = start.name.as_deref().unwrap_or("root");
+            let state = self.root.parent().unwrap_or(&self.root).join("roots").join(safe(tenant)).join(safe(name));
+            std::fs::create_dir_all(&state).map_err(|e| failed(&state, e))?;
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| failed(&state, e))?;
+            }
+            if let Some(user) = user {
+                std::os::unix::fs::chown(&state, Some(user.uid), Some(user.gid)).map_err(|e| failed(&state, e))?;
+            }
+            let value = state.display().to_string();
+            match &mut start.backend {
+                Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
+                    env.insert(STATE_DIR_ENV.to_owned(), value);
+                }
+                Backend::Sim { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a `systemd` instance as a transient unit; its usage is read from the unit's
+    /// cgroups, which systemd makes and removes.
+    fn spawn_unit(
+        &mut self,
+        dir: &Path,
+        argv: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        record: &mut InstanceRecord,
+    ) -> Result<(), Refusal> {
+        let Some(systemd) = &self.systemd else {
+            return Err((FailureReason::InvalidData, "this node does not offer the systemd backend".into()));
+        };
+        if argv.first().is_none_or(|p| !p.starts_with('/')) {
+            return Err((
+                FailureReason::InvalidData,
+                "the systemd backend needs argv[0] to be an absolute path".into(),
+            ));
+        }
+        // Checked here because a unit whose program is missing may still "start" (setpriv).
+        let executable = std::fs::metadata(&argv[0]).map(|m| {
+            use std::os::unix::fs::PermissionsExt as _;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        });
+        match executable {
+            Ok(true) => {}
+            Ok(false) => return Err((FailureReason::LaunchFailure, format!("{}: not an executable file", argv[0]))),
+            Err(e) => return Err((FailureReason::LaunchFailure, format!("{}: {e}", argv[0]))),
+        }
+        let unit = crate::systemd::unit_name(&record.start);
+        record.cgroups = self.cgroups.unit_dirs(&format!("/{}/{unit}", crate::systemd::SLICE));
+        let spec = UnitSpec { dir: dir.to_owned(), user: record.user, stop_grace: crate::core::STOP_GRACE };
+        systemd.run(&record.start, argv, env, spec, self.events.clone());
+        Ok(())
     }
 
     /// Writes the shim's spec and the instance record, and starts the shim.
@@ -539,7 +694,11 @@ impl Instances {
     pub fn started(&mut self, id: Uuid, pid: u32) {
         if let Some(i) = self.table.get_mut(&id) {
             i.pid = (pid != 0).then_some(pid);
-            if let (Some(grace), Some(pid)) = (i.stop_pending.take(), i.pid) {
+            if let Backend::Systemd { .. } = i.record.start.backend {
+                if let (Some(grace), Some(systemd)) = (i.stop_pending.take(), &self.systemd) {
+                    systemd.stop(&i.record.start, grace);
+                }
+            } else if let (Some(grace), Some(pid)) = (i.stop_pending.take(), i.pid) {
                 signal_stop(pid, grace);
             }
         }
@@ -556,7 +715,10 @@ impl Instances {
         let stopped = i.record.stop_requested;
         let has_files = !matches!(i.record.start.backend, Backend::Sim { .. });
         let cgroups = std::mem::take(&mut i.record.cgroups);
-        self.cgroups.remove(&cgroups);
+        if !matches!(i.record.start.backend, Backend::Systemd { .. }) {
+            // A unit's groups are systemd's to remove.
+            self.cgroups.remove(&cgroups);
+        }
         self.persist(exit.instance);
         if has_files {
             let dir = self.dir(exit.instance);
@@ -588,6 +750,8 @@ impl Instances {
         instance.record.stop_requested = true;
         if let Some(cancel) = instance.cancel.take() {
             let _ = cancel.send(()); // a `sim` instance
+        } else if let (Backend::Systemd { .. }, Some(systemd)) = (&instance.record.start.backend, &self.systemd) {
+            systemd.stop(&instance.record.start, grace);
         } else if let Some(pid) = instance.pid {
             signal_stop(pid, grace);
         } else {
@@ -604,13 +768,16 @@ impl Instances {
     /// No such instance.
     pub fn delete(&mut self, id: Uuid) -> Result<(), Refusal> {
         self.stop(id, Duration::ZERO)?;
+        let dir = self.dir(id);
         if let Some(i) = self.table.remove(&id) {
             if matches!(i.record.start.backend, Backend::Sim { .. }) {
                 self.sims.del(id);
             }
-            self.cgroups.remove(&i.record.cgroups);
+            if !matches!(i.record.start.backend, Backend::Systemd { .. }) {
+                self.cgroups.remove(&i.record.cgroups);
+            }
         }
-        let _ = std::fs::remove_dir_all(self.dir(id));
+        let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
 
@@ -680,7 +847,7 @@ impl Instances {
                 }
                 i.last_cpu = Some((ticks, now));
             }
-            let disk = dir_size_mb(&self.root.join(id.to_string()).join(files::RESULTS));
+            let disk = dir_size_mb(&self.root.join(dir_name(&i.record.start)).join(files::RESULTS));
             out.push((
                 *id,
                 InstanceUsage {

@@ -4,7 +4,8 @@
 //! node's real memory, disk, CPUs and load and STATS with every instance's usage, and runs
 //! `process` workloads under a per-instance shim (own process group, cgroup limits where the
 //! node has them, output in `results/output.txt`), `oci` containers through runc or crun under
-//! the same shim, and `sim` workloads for scale tests.
+//! the same shim, `systemd` workloads as transient units of the node's system manager, and
+//! `sim` workloads for scale tests.
 //! Workloads outlive the launcher; a restarted launcher re-adopts them.
 //!
 //! # Layout
@@ -19,6 +20,7 @@
 //! - [`instances`]: the executor: start, stop, delete, output tail, usage, re-adoption after a
 //!   restart.
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
+//! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
 //! - [`users`]: who a workload runs as (per-tenant users, never root unless allowed and asked).
@@ -37,4 +39,5 @@ pub mod probe;
 pub mod shell;
 pub mod shim;
 pub mod state;
+pub mod systemd;
 pub mod users;

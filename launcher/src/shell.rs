@@ -142,13 +142,14 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
     let mut backends = Vec::new();
     for b in &args.backends {
         match b.as_str() {
-            "process" | "sim" => {}
+            // Whether systemd answers is asked when the launcher runs (D-Bus is async).
+            "process" | "sim" | "systemd" => {}
             "oci" => {
                 if probe::find_program(&["runc", "crun"]).is_none() {
                     anyhow::bail!("--backend oci needs runc or crun on PATH (Debian: apt-get install runc)");
                 }
             }
-            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, sim)"),
+            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, systemd, sim)"),
         }
         if !backends.contains(b) {
             backends.push(b.clone());
@@ -324,7 +325,13 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
     };
     let oci_runtime =
         prepared.offer.backends.iter().any(|b| b == "oci").then(|| probe::find_program(&["runc", "crun"])).flatten();
+    let systemd = if prepared.offer.backends.iter().any(|b| b == "systemd") {
+        Some(crate::systemd::Systemd::connect().await.map_err(|e| anyhow::anyhow!("--backend systemd: {e}"))?)
+    } else {
+        None
+    };
     let mut instances = Instances::new(&prepared.args.state_dir, prepared.shim.clone(), cgroups, instance_tx)
+        .with_systemd(systemd)
         .with_pin(pin)
         .with_oci_runtime(oci_runtime)
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));

@@ -200,6 +200,8 @@ pub mod files {
     pub const SIMS: &str = "sims.jsonl";
     /// Output of the workload, inside results/.
     pub const OUTPUT: &str = "output.txt";
+    /// A task's parameters, inside results/ (its working directory), when they come that way.
+    pub const PARAMETERS: &str = "parameters.json";
 }
 
 /// One line of a [`Journal`].

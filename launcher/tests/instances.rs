@@ -519,3 +519,44 @@ async fn workloads_run_as_their_tenants_user_never_root_and_apart() {
     let output = std::fs::read_to_string(instances.output(wants_root)).unwrap();
     assert_eq!((exit.code, output.trim()), (Some(0), "uid=0"));
 }
+
+#[tokio::test]
+async fn a_root_task_keeps_its_state_directory_across_runs_and_gets_its_parameters_as_json() {
+    let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    let run = |n: u8| {
+        let mut start = sh(Uuid::from_bytes([n; 16]), "echo run >> \"$DROVER_STATE_DIR/runs\"; cat parameters.json", 0);
+        start.name = Some("build".into());
+        start.version = Some("2".into());
+        start.root_task = true;
+        start.tenant = Some("acme".into());
+        start.parameters = [("target".to_owned(), ssntp::payload::ParamValue::Text("/usr/bin/systemd".into()))].into();
+        start
+    };
+    for n in 1..=2 {
+        let start = run(n);
+        instances.start(&start).unwrap();
+        let exit = until_exit(&mut rx, &mut instances).await;
+        assert_eq!(exit.reason, ExitReason::Completed, "{exit:?}");
+        // The working directory is named after the task and its version.
+        let dir = state.path().join("instances").join(format!("build@2.{}", start.instance_uuid));
+        assert_eq!(instances.dir(start.instance_uuid), dir);
+        let output = std::fs::read_to_string(dir.join("results/output.txt")).unwrap();
+        let written: serde_json::Value = serde_json::from_str(&output).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"target": "/usr/bin/systemd"}),
+            "parameters.json in the working directory"
+        );
+        instances.exited(&exit);
+    }
+    let runs = std::fs::read_to_string(state.path().join("roots/acme/build/runs")).unwrap();
+    assert_eq!(runs, "run\nrun\n", "one state directory for every run of the root");
+    // A restarted launcher finds the instances again by their directories' names.
+    let (tx, _rx) = mpsc::channel(16);
+    let mut again = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
+    assert_eq!(again.adopt().len(), 2);
+    assert!(again.contains(Uuid::from_bytes([1; 16])));
+}

@@ -673,7 +673,9 @@ impl Hub {
 
     fn need<'a>(&self, start: &'a Start) -> Need<'a> {
         let request = start.requirements.mem_mb;
-        let charge = if self.cfg.estimate { self.estimator.charge(start.workload_uuid, request) } else { request };
+        let granted = if self.cfg.estimate { self.estimator.charge(start.workload_uuid, request) } else { request };
+        // In whole chunks, as the launcher admits (`Start::charged_mb`).
+        let charge = ssntp::payload::charge_mb(granted, request);
         Need {
             requirements: &start.requirements,
             backend: start.backend.name(),

@@ -703,7 +703,7 @@ impl NodeTable {
                 if let (Some(usage), Some(w)) = (usage, p.workload) {
                     estimator.observe(w, usage, now_ms);
                     // Never charge an instance less than it is seen to use.
-                    p.charge_mb = p.charge_mb.max(usage).min(p.request_mb);
+                    p.charge_mb = ssntp::payload::charge_mb(p.charge_mb.max(usage), p.request_mb);
                 }
             });
             if known.is_none() {

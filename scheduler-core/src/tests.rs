@@ -168,12 +168,12 @@ fn a_burst_between_two_reports_never_over_places() {
     rig.node(11, 64, 1000);
     let mut per_node: HashMap<Uuid, u64> = HashMap::new();
     for i in 0..30 {
-        for (_, node) in placed_on(&rig.start(start(Uuid::from_bytes([i; 16]), 1, 100))) {
-            *per_node.entry(node).or_default() += 100;
+        for (_, node) in placed_on(&rig.start(start(Uuid::from_bytes([i; 16]), 1, 96))) {
+            *per_node.entry(node).or_default() += 96;
         }
     }
-    // Each node reported 1000 MiB once; 20 STARTs fit, 10 wait.
-    assert_eq!(per_node.values().sum::<u64>(), 2000);
+    // Each node reported 1000 MiB once; 20 STARTs of 3 chunks fit, 10 wait.
+    assert_eq!(per_node.values().sum::<u64>(), 20 * 96);
     assert!(per_node.values().all(|mb| *mb <= 1000));
     assert_eq!(rig.hub.summary(rig.now).queued, 10);
     // Spread: the two equal nodes share the work evenly.

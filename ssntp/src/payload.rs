@@ -365,8 +365,45 @@ pub enum SizeClass {
     Large,
 }
 
+/// Memory is accounted in chunks of this many MiB (sd-taskpacker's rule): every charge on a
+/// node is a whole number of chunks, and batch work asks for whole chunks.
+pub const MEMORY_CHUNK_MB: u64 = 32;
+
+/// `mb` rounded up to whole [`MEMORY_CHUNK_MB`] chunks.
+pub const fn in_chunks(mb: u64) -> u64 {
+    mb.div_ceil(MEMORY_CHUNK_MB).saturating_mul(MEMORY_CHUNK_MB)
+}
+
+/// What an instance is charged on a node, MiB: what was granted (its request, or its
+/// workload's estimate), never more than the request, rounded up to whole chunks — and still
+/// never more than the request. Batch work asks for whole chunks, so its charges always are;
+/// a workorder may ask for less than a chunk (workorders are overcommitted, not packed) and is
+/// charged what it asks. The one rule for the scheduler's charges and a launcher's admission.
+pub const fn charge_mb(granted_mb: u64, request_mb: u64) -> u64 {
+    let granted = if granted_mb < request_mb { granted_mb } else { request_mb };
+    let chunked = in_chunks(granted);
+    if chunked < request_mb {
+        chunked
+    } else {
+        request_mb
+    }
+}
+
 impl SizeClass {
-    /// Memory of the class in MiB.
+    /// Every class, smallest first.
+    pub const ALL: [Self; 4] = [Self::Tiny, Self::Small, Self::Medium, Self::Large];
+
+    /// The class's name in files and answers.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Medium => "medium",
+            Self::Large => "large",
+        }
+    }
+
+    /// Memory of the class in MiB (1, 4, 8 and 32 chunks).
     pub const fn mem_mb(self) -> u64 {
         match self {
             Self::Tiny => 32,
@@ -429,6 +466,15 @@ pub enum Backend {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// A transient systemd service on the node's system manager (sd-taskpacker's
+    /// `StartTransientUnit()`), with the same limits, user and output as `process`.
+    Systemd {
+        /// Program (absolute path) and arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
     /// No process: "runs" for a while and reports synthetic usage (scale tests).
     Sim {
         /// How long the instance runs, ms.
@@ -448,6 +494,7 @@ impl Backend {
         match self {
             Self::Process { .. } => "process",
             Self::Oci { .. } => "oci",
+            Self::Systemd { .. } => "systemd",
             Self::Sim { .. } => "sim",
         }
     }
@@ -490,6 +537,20 @@ pub struct Start {
     /// Kill the instance after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_run_time_s: Option<u64>,
+    /// The task's name (its workload's; `root/child` for a child task), at most
+    /// [`MAX_TASK_NAME`] bytes: names the instance's unit and working directory on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The task's version, at most [`MAX_TASK_NAME`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// A root task: its instance gets a state directory on the node kept across its runs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub root_task: bool,
+    /// Parameters to write to `parameters.json` in the working directory (those passed as
+    /// arguments are in the backend's argv already).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParamValue>,
     /// Set by the scheduler when it forwards START: the chosen node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_agent_uuid: Option<Uuid>,
@@ -499,6 +560,32 @@ pub struct Start {
     pub charge_mb: Option<u64>,
 }
 
+/// A task parameter's value (sd-taskpacker's `a{sv}`), checked against the task's schema by
+/// the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// true or false.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Longest task name or version a START may carry, bytes.
+pub const MAX_TASK_NAME: usize = 200;
+
 /// Longest tenant name a START may carry, bytes.
 pub const MAX_TENANT_NAME: usize = 128;
 
@@ -507,9 +594,9 @@ pub const ROOT_FEATURE: &str = "root";
 
 impl Start {
     /// The memory this instance is charged on its node, MiB: what the scheduler granted
-    /// (`charge_mb`), never more than the request; the request when nothing was granted.
+    /// (`charge_mb`; the request when nothing was granted), by [`charge_mb`]'s rule.
     pub fn charged_mb(&self) -> u64 {
-        self.charge_mb.unwrap_or(self.requirements.mem_mb).min(self.requirements.mem_mb)
+        charge_mb(self.charge_mb.unwrap_or(self.requirements.mem_mb), self.requirements.mem_mb)
     }
 
     /// A workorder START with the given essentials and every optional field empty; set the
@@ -528,6 +615,10 @@ impl Start {
             backend,
             restart: false,
             max_run_time_s: None,
+            name: None,
+            version: None,
+            root_task: false,
+            parameters: BTreeMap::new(),
             workload_agent_uuid: None,
             charge_mb: None,
         }
@@ -1060,5 +1151,24 @@ impl Message {
     /// where the kind carries none.
     pub fn decode(frame: &Frame) -> Result<Self, PayloadError> {
         Self::decode_payload(frame.kind, &frame.payload)
+    }
+}
+
+#[cfg(test)]
+mod charge_tests {
+    use super::*;
+
+    #[test]
+    fn charges_are_whole_chunks_and_never_above_the_request() {
+        // A batch request (whole chunks) with an estimate below it: the estimate in chunks.
+        assert_eq!(charge_mb(45, 128), 64);
+        assert_eq!(charge_mb(64, 128), 64);
+        assert_eq!(charge_mb(65, 128), 96);
+        // Never above the request, whatever was granted.
+        assert_eq!(charge_mb(500, 128), 128);
+        // A workorder asking for less than a chunk, or for a part of one, is charged what it asks.
+        assert_eq!((charge_mb(4, 4), charge_mb(100, 100), charge_mb(90, 100)), (4, 100, 96));
+        assert_eq!(SizeClass::ALL.map(SizeClass::mem_mb), [32, 128, 256, 1024]);
+        assert!(SizeClass::ALL.iter().all(|c| c.mem_mb() % MEMORY_CHUNK_MB == 0));
     }
 }

@@ -101,9 +101,10 @@ fn report(p: &Prims) -> NodeReport {
 }
 
 fn backend(p: &Prims) -> Backend {
-    match p.small % 3 {
+    match p.small % 4 {
         0 => Backend::Process { argv: p.words.clone(), env: p.labels.clone() },
         1 => Backend::Oci { rootfs: p.text.clone(), args: p.words.clone(), env: p.labels.clone() },
+        2 => Backend::Systemd { argv: p.words.clone(), env: p.labels.clone() },
         _ => Backend::Sim { duration_ms: p.n, mem_usage_mb: u64::from(p.small), exit_code: p.int },
     }
 }
@@ -164,6 +165,16 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 backend: backend(p),
                 restart: p.flag,
                 max_run_time_s: p.flag.then_some(p.n),
+                name: p.flag.then(|| p.text.clone()),
+                version: p.words.last().cloned(),
+                root_task: p.flag,
+                parameters: p
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        (k.clone(), if p.flag { ParamValue::Text(v.clone()) } else { ParamValue::Int(p.int.into()) })
+                    })
+                    .collect(),
                 workload_agent_uuid: (!p.flag).then_some(b),
                 charge_mb: (!p.flag).then_some(p.n / 2),
             }),

@@ -12,6 +12,7 @@
 //!   controller-role load generator, for benchmarks and scale tests.
 //! - [`etcd`]: real etcd members on loopback ports, each in a temporary directory.
 //! - [`netlab`]: hosts as network namespaces on a bridge, for multi-host tests and partitions.
+//! - [`systemd`]: a real systemd as PID 1 of namespaces of its own, fenced off from the host.
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
@@ -27,6 +28,7 @@ pub mod etcd;
 pub mod executor;
 pub mod netlab;
 pub mod process;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +50,7 @@ use tokio_rustls::client::TlsStream;
 
 /// A test that cannot run because `feature` is missing here (`why` says what was looked for).
 /// Where the machine is known to have the feature — `DROVER_REQUIRE` names it (comma-separated;
-/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`, `etcd`) — a skip
+/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`, `etcd`, `systemd`) — a skip
 /// would hide a failure, so this panics. Otherwise it prints `SKIPPED`, and appends a line to
 /// the file `DROVER_SKIP_LOG` names (if any) for the run's summary.
 ///

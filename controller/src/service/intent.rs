@@ -21,8 +21,13 @@ impl Service {
             return Err(ServiceError::Conflict(format!("workload {} exists; replace it with PUT", parsed.name)));
         }
         let uuid = existing.map_or_else(Uuid::new_v4, |w| w.uuid);
-        let stored =
-            StoredWorkload { tenant: tenant.to_owned(), uuid, source: source.to_owned(), toml: format == Format::Toml };
+        let stored = StoredWorkload {
+            tenant: tenant.to_owned(),
+            uuid,
+            source: source.to_owned(),
+            toml: format == Format::Toml,
+            unit_file: None,
+        };
         self.store.put_workload(&parsed.name, &stored)?;
         Ok(parsed.name)
     }
@@ -55,11 +60,28 @@ impl Service {
     /// # Errors
     /// Unknown workload, a count of 0 or over [`MAX_LAUNCH`], or the store.
     pub fn launch(&self, tenant: &str, workload: &str, count: usize, now_ms: u64) -> Result<Vec<Uuid>, ServiceError> {
-        self.create(tenant, workload, count, now_ms, None, |_| None).map(|(ids, _, _)| ids)
+        self.launch_with(tenant, workload, count, now_ms, &BTreeMap::new())
+    }
+
+    /// As [`Service::launch`], with parameters for every instance.
+    ///
+    /// # Errors
+    /// As [`Service::launch`], or a parameter the workload's schema does not allow.
+    pub fn launch_with(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        now_ms: u64,
+        params: &BTreeMap<String, ParamValue>,
+    ) -> Result<Vec<Uuid>, ServiceError> {
+        let origin = Origin { params: params.clone(), parent: None };
+        self.create(tenant, workload, count, now_ms, None, &origin, |_| None).map(|(ids, _, _)| ids)
     }
 
     /// Creates the instances: pending, or already failed when `refuse` gives a reason for the
     /// workload, so that refused work is never due and no START of it can leave.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn create(
         &self,
         tenant: &str,
@@ -67,6 +89,7 @@ impl Service {
         count: usize,
         now_ms: u64,
         batch: Option<Uuid>,
+        origin: &Origin,
         refuse: impl FnOnce(&Workload) -> Option<String>,
     ) -> Result<(Vec<Uuid>, Workload, bool), ServiceError> {
         if count == 0 || count > MAX_LAUNCH {
@@ -82,13 +105,28 @@ impl Service {
                 "workload {workload} is of class workorder; batch submit takes class = \"batch\" workloads"
             )));
         }
+        let params = crate::workload::check_parameters(&parsed.parameters, &origin.params)
+            .map_err(|m| ServiceError::Invalid(format!("{workload}: {m}")))?;
+        let task = match (&origin.parent, parsed.task) {
+            (None, true) => Some((workload.to_owned(), None, None)),
+            (None, false) => None,
+            (Some((parent, facts)), true) => {
+                Some((format!("{}/{workload}", facts.name), Some(*parent), Some(facts.root_of(*parent))))
+            }
+            (Some(_), false) => {
+                return Err(ServiceError::Invalid(format!(
+                    "workload {workload} is not a task (task files are; a workload file says task = true)"
+                )))
+            }
+        };
+        let extra = crate::store::NewInstances { params, task };
         let mut life = Lifecycle::new(parsed.restart, now_ms);
         let why = refuse(&parsed).unwrap_or_default();
         let refused = !why.is_empty();
         if refused {
             life.state = State::Failed { reason: why.clone() };
         }
-        let ids = self.store.create_instances(tenant, workload, count, &life, &why, batch)?;
+        let ids = self.store.create_instances_with(tenant, workload, count, &life, &why, batch, &extra)?;
         Ok((ids, parsed, refused))
     }
 
@@ -105,6 +143,7 @@ impl Service {
         count: usize,
         largest_node_mb: Option<u64>,
         now_ms: u64,
+        params: &BTreeMap<String, ParamValue>,
     ) -> Result<(Uuid, Vec<Uuid>, Workload), ServiceError> {
         let batch = Uuid::new_v4();
         let too_large = |w: &Workload| {
@@ -112,7 +151,8 @@ impl Service {
             let largest = largest_node_mb.filter(|l| *l < need)?;
             Some(format!("needs {need} MiB; the largest node offers {largest} MiB"))
         };
-        let (ids, parsed, refused) = self.create(tenant, workload, count, now_ms, Some(batch), too_large)?;
+        let origin = Origin { params: params.clone(), parent: None };
+        let (ids, parsed, refused) = self.create(tenant, workload, count, now_ms, Some(batch), &origin, too_large)?;
         let open =
             OpenBatch { tenant: tenant.to_owned(), workload: workload.to_owned(), left: count, ..Default::default() };
         self.batches.lock().expect("batches lock").insert(batch, open);

@@ -21,8 +21,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use ssntp::payload::{Delete, ExitReason, InstanceState, Message, Start, Stats, Stop, WorkClass};
+use ssntp::payload::{Delete, ExitReason, InstanceState, Message, ParamValue, Start, Stats, Stop, WorkClass};
+
 use ssntp::Uuid;
+pub(crate) use tasks::Origin;
+pub use tasks::{BadToken, UnitsLoaded};
 
 use crate::lifecycle::{Action, Input, Lifecycle, State};
 use crate::store::{InstanceRecord, Store, StoreError, StoredWorkload};
@@ -76,6 +79,20 @@ pub struct Service {
     batches: Mutex<HashMap<Uuid, OpenBatch>>,
     /// STARTs sent on this connection, until answered or timed out.
     watch: Mutex<crate::answer_watch::AnswerWatch>,
+    /// What a task's instance is told of the API, to ask for children.
+    task_env: TaskEnv,
+    /// Estimated slots remaining per size class, for batch events (kept current by the shell).
+    slots: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Where a task reaches the API from its node, handed to it in its environment with its
+/// credential.
+#[derive(Debug, Clone, Default)]
+pub struct TaskEnv {
+    /// The API's address as nodes dial it, `https://host:port`.
+    pub api_url: String,
+    /// The CA that signs the API's certificate, PEM.
+    pub ca_pem: String,
 }
 
 /// How long a START may go unanswered before it is sent again, by default.
@@ -106,7 +123,20 @@ impl Service {
             feeds: Mutex::new(crate::feeds::Feeds::default()),
             batches: Mutex::new(batches),
             watch: Mutex::new(crate::answer_watch::AnswerWatch::new(START_TIMEOUT_MS)),
+            task_env: TaskEnv::default(),
+            slots: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The estimated slots remaining per size class that batch events report from now on.
+    pub fn set_slots(&self, slots: BTreeMap<String, u64>) {
+        *self.slots.lock().expect("slots lock") = slots;
+    }
+
+    /// Tells tasks' instances this API address and CA.
+    #[must_use]
+    pub fn with_task_env(self, task_env: TaskEnv) -> Self {
+        Self { task_env, ..self }
     }
 
     /// Sends a START again when it got no answer for `timeout` (instead of [`START_TIMEOUT_MS`]).
@@ -128,14 +158,23 @@ type Change = (Uuid, Input, String);
 /// The tenant that may act for all.
 pub const ADMIN: &str = "admin";
 
-pub(super) fn start_message(id: Uuid, stored: &StoredWorkload, w: &Workload, restart: bool) -> Message {
+pub(super) fn start_message(
+    record: &InstanceRecord,
+    stored: &StoredWorkload,
+    w: &Workload,
+    restart: bool,
+    task_env: &TaskEnv,
+) -> Message {
+    let id = record.uuid;
     let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
+    tasks::dress(&mut start, record, w, task_env);
     start.workload_uuid = Some(stored.uuid);
     start.tenant = Some(stored.tenant.clone());
     start.run_as_root = w.run_as_root;
     start.class = w.class;
     start.priority = w.priority;
-    start.deadline_unix_ms = w.deadline_unix_ms;
+    start.deadline_unix_ms =
+        w.deadline_unix_ms.or_else(|| w.deadline_after_ms.map(|after| record.created_unix_ms.saturating_add(after)));
     start.max_run_time_s = w.max_run_time_s;
     start.restart = restart;
     Message::Start(start)
@@ -149,6 +188,7 @@ mod intent;
 mod reconcile;
 mod reports;
 mod sending;
+pub mod tasks;
 
 #[cfg(test)]
 mod tests;

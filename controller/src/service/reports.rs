@@ -181,23 +181,45 @@ impl Service {
     /// an event.
     pub(super) fn batch_progress(&self, records: &[InstanceRecord], ended: &HashSet<Uuid>) -> Result<(), ServiceError> {
         let mut finished = Vec::new();
+        let mut each = Vec::new();
         {
             let mut batches = self.batches.lock().expect("batches lock");
             for record in records.iter().filter(|r| ended.contains(&r.uuid)) {
                 let Some(batch_id) = record.batch else { continue };
                 let Some(batch) = batches.get_mut(&batch_id) else { continue };
                 batch.left = batch.left.saturating_sub(1);
-                if matches!(record.life.state, State::Exited { .. }) {
+                let completed = matches!(record.life.state, State::Exited { .. });
+                if completed {
                     batch.exited += 1;
                 } else {
                     batch.failed += 1;
                 }
+                each.push((record, batch_id, completed));
                 if batch.left == 0 {
                     if let Some(b) = batches.remove(&batch_id) {
                         finished.push((batch_id, b));
                     }
                 }
             }
+        }
+        // sd-taskpacker's BatchComplete / BatchFailed: one event per instance, with its
+        // parameters and the estimated slots remaining per size class.
+        let slots = self.slots.lock().expect("slots lock").clone();
+        for (record, batch_id, completed) in each {
+            let kind = if completed { "batch_complete" } else { "batch_failed" };
+            let detail = crate::store::EventDetail {
+                workload: Some(record.workload.clone()),
+                node: record.node,
+                to: Some(record.life.state.name().to_owned()),
+                exit_code: record.life.exit_code,
+                batch: Some(batch_id),
+                kind: Some(kind.to_owned()),
+                slots: Some(slots.clone()),
+                params: Some(record.params.clone()),
+                ..crate::store::EventDetail::default()
+            };
+            let what = format!("{kind}: instance of {} in batch {batch_id}", record.workload);
+            self.store.note_detail(&record.tenant, Some(record.uuid), what, detail)?;
         }
         for (id, b) in finished {
             let verdict = if b.failed == 0 { "completed" } else { "failed" };

@@ -24,8 +24,14 @@ impl Service {
         let by_id: HashMap<Uuid, &InstanceRecord> = records.iter().map(|r| (r.uuid, r)).collect();
         let mut workloads: HashMap<(String, String), (StoredWorkload, Workload)> = HashMap::new();
         let mut out = Vec::with_capacity(sends.len());
+        let mut halted = Vec::new();
         for (id, restart) in sends {
             let record = by_id[&id];
+            // No further task of a decommissioned root runs, restarts included.
+            if record.task.is_some() && !self.root_allows(record)? {
+                halted.push((id, Input::Cancel));
+                continue;
+            }
             let key = (record.tenant.clone(), record.workload.clone());
             if !workloads.contains_key(&key) {
                 match self.store.workload(&record.tenant, &record.workload)? {
@@ -43,7 +49,10 @@ impl Service {
                 }
             }
             let (stored, w) = &workloads[&key];
-            out.push(start_message(id, stored, w, restart));
+            out.push(start_message(record, stored, w, restart, &self.task_env));
+        }
+        if !halted.is_empty() {
+            out.extend(self.apply(halted, "its root task was decommissioned", now_ms)?);
         }
         let sent = out.iter().filter_map(|m| if let Message::Start(s) = m { Some(s.instance_uuid) } else { None });
         self.watch.lock().expect("watch lock").sent(now_ms, sent);

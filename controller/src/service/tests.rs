@@ -225,7 +225,7 @@ fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
     let s = memory_service();
     let batch = WORKLOAD.replace("size = \"tiny\"", "class = \"batch\"\n[resources]\nmem_mb = 4096");
     s.put_workload("acme", &batch, Format::Toml, false).unwrap();
-    let (id, ids, _) = s.submit_batch("acme", "job", 3, Some(1024), 0).unwrap();
+    let (id, ids, _) = s.submit_batch("acme", "job", 3, Some(1024), 0, &BTreeMap::new()).unwrap();
     assert!(s.tick(0).unwrap().is_empty(), "no START for refused work");
     for i in &ids {
         let r = s.store().instance(*i).unwrap().unwrap();
@@ -235,7 +235,7 @@ fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
     let events = s.store().events_after(0, 1000).unwrap();
     assert!(events.iter().any(|e| e.what.contains(&format!("batch {id} of job failed"))));
     // Work that fits is created pending.
-    let (_, ids, _) = s.submit_batch("acme", "job", 1, Some(8192), 0).unwrap();
+    let (_, ids, _) = s.submit_batch("acme", "job", 1, Some(8192), 0, &BTreeMap::new()).unwrap();
     assert_eq!(s.tick(0).unwrap().len(), 1);
     assert!(!s.store().instance(ids[0]).unwrap().unwrap().life.state.is_final());
 }
@@ -244,12 +244,15 @@ fn a_batch_larger_than_any_node_is_created_failed_and_never_sent() {
 fn batches_end_with_an_event_and_conflicts_are_refused() {
     let s = memory_service();
     s.put_workload("acme", WORKLOAD, Format::Toml, false).unwrap();
-    assert!(matches!(s.submit_batch("acme", "job", 2, None, 0), Err(ServiceError::Invalid(_))), "workorder class");
+    assert!(
+        matches!(s.submit_batch("acme", "job", 2, None, 0, &BTreeMap::new()), Err(ServiceError::Invalid(_))),
+        "workorder class"
+    );
     assert!(matches!(s.put_workload("acme", WORKLOAD, Format::Toml, true), Err(ServiceError::Conflict(_))));
     let batch =
         WORKLOAD.replace("size = \"tiny\"", "size = \"tiny\"\nclass = \"batch\"").replace("on-failure", "never");
     s.put_workload("acme", &batch, Format::Toml, false).unwrap();
-    let (id, ids, _) = s.submit_batch("acme", "job", 2, None, 0).unwrap();
+    let (id, ids, _) = s.submit_batch("acme", "job", 2, None, 0, &BTreeMap::new()).unwrap();
     assert!(matches!(s.delete_workload("acme", "job"), Err(ServiceError::Conflict(_))), "live instances");
     assert!(matches!(s.delete("acme", ids[0]), Err(ServiceError::Conflict(_))), "live instance");
     s.tick(0).unwrap();

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use drover_model::InstanceStatus;
 use serde::{Deserialize, Serialize};
+use ssntp::payload::ParamValue;
 use ssntp::Uuid;
 
 use crate::lifecycle::{Lifecycle, State};
@@ -89,6 +90,19 @@ pub struct EventDetail {
     /// The exit code of its last run, once it ended with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The batch it belongs to (batch events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Uuid>,
+    /// What kind of event, when it is one a program waits for: `batch_complete`,
+    /// `batch_failed` (sd-taskpacker's BatchComplete and BatchFailed, one per instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Estimated slots remaining per size class when it happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<BTreeMap<String, u64>>,
+    /// The instance's parameters (batch events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, ParamValue>>,
 }
 
 /// Where the records live. Every method that changes something is one atomic write that appends
@@ -191,6 +205,9 @@ pub struct StoredWorkload {
     pub source: String,
     /// Whether `source` is TOML (else JSON).
     pub toml: bool,
+    /// The task file it came from (`build.workorder`): `source` is then that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_file: Option<String>,
 }
 
 impl StoredWorkload {
@@ -199,6 +216,9 @@ impl StoredWorkload {
     /// # Errors
     /// The stored source no longer parses (a newer controller changed the format).
     pub fn parsed(&self) -> Result<Workload, crate::workload::SpecError> {
+        if let Some(file) = &self.unit_file {
+            return drover_api::unit::parse_unit(file, &self.source);
+        }
         let format = if self.toml { crate::workload::Format::Toml } else { crate::workload::Format::Json };
         crate::workload::parse(&self.source, format)
     }
@@ -225,6 +245,46 @@ pub struct InstanceRecord {
     /// When it was created, Unix ms (0 for records written before it was kept).
     #[serde(default)]
     pub created_unix_ms: u64,
+    /// Its parameters, checked against its workload's schema.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
+    /// Where it stands among tasks, when its workload is a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskFacts>,
+}
+
+/// An instance of a task: its place in its root's tree and its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFacts {
+    /// Its name under its root: `build`, `build/graph`, `build/graph/massif`.
+    pub name: String,
+    /// The instance that asked for it (none for a root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Uuid>,
+    /// Its root instance (none: it is a root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Uuid>,
+    /// The secret half of its credential (`<instance>.<secret>`), for asking for children.
+    pub secret: String,
+    /// (Roots only.) Decommissioned: no further task of this root runs.
+    #[serde(default)]
+    pub decommissioned: bool,
+}
+
+impl TaskFacts {
+    /// The root of the instance `id` whose facts these are.
+    pub fn root_of(&self, id: Uuid) -> Uuid {
+        self.root.unwrap_or(id)
+    }
+}
+
+/// What new instances carry besides their workload: parameters and, for tasks, their place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewInstances {
+    /// Checked parameters.
+    pub params: BTreeMap<String, ParamValue>,
+    /// For instances of a task: their name, parent and root (a secret is drawn for each).
+    pub task: Option<(String, Option<Uuid>, Option<Uuid>)>,
 }
 
 /// Something that changed, in revision order.
@@ -490,6 +550,24 @@ impl Store {
         why: &str,
         batch: Option<Uuid>,
     ) -> Result<Vec<Uuid>, StoreError> {
+        self.create_instances_with(tenant, workload, count, life, why, batch, &NewInstances::default())
+    }
+
+    /// As [`Store::create_instances`], with parameters and a place among tasks.
+    ///
+    /// # Errors
+    /// The backend's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_instances_with(
+        &self,
+        tenant: &str,
+        workload: &str,
+        count: usize,
+        life: &Lifecycle,
+        why: &str,
+        batch: Option<Uuid>,
+        extra: &NewInstances,
+    ) -> Result<Vec<Uuid>, StoreError> {
         let created_unix_ms = drover_model::unix_ms_now();
         let records: Vec<InstanceRecord> = (0..count)
             .map(|_| InstanceRecord {
@@ -501,6 +579,15 @@ impl Store {
                 why: why.to_owned(),
                 batch,
                 created_unix_ms,
+                params: extra.params.clone(),
+                task: extra.task.as_ref().map(|(name, parent, root)| TaskFacts {
+                    name: name.clone(),
+                    parent: *parent,
+                    root: *root,
+                    // 122 random bits from the operating system's generator (getrandom).
+                    secret: Uuid::new_v4().to_string().replace('-', ""),
+                    decommissioned: false,
+                }),
             })
             .collect();
         let events = records
@@ -677,6 +764,7 @@ impl Store {
                     to: Some(now.to_owned()),
                     reason: (!record.why.is_empty()).then(|| record.why.clone()),
                     exit_code: record.life.exit_code,
+                    ..EventDetail::default()
                 },
             }
         })?;
@@ -729,6 +817,20 @@ impl Store {
         self.backend.note((tenant.to_owned(), instance, what).into())
     }
 
+    /// Appends an event with fields.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn note_detail(
+        &self,
+        tenant: &str,
+        instance: Option<Uuid>,
+        what: String,
+        detail: EventDetail,
+    ) -> Result<u64, StoreError> {
+        self.backend.note(EventDraft { tenant: tenant.to_owned(), instance, what, detail })
+    }
+
     /// Events after `revision`, oldest first, at most `limit`.
     ///
     /// # Errors
@@ -747,7 +849,13 @@ mod tests {
 
     fn workload() -> StoredWorkload {
         let source = r#"{"name": "web", "size": "tiny", "backend": {"type": "process", "argv": ["true"]}}"#;
-        StoredWorkload { tenant: "acme".into(), uuid: Uuid::new_v4(), source: source.into(), toml: false }
+        StoredWorkload {
+            tenant: "acme".into(),
+            uuid: Uuid::new_v4(),
+            source: source.into(),
+            toml: false,
+            unit_file: None,
+        }
     }
 
     /// What every backend must do, through the store the service uses.

@@ -215,6 +215,9 @@ impl Cluster {
             &pki.cert("server-api"),
             &pki.paths("controller-local", false),
         );
+        let mut args = args;
+        // The test's own task files only, never the machine's (/etc/drover/units …).
+        args.extend(["--units".to_owned(), work.join("units").display().to_string()]);
         Proc::spawn("controller", "drover-controller", &args, &work.join("logs"))
     }
 

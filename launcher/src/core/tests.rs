@@ -245,7 +245,7 @@ fn a_burst_of_starts_and_their_events_costs_one_news_on_the_timer() {
     let mut c = core();
     // 16 vCPUs offered (4 CPUs × 4): twelve STARTs of one vCPU fit.
     for n in 1..=12 {
-        let out = command(&mut c, Message::Start(start(n, 10)));
+        let out = command(&mut c, Message::Start(start(n, 32)));
         assert!(!out.iter().any(|e| matches!(e, Effect::Report { .. })), "{out:?}");
         let out = c.handle(at(2), Input::Workload(Event::Started { instance: id(n), pid: 1 }));
         assert!(sent(&out).is_empty(), "nothing per event: {out:?}");
@@ -259,8 +259,9 @@ fn a_burst_of_starts_and_their_events_costs_one_news_on_the_timer() {
     let out = c.handle(at(3), Input::ReportDue);
     let heartbeat = stats_of(&out).unwrap();
     assert!(heartbeat.instances.is_empty() && heartbeat.digest.is_none(), "{heartbeat:?}");
-    // A change of status is said at once: 3,840 MiB offered, 120 given, 3,720 more fill it.
-    let out = command(&mut c, Message::Start(start(99, 3720)));
+    // A change of status is said at once: 3,840 MiB offered, 384 given (12 chunks of 32 MiB),
+    // 3,456 more fill it.
+    let out = command(&mut c, Message::Start(start(99, 3456)));
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Full(_))), "FULL at once: {out:?}");
 }
 
@@ -332,7 +333,7 @@ fn adopted_instances_count_and_unreadable_ones_are_reported() {
     c.handle(
         at(0),
         Input::Adopted(vec![
-            Adopted::Known { start: Box::new(start(1, 3000)), stop_requested: false, exit: None, exit_reported: false },
+            Adopted::Known { start: Box::new(start(1, 2976)), stop_requested: false, exit: None, exit_reported: false },
             Adopted::Unreadable(orphan),
         ]),
     );
@@ -343,7 +344,7 @@ fn adopted_instances_count_and_unreadable_ones_are_reported() {
         .iter()
         .any(|e| matches!(e, Effect::SendEnd { instance, message: Message::InstanceExited(_) } if *instance == id(8))));
     let ready = sent(&out).into_iter().find_map(|m| if let Message::Ready(r) = m { Some(r) } else { None }).unwrap();
-    assert_eq!((ready.mem_allocated_mb, ready.instance_count), (Some(3000), 1));
+    assert_eq!((ready.mem_allocated_mb, ready.instance_count), (Some(2976), 1));
     assert_eq!(failure_reason(&command(&mut c, Message::Start(start(2, 1000)))), Some(FailureReason::FullCn));
 }
 
