@@ -36,7 +36,10 @@ impl Rig {
         let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        let systemd = SystemdNs::start(&work.join("systemd")).unwrap_or_else(|e| panic!("{e}"));
+        // The namespace sees the work directory and the launcher binary, wherever the checkout is.
+        let binaries = Path::new(env!("CARGO_BIN_EXE_drover-launcher")).parent().unwrap();
+        let systemd =
+            SystemdNs::start_sharing(&work.join("systemd"), &[&work, binaries]).unwrap_or_else(|e| panic!("{e}"));
         let pki = Pki::new();
         for (from, to) in [(pki.ca(), "ca.pem"), (pki.cert("agent"), "agent.pem"), (pki.key("agent"), "agent-key.pem")]
         {
@@ -48,17 +51,19 @@ impl Rig {
 
     fn launcher(&self) -> common::Running {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.work.join("launcher.log")).unwrap();
-        let mut command = self.systemd.command(env!("CARGO_BIN_EXE_drover-launcher"));
+        let inside = |p: &Path| self.systemd.inside(p);
+        std::fs::create_dir_all(self.work.join("state")).unwrap();
+        let mut command = self.systemd.command(inside(Path::new(env!("CARGO_BIN_EXE_drover-launcher"))));
         command
             .args(["--server", &self.server.addr.to_string(), "--report-interval", "200ms", "--backend", "systemd"])
             .arg("--state-dir")
-            .arg(self.work.join("state"))
+            .arg(inside(&self.work.join("state")))
             .arg("--cacert")
-            .arg(self.work.join("ca.pem"))
+            .arg(inside(&self.work.join("ca.pem")))
             .arg("--cert")
-            .arg(self.work.join("agent.pem"))
+            .arg(inside(&self.work.join("agent.pem")))
             .arg("--key")
-            .arg(self.work.join("agent-key.pem"))
+            .arg(inside(&self.work.join("agent-key.pem")))
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log);

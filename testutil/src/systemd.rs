@@ -29,7 +29,14 @@ pub struct SystemdNs {
     pid1: u32,
     cgroups: Vec<PathBuf>,
     log: PathBuf,
+    /// Shared host directories the namespace sees under [`KEEP_ROOT`], in order.
+    kept: Vec<PathBuf>,
 }
+
+/// Directories the namespace has its own of.
+const HIDDEN: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
+/// Where the namespace sees shared host directories that those hide.
+const KEEP_ROOT: &str = "/run/drover-keep";
 
 /// The host's cgroup hierarchies: (type, options, mount point).
 fn cgroup_mounts() -> Result<Vec<(String, String, String)>, String> {
@@ -95,7 +102,29 @@ impl SystemdNs {
     /// The machine cannot (see [`unavailable`]), a fence could not be set up (systemd is then
     /// not started), or systemd did not reach `running` within a minute.
     pub fn start(work: &Path) -> Result<Self, String> {
-        Self::boot(work, None)
+        Self::boot(work, &[], None)
+    }
+
+    /// As [`SystemdNs::start`], with host directories the namespace must see (a test's work
+    /// directory, the binaries it runs there). One under `/tmp`, `/var/tmp` or `/run`, which
+    /// the namespace has its own of, is seen at another path inside: [`SystemdNs::inside`].
+    ///
+    /// # Errors
+    /// As [`SystemdNs::start`], or a directory that does not exist.
+    pub fn start_sharing(work: &Path, shared: &[&Path]) -> Result<Self, String> {
+        Self::boot(work, shared, None)
+    }
+
+    /// Where the namespace sees the host's `path` (the same path unless a private directory
+    /// hides it and it is under a directory shared with [`SystemdNs::start_sharing`]).
+    pub fn inside(&self, path: &Path) -> PathBuf {
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        for (i, kept) in self.kept.iter().enumerate() {
+            if let Ok(rest) = path.strip_prefix(kept) {
+                return Path::new(KEEP_ROOT).join(i.to_string()).join(rest);
+            }
+        }
+        path
     }
 
     /// As [`SystemdNs::start`] with the private tmpfs on `dir` left out, for the fixture's own
@@ -105,15 +134,12 @@ impl SystemdNs {
     /// As [`SystemdNs::start`]; the refusal.
     #[doc(hidden)]
     pub fn start_leaving_out(work: &Path, dir: &str) -> Result<Self, String> {
-        Self::boot(work, Some(dir))
+        Self::boot(work, &[], Some(dir))
     }
 
-    fn boot(work: &Path, leave_out: Option<&str>) -> Result<Self, String> {
+    fn boot(work: &Path, shared: &[&Path], leave_out: Option<&str>) -> Result<Self, String> {
         if let Some(why) = unavailable() {
             return Err(why);
-        }
-        if work.starts_with("/tmp") || work.starts_with("/var/tmp") || work.starts_with("/run") {
-            return Err(format!("{}: the namespace has its own /tmp, /var/tmp and /run", work.display()));
         }
         std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
         let script = work.join("systemd_ns.sh");
@@ -123,8 +149,16 @@ impl SystemdNs {
             return Err("no cgroup hierarchy mounted under /sys/fs/cgroup".into());
         }
         let name = format!("drover-systemd-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        // Made before any fallible step: dropping it on an error removes what was made.
-        let mut fixture = Self { unshare: None, pid1: 0, cgroups: Vec::new(), log: work.join("systemd.log") };
+        // Made before any step that needs undoing: dropping it on an error removes what was made.
+        let mut kept = Vec::new();
+        for dir in shared {
+            let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+            if HIDDEN.iter().any(|h| dir.starts_with(h)) {
+                kept.push(dir);
+            }
+        }
+        let mut fixture =
+            Self { unshare: None, pid1: 0, cgroups: Vec::new(), log: work.join("systemd.log"), kept: kept.clone() };
         for (kind, options, point) in &mounts {
             let own =
                 own_cgroup(kind, options).ok_or_else(|| format!("this process's cgroup in {point} is unknown"))?;
@@ -149,6 +183,7 @@ impl SystemdNs {
             .args(&fixture.cgroups)
             .env("DROVER_SD_MOUNTS", table.join("\n"))
             .env("DROVER_SD_LEAVE_OUT", leave_out.unwrap_or_default())
+            .env("DROVER_SD_KEEP", kept.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join("\n"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -24,6 +24,19 @@ fi
 [ "${1:-}" = inner ] || fail "usage: $0 outer CGROUP_DIR... | inner"
 [ "$$" = 1 ] || fail "not PID 1 of a new PID namespace"
 
+# Host directories the test shares with the namespace that the private tmpfs below would hide
+# (a checkout under /tmp): held on a tmpfs of the namespace's own first, then moved to
+# /run/drover-keep/N once /run is private. Never under the namespace's /tmp, which
+# systemd-tmpfiles empties at boot.
+mount -t tmpfs -o mode=700 tmpfs /sys/fs/cgroup
+i=0
+while read -r keep; do
+    [ -n "$keep" ] || continue
+    mkdir "/sys/fs/cgroup/$i"
+    mount --bind "$keep" "/sys/fs/cgroup/$i"
+    i=$((i + 1))
+done <<< "${DROVER_SD_KEEP:-}"
+
 # systemd-tmpfiles empties /tmp and /var/tmp at boot (Debian's D /tmp); /run, /var/log and
 # /var/lib/systemd hold what systemd and journald write. All private to this namespace.
 for dir in /tmp /var/tmp /run /var/log /var/lib/systemd; do
@@ -33,6 +46,15 @@ for dir in /tmp /var/tmp /run /var/log /var/lib/systemd; do
     mount -t tmpfs -o mode=1777,nosuid,nodev,size=256m tmpfs "$dir"
 done
 chmod 755 /run /var/log /var/lib/systemd
+kept=$i
+i=0
+while [ "$i" -lt "$kept" ]; do
+    mkdir -p "/run/drover-keep/$i"
+    mount --move "/sys/fs/cgroup/$i" "/run/drover-keep/$i"
+    rmdir "/sys/fs/cgroup/$i"
+    i=$((i + 1))
+done
+umount /sys/fs/cgroup
 
 # A private /dev: what systemd and journald create there (/dev/log …) stays here.
 mkdir /run/.host-dev
@@ -45,7 +67,7 @@ done
 umount /run/.host-dev && rmdir /run/.host-dev
 # systemd logs to /dev/console: the fixture's log file.
 touch /dev/console
-mount --bind "$(readlink -f /proc/$$/fd/1)" /dev/console
+mount --bind "/proc/$$/fd/1" /dev/console
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
 ln -s pts/ptmx /dev/ptmx
