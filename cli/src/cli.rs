@@ -96,7 +96,13 @@ impl ApiArgs {
             Some(text.trim().to_owned()).filter(|a| !a.is_empty())
         };
         ApiConfig {
-            addr: self.api.clone().or_else(written).unwrap_or_else(|| "127.0.0.1:8889".into()),
+            // `https://host:port` too, as tasks are given it in DROVER_API.
+            addr: self
+                .api
+                .as_deref()
+                .map(|a| a.strip_prefix("https://").unwrap_or(a).trim_end_matches('/').to_owned())
+                .or_else(written)
+                .unwrap_or_else(|| "127.0.0.1:8889".into()),
             cacert: self.cacert.clone().unwrap_or_else(|| pki.join(drover_cert::CA_CERT)),
             cert: Some(self.cert.clone().unwrap_or_else(|| pki.join(crate::up::USER_CERT))),
             key: self.key.clone(),
@@ -1099,6 +1105,14 @@ mod tests {
         std::fs::write(dir.path().join(crate::up::API_ADDRESS_FILE), "127.0.0.1:18892\n").unwrap();
         assert_eq!(args(None).config().addr, "127.0.0.1:18892", "the port drover up chose");
         assert_eq!(args(Some("h:1")).config().addr, "h:1", "the flag wins");
+        assert_eq!(args(Some("https://h:1/")).config().addr, "h:1", "as a task's DROVER_API says it");
+    }
+
+    #[test]
+    fn a_parameter_is_key_equals_value() {
+        assert_eq!(parse_param("target=/usr/bin/systemd"), Ok(("target".into(), "/usr/bin/systemd".into())));
+        assert_eq!(parse_param("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_param("=x").is_err() && parse_param("novalue").unwrap_err().contains("KEY=VALUE"));
     }
 }
 

@@ -29,6 +29,9 @@ fi
 # /run/drover-keep/N once /run is private. Never under the namespace's /tmp, which
 # systemd-tmpfiles empties at boot.
 mount -t tmpfs -o mode=700 tmpfs /sys/fs/cgroup
+# systemd logs to /dev/console: the fixture's log file (held here while its path is visible).
+touch /sys/fs/cgroup/console
+mount --bind "/proc/$$/fd/1" /sys/fs/cgroup/console
 i=0
 while read -r keep; do
     [ -n "$keep" ] || continue
@@ -54,7 +57,6 @@ while [ "$i" -lt "$kept" ]; do
     rmdir "/sys/fs/cgroup/$i"
     i=$((i + 1))
 done
-umount /sys/fs/cgroup
 
 # A private /dev: what systemd and journald create there (/dev/log …) stays here.
 mkdir /run/.host-dev
@@ -65,9 +67,9 @@ for node in null zero full random urandom tty; do
     mount --bind "/run/.host-dev/$node" "/dev/$node"
 done
 umount /run/.host-dev && rmdir /run/.host-dev
-# systemd logs to /dev/console: the fixture's log file.
 touch /dev/console
-mount --bind "/proc/$$/fd/1" /dev/console
+mount --move /sys/fs/cgroup/console /dev/console
+umount /sys/fs/cgroup
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
 ln -s pts/ptmx /dev/ptmx

@@ -48,7 +48,9 @@ fn systemd_boots_in_its_namespaces_and_leaves_the_host_as_it_was() {
     std::fs::write(&marker, "still here").unwrap();
     let mounts_before = mount_table();
     let roots_before = cgroup_roots();
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("systemd-fixture-{}", std::process::id()));
+    // The fixture's own files (script, log) under the host's /tmp, as in a checkout there.
+    let work_dir = tempfile::tempdir().unwrap();
+    let work = work_dir.path().join("systemd");
 
     // A directory under the host's /tmp that the test shares: seen inside elsewhere, and not
     // emptied with the namespace's /tmp.
@@ -92,7 +94,6 @@ fn systemd_boots_in_its_namespaces_and_leaves_the_host_as_it_was() {
     assert_eq!(mount_table(), mounts_before, "the host's mount table changed");
     assert_eq!(cgroup_roots(), roots_before, "the host's cgroup roots changed");
     assert!(sub_cgroups.iter().all(|g| !g.exists()), "sub-cgroups left: {sub_cgroups:?}");
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 #[test]
