@@ -77,6 +77,10 @@ pub struct Args {
     /// `root` feature, which such workloads require. Needs the launcher to run as root.
     #[arg(long)]
     pub allow_root: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9890:
+    /// instances running, starts, refusals, ends by reason, connection and maintenance.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Where sysfs is mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys", hide = true)]
     pub sysfs_root: PathBuf,

@@ -23,6 +23,7 @@
 //! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
+//! - [`metrics`]: Prometheus metrics on `--metrics ADDR`.
 //! - [`users`]: who a workload runs as (per-tenant users, never root unless allowed and asked).
 //! - [`cli`]: command-line flags.
 
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod core;
 pub mod executor;
 pub mod instances;
+pub mod metrics;
 pub mod oci;
 pub mod probe;
 pub mod shell;

@@ -181,6 +181,7 @@ struct Shell {
     state_dir: PathBuf,
     mem_reserve_mb: u64,
     drain_on_exit: bool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shell {
@@ -193,11 +194,15 @@ impl Shell {
                 pending.extend(self.core.handle(self.clock.now(), next));
             }
         }
+        self.metrics.state(self.core.running(), self.core.connected(), self.core.maintenance());
     }
 
     async fn apply(&mut self, effect: Effect) -> Vec<Input> {
         match effect {
             Effect::Send(message) => {
+                if let Message::StartFailure(_) = &message {
+                    self.metrics.refused();
+                }
                 if let Err(e) = self.client.send(&message).await {
                     tracing::debug!(error = %e, kind = %message.kind(), "not delivered");
                 }
@@ -290,9 +295,13 @@ impl Shell {
 
     async fn on_event(&mut self, event: Event) {
         match &event {
-            Event::Started { instance, pid } => tracing::info!(%instance, pid, "instance started"),
+            Event::Started { instance, pid } => {
+                self.metrics.started();
+                tracing::info!(%instance, pid, "instance started");
+            }
             Event::StartFailed { instance, detail } => tracing::warn!(%instance, %detail, "instance failed to start"),
             Event::Exited(exit) => {
+                self.metrics.ended(exit.reason);
                 tracing::info!(instance = %exit.instance, code = ?exit.code, reason = ?exit.reason, "instance ended");
             }
         }
@@ -399,7 +408,15 @@ pub async fn run_with(
         state_dir: args.state_dir.clone(),
         mem_reserve_mb: args.mem_reserve_mb,
         drain_on_exit: args.drain_on_exit,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     };
+    if let Some(addr) = args.metrics {
+        let http =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr} (in use?)"))?;
+        tracing::info!(%addr, "serving metrics on /metrics");
+        let metrics = Arc::clone(&shell.metrics);
+        tokio::spawn(ssntp::metrics::serve(http, Arc::new(move || metrics.encode())));
+    }
     shell.handle(Input::Adopted(adopted)).await;
     shell.sample().await;
     let mut ticker = tokio::time::interval(args.report_interval);

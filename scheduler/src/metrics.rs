@@ -2,16 +2,12 @@
 //! text on `GET /metrics` (axum; anything else is answered 404).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::hub::Summary;
 
@@ -126,21 +122,7 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` from the text `snapshot` returns.
-pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = snapshot();
-                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
-            }),
-        )
-        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!(error = %e, "the metrics server stopped");
-    }
-}
+pub use ssntp::metrics::serve;
 
 #[cfg(test)]
 mod tests {

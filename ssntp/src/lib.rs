@@ -43,6 +43,8 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod identity;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod payload;
 pub mod role;
 #[cfg(feature = "net")]

@@ -156,12 +156,21 @@ pub struct SchedulerView {
     pub report_bytes: u64,
 }
 
-/// Reads the scheduler's metrics (refreshed by the scheduler once a second).
-pub async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<SchedulerView> {
+/// A daemon's `/metrics` text (the whole HTTP answer, headers included).
+///
+/// # Errors
+/// It cannot be reached or read.
+pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+/// Reads the scheduler's metrics (refreshed by the scheduler once a second).
+pub async fn scheduler_view(addr: SocketAddr) -> anyhow::Result<SchedulerView> {
+    let text = scrape(addr).await?;
     let value = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))

@@ -1,0 +1,24 @@
+//! `GET /metrics` for every daemon: Prometheus text from a snapshot function, plain HTTP
+//! (axum; anything else is answered 404). Each daemon keeps its own registry.
+
+use std::sync::Arc;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use tokio::net::TcpListener;
+
+/// Serves `GET /metrics` on `listener` from the text `snapshot` returns, until the task ends.
+pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = snapshot();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the metrics server stopped");
+    }
+}
