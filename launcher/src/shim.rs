@@ -25,7 +25,7 @@ use crate::state::{files, read_json, write_json, ExitRecord, ShimSpec};
 pub const CANNOT_RUN: i32 = 127;
 
 /// The OOM-kill counter of the first group, whichever cgroup version it is.
-fn oom_kills(cgroups: &[std::path::PathBuf]) -> u64 {
+pub(crate) fn oom_kills(cgroups: &[std::path::PathBuf]) -> u64 {
     let Some(dir) = cgroups.first() else { return 0 };
     ["memory.oom_control", "memory.events"]
         .iter()
@@ -35,7 +35,7 @@ fn oom_kills(cgroups: &[std::path::PathBuf]) -> u64 {
 }
 
 /// Appends a line of the shim's own to the instance's output, so the operator sees why.
-fn note(dir: &Path, text: &str) {
+pub(crate) fn note(dir: &Path, text: &str) {
     let path = dir.join(files::RESULTS).join(files::OUTPUT);
     if let Ok(mut f) = crate::state::open_output(&path, true) {
         let _ = writeln!(f, "drover: {text}");

@@ -450,9 +450,9 @@ pub fn unit_ended(dir: &Path) -> i32 {
     let oom = own_oom_kills().unwrap_or(0) > 0;
     let record = record_from(&result, code, status, oom);
     if record.reason == ExitReason::Oom {
-        note(dir, "killed: out of memory (the unit's MemoryMax)");
+        crate::shim::note(dir, "killed: out of memory (the unit's MemoryMax)");
     } else if result == "timeout" {
-        note(dir, "killed: maximum run time reached");
+        crate::shim::note(dir, "killed: maximum run time reached");
     }
     match crate::state::write_json(&exit_file, &record) {
         Ok(()) => 0,
@@ -463,16 +463,8 @@ pub fn unit_ended(dir: &Path) -> i32 {
     }
 }
 
-fn note(dir: &Path, text: &str) {
-    use std::io::Write as _;
-    let path = dir.join(files::RESULTS).join(files::OUTPUT);
-    if let Ok(mut f) = crate::state::open_output(&path, true) {
-        let _ = writeln!(f, "drover: {text}");
-    }
-}
-
-/// The OOM kills counted in this process's own memory cgroup (v1 `memory.oom_control`, v2
-/// `memory.events`): the hook runs in the unit's cgroup, which systemd removes after it.
+/// The OOM kills counted in this process's own memory cgroup: the hook runs in the unit's
+/// cgroup, which systemd removes after it. Read as the shim reads its instance's group.
 fn own_oom_kills() -> Option<u64> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mut candidates = Vec::new();
@@ -481,16 +473,13 @@ fn own_oom_kills() -> Option<u64> {
         let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "memory") {
-            candidates.push(Path::new("/sys/fs/cgroup/memory").join(path).join("memory.oom_control"));
+            candidates.push(Path::new("/sys/fs/cgroup/memory").join(path));
         } else if id == "0" {
-            candidates.push(Path::new("/sys/fs/cgroup").join(path).join("memory.events"));
-            candidates.push(Path::new("/sys/fs/cgroup/unified").join(path).join("memory.events"));
+            candidates.push(Path::new("/sys/fs/cgroup").join(path));
+            candidates.push(Path::new("/sys/fs/cgroup/unified").join(path));
         }
     }
-    candidates
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .find_map(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())))
+    candidates.into_iter().filter(|d| d.is_dir()).map(|d| crate::shim::oom_kills(&[d])).max()
 }
 
 #[cfg(test)]

@@ -7,6 +7,14 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use tokio::net::TcpListener;
 
+/// A registry's text exposition.
+pub fn text(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// Serves `GET /metrics` on `listener` from the text `snapshot` returns, until the task ends.
 pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
     let router = axum::Router::new()

@@ -13,6 +13,7 @@
 //! [`SystemdNs::command`] runs a program inside (nsenter into its namespaces). Dropping the
 //! fixture kills its PID 1 (and so everything inside) and removes the sub-cgroups.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -332,5 +333,3 @@ impl Drop for SystemdNs {
         self.teardown();
     }
 }
-
-use std::os::unix::process::CommandExt as _;
