@@ -205,16 +205,27 @@ fn on_separate_hosts_a_cut_off_leader_and_a_lost_scheduler_host_are_replaced_and
         }
     };
     let mut hosts = start(lab);
-    let (c1_api, c2_api) = (format!("{}:8889", addr("c1")), format!("{}:8889", addr("c2")));
-    let s1 = format!("{}:8888", addr("s1"));
-    let s2 = format!("{}:8888", addr("s2"));
-
-    let status = within(&hosts, "c1 to lead, through s1, with three nodes", Duration::from_secs(60), || {
-        let s = hosts.drover(&c2_api, &["status"]).ok()?;
-        let leads_c1 = s["leader"]["addr"] == c1_api.as_str();
-        (leads_c1 && s["scheduler"]["target"] == s1.as_str() && s["nodes"]["ready"].as_u64() == Some(3)).then_some(s)
-    });
-    assert_eq!(status["scheduler"]["connected"], true);
+    // Whoever wins the elections leads: s1 and c1 start first, but on a loaded machine etcd may
+    // not have its quorum yet, and then either may win. The test follows the winners.
+    let api_of = |c: &str| format!("{}:8889", addr(c));
+    let sched_of = |s: &str| format!("{}:8888", addr(s));
+    let (lead, status) =
+        within(&hosts, "a controller to lead, through a scheduler, with three nodes", Duration::from_secs(90), || {
+            ["c1", "c2"].into_iter().find_map(|c| {
+                let s = hosts.drover(&api_of(c), &["status"]).ok()?;
+                let leads = ["c1", "c2"].into_iter().find(|l| s["leader"]["addr"] == api_of(l).as_str())?;
+                let through = ["s1", "s2"].iter().any(|x| s["scheduler"]["target"] == sched_of(x).as_str());
+                (through && s["scheduler"]["connected"] == true && s["nodes"]["ready"].as_u64() == Some(3))
+                    .then_some((leads, s))
+            })
+        });
+    let standby = if lead == "c1" { "c2" } else { "c1" };
+    let active = if status["scheduler"]["target"] == sched_of("s1").as_str() { "s1" } else { "s2" };
+    let other = if active == "s1" { "s2" } else { "s1" };
+    eprintln!("{lead} leads through {active}");
+    let (c1, c2, s1, s2) = (lead, standby, active, other);
+    let (c1_api, c2_api) = (api_of(c1), api_of(c2));
+    let s2 = sched_of(s2);
     let workload = hosts.work.path().join("sim.toml");
     std::fs::write(
         &workload,
@@ -227,37 +238,42 @@ fn on_separate_hosts_a_cut_off_leader_and_a_lost_scheduler_host_are_replaced_and
         (running(&hosts.drover(&c1_api, &["status"]).ok()?) == 30).then_some(())
     });
 
-    // The leading controller, alive but cut off: c2 leads, takes work, and c1 cannot write.
-    hosts.lab.set_connected("c1", false).unwrap();
+    // The leading controller, alive but cut off: the standby leads, takes work, and the old leader cannot write.
+    hosts.lab.set_connected(c1, false).unwrap();
     let cut = Instant::now();
-    within(&hosts, "c2 to lead", Duration::from_secs(40), || {
+    within(&hosts, "the standby to lead", Duration::from_secs(40), || {
         let s = hosts.drover(&c2_api, &["status"]).ok()?;
         (s["leader"]["addr"] == c2_api.as_str()).then_some(())
     });
-    eprintln!("c2 leads {:?} after c1 was cut off", cut.elapsed());
+    eprintln!("{c2} leads {:?} after {c1} was cut off", cut.elapsed());
     hosts.drover(&c2_api, &["run", "sim", "-n", "10"]).unwrap();
     within(&hosts, "forty running", Duration::from_secs(60), || {
         (running(&hosts.drover(&c2_api, &["status"]).ok()?) == 40).then_some(())
     });
-    hosts.lab.set_connected("c1", true).unwrap();
-    within(&hosts, "c1 back, as a standby that sends users to c2", Duration::from_secs(60), || {
-        let s = hosts.drover(&c1_api, &["status"]).ok()?;
-        (s["leader"]["addr"] == c2_api.as_str() && running(&s) == 40).then_some(())
-    });
-    let c1_log = std::fs::read_to_string(hosts.logs().join("c1.log")).unwrap();
-    assert!(c1_log.contains("leadership lost"), "c1 says it stepped down");
+    hosts.lab.set_connected(c1, true).unwrap();
+    within(
+        &hosts,
+        "the old leader back, as a standby that sends users to the new one",
+        Duration::from_secs(60),
+        || {
+            let s = hosts.drover(&c1_api, &["status"]).ok()?;
+            (s["leader"]["addr"] == c2_api.as_str() && running(&s) == 40).then_some(())
+        },
+    );
+    let c1_log = std::fs::read_to_string(hosts.logs().join(format!("{c1}.log"))).unwrap();
+    assert!(c1_log.contains("leadership lost"), "the old leader says it stepped down");
 
     // The active scheduler's host is lost: everyone moves to s2; nothing restarts, no node lost.
-    hosts.lab.set_connected("s1", false).unwrap();
+    hosts.lab.set_connected(s1, false).unwrap();
     let cut = Instant::now();
-    within(&hosts, "the controller and three nodes on s2", Duration::from_secs(90), || {
+    within(&hosts, "the controller and three nodes on the other scheduler", Duration::from_secs(90), || {
         let s = hosts.drover(&c2_api, &["status"]).ok()?;
         (s["scheduler"]["target"] == s2.as_str()
             && s["scheduler"]["connected"] == true
             && s["nodes"]["ready"].as_u64() == Some(3))
         .then_some(())
     });
-    eprintln!("everyone on s2 {:?} after s1 was cut off", cut.elapsed());
+    eprintln!("everyone on {s2} {:?} after {s1} was cut off", cut.elapsed());
     hosts.drover(&c2_api, &["run", "sim", "-n", "5"]).unwrap();
     let status = within(&hosts, "forty-five running", Duration::from_secs(60), || {
         let s = hosts.drover(&c2_api, &["status"]).ok()?;
