@@ -7,12 +7,14 @@
 //! - [`unit`]: task definitions in unit-like files (`build.workorder`, `graph.batch`), with
 //!   errors that name the file and line.
 //! - [`restart`]: restart policies and their bounds, as a workload file states them.
+//! - [`sse`]: the event stream (`text/event-stream`) decoder clients read `/v1/events/stream` with.
 //! - [`views`]: the routes' bodies, queries and answers (instances, launches, logs, batches),
 //!   with state names from `drover_model`.
 
 #![forbid(unsafe_code)]
 
 pub mod restart;
+pub mod sse;
 pub mod unit;
 pub mod views;
 pub mod workload;

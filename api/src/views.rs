@@ -238,6 +238,59 @@ pub struct EventQuery {
     pub limit: Option<usize>,
 }
 
+/// `?count=` of the plan routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanQuery {
+    /// Instances to plan for (default 1, at most 100,000).
+    pub count: Option<u32>,
+}
+
+/// Where a plan puts instances on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPlacementView {
+    /// The node's UUID.
+    pub node: Uuid,
+    /// Its host name.
+    pub host: String,
+    /// Instances that would go there.
+    pub count: u32,
+}
+
+/// The answer of `POST /v1/plan` and `POST /v1/workloads/{name}/plan`: where the instances
+/// would go now, or exactly why not. Nothing is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanView {
+    /// The workload planned for.
+    pub workload: String,
+    /// Instances planned for.
+    pub count: u32,
+    /// Whether every one would start now.
+    pub fits: bool,
+    /// Nodes the scheduler knows.
+    pub nodes: u32,
+    /// Nodes that would take one instance now.
+    pub fit_now: u32,
+    /// Where they would go, node by node.
+    pub placed: Vec<PlanPlacementView>,
+    /// Instances no node would take now (they would wait in the queue).
+    pub unplaced: u32,
+    /// Counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, …".
+    pub explanation: String,
+    /// Set when no node could take one even empty: a launch would fail at once.
+    pub never: Option<String>,
+    /// What would make the rest fit.
+    pub advice: Vec<String>,
+}
+
+/// Where `GET /v1/events/stream` starts: after this revision, unless the `Last-Event-ID`
+/// header of a resuming client says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamQuery {
+    /// Events after this revision (default 0: the whole history the store keeps, then live).
+    #[serde(default)]
+    pub after: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,20 @@ pub enum Cmd {
         #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
         params: Vec<(String, String)>,
     },
+    /// Where a workload's instances would go now, or exactly why not, without creating
+    /// anything: the scheduler's placement rules on the nodes as they are. Exit status 0 when
+    /// every instance would start now, 1 when some would not (they would queue, or fail), 2 on
+    /// an error, like `nomad job plan`.
+    #[command(
+        after_help = "Examples:\n  drover plan web.toml -n 20     a file, not saved\n  drover plan web -n 20          a saved workload\n  drover plan build.workorder    a task file"
+    )]
+    Plan {
+        /// A workload file (.toml, .json, .workorder, .batch), or the name of a saved workload.
+        workload: String,
+        /// How many instances.
+        #[arg(short = 'n', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+    },
     /// List instances, with why each waits or failed: a page, and a count of all by state.
     Ps {
         /// Only this workload's.
@@ -228,7 +242,8 @@ pub enum Cmd {
     Status,
     /// Print events (every change, in order).
     Events {
-        /// Keep printing new events.
+        /// Keep printing new events as they happen (from the API's event stream; a controller
+        /// that restarts or steps down is followed without missing or repeating any).
         #[arg(short, long)]
         follow: bool,
         /// Start after this revision.
@@ -704,29 +719,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("revision:  {}", text(&v, "revision"));
             }
         }
-        Cmd::Events { follow, after } => {
-            let mut after = after;
-            loop {
-                let wait = if follow { 30_000 } else { 0 };
-                let page = api.get(&format!("/v1/events?after={after}&wait_ms={wait}")).await?;
-                let events = page["events"].as_array().cloned().unwrap_or_default();
-                if json && !follow {
-                    // One answer, one JSON array, like every other command.
-                    print_json(&Value::Array(events));
-                    break;
-                }
-                for e in &events {
-                    if json {
-                        // Following: one JSON object per line, as they come.
-                        println!("{e}");
-                    } else {
-                        println!("{}", event_line(e));
-                    }
+        Cmd::Plan { workload, count } => return plan(&api, &workload, count, json).await,
+        Cmd::Events { follow: true, after } => {
+            // Following: one line (or JSON object) per event, as they come, from the stream.
+            api.follow_events(after, |e| {
+                if json {
+                    println!("{e}");
+                } else {
+                    println!("{}", event_line(&e));
                 }
                 std::io::stdout().flush()?;
-                after = page["revision"].as_u64().unwrap_or(after);
-                if !follow {
-                    break;
+                Ok(())
+            })
+            .await?;
+        }
+        Cmd::Events { follow: false, after } => {
+            let page = api.get(&format!("/v1/events?after={after}")).await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if json {
+                // One answer, one JSON array, like every other command.
+                print_json(&Value::Array(events));
+            } else {
+                for e in &events {
+                    println!("{}", event_line(e));
                 }
             }
         }
@@ -1136,6 +1151,69 @@ mod help_tests {
         // Given anyway, up still accepts it (a script may set DROVER_API for everything).
         let parsed = super::command().try_get_matches_from(["drover", "up", "--json", "--once"]);
         assert!(parsed.is_ok(), "{parsed:?}");
+    }
+}
+
+/// `drover plan`: prints where the instances would go, or why not; exit 0 if all fit now,
+/// 1 if not (errors are 2, from `main`).
+async fn plan(api: &ApiClient, workload: &str, count: u32, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let file = Path::new(workload);
+    let path_like = file.exists() || workload.contains('/') || workload.contains('.');
+    let answer: drover_api::views::PlanView = if path_like {
+        let body = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let path = format!("/v1/plan?count={count}");
+        let v = if is_task_file(file) {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            drover_api::unit::parse_unit(&name, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let api = api.clone().with_header("x-drover-task-file", name);
+            api.call(Method::POST, &path, Some(("text/x-drover-task", body.into_bytes()))).await?
+        } else {
+            let format = drover_api::workload::Format::for_file(file).map_err(anyhow::Error::msg)?;
+            drover_api::workload::parse(&body, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let content_type =
+                if format == drover_api::workload::Format::Toml { "application/toml" } else { "application/json" };
+            api.call(Method::POST, &path, Some((content_type, body.into_bytes()))).await?
+        };
+        serde_json::from_value(v).context("the API's plan answer")?
+    } else {
+        let v = api.call(Method::POST, &format!("/v1/workloads/{workload}/plan?count={count}"), None).await?;
+        serde_json::from_value(v).context("the API's plan answer")?
+    };
+    if json {
+        print_json(&serde_json::to_value(&answer)?);
+    } else {
+        print_plan(&answer);
+    }
+    Ok(if answer.fits { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
+
+/// A plan as people read it.
+fn print_plan(p: &drover_api::views::PlanView) {
+    let placed = p.count - p.unplaced;
+    match (p.fits, &p.never) {
+        (true, _) => println!("{} × {}: all would start now", p.workload, p.count),
+        (false, Some(_)) => println!("{} × {}: would fail at once, no node could ever take it", p.workload, p.count),
+        (false, None) => {
+            println!("{} × {}: {placed} would start now, {} would wait in the queue", p.workload, p.count, p.unplaced);
+        }
+    }
+    if !p.placed.is_empty() {
+        let rows: Vec<Vec<String>> = p
+            .placed
+            .iter()
+            .map(|n| {
+                let host = if n.host.is_empty() { n.node.short() } else { n.host.clone() };
+                vec![host, n.node.short(), n.count.to_string()]
+            })
+            .collect();
+        table(&["NODE", "UUID", "INSTANCES"], &rows);
+    }
+    println!("{}", p.never.as_deref().unwrap_or(&p.explanation));
+    if !p.advice.is_empty() {
+        println!("what would help:");
+        for a in &p.advice {
+            println!("  - {a}");
+        }
     }
 }
 

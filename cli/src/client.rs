@@ -189,13 +189,15 @@ impl ApiClient {
         Ok((page, next))
     }
 
-    async fn raw_inner(
+    /// Sends one request to `addr` and returns the answer as it starts (its body still to read).
+    async fn open(
         &self,
         addr: &str,
         method: Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         // A leader that a standby redirects to may be gone: say so in seconds, not minutes.
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
@@ -216,7 +218,7 @@ impl ApiClient {
         if let Some(tenant) = &self.tenant {
             request = request.header("x-drover-tenant", tenant);
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter().chain(extra) {
             request = request.header(*name, value);
         }
         let request = match body {
@@ -239,6 +241,17 @@ impl ApiClient {
                 return Err(advised(e, addr));
             }
         };
+        Ok(response)
+    }
+
+    async fn raw_inner(
+        &self,
+        addr: &str,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Value, hyper::HeaderMap)> {
+        let response = self.open(addr, method, path, body, &[]).await?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
@@ -250,6 +263,81 @@ impl ApiClient {
             Value::String(String::from_utf8_lossy(&bytes).into_owned())
         };
         Ok((status, value, headers))
+    }
+
+    /// Follows `GET /v1/events/stream` from after revision `after`, handing `each` every event
+    /// in order. When the stream ends or breaks (a controller restarting or stepping down), it
+    /// connects again and resumes with `Last-Event-ID`, following a standby's redirect to the
+    /// leader, so nothing is missed or seen twice.
+    ///
+    /// # Errors
+    /// `each`'s error; the API's refusal (an error status); or [`STREAM_RETRIES`] failed
+    /// connections in a row.
+    pub async fn follow_events(
+        &self,
+        mut after: u64,
+        mut each: impl FnMut(Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut addr = self.addr.clone();
+        let mut failures = 0;
+        loop {
+            let headers = [("last-event-id", after.to_string()), ("accept", "text/event-stream".to_owned())];
+            let path = format!("/v1/events/stream?after={after}");
+            let opened = tokio::time::timeout(self.timeout, self.open(&addr, Method::GET, &path, None, &headers))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer from the API at {addr}")));
+            let response = match opened {
+                Ok(r) => r,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= STREAM_RETRIES {
+                        return Err(e.context(format!("following events ({failures} attempts)")));
+                    }
+                    // The leader we were sent to may be gone: ask the configured API again.
+                    addr.clone_from(&self.addr);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let status = response.status();
+            if is_redirect(status) {
+                let location = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok());
+                match location.and_then(redirect_target) {
+                    Some((to, _)) => {
+                        addr = to;
+                        failures += 1;
+                        if failures >= STREAM_RETRIES {
+                            bail!("the API at {} keeps redirecting (controllers disagree on who leads?)", self.addr);
+                        }
+                        continue;
+                    }
+                    None => bail!("the API at {addr} redirected to an unusable location"),
+                }
+            }
+            if !status.is_success() {
+                let bytes =
+                    response.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
+                let value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+                return Err(ApiFailure::of(status, &value).into());
+            }
+            failures = 0;
+            let mut body = response.into_body();
+            let mut decoder = drover_api::sse::SseDecoder::new(MAX_STREAM_EVENT);
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                let Some(data) = frame.data_ref() else { continue };
+                let events = decoder.push(data).context("reading the event stream")?;
+                for event in events {
+                    let value: Value = serde_json::from_str(&event.data)
+                        .with_context(|| format!("an event that is not JSON: {:?}", event.data))?;
+                    if let Some(revision) = event.id.and_then(|id| id.parse().ok()) {
+                        after = revision;
+                    }
+                    each(value)?;
+                }
+            }
+        }
     }
 
     /// Sends a request and turns an error status into an [`ApiFailure`].
@@ -320,6 +408,12 @@ impl ApiClient {
 
 /// How long dialling the API may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Failed connections in a row after which [`ApiClient::follow_events`] gives up.
+pub const STREAM_RETRIES: u32 = 10;
+
+/// Longest event a stream may send (the API's are a few hundred bytes).
+const MAX_STREAM_EVENT: usize = 1 << 20;
 
 /// Most redirects followed for one call.
 const MAX_REDIRECTS: usize = 3;

@@ -27,6 +27,8 @@ async fn main() -> std::process::ExitCode {
     quiet_on_closed_pipe();
     let cli: Cli = ssntp::cli::parse_or_exit_with(drover_cli::cli::command());
     let json = cli.json;
+    // `drover plan` keeps exit status 1 for "would not place", as `nomad job plan` does.
+    let error_status = if matches!(cli.command, Cmd::Plan { .. }) { 2 } else { 1 };
     let result = match cli.command {
         Cmd::Up { port, api_port, once, bin_dir, ha } => {
             // Handlers are installed now, so Ctrl-C at any point stops the children cleanly.
@@ -42,6 +44,6 @@ async fn main() -> std::process::ExitCode {
             println!("{}", drover_cli::cli::error_json(&e));
         }
         eprintln!("drover: error: {e:#}");
-        std::process::ExitCode::FAILURE
+        std::process::ExitCode::from(error_status)
     })
 }

@@ -126,7 +126,7 @@ fn valid_tenant(t: &str) -> bool {
 }
 
 /// What reads may see: one tenant, or all for `admin`.
-fn scope(tenant: &str) -> Option<&str> {
+pub(crate) fn scope(tenant: &str) -> Option<&str> {
     (tenant != ADMIN).then_some(tenant)
 }
 
@@ -212,6 +212,8 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/workloads", get(list_workloads).post(create_workload))
         .route("/v1/workloads/{name}", get(show_workload).put(replace_workload).delete(delete_workload))
         .route("/v1/workloads/{name}/launch", post(launch))
+        .route("/v1/workloads/{name}/plan", post(plan_stored))
+        .route("/v1/plan", post(plan_file))
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}", get(show_instance).delete(delete_instance))
         .route("/v1/instances/{id}/{action}", post(instance_action))
@@ -225,6 +227,7 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/status", get(status))
         .route("/v1/leader", get(leader))
         .route("/v1/events", get(events))
+        .route("/v1/events/stream", get(crate::event_stream::stream))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&controller), refuse_writes_when_read_only))
@@ -243,7 +246,9 @@ async fn refuse_writes_when_read_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    // A plan is a POST that writes nothing.
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        || request.uri().path().ends_with("/plan");
     match c.read_only() {
         Some(why) if !reads => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -360,6 +365,82 @@ async fn replace_workload(
     body: String,
 ) -> ApiResult<Response> {
     put(c, tenant, &headers, body, Some(name)).await
+}
+
+/// How long a plan waits for the scheduler's answer.
+pub const PLAN_WAIT: Duration = Duration::from_secs(5);
+
+/// `POST /v1/plan`: a dry run of a workload file (TOML, JSON, or a task file named by
+/// `X-Drover-Task-File`) that is not saved.
+async fn plan_file(
+    State(c): Ctl,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    Query(q): Query<drover_api::views::PlanQuery>,
+    body: String,
+) -> ApiResult<Response> {
+    let parsed = match unit_file_of(&headers)? {
+        Some(file) => drover_api::unit::parse_unit(&file, &body),
+        None => crate::workload::parse(&body, format_of(&headers, &body)),
+    };
+    let w = parsed.map_err(ServiceError::from)?;
+    // The estimate of a workload already saved under this name applies to it.
+    let name = w.name.clone();
+    let known =
+        c.blocking(move |c| c.service().store().workload(&tenant, &name).map(|s| (s.map(|s| s.uuid), tenant))).await;
+    let (uuid, tenant) = known.map_err(ServiceError::from)?;
+    plan(&c, &w, uuid, &tenant, q.count).await
+}
+
+/// `POST /v1/workloads/{name}/plan`: a dry run of a saved workload.
+async fn plan_stored(
+    State(c): Ctl,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    Query(q): Query<drover_api::views::PlanQuery>,
+) -> ApiResult<Response> {
+    let found = c.blocking(move |c| c.service().store().workload(&tenant, &name).map(|w| (name, w))).await;
+    let (name, stored) = found.map_err(ServiceError::from)?;
+    let stored = stored.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("workload {name} not found")))?;
+    let w = stored.parsed().map_err(ServiceError::from)?;
+    plan(&c, &w, Some(stored.uuid), &stored.tenant, q.count).await
+}
+
+async fn plan(
+    c: &Arc<Controller>,
+    w: &crate::workload::Workload,
+    uuid: Option<Uuid>,
+    tenant: &str,
+    count: Option<u32>,
+) -> ApiResult<Response> {
+    let count = count.unwrap_or(1);
+    if !(1..=ssntp::payload::MAX_PLAN_COUNT).contains(&count) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("count: {count} is not between 1 and {}", ssntp::payload::MAX_PLAN_COUNT),
+        ));
+    }
+    let start = crate::service::start_of(Uuid::new_v4(), w, uuid, tenant);
+    let answer = c.plan(start, count, PLAN_WAIT).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot plan without the scheduler: {e}"))
+    })?;
+    let view = drover_api::views::PlanView {
+        workload: w.name.clone(),
+        count,
+        fits: answer.unplaced == 0,
+        nodes: answer.nodes,
+        fit_now: answer.fit_now,
+        placed: answer
+            .placed
+            .into_iter()
+            .map(|p| drover_api::views::PlanPlacementView { node: p.node_uuid, host: p.hostname, count: p.count })
+            .collect(),
+        unplaced: answer.unplaced,
+        explanation: answer.explanation,
+        never: answer.never,
+        advice: answer.advice,
+    };
+    Ok(Json(view).into_response())
 }
 
 async fn show_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>) -> ApiResult<Response> {
@@ -1021,7 +1102,8 @@ pub async fn serve_app(
             };
             let caller = Caller::from_peer(stream.get_ref().1.peer_certificates());
             let leaf = stream.get_ref().1.peer_certificates().and_then(<[_]>::first).map(|c| c.as_ref().to_vec());
-            let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(caller)));
+            let app = app.layer(Extension(caller)).layer(Extension(crate::event_stream::Stopping(shutdown.clone())));
+            let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -1046,7 +1128,9 @@ pub async fn serve_app(
                 }
             }
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // A response still streaming ends at shutdown (event streams watch the token);
+            // anything else gets a few seconds.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         });
     }
 }

@@ -82,6 +82,9 @@ type LogWaiter = (Uuid, oneshot::Sender<Result<LogData, String>>);
 /// A node command sent for an API call: its name, the node, and where its refusal goes.
 type NodeCommandWaiter = (String, Uuid, oneshot::Sender<ssntp::payload::CommandFailure>);
 
+/// Most PLANs waiting for the scheduler's answer at once (more are refused: 503).
+pub const MAX_PLAN_REQUESTS: usize = 64;
+
 /// Most node commands waiting for a possible refusal at once (more are sent without waiting).
 pub const MAX_NODE_COMMAND_WAITERS: usize = 256;
 
@@ -111,6 +114,8 @@ pub struct Controller {
     nodes: Mutex<BTreeMap<Uuid, NodeView>>,
     link_view: Mutex<LinkView>,
     logs: Mutex<HashMap<u64, LogWaiter>>,
+    /// PLANs an API call waits to hear the answer to, by request id.
+    plans: Mutex<HashMap<u64, oneshot::Sender<ssntp::payload::PlanAnswer>>>,
     /// Node commands (EVACUATE, RESTORE, NODE_FORGET) whose refusal an API call waits for.
     node_commands: Mutex<Vec<NodeCommandWaiter>>,
     next_request: AtomicU64,
@@ -162,6 +167,7 @@ impl Controller {
             nodes: Mutex::new(BTreeMap::new()),
             link_view: Mutex::new(LinkView::default()),
             logs: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
             node_commands: Mutex::new(Vec::new()),
             next_request: AtomicU64::new(1),
             revision: watch::channel(revision).0,
@@ -401,6 +407,46 @@ impl Controller {
         result
     }
 
+    /// Asks the scheduler where `count` instances like `start` would go now (PLAN), and waits
+    /// up to `timeout` for its answer.
+    ///
+    /// # Errors
+    /// Too many plans waiting, no link, or no answer in time.
+    pub async fn plan(
+        &self,
+        start: ssntp::payload::Start,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<ssntp::payload::PlanAnswer, String> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut plans = self.plans.lock().expect("plans lock");
+            if plans.len() >= MAX_PLAN_REQUESTS {
+                return Err("too many plans waiting for the scheduler; try again".into());
+            }
+            plans.insert(request_id, tx);
+        }
+        let result = match self.send_now(Message::Plan(ssntp::payload::Plan { request_id, start, count })).await {
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err("the request was dropped".into()),
+                Err(_) => Err(format!("the scheduler did not answer within {} s", timeout.as_secs())),
+            },
+            Err(e) => Err(e),
+        };
+        self.plans.lock().expect("plans lock").remove(&request_id);
+        result
+    }
+
+    fn answer_plan(&self, message: &Message) {
+        if let Message::PlanAnswer(answer) = message {
+            if let Some(tx) = self.plans.lock().expect("plans lock").remove(&answer.request_id) {
+                let _ = tx.send(answer.clone());
+            }
+        }
+    }
+
     fn answer_log(&self, message: &Message) {
         let mut logs = self.logs.lock().expect("logs lock");
         match message {
@@ -427,7 +473,8 @@ impl Controller {
         self.observe_node(origin, message);
         self.answer_log(message);
         self.answer_node_command(message);
-        if !matches!(message, Message::Stats(_) | Message::LogData(_)) {
+        self.answer_plan(message);
+        if !matches!(message, Message::Stats(_) | Message::LogData(_) | Message::PlanAnswer(_)) {
             tracing::info!("{}", crate::link::describe(origin, message));
         }
     }

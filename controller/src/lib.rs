@@ -17,6 +17,7 @@
 //! - [`answer_watch`]: STARTs still unanswered after `--start-timeout` go again (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
+//! - [`event_stream`]: `GET /v1/events/stream`, the events as Server-Sent Events, resumable.
 //! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
 //! - [`shell`]: `drover-controller`'s flags and tasks.
 //! - [`link`]: the controller's SSNTP connection and how events are described for people.
@@ -29,6 +30,7 @@ pub mod answer_watch;
 pub mod api;
 pub mod api_guard;
 pub mod daemon;
+pub mod event_stream;
 pub mod feeds;
 pub mod lifecycle;
 pub mod link;

@@ -363,3 +363,52 @@ async fn events_have_a_cursor_long_poll_and_stay_within_the_tenant() {
     let empty = acme.get(&format!("/v1/events?after={}&wait_ms=100", page["revision"])).await.unwrap();
     assert_eq!(empty["events"], json!([]));
 }
+
+/// Reads events from `follow_events` into a channel, in a task of its own.
+fn follow(client: &ApiClient, after: u64) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = client.clone();
+    tokio::spawn(async move {
+        let _ = client.follow_events(after, |e| Ok(tx.send(e)?)).await;
+    });
+    rx
+}
+
+async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.expect("an event within 10 s").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_is_live_within_the_tenant_and_resumes_after_the_last_id() {
+    let api = Api::start().await;
+    let acme = api.as_user("acme");
+    let globex = api.as_user("globex");
+    let toml = Some(("application/toml", WORKLOAD));
+    status_of(&acme, Method::POST, "/v1/workloads", toml).await;
+    status_of(&globex, Method::POST, "/v1/workloads", toml).await;
+
+    // History first, then live; globex's events never reach acme's stream.
+    let mut acme_events = follow(&acme, 0);
+    let mut admin_events = follow(&api.as_user("admin"), 0);
+    let created = next_event(&mut acme_events).await;
+    assert_eq!(created["tenant"], "acme");
+    assert!(created["what"].as_str().unwrap().contains("saved"), "{created}");
+    let seen_by_admin = [next_event(&mut admin_events).await, next_event(&mut admin_events).await];
+    assert_eq!(seen_by_admin.map(|e| e["tenant"].clone()), [json!("acme"), json!("globex")]);
+
+    globex.post("/v1/workloads/web/launch", &json!({})).await.unwrap();
+    acme.post("/v1/workloads/web/launch", &json!({})).await.unwrap();
+    let launched = next_event(&mut acme_events).await;
+    assert_eq!(launched["tenant"], "acme", "globex's launch, which came first, is not acme's: {launched}");
+    assert!(launched["revision"].as_u64() > created["revision"].as_u64());
+
+    // A client that resumes with Last-Event-ID gets exactly what came after.
+    let mut resumed = follow(&acme, created["revision"].as_u64().unwrap());
+    assert_eq!(next_event(&mut resumed).await, launched);
+
+    // A resume point that is not a revision is refused, in JSON, before any stream starts.
+    let bad = acme.clone().with_header("last-event-id", "yesterday".into());
+    let (status, body) = bad.raw(Method::GET, "/v1/events/stream", None).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Last-Event-ID"), "{body}");
+}

@@ -389,3 +389,68 @@ async fn a_loaded_node_shows_as_loaded_and_queued_work_says_why() {
     assert!(table.contains("loaded"), "{table}");
     assert!(queued["why"].as_str().unwrap().contains("load above threshold"), "{queued}");
 }
+
+/// `drover events -f` reads the API's event stream; when the controller restarts it connects
+/// again and resumes after the last event it printed: nothing missed, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_goes_on_across_a_controller_restart_without_gaps_or_repeats() {
+    let mut cluster = Cluster::start(&[&["--backend", "sim"]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    create_workload(
+        &api,
+        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n",
+    )
+    .await;
+    let mut follower = std::process::Command::new(common::bin("drover"))
+        .args(["--api", &cluster.api_addr, "--cacert"])
+        .arg(cluster.pki.ca())
+        .arg("--cert")
+        .arg(cluster.pki.cert("user-admin"))
+        .args(["--json", "events", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or(Value::String(line)));
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let mut until =
+        async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, what: &str, done: &dyn Fn(&Value) -> bool| {
+            let limit = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                let e = tokio::time::timeout_at(limit, rx.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: not printed by events -f; printed {seen:#?}"))
+                    .expect("events -f ended");
+                let hit = done(&e);
+                seen.push(e);
+                if hit {
+                    return;
+                }
+            }
+        };
+    let first = launch_one(&api, "sim").await;
+    until(&mut rx, "the first instance running", &|e| e["instance"] == first.as_str() && e["to"] == "running").await;
+
+    cluster.controller.terminate();
+    cluster.restart_controller();
+    cluster.wait_ready(1).await;
+    let second = launch_one(&api, "sim").await;
+    until(&mut rx, "the second instance running", &|e| e["instance"] == second.as_str() && e["to"] == "running").await;
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    let revisions: Vec<u64> = seen.iter().map(|e| e["revision"].as_u64().expect("an event with a revision")).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "in order, none twice: {revisions:?}");
+    let all = common::all_events(&api).await;
+    let upto: Vec<u64> =
+        all.iter().filter_map(|e| e["revision"].as_u64()).filter(|r| *r <= *revisions.last().unwrap()).collect();
+    assert_eq!(revisions, upto, "every event up to the last printed, across the restart");
+}

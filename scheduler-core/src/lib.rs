@@ -591,6 +591,10 @@ impl Hub {
     // === from controllers ===
 
     fn command(&mut self, now: Now, from: Uuid, frame: Payload, message: Message) -> Vec<Output> {
+        if let Message::Plan(plan) = &message {
+            // A dry run changes nothing: any controller may ask.
+            return vec![Output::To { peer: from, payload: self.own(Message::PlanAnswer(self.plan(plan))) }];
+        }
         if !self.is_master(from) && !matches!(message, Message::TraceReport(_)) {
             let detail = "only the master controller may command; this controller is a backup".to_owned();
             return self.refuse(from, &message, FailureReason::NotPermitted, detail);
@@ -669,6 +673,32 @@ impl Hub {
         let mut out = vec![Output::To { peer: target, payload: frame }];
         self.drain_on(target, &mut out); // RESTORE reopens the node
         out
+    }
+
+    /// The answer to PLAN: the placement rules on the nodes as they are, nothing changed.
+    fn plan(&self, plan: &ssntp::payload::Plan) -> ssntp::payload::PlanAnswer {
+        let need = self.need(&plan.start);
+        let count = plan.count.clamp(1, ssntp::payload::MAX_PLAN_COUNT);
+        let planned = placement::plan(&self.nodes, &need, &self.cfg, count);
+        let hostname = |id: &Uuid| self.nodes.get(id).map(|n| n.report.hostname.clone()).unwrap_or_default();
+        ssntp::payload::PlanAnswer {
+            request_id: plan.request_id,
+            nodes: u32::try_from(self.nodes.len()).unwrap_or(u32::MAX),
+            fit_now: u32::try_from(planned.fit_now).unwrap_or(u32::MAX),
+            placed: planned
+                .placed
+                .iter()
+                .map(|(node, count)| ssntp::payload::PlanPlacement {
+                    node_uuid: *node,
+                    hostname: hostname(node),
+                    count: *count,
+                })
+                .collect(),
+            unplaced: planned.unplaced,
+            explanation: planned.explanation,
+            never: planned.never,
+            advice: planned.advice,
+        }
     }
 
     fn need<'a>(&self, start: &'a Start) -> Need<'a> {

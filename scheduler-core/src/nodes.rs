@@ -421,6 +421,37 @@ impl Node {
         Ok(())
     }
 
+    /// How many instances of `need`, one after another, this node would take now (at most
+    /// `up_to`): 0 unless [`Node::check`] passes for the first. The window of STARTs in flight
+    /// is left out: a busy node takes more as it confirms the earlier ones.
+    pub fn room(&self, need: &Need<'_>, cfg: &Config, up_to: u32) -> u32 {
+        match self.check(need, cfg) {
+            Ok(()) | Err(Misfit::Busy) => {}
+            Err(_) => return 0,
+        }
+        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
+        // Would the k-th instance fit after k - 1 more? Monotone in k: search for the last.
+        let fits_kth = |k: u32| {
+            let before = u64::from(k - 1);
+            let usage = Usage {
+                vcpus: self.cpu_used() + before * u64::from(need.vcpus),
+                mem_mb: self.mem_used() + before * need.charge_mb,
+                mem_unconfirmed_mb: self.unconfirmed_mb() + before * need.charge_mb,
+            };
+            drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).is_ok()
+        };
+        let (mut fits, mut fails) = (1, up_to.saturating_add(1));
+        while fails - fits > 1 {
+            let mid = fits + (fails - fits) / 2;
+            if fits_kth(mid) {
+                fits = mid;
+            } else {
+                fails = mid;
+            }
+        }
+        fits.min(up_to)
+    }
+
     /// Whether the START could fit this node were it empty: its requirements are met and the
     /// node's whole capacity (within the overcommit bound) holds it. The node's last report
     /// says what it has; one that has not reported could take anything.

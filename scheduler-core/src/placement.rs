@@ -81,12 +81,8 @@ pub fn never_fits(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> Option<St
     ))
 }
 
-/// Why no node fits, counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, 3 load
-/// above threshold, 2 maintenance".
-pub fn explain(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> String {
-    if nodes.is_empty() {
-        return "no launcher has connected".to_owned();
-    }
+/// How many nodes fit now, and why each of the others does not.
+fn misfits(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> (usize, BTreeMap<Misfit, usize>) {
     let mut counts: BTreeMap<Misfit, usize> = BTreeMap::new();
     let mut fit = 0;
     for node in nodes.iter() {
@@ -95,11 +91,182 @@ pub fn explain(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> String {
             Err(misfit) => *counts.entry(misfit).or_default() += 1,
         }
     }
+    (fit, counts)
+}
+
+/// Why no node fits, counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, 3 load
+/// above threshold, 2 maintenance".
+pub fn explain(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> String {
+    if nodes.is_empty() {
+        return "no launcher has connected".to_owned();
+    }
+    let (fit, counts) = misfits(nodes, need, cfg);
+    words_of(nodes.len(), fit, &counts, need)
+}
+
+fn words_of(nodes: usize, fit: usize, counts: &BTreeMap<Misfit, usize>, need: &Need<'_>) -> String {
     let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words_for(need))).collect();
-    let mut text = format!("{fit} of {} nodes fit", nodes.len());
+    let mut text = format!("{fit} of {nodes} nodes fit");
     if !parts.is_empty() {
         text.push_str(": ");
         text.push_str(&parts.join(", "));
     }
     text
+}
+
+/// A dry run of placing `count` instances of `need` on the nodes as they are now: where each
+/// would go, as the policy chooses, and what would make the rest fit. Nothing is changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Planned {
+    /// Nodes that would take one instance now.
+    pub fit_now: usize,
+    /// Node and how many instances it would take, in the order the policy fills them.
+    pub placed: Vec<(Uuid, u32)>,
+    /// Instances no node would take now.
+    pub unplaced: u32,
+    /// Counted over the nodes, as [`explain`] says it.
+    pub explanation: String,
+    /// Why no node could take one even empty, as [`never_fits`] says it.
+    pub never: Option<String>,
+    /// What would make the unplaced ones fit, one line per reason.
+    pub advice: Vec<String>,
+}
+
+/// See [`Planned`].
+pub fn plan(nodes: &NodeTable, need: &Need<'_>, cfg: &Config, count: u32) -> Planned {
+    let (fit_now, counts) = misfits(nodes, need, cfg);
+    let explanation = if nodes.is_empty() {
+        "no launcher has connected".to_owned()
+    } else {
+        words_of(nodes.len(), fit_now, &counts, need)
+    };
+    let mut rooms: Vec<(&Node, u32)> = nodes
+        .iter()
+        .filter(|n| need.requirements.node_id.is_none_or(|id| id == n.uuid))
+        .map(|n| (n, n.room(need, cfg, count)))
+        .filter(|(_, room)| *room > 0)
+        .collect();
+    let mut placed: Vec<(Uuid, u32)> = Vec::new();
+    let mut left = count;
+    match cfg.policy {
+        Policy::Spread => {
+            // The next instance goes to the node with the most free memory after the ones
+            // already given to it, as successive placements would choose (ties: the larger
+            // UUID, as the index of free memory walks them).
+            let mut heap: std::collections::BinaryHeap<(u64, Uuid, u32)> =
+                rooms.iter().map(|(n, room)| (n.mem_free(cfg), n.uuid, *room)).collect();
+            let mut given: BTreeMap<Uuid, u32> = BTreeMap::new();
+            let mut order: Vec<Uuid> = Vec::new();
+            while left > 0 {
+                let Some((free, node, room)) = heap.pop() else { break };
+                let n = given.entry(node).or_insert_with(|| {
+                    order.push(node);
+                    0
+                });
+                *n += 1;
+                left -= 1;
+                if room > 1 {
+                    heap.push((free.saturating_sub(need.charge_mb), node, room - 1));
+                }
+            }
+            placed = order.into_iter().map(|id| (id, given[&id])).collect();
+        }
+        Policy::Binpack | Policy::Firstfit => {
+            if cfg.policy == Policy::Binpack {
+                rooms.sort_by_key(|(n, _)| (n.mem_free(cfg), n.uuid));
+            }
+            for (node, room) in rooms {
+                if left == 0 {
+                    break;
+                }
+                let take = room.min(left);
+                placed.push((node.uuid, take));
+                left -= take;
+            }
+        }
+    }
+    let never = never_fits(nodes, need, cfg);
+    let advice = if left == 0 { Vec::new() } else { advise(nodes, need, cfg, &counts, count - left, left) };
+    Planned { fit_now, placed, unplaced: left, explanation, never, advice }
+}
+
+/// One suggestion per reason nodes gave, with the figures that make it concrete.
+fn advise(
+    nodes: &NodeTable,
+    need: &Need<'_>,
+    cfg: &Config,
+    counts: &BTreeMap<Misfit, usize>,
+    placed: u32,
+    left: u32,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if nodes.is_empty() {
+        out.push(
+            "start a launcher (drover-launcher --server SCHEDULER …); the work waits in the queue until one connects"
+                .to_owned(),
+        );
+        return out;
+    }
+    if placed > 0 {
+        out.push(format!("{placed} would start now; the other {left} would wait in the queue until room frees"));
+    }
+    let req = need.requirements;
+    for (misfit, n) in counts {
+        let line = match misfit {
+            Misfit::Memory | Misfit::AvailableMemory => {
+                let most = nodes.iter().filter(|n| n.is_open(cfg) || n.check(need, cfg) == Err(Misfit::Busy)).map(|n| {
+                    if *misfit == Misfit::Memory { n.mem_free(cfg) } else { n.report.mem_available_mb.saturating_sub(n.unconfirmed_mb()) }
+                }).max().unwrap_or(0);
+                format!(
+                    "{n} nodes lack memory: each instance is charged {} MiB and the most free on a ready node is {most} MiB; ask for less (mem_mb), free memory (drover ps, drover stop), add nodes, or raise the scheduler's --mem-overcommit",
+                    need.charge_mb
+                )
+            }
+            Misfit::Cpu => {
+                let most = nodes
+                    .iter()
+                    .filter(|n| n.is_open(cfg))
+                    .map(|n| n.cpu_capacity(cfg).saturating_sub(n.cpu_used()))
+                    .max()
+                    .unwrap_or(0);
+                format!(
+                    "{n} nodes lack vCPUs: each instance needs {} and the most free on a ready node is {most}; ask for fewer (vcpus), add nodes, or raise the scheduler's --cpu-overcommit",
+                    need.vcpus
+                )
+            }
+            Misfit::Load => {
+                let lowest = nodes
+                    .iter()
+                    .filter(|n| n.check(need, cfg) == Err(Misfit::Load))
+                    .map(Node::load_per_cpu)
+                    .fold(f64::INFINITY, f64::min);
+                format!(
+                    "{n} nodes are busy (load per CPU above the scheduler's --load-threshold {}; the lowest of them is {lowest:.2}): wait for their load to drop, or raise --load-threshold",
+                    cfg.load_threshold
+                )
+            }
+            Misfit::Maintenance => format!("{n} nodes are in maintenance: drover node restore NODE takes one back"),
+            Misfit::Full => format!("{n} nodes report full (their launcher's --max-instances or memory): they take work again as theirs ends"),
+            Misfit::Disconnected | Misfit::Lost | Misfit::Silent | Misfit::NotReady => format!(
+                "{n} nodes are {}: see drover node ls, and start their launchers again",
+                misfit.words()
+            ),
+            Misfit::Features => format!(
+                "{n} nodes lack the features it requires ({}): drop the requirement, or run it where a launcher offers them",
+                req.features.join(", ")
+            ),
+            Misfit::Labels => {
+                let labels: Vec<String> = req.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{n} nodes lack the labels it requires ({}): start launchers with --label {}", labels.join(", "), labels.join(" --label "))
+            }
+            Misfit::Backend => format!("{n} nodes do not offer the {} backend: start a launcher with --backend {}", need.backend, need.backend),
+            Misfit::Arch => format!("{n} nodes are another architecture than {}", req.arch.as_deref().unwrap_or("?")),
+            Misfit::Hostname => format!("{n} nodes are not host {}, which it is pinned to", req.hostname.as_deref().unwrap_or("?")),
+            Misfit::NodeId => continue,
+            Misfit::Numa => format!("{n} nodes have no per-NUMA launcher (drover-launcher --numa-node N), which numa_local needs"),
+            Misfit::Busy => continue,
+        };
+        out.push(line);
+    }
+    out
 }

@@ -1094,3 +1094,126 @@ fn a_queued_starts_reason_is_recomputed_when_the_nodes_change() {
     let again = rig.start(start(u(50), 1, 10));
     assert_eq!(queued(&again).unwrap().reason, "0 of 1 nodes fit: 1 load above threshold");
 }
+
+fn plan_of(rig: &mut Rig, vcpus: u32, mem_mb: u64, count: u32) -> ssntp::payload::PlanAnswer {
+    let plan = ssntp::payload::Plan { request_id: 7, start: start(u(99), vcpus, mem_mb), count };
+    let out = rig.send(u(1), CTL, Message::Plan(plan));
+    match &out[..] {
+        [(Some(to), Message::PlanAnswer(a))] if *to == u(1) => a.clone(),
+        other => panic!("one PLAN_ANSWER to the controller that asked: {other:?}"),
+    }
+}
+
+#[test]
+fn a_plan_says_where_instances_would_go_as_placement_would_and_changes_nothing() {
+    let mut rig = Rig::new(Config::default());
+    rig.node(10, 4, 4096);
+    rig.node(11, 4, 2048);
+    let before = rig.hub.summary(rig.now);
+    let answer = plan_of(&mut rig, 1, 1024, 5);
+    assert_eq!(answer.request_id, 7);
+    assert_eq!((answer.nodes, answer.fit_now, answer.unplaced), (2, 2, 0));
+    let placed: Vec<(Uuid, u32)> = answer.placed.iter().map(|p| (p.node_uuid, p.count)).collect();
+    // Spread: 4096 → 3072 → 2048 (a tie with u(11), which the larger UUID wins) …
+    assert_eq!(placed, vec![(u(10), 3), (u(11), 2)]);
+    assert_eq!(answer.placed[0].hostname, format!("host-{}", u(10).short()));
+    assert!(answer.advice.is_empty(), "{:?}", answer.advice);
+    assert_eq!(rig.hub.summary(rig.now), before, "nothing placed, queued or reserved");
+    // … and real STARTs go the same way.
+    let mut real: BTreeMap<Uuid, u32> = BTreeMap::new();
+    for i in 0..5 {
+        for (_, node) in placed_on(&rig.start(start(u(50 + i), 1, 1024))) {
+            *real.entry(node).or_default() += 1;
+        }
+    }
+    assert_eq!(real, placed.into_iter().collect());
+    // A backup controller may ask too (it changes nothing); the plan sees the placed work.
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL, term: None });
+    let plan = ssntp::payload::Plan { request_id: 8, start: start(u(98), 1, 1024), count: 1 };
+    let out = rig.send(u(2), CTL, Message::Plan(plan));
+    assert!(
+        matches!(&out[..], [(Some(to), Message::PlanAnswer(a))] if *to == u(2) && a.placed.len() == 1 && a.placed[0].node_uuid == u(10)),
+        "{out:?}"
+    );
+    let out = rig.send(
+        u(2),
+        CTL,
+        Message::Plan(ssntp::payload::Plan { request_id: 9, start: start(u(98), 1, 1024), count: 2 }),
+    );
+    assert!(matches!(&out[..], [(_, Message::PlanAnswer(a))] if a.unplaced == 1), "{out:?}");
+}
+
+#[test]
+fn a_plan_that_does_not_fit_counts_the_reasons_over_the_nodes_and_says_what_would_help() {
+    let mut rig = Rig::new(Config { load_threshold: 2.0, ..Config::default() });
+    for n in 10..17 {
+        rig.node(n, 4, 1024); // 7 too small for 2 GiB
+    }
+    for n in 20..23 {
+        rig.hub.handle(rig.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT, term: None });
+        rig.ready(n, report(u(n), 4, 8192, 12.0)); // 3 loaded
+    }
+    for n in 30..32 {
+        rig.node(n, 4, 8192);
+        rig.send(u(1), CTL, Message::Evacuate(Evacuate { workload_agent_uuid: u(n), deadline_ms: None }));
+    }
+    let answer = plan_of(&mut rig, 1, 2048, 3);
+    assert_eq!(answer.explanation, "0 of 12 nodes fit: 2 maintenance, 3 load above threshold, 7 insufficient memory");
+    assert_eq!((answer.fit_now, answer.unplaced), (0, 3));
+    assert!(answer.placed.is_empty());
+    assert_eq!(answer.never, None, "the big nodes could take it once free");
+    let advice = answer.advice.join("\n");
+    assert!(advice.contains("2 nodes are in maintenance: drover node restore"), "{advice}");
+    assert!(advice.contains("3 nodes are busy") && advice.contains("--load-threshold 2"), "{advice}");
+    assert!(advice.contains("7 nodes lack memory: each instance is charged 2048 MiB"), "{advice}");
+
+    // Some now, the rest would queue.
+    let answer = plan_of(&mut rig, 1, 512, 16);
+    assert_eq!((answer.fit_now, answer.unplaced), (7, 2), "seven 1 GiB nodes take two each: {answer:?}");
+    assert!(answer.advice[0].starts_with("14 would start now; the other 2 would wait"), "{:?}", answer.advice);
+
+    // Nothing could ever take it: the launch would fail at once.
+    let answer = plan_of(&mut rig, 1, 65_536, 1);
+    assert!(answer.never.as_deref().is_some_and(|n| n.starts_with("0 of 12 nodes could ever fit it")), "{answer:?}");
+    let mut gpu = start(u(99), 1, 64);
+    gpu.requirements.features = vec!["gpu".into()];
+    let out = rig.send(u(1), CTL, Message::Plan(ssntp::payload::Plan { request_id: 1, start: gpu, count: 1 }));
+    let Message::PlanAnswer(answer) = &out[0].1 else { panic!("{out:?}") };
+    assert!(answer.advice.iter().any(|a| a.contains("lack the features it requires (gpu)")), "{answer:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the nodes and policy: every instance is placed or counted unplaced, no node is
+    /// given more than it has room for, and the first goes where a real START would.
+    #[test]
+    fn a_plan_accounts_for_every_instance_and_starts_where_placement_would(
+        nodes in prop::collection::vec((1u32..16, 1u64..64, 0u64..8), 1..10),
+        vcpus in 1u32..4,
+        chunks in 1u64..8,
+        count in 1u32..40,
+        policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack]),
+    ) {
+        let mut rig = Rig::new(Config { policy, ..Config::default() });
+        for (i, (cpus, gib, load)) in nodes.iter().enumerate() {
+            let n = 10 + u8::try_from(i).unwrap();
+            rig.hub.handle(rig.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT, term: None });
+            #[allow(clippy::cast_precision_loss)]
+            rig.ready(n, report(u(n), *cpus, gib * 512, *load as f64));
+        }
+        let mem = chunks * 256;
+        let answer = plan_of(&mut rig, vcpus, mem, count);
+        let placed: u32 = answer.placed.iter().map(|p| p.count).sum();
+        prop_assert_eq!(placed + answer.unplaced, count);
+        for p in &answer.placed {
+            let node = rig.hub.node(&p.node_uuid).unwrap();
+            let s = start(u(99), vcpus, mem);
+            let need = rig.hub.need(&s);
+            prop_assert!(p.count <= node.room(&need, &rig.hub.cfg, count));
+        }
+        prop_assert_eq!(answer.unplaced > 0, !answer.advice.is_empty());
+        let real = placed_on(&rig.start(start(u(50), vcpus, mem)));
+        prop_assert_eq!(real.first().map(|(_, n)| *n), answer.placed.first().map(|p| p.node_uuid));
+    }
+}

@@ -150,6 +150,9 @@ wire_enum! {
         /// Controller → scheduler: the operator confirms a silent node is gone; declare it lost
         /// now, whatever the node-loss brake or the failover grace holds back.
         NodeForget = 18 => "NODE_FORGET",
+        /// Controller → scheduler: where would a workload's instances go now, or why not? A
+        /// dry run: nothing is placed or reserved; answered with PLAN_ANSWER.
+        Plan = 19 => "PLAN",
     }
 }
 
@@ -194,6 +197,8 @@ wire_enum! {
         LogData = 20 => "LOG_DATA",
         /// Launcher → scheduler → controllers: the instances that changed, batched, numbered.
         InstanceNews = 21 => "INSTANCE_NEWS",
+        /// Scheduler → the controller that asked: the answer to PLAN.
+        PlanAnswer = 22 => "PLAN_ANSWER",
     }
 }
 

@@ -290,6 +290,57 @@ pub struct NodeForget {
     pub node_uuid: Uuid,
 }
 
+/// Most instances one PLAN asks about (it is a what-if, not a launch).
+pub const MAX_PLAN_COUNT: u32 = 100_000;
+
+/// PLAN (COMMAND 19): a dry run of placing `count` instances like `start`, on the nodes as they
+/// are now. Nothing is placed, queued or reserved. Answered with PLAN_ANSWER.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Chosen by the controller; the answer carries it back.
+    pub request_id: u64,
+    /// One instance as a launch would START it (its `instance_uuid` means nothing).
+    pub start: Start,
+    /// How many such instances (1 to [`MAX_PLAN_COUNT`]).
+    pub count: u32,
+}
+
+/// Where a plan puts instances on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPlacement {
+    /// The node.
+    pub node_uuid: Uuid,
+    /// Its host name, as it last reported it.
+    #[serde(default)]
+    pub hostname: String,
+    /// How many of the instances would go there.
+    pub count: u32,
+}
+
+/// PLAN_ANSWER (EVENT 22): where the instances of a PLAN would go now, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PlanAnswer {
+    /// The PLAN's `request_id`.
+    pub request_id: u64,
+    /// Nodes the scheduler knows.
+    pub nodes: u32,
+    /// Nodes that would take one instance now.
+    pub fit_now: u32,
+    /// Where the instances would go, node by node, as the placement policy would choose.
+    pub placed: Vec<PlanPlacement>,
+    /// Instances no node would take now (they would wait in the queue).
+    pub unplaced: u32,
+    /// Counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, 3 load above
+    /// threshold, 2 maintenance".
+    pub explanation: String,
+    /// Set when no node could take one even empty: the launch would fail at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never: Option<String>,
+    /// What would make the rest fit, one suggestion per reason.
+    #[serde(default)]
+    pub advice: Vec<String>,
+}
+
 /// STATS (COMMAND 3): node figures plus every instance's usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -1068,6 +1119,7 @@ messages! {
         LogFetch(LogFetch) via encode_cbor / decode_cbor = [C(Command::LogFetch)] from CONTROLLERS;
         ReportRequest(ReportRequest) via encode_cbor / decode_cbor = [C(Command::ReportRequest)] from CONTROLLERS;
         NodeForget(NodeForget) via encode_cbor / decode_cbor = [C(Command::NodeForget)] from CONTROLLERS;
+        Plan(Plan) via encode_cbor / decode_cbor = [C(Command::Plan)] from CONTROLLERS;
 
         Connected(Connected) via encode_cbor / decode_cbor = [S(Status::Connected)] from SCHEDULER_ONLY;
         Ready(NodeReport) via encode_cbor / decode_cbor = [S(Status::Ready)] from AGENTS;
@@ -1098,6 +1150,7 @@ messages! {
         NodeLost(NodeLost) via encode_cbor / decode_cbor = [E(Event::NodeLost)] from SCHEDULER_ONLY;
         LogData(LogData) via encode_cbor / decode_cbor = [E(Event::LogData)] from AGENTS;
         InstanceNews(InstanceNews) via encode_cbor / decode_cbor = [E(Event::InstanceNews)] from AGENTS;
+        PlanAnswer(PlanAnswer) via encode_cbor / decode_cbor = [E(Event::PlanAnswer)] from SCHEDULER_ONLY;
     }
     without payload {
         Offline = [S(Status::Offline)] from AGENTS;

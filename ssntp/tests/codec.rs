@@ -221,6 +221,10 @@ fn build(kind: Kind, p: &Prims) -> Message {
             }),
             Command::ReportRequest => Message::ReportRequest(ReportRequest { node_uuid: p.flag.then_some(a) }),
             Command::NodeForget => Message::NodeForget(NodeForget { node_uuid: a }),
+            Command::Plan => {
+                let Message::Start(start) = build(Kind::Command(Command::Start), p) else { unreachable!() };
+                Message::Plan(Plan { request_id: p.n, start, count: p.small })
+            }
         },
         Kind::Status(status) => match status {
             Status::Connected => Message::Connected(Connected { role: Role::SCHEDULER, uuid: a, config }),
@@ -302,6 +306,22 @@ fn build(kind: Kind, p: &Prims) -> Message {
                         reason: p.flag.then_some(ExitReason::Failed),
                     })
                     .collect(),
+            }),
+            Event::PlanAnswer => Message::PlanAnswer(PlanAnswer {
+                request_id: p.n,
+                nodes: p.small,
+                fit_now: p.small / 2,
+                placed: (0..p.small % 3)
+                    .map(|i| PlanPlacement {
+                        node_uuid: if i == 0 { b } else { c },
+                        hostname: p.text.clone(),
+                        count: i + 1,
+                    })
+                    .collect(),
+                unplaced: p.small / 3,
+                explanation: p.text.clone(),
+                never: p.flag.then(|| p.text.clone()),
+                advice: p.words.clone(),
             }),
         },
     }

@@ -165,19 +165,25 @@ pub(super) fn start_message(
     restart: bool,
     task_env: &TaskEnv,
 ) -> Message {
-    let id = record.uuid;
-    let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
+    let mut start = start_of(record.uuid, w, Some(stored.uuid), &stored.tenant);
     tasks::dress(&mut start, record, w, task_env);
-    start.workload_uuid = Some(stored.uuid);
-    start.tenant = Some(stored.tenant.clone());
+    start.deadline_unix_ms =
+        w.deadline_unix_ms.or_else(|| w.deadline_after_ms.map(|after| record.created_unix_ms.saturating_add(after)));
+    start.restart = restart;
+    Message::Start(start)
+}
+
+/// What every START of workload `w` carries, whichever instance it is for: the one place
+/// that says what a workload asks of placement, for launches and plans (`drover plan`) alike.
+pub fn start_of(id: Uuid, w: &Workload, workload_uuid: Option<Uuid>, tenant: &str) -> Start {
+    let mut start = Start::new(id, w.requirements.clone(), w.backend.clone());
+    start.workload_uuid = workload_uuid;
+    start.tenant = Some(tenant.to_owned());
     start.run_as_root = w.run_as_root;
     start.class = w.class;
     start.priority = w.priority;
-    start.deadline_unix_ms =
-        w.deadline_unix_ms.or_else(|| w.deadline_after_ms.map(|after| record.created_unix_ms.saturating_add(after)));
     start.max_run_time_s = w.max_run_time_s;
-    start.restart = restart;
-    Message::Start(start)
+    start
 }
 
 pub(super) fn stop(instance: Uuid, node: Uuid) -> Message {
