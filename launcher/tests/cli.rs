@@ -93,3 +93,21 @@ async fn a_launcher_that_cannot_connect_says_what_to_fix() {
     assert!(warnings[0].contains("--host/--ip 127.0.0.1"), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal");
 }
+
+/// The configuration a package installs (`deploy/etc/drover/launcher.toml`) is one the
+/// launcher takes; a key that is no flag is refused with exit 64, naming the file.
+#[test]
+fn the_packaged_configuration_parses_and_a_bad_key_is_refused() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/etc/drover/launcher.toml");
+    let argv = ["drover-launcher", "--config", file].map(std::ffi::OsString::from).to_vec();
+    let args = ssntp::config_file::parse::<drover_launcher::cli::Args>(argv).unwrap();
+    assert_eq!(args.backends, ["process"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "servr = [\"127.0.0.1:8888\"]\n").unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover-launcher")).arg("--config").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("servr: not a flag of drover-launcher"), "{err}");
+}

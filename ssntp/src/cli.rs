@@ -23,6 +23,30 @@ pub fn parse_or_exit_with<T: clap::FromArgMatches>(cmd: clap::Command) -> T {
     }
 }
 
+/// A daemon's command line, with `--config FILE` (see [`crate::config_file`]): the file's flags
+/// first, the command line's after them and winning; exits as [`parse_or_exit`] does, 64 for
+/// a file that does not load or holds a key that is not a flag.
+pub fn parse_daemon_args<T: clap::Parser>() -> T {
+    use crate::config_file::{self, ParseFailure};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = config_file::config_path(&argv);
+    match config_file::parse::<T>(argv) {
+        Ok(args) => args,
+        Err(ParseFailure::File(e)) => {
+            eprintln!("{}: {e}", config_file::command_of::<T>().get_name());
+            std::process::exit(EX_USAGE);
+        }
+        Err(ParseFailure::Flags(e)) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            if let (Some(file), true) = (file, e.use_stderr()) {
+                eprintln!("(the flags include those of --config {})", file.to_string_lossy());
+            }
+            std::process::exit(code);
+        }
+    }
+}
+
 /// Reports an invalid configuration found after parsing (a file that does not load, a
 /// certificate with the wrong role …) and exits with [`EX_USAGE`].
 pub fn usage_error(program: &str, error: &dyn std::fmt::Display) -> ! {
@@ -150,7 +174,7 @@ where
 {
     init_logging();
     let shutdown = shutdown_signal();
-    let args: A = parse_or_exit();
+    let args: A = parse_daemon_args();
     let prepared = prepare(args).unwrap_or_else(|e| usage_error(program, &format_args!("{e:#}")));
     match run(prepared, Box::pin(shutdown)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -21,7 +21,8 @@
 //! - [`client`]: one connection, or a client that reconnects with backoff.
 //! - [`identity`]: a client's UUID persisted per role.
 //! - [`error`]: the error type and its mapping to ERROR frames.
-//! - `cli` (feature `cli`): the TLS flags and exit-code conventions the daemons share.
+//! - `cli` (feature `cli`): the TLS flags and exit-code conventions the daemons share;
+//!   `config_file`: `--config FILE` (TOML keys as flags).
 //!
 //! `conn`, `server` and `client` need the default feature `net` (tokio); without it the crate is
 //! the wire format alone, for decision cores that must not depend on an async runtime.
@@ -37,6 +38,8 @@ pub mod bindings;
 pub mod cli;
 #[cfg(feature = "net")]
 pub mod client;
+#[cfg(feature = "cli")]
+pub mod config_file;
 #[cfg(feature = "net")]
 pub mod conn;
 pub mod error;
