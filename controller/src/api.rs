@@ -869,45 +869,17 @@ async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuer
 }
 
 async fn metrics(State(c): Ctl) -> ApiResult<Response> {
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-    let (counts, revision, pending) = c
+    let figures = c
         .blocking(|c| {
-            Ok::<_, ServiceError>((
-                c.service().counts(None)?,
-                c.service().store().revision()?,
-                c.service().store().pending_count(),
-            ))
+            Ok::<_, ServiceError>(crate::metrics::StoreFigures {
+                instances: c.service().counts(None)?,
+                revision: c.service().store().revision()?,
+                pending: c.service().store().pending_count(),
+            })
         })
         .await?;
-    let mut registry = prometheus_client::registry::Registry::with_prefix("drover_controller");
-    let instances = Family::<Vec<(String, String)>, Gauge>::default();
-    for (state, n) in counts {
-        instances.get_or_create(&vec![("state".into(), state.into())]).set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    registry.register("instances", "Instances by state", instances);
-    let gauge = |v: u64| {
-        let g: Gauge = Gauge::default();
-        g.set(i64::try_from(v).unwrap_or(i64::MAX));
-        g
-    };
-    registry.register("revision", "Latest store revision", gauge(revision));
-    registry.register("pending", "Instances waiting for a START", gauge(pending as u64));
-    registry.register(
-        "starts_sent",
-        "STARTs sent since start",
-        gauge(c.starts_sent.load(std::sync::atomic::Ordering::Relaxed)),
-    );
-    registry.register(
-        "scheduler_connected",
-        "1 while the scheduler link is up",
-        gauge(u64::from(c.link_view().connected)),
-    );
-    registry.register("nodes", "Nodes known", gauge(c.nodes().len() as u64));
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+    let text = crate::metrics::text(&c, &figures);
+    Ok(([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 /// The API's TLS: the server configuration new connections use, and the certificates its

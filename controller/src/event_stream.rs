@@ -41,6 +41,11 @@ pub struct Stopping(pub CancellationToken);
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
+/// Streams open now.
+pub fn open_streams() -> usize {
+    OPEN.load(Ordering::Acquire)
+}
+
 /// Counts a stream as open until dropped.
 struct Slot;
 

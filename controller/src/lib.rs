@@ -19,6 +19,7 @@
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
 //! - [`event_stream`]: `GET /v1/events/stream`, the events as Server-Sent Events, resumable.
 //! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
+//! - [`metrics`]: `GET /metrics`, the controller's figures as Prometheus text.
 //! - [`shell`]: `drover-controller`'s flags and tasks.
 //! - [`link`]: the controller's SSNTP connection and how events are described for people.
 
@@ -34,6 +35,7 @@ pub mod event_stream;
 pub mod feeds;
 pub mod lifecycle;
 pub mod link;
+pub mod metrics;
 pub mod resend_gate;
 pub mod service;
 pub mod shell;

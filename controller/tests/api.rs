@@ -204,7 +204,9 @@ async fn authentication_401_and_403() {
     // /metrics needs no tenant.
     let (status, v) = status_of(&anonymous, Method::GET, "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(v.as_str().unwrap().contains("drover_controller_revision"), "{v}");
+    let text = v.as_str().unwrap();
+    assert!(text.contains("drover_controller_instances{state=\"running\"} 0"), "{text}");
+    testutil::metrics::assert_documented(text, "drover_controller_");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

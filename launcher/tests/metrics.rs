@@ -39,4 +39,5 @@ async fn the_launcher_serves_what_ran_and_how_it_ended_as_prometheus_text() {
     {
         assert!(text.contains(line), "{line} in {text}");
     }
+    testutil::metrics::assert_documented(&text, "drover_launcher_");
 }

@@ -61,7 +61,7 @@ impl Metrics {
         );
         let reclaimed = Gauge::default();
         registry.register(
-            "reclaimed_memory_mib",
+            "reclaimed_memory_bytes",
             "Memory charged below requests thanks to estimates",
             reclaimed.clone(),
         );
@@ -108,7 +108,7 @@ impl Metrics {
         self.oldest_wait.set(s.oldest_wait_ms as f64 / 1000.0);
         self.placements.inc_by(s.placements.saturating_sub(self.last.placements));
         self.refused.inc_by(s.refused.saturating_sub(self.last.refused));
-        self.reclaimed.set(i64::try_from(s.reclaimed_mb).unwrap_or(i64::MAX));
+        self.reclaimed.set(i64::try_from(s.reclaimed_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX));
         self.brake.set(i64::from(s.brake));
         self.last = s.clone();
     }
@@ -153,7 +153,7 @@ mod tests {
             "drover_scheduler_nodes{state=\"lost\"} 1",
             "drover_scheduler_queue_length 2",
             "drover_scheduler_placements_total 15",
-            "drover_scheduler_reclaimed_memory_mib 512",
+            "drover_scheduler_reclaimed_memory_bytes 536870912",
             "drover_scheduler_node_loss_brake 1",
             "drover_scheduler_launcher_report_bytes_total 1200",
         ] {

@@ -166,7 +166,9 @@ async fn placement_forwarding_refusals_evacuation_and_node_loss() {
         text
     };
     testutil::assert_eventually!(|| async { scrape().await.contains("drover_scheduler_placements_total 2") });
-    assert!(scrape().await.starts_with("HTTP/1.1 200 OK"));
+    let text = scrape().await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"));
+    testutil::metrics::assert_documented(&text, "drover_scheduler_");
 
     // Node loss: disconnected at once, lost with its instances after TTL + grace.
     node.conn.close().await.unwrap();

@@ -16,6 +16,7 @@
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
+//! - [`metrics`]: a scrape checked against `docs/metrics.md` (nothing missing, nothing unlisted).
 //! - [`init_tracing`]: log output for a failing test (`RUST_LOG=debug`).
 //! - [`skip`]: a test that cannot run here says so, and fails where the feature is known to
 //!   exist (`DROVER_REQUIRE`, set by `.ci/run`).
@@ -26,6 +27,7 @@
 pub mod agents;
 pub mod etcd;
 pub mod executor;
+pub mod metrics;
 pub mod netlab;
 pub mod process;
 pub mod systemd;
