@@ -528,6 +528,13 @@ pub async fn run(opts: UpOptions, shutdown: impl std::future::Future<Output = ()
         }
         let cli_dir = if opts.dir == Path::new(".drover") { String::new() } else { format!(" --dir {}", opts.dir.display()) };
         println!("cluster is up. Try: drover{cli_dir} ps | drover{cli_dir} node ls | drover{cli_dir} events -f. Ctrl-C stops it.");
+        let user = pki.dir.join(USER_CERT);
+        println!(
+            "dashboard: https://{api_addr}/ui (your browser needs the user certificate: openssl pkcs12 -export -in {} -inkey {} -out drover-user.p12, then import drover-user.p12 and {})",
+            user.display(),
+            ssntp::tls::default_key_for(&user).display(),
+            pki.dir.join(drover_cert::CA_CERT).display()
+        );
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {

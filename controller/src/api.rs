@@ -229,6 +229,7 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(crate::event_stream::stream))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&controller), refuse_writes_when_read_only))
         .layer(axum::middleware::from_fn_with_state(

@@ -48,6 +48,10 @@ pub struct NodeView {
     /// Latest STATS figures (its `instances` left out: see `instances`), if any arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    /// What the node is, from its last READY, FULL or MAINTENANCE report that the scheduler
+    /// passed on (labels, features, architecture, NUMA node, CPU model …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ssntp::payload::NodeReport>,
     /// How many instances the store believes run there.
     pub instances: usize,
     /// The instances the node itself says run there (`GET /v1/nodes?instances=true`).
@@ -500,6 +504,7 @@ impl Controller {
                 uuid,
                 status: NodeStatus::Connected,
                 stats: None,
+                report: None,
                 instances: 0,
                 reported_active: None,
                 last_seen_unix_ms: 0,
@@ -524,6 +529,12 @@ impl Controller {
                 touch(e.node_uuid, Some(NodeStatus::Disconnected), None);
             }
             Message::NodeLost(e) => touch(e.node_uuid, Some(NodeStatus::Lost), None),
+            Message::Ready(report) | Message::Full(Some(report)) | Message::Maintenance(Some(report)) => {
+                touch(origin, None, None);
+                if let Some(view) = nodes.get_mut(&origin) {
+                    view.report = Some(report.clone());
+                }
+            }
             Message::Stats(s) => {
                 let status = match s.status {
                     NodeState::Ready => NodeStatus::Ready,

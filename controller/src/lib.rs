@@ -20,6 +20,7 @@
 //! - [`event_stream`]: `GET /v1/events/stream`, the events as Server-Sent Events, resumable.
 //! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
 //! - [`metrics`]: `GET /metrics`, the controller's figures as Prometheus text.
+//! - [`ui`]: the dashboard at `/ui`, pages rendered on the server, same TLS and tenants.
 //! - [`shell`]: `drover-controller`'s flags and tasks.
 //! - [`link`]: the controller's SSNTP connection and how events are described for people.
 
@@ -40,3 +41,4 @@ pub mod resend_gate;
 pub mod service;
 pub mod shell;
 pub mod store;
+pub mod ui;

@@ -416,6 +416,11 @@ impl Hub {
                 Some(entry) => *entry = (uuid, conn_id, term),
                 None => self.controllers.push((uuid, conn_id, term)),
             }
+            // It learns what each node is from the node's next report.
+            let ids: Vec<Uuid> = self.nodes.iter().map(|n| n.uuid).collect();
+            for id in ids {
+                self.nodes.update(&id, &self.cfg, |n| n.report_forwarded = None);
+            }
             self.choose_master();
             return Vec::new();
         }
@@ -428,6 +433,7 @@ impl Hub {
                 status: NodeStatus::Connected,
                 last_seen_ms: now.mono_ms,
                 heartbeat_forwarded: None,
+                report_forwarded: None,
                 expected: false,
                 suspect: false,
                 away_until_ms: None,
@@ -482,6 +488,11 @@ impl Hub {
             // Its digest tells the controllers which stale copies to stop.
             let request = Message::ReportRequest(ReportRequest { node_uuid: Some(from) });
             out.push(Output::To { peer: from, payload: self.own(request) });
+        }
+        if let Message::Ready(report) | Message::Full(Some(report)) | Message::Maintenance(Some(report)) = &message {
+            if self.report_changed(from, report) {
+                out.push(Output::ToControllers(frame.clone()));
+            }
         }
         match message {
             Message::Ready(report) => self.status(from, NodeStatus::Ready, Some(report)),
@@ -550,6 +561,21 @@ impl Hub {
         // A report or a departed instance can only make room on this node.
         self.drain_on(from, &mut out);
         out
+    }
+
+    /// Whether what node `from` says it is (host, size, labels, features, architecture, NUMA
+    /// node, CPU) changed since the controllers last heard it; if so, it counts as heard. Its
+    /// changing figures (load, free memory) travel in heartbeats instead.
+    fn report_changed(&mut self, from: Uuid, report: &NodeReport) -> bool {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&report.hostname, report.cpus_online, report.mem_total_mb, report.disk_total_mb).hash(&mut h);
+        (&report.labels, &report.features, &report.arch, report.numa_node).hash(&mut h);
+        (&report.cpu_model, report.cpu_mhz, report.away_grace_ms).hash(&mut h);
+        let print = h.finish();
+        self.nodes
+            .update(&from, &self.cfg, |n| n.report_forwarded.replace(print) != Some(print))
+            .unwrap_or(false)
     }
 
     /// Whether a heartbeat of `from` with `status` goes on to the controllers now (see

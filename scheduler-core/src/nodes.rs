@@ -173,6 +173,10 @@ pub struct Node {
     /// When its last heartbeat went to the controllers (monotonic ms) and the status it
     /// carried; `None` until the first since it connected.
     pub heartbeat_forwarded: Option<(u64, ssntp::payload::NodeState)>,
+    /// The fingerprint of the last READY/FULL/MAINTENANCE report passed on to the controllers
+    /// (what the node is: labels, features, architecture …); `None` until one went since the
+    /// node or a controller connected.
+    pub report_forwarded: Option<u64>,
     /// Never connected to this scheduler: a controller said work runs there, so it is expected
     /// (and declared lost if it stays away).
     pub expected: bool,
@@ -306,6 +310,7 @@ impl Node {
             instances: Charges::default(),
             starts: 0,
             heartbeat_forwarded: None,
+            report_forwarded: None,
             expected: false,
             suspect: false,
             away_until_ms: None,

@@ -1217,3 +1217,22 @@ proptest! {
         prop_assert_eq!(real.first().map(|(_, n)| *n), answer.placed.first().map(|p| p.node_uuid));
     }
 }
+
+#[test]
+fn what_a_node_is_reaches_the_controllers_once_per_change_and_again_for_a_new_controller() {
+    let mut rig = Rig::new(Config::default());
+    let forwarded = |out: &[(Option<Uuid>, Message)]| {
+        out.iter().filter(|(to, m)| to.is_none() && matches!(m, Message::Ready(_))).count()
+    };
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 110, uuid: u(10), role: AGENT, term: None });
+    let mut r = report(u(10), 4, 4096, 0.0);
+    r.labels.insert("zone".into(), "b".into());
+    assert_eq!(forwarded(&rig.ready(10, r.clone())), 1, "the first report");
+    r.load = 3.0;
+    r.mem_available_mb = 1000;
+    assert_eq!(forwarded(&rig.ready(10, r.clone())), 0, "changing figures travel in heartbeats");
+    r.features.push("gpu".into());
+    assert_eq!(forwarded(&rig.ready(10, r.clone())), 1, "a new feature");
+    rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL, term: None });
+    assert_eq!(forwarded(&rig.ready(10, r)), 1, "a controller that just connected learns it");
+}
