@@ -573,9 +573,7 @@ impl Hub {
         (&report.labels, &report.features, &report.arch, report.numa_node).hash(&mut h);
         (&report.cpu_model, report.cpu_mhz, report.away_grace_ms).hash(&mut h);
         let print = h.finish();
-        self.nodes
-            .update(&from, &self.cfg, |n| n.report_forwarded.replace(print) != Some(print))
-            .unwrap_or(false)
+        self.nodes.update(&from, &self.cfg, |n| n.report_forwarded.replace(print) != Some(print)).unwrap_or(false)
     }
 
     /// Whether a heartbeat of `from` with `status` goes on to the controllers now (see
