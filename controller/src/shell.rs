@@ -219,8 +219,12 @@ pub async fn run(
             .await
             .with_context(|| format!("binding the API to {addr} (in use? pick another with --api-listen)"))?;
         tracing::info!(%addr, "API listening");
+        ssntp::cli::notify_ready(&format!("API on {addr}"));
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(api_tls);
         api_server = Some((listener, files, tls_tx, tls_rx));
+    }
+    if api_server.is_none() {
+        ssntp::cli::notify_ready("running without an API");
     }
     match store {
         StoreChoice::Redb(store) => {

@@ -605,6 +605,8 @@ impl Instances {
             .args(&self.shim.args)
             .arg("--dir")
             .arg(dir)
+            // systemd's socket for this launcher's readiness is not the workload's to use.
+            .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

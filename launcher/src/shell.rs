@@ -424,6 +424,11 @@ pub async fn run_with(
     let mut news_ticker = tokio::time::interval(args.news_interval);
     news_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node = %uuid, servers = ?args.servers, running = shell.core.running(), "launcher starting");
+    ssntp::cli::notify_ready(&format!(
+        "{} instances adopted; connecting to {}",
+        shell.core.running(),
+        args.servers.join(", ")
+    ));
     tokio::pin!(shutdown);
     let mut failures = ssntp::advice::FailureLog::default();
 

@@ -76,6 +76,7 @@ pub async fn run(
     let me = drover_etcd::election::LeaderInfo { uuid: Uuid::new_v4(), addr: advertise.clone(), since_unix_ms: 0 };
     tracing::info!(etcd = ?etcd.etcd_endpoints, prefix = %etcd.etcd_prefix, %advertise,
         "scheduler standing by until elected (not listening)");
+    ssntp::cli::notify_ready("standing by until elected");
     let mut shutdown = Box::pin(shutdown);
     let elect = async {
         let client = drover_etcd::cli::connect_retrying(&etcd.etcd_endpoints, tls.as_ref()).await;
@@ -125,6 +126,7 @@ pub async fn run_on(
     let clock = SystemClock::start();
     let uuid = Uuid::new_v4();
     tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
+    ssntp::cli::notify_ready(&format!("listening on {}", listener.local_addr()?));
     let mut opts = ServerOptions::new(uuid);
     opts.max_connections = args.max_connections;
     opts.max_payload = args.max_payload;

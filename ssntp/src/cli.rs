@@ -47,6 +47,21 @@ pub fn parse_daemon_args<T: clap::Parser>() -> T {
     }
 }
 
+/// Tells systemd that the daemon is up (`Type=notify` units): serving, or standing by as one of
+/// several; `status` is what `systemctl status` shows. Nothing happens outside systemd (no
+/// `NOTIFY_SOCKET`); a failure to tell it is logged, not fatal.
+pub fn notify_ready(status: &str) {
+    let states = [sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)];
+    if let Err(e) = sd_notify::notify(&states) {
+        tracing::warn!(error = %e, "could not tell systemd the daemon is ready");
+    }
+}
+
+/// Tells systemd that the daemon is stopping (it drains, closes connections …).
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
 /// Reports an invalid configuration found after parsing (a file that does not load, a
 /// certificate with the wrong role …) and exits with [`EX_USAGE`].
 pub fn usage_error(program: &str, error: &dyn std::fmt::Display) -> ! {
@@ -176,6 +191,10 @@ where
     let shutdown = shutdown_signal();
     let args: A = parse_daemon_args();
     let prepared = prepare(args).unwrap_or_else(|e| usage_error(program, &format_args!("{e:#}")));
+    let shutdown = async {
+        shutdown.await;
+        notify_stopping();
+    };
     match run(prepared, Box::pin(shutdown)).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

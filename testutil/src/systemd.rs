@@ -1,7 +1,7 @@
 //! A real systemd for tests, as PID 1 of its own PID, mount, cgroup, UTS and IPC namespaces,
 //! fenced off from the host (`systemd_ns.sh` does the fencing and checks it before it execs
 //! systemd, or refuses):
-//! - private tmpfs on `/tmp`, `/var/tmp`, `/run`, `/var/log`, `/var/lib/systemd` and `/dev`:
+//! - private tmpfs on `/tmp`, `/var/tmp`, `/run`, `/var/log`, `/var/lib` and `/dev`:
 //!   systemd-tmpfiles empties `/tmp` at boot, and what systemd writes stays inside;
 //! - a sub-cgroup of its own in every hierarchy, a cgroup namespace rooted there, and a fresh
 //!   tmpfs on `/sys/fs/cgroup` with fresh mounts of each hierarchy: systemd makes its slices

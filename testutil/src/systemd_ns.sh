@@ -41,14 +41,19 @@ while read -r keep; do
 done <<< "${DROVER_SD_KEEP:-}"
 
 # systemd-tmpfiles empties /tmp and /var/tmp at boot (Debian's D /tmp); /run, /var/log and
-# /var/lib/systemd hold what systemd and journald write. All private to this namespace.
-for dir in /tmp /var/tmp /run /var/log /var/lib/systemd; do
+# /var/lib hold what systemd, journald and services write (StateDirectory=, DynamicUser's
+# /var/lib/private). All private to this namespace.
+for dir in /tmp /var/tmp /run /var/log /var/lib; do
     # The fixture's own test leaves one fence out to see the check below refuse.
     [ "$dir" != "${DROVER_SD_LEAVE_OUT:-}" ] || continue
     mkdir -p "$dir"
-    mount -t tmpfs -o mode=1777,nosuid,nodev,size=256m tmpfs "$dir"
+    # /var/lib holds services' state, which launchers measure as disk: room to report.
+    size=256m
+    [ "$dir" != /var/lib ] || size=4g
+    mount -t tmpfs -o mode=1777,nosuid,nodev,size=$size tmpfs "$dir"
 done
-chmod 755 /run /var/log /var/lib/systemd
+chmod 755 /run /var/log /var/lib
+mkdir -p /var/lib/systemd
 kept=$i
 i=0
 while [ "$i" -lt "$kept" ]; do
@@ -94,7 +99,7 @@ done <<< "${DROVER_SD_MOUNTS:-}"
 # namespace's own tmpfs, every cgroup mount is rooted at the namespace's root, this process
 # sits at the root of every hierarchy, and nothing propagates back to the host.
 top_mount() { awk -v d="$1" '$5 == d { line = $0 } END { print line }' /proc/self/mountinfo; }
-for dir in /tmp /var/tmp /run /dev /sys/fs/cgroup; do
+for dir in /tmp /var/tmp /run /var/log /var/lib /dev /sys/fs/cgroup; do
     line=$(top_mount "$dir")
     case "$line" in *" - tmpfs "*) ;; *) fail "$dir is not a private tmpfs: $line" ;; esac
     case "$line" in *shared:*) fail "$dir propagates to the host: $line" ;; esac
