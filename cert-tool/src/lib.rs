@@ -18,8 +18,11 @@
 //! - [`create_ca`], [`issue`], [`revoke`], [`verify`], [`show`]: what the subcommands do.
 //! - [`CertSpec`] and [`issue_spec`]: the full set of knobs, for tests that need deliberately
 //!   bad certificates (expired, no role, anyEKU …).
+//! - [`cli`]: the `drover-cert` command line.
 
 #![forbid(unsafe_code)]
+
+pub mod cli;
 
 use std::fmt;
 use std::fs;

@@ -155,10 +155,11 @@ pub enum Cmd {
         #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
         params: Vec<(String, String)>,
     },
-    /// Where a workload's instances would go now, or exactly why not, without creating
-    /// anything: the scheduler's placement rules on the nodes as they are. Exit status 0 when
-    /// every instance would start now, 1 when some would not (they would queue, or fail), 2 on
-    /// an error, like `nomad job plan`.
+    /// Where a workload's instances would go now, or exactly why not (a dry run).
+    ///
+    /// Nothing is created: the scheduler applies its placement rules to the nodes as they are.
+    /// Exit status 0 when every instance would start now, 1 when some would not (they would
+    /// queue, or fail), 2 on an error, like `nomad job plan`.
     #[command(
         after_help = "Examples:\n  drover plan web.toml -n 20     a file, not saved\n  drover plan web -n 20          a saved workload\n  drover plan build.workorder    a task file"
     )]
