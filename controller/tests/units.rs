@@ -13,54 +13,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{api_client, create_workload, instance_when, launch_one};
+mod services;
+
+use services::{Rig, UNITS};
 use testutil::systemd::SystemdNs;
 
 const TEST: &str = "the_packaged_units_bring_up_a_cluster_that_runs_work";
-const UNITS: [&str; 3] = ["drover-scheduler", "drover-controller", "drover-launcher"];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-struct Rig {
-    work: PathBuf,
-    systemd: SystemdNs,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let journal = self.systemd.command("/usr/bin/journalctl").args(["--no-pager", "-n", "120"]).output();
-            eprintln!(
-                "--- systemd's journal ---\n{}",
-                journal.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.work);
-        }
-    }
-}
-
-impl Rig {
-    fn sh(&self, script: &str) -> String {
-        let out = self.systemd.command("/bin/sh").args(["-c", script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The uid of a unit's main process, read inside the namespace.
-    fn main_uid(&self, unit: &str) -> u32 {
-        let pid = self.systemd.unit_property(&format!("{unit}.service"), "MainPID");
-        let status = self.sh(&format!("cat /proc/{pid}/status"));
-        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_else(|| panic!("{status}"));
-        uid.split_whitespace().next().unwrap().parse().unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,48 +92,5 @@ async fn the_packaged_units_bring_up_a_cluster_that_runs_work() {
     }
     rig.sh(&format!("cp {}/*.service /run/systemd/system/ && systemctl daemon-reload", inside(&units)));
 
-    // Type=notify: `start` returns once each says it is ready.
-    for unit in UNITS {
-        rig.sh(&format!("systemctl start {unit}.service"));
-        assert_eq!(rig.systemd.unit_property(&format!("{unit}.service"), "ActiveState"), "active", "{unit}");
-    }
-    assert_ne!(rig.main_uid("drover-scheduler"), 0, "the scheduler is not root");
-    assert_ne!(rig.main_uid("drover-controller"), 0, "the controller is not root");
-    assert_eq!(rig.main_uid("drover-launcher"), 0, "the launcher is root, to give tenants users of their own");
-    let status = rig.sh("systemctl status drover-scheduler.service --no-pager || true");
-    assert!(status.contains(&format!("listening on 127.0.0.1:{sched}")), "the status it told systemd: {status}");
-
-    // Work through the API, as a user would.
-    let admin = api_client(&pki, &format!("127.0.0.1:{api}"), Some("admin"));
-    common::wait_for("a ready node", || async {
-        let s = admin.get("/v1/status").await.ok()?;
-        (s["nodes"]["ready"].as_u64() == Some(1)).then_some(())
-    })
-    .await;
-    create_workload(
-        &admin,
-        "name = \"hello\"\nsize = \"tiny\"\n[backend]\ntype = \"process\"\nargv = [\"/bin/sh\", \"-c\", \"echo hello from $(id -u); sleep 600\"]\n",
-    )
-    .await;
-    let id = launch_one(&admin, "hello").await;
-    instance_when(&admin, &id, "running", common::PATIENCE * 3, |i| i["state"] == "running").await;
-    let logs = common::wait_for("its output", || async {
-        let v = admin.get(&format!("/v1/instances/{id}/logs")).await.ok()?;
-        v["data"].as_str().filter(|d| d.contains("hello from")).map(str::to_owned)
-    })
-    .await;
-    assert!(!logs.contains("hello from 0\n"), "the workload is not root: {logs}");
-
-    // A launcher restart leaves the workload running; the new launcher adopts it.
-    let before = rig.systemd.unit_property("drover-launcher.service", "MainPID");
-    rig.sh("systemctl restart drover-launcher.service");
-    assert_ne!(rig.systemd.unit_property("drover-launcher.service", "MainPID"), before);
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let instance = admin.get(&format!("/v1/instances/{id}")).await.unwrap();
-    assert_eq!(instance["state"], "running", "the workload outlived the launcher's restart: {instance}");
-    assert_eq!(instance["restarts"], 0, "{instance}");
-
-    for unit in UNITS.iter().rev() {
-        rig.sh(&format!("systemctl stop {unit}.service"));
-    }
+    services::check(&rig, &pki, &format!("127.0.0.1:{api}"), &format!("listening on 127.0.0.1:{sched}")).await;
 }

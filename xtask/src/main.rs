@@ -1,6 +1,6 @@
-//! `cargo xtask docs DIR`: writes a man page (`DIR/man/man1/*.1`, one per command and
-//! subcommand) and bash, zsh and fish completions (`DIR/completions/…`) for every Drover
-//! binary, from the same clap definitions the binaries parse with, so they cannot drift. The
+//! `cargo xtask docs DIR`: writes, for every Drover binary B, its man pages
+//! (`DIR/B/man1/*.1`, one per command and subcommand) and bash, zsh and fish completions
+//! (`DIR/B/completions/{bash,zsh,fish}/…`), from the same clap definitions the binaries parse with, so they cannot drift. The
 //! packages ship them.
 
 use std::path::{Path, PathBuf};
@@ -37,20 +37,20 @@ fn man_pages(cmd: &clap::Command, prefix: &str, dir: &Path, written: &mut Vec<Pa
 /// Writes the man pages and completions under `dir`; returns the files written.
 fn docs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     use clap_complete::Shell;
-    let man = dir.join("man/man1");
-    std::fs::create_dir_all(&man)?;
     let mut written = Vec::new();
     for cmd in commands() {
         let mut cmd = cmd;
         cmd.build();
-        man_pages(&cmd, "", &man, &mut written)?;
         let name = cmd.get_name().to_owned();
+        let man = dir.join(&name).join("man1");
+        std::fs::create_dir_all(&man)?;
+        man_pages(&cmd, "", &man, &mut written)?;
         for (shell, sub, file) in [
             (Shell::Bash, "bash", name.clone()),
             (Shell::Zsh, "zsh", format!("_{name}")),
             (Shell::Fish, "fish", format!("{name}.fish")),
         ] {
-            let target = dir.join("completions").join(sub);
+            let target = dir.join(&name).join("completions").join(sub);
             std::fs::create_dir_all(&target)?;
             let path = target.join(file);
             let mut out = Vec::new();
@@ -87,19 +87,19 @@ mod tests {
         let written = docs(dir.path()).unwrap();
         let read = |rel: &str| std::fs::read_to_string(dir.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         for (page, flag) in [
-            ("man/man1/drover-scheduler.1", "load\\-threshold"),
-            ("man/man1/drover-controller.1", "api\\-listen"),
-            ("man/man1/drover-launcher.1", "maintenance\\-grace"),
-            ("man/man1/drover-launcher.1", "config"),
-            ("man/man1/drover.1", "plan"),
-            ("man/man1/drover-plan.1", "count"),
-            ("man/man1/drover-cert-issue.1", "role"),
+            ("drover-scheduler/man1/drover-scheduler.1", "load\\-threshold"),
+            ("drover-controller/man1/drover-controller.1", "api\\-listen"),
+            ("drover-launcher/man1/drover-launcher.1", "maintenance\\-grace"),
+            ("drover-launcher/man1/drover-launcher.1", "config"),
+            ("drover/man1/drover.1", "plan"),
+            ("drover/man1/drover-plan.1", "count"),
+            ("drover-cert/man1/drover-cert-issue.1", "role"),
         ] {
             assert!(read(page).contains(flag), "{page} mentions {flag}");
         }
-        assert!(read("completions/bash/drover").contains("plan"), "bash completes subcommands");
-        assert!(read("completions/zsh/_drover-scheduler").contains("--load-threshold"));
-        assert!(read("completions/fish/drover-launcher.fish").contains("maintenance-grace"));
+        assert!(read("drover/completions/bash/drover").contains("plan"), "bash completes subcommands");
+        assert!(read("drover-scheduler/completions/zsh/_drover-scheduler").contains("--load-threshold"));
+        assert!(read("drover-launcher/completions/fish/drover-launcher.fish").contains("maintenance-grace"));
         assert!(written.len() > 30, "{} files", written.len());
     }
 }
