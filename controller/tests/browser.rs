@@ -116,11 +116,7 @@ async fn the_dashboard_renders_the_cluster_in_chromium_with_a_client_certificate
     let cluster = Cluster::start(&[&["--backend", "sim", "--label", "zone=b"]]);
     cluster.wait_ready(1).await;
     let api = cluster.admin();
-    create_workload(
-        &api,
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n",
-    )
-    .await;
+    create_workload(&api, common::SIM_WORKLOAD).await;
     let ids = [launch_one(&api, "sim").await, launch_one(&api, "sim").await];
     for id in &ids {
         instance_when(&api, id, "running", common::PATIENCE, |i| i["state"] == "running").await;

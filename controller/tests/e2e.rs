@@ -397,11 +397,7 @@ async fn events_follow_goes_on_across_a_controller_restart_without_gaps_or_repea
     let mut cluster = Cluster::start(&[&["--backend", "sim"]]);
     cluster.wait_ready(1).await;
     let api = cluster.admin();
-    create_workload(
-        &api,
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n",
-    )
-    .await;
+    create_workload(&api, common::SIM_WORKLOAD).await;
     let mut follower = std::process::Command::new(common::bin("drover"))
         .args(["--api", &cluster.api_addr, "--cacert"])
         .arg(cluster.pki.ca())

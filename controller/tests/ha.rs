@@ -114,8 +114,7 @@ async fn a_leader_stalled_past_its_lease_is_replaced_refused_by_the_fence_and_co
     let b_api = api_client(&cluster.pki, &b_addr, Some("admin"));
     wait_for("controller b to stand by", || async { (role(&b_api).await?.0 == "standby").then_some(()) }).await;
     cluster.wait_ready(1).await;
-    let workload =
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n";
+    let workload = common::SIM_WORKLOAD;
     a_api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
     let first = a_api.post("/v1/workloads/sim/launch", &json!({"count": 5})).await.unwrap();
     let first: Vec<String> =
@@ -215,8 +214,7 @@ async fn losing_the_active_scheduler_moves_everyone_to_the_standby_and_nothing_i
         (s["scheduler"]["target"] == a_addr.as_str() && s["nodes"]["ready"].as_u64() == Some(2)).then_some(())
     })
     .await;
-    let workload =
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n";
+    let workload = common::SIM_WORKLOAD;
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
     api.post("/v1/workloads/sim/launch", &json!({"count": 20})).await.unwrap();
     wait_for("twenty running", || async {
@@ -267,8 +265,7 @@ async fn losing_one_etcd_member_changes_nothing_losing_two_refuses_writes_but_no
     let api = cluster.admin();
     wait_for("the controller to lead", || async { (role(&api).await?.0 == "leader").then_some(()) }).await;
     cluster.wait_ready(1).await;
-    let workload =
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n";
+    let workload = common::SIM_WORKLOAD;
     api.call(Method::POST, "/v1/workloads", Some(("application/toml", workload.as_bytes().to_vec()))).await.unwrap();
     let running = |n: u64| {
         let api = &api;

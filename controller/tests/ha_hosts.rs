@@ -227,11 +227,7 @@ fn on_separate_hosts_a_cut_off_leader_and_a_lost_scheduler_host_are_replaced_and
     let (c1_api, c2_api) = (api_of(c1), api_of(c2));
     let s2 = sched_of(s2);
     let workload = hosts.work.path().join("sim.toml");
-    std::fs::write(
-        &workload,
-        "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n",
-    )
-    .unwrap();
+    std::fs::write(&workload, common::SIM_WORKLOAD).unwrap();
     hosts.drover(&c1_api, &["workload", "create", &workload.display().to_string()]).unwrap();
     hosts.drover(&c1_api, &["run", "sim", "-n", "30"]).unwrap();
     within(&hosts, "thirty running", Duration::from_secs(60), || {

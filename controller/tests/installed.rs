@@ -54,17 +54,7 @@ async fn the_installed_packages_run_a_cluster_from_their_units() {
 
     // Certificates under the names the installed configuration uses; keys for group drover.
     let pki = common::cluster_pki();
-    for (stem, name) in [
-        ("scheduler-local", "scheduler"),
-        ("controller-local", "controller"),
-        ("server-api", "api"),
-        ("agent-local", "agent"),
-    ] {
-        std::fs::copy(pki.cert(stem), pki_dir.join(format!("{name}.pem"))).unwrap();
-        std::fs::copy(pki.key(stem), pki_dir.join(format!("{name}-key.pem"))).unwrap();
-    }
-    std::fs::copy(pki.ca(), pki_dir.join("ca.pem")).unwrap();
-    std::fs::copy(pki.crl(), pki_dir.join("crl.pem")).unwrap();
+    services::install_pki(&pki, &pki_dir);
     for entry in std::fs::read_dir(&pki_dir).unwrap().flatten() {
         nix::unistd::chown(&entry.path(), None, Some(drover.gid)).unwrap();
         std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o640)).unwrap();

@@ -41,16 +41,7 @@ async fn the_packaged_units_bring_up_a_cluster_that_runs_work() {
 
     // Certificates under the names the packaged configuration uses.
     let pki = common::cluster_pki();
-    for (stem, name) in [
-        ("scheduler-local", "scheduler"),
-        ("controller-local", "controller"),
-        ("server-api", "api"),
-        ("agent-local", "agent"),
-    ] {
-        std::fs::copy(pki.cert(stem), pki_dir.join(format!("{name}.pem"))).unwrap();
-        std::fs::copy(pki.key(stem), pki_dir.join(format!("{name}-key.pem"))).unwrap();
-    }
-    std::fs::copy(pki.ca(), pki_dir.join("ca.pem")).unwrap();
+    services::install_pki(&pki, &pki_dir);
     // The package makes keys readable by group drover; the stand-in user is in no group.
     for entry in std::fs::read_dir(&pki_dir).unwrap().flatten() {
         use std::os::unix::fs::PermissionsExt as _;

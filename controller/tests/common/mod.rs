@@ -284,6 +284,10 @@ where
 // === what the cluster says, through the API ===
 
 /// Saves a workload from its TOML text (admin or the client's tenant).
+/// A sim workload named `sim` that runs ten minutes in 4 MiB and one vCPU.
+pub const SIM_WORKLOAD: &str =
+    "name = \"sim\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = 600000\n";
+
 pub async fn create_workload(api: &ApiClient, toml: &str) {
     api.call(hyper::Method::POST, "/v1/workloads", Some(("application/toml", toml.as_bytes().to_vec()))).await.unwrap();
 }

@@ -56,6 +56,23 @@ impl Rig {
     }
 }
 
+/// Copies the test cluster's certificates into `dir` under the names the packaged
+/// configuration uses (`scheduler.pem`, `scheduler-key.pem`, …, `ca.pem`, `crl.pem`).
+pub fn install_pki(pki: &testutil::Pki, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (stem, name) in [
+        ("scheduler-local", "scheduler"),
+        ("controller-local", "controller"),
+        ("server-api", "api"),
+        ("agent-local", "agent"),
+    ] {
+        std::fs::copy(pki.cert(stem), dir.join(format!("{name}.pem"))).unwrap();
+        std::fs::copy(pki.key(stem), dir.join(format!("{name}-key.pem"))).unwrap();
+    }
+    std::fs::copy(pki.ca(), dir.join("ca.pem")).unwrap();
+    std::fs::copy(pki.crl(), dir.join("crl.pem")).unwrap();
+}
+
 /// Starts the units (`Type=notify`: `start` returns once each is ready), checks who they run
 /// as, runs a workload through the API at `api` as admin, restarts the launcher under it, and
 /// stops them. `listening` is what the scheduler must have told systemd.
