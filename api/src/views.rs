@@ -158,6 +158,8 @@ pub struct InstanceQuery {
     pub state: Option<String>,
     /// Only those the store has running on this node (UUID).
     pub node: Option<Uuid>,
+    /// Only the instances of this batch (`drover batch submit` answers its UUID).
+    pub batch: Option<Uuid>,
     /// Only those whose UUID starts with this (a short ID).
     pub prefix: Option<String>,
     /// At most this many (all when absent).

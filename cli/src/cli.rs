@@ -182,6 +182,9 @@ pub enum Cmd {
         /// Only instances running on this node (UUID).
         #[arg(long)]
         node: Option<String>,
+        /// Only the instances of this batch (the UUID `batch submit` prints).
+        #[arg(long)]
+        batch: Option<ssntp::Uuid>,
         /// Instances per page.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -472,6 +475,7 @@ struct PsArgs {
     workload: Option<String>,
     state: Option<String>,
     node: Option<String>,
+    batch: Option<ssntp::Uuid>,
     limit: usize,
     after: Option<String>,
     all: bool,
@@ -490,6 +494,9 @@ async fn ps(api: &ApiClient, args: PsArgs, json: bool) -> anyhow::Result<()> {
     if let Some(n) = &args.node {
         let node = resolve(api, n, "node", "/v1/nodes").await?;
         filters.push(format!("node={node}"));
+    }
+    if let Some(b) = &args.batch {
+        filters.push(format!("batch={b}"));
     }
     let hosts = if json { std::collections::HashMap::new() } else { host_names(api).await };
     if args.sort == PsOrder::Created {
@@ -631,8 +638,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             return run_workload(&api, &workload, count, params_of(params), wait, json).await
         }
         Cmd::Task(cmd) => task(&api, cmd, json).await?,
-        Cmd::Ps { workload, state, node, limit, after, all, sort } => {
-            ps(&api, PsArgs { workload, state, node, limit, after, all, sort }, json).await?;
+        Cmd::Ps { workload, state, node, batch, limit, after, all, sort } => {
+            ps(&api, PsArgs { workload, state, node, batch, limit, after, all, sort }, json).await?;
         }
         Cmd::Show { id } => {
             let id = resolve(&api, &id, "instance", "/v1/instances").await?;

@@ -494,6 +494,7 @@ async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<I
                     && q.workload.as_ref().is_none_or(|w| *w == r.workload)
                     && q.state.as_ref().is_none_or(|s| s == r.life.state.name())
                     && q.node.is_none_or(|n| matches!(r.life.state, Life::Running { node } if node == n))
+                    && q.batch.is_none_or(|b| r.batch == Some(b))
             };
             let limit = q.limit.unwrap_or(usize::MAX).max(1);
             match &q.prefix {

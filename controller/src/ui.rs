@@ -331,6 +331,7 @@ struct InstancesQuery {
     state: Option<String>,
     workload: Option<String>,
     node: Option<String>,
+    batch: Option<String>,
     after: Option<Uuid>,
 }
 
@@ -343,6 +344,7 @@ async fn instances(
     let state = q.state.clone().filter(|s| !s.is_empty());
     let workload = q.workload.clone().filter(|s| !s.is_empty());
     let node: Option<Uuid> = q.node.as_deref().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok());
+    let batch: Option<Uuid> = q.batch.as_deref().filter(|s| !s.is_empty()).and_then(|s| s.parse().ok());
     let (state_f, workload_f, after) = (state.clone(), workload.clone(), q.after);
     let read = c
         .blocking(move |c| {
@@ -351,6 +353,7 @@ async fn instances(
                     && workload_f.as_ref().is_none_or(|w| *w == r.workload)
                     && state_f.as_ref().is_none_or(|s| s == r.life.state.name())
                     && node.is_none_or(|n| r.node == Some(n))
+                    && batch.is_none_or(|b| r.batch == Some(b))
             };
             let page = c.service().store().instances_page(after, PAGE, keep)?;
             let counts = c.service().counts(scope(&tenant))?;
@@ -372,11 +375,15 @@ async fn instances(
         if let Some(n) = node {
             parts.push(format!("node={n}"));
         }
+        if let Some(b) = batch {
+            parts.push(format!("batch={b}"));
+        }
         if let Some(a) = after {
             parts.push(format!("after={a}"));
         }
         view.href(&format!("/ui/instances?{}", parts.join("&")))
     };
+    let filter_batch = |b: Uuid| view.href(&format!("/ui/instances?batch={b}"));
     let body = html! {
         form.filter method="get" action="/ui/instances" {
             @if let Some(t) = &view.chosen { input type="hidden" name="tenant" value=(t); }
@@ -388,11 +395,12 @@ async fn instances(
             } }
             label { "workload" input name="workload" value=[workload.as_deref()]; }
             label { "node" input name="node" value=[node.map(|n| n.to_string())] placeholder="UUID"; }
+            label { "batch" input name="batch" value=[batch.map(|b| b.to_string())] placeholder="UUID"; }
             button type="submit" { "Filter" }
         }
         div #live hx-get=(filter(after)) hx-trigger=(REFRESH) hx-select="#live" hx-swap="outerHTML" {
             table #instances {
-                tr { th { "instance" } th { "workload" } th { "tenant" } th { "state" } th { "node" } th { "why" } th { "restarts" } th { "exit" } }
+                tr { th { "instance" } th { "workload" } th { "tenant" } th { "state" } th { "node" } th { "batch" } th { "why" } th { "restarts" } th { "exit" } }
                 @for r in &page.records {
                     @let v = instance_view(r);
                     tr data-instance=(v.uuid) {
@@ -401,6 +409,7 @@ async fn instances(
                         td { (v.tenant) }
                         td { span class=(status_class(v.state.name())) { (v.state.name()) } }
                         td { @if let Some(n) = v.node { (hosts.get(&n).cloned().unwrap_or_else(|| n.short())) } }
+                        td { @if let Some(b) = v.batch { a href=(filter_batch(b)) { code { (b.short()) } } } }
                         td.why { (v.why) }
                         td { (v.restarts) }
                         td { @if let Some(code) = v.exit_code { (code) } }
@@ -440,7 +449,7 @@ async fn instance(
                 tr { th { "node" } td { @if let Some(h) = &host { (h) } @else if let Some(n) = v.node { (n) } } }
                 tr { th { "restarts" } td { (v.restarts) } }
                 tr { th { "exit code" } td { @if let Some(code) = v.exit_code { (code) } } }
-                @if let Some(b) = v.batch { tr { th { "batch" } td { code { (b) } } } }
+                @if let Some(b) = v.batch { tr { th { "batch" } td { a href=(view.href(&format!("/ui/instances?batch={b}"))) { code { (b) } } } } }
             }
         }
         h2 { "Output" @if running { " (live)" } }

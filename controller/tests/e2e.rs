@@ -197,6 +197,15 @@ async fn batch_submit_answers_on_a_cluster_too_small_for_all_of_it() {
     assert_eq!((n("started"), n("queued"), n("rejected"), n("pending")), (2, 3, 0, 0), "{answer}");
     assert!(answer["queued"][0]["why"].as_str().is_some_and(|w| !w.is_empty()), "queued work says why: {answer}");
     assert!(answer["slots_remaining_estimate"].as_u64().is_some(), "{answer}");
+    // A batch's instances, by its UUID: from the API, `drover ps --batch` and the dashboard.
+    let batch = answer["batch"].as_str().unwrap().to_owned();
+    let listed = api.get(&format!("/v1/instances?batch={batch}")).await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 5, "{listed}");
+    let out = cluster.cli(&["--json", "ps", "--batch", &batch]);
+    let ps: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(ps.as_array().map(Vec::len), Some(5), "{ps}");
+    let (_, page) = api.raw(hyper::Method::GET, &format!("/ui/instances?batch={batch}"), None).await.unwrap();
+    assert_eq!(page.as_str().unwrap().matches("<tr data-instance=").count(), 5, "{page}");
 
     // Work larger than any node is rejected at once.
     create_workload(&api, "name = \"huge\"\nclass = \"batch\"\n[resources]\nmem_mb = 1048576\n[backend]\ntype = \"process\"\nargv = [\"/bin/true\"]\n").await;
