@@ -167,7 +167,7 @@ pub enum Cmd {
         /// A workload file (.toml, .json, .workorder, .batch), or the name of a saved workload.
         workload: String,
         /// How many instances.
-        #[arg(short = 'n', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(short = 'n', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(ssntp::payload::MAX_PLAN_COUNT)))]
         count: u32,
     },
     /// List instances, with why each waits or failed: a page, and a count of all by state.
@@ -759,37 +759,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        WorkloadCmd::Create { file, replace } if is_task_file(&file) => {
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let body = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            // Checked here too, so the error names the file as the user wrote it.
-            let task = drover_api::unit::parse_unit(&name, &body).map_err(|e| anyhow::anyhow!("{e}"))?.name;
-            let api = api.clone().with_header("x-drover-task-file", name);
-            let content = Some(("text/x-drover-task", body.into_bytes()));
-            let v = if replace {
-                api.call(Method::PUT, &format!("/v1/workloads/{task}"), content).await?
-            } else {
-                api.call(Method::POST, "/v1/workloads", content).await?
-            };
-            if json {
-                print_json(&v);
-            } else {
-                println!("task {} saved", text(&v, "name"));
-            }
-        }
         WorkloadCmd::Create { file, replace } => {
-            let format = drover_api::workload::Format::for_file(&file).map_err(anyhow::Error::msg)?;
-            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let content_type =
-                if format == drover_api::workload::Format::Toml { "application/toml" } else { "application/json" };
+            let WorkloadFile { api, name, content } = WorkloadFile::read(api, &file)?;
             let v = if replace {
-                let text = String::from_utf8_lossy(&body);
-                let name = drover_api::workload::parse(&text, format)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
-                    .name;
-                api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some((content_type, body))).await?
+                api.call(Method::PUT, &format!("/v1/workloads/{name}"), Some(content)).await?
             } else {
-                api.call(Method::POST, "/v1/workloads", Some((content_type, body))).await.map_err(|e| {
+                api.call(Method::POST, "/v1/workloads", Some(content)).await.map_err(|e| {
                     match e.downcast_ref::<crate::client::ApiFailure>() {
                         Some(f) if f.status == hyper::StatusCode::CONFLICT => anyhow::anyhow!(
                             "{}; `drover workload create --replace {}` replaces it",
@@ -800,10 +775,11 @@ async fn workload(api: &ApiClient, cmd: WorkloadCmd, json: bool) -> anyhow::Resu
                     }
                 })?
             };
+            let kind = if is_task_file(&file) { "task" } else { "workload" };
             if json {
                 print_json(&v);
             } else {
-                println!("workload {} saved", text(&v, "name"));
+                println!("{kind} {} saved", text(&v, "name"));
             }
         }
         WorkloadCmd::List => {
@@ -1167,26 +1143,13 @@ mod help_tests {
 async fn plan(api: &ApiClient, workload: &str, count: u32, json: bool) -> anyhow::Result<std::process::ExitCode> {
     let file = Path::new(workload);
     let path_like = file.exists() || workload.contains('/') || workload.contains('.');
-    let answer: drover_api::views::PlanView = if path_like {
-        let body = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let path = format!("/v1/plan?count={count}");
-        let v = if is_task_file(file) {
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            drover_api::unit::parse_unit(&name, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let api = api.clone().with_header("x-drover-task-file", name);
-            api.call(Method::POST, &path, Some(("text/x-drover-task", body.into_bytes()))).await?
-        } else {
-            let format = drover_api::workload::Format::for_file(file).map_err(anyhow::Error::msg)?;
-            drover_api::workload::parse(&body, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let content_type =
-                if format == drover_api::workload::Format::Toml { "application/toml" } else { "application/json" };
-            api.call(Method::POST, &path, Some((content_type, body.into_bytes()))).await?
-        };
-        serde_json::from_value(v).context("the API's plan answer")?
+    let v = if path_like {
+        let WorkloadFile { api, content, .. } = WorkloadFile::read(api, file)?;
+        api.call(Method::POST, &format!("/v1/plan?count={count}"), Some(content)).await?
     } else {
-        let v = api.call(Method::POST, &format!("/v1/workloads/{workload}/plan?count={count}"), None).await?;
-        serde_json::from_value(v).context("the API's plan answer")?
+        api.call(Method::POST, &format!("/v1/workloads/{workload}/plan?count={count}"), None).await?
     };
+    let answer: drover_api::views::PlanView = serde_json::from_value(v).context("the API's plan answer")?;
     if json {
         print_json(&serde_json::to_value(&answer)?);
     } else {
@@ -1222,6 +1185,35 @@ fn print_plan(p: &drover_api::views::PlanView) {
         for a in &p.advice {
             println!("  - {a}");
         }
+    }
+}
+
+/// A workload file as the API takes it, checked here first so that an error names the file as
+/// the user wrote it.
+struct WorkloadFile {
+    /// The client to send it with (a task file's name travels in `X-Drover-Task-File`).
+    api: ApiClient,
+    /// The workload's (or task's) name.
+    name: String,
+    /// Content type and body.
+    content: (&'static str, Vec<u8>),
+}
+
+impl WorkloadFile {
+    fn read(api: &ApiClient, file: &Path) -> anyhow::Result<Self> {
+        let body = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        if is_task_file(file) {
+            let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = drover_api::unit::parse_unit(&file_name, &body).map_err(|e| anyhow::anyhow!("{e}"))?.name;
+            let api = api.clone().with_header("x-drover-task-file", file_name);
+            return Ok(Self { api, name, content: ("text/x-drover-task", body.into_bytes()) });
+        }
+        let format = drover_api::workload::Format::for_file(file).map_err(anyhow::Error::msg)?;
+        let name =
+            drover_api::workload::parse(&body, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?.name;
+        let content_type =
+            if format == drover_api::workload::Format::Toml { "application/toml" } else { "application/json" };
+        Ok(Self { api: api.clone(), name, content: (content_type, body.into_bytes()) })
     }
 }
 

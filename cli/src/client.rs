@@ -255,14 +255,7 @@ impl ApiClient {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else if let Ok(v) = serde_json::from_slice(&bytes) {
-            v
-        } else {
-            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        };
-        Ok((status, value, headers))
+        Ok((status, answer_value(&bytes), headers))
     }
 
     /// Follows `GET /v1/events/stream` from after revision `after`, handing `each` every event
@@ -317,9 +310,7 @@ impl ApiClient {
             if !status.is_success() {
                 let bytes =
                     response.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
-                let value = serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-                return Err(ApiFailure::of(status, &value).into());
+                return Err(ApiFailure::of(status, &answer_value(&bytes)).into());
             }
             failures = 0;
             let mut body = response.into_body();
@@ -403,6 +394,15 @@ impl ApiClient {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+}
+
+/// An answer's body as JSON: `null` when empty, the text as a string when it is not JSON.
+fn answer_value(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
     }
 }
 

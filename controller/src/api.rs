@@ -247,9 +247,8 @@ async fn refuse_writes_when_read_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // A plan is a POST that writes nothing.
     let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
-        || request.uri().path().ends_with("/plan");
+        || is_plan(request.method(), request.uri().path());
     match c.read_only() {
         Some(why) if !reads => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -258,6 +257,13 @@ async fn refuse_writes_when_read_only(
         .into_response(),
         _ => next.run(request).await,
     }
+}
+
+/// Whether a call is one of the plan routes: a POST that writes nothing (`POST /v1/plan`,
+/// `POST /v1/workloads/{name}/plan`; not a workload that happens to be named `plan`).
+fn is_plan(method: &axum::http::Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    *method == axum::http::Method::POST && matches!(segments[..], ["v1", "plan"] | ["v1", "workloads", _, "plan"])
 }
 
 /// The header that names the task file a body is (`build.workorder`); its content type is
@@ -842,15 +848,16 @@ async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuer
         let t = tenant.clone();
         let (events, revision) = c
             .blocking(move |c| {
-                let store = c.service().store();
                 // Other tenants' events are skipped, not counted against the limit.
                 let mut out = Vec::new();
                 let mut cursor = after;
                 loop {
-                    let page = store.events_after(cursor, limit)?;
-                    let Some(last) = page.last() else { break };
-                    cursor = last.revision;
-                    out.extend(page.into_iter().filter(|e| scope(&t).is_none_or(|t| t == e.tenant)));
+                    let (page, reached) = c.service().events_page(scope(&t), cursor, limit)?;
+                    if reached == cursor {
+                        break;
+                    }
+                    cursor = reached;
+                    out.extend(page);
                     if out.len() >= limit {
                         out.truncate(limit);
                         cursor = out.last().map_or(cursor, |e| e.revision);
@@ -881,7 +888,7 @@ async fn metrics(State(c): Ctl) -> ApiResult<Response> {
         })
         .await?;
     let text = crate::metrics::text(&c, &figures);
-    Ok(([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok(([("content-type", ssntp::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// The API's TLS: the server configuration new connections use, and the certificates its
@@ -1106,5 +1113,22 @@ pub async fn serve_app(
             // anything else gets a few seconds.
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn only_the_plan_routes_count_as_reads_among_posts() {
+        assert!(is_plan(&Method::POST, "/v1/plan"));
+        assert!(is_plan(&Method::POST, "/v1/workloads/web/plan"));
+        // A workload named `plan` is written like any other.
+        assert!(!is_plan(&Method::PUT, "/v1/workloads/plan"));
+        assert!(!is_plan(&Method::DELETE, "/v1/workloads/plan"));
+        assert!(!is_plan(&Method::POST, "/v1/workloads/plan/launch"));
+        assert!(!is_plan(&Method::POST, "/v1/workloads"));
     }
 }

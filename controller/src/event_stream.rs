@@ -86,16 +86,7 @@ impl Cursor {
             // read wakes us.
             self.revisions.borrow_and_update();
             let (after, tenant) = (self.after, self.tenant.clone());
-            let page = self
-                .controller
-                .blocking(move |c| {
-                    let page = c.service().store().events_after(after, PAGE)?;
-                    let last = page.last().map_or(after, |e| e.revision);
-                    let mine: Vec<Event> =
-                        page.into_iter().filter(|e| tenant.as_deref().is_none_or(|t| t == e.tenant)).collect();
-                    Ok::<_, ServiceError>((mine, last))
-                })
-                .await;
+            let page = self.controller.blocking(move |c| c.service().events_page(tenant.as_deref(), after, PAGE)).await;
             match page {
                 Err(e) => return Some(Err(e)),
                 Ok((events, last)) => {

@@ -244,12 +244,8 @@ async fn overview(State(c): State<Arc<Controller>>, Tenant(tenant): Tenant, Quer
 }
 
 fn recent_events(c: &Controller, tenant: Option<&str>, revision: u64) -> Result<Vec<Event>, ServiceError> {
-    let store = c.service().store();
-    let events = store.events_after(
-        revision.saturating_sub(TIMELINE_EVENTS),
-        usize::try_from(TIMELINE_EVENTS).unwrap_or(usize::MAX),
-    )?;
-    Ok(events.into_iter().filter(|e| tenant.is_none_or(|t| t == e.tenant)).collect())
+    let limit = usize::try_from(TIMELINE_EVENTS).unwrap_or(usize::MAX);
+    Ok(c.service().events_page(tenant, revision.saturating_sub(TIMELINE_EVENTS), limit)?.0)
 }
 
 /// Starts, ends and failures per minute as bars.

@@ -59,6 +59,15 @@ impl Api {
     fn as_user(&self, user: &str) -> ApiClient {
         api_client(&self.pki, &self.addr, Some(user))
     }
+
+    /// Clients of tenants acme and globex, each of which has saved the workload `web`.
+    async fn two_tenants_with_a_workload(&self) -> (ApiClient, ApiClient) {
+        let (acme, globex) = (self.as_user("acme"), self.as_user("globex"));
+        let toml = Some(("application/toml", WORKLOAD));
+        status_of(&acme, Method::POST, "/v1/workloads", toml).await;
+        status_of(&globex, Method::POST, "/v1/workloads", toml).await;
+        (acme, globex)
+    }
 }
 
 impl Drop for Api {
@@ -336,11 +345,7 @@ async fn workloads_instances_400_404_409_and_tenant_isolation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_have_a_cursor_long_poll_and_stay_within_the_tenant() {
     let api = Api::start().await;
-    let acme = api.as_user("acme");
-    let globex = api.as_user("globex");
-    let toml = Some(("application/toml", WORKLOAD));
-    status_of(&acme, Method::POST, "/v1/workloads", toml).await;
-    status_of(&globex, Method::POST, "/v1/workloads", toml).await;
+    let (acme, globex) = api.two_tenants_with_a_workload().await;
     let first = acme.get("/v1/events").await.unwrap();
     let events = first["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "only acme's: {first}");
@@ -383,11 +388,7 @@ async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_is_live_within_the_tenant_and_resumes_after_the_last_id() {
     let api = Api::start().await;
-    let acme = api.as_user("acme");
-    let globex = api.as_user("globex");
-    let toml = Some(("application/toml", WORKLOAD));
-    status_of(&acme, Method::POST, "/v1/workloads", toml).await;
-    status_of(&globex, Method::POST, "/v1/workloads", toml).await;
+    let (acme, globex) = api.two_tenants_with_a_workload().await;
 
     // History first, then live; globex's events never reach acme's stream.
     let mut acme_events = follow(&acme, 0);

@@ -97,14 +97,14 @@ fn misfits(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> (usize, BTreeMap
 /// Why no node fits, counted over the nodes: "0 of 12 nodes fit: 7 insufficient memory, 3 load
 /// above threshold, 2 maintenance".
 pub fn explain(nodes: &NodeTable, need: &Need<'_>, cfg: &Config) -> String {
-    if nodes.is_empty() {
-        return "no launcher has connected".to_owned();
-    }
     let (fit, counts) = misfits(nodes, need, cfg);
     words_of(nodes.len(), fit, &counts, need)
 }
 
 fn words_of(nodes: usize, fit: usize, counts: &BTreeMap<Misfit, usize>, need: &Need<'_>) -> String {
+    if nodes == 0 {
+        return "no launcher has connected".to_owned();
+    }
     let parts: Vec<String> = counts.iter().map(|(m, n)| format!("{n} {}", m.words_for(need))).collect();
     let mut text = format!("{fit} of {nodes} nodes fit");
     if !parts.is_empty() {
@@ -135,11 +135,7 @@ pub struct Planned {
 /// See [`Planned`].
 pub fn plan(nodes: &NodeTable, need: &Need<'_>, cfg: &Config, count: u32) -> Planned {
     let (fit_now, counts) = misfits(nodes, need, cfg);
-    let explanation = if nodes.is_empty() {
-        "no launcher has connected".to_owned()
-    } else {
-        words_of(nodes.len(), fit_now, &counts, need)
-    };
+    let explanation = words_of(nodes.len(), fit_now, &counts, need);
     let mut rooms: Vec<(&Node, u32)> = nodes
         .iter()
         .filter(|n| need.requirements.node_id.is_none_or(|id| id == n.uuid))

@@ -5,26 +5,28 @@ pub use crate::tls::TlsArgs;
 /// Exit code for invalid command lines and configuration (`EX_USAGE` of sysexits.h).
 pub const EX_USAGE: i32 = 64;
 
-/// Parses the command line; `--help` and `--version` print and exit 0, anything invalid prints
-/// clap's message and exits with [`EX_USAGE`] before the daemon binds or dials anything.
-pub fn parse_or_exit<T: clap::Parser>() -> T {
-    parse_or_exit_with(T::command())
+/// Parses the command line with `cmd` (a derived definition, adjusted after derive: headings,
+/// hidden flags); `--help` and `--version` print and exit 0, anything invalid prints clap's
+/// message and exits with [`EX_USAGE`] before anything is bound or dialled.
+pub fn parse_or_exit_with<T: clap::FromArgMatches>(cmd: clap::Command) -> T {
+    cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m)).unwrap_or_else(|e| exit_for(&e, None))
 }
 
-/// [`parse_or_exit`] with a command definition adjusted after derive (headings, hidden flags).
-pub fn parse_or_exit_with<T: clap::FromArgMatches>(cmd: clap::Command) -> T {
-    match cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m)) {
-        Ok(args) => args,
-        Err(e) => {
-            let code = if e.use_stderr() { EX_USAGE } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
+/// Prints clap's message and exits: 0 for `--help` and `--version`, [`EX_USAGE`] otherwise,
+/// naming the `--config` file whose flags were part of the command line, if one was.
+fn exit_for(e: &clap::Error, config: Option<&std::ffi::OsStr>) -> ! {
+    let _ = e.print();
+    if !e.use_stderr() {
+        std::process::exit(0);
     }
+    if let Some(file) = config {
+        eprintln!("(the flags include those of --config {})", file.to_string_lossy());
+    }
+    std::process::exit(EX_USAGE);
 }
 
 /// A daemon's command line, with `--config FILE` (see [`crate::config_file`]): the file's flags
-/// first, the command line's after them and winning; exits as [`parse_or_exit`] does, 64 for
+/// first, the command line's after them and winning; exits as [`parse_or_exit_with`] does, 64 for
 /// a file that does not load or holds a key that is not a flag.
 pub fn parse_daemon_args<T: clap::Parser>() -> T {
     use crate::config_file::{self, ParseFailure};
@@ -36,14 +38,7 @@ pub fn parse_daemon_args<T: clap::Parser>() -> T {
             eprintln!("{}: {e}", config_file::command_of::<T>().get_name());
             std::process::exit(EX_USAGE);
         }
-        Err(ParseFailure::Flags(e)) => {
-            let code = if e.use_stderr() { EX_USAGE } else { 0 };
-            let _ = e.print();
-            if let (Some(file), true) = (file, e.use_stderr()) {
-                eprintln!("(the flags include those of --config {})", file.to_string_lossy());
-            }
-            std::process::exit(code);
-        }
+        Err(ParseFailure::Flags(e)) => exit_for(&e, file.as_deref()),
     }
 }
 

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use tokio::net::TcpListener;
+
+/// The content type every daemon's `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A registry's text exposition.
 pub fn text(registry: &prometheus_client::registry::Registry) -> String {
@@ -22,7 +24,7 @@ pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Sen
             "/metrics",
             axum::routing::get(move || {
                 let text = snapshot();
-                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
+                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text) }
             }),
         )
         .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });

@@ -248,4 +248,21 @@ impl Service {
     pub fn counts(&self, tenant: Option<&str>) -> Result<BTreeMap<&'static str, usize>, ServiceError> {
         Ok(self.store.counts(tenant))
     }
+
+    /// The events after revision `after` that `tenant` may see (every tenant's when `None`),
+    /// from one read of at most `limit`, and the revision that read reached: the next page
+    /// starts there, even when none of this one was the tenant's.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn events_page(
+        &self,
+        tenant: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<crate::store::Event>, u64), ServiceError> {
+        let page = self.store.events_after(after, limit)?;
+        let reached = page.last().map_or(after, |e| e.revision);
+        Ok((page.into_iter().filter(|e| tenant.is_none_or(|t| t == e.tenant)).collect(), reached))
+    }
 }
