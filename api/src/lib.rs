@@ -8,12 +8,15 @@
 //!   errors that name the file and line.
 //! - [`restart`]: restart policies and their bounds, as a workload file states them.
 //! - [`sse`]: the event stream (`text/event-stream`) decoder clients read `/v1/events/stream` with.
+//! - [`schema`]: JSON schemas of the names the API writes (instance states, node statuses),
+//!   for the controller's OpenAPI document.
 //! - [`views`]: the routes' bodies, queries and answers (instances, launches, logs, batches),
 //!   with state names from `drover_model`.
 
 #![forbid(unsafe_code)]
 
 pub mod restart;
+pub mod schema;
 pub mod sse;
 pub mod unit;
 pub mod views;

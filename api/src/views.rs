@@ -8,9 +8,10 @@ use drover_model::InstanceStatus;
 use serde::{Deserialize, Serialize};
 use ssntp::payload::ParamValue;
 use ssntp::Uuid;
+use utoipa::{IntoParams, ToSchema};
 
 /// An instance as the API shows it (`GET /v1/instances`, `GET /v1/instances/{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceView {
     /// UUID.
     pub uuid: Uuid,
@@ -20,6 +21,7 @@ pub struct InstanceView {
     pub workload: String,
     /// Its state (by name: `pending`, `running`, `exited` …).
     #[serde(with = "instance_status")]
+    #[schema(schema_with = crate::schema::instance_state)]
     pub state: InstanceStatus,
     /// Node it runs or ran on.
     pub node: Option<Uuid>,
@@ -67,11 +69,12 @@ pub mod instance_status {
 }
 
 /// Body of `POST /v1/workloads/{name}/launch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchBody {
-    /// How many instances (default 1).
+    /// How many instances (default 1, at most 100,000).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub count: usize,
     /// Parameters for every instance, checked against the workload's schema.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -80,13 +83,14 @@ pub struct LaunchBody {
 
 /// Body of `POST /v1/tasks/children`, sent by a running task with its credential
 /// (`Authorization: Bearer $DROVER_TASK_TOKEN`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChildrenBody {
     /// The task to run (a task workload of the asking task's tenant).
     pub task: String,
-    /// How many instances (default 1).
+    /// How many instances (default 1, at most 100,000).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub count: usize,
     /// Parameters for every instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -94,7 +98,7 @@ pub struct ChildrenBody {
 }
 
 /// Answer to `POST /v1/tasks/children`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChildrenAnswer {
     /// The new instances, pending.
     pub instances: Vec<Uuid>,
@@ -103,7 +107,7 @@ pub struct ChildrenAnswer {
 }
 
 /// One task instance in `GET /v1/tasks` (a tree: each names its parent and root).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     /// The instance.
     pub uuid: Uuid,
@@ -117,6 +121,7 @@ pub struct TaskView {
     pub root: Uuid,
     /// State.
     #[serde(with = "instance_status")]
+    #[schema(schema_with = crate::schema::instance_state)]
     pub state: InstanceStatus,
     /// Node it runs or ran on.
     pub node: Option<Uuid>,
@@ -129,7 +134,7 @@ pub struct TaskView {
 }
 
 /// Answer to `POST /v1/tasks/{root}/decommission`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DecommissionAnswer {
     /// The root instance.
     pub root: Uuid,
@@ -142,7 +147,7 @@ fn one() -> usize {
 }
 
 /// Answer to a launch: the new instances, pending.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LaunchAnswer {
     /// Their UUIDs.
     pub instances: Vec<Uuid>,
@@ -150,7 +155,8 @@ pub struct LaunchAnswer {
 
 /// Filters and paging of `GET /v1/instances`. The answer is a JSON array in UUID order; when
 /// more match than `limit`, the header [`NEXT_AFTER_HEADER`] names the `after` of the next page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceQuery {
     /// Only this workload's.
     pub workload: Option<String>,
@@ -172,14 +178,15 @@ pub struct InstanceQuery {
 pub const NEXT_AFTER_HEADER: &str = "drover-next-after";
 
 /// Options of `GET /v1/instances/{id}/logs`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// At most this many bytes from the end (default 64 KiB, at most 1 MiB).
     pub max_bytes: Option<u32>,
 }
 
 /// An instance's output, as its node holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogView {
     /// The instance.
     pub instance: Uuid,
@@ -192,12 +199,13 @@ pub struct LogView {
 }
 
 /// Body of `POST /v1/batch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     /// A workload of class `batch`.
     pub workload: String,
-    /// How many instances.
+    /// How many instances (at most 100,000).
+    #[schema(minimum = 1, maximum = 100_000)]
     pub count: usize,
     /// How long to wait for the scheduler's answers before replying, ms (default 3000).
     pub wait_ms: Option<u64>,
@@ -207,7 +215,7 @@ pub struct BatchBody {
 }
 
 /// The answer to a batch submission (sd-taskpacker's BatchSubmit).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BatchAnswer {
     /// The batch.
     pub batch: Uuid,
@@ -228,27 +236,31 @@ pub struct BatchAnswer {
 }
 
 /// Cursor and wait of `GET /v1/events`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Events after this revision.
     #[serde(default)]
     pub after: u64,
-    /// Wait this long for something new, ms (long poll); 0 answers at once.
+    /// Wait this long for something new, ms (long poll; at most 60,000); 0 answers at once.
     #[serde(default)]
+    #[param(maximum = 60_000)]
     pub wait_ms: u64,
     /// At most this many (default 1000, at most 10,000).
     pub limit: Option<usize>,
 }
 
 /// `?count=` of the plan routes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PlanQuery {
     /// Instances to plan for (default 1, at most 100,000).
+    #[param(minimum = 1, maximum = 100_000)]
     pub count: Option<u32>,
 }
 
 /// Where a plan puts instances on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanPlacementView {
     /// The node's UUID.
     pub node: Uuid,
@@ -260,7 +272,7 @@ pub struct PlanPlacementView {
 
 /// The answer of `POST /v1/plan` and `POST /v1/workloads/{name}/plan`: where the instances
 /// would go now, or exactly why not. Nothing is created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanView {
     /// The workload planned for.
     pub workload: String,
@@ -284,9 +296,77 @@ pub struct PlanView {
     pub advice: Vec<String>,
 }
 
+/// One workload in `GET /v1/workloads`; the fields read from its file are absent when the
+/// stored file no longer parses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkloadSummary {
+    /// Its name.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its UUID (the scheduler's memory estimates are per workload UUID).
+    pub uuid: Uuid,
+    /// `workorder` or `batch`.
+    pub class: Option<ssntp::payload::WorkClass>,
+    /// `process`, `oci` or `systemd`.
+    pub backend: Option<String>,
+    /// vCPUs each instance asks for.
+    pub vcpus: Option<u32>,
+    /// Memory each instance asks for, MiB.
+    pub mem_mb: Option<u64>,
+}
+
+/// A saved workload as written (`GET /v1/workloads/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkloadSource {
+    /// Its name.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its UUID.
+    pub uuid: Uuid,
+    /// `toml` or `json`: how `source` is written.
+    pub format: String,
+    /// The file as it was sent.
+    pub source: String,
+}
+
+/// The answer to a workload's create or replace: the name it is saved under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkloadName {
+    /// The workload's (or, for a task file, the task's) name.
+    pub name: String,
+}
+
+/// The answer to a node action: what was asked of the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeActionAnswer {
+    /// The node.
+    pub node: Uuid,
+    /// `evacuate`, `restore` or `forget`.
+    pub action: String,
+}
+
+/// Every error the API answers: `{"error": {"status": 404, "message": "…"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorView {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status again.
+    pub status: u16,
+    /// Why, in words a person can act on.
+    pub message: String,
+}
+
 /// Where `GET /v1/events/stream` starts: after this revision, unless the `Last-Event-ID`
 /// header of a resuming client says otherwise.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Events after this revision (default 0: the whole history the store keeps, then live).
     #[serde(default)]

@@ -44,7 +44,7 @@ fn err(field: &str, message: impl Into<String>) -> SpecError {
 }
 
 /// Explicit resources.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// vCPUs.
@@ -62,7 +62,7 @@ fn one() -> u32 {
 }
 
 /// Placement constraints.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     /// Pin to a node.
@@ -80,9 +80,43 @@ pub struct Placement {
     /// Needs a per-NUMA-node launcher.
     #[serde(default)]
     pub numa_local: bool,
+    /// PCI devices the node must have, one each: `vendor:device` in hex with `*` for any
+    /// part (`10de:*`), or `class=PREFIX` (`class=03`: a display controller).
+    #[serde(default)]
+    pub pci: Vec<String>,
+    /// The least CPU speed score the node must have (a 2020 server core scores about 1000).
+    pub min_cpu_score: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Soft wishes that order the nodes that fit without excluding any.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesFile {
+    /// Labels it would rather run on (`zone = "b"`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// An `oci` workload would rather run where its root filesystem is already cached.
+    #[serde(default)]
+    pub image_cached: bool,
+}
+
+/// Checks a PCI requirement's pattern.
+fn check_pci(pattern: &str) -> Result<(), String> {
+    let hex = |t: &str, len: usize| t.len() <= len && !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit());
+    let ok = match pattern.strip_prefix("class=") {
+        Some(class) => hex(class, 6),
+        None => pattern
+            .split_once(':')
+            .is_some_and(|(v, d)| (v == "*" || hex(v, 4)) && (d == "*" || hex(d, 4)) && !(v == "*" && d == "*")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{pattern:?} is not vendor:device in hex (`10de:2204`, `10de:*`) or class=HEX (`class=03`)"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 enum PolicyName {
     Never,
@@ -90,7 +124,7 @@ enum PolicyName {
     Always,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestartSpec {
     #[serde(default = "on_failure")]
@@ -115,39 +149,64 @@ impl Default for RestartSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A workload file as written (JSON, or TOML of the same shape): what `POST /v1/workloads`
+/// takes. [`parse`] checks it further and gives a [`Workload`]; its schema is the API
+/// document's.
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WorkloadFile {
+pub struct WorkloadFile {
+    /// The workload's name: 1-64 of a-z, 0-9, `-`, `_`, `.` ([`check_name`]).
+    #[schema(pattern = "^[a-z0-9._-]{1,64}$")]
     name: String,
+    /// `workorder` (must run) or `batch` (best effort).
     #[serde(default = "workorder")]
     class: WorkClass,
+    /// Batch priority: higher first.
     #[serde(default)]
     priority: u32,
+    /// Batch deadline, Unix ms.
     deadline_unix_ms: Option<u64>,
+    /// A size class instead of `resources`.
     size: Option<SizeClass>,
+    /// vCPUs, memory and disk, instead of `size`.
     resources: Option<Resources>,
+    /// How instances run.
     backend: Backend,
+    /// Where instances may run.
     #[serde(default)]
     requirements: Placement,
+    /// When instances run again.
     #[serde(default)]
     restart: RestartSpec,
+    /// Longest run (`30m`, `2h`), then it is stopped.
     max_run_time: Option<String>,
+    /// Run as root rather than the tenant's user (the launcher must allow it).
     #[serde(default)]
     run_as_root: bool,
+    /// A task's version.
     version: Option<String>,
+    /// The parameters instances take: a type (`string`, `int`, `bool`) or the allowed values.
     #[serde(default)]
     parameters: BTreeMap<String, ParamSpec>,
+    /// How parameters reach the instance.
     #[serde(default)]
     parameters_as: ParamsAs,
+    /// A task (sd-taskpacker): run by a parent task or as a root.
     #[serde(default)]
     task: bool,
+    /// A root task: started with the controller and kept running, its state directory kept
+    /// across its runs.
     #[serde(default)]
     root: bool,
+    /// Latest start, counted from each instance's submission (`1h`).
     deadline: Option<String>,
+    /// What orders the nodes that fit (soft; `requirements` are hard).
+    #[serde(default)]
+    preferences: PreferencesFile,
 }
 
 /// A parameter's type as a file writes it: `"string"`, `"int"`, `"bool"`, or the allowed values.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum ParamSpec {
     Named(String),
@@ -210,7 +269,7 @@ impl ParamType {
 pub use ssntp::payload::ParamValue;
 
 /// How an instance gets its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamsAs {
     /// `--key=value` appended to the command, in key order.
@@ -442,6 +501,18 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         }
     }
     let mut p = f.requirements;
+    for pattern in &p.pci {
+        check_pci(pattern).map_err(|m| err("requirements.pci", m))?;
+    }
+    if p.min_cpu_score == Some(0) {
+        return Err(err("requirements.min_cpu_score", "must be at least 1 (leave it out for any)"));
+    }
+    let image = match (&f.backend, f.preferences.image_cached) {
+        (_, false) => None,
+        (Backend::Oci { rootfs, .. }, true) => Some(rootfs.clone()),
+        (_, true) => return Err(err("preferences.image_cached", "only an oci workload has an image to find cached")),
+    };
+    let preferences = ssntp::payload::Preferences { labels: f.preferences.labels, image };
     if f.run_as_root && !p.features.iter().any(|x| x == ssntp::payload::ROOT_FEATURE) {
         p.features.push(ssntp::payload::ROOT_FEATURE.to_owned());
     }
@@ -460,6 +531,9 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
             arch: p.arch,
             features: p.features,
             numa_local: p.numa_local,
+            pci: p.pci,
+            min_cpu_score: p.min_cpu_score,
+            preferences,
         },
         backend: f.backend,
         restart: Restart {

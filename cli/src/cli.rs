@@ -348,6 +348,12 @@ pub enum NodeCmd {
     /// List nodes with capacity and usage (also `list`, as `workload list`).
     #[command(visible_alias = "list")]
     Ls,
+    /// What one node is and offers: host, architectures, CPU model and score, memory, disk,
+    /// backends and features, labels, PCI devices, cached images, NUMA node.
+    Show {
+        /// Node UUID (or a unique prefix).
+        id: String,
+    },
     /// Move every instance off a node and put it in maintenance (admin).
     Evacuate {
         /// Node UUID (or a unique prefix).
@@ -981,6 +987,25 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                 .collect();
             table(&["ID", "STATUS", "HOST", "LAST_SEEN", "CPUS", "MEM_FREE/TOTAL_MB", "LOAD", "RUNNING"], &rows);
         }
+        NodeCmd::Show { id } => {
+            let list = api.get("/v1/nodes").await?;
+            let found: Vec<&Value> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| !id.is_empty() && text(n, "uuid").starts_with(&id))
+                .collect();
+            let node = match found[..] {
+                [one] => one,
+                [] => bail!("no node {id:?} (drover node ls lists them)"),
+                _ => bail!("{id:?} names {} nodes; give more of the UUID", found.len()),
+            };
+            if json {
+                print_json(node);
+            } else {
+                print!("{}", node_details(node));
+            }
+        }
         NodeCmd::Evacuate { id } | NodeCmd::Restore { id } | NodeCmd::Forget { id } if id.is_empty() => {
             bail!("a node id is required")
         }
@@ -989,6 +1014,69 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
         NodeCmd::Forget { id } => node_action(api, &id, "forget", json).await?,
     }
     Ok(())
+}
+
+/// `drover node show`'s text: one fact a line, what the node's last report says.
+fn node_details(node: &Value) -> String {
+    let r = if node["report"].is_null() { &node["stats"] } else { &node["report"] };
+    let list = |v: &Value| {
+        let items: Vec<String> =
+            v.as_array().into_iter().flatten().map(|x| x.as_str().unwrap_or_default().to_owned()).collect();
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let labels: Vec<String> = r["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let pci: Vec<String> = r["pci"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| format!("{} (class {})", text(d, "id"), text(d, "class")))
+        .collect();
+    let or_dash = |t: String| if t.is_empty() || t == "null" { "-".to_owned() } else { t };
+    let mut out = String::new();
+    for (key, value) in [
+        ("node", text(node, "uuid")),
+        ("status", text(node, "status")),
+        ("host", or_dash(text(r, "hostname"))),
+        ("arch", or_dash(text(r, "arch"))),
+        ("foreign arches", list(&r["foreign_arches"])),
+        (
+            "cpu",
+            format!(
+                "{} × {} ({} MHz)",
+                or_dash(text(r, "cpus_online")),
+                or_dash(text(r, "cpu_model")),
+                or_dash(text(r, "cpu_mhz"))
+            ),
+        ),
+        ("cpu score", or_dash(text(r, "cpu_score"))),
+        (
+            "memory",
+            format!("{} of {} MiB free", or_dash(text(r, "mem_available_mb")), or_dash(text(r, "mem_total_mb"))),
+        ),
+        (
+            "disk",
+            format!("{} of {} MiB free", or_dash(text(r, "disk_available_mb")), or_dash(text(r, "disk_total_mb"))),
+        ),
+        ("load", or_dash(text(r, "load"))),
+        ("features", list(&r["features"])),
+        ("labels", if labels.is_empty() { "-".to_owned() } else { labels.join(", ") }),
+        ("pci", if pci.is_empty() { "-".to_owned() } else { pci.join(", ") }),
+        ("images", list(&r["images"])),
+        ("numa node", or_dash(text(r, "numa_node"))),
+        ("instances", text(node, "instances")),
+    ] {
+        out.push_str(&format!("{key:<15} {value}\n"));
+    }
+    out
 }
 
 /// An error as `--json` prints it: `{"error": {"message": …, "status": 404}}` (`status` when

@@ -16,19 +16,21 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
 use drover_model::NodeStatus;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use ssntp::payload::{Evacuate, Message, NodeForget, Restore};
 use ssntp::{Role, Uuid};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use drover_api::views::{
     BatchAnswer, BatchBody, ChildrenAnswer, ChildrenBody, DecommissionAnswer, EventQuery, InstanceQuery, InstanceView,
-    LaunchAnswer, LaunchBody, LogQuery, LogView, TaskView, NEXT_AFTER_HEADER,
+    LaunchAnswer, LaunchBody, LogQuery, LogView, NodeActionAnswer, TaskView, WorkloadName, WorkloadSource,
+    WorkloadSummary, NEXT_AFTER_HEADER,
 };
 
 use crate::daemon::{Controller, NodeView};
@@ -173,7 +175,8 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"status": self.status.as_u16(), "message": self.message}}))).into_response()
+        let error = drover_api::views::ErrorDetail { status: self.status.as_u16(), message: self.message };
+        (self.status, Json(drover_api::views::ErrorView { error })).into_response()
     }
 }
 
@@ -208,27 +211,8 @@ pub fn instance_view(r: &InstanceRecord) -> InstanceView {
 
 /// The router (without TLS: [`serve`] adds the caller to each request).
 pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -> Router {
-    Router::new()
-        .route("/v1/workloads", get(list_workloads).post(create_workload))
-        .route("/v1/workloads/{name}", get(show_workload).put(replace_workload).delete(delete_workload))
-        .route("/v1/workloads/{name}/launch", post(launch))
-        .route("/v1/workloads/{name}/plan", post(plan_stored))
-        .route("/v1/plan", post(plan_file))
-        .route("/v1/instances", get(list_instances))
-        .route("/v1/instances/{id}", get(show_instance).delete(delete_instance))
-        .route("/v1/instances/{id}/{action}", post(instance_action))
-        .route("/v1/instances/{id}/logs", get(logs))
-        .route("/v1/batch", post(batch))
-        .route("/v1/tasks", get(list_tasks))
-        .route("/v1/tasks/children", post(spawn_children))
-        .route("/v1/tasks/{root}/decommission", post(decommission))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{id}/{action}", post(node_action))
-        .route("/v1/status", get(status))
-        .route("/v1/leader", get(leader))
-        .route("/v1/events", get(events))
-        .route("/v1/events/stream", get(crate::event_stream::stream))
-        .route("/metrics", get(metrics))
+    let (routes, _) = api_routes().split_for_parts();
+    routes
         .merge(crate::ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&controller), refuse_writes_when_read_only))
@@ -237,7 +221,79 @@ pub fn router(controller: Arc<Controller>, limit: crate::api_guard::RateLimit) -
             crate::api_guard::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api_guard::MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(controller)
+}
+
+/// Most bytes of a text error that [`json_errors`] reads to put into JSON.
+const MAX_TEXT_ERROR: usize = 16 * 1024;
+
+/// Every error is JSON, also the refusals axum's own extractors and router answer in text (a
+/// query string or body they cannot read, a body over the limit, a method a route lacks); the
+/// message is kept, and so are headers such as `Allow`.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let content_type = response.headers().get(axum::http::header::CONTENT_TYPE);
+    let text = content_type.is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !text {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_TEXT_ERROR).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if message.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { message };
+    let mut json = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
+}
+
+/// The API's routes with their OpenAPI operations (each handler's `#[utoipa::path]`).
+fn api_routes() -> OpenApiRouter<Arc<Controller>> {
+    OpenApiRouter::with_openapi(<crate::openapi::Frame as utoipa::OpenApi>::openapi())
+        .routes(routes!(list_workloads, create_workload))
+        .routes(routes!(show_workload, replace_workload, delete_workload))
+        .routes(routes!(launch))
+        .routes(routes!(plan_stored))
+        .routes(routes!(plan_file))
+        .routes(routes!(list_instances))
+        .routes(routes!(show_instance, delete_instance))
+        .routes(routes!(stop_instance))
+        .routes(routes!(start_instance))
+        .routes(routes!(cancel_instance))
+        .routes(routes!(logs))
+        .routes(routes!(batch))
+        .routes(routes!(list_tasks))
+        .routes(routes!(spawn_children))
+        .routes(routes!(decommission))
+        .routes(routes!(nodes))
+        .routes(routes!(evacuate_node))
+        .routes(routes!(restore_node))
+        .routes(routes!(forget_node))
+        .routes(routes!(status))
+        .routes(routes!(leader))
+        .routes(routes!(events))
+        .routes(routes!(crate::event_stream::stream))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "cluster",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_json().expect("the OpenAPI document serialises"));
+    ([("content-type", "application/json")], doc.as_str()).into_response()
+}
+
+/// The API's OpenAPI document, as `GET /v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::openapi::complete(api_routes().split_for_parts().1)
 }
 
 /// While the store cannot take writes (etcd without quorum), every call that would write is
@@ -262,8 +318,13 @@ async fn refuse_writes_when_read_only(
 /// Whether a call is one of the plan routes: a POST that writes nothing (`POST /v1/plan`,
 /// `POST /v1/workloads/{name}/plan`; not a workload that happens to be named `plan`).
 fn is_plan(method: &axum::http::Method, path: &str) -> bool {
+    *method == axum::http::Method::POST && is_plan_path(path)
+}
+
+/// Whether a path (a request's, or an OpenAPI template's) is one of the plan routes.
+pub(crate) fn is_plan_path(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    *method == axum::http::Method::POST && matches!(segments[..], ["v1", "plan"] | ["v1", "workloads", _, "plan"])
+    matches!(segments[..], ["v1", "plan"] | ["v1", "workloads", _, "plan"])
 }
 
 /// The header that names the task file a body is (`build.workorder`); its content type is
@@ -294,21 +355,24 @@ fn format_of(headers: &HeaderMap, body: &str) -> Format {
     }
 }
 
+#[utoipa::path(get, path = "/v1/workloads", tag = "workloads", params(crate::openapi::TenantHeader),
+    responses((status = 200, description = "The tenant's workloads (admin: all)", body = [drover_api::views::WorkloadSummary]))
+)]
 async fn list_workloads(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let list = c.blocking(move |c| c.service().store().workloads(scope(&tenant))).await.map_err(ServiceError::from)?;
     let out: Vec<_> = list
         .into_iter()
         .map(|(name, w)| {
             let parsed = w.parsed().ok();
-            json!({
-                "name": name,
-                "tenant": w.tenant,
-                "uuid": w.uuid,
-                "class": parsed.as_ref().map(|p| p.class),
-                "backend": parsed.as_ref().map(|p| p.backend.name()),
-                "vcpus": parsed.as_ref().map(|p| p.requirements.vcpus),
-                "mem_mb": parsed.as_ref().map(|p| p.requirements.mem_mb),
-            })
+            WorkloadSummary {
+                name,
+                tenant: w.tenant,
+                uuid: w.uuid,
+                class: parsed.as_ref().map(|p| p.class),
+                backend: parsed.as_ref().map(|p| p.backend.name().to_owned()),
+                vcpus: parsed.as_ref().map(|p| p.requirements.vcpus),
+                mem_mb: parsed.as_ref().map(|p| p.requirements.mem_mb),
+            }
         })
         .collect();
     Ok(Json(out).into_response())
@@ -338,7 +402,7 @@ async fn put(
             .await?;
         c.wake();
         let status = if create { StatusCode::CREATED } else { StatusCode::OK };
-        return Ok((status, Json(json!({"name": task}))).into_response());
+        return Ok((status, Json(WorkloadName { name: task })).into_response());
     }
     let format = format_of(headers, &body);
     if let Some(expected) = &name {
@@ -352,9 +416,21 @@ async fn put(
     }
     let name = c.blocking(move |c| c.service().put_workload(&tenant, &body, format, create)).await?;
     let status = if create { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({"name": name}))).into_response())
+    Ok((status, Json(WorkloadName { name })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/workloads", tag = "workloads", params(crate::openapi::TenantHeader, crate::openapi::TaskFileHeader),
+    request_body(description = "A workload file: TOML, JSON, or a task file (`build.workorder`, `graph.batch`) named by `X-Drover-Task-File`", content(
+            (drover_api::workload::WorkloadFile = "application/json"),
+            (String = "application/toml"),
+            (String = "text/x-drover-task"),
+        )),
+    responses(
+        (status = 201, description = "Saved; a task file's root tasks start at once", body = drover_api::views::WorkloadName),
+        (status = 400, description = "Invalid: the message names the field, or for a task file `file:line`", body = drover_api::views::ErrorView),
+        (status = 409, description = "A workload of that name exists", body = drover_api::views::ErrorView),
+    )
+)]
 async fn create_workload(
     State(c): Ctl,
     Tenant(tenant): Tenant,
@@ -364,6 +440,18 @@ async fn create_workload(
     put(c, tenant, &headers, body, None).await
 }
 
+#[utoipa::path(put, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path, description = "The workload's name", pattern = "^[a-z0-9._-]{1,64}$"), crate::openapi::TenantHeader, crate::openapi::TaskFileHeader),
+    request_body(description = "A workload file: TOML, JSON, or a task file (`build.workorder`, `graph.batch`) named by `X-Drover-Task-File`", content(
+            (drover_api::workload::WorkloadFile = "application/json"),
+            (String = "application/toml"),
+            (String = "text/x-drover-task"),
+        )),
+    responses(
+        (status = 200, description = "Saved (created or replaced)", body = drover_api::views::WorkloadName),
+        (status = 400, description = "Invalid, or the file names another workload than the URL", body = drover_api::views::ErrorView),
+        (status = 409, description = "The change conflicts with live instances", body = drover_api::views::ErrorView),
+    )
+)]
 async fn replace_workload(
     State(c): Ctl,
     Tenant(tenant): Tenant,
@@ -379,6 +467,18 @@ pub const PLAN_WAIT: Duration = Duration::from_secs(5);
 
 /// `POST /v1/plan`: a dry run of a workload file (TOML, JSON, or a task file named by
 /// `X-Drover-Task-File`) that is not saved.
+#[utoipa::path(post, path = "/v1/plan", tag = "workloads", params(drover_api::views::PlanQuery, crate::openapi::TenantHeader, crate::openapi::TaskFileHeader),
+    request_body(description = "A workload file: TOML, JSON, or a task file (`build.workorder`, `graph.batch`) named by `X-Drover-Task-File`", content(
+            (drover_api::workload::WorkloadFile = "application/json"),
+            (String = "application/toml"),
+            (String = "text/x-drover-task"),
+        )),
+    responses(
+        (status = 200, description = "Where the instances would go now, or why not; nothing is created or saved", body = drover_api::views::PlanView),
+        (status = 400, description = "Invalid file or count", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link, or no answer within 5 s", body = drover_api::views::ErrorView),
+    )
+)]
 async fn plan_file(
     State(c): Ctl,
     Tenant(tenant): Tenant,
@@ -400,6 +500,14 @@ async fn plan_file(
 }
 
 /// `POST /v1/workloads/{name}/plan`: a dry run of a saved workload.
+#[utoipa::path(post, path = "/v1/workloads/{name}/plan", tag = "workloads", params(("name" = String, Path, description = "The workload's name", pattern = "^[a-z0-9._-]{1,64}$"), drover_api::views::PlanQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "Where the instances would go now, or why not; nothing is created", body = drover_api::views::PlanView),
+        (status = 400, description = "Count out of range", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such workload (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link, or no answer within 5 s", body = drover_api::views::ErrorView),
+    )
+)]
 async fn plan_stored(
     State(c): Ctl,
     Tenant(tenant): Tenant,
@@ -450,20 +558,28 @@ async fn plan(
     Ok(Json(view).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path, description = "The workload's name", pattern = "^[a-z0-9._-]{1,64}$"), crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The workload as written", body = drover_api::views::WorkloadSource),
+        (status = 404, description = "No such workload (or another tenant's)", body = drover_api::views::ErrorView),
+    )
+)]
 async fn show_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>) -> ApiResult<Response> {
     let found = c.blocking(move |c| c.service().store().workload(&tenant, &name).map(|w| (name, w))).await;
     let (name, w) = found.map_err(ServiceError::from)?;
     let w = w.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("workload {name} not found")))?;
-    Ok(Json(json!({
-        "name": name,
-        "tenant": w.tenant,
-        "uuid": w.uuid,
-        "format": if w.toml { "toml" } else { "json" },
-        "source": w.source,
-    }))
-    .into_response())
+    let format = if w.toml { "toml" } else { "json" };
+    Ok(Json(WorkloadSource { name, tenant: w.tenant, uuid: w.uuid, format: format.into(), source: w.source })
+        .into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path, description = "The workload's name", pattern = "^[a-z0-9._-]{1,64}$"), crate::openapi::TenantHeader),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such workload (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It has live instances", body = drover_api::views::ErrorView),
+    )
+)]
 async fn delete_workload(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>) -> ApiResult<Response> {
     c.blocking(move |c| c.service().delete_workload(&tenant, &name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -474,6 +590,15 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &str) -> ApiResult<T> {
     serde_json::from_str(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))
 }
 
+#[utoipa::path(post, path = "/v1/workloads/{name}/launch", tag = "workloads", params(("name" = String, Path, description = "The workload's name", pattern = "^[a-z0-9._-]{1,64}$"), crate::openapi::TenantHeader),
+    request_body(content = drover_api::views::LaunchBody, description = "How many (default 1, at most 100,000) and their parameters"),
+    responses(
+        (status = 201, description = "The new instances, pending; durable when answered", body = drover_api::views::LaunchAnswer),
+        (status = 400, description = "Bad body, count or parameter", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such workload (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "The workload cannot be launched this way (a task, a decommissioned root)", body = drover_api::views::ErrorView),
+    )
+)]
 async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>, body: String) -> ApiResult<Response> {
     let LaunchBody { count, params } = json_body(&body)?;
     let ids = c
@@ -486,6 +611,13 @@ async fn launch(State(c): Ctl, Tenant(tenant): Tenant, Path(name): Path<String>,
     Ok((StatusCode::CREATED, Json(LaunchAnswer { instances: ids })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(drover_api::views::InstanceQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The instances in UUID order", body = [InstanceView],
+            headers(("drover-next-after" = String, description = "When more match: the `after` of the next page"))),
+        (status = 400, description = "A bad filter", body = drover_api::views::ErrorView),
+    )
+)]
 async fn list_instances(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<InstanceQuery>) -> ApiResult<Response> {
     if let Some(prefix) = &q.prefix {
         if prefix.is_empty() || prefix.len() > 36 || !prefix.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-') {
@@ -534,26 +666,22 @@ fn parse_id(id: &str) -> ApiResult<Uuid> {
     id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an instance UUID")))
 }
 
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+    )
+)]
 async fn show_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let record = c.blocking(move |c| c.service().owned(&tenant, id)).await?;
     Ok(Json(instance_view(&record)).into_response())
 }
 
-async fn instance_action(
-    State(c): Ctl,
-    Tenant(tenant): Tenant,
-    Path((id, action)): Path<(String, String)>,
-) -> ApiResult<Response> {
+/// `POST /v1/instances/{id}/stop`, `…/start`, `…/cancel`: one user action on an instance.
+async fn instance_action(c: Arc<Controller>, tenant: String, id: String, input: Input) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    let input = match action.as_str() {
-        "stop" => Input::Stop,
-        "start" => Input::Start,
-        "cancel" => Input::Cancel,
-        other => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no action {other:?}; use stop, start or cancel")))
-        }
-    };
     let (commands, record) = c
         .blocking(move |c| {
             let now = c.now_ms();
@@ -566,6 +694,50 @@ async fn instance_action(
     Ok((StatusCode::ACCEPTED, Json(instance_view(&record))).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Stopped; it can be started again", body = InstanceView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It has ended", body = drover_api::views::ErrorView),
+    )
+)]
+async fn stop_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    instance_action(c, tenant, id, Input::Stop).await
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "A stopped or ended instance, pending again", body = InstanceView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It is live, or canceled", body = drover_api::views::ErrorView),
+    )
+)]
+async fn start_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    instance_action(c, tenant, id, Input::Start).await
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/cancel", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Canceled for good", body = InstanceView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It cannot be canceled in its state", body = drover_api::views::ErrorView),
+    )
+)]
+async fn cancel_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    instance_action(c, tenant, id, Input::Cancel).await
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 204, description = "Deleted; its node removes its files"),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It is live", body = drover_api::views::ErrorView),
+    )
+)]
 async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let commands = c.blocking(move |c| c.service().delete(&tenant, id)).await?;
@@ -573,6 +745,15 @@ async fn delete_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<S
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), drover_api::views::LogQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The tail of its output", body = LogView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+        (status = 409, description = "It has not run yet", body = drover_api::views::ErrorView),
+        (status = 502, description = "Its node did not answer within 10 s, or refused", body = drover_api::views::ErrorView),
+    )
+)]
 async fn logs(
     State(c): Ctl,
     Tenant(tenant): Tenant,
@@ -593,6 +774,14 @@ async fn logs(
 }
 
 #[allow(clippy::disallowed_methods)] // a handler's wait deadline (IO, not a decision)
+#[utoipa::path(post, path = "/v1/batch", tag = "batches", params(crate::openapi::TenantHeader),
+    request_body(content = BatchBody, description = "A batch workload, how many, how long to wait for the scheduler's answers"),
+    responses(
+        (status = 201, description = "What became of each instance within the wait", body = BatchAnswer),
+        (status = 400, description = "Bad body, count, parameter, or not a batch workload", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such workload (or another tenant's)", body = drover_api::views::ErrorView),
+    )
+)]
 async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult<Response> {
     let BatchBody { workload, count, wait_ms, params } = json_body(&body)?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(3000)).min(MAX_WAIT);
@@ -676,6 +865,15 @@ fn bearer(headers: &HeaderMap) -> ApiResult<String> {
 }
 
 /// A running task asks for child tasks (its credential says which; no client certificate).
+#[utoipa::path(post, path = "/v1/tasks/children", tag = "tasks",
+    request_body(content = ChildrenBody, description = "The task to run as children of the asking task"),
+    responses(
+        (status = 201, description = "The new instances, pending", body = ChildrenAnswer),
+        (status = 400, description = "Bad body, not a task, or a bad parameter", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such task workload in the asking task's tenant", body = drover_api::views::ErrorView),
+        (status = 409, description = "Its root is decommissioned", body = drover_api::views::ErrorView),
+    )
+)]
 async fn spawn_children(State(c): Ctl, headers: HeaderMap, body: String) -> ApiResult<Response> {
     let token = bearer(&headers)?;
     let ChildrenBody { task, count, params } = json_body(&body)?;
@@ -698,6 +896,9 @@ async fn spawn_children(State(c): Ctl, headers: HeaderMap, body: String) -> ApiR
 
 /// The task instances of the tenant (admin: all), as a tree: roots first, each followed by its
 /// descendants in creation order.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(crate::openapi::TenantHeader),
+    responses((status = 200, description = "Every task instance, as trees: each root, then its descendants depth first", body = [TaskView]))
+)]
 async fn list_tasks(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let records =
         c.blocking(move |c| c.service().store().instances(scope(&tenant))).await.map_err(ServiceError::from)?;
@@ -741,6 +942,14 @@ async fn list_tasks(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response
     Ok(Json(out).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/tasks/{root}/decommission", tag = "tasks",
+    params(("root" = Uuid, Path, description = "The root task instance's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "No further task of that root runs; its pending and queued ones are canceled", body = DecommissionAnswer),
+        (status = 400, description = "Not a UUID, or not a root task", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance (or another tenant's)", body = drover_api::views::ErrorView),
+    )
+)]
 async fn decommission(State(c): Ctl, Tenant(tenant): Tenant, Path(root): Path<String>) -> ApiResult<Response> {
     let root = parse_id(&root)?;
     let (commands, canceled) = c
@@ -755,7 +964,8 @@ async fn decommission(State(c): Ctl, Tenant(tenant): Tenant, Path(root): Path<St
 }
 
 /// `GET /v1/nodes` options.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct NodesQuery {
     /// Add each node's own list of the instances it runs (admin only: which instances run
     /// where is other tenants' business).
@@ -763,6 +973,12 @@ struct NodesQuery {
     instances: bool,
 }
 
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodesQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The nodes the controller knows", body = [NodeView]),
+        (status = 403, description = "`instances=true` is admin's", body = drover_api::views::ErrorView),
+    )
+)]
 async fn nodes(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<NodesQuery>) -> ApiResult<Response> {
     if q.instances {
         if tenant != ADMIN {
@@ -773,11 +989,8 @@ async fn nodes(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<NodesQuery
     Ok(Json(c.nodes()).into_response())
 }
 
-async fn node_action(
-    State(c): Ctl,
-    Tenant(tenant): Tenant,
-    Path((id, action)): Path<(String, String)>,
-) -> ApiResult<Response> {
+/// `POST /v1/nodes/{id}/evacuate`, `…/restore`, `…/forget`: a node command, admin's.
+async fn node_action(c: Arc<Controller>, tenant: String, id: String, action: &'static str) -> ApiResult<Response> {
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate, restore or forget nodes"));
     }
@@ -786,16 +999,10 @@ async fn node_action(
     // Whether the node exists is the scheduler's to say (404 from its NoNode): this controller
     // may never have heard from it (it restarted while the node was gone, or it is a backup,
     // whose refusal must read as one and not as an unknown node).
-    let message = match action.as_str() {
+    let message = match action {
         "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
-        "forget" => Message::NodeForget(NodeForget { node_uuid: node }),
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no action {other:?}; use evacuate, restore or forget"),
-            ))
-        }
+        _ => Message::NodeForget(NodeForget { node_uuid: node }),
     };
     // The scheduler answers only a refusal: a moment's wait tells the caller of one (a backup
     // controller may not command, a node still reporting is not forgotten).
@@ -811,34 +1018,83 @@ async fn node_action(
         };
         return Err(ApiError::new(status, format!("the scheduler refused to {action} node {node}: {}", f.detail)));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"node": node, "action": action}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(NodeActionAnswer { node, action: action.to_owned() })).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/evacuate", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Sent: the node takes no new work and its instances move elsewhere", body = NodeActionAnswer),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
+        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
+        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
+        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+    )
+)]
+async fn evacuate_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    node_action(c, tenant, id, "evacuate").await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/restore", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Sent: the node takes work again", body = NodeActionAnswer),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
+        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
+        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
+        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+    )
+)]
+async fn restore_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    node_action(c, tenant, id, "restore").await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/forget", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Sent: a silent node is declared lost now, brake or not", body = NodeActionAnswer),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
+        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
+        (status = 409, description = "The node still reports, or this controller is a backup", body = drover_api::views::ErrorView),
+        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+    )
+)]
+async fn forget_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
+    node_action(c, tenant, id, "forget").await
 }
 
 /// This controller leads (it serves the full API); who it is, when it shares an etcd store.
-async fn leader(State(c): Ctl) -> Json<Value> {
-    Json(json!({"role": "leader", "leader": c.leader_info()}))
+#[utoipa::path(get, path = "/v1/leader", tag = "cluster",
+    responses((status = 200, description = "This controller leads; who it is, when it shares an etcd store", body = crate::openapi::LeaderView))
+)]
+async fn leader(State(c): Ctl) -> Json<crate::openapi::LeaderView> {
+    Json(crate::openapi::LeaderView { role: "leader".into(), leader: c.leader_info().map(Into::into) })
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "cluster", params(crate::openapi::TenantHeader),
+    responses((status = 200, description = "The scheduler link, nodes and instances by state, the store's revision", body = crate::openapi::StatusView))
+)]
 async fn status(State(c): Ctl, Tenant(tenant): Tenant) -> ApiResult<Response> {
     let (counts, revision) = c
         .blocking(move |c| {
             Ok::<_, ServiceError>((c.service().counts(scope(&tenant))?, c.service().store().revision()?))
         })
         .await?;
-    let mut by_status = std::collections::BTreeMap::<&str, usize>::new();
+    let mut nodes = std::collections::BTreeMap::<String, usize>::new();
     for n in c.nodes() {
-        *by_status.entry(n.status.name()).or_default() += 1;
+        *nodes.entry(n.status.name().to_owned()).or_default() += 1;
     }
-    Ok(Json(json!({
-        "scheduler": c.link_view(),
-        "nodes": by_status,
-        "instances": counts,
-        "revision": revision,
-    }))
-    .into_response())
+    let instances = counts.into_iter().map(|(state, n)| (state.to_owned(), n)).collect();
+    Ok(Json(crate::openapi::StatusView { scheduler: c.link_view(), nodes, instances, revision }).into_response())
 }
 
 #[allow(clippy::disallowed_methods)] // the long poll's deadline (IO, not a decision)
+#[utoipa::path(get, path = "/v1/events", tag = "cluster", params(EventQuery, crate::openapi::TenantHeader),
+    responses((status = 200, description = "The events after `after` (waiting up to `wait_ms` for one)", body = crate::openapi::EventsPage))
+)]
 async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuery>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_WAIT);
@@ -869,14 +1125,17 @@ async fn events(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<EventQuer
             .await?;
         after = revision;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({"revision": after, "events": events})).into_response());
+            return Ok(Json(crate::openapi::EventsPage { revision: after, events }).into_response());
         }
         if tokio::time::timeout_at(deadline, revisions.changed()).await.is_err() {
-            return Ok(Json(json!({"revision": after, "events": []})).into_response());
+            return Ok(Json(crate::openapi::EventsPage { revision: after, events: Vec::new() }).into_response());
         }
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "The controller's figures, Prometheus text", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(c): Ctl) -> ApiResult<Response> {
     let figures = c
         .blocking(|c| {
@@ -1015,7 +1274,7 @@ pub fn standby_router(leader: tokio::sync::watch::Receiver<Option<LeaderInfo>>) 
             "/v1/leader",
             get(move || {
                 let leader = for_route.borrow().clone();
-                async move { Json(json!({"role": "standby", "leader": leader})) }
+                async move { Json(crate::openapi::LeaderView { role: "standby".into(), leader: leader.map(Into::into) }) }
             }),
         )
         .fallback(move |uri: axum::http::Uri| {

@@ -37,13 +37,14 @@ pub const MAX_FRAMES_PER_BATCH: usize = 512;
 pub const MAX_LOG_REQUESTS: usize = 256;
 
 /// What the controller knows of one node, from the scheduler's events and the node's STATS.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// The node.
     pub uuid: Uuid,
     /// `connected`, `disconnected` or `lost` (from the scheduler), refined by STATS to
     /// `READY`, `FULL`, `MAINTENANCE`.
     #[serde(serialize_with = "status_name")]
+    #[schema(schema_with = drover_api::schema::node_status)]
     pub status: NodeStatus,
     /// Latest STATS figures (its `instances` left out: see `instances`), if any arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +70,7 @@ fn status_name<S: serde::Serializer>(status: &NodeStatus, s: S) -> Result<S::Ok,
 }
 
 /// Whether the scheduler link is up, and since when.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct LinkView {
     /// Connected right now.
     pub connected: bool,

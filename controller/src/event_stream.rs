@@ -118,6 +118,18 @@ fn resume_after(headers: &HeaderMap, query: &StreamQuery) -> Result<u64, ApiErro
 }
 
 /// The route's handler.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "cluster",
+    params(
+        drover_api::views::StreamQuery,
+        crate::openapi::LastEventIdHeader,
+        crate::openapi::TenantHeader,
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` the revision, `data:` the event as JSON (as in `/v1/events`); history first, then live", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "`Last-Event-ID` is not a revision", body = drover_api::views::ErrorView),
+        (status = 503, description = "Too many streams open", body = drover_api::views::ErrorView),
+    )
+)]
 pub async fn stream(
     State(controller): State<Arc<Controller>>,
     Tenant(tenant): Tenant,

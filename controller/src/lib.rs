@@ -17,6 +17,8 @@
 //! - [`answer_watch`]: STARTs still unanswered after `--start-timeout` go again (pure).
 //! - [`daemon`]: shared state and the loop that talks to the scheduler.
 //! - [`api`]: the HTTPS API (axum over tokio-rustls), tenants from client certificates.
+//! - [`openapi`]: the API's OpenAPI 3.1 document, from the handlers' annotations, at
+//!   `/v1/openapi.json`.
 //! - [`event_stream`]: `GET /v1/events/stream`, the events as Server-Sent Events, resumable.
 //! - [`api_guard`]: around every API call: a rate per client, the body limit, an audit line.
 //! - [`metrics`]: `GET /metrics`, the controller's figures as Prometheus text.
@@ -37,6 +39,7 @@ pub mod feeds;
 pub mod lifecycle;
 pub mod link;
 pub mod metrics;
+pub mod openapi;
 pub mod resend_gate;
 pub mod service;
 pub mod shell;

@@ -39,6 +39,7 @@ async fn the_installed_packages_run_a_cluster_from_their_units() {
         "/usr/share/man/man1/drover-scheduler.1.gz",
         "/usr/share/bash-completion/completions/drover",
         "/usr/share/drover/grafana/drover.json",
+        "/usr/share/drover/openapi.json",
     ] {
         assert!(Path::new(file).exists(), "{file} is installed");
     }

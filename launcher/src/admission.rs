@@ -199,9 +199,44 @@ impl StatusMachine {
     }
 }
 
+/// The environment variable with an instance's CPU allowance (its vCPUs).
+pub const CPUS_ENV: &str = "DROVER_CPUS";
+/// The environment variable with a parallelism hint (`make -j"$DROVER_JOBS"`).
+pub const JOBS_ENV: &str = "DROVER_JOBS";
+
+/// How parallel an instance should run (OBS's `-jN` from the worker's load): its allowance is
+/// its vCPUs (the node's CPUs when it asked for none), and the hint is the CPUs the node has
+/// idle now (online CPUs less the one-minute load, rounded), at least 1 and at most the
+/// allowance. Returns (allowance, hint).
+pub fn parallelism(vcpus: u32, cpus_online: u32, load: f64) -> (u32, u32) {
+    let cpus = cpus_online.max(1);
+    let allowance = if vcpus == 0 { cpus } else { vcpus };
+    let idle = (f64::from(cpus) - if load.is_finite() { load.max(0.0) } else { f64::from(cpus) }).round();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 1..=allowance
+    let hint = idle.clamp(1.0, f64::from(allowance)) as u32;
+    (allowance, hint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jobs_hint_is_the_idle_cpus_within_the_allowance() {
+        assert_eq!(parallelism(4, 16, 0.3), (4, 4), "an idle node: the whole allowance");
+        assert_eq!(parallelism(8, 16, 10.6), (8, 5), "a busy node: what is idle");
+        assert_eq!(parallelism(8, 16, 40.0), (8, 1), "an overloaded node: one at a time");
+        assert_eq!(parallelism(0, 6, 1.0), (6, 5), "no vCPUs asked: the node's CPUs");
+        assert_eq!(parallelism(2, 0, f64::NAN), (2, 1), "nothing known: one");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_hint_is_between_one_and_the_allowance(vcpus in 0u32..256, cpus in 0u32..512, load in -1.0f64..1000.0) {
+            let (allowance, hint) = parallelism(vcpus, cpus, load);
+            proptest::prop_assert!(allowance >= 1 && (1..=allowance).contains(&hint));
+        }
+    }
     use proptest::prelude::*;
     use ssntp::payload::{Backend, Requirements};
 

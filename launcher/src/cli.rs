@@ -81,9 +81,21 @@ pub struct Args {
     /// instances running, starts, refusals, ends by reason, connection and maintenance.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// A directory of cached OCI root filesystems (repeatable): each subdirectory is reported,
+    /// so workloads that prefer `image_cached` come to this node.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    pub image_dirs: Vec<PathBuf>,
+    /// The CPU speed score to report instead of measuring it at start (a short benchmark,
+    /// cached in the state directory per CPU model).
+    #[arg(long, value_name = "SCORE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpu_score: Option<u32>,
     /// Where sysfs is mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys", hide = true)]
     pub sysfs_root: PathBuf,
+    /// Where binfmt_misc is mounted: its enabled `qemu-ARCH` entries are the foreign
+    /// architectures this node runs (tests point this at a fixture tree).
+    #[arg(long, default_value = "/proc/sys/fs/binfmt_misc", hide = true)]
+    pub binfmt_root: PathBuf,
     /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,

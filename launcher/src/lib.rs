@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - [`probe`]: node resources from /proc and the file system; parsers are pure.
+//! - [`capabilities`]: PCI devices, foreign architectures (binfmt_misc), cached images and a
+//!   measured CPU score, from injectable roots.
 //! - [`core`]: the launcher's decisions, pure (`handle(now, input) -> effects`): the instance
 //!   table, admission, node status, reports and the connection they go on.
 //! - [`admission`]: START admission and READY/FULL with hysteresis (pure).
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod capabilities;
 pub mod cgroup;
 pub mod cli;
 pub mod core;

@@ -105,6 +105,22 @@ pub struct Offer {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The NUMA node served, if one.
     pub numa: Option<(u32, PathBuf)>,
+    /// What the node can do beyond capacity (read at start).
+    pub capabilities: Capabilities,
+}
+
+/// What a node can do beyond capacity, read once at the launcher's start
+/// ([`crate::capabilities`]).
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// Architectures it runs through qemu-user.
+    pub foreign_arches: Vec<String>,
+    /// Its single-core speed score.
+    pub cpu_score: Option<u32>,
+    /// Its PCI devices.
+    pub pci: Vec<ssntp::payload::PciDevice>,
+    /// The directories images are cached in, listed again at each report (images come and go).
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// Capabilities found on this machine: `kvm` when /dev/kvm exists.
@@ -138,6 +154,11 @@ pub fn report_for(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64, offer:
     }
     r.features = offer.backends.iter().chain(&offer.features).cloned().collect();
     r.labels = offer.labels.clone();
+    let caps = &offer.capabilities;
+    r.foreign_arches = caps.foreign_arches.clone();
+    r.cpu_score = caps.cpu_score;
+    r.pci = caps.pci.clone();
+    r.images = crate::capabilities::cached_images(&caps.image_dirs);
     Ok(r)
 }
 
@@ -239,6 +260,10 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         mem_allocated_mb: None,
         instance_count: 0,
         away_grace_ms: None,
+        foreign_arches: Vec::new(),
+        cpu_score: None,
+        pci: Vec::new(),
+        images: Vec::new(),
     }
 }
 

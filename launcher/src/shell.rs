@@ -137,6 +137,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long an exiting launcher without a session waits for one, to send its last news.
 const SESSION_WAIT: Duration = Duration::from_secs(1);
 
+/// Where the measured CPU score is kept, with the CPU model it was measured on.
+const CPU_SCORE_FILE: &str = "cpu-score";
+
 /// What the node offers, from the flags; refuses what cannot work here.
 fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
     let mut backends = Vec::new();
@@ -159,11 +162,28 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
     if let Some((n, sysfs)) = &numa {
         probe::numa_node(sysfs, *n).map_err(|e| anyhow::anyhow!("--numa-node {n}: {e}"))?;
     }
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").map(|t| probe::parse_cpuinfo(&t).0).unwrap_or_default();
+    let capabilities = probe::Capabilities {
+        foreign_arches: crate::capabilities::foreign_arches(&args.binfmt_root),
+        cpu_score: Some(
+            args.cpu_score
+                .unwrap_or_else(|| crate::capabilities::cpu_score(&args.state_dir.join(CPU_SCORE_FILE), &cpu_model)),
+        ),
+        pci: crate::capabilities::pci_devices(&args.sysfs_root),
+        image_dirs: args.image_dirs.clone(),
+    };
+    tracing::info!(
+        cpu_score = capabilities.cpu_score,
+        pci = capabilities.pci.len(),
+        foreign_arches = ?capabilities.foreign_arches,
+        "capabilities"
+    );
     Ok(probe::Offer {
         backends,
         features: probe::machine_features(),
         labels: args.labels.iter().cloned().collect(),
         numa,
+        capabilities,
     })
 }
 

@@ -96,6 +96,10 @@ pub struct Config {
     /// Queue work no known node could ever take (nodes that can are expected to join), instead
     /// of refusing it at once with `full_cloud`.
     pub wait_for_capacity: bool,
+    /// Strong workers for big jobs: a START charged at least this much memory (MiB) goes to the
+    /// fastest node that fits (highest CPU score), before the policy's order; the others still
+    /// take it when no fast one fits.
+    pub strong_workers_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -114,6 +118,7 @@ impl Default for Config {
             brake_min_nodes: 3,
             start_window: 256,
             wait_for_capacity: false,
+            strong_workers_mb: None,
         }
     }
 }

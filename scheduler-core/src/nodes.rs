@@ -215,6 +215,10 @@ pub enum Misfit {
     Arch,
     /// A required feature is missing.
     Features,
+    /// A required PCI device is missing.
+    Pci,
+    /// Its CPU score is below the required least.
+    CpuScore,
     /// The backend is not offered.
     Backend,
     /// Needs a per-NUMA launcher.
@@ -240,6 +244,8 @@ impl Misfit {
             Self::Labels => "missing labels",
             Self::Arch => "other architecture",
             Self::Features => "missing features",
+            Self::Pci => "missing PCI devices",
+            Self::CpuScore => "CPU score too low",
             Self::Backend => "backend not offered",
             Self::Numa => "not NUMA-local",
             Self::Disconnected => "disconnected",
@@ -268,6 +274,8 @@ impl Misfit {
             }
             Self::Backend => format!("backend {} not offered", need.backend),
             Self::Arch => format!("other architecture (needs {})", req.arch.as_deref().unwrap_or("?")),
+            Self::Pci => format!("missing PCI devices ({})", req.pci.join(", ")),
+            Self::CpuScore => format!("CPU score below {}", req.min_cpu_score.unwrap_or(0)),
             Self::Hostname => format!("not host {}", req.hostname.as_deref().unwrap_or("?")),
             other => other.words().to_owned(),
         }
@@ -278,7 +286,15 @@ impl Misfit {
     pub const fn is_transient(self) -> bool {
         !matches!(
             self,
-            Self::NodeId | Self::Hostname | Self::Labels | Self::Arch | Self::Features | Self::Backend | Self::Numa
+            Self::NodeId
+                | Self::Hostname
+                | Self::Labels
+                | Self::Arch
+                | Self::Features
+                | Self::Pci
+                | Self::CpuScore
+                | Self::Backend
+                | Self::Numa
         )
     }
 }
@@ -492,11 +508,18 @@ impl Node {
         if req.labels.iter().any(|(k, v)| self.report.labels.get(k) != Some(v)) {
             return Err(Misfit::Labels);
         }
-        if req.arch.as_ref().is_some_and(|a| *a != self.report.arch) {
+        if req.arch.as_ref().is_some_and(|a| !self.report.runs_arch(a)) {
             return Err(Misfit::Arch);
         }
         if req.features.iter().any(|f| !self.report.features.contains(f)) {
             return Err(Misfit::Features);
+        }
+        if req.pci.iter().any(|p| !self.report.pci.iter().any(|d| d.matches(p))) {
+            return Err(Misfit::Pci);
+        }
+        // A node that has not measured its speed has none to show.
+        if req.min_cpu_score.is_some_and(|least| self.report.cpu_score.unwrap_or(0) < least) {
+            return Err(Misfit::CpuScore);
         }
         if !self.report.features.iter().any(|f| f == need.backend) {
             return Err(Misfit::Backend);

@@ -40,6 +40,9 @@ pub fn choose(
     if let Some(id) = need.requirements.node_id {
         return nodes.get(&id).filter(fits).map(|n| n.uuid);
     }
+    if ranks(need, cfg) {
+        return choose_ranked(nodes, need, cfg, mru, &fits);
+    }
     match cfg.policy {
         Policy::Spread => nodes.most_free(&need.requirements.labels).find(fits).map(|n| n.uuid),
         Policy::Binpack => nodes.least_free_above(&need.requirements.labels, need.charge_mb).find(fits).map(|n| n.uuid),
@@ -54,6 +57,43 @@ pub fn choose(
             fallback
         }
     }
+}
+
+/// Whether the START orders the nodes that fit by [`rank`] before the policy's order: it has
+/// preferences, or it is big enough for the strong workers.
+fn ranks(need: &Need<'_>, cfg: &Config) -> bool {
+    !need.requirements.preferences.is_empty() || cfg.strong_workers_mb.is_some_and(|least| need.charge_mb >= least)
+}
+
+/// How much a node is preferred for the START: the preferences it meets, then (for a big job
+/// with strong workers on) its CPU score. Higher first; it never excludes a node.
+pub fn rank(node: &Node, need: &Need<'_>, cfg: &Config) -> (u32, u32) {
+    let strong = cfg.strong_workers_mb.is_some_and(|least| need.charge_mb >= least);
+    (need.requirements.preferences.score(&node.report), if strong { node.report.cpu_score.unwrap_or(0) } else { 0 })
+}
+
+/// The best-ranked node that fits, ties broken by the policy's order (firstfit: the first
+/// that is not the most recently used).
+fn choose_ranked(
+    nodes: &NodeTable,
+    need: &Need<'_>,
+    cfg: &Config,
+    mru: Option<Uuid>,
+    fits: &dyn Fn(&&Node) -> bool,
+) -> Option<Uuid> {
+    let in_order: Box<dyn Iterator<Item = &Node>> = match cfg.policy {
+        Policy::Spread => Box::new(nodes.most_free(&need.requirements.labels)),
+        Policy::Binpack => Box::new(nodes.least_free_above(&need.requirements.labels, need.charge_mb)),
+        Policy::Firstfit => Box::new(nodes.iter()),
+    };
+    let mut best: Option<((u32, u32), bool, Uuid)> = None;
+    for node in in_order.filter(|n| fits(n)) {
+        let key = (rank(node, need, cfg), Some(node.uuid) != mru || cfg.policy != Policy::Firstfit);
+        if best.is_none_or(|(r, fresh, _)| (key.0, key.1) > (r, fresh)) {
+            best = Some((key.0, key.1, node.uuid));
+        }
+    }
+    best.map(|(_, _, id)| id)
 }
 
 /// Why no node this scheduler knows could ever take the START, not even empty (a 64-vCPU job
@@ -144,17 +184,19 @@ pub fn plan(nodes: &NodeTable, need: &Need<'_>, cfg: &Config, count: u32) -> Pla
         .collect();
     let mut placed: Vec<(Uuid, u32)> = Vec::new();
     let mut left = count;
+    let rank_of = |n: &Node| if ranks(need, cfg) { rank(n, need, cfg) } else { (0, 0) };
     match cfg.policy {
         Policy::Spread => {
             // The next instance goes to the node with the most free memory after the ones
             // already given to it, as successive placements would choose (ties: the larger
             // UUID, as the index of free memory walks them).
-            let mut heap: std::collections::BinaryHeap<(u64, Uuid, u32)> =
-                rooms.iter().map(|(n, room)| (n.mem_free(cfg), n.uuid, *room)).collect();
+            // Preferences and strong workers rank first (they never change as instances go).
+            let mut heap: std::collections::BinaryHeap<((u32, u32), u64, Uuid, u32)> =
+                rooms.iter().map(|(n, room)| (rank_of(n), n.mem_free(cfg), n.uuid, *room)).collect();
             let mut given: BTreeMap<Uuid, u32> = BTreeMap::new();
             let mut order: Vec<Uuid> = Vec::new();
             while left > 0 {
-                let Some((free, node, room)) = heap.pop() else { break };
+                let Some((ranked, free, node, room)) = heap.pop() else { break };
                 let n = given.entry(node).or_insert_with(|| {
                     order.push(node);
                     0
@@ -162,7 +204,7 @@ pub fn plan(nodes: &NodeTable, need: &Need<'_>, cfg: &Config, count: u32) -> Pla
                 *n += 1;
                 left -= 1;
                 if room > 1 {
-                    heap.push((free.saturating_sub(need.charge_mb), node, room - 1));
+                    heap.push((ranked, free.saturating_sub(need.charge_mb), node, room - 1));
                 }
             }
             placed = order.into_iter().map(|id| (id, given[&id])).collect();
@@ -171,6 +213,8 @@ pub fn plan(nodes: &NodeTable, need: &Need<'_>, cfg: &Config, count: u32) -> Pla
             if cfg.policy == Policy::Binpack {
                 rooms.sort_by_key(|(n, _)| (n.mem_free(cfg), n.uuid));
             }
+            // Best-ranked first; a stable sort keeps the policy's order within a rank.
+            rooms.sort_by_key(|(n, _)| std::cmp::Reverse(rank_of(n)));
             for (node, room) in rooms {
                 if left == 0 {
                     break;
@@ -256,7 +300,21 @@ fn advise(
                 format!("{n} nodes lack the labels it requires ({}): start launchers with --label {}", labels.join(", "), labels.join(" --label "))
             }
             Misfit::Backend => format!("{n} nodes do not offer the {} backend: start a launcher with --backend {}", need.backend, need.backend),
-            Misfit::Arch => format!("{n} nodes are another architecture than {}", req.arch.as_deref().unwrap_or("?")),
+            Misfit::Arch => format!(
+                "{n} nodes are another architecture than {} and do not run it through qemu-user (apt-get install qemu-user-binfmt on them)",
+                req.arch.as_deref().unwrap_or("?")
+            ),
+            Misfit::Pci => format!(
+                "{n} nodes lack the PCI devices it requires ({}): see the devices each node reports with drover node show",
+                req.pci.join(", ")
+            ),
+            Misfit::CpuScore => {
+                let best = nodes.iter().filter_map(|n| n.report.cpu_score).max().unwrap_or(0);
+                format!(
+                    "{n} nodes are slower than its min_cpu_score {} (the fastest node scores {best}): lower it, or add faster nodes",
+                    req.min_cpu_score.unwrap_or(0)
+                )
+            }
             Misfit::Hostname => format!("{n} nodes are not host {}, which it is pinned to", req.hostname.as_deref().unwrap_or("?")),
             Misfit::NodeId => continue,
             Misfit::Numa => format!("{n} nodes have no per-NUMA launcher (drover-launcher --numa-node N), which numa_local needs"),

@@ -1236,3 +1236,162 @@ fn what_a_node_is_reaches_the_controllers_once_per_change_and_again_for_a_new_co
     rig.hub.handle(rig.now, Input::Connected { conn_id: 2, uuid: u(2), role: CTL, term: None });
     assert_eq!(forwarded(&rig.ready(10, r)), 1, "a controller that just connected learns it");
 }
+
+/// A node that connects and reports `r`.
+fn join(rig: &mut Rig, n: u8, r: NodeReport) {
+    rig.hub.handle(rig.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT, term: None });
+    rig.ready(n, r);
+}
+
+fn pci(id: &str, class: &str) -> ssntp::payload::PciDevice {
+    ssntp::payload::PciDevice { id: id.into(), class: class.into() }
+}
+
+#[test]
+fn pci_devices_architectures_and_cpu_scores_are_required_as_the_nodes_report_them() {
+    let mut rig = Rig::new(Config::default());
+    let mut gpu = report(u(10), 8, 4000, 0.0);
+    gpu.pci = vec![pci("8086:15bc", "020000"), pci("10de:2204", "030000")];
+    gpu.cpu_score = Some(800);
+    let mut fast = report(u(11), 8, 4000, 0.0);
+    fast.foreign_arches = vec!["arm".into(), "riscv64".into()];
+    fast.cpu_score = Some(2000);
+    let mut arm = report(u(12), 8, 4000, 0.0);
+    arm.arch = "aarch64".into();
+    join(&mut rig, 10, gpu);
+    join(&mut rig, 11, fast);
+    join(&mut rig, 12, arm);
+    let with = |id: u8, f: &dyn Fn(&mut Requirements)| {
+        let mut s = start(u(id), 1, 10);
+        f(&mut s.requirements);
+        s
+    };
+    type Case<'a> = (u8, &'a dyn Fn(&mut Requirements), u8);
+    let cases: [Case<'_>; 6] = [
+        (50, &|r| r.pci = vec!["10de:*".into()], 10),
+        (51, &|r| r.pci = vec!["class=03".into()], 10),
+        (52, &|r| r.arch = Some("armv7".into()), 11),
+        (53, &|r| r.arch = Some("aarch64".into()), 12),
+        (54, &|r| r.arch = Some("riscv64".into()), 11),
+        (55, &|r| r.min_cpu_score = Some(1500), 11),
+    ];
+    for (id, f, node) in cases {
+        let s = with(id, f);
+        let requirements = s.requirements.clone();
+        assert_eq!(placed_on(&rig.start(s)), vec![(u(id), u(node))], "{requirements:?}");
+    }
+    let f = failure(&rig.start(with(60, &|r| r.pci = vec!["1af4:*".into()]))).cloned().unwrap();
+    assert_eq!(f.reason, FailureReason::FullCloud);
+    assert!(f.detail.contains("3 missing PCI devices (1af4:*)"), "the unmet requirement is named: {}", f.detail);
+    let f = failure(&rig.start(with(61, &|r| r.min_cpu_score = Some(5000)))).cloned().unwrap();
+    assert!(f.detail.contains("3 CPU score below 5000"), "{}", f.detail);
+    let f = failure(&rig.start(with(62, &|r| r.arch = Some("mips".into())))).cloned().unwrap();
+    assert!(f.detail.contains("3 other architecture (needs mips)"), "{}", f.detail);
+}
+
+#[test]
+fn preferences_order_the_nodes_that_fit_and_never_exclude_one() {
+    let mut rig = Rig::new(Config::default()); // spread: the most free memory first
+    let mut big = report(u(10), 8, 8000, 0.0);
+    big.labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+    let mut small = report(u(11), 8, 1000, 0.0);
+    small.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+    small.images = vec!["/var/lib/drover/images/alpine".into()];
+    join(&mut rig, 10, big);
+    join(&mut rig, 11, small);
+    let preferring = |id: u8, zone: &str| {
+        let mut s = start(u(id), 1, 400);
+        s.requirements.preferences.labels = BTreeMap::from([("zone".to_owned(), zone.to_owned())]);
+        s
+    };
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 400))), vec![(u(50), u(10))], "spread without preferences");
+    assert_eq!(placed_on(&rig.start(preferring(51, "b"))), vec![(u(51), u(11))], "zone b first, though smaller");
+    assert_eq!(placed_on(&rig.start(preferring(52, "b"))), vec![(u(52), u(11))]);
+    // Node 11 is full now (1000 MiB, two of 400 and a 32 MiB chunk's rounding): the preference
+    // does not hold the work back, it goes where it fits.
+    assert_eq!(placed_on(&rig.start(preferring(53, "b"))), vec![(u(53), u(10))], "not excluded, not queued");
+    assert_eq!(placed_on(&rig.start(preferring(54, "nowhere"))), vec![(u(54), u(10))], "a wish nobody meets");
+    let mut oci = start(u(55), 1, 100);
+    oci.requirements.preferences.image = Some("/var/lib/drover/images/alpine/rootfs".into());
+    assert_eq!(placed_on(&rig.start(oci)), vec![(u(55), u(11))], "where the image is cached");
+}
+
+#[test]
+fn strong_workers_take_big_jobs_first_and_the_others_take_them_when_no_fast_one_fits() {
+    let mut rig = Rig::new(Config { strong_workers_mb: Some(1024), ..Config::default() });
+    let mut slow = report(u(10), 8, 16000, 0.0);
+    slow.cpu_score = Some(700);
+    let mut quick = report(u(11), 8, 3000, 0.0);
+    quick.cpu_score = Some(1900);
+    join(&mut rig, 10, slow);
+    join(&mut rig, 11, quick);
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 100))), vec![(u(50), u(10))], "small work: spread");
+    assert_eq!(placed_on(&rig.start(start(u(51), 1, 2048))), vec![(u(51), u(11))], "big work: the fast node");
+    assert_eq!(
+        placed_on(&rig.start(start(u(52), 1, 2048))),
+        vec![(u(52), u(10))],
+        "the fast node is full: the slow one"
+    );
+    let answer = {
+        let mut s = start(u(99), 1, 1024);
+        s.requirements.vcpus = 1;
+        let plan = ssntp::payload::Plan { request_id: 8, start: s, count: 1 };
+        match &rig.send(u(1), CTL, Message::Plan(plan))[..] {
+            [(_, Message::PlanAnswer(a))] => a.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(answer.placed.len(), 1);
+}
+
+fn arbitrary_node() -> impl Strategy<Value = (u32, u64, u8, Option<u32>, bool)> {
+    (1u32..16, 1u64..32, 0u8..3, prop::option::of(100u32..3000), any::<bool>())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A preference only orders: with or without it a START is placed exactly when some node
+    /// fits, on a node that fits; the plan's first node is the real START's.
+    #[test]
+    fn a_preference_never_makes_a_fitting_node_unusable(
+        nodes in prop::collection::vec(arbitrary_node(), 1..8),
+        zone in 0u8..4,
+        image in any::<bool>(),
+        strong in prop::option::of(64u64..2048),
+        chunks in 1u64..64,
+        policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit]),
+    ) {
+        let cfg = Config { policy, strong_workers_mb: strong, ..Config::default() };
+        let mut rig = Rig::new(cfg.clone());
+        for (i, (cpus, gib, z, score, cached)) in nodes.iter().enumerate() {
+            let n = 10 + u8::try_from(i).unwrap();
+            let mut r = report(u(n), *cpus, gib * 256, 0.0);
+            r.labels = BTreeMap::from([("zone".to_owned(), format!("z{z}"))]);
+            r.cpu_score = *score;
+            if *cached {
+                r.images = vec!["/images/alpine".into()];
+            }
+            join(&mut rig, n, r);
+        }
+        let plain = start(u(50), 1, chunks * 32);
+        let mut preferring = plain.clone();
+        preferring.requirements.preferences.labels = BTreeMap::from([("zone".to_owned(), format!("z{zone}"))]);
+        if image {
+            preferring.requirements.preferences.image = Some("/images/alpine/rootfs".into());
+        }
+        let need_plain = rig.hub.need(&plain);
+        let need_preferring = rig.hub.need(&preferring);
+        let without = placement::choose(&rig.hub.nodes, &need_plain, &cfg, None, None);
+        let with = placement::choose(&rig.hub.nodes, &need_preferring, &cfg, None, None);
+        prop_assert_eq!(without.is_some(), with.is_some());
+        if let Some(id) = with {
+            prop_assert!(rig.hub.nodes.get(&id).unwrap().check(&need_preferring, &cfg).is_ok());
+            let best = rig.hub.nodes.iter().filter(|n| n.check(&need_preferring, &cfg).is_ok())
+                .map(|n| placement::rank(n, &need_preferring, &cfg)).max().unwrap();
+            prop_assert_eq!(placement::rank(rig.hub.nodes.get(&id).unwrap(), &need_preferring, &cfg), best, "the best-ranked node that fits");
+        }
+        let plan = placement::plan(&rig.hub.nodes, &need_preferring, &cfg, 1);
+        prop_assert_eq!(plan.placed.first().map(|p| p.0), with);
+    }
+}

@@ -89,6 +89,11 @@ pub struct Args {
     /// a START fails at once with `full_cloud` and the reason, instead of after --queue-timeout.
     #[arg(long)]
     pub wait_for_capacity: bool,
+    /// Strong workers for big jobs: a START charged at least this much memory (MiB) goes to the
+    /// fastest node that fits (the launchers' measured CPU score) before the policy's order;
+    /// slower nodes still take it when no fast one fits.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub strong_workers: Option<u64>,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -176,6 +181,7 @@ impl Args {
             estimate: self.estimate,
             start_window: self.start_window,
             wait_for_capacity: self.wait_for_capacity,
+            strong_workers_mb: self.strong_workers,
             ..Config::default()
         })
     }

@@ -33,6 +33,8 @@ fn ready() -> Message {
         mem_allocated_mb: Some(3_000),
         instance_count: 5,
         away_grace_ms: None,
+        cpu_score: Some(1100),
+        ..NodeReport::default()
     })
 }
 

@@ -127,6 +127,7 @@ pub struct Configure {
 // === node reports ===
 
 /// A network interface of a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// Address in text form.
@@ -139,6 +140,7 @@ pub struct Network {
 /// READY (STATUS 1), and FULL / MAINTENANCE when they carry a report: a node's capacity. The
 /// scheduler's placement input. `Default` gives a nil node with zero capacity, handy for
 /// building one field by field.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeReport {
     /// The launcher's UUID.
@@ -191,9 +193,62 @@ pub struct NodeReport {
     /// upgrade, a restart): hold them this long, ms, before declaring the node lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub away_grace_ms: Option<u64>,
+    /// Architectures it also runs, through binfmt_misc and qemu-user (`arm`, `riscv64`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_arches: Vec<String>,
+    /// Single-core speed, measured at the launcher's start (about 1000 for a 2020 server core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_score: Option<u32>,
+    /// PCI devices (GPUs, NICs …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci: Vec<PciDevice>,
+    /// OCI root filesystems already on the node, by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+}
+
+/// A PCI device of a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDevice {
+    /// `vendor:device` in lower-case hex (`10de:2204`).
+    pub id: String,
+    /// The class code in hex (`030000`: a VGA controller).
+    pub class: String,
+}
+
+impl PciDevice {
+    /// Whether it matches a requirement's pattern: `vendor:device`, with `*` for any part
+    /// (`10de:*`, `*:2204`), or `class=PREFIX` (`class=03`: any display controller).
+    pub fn matches(&self, pattern: &str) -> bool {
+        if let Some(class) = pattern.strip_prefix("class=") {
+            return self.class.starts_with(&class.to_ascii_lowercase());
+        }
+        let (want_vendor, want_device) = pattern.split_once(':').unwrap_or((pattern, "*"));
+        let (vendor, device) = self.id.split_once(':').unwrap_or((&self.id, ""));
+        let part = |want: &str, have: &str| want == "*" || want.eq_ignore_ascii_case(have);
+        part(want_vendor, vendor) && part(want_device, device)
+    }
+}
+
+/// Architecture names that mean the same machines (`armv7` is what Debian's qemu calls `arm`).
+const ARCH_ALIASES: [(&str, &str); 4] = [("armv7", "arm"), ("armhf", "arm"), ("arm64", "aarch64"), ("amd64", "x86_64")];
+
+/// The canonical name of an architecture (`armv7` → `arm`, `amd64` → `x86_64`).
+pub fn canonical_arch(arch: &str) -> &str {
+    ARCH_ALIASES.iter().find(|(alias, _)| *alias == arch).map_or(arch, |(_, name)| name)
+}
+
+impl NodeReport {
+    /// Whether the node runs `arch`: its own, or one of its foreign ones.
+    pub fn runs_arch(&self, arch: &str) -> bool {
+        let want = canonical_arch(arch);
+        canonical_arch(&self.arch) == want || self.foreign_arches.iter().any(|a| canonical_arch(a) == want)
+    }
 }
 
 /// Node state as named inside STATS (`status` key, text as in ciao).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[allow(missing_docs)]
@@ -208,6 +263,7 @@ pub enum NodeState {
 }
 
 /// Instance state as a launcher reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -223,6 +279,7 @@ pub enum InstanceState {
 }
 
 /// One instance in a STATS report.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStat {
     /// Instance.
@@ -249,6 +306,7 @@ pub struct InstanceStat {
 /// Marks a STATS as one page of a digest: every instance the node holds, as of news number
 /// `seq`, split over `pages` frames sent in order (`page` = 0 … `pages` − 1). A STATS without
 /// it is a heartbeat: node figures only, its `instances` ignored.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestPage {
     /// The number of the last INSTANCE_NEWS this digest includes (0: none yet).
@@ -342,6 +400,7 @@ pub struct PlanAnswer {
 }
 
 /// STATS (COMMAND 3): node figures plus every instance's usage.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// The launcher's UUID.
@@ -396,6 +455,7 @@ impl Stats {
 // === work ===
 
 /// How urgently work must run (the sd-taskpacker classes).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkClass {
@@ -406,6 +466,7 @@ pub enum WorkClass {
 }
 
 /// Batch size classes; memory in 32 MiB chunks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
@@ -493,9 +554,53 @@ pub struct Requirements {
     /// Must run on a launcher that serves a single NUMA node.
     #[serde(default, skip_serializing_if = "is_false")]
     pub numa_local: bool,
+    /// PCI devices the node must have, one match each (`10de:*`, `8086:15bc`, `class=03`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci: Vec<String>,
+    /// The least CPU score the node must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cpu_score: Option<u32>,
+    /// What orders the nodes that fit, without excluding any.
+    #[serde(default, skip_serializing_if = "Preferences::is_empty")]
+    pub preferences: Preferences,
+}
+
+/// Soft placement wishes: among the nodes that fit, those that meet more of them come first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Preferences {
+    /// Labels it would rather have (`zone = "b"`): one point each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A node that already holds this root filesystem (an OCI workload's `rootfs`): one point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl Preferences {
+    /// Whether it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.image.is_none()
+    }
+
+    /// How many of them `node` meets.
+    pub fn score(&self, node: &NodeReport) -> u32 {
+        let labels = self.labels.iter().filter(|(k, v)| node.labels.get(*k) == Some(*v)).count();
+        let image = self
+            .image
+            .as_ref()
+            .is_some_and(|i| node.images.iter().any(|have| i == have || i.starts_with(&format!("{have}/"))));
+        u32::try_from(labels).unwrap_or(u32::MAX).saturating_add(u32::from(image))
+    }
+
+    /// The most points a node can score.
+    pub fn most(&self) -> u32 {
+        u32::try_from(self.labels.len()).unwrap_or(u32::MAX).saturating_add(u32::from(self.image.is_some()))
+    }
 }
 
 /// How an instance runs on its node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Backend {
@@ -613,6 +718,7 @@ pub struct Start {
 
 /// A task parameter's value (sd-taskpacker's `a{sv}`), checked against the task's schema by
 /// the controller.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ParamValue {
@@ -754,6 +860,7 @@ pub struct InstanceEvent {
 }
 
 /// Why an instance's workload ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]

@@ -97,6 +97,10 @@ fn report(p: &Prims) -> NodeReport {
         mem_allocated_mb: p.flag.then_some(p.n / 5),
         instance_count: p.small % 1000,
         away_grace_ms: p.flag.then_some(p.n),
+        foreign_arches: p.words.clone(),
+        cpu_score: p.flag.then_some(p.small),
+        pci: p.words.iter().map(|w| ssntp::payload::PciDevice { id: w.clone(), class: p.text.clone() }).collect(),
+        images: p.words.clone(),
     }
 }
 
@@ -161,6 +165,12 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     arch: p.words.first().cloned(),
                     features: p.words.clone(),
                     numa_local: p.flag,
+                    pci: p.words.clone(),
+                    min_cpu_score: p.flag.then_some(p.small),
+                    preferences: ssntp::payload::Preferences {
+                        labels: p.labels.clone(),
+                        image: p.flag.then(|| p.text.clone()),
+                    },
                 },
                 backend: backend(p),
                 restart: p.flag,

@@ -1,7 +1,9 @@
 //! `cargo xtask docs DIR`: writes, for every Drover binary B, its man pages
 //! (`DIR/B/man1/*.1`, one per command and subcommand) and bash, zsh and fish completions
-//! (`DIR/B/completions/{bash,zsh,fish}/…`), from the same clap definitions the binaries parse with, so they cannot drift. The
-//! packages ship them.
+//! (`DIR/B/completions/{bash,zsh,fish}/…`), from the same clap definitions the binaries parse with, so they cannot drift,
+//! and the controller API's OpenAPI document (`DIR/drover-controller/openapi.json`, as
+//! `GET /v1/openapi.json` serves it; the controller's package puts it in
+//! `/usr/share/drover/`). The packages ship them.
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +61,9 @@ fn docs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             written.push(path);
         }
     }
+    let path = dir.join("drover-controller").join("openapi.json");
+    std::fs::write(&path, drover_controller::api::openapi().to_pretty_json()?)?;
+    written.push(path);
     Ok(written)
 }
 
@@ -71,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask docs DIR   (man pages and shell completions for every binary)");
+            eprintln!("usage: cargo xtask docs DIR   (man pages and shell completions for every binary, the API's OpenAPI document)");
             std::process::exit(64);
         }
     }
@@ -101,5 +106,7 @@ mod tests {
         assert!(read("drover-scheduler/completions/zsh/_drover-scheduler").contains("--load-threshold"));
         assert!(read("drover-launcher/completions/fish/drover-launcher.fish").contains("maintenance-grace"));
         assert!(written.len() > 30, "{} files", written.len());
+        let openapi: serde_json::Value = serde_json::from_str(&read("drover-controller/openapi.json")).unwrap();
+        assert!(openapi["paths"]["/v1/workloads"]["post"].is_object(), "{openapi}");
     }
 }

@@ -70,7 +70,7 @@ impl EventDraft {
 }
 
 /// An instance event's facts as fields (absent when they do not apply).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventDetail {
     /// The instance's workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +288,7 @@ pub struct NewInstances {
 }
 
 /// Something that changed, in revision order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Monotonic, never reused, survives restarts.
     pub revision: u64,

@@ -208,6 +208,11 @@ impl Cluster {
     }
 
     pub fn spawn_controller(work: &Path, pki: &Pki, sched_addr: &str, api_addr: &str) -> Proc {
+        Self::spawn_controller_with(work, pki, sched_addr, api_addr, &[])
+    }
+
+    /// As [`Cluster::spawn_controller`], with extra flags.
+    pub fn spawn_controller_with(work: &Path, pki: &Pki, sched_addr: &str, api_addr: &str, extra: &[&str]) -> Proc {
         let args = local::controller_args(
             sched_addr,
             work,
@@ -218,6 +223,7 @@ impl Cluster {
         let mut args = args;
         // The test's own task files only, never the machine's (/etc/drover/units …).
         args.extend(["--units".to_owned(), work.join("units").display().to_string()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         Proc::spawn("controller", "drover-controller", &args, &work.join("logs"))
     }
 

@@ -1,0 +1,102 @@
+//! Worker capabilities on a real cluster: what launchers find (PCI devices from a sysfs tree,
+//! foreign architectures from a binfmt_misc tree, cached images, the CPU score) reaches the API
+//! and `drover node show`; workloads that require them land where they are, a preference
+//! orders without excluding, and what no node has is refused naming it. Every process instance
+//! finds `DROVER_CPUS` and `DROVER_JOBS` in its environment.
+
+#![allow(clippy::disallowed_methods)] // tests wait with the real clock
+
+mod common;
+
+use std::path::Path;
+
+use common::{create_workload, instance_when, launch_one, Cluster};
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A sysfs tree with one NVIDIA GPU, a binfmt_misc tree with qemu-arm enabled, and an image
+/// directory holding `alpine`.
+fn fixtures(root: &Path) {
+    let gpu = root.join("sys/bus/pci/devices/0000:01:00.0");
+    write(&gpu.join("vendor"), "0x10de\n");
+    write(&gpu.join("device"), "0x2204\n");
+    write(&gpu.join("class"), "0x030000\n");
+    write(&root.join("binfmt/qemu-arm"), "enabled\ninterpreter /usr/libexec/qemu-binfmt/arm-binfmt-P\n");
+    std::fs::create_dir_all(root.join("images/alpine")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let sys = dir.path().join("sys").display().to_string();
+    let binfmt = dir.path().join("binfmt").display().to_string();
+    let images = dir.path().join("images").display().to_string();
+    let empty = dir.path().join("empty").display().to_string();
+    std::fs::create_dir_all(&empty).unwrap();
+    let cluster = Cluster::start(&[
+        &["--sysfs-root", &sys, "--binfmt-root", &binfmt, "--image-dir", &images, "--cpu-score", "1234"],
+        // The other node's trees are empty: what it has is known whatever this machine has.
+        &["--label", "zone=b", "--cpu-score", "700", "--sysfs-root", &empty, "--binfmt-root", &empty],
+    ]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+
+    // What the nodes are, through the API and the CLI.
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    let nodes = nodes.as_array().unwrap();
+    let gpu_node = nodes.iter().find(|n| n["report"]["cpu_score"] == 1234).expect("the GPU node's report");
+    let plain_node = nodes.iter().find(|n| n["report"]["cpu_score"] == 700).expect("the other node's report");
+    let gpu_id = gpu_node["uuid"].as_str().unwrap().to_owned();
+    let plain_id = plain_node["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(gpu_node["report"]["pci"][0]["id"], "10de:2204", "{gpu_node}");
+    assert_eq!(gpu_node["report"]["foreign_arches"][0], "arm");
+    assert!(gpu_node["report"]["images"][0].as_str().unwrap().ends_with("/images/alpine"), "{gpu_node}");
+    let out = cluster.cli(&["node", "show", &gpu_id[..8]]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+    for fact in ["10de:2204 (class 030000)", "cpu score       1234", "foreign arches  arm", "/images/alpine"] {
+        assert!(shown.contains(fact), "drover node show says {fact:?}:\n{shown}");
+    }
+    let measured = cluster.cli(&["node", "show", "ffffffff"]);
+    assert!(!measured.status.success(), "an unknown node is an error");
+
+    // Requirements: the GPU, the foreign architecture, the score.
+    let sh = |name: &str, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[resources]\nvcpus = 2\nmem_mb = 64\n[backend]\ntype = \"process\"\n\
+             argv = [\"/bin/sh\", \"-c\", \"echo cpus=$DROVER_CPUS jobs=$DROVER_JOBS\"]\n[restart]\npolicy = \"never\"\n{extra}"
+        )
+    };
+    for (name, extra, node) in [
+        ("gpu", "[requirements]\npci = [\"10de:*\"]\n", &gpu_id),
+        ("armv7", "[requirements]\narch = \"armv7\"\n", &gpu_id),
+        ("fast", "[requirements]\nmin_cpu_score = 1000\n", &gpu_id),
+        ("zoned", "[preferences]\nlabels = { zone = \"b\" }\n", &plain_id),
+    ] {
+        create_workload(&api, &sh(name, extra)).await;
+        let id = launch_one(&api, name).await;
+        let done = instance_when(&api, &id, "exited", common::PATIENCE, |i| i["state"] == "exited").await;
+        assert_eq!(&done["node"], node.as_str(), "{name} ran on {}: {done}", done["node"]);
+        let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
+        let line = logs["data"].as_str().unwrap().trim().to_owned();
+        assert!(line == "cpus=2 jobs=1" || line == "cpus=2 jobs=2", "{name}: the parallelism hint: {line:?}");
+    }
+
+    // What no node has: refused at once, naming the requirement; the plan says so too.
+    create_workload(&api, &sh("nowhere", "[requirements]\npci = [\"dead:*\"]\n")).await;
+    let id = launch_one(&api, "nowhere").await;
+    let failed = instance_when(&api, &id, "an answer", common::PATIENCE, |i| {
+        !["pending", "starting"].contains(&i["state"].as_str().unwrap_or_default())
+    })
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["why"].as_str().unwrap().contains("missing PCI devices (dead:*)"), "{failed}");
+    let plan = cluster.cli(&["plan", "nowhere"]);
+    let said = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(1), "{said}");
+    assert!(said.contains("lack the PCI devices it requires (dead:*)"), "{said}");
+}
