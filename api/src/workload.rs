@@ -452,12 +452,22 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         Backend::Systemd { argv, .. } if argv.first().is_none_or(|p| !p.starts_with('/')) => {
             return Err(err("backend.argv", "needs the program as an absolute path (systemd runs it)"));
         }
-        Backend::Oci { rootfs, args, .. } => {
+        Backend::Oci { rootfs, args, volumes, network, .. } => {
             if !rootfs.starts_with('/') {
                 return Err(err("backend.rootfs", "must be an absolute path on the node"));
             }
             if args.is_empty() {
                 return Err(err("backend.args", "needs at least the program"));
+            }
+            for v in volumes {
+                if !v.source.starts_with('/') || !v.destination.starts_with('/') {
+                    return Err(err("backend.volumes", "source and destination are absolute paths"));
+                }
+            }
+            if let ssntp::payload::OciNetwork::Namespace(path) = network {
+                if !path.starts_with("/run/netns/") && !path.starts_with("/var/run/netns/") {
+                    return Err(err("backend.network", "a namespace is named by its path, /run/netns/NAME"));
+                }
             }
         }
         _ => {}
@@ -501,6 +511,12 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         }
     }
     let mut p = f.requirements;
+    // Volumes run only where a launcher allows them.
+    if matches!(&f.backend, Backend::Oci { volumes, .. } if !volumes.is_empty())
+        && !p.features.iter().any(|x| x == ssntp::payload::VOLUMES_FEATURE)
+    {
+        p.features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
+    }
     for pattern in &p.pci {
         check_pci(pattern).map_err(|m| err("requirements.pci", m))?;
     }

@@ -359,6 +359,16 @@ pub enum NodeCmd {
         /// Node UUID (or a unique prefix).
         id: String,
     },
+    /// Drain a node gracefully (admin): it takes no new work, what runs may finish until the
+    /// deadline, and what is left then is stopped and starts elsewhere. `drover node ls` shows
+    /// it draining; `drover node restore` ends it.
+    Drain {
+        /// Node UUID (or a unique prefix).
+        id: String,
+        /// How long running work may finish (`90s`, `30m`, `2h`; at most 7d).
+        #[arg(long, default_value = "1h")]
+        deadline: String,
+    },
     /// Bring a node back from maintenance (admin).
     Restore {
         /// Node UUID (or a unique prefix).
@@ -975,7 +985,13 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                     vec![
                         short(&text(n, "uuid")),
                         // READY by its own account, but the scheduler places nothing there.
-                        if n["load_blocked"] == true { "loaded".to_owned() } else { text(n, "status") },
+                        match n["report"]["draining_until_unix_ms"].as_u64() {
+                            Some(until) => {
+                                format!("draining ({} left)", left_until(drover_model::unix_ms_now(), until))
+                            }
+                            None if n["load_blocked"] == true => "loaded".to_owned(),
+                            None => text(n, "status"),
+                        },
                         text(s, "hostname"),
                         seen_ago(drover_model::unix_ms_now(), n["last_seen_unix_ms"].as_u64()),
                         text(s, "cpus_online"),
@@ -1010,10 +1026,25 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
             bail!("a node id is required")
         }
         NodeCmd::Evacuate { id } => node_action(api, &id, "evacuate", json).await?,
+        NodeCmd::Drain { id, .. } if id.is_empty() => bail!("a node id is required"),
+        NodeCmd::Drain { id, deadline } => {
+            drover_model::parse_duration(&deadline).map_err(|e| anyhow::anyhow!("--deadline {deadline:?}: {e}"))?;
+            node_action(api, &id, &format!("drain?deadline={deadline}"), json).await?;
+        }
         NodeCmd::Restore { id } => node_action(api, &id, "restore", json).await?,
         NodeCmd::Forget { id } => node_action(api, &id, "forget", json).await?,
     }
     Ok(())
+}
+
+/// How long until `until` (Unix ms), in the largest unit: `42m`, `3h`, `0s` once past.
+fn left_until(now_ms: u64, until_ms: u64) -> String {
+    let s = until_ms.saturating_sub(now_ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
 }
 
 /// `drover node show`'s text: one fact a line, what the node's last report says.
@@ -1072,6 +1103,12 @@ fn node_details(node: &Value) -> String {
         ("pci", if pci.is_empty() { "-".to_owned() } else { pci.join(", ") }),
         ("images", list(&r["images"])),
         ("numa node", or_dash(text(r, "numa_node"))),
+        (
+            "draining",
+            r["draining_until_unix_ms"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |u| format!("{} left", left_until(drover_model::unix_ms_now(), u))),
+        ),
         ("instances", text(node, "instances")),
     ] {
         out.push_str(&format!("{key:<15} {value}\n"));
@@ -1119,7 +1156,7 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
     if json {
         print_json(&v);
     } else {
-        println!("{verb}: sent to node {}", short(&id));
+        println!("{}: sent to node {}", verb.split('?').next().unwrap_or(verb), short(&id));
     }
     Ok(())
 }

@@ -273,6 +273,7 @@ fn api_routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(nodes))
         .routes(routes!(evacuate_node))
         .routes(routes!(restore_node))
+        .routes(routes!(drain_node))
         .routes(routes!(forget_node))
         .routes(routes!(status))
         .routes(routes!(leader))
@@ -991,6 +992,17 @@ async fn nodes(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<NodesQuery
 
 /// `POST /v1/nodes/{id}/evacuate`, `…/restore`, `…/forget`: a node command, admin's.
 async fn node_action(c: Arc<Controller>, tenant: String, id: String, action: &'static str) -> ApiResult<Response> {
+    node_command(c, tenant, id, action, None).await
+}
+
+/// A node command; `drain_ms` makes an evacuation a drain.
+async fn node_command(
+    c: Arc<Controller>,
+    tenant: String,
+    id: String,
+    action: &'static str,
+    drain_ms: Option<u64>,
+) -> ApiResult<Response> {
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate, restore or forget nodes"));
     }
@@ -1000,7 +1012,7 @@ async fn node_action(c: Arc<Controller>, tenant: String, id: String, action: &'s
     // may never have heard from it (it restarted while the node was gone, or it is a backup,
     // whose refusal must read as one and not as an unknown node).
     let message = match action {
-        "evacuate" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None }),
+        "evacuate" | "drain" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None, drain_ms }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
         _ => Message::NodeForget(NodeForget { node_uuid: node }),
     };
@@ -1034,6 +1046,48 @@ async fn node_action(c: Arc<Controller>, tenant: String, id: String, action: &'s
 )]
 async fn evacuate_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     node_action(c, tenant, id, "evacuate").await
+}
+
+/// `?deadline=` of `POST /v1/nodes/{id}/drain`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DrainQuery {
+    /// How long running work may finish before what is left is stopped (`90s`, `30m`, `2h`;
+    /// default 1h, at most 7 days).
+    deadline: Option<String>,
+}
+
+/// Longest drain deadline.
+pub const MAX_DRAIN: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes",
+    params(("id" = Uuid, Path, description = "The node's UUID"), DrainQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Sent: the node takes no new work, its running work may finish until the deadline, and what is left then is stopped and starts elsewhere", body = NodeActionAnswer),
+        (status = 400, description = "Not a UUID, or a deadline that is not a duration up to 7 days", body = drover_api::views::ErrorView),
+        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
+        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
+        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
+        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
+        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+    )
+)]
+async fn drain_node(
+    State(c): Ctl,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<DrainQuery>,
+) -> ApiResult<Response> {
+    let text = q.deadline.as_deref().unwrap_or("1h");
+    let deadline =
+        drover_model::parse_duration(text).ok().filter(|d| !d.is_zero() && *d <= MAX_DRAIN).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("deadline: {text:?} is not a duration from 1s to 7d (90s, 30m, 2h)"),
+            )
+        })?;
+    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    node_command(c, tenant, id, "drain", Some(ms)).await
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{id}/restore", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),

@@ -30,6 +30,8 @@ pub struct Args {
     pub servers: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub diag: ssntp::cli::DiagArgs,
     /// Where state is kept: `redb` (a file on this machine: `--db`) or `etcd` (an etcd cluster
     /// shared by several controllers, of which one leads and the others stand by:
     /// `--etcd-endpoints`).
@@ -416,4 +418,10 @@ async fn lead(
         drover_etcd::cli::restart_as_standby("drover-controller");
     }
     Ok(())
+}
+
+impl ssntp::cli::Daemon for Args {
+    fn diagnostics(&self) -> &ssntp::cli::DiagArgs {
+        &self.diag
+    }
 }

@@ -100,3 +100,56 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
     assert_eq!(plan.status.code(), Some(1), "{said}");
     assert!(said.contains("lack the PCI devices it requires (dead:*)"), "{said}");
 }
+
+/// A sim workload of `name` that runs `ms` and prefers zone a.
+fn sim(name: &str, ms: u64) -> String {
+    format!(
+        "name = \"{name}\"\n[resources]\nmem_mb = 4\nvcpus = 1\n[backend]\ntype = \"sim\"\nduration_ms = {ms}\n\
+         [restart]\npolicy = \"never\"\n[preferences]\nlabels = {{ zone = \"a\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_work_finish_then_moves_what_is_left_at_its_deadline_and_leaves_the_node_in_maintenance() {
+    let cluster =
+        Cluster::start(&[&["--backend", "sim", "--label", "zone=a"], &["--backend", "sim", "--label", "zone=b"]]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    create_workload(&api, &sim("short", 3_000)).await;
+    create_workload(&api, &sim("long", 600_000)).await;
+    let short = launch_one(&api, "short").await;
+    let long = launch_one(&api, "long").await;
+    let first = instance_when(&api, &short, "short to run", common::PATIENCE, |i| i["state"] == "running").await;
+    let node = first["node"].as_str().unwrap().to_owned();
+    let second = instance_when(&api, &long, "long to run", common::PATIENCE, |i| i["state"] == "running").await;
+    assert_eq!(second["node"], node.as_str(), "both prefer zone a");
+
+    let out = cluster.cli(&["node", "drain", &node[..8], "--deadline", "6s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Draining, shown with what is left of its deadline; new work goes elsewhere though it
+    // prefers this node.
+    let listed = common::wait_for("node ls to show the drain", || async {
+        let out = cluster.cli(&["node", "ls"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().any(|l| l.starts_with(&node[..8]) && l.contains("draining (")).then_some(text)
+    })
+    .await;
+    assert!(listed.contains("s left)"), "{listed}");
+    let newcomer = launch_one(&api, "long").await;
+    let placed = instance_when(&api, &newcomer, "new work to run", common::PATIENCE, |i| i["state"] == "running").await;
+    assert_ne!(placed["node"], node.as_str(), "a draining node takes no new work");
+
+    // The short one finishes there on its own; the long one runs on until the deadline.
+    let done = instance_when(&api, &short, "short to end", common::PATIENCE, |i| i["state"] == "exited").await;
+    assert_eq!(done["node"], node.as_str(), "it finished where it ran: {done}");
+    let still = api.get(&format!("/v1/instances/{long}")).await.unwrap();
+    assert_eq!((still["state"].as_str(), still["node"].as_str()), (Some("running"), Some(node.as_str())), "{still}");
+    // At the deadline it is stopped and starts on the other node; the drained node stays in
+    // maintenance.
+    let moved = instance_when(&api, &long, "long to move", common::PATIENCE, |i| {
+        i["state"] == "running" && i["node"] != node.as_str()
+    })
+    .await;
+    assert_ne!(moved["node"], node.as_str());
+    common::restore_evacuated(&api, &node).await;
+}

@@ -257,7 +257,14 @@ mod tests {
 
     fn start_with(requirements: Requirements, backend: &str) -> Start {
         let backend = match backend {
-            "oci" => Backend::Oci { rootfs: "/".into(), args: vec![], env: Default::default() },
+            "oci" => Backend::Oci {
+                rootfs: "/".into(),
+                args: vec![],
+                env: Default::default(),
+                writable_root: false,
+                volumes: vec![],
+                network: Default::default(),
+            },
             _ => Backend::Process { argv: vec!["true".into()], env: Default::default() },
         };
         Start::new(ssntp::Uuid::nil(), requirements, backend)

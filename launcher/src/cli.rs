@@ -6,7 +6,8 @@ use std::time::Duration;
 use ssntp::cli::TlsArgs;
 
 /// The Drover launcher: the agent on each compute node. Reports the node's capacity to the
-/// scheduler and runs the workloads it is sent.
+/// scheduler and runs the workloads it is sent. `drover-launcher doctor [--interactive]`
+/// inspects this host and recommends these flags, with the reason for each.
 ///
 /// Example:
 ///   drover-launcher --server sched.example:8888 --cacert pki/ca.pem \
@@ -20,6 +21,8 @@ pub struct Args {
     pub servers: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub diag: ssntp::cli::DiagArgs,
     /// Directory for the node's identity and instance working directories.
     #[arg(long, default_value = "/var/lib/drover/launcher")]
     pub state_dir: PathBuf,
@@ -44,6 +47,11 @@ pub struct Args {
     /// launcher re-adopts them).
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// With --drain-on-exit: how long running instances may finish after SIGTERM before the
+    /// rest are stopped (a graceful drain; the node takes no new work meanwhile). 0s stops
+    /// them at once.
+    #[arg(long, default_value = "0s", value_parser = drover_model::parse_duration)]
+    pub drain_deadline: Duration,
     /// On SIGTERM without --drain-on-exit, how long the scheduler holds this node's running
     /// workloads for the next launcher before declaring the node lost and starting them
     /// elsewhere (at most 24h).
@@ -85,6 +93,11 @@ pub struct Args {
     /// so workloads that prefer `image_cached` come to this node.
     #[arg(long = "image-dir", value_name = "DIR")]
     pub image_dirs: Vec<PathBuf>,
+    /// A directory OCI workloads may bind-mount from (repeatable): a volume's source must be a
+    /// directory under one. The node then offers the `volumes` feature. Without, volumes are
+    /// refused.
+    #[arg(long = "volume-root", value_name = "DIR")]
+    pub volume_roots: Vec<PathBuf>,
     /// The CPU speed score to report instead of measuring it at start (a short benchmark,
     /// cached in the state directory per CPU model).
     #[arg(long, value_name = "SCORE", value_parser = clap::value_parser!(u32).range(1..))]
@@ -114,5 +127,11 @@ fn parse_tenant_user(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((tenant, user)) if !tenant.is_empty() && !user.is_empty() => Ok((tenant.to_owned(), user.to_owned())),
         _ => Err(format!("{text:?}: give TENANT=USER (a user name or UID[:GID])")),
+    }
+}
+
+impl ssntp::cli::Daemon for Args {
+    fn diagnostics(&self) -> &ssntp::cli::DiagArgs {
+        &self.diag
     }
 }

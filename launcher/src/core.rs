@@ -87,6 +87,12 @@ pub enum Input {
     ReportDue,
     /// The news timer fired: send the instances that changed.
     NewsDue,
+    /// The launcher exits draining: no new work from now, and say MAINTENANCE with the
+    /// deadline; the workloads may finish until then (the shell then sends `ShuttingDown`).
+    ExitDraining {
+        /// How long they may run on, ms.
+        drain_ms: u64,
+    },
     /// The launcher is exiting: say MAINTENANCE, and stop the workloads when `drain`.
     ShuttingDown {
         /// Stop every workload before exiting.
@@ -302,6 +308,9 @@ pub struct Core {
     news_seq: u64,
     /// Instances changed since the last news or digest.
     changed: HashSet<Uuid>,
+    /// The launcher exits draining (`--drain-on-exit --drain-deadline`): no new work, and what
+    /// runs may finish until this time, Unix ms. Not persisted: the next launcher takes work.
+    exit_drain_until: Option<u64>,
 }
 
 impl Core {
@@ -320,7 +329,13 @@ impl Core {
             orphans: Vec::new(),
             news_seq: 0,
             changed: HashSet::new(),
+            exit_drain_until: None,
         }
+    }
+
+    /// Whether the node takes no new work: in maintenance, or exiting with a drain.
+    fn closed(&self) -> bool {
+        self.flags.maintenance || self.exit_drain_until.is_some()
     }
 
     /// Whether a session with the scheduler is up (what is sent now goes somewhere).
@@ -336,6 +351,11 @@ impl Core {
     /// Whether the node is in maintenance.
     pub fn maintenance(&self) -> bool {
         self.flags.maintenance
+    }
+
+    /// Whether the node drains (a graceful evacuation, or an exit with a drain deadline).
+    pub fn draining(&self) -> bool {
+        self.flags.drain_until_unix_ms.is_some() || self.exit_drain_until.is_some()
     }
 
     /// Decides what to do about `input` at `now`.
@@ -354,7 +374,7 @@ impl Core {
             Input::Disconnected => self.session = None,
             Input::Command(Message::ReportRequest(_)) => self.digest(now, &mut out),
             Input::Command(message) => {
-                if let Some(answer) = self.command(message, &mut out) {
+                if let Some(answer) = self.command(now, message, &mut out) {
                     out.push(Effect::Send(answer));
                 }
                 self.report_if_changed(now, &mut out);
@@ -395,8 +415,15 @@ impl Core {
                     }
                 }
             }
-            Input::ReportDue => self.report(now, &mut out),
+            Input::ReportDue => {
+                self.drain_due(now, &mut out);
+                self.report(now, &mut out);
+            }
             Input::NewsDue => self.news(&mut out),
+            Input::ExitDraining { drain_ms } => {
+                self.exit_drain_until = Some(now.unix_ms.saturating_add(drain_ms));
+                out.push(Effect::Send(Message::Maintenance(Some(self.node_report()))));
+            }
             Input::ShuttingDown { drain } => {
                 // Stop taking work and say so; the workloads stay for the next launcher unless
                 // asked to drain.
@@ -437,7 +464,7 @@ impl Core {
     }
 
     /// Handles one frame; returns the answer, if any.
-    fn command(&mut self, message: Message, out: &mut Vec<Effect>) -> Option<Message> {
+    fn command(&mut self, now: Now, message: Message, out: &mut Vec<Effect>) -> Option<Message> {
         let node = self.config.node;
         let failure =
             |instance_uuid, reason, detail| InstanceFailure { node_uuid: Some(node), instance_uuid, reason, detail };
@@ -506,13 +533,24 @@ impl Core {
             Message::Evacuate(evacuate) => {
                 // Saved first: a launcher restarted mid-evacuation stays in maintenance.
                 self.flags.maintenance = true;
-                out.push(Effect::SaveFlags(self.flags.clone()));
                 let grace = evacuate.deadline_ms.map_or(STOP_GRACE, Duration::from_millis);
-                self.stop_all(grace, out);
+                match evacuate.drain_ms {
+                    // Running work may finish until the deadline; the tick stops the rest.
+                    Some(drain) if self.running() > 0 => {
+                        self.flags.drain_until_unix_ms = Some(now.unix_ms.saturating_add(drain));
+                        out.push(Effect::SaveFlags(self.flags.clone()));
+                    }
+                    _ => {
+                        self.flags.drain_until_unix_ms = None;
+                        out.push(Effect::SaveFlags(self.flags.clone()));
+                        self.stop_all(grace, out);
+                    }
+                }
                 return None; // MAINTENANCE and one INSTANCE_STOPPED per instance follow
             }
             Message::Restore(_) => {
                 self.flags.maintenance = false;
+                self.flags.drain_until_unix_ms = None;
                 out.push(Effect::SaveFlags(self.flags.clone()));
                 return None; // READY follows
             }
@@ -526,7 +564,7 @@ impl Core {
             &self.config.limits,
             &self.figures(),
             self.overcommit,
-            self.flags.maintenance,
+            self.closed(),
             start,
             &self.config.backends,
             self.config.limits_feature.is_some(),
@@ -538,6 +576,20 @@ impl Core {
             Some(e) => {
                 let reason = if e.running() { FailureReason::AlreadyRunning } else { FailureReason::InstanceExists };
                 Err((reason, format!("instance {} is already on this node", start.instance_uuid)))
+            }
+        }
+    }
+
+    /// A drain whose deadline has come stops what still runs; one with nothing left running is
+    /// over (the node stays in maintenance until RESTORE).
+    fn drain_due(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let Some(until) = self.flags.drain_until_unix_ms else { return };
+        let running = self.running();
+        if running == 0 || now.unix_ms >= until {
+            self.flags.drain_until_unix_ms = None;
+            out.push(Effect::SaveFlags(self.flags.clone()));
+            if running > 0 {
+                self.stop_all(STOP_GRACE, out);
             }
         }
     }
@@ -648,6 +700,7 @@ impl Core {
         r.vcpus_allocated = vcpus;
         r.mem_allocated_mb = Some(mem);
         r.instance_count = u32::try_from(self.running()).unwrap_or(u32::MAX);
+        r.draining_until_unix_ms = self.flags.drain_until_unix_ms.or(self.exit_drain_until);
         if let Some(feature) = &self.config.limits_feature {
             r.features.push(feature.clone());
             r.features.push(admission::LIMITS_FEATURE.to_owned());
@@ -658,7 +711,8 @@ impl Core {
     /// The node's status now (the status machine moves on).
     fn status_now(&mut self, now: Now) -> NodeStatus {
         let figures = self.figures();
-        self.status.update(now.mono_ms, &self.config.limits, &figures, self.overcommit, self.flags.maintenance)
+        let closed = self.closed();
+        self.status.update(now.mono_ms, &self.config.limits, &figures, self.overcommit, closed)
     }
 
     /// Reports at once only when the status changed since the last report on this connection:

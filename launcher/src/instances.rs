@@ -139,6 +139,32 @@ fn signal_stop(pid: u32, grace: Duration) {
     });
 }
 
+/// An `oci` START's backend, borrowed.
+#[derive(Debug, Clone, Copy)]
+struct OciSpec<'a> {
+    rootfs: &'a str,
+    args: &'a [String],
+    env: &'a std::collections::BTreeMap<String, String>,
+    writable_root: bool,
+    volumes: &'a [ssntp::payload::Volume],
+    network: &'a ssntp::payload::OciNetwork,
+}
+
+/// A named network namespace must be one of the node's (`ip netns add NAME`).
+fn check_network(network: &ssntp::payload::OciNetwork) -> Result<(), Refusal> {
+    if let ssntp::payload::OciNetwork::Namespace(path) = network {
+        let p = Path::new(path);
+        let named = ["/run/netns", "/var/run/netns"].iter().any(|d| p.parent() == Some(Path::new(d)));
+        if !named || !p.exists() {
+            return Err((
+                FailureReason::InvalidData,
+                format!("network namespace {path}: not a namespace of this node (/run/netns/NAME, made by ip netns add NAME)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The node's instances.
 #[derive(Debug)]
 pub struct Instances {
@@ -149,6 +175,8 @@ pub struct Instances {
     pin: Option<Pin>,
     /// runc or crun, when the node offers the `oci` backend.
     oci_runtime: Option<PathBuf>,
+    /// Where OCI volumes may come from (`--volume-root`, canonical); none: no volumes.
+    volume_roots: Vec<PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
     /// The sim records' journal; changes wait in it until [`Instances::flush`].
@@ -182,6 +210,7 @@ impl Instances {
             cgroups,
             pin: None,
             oci_runtime: None,
+            volume_roots: Vec::new(),
             table: HashMap::new(),
             events,
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
@@ -219,6 +248,14 @@ impl Instances {
     #[must_use]
     pub fn with_oci_runtime(mut self, runtime: Option<PathBuf>) -> Self {
         self.oci_runtime = runtime;
+        self
+    }
+
+    /// The directories OCI volumes may come from (each made canonical; one that does not exist
+    /// is left out).
+    #[must_use]
+    pub fn with_volume_roots(mut self, roots: &[PathBuf]) -> Self {
+        self.volume_roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
         self
     }
 
@@ -471,8 +508,9 @@ impl Instances {
             Backend::Sim { duration_ms, exit_code, .. } => {
                 Ok(Some(self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)))
             }
-            Backend::Oci { rootfs, args, env } => {
-                self.spawn_oci(id, &dir, rootfs, args, env, &mut record).map(|()| None)
+            Backend::Oci { rootfs, args, env, writable_root, volumes, network } => {
+                let container = OciSpec { rootfs, args, env, writable_root: *writable_root, volumes, network };
+                self.spawn_oci(id, &dir, &container, &mut record).map(|()| None)
             }
             Backend::Systemd { argv, env } => self.spawn_unit(&dir, argv, env, &mut record).map(|()| None),
         };
@@ -641,42 +679,47 @@ impl Instances {
     }
 
     /// Writes the bundle and runs the OCI runtime in the foreground under the shim; the runtime
-    /// applies the limits itself.
+    /// applies the limits itself. A writable root is an overlay of the instance's own on the
+    /// shared `rootfs` (at `bundle/rootfs`; the shim unmounts it at the end).
     fn spawn_oci(
         &mut self,
         id: Uuid,
         dir: &Path,
-        rootfs: &str,
-        args: &[String],
-        env: &std::collections::BTreeMap<String, String>,
+        spec: &OciSpec<'_>,
         record: &mut InstanceRecord,
     ) -> Result<(), Refusal> {
         let runtime = self
             .oci_runtime
             .clone()
             .ok_or((FailureReason::UnknownBackend, "this launcher does not offer the oci backend".to_owned()))?;
-        let rootfs = Path::new(rootfs);
+        let rootfs = Path::new(spec.rootfs);
         if !rootfs.is_absolute() || !(rootfs.join("bin").is_dir() || rootfs.join("usr").is_dir()) {
             return Err((
                 FailureReason::ImageFailure,
                 format!("rootfs {} is not an absolute path to a root file system", rootfs.display()),
             ));
         }
-        if args.is_empty() {
+        if spec.args.is_empty() {
             return Err((FailureReason::InvalidData, "args is empty".into()));
         }
+        let volumes = self.check_volumes(spec.volumes)?;
+        check_network(spec.network)?;
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
+        let root = if spec.writable_root { crate::oci::overlay(rootfs, &bundle)? } else { rootfs.to_owned() };
         let req = &record.start.requirements;
         let config = crate::oci::config(
             &crate::oci::Container {
                 id: &id.to_string(),
-                rootfs,
+                rootfs: &root,
+                writable_root: spec.writable_root,
+                volumes: &volumes,
+                network: spec.network,
                 results: &dir.join(files::RESULTS),
                 user: record.user,
             },
-            args,
-            env,
+            spec.args,
+            spec.env,
             req.mem_mb,
             req.vcpus,
         );
@@ -689,7 +732,44 @@ impl Instances {
             id.to_string(),
         ];
         // The runtime itself runs as root; the container's process runs as `user`.
-        self.spawn_shim(id, dir, argv, std::collections::BTreeMap::new(), None, record)
+        let spawned = self.spawn_shim(id, dir, argv, std::collections::BTreeMap::new(), None, record);
+        if spawned.is_err() {
+            crate::oci::unmount_overlay(&bundle);
+        }
+        spawned
+    }
+
+    /// The volumes with their sources made canonical; refused unless each source is a
+    /// directory under a `--volume-root` and each destination an absolute path that is not one
+    /// the container needs for itself.
+    fn check_volumes(&self, volumes: &[ssntp::payload::Volume]) -> Result<Vec<ssntp::payload::Volume>, Refusal> {
+        let refuse = |why: String| Err((FailureReason::InvalidData, why));
+        if !volumes.is_empty() && self.volume_roots.is_empty() {
+            return refuse("this node allows no volumes (drover-launcher --volume-root DIR)".into());
+        }
+        let mut out = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            let destination = Path::new(&v.destination);
+            let reserved = ["/", "/proc", "/dev", "/sys", "/results", "/tmp"];
+            if !destination.is_absolute()
+                || destination.components().any(|c| c == std::path::Component::ParentDir)
+                || reserved.iter().any(|r| destination == Path::new(r))
+            {
+                return refuse(format!(
+                    "volume destination {}: an absolute path other than {}",
+                    v.destination,
+                    reserved.join(" ")
+                ));
+            }
+            let Ok(source) = Path::new(&v.source).canonicalize() else {
+                return refuse(format!("volume source {}: no such directory on this node", v.source));
+            };
+            if !source.is_dir() || !self.volume_roots.iter().any(|root| source.starts_with(root)) {
+                return refuse(format!("volume source {}: not a directory under this node's --volume-root", v.source));
+            }
+            out.push(ssntp::payload::Volume { source: source.display().to_string(), ..v.clone() });
+        }
+        Ok(out)
     }
 
     /// Runs a `sim` instance for `duration`; returns the handle that ends it early.
@@ -800,6 +880,7 @@ impl Instances {
                 self.cgroups.remove(&i.record.cgroups);
             }
         }
+        crate::oci::unmount_overlay(&dir.join("bundle"));
         let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
@@ -985,6 +1066,9 @@ fn rss_mb(pid: u32) -> Option<u64> {
     Some(kb / 1024)
 }
 
+/// How long the watcher waits for a shim's exit record after the process it watched died.
+const EXIT_RECORD_WAIT: Duration = Duration::from_secs(5);
+
 /// Watches an instance's files: reports the PID when the shim writes it, then the end when
 /// `exit.json` appears. A workload that vanishes without either (its shim was killed too) is
 /// reported ended with an unknown reason.
@@ -1027,8 +1111,12 @@ async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc:
                 }
             }
             Some(p) if !alive(p) => {
-                // Give the shim a moment to write exit.json after its workload ended.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Give the shim a moment to clean up (an OCI bundle, an overlay) and write
+                // exit.json after its workload ended; a loaded machine needs a few seconds.
+                let deadline = tokio::time::Instant::now() + EXIT_RECORD_WAIT;
+                while !dir.join(files::EXIT).exists() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 if !dir.join(files::EXIT).exists() {
                     let _ =
                         events.send(Event::Exited(Exit { instance, code: None, reason: ExitReason::Unknown })).await;

@@ -28,6 +28,7 @@
 //! - [`metrics`]: Prometheus metrics on `--metrics ADDR`.
 //! - [`users`]: who a workload runs as (per-tenant users, never root unless allowed and asked).
 //! - [`cli`]: command-line flags.
+//! - [`doctor`]: `drover-launcher doctor`: the host inspected, flags recommended with reasons.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod capabilities;
 pub mod cgroup;
 pub mod cli;
 pub mod core;
+pub mod doctor;
 pub mod executor;
 pub mod instances;
 pub mod metrics;

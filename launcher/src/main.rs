@@ -2,7 +2,8 @@
 //!
 //! `drover-launcher shim --dir DIR` is the per-instance supervisor the launcher starts itself;
 //! it runs without an async runtime. `drover-launcher unit-ended --dir DIR` is the
-//! `ExecStopPost=` hook of the units of the `systemd` backend.
+//! `ExecStopPost=` hook of the units of the `systemd` backend. `drover-launcher doctor`
+//! inspects the host and recommends flags.
 
 /// `drover-launcher MODE --dir DIR`, for the helper modes the launcher and systemd start.
 fn helper(args: &[String], run: fn(&std::path::Path) -> i32, usage: &str) -> std::process::ExitCode {
@@ -26,6 +27,10 @@ fn main() -> std::process::ExitCode {
                 drover_launcher::shim::run,
                 "drover-launcher shim --dir INSTANCE_DIR (started by the launcher itself)",
             )
+        }
+        Some("doctor") => {
+            let code = drover_launcher::doctor::run(&args[2..]);
+            return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
         Some("unit-ended") => {
             return helper(

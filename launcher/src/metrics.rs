@@ -20,6 +20,9 @@ pub struct Metrics {
     running: Gauge,
     connected: Gauge,
     maintenance: Gauge,
+    draining: Gauge,
+    cpu_score: Gauge,
+    pci_devices: Gauge,
     starts: Counter,
     refusals: Counter,
     ends: Family<ReasonLabel, Counter>,
@@ -41,20 +44,41 @@ impl Metrics {
         registry.register("connected", "1 while connected to a scheduler", connected.clone());
         let maintenance = Gauge::default();
         registry.register("maintenance", "1 while the node is in maintenance (no new work)", maintenance.clone());
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the node drains (no new work; what runs may finish until the deadline)",
+            draining.clone(),
+        );
+        let cpu_score = Gauge::default();
+        registry.register(
+            "cpu_score",
+            "The node's single-core speed score, measured at start (about 1000 for a 2020 server core)",
+            cpu_score.clone(),
+        );
+        let pci_devices = Gauge::default();
+        registry.register("pci_devices", "PCI devices the node advertises", pci_devices.clone());
         let starts = Counter::default();
         registry.register("starts", "Workloads started", starts.clone());
         let refusals = Counter::default();
         registry.register("start_refusals", "STARTs refused (no room, bad data, launch failure)", refusals.clone());
         let ends = Family::<ReasonLabel, Counter>::default();
         registry.register("ends", "Instances ended, by reason", ends.clone());
-        Self { registry, running, connected, maintenance, starts, refusals, ends }
+        Self { registry, running, connected, maintenance, draining, cpu_score, pci_devices, starts, refusals, ends }
     }
 
     /// The node's state after an input was handled.
-    pub fn state(&self, running: usize, connected: bool, maintenance: bool) {
+    pub fn state(&self, running: usize, connected: bool, maintenance: bool, draining: bool) {
         self.running.set(i64::try_from(running).unwrap_or(i64::MAX));
         self.connected.set(i64::from(connected));
         self.maintenance.set(i64::from(maintenance));
+        self.draining.set(i64::from(draining));
+    }
+
+    /// What the node can do, read at start.
+    pub fn capabilities(&self, caps: &crate::probe::Capabilities) {
+        self.cpu_score.set(i64::from(caps.cpu_score.unwrap_or(0)));
+        self.pci_devices.set(i64::try_from(caps.pci.len()).unwrap_or(i64::MAX));
     }
 
     /// A workload was started.
@@ -92,7 +116,7 @@ mod tests {
     #[test]
     fn what_passes_becomes_prometheus_text() {
         let m = Metrics::new();
-        m.state(2, true, false);
+        m.state(2, true, false, true);
         m.started();
         m.started();
         m.refused();
@@ -102,6 +126,7 @@ mod tests {
             "drover_launcher_instances_running 2",
             "drover_launcher_connected 1",
             "drover_launcher_maintenance 0",
+            "drover_launcher_draining 1",
             "drover_launcher_starts_total 2",
             "drover_launcher_start_refusals_total 1",
             "drover_launcher_ends_total{reason=\"oom\"} 1",

@@ -19,8 +19,15 @@ use serde_json::{json, Value};
 pub struct Container<'a> {
     /// The container's ID (the instance's UUID).
     pub id: &'a str,
-    /// Root file system on the node, mounted read-only.
+    /// Root file system on the node: the shared `rootfs`, mounted read-only, or the instance's
+    /// own overlay of it, writable.
     pub rootfs: &'a Path,
+    /// Whether the root is writable (an overlay of the instance's own).
+    pub writable_root: bool,
+    /// Node directories bind-mounted into it, checked by the launcher.
+    pub volumes: &'a [ssntp::payload::Volume],
+    /// Its network namespace.
+    pub network: &'a ssntp::payload::OciNetwork,
     /// The instance's `results/`, bind-mounted at `/results`.
     pub results: &'a Path,
     /// The user its process runs as (no capabilities); `None`: root with the default set, for
@@ -38,7 +45,7 @@ pub fn config(
 ) -> Value {
     let mut environment = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
     environment.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    let Container { id, rootfs, results, user } = *container;
+    let Container { id, rootfs, writable_root, volumes, network, results, user } = *container;
     let (uid, gid, caps) = match user {
         Some(u) => (u.uid, u.gid, json!([])),
         None => (
@@ -63,6 +70,26 @@ pub fn config(
     if vcpus > 0 {
         resources["cpu"] = json!({ "quota": u64::from(vcpus) * 100_000, "period": 100_000 });
     }
+    let mut namespaces =
+        vec![json!({ "type": "pid" }), json!({ "type": "ipc" }), json!({ "type": "uts" }), json!({ "type": "mount" })];
+    match network {
+        ssntp::payload::OciNetwork::Host => {}
+        ssntp::payload::OciNetwork::None => namespaces.push(json!({ "type": "network" })),
+        ssntp::payload::OciNetwork::Namespace(path) => namespaces.push(json!({ "type": "network", "path": path })),
+    }
+    let mut mounts = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+        json!({ "destination": "/results", "type": "bind", "source": results, "options": ["rbind", "rw"] }),
+    ];
+    for v in volumes {
+        let mode = if v.read_only { "ro" } else { "rw" };
+        mounts.push(json!({ "destination": v.destination, "type": "bind", "source": v.source, "options": ["rbind", mode, "nosuid", "nodev"] }));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -75,25 +102,55 @@ pub fn config(
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096 }],
             "noNewPrivileges": true
         },
-        "root": { "path": rootfs, "readonly": true },
+        "root": { "path": rootfs, "readonly": !writable_root },
         "hostname": format!("drover-{}", &id[..id.len().min(8)]),
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc" },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] },
-            { "destination": "/results", "type": "bind", "source": results, "options": ["rbind", "rw"] }
-        ],
+        "mounts": mounts,
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("/drover-oci/{id}"),
-            "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }],
+            "namespaces": namespaces,
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     })
+}
+
+/// Mounts an overlay of `rootfs` at `bundle/rootfs`, its changes in `bundle/overlay`: a root
+/// the container may write without writing `rootfs`, which other instances share. Returns the
+/// mount point.
+///
+/// # Errors
+/// A `rootfs` path overlayfs cannot take (`,` or `:` in it), or the mount failed (not root, no
+/// overlayfs).
+pub fn overlay(rootfs: &Path, bundle: &Path) -> Result<std::path::PathBuf, (ssntp::payload::FailureReason, String)> {
+    use ssntp::payload::FailureReason;
+    let text = rootfs.display().to_string();
+    if text.contains([',', ':']) {
+        return Err((
+            FailureReason::ImageFailure,
+            format!("writable_root: rootfs {text} has , or : in it, which overlayfs cannot take"),
+        ));
+    }
+    let (upper, work, merged) = (bundle.join("overlay/upper"), bundle.join("overlay/work"), bundle.join(OVERLAY_ROOT));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).map_err(|e| (FailureReason::LaunchFailure, format!("{}: {e}", d.display())))?;
+    }
+    let options = format!("lowerdir={text},upperdir={},workdir={}", upper.display(), work.display());
+    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+        .map_err(|e| (FailureReason::LaunchFailure, format!("writable_root: mounting an overlay of {text}: {e}")))?;
+    Ok(merged)
+}
+
+/// Where a writable root is mounted, under the bundle.
+pub const OVERLAY_ROOT: &str = "rootfs";
+
+/// Unmounts the overlay under `bundle`, if one is mounted (at the end, before the bundle is
+/// removed: removing through the mount would only write whiteouts).
+pub fn unmount_overlay(bundle: &Path) {
+    let merged = bundle.join(OVERLAY_ROOT);
+    if merged.exists() {
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +164,9 @@ mod tests {
         let container = Container {
             id: "0123456789",
             rootfs: Path::new("/srv/rootfs"),
+            writable_root: false,
+            volumes: &[],
+            network: &ssntp::payload::OciNetwork::Host,
             results: Path::new("/var/x/results"),
             user,
         };
@@ -126,10 +186,45 @@ mod tests {
         assert_eq!(c["process"]["noNewPrivileges"], true);
         let results = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/results").unwrap();
         assert_eq!(results["source"], "/var/x/results");
-        let as_root = Container { id: "x", rootfs: Path::new("/r"), results: Path::new("/o"), user: None };
+        assert!(
+            !c["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"),
+            "the node's network by default"
+        );
+        let as_root = Container { user: None, ..container };
         let unlimited = config(&as_root, &[], &BTreeMap::new(), 0, 0);
         assert!(unlimited["linux"]["resources"].get("memory").is_none());
         assert_eq!(unlimited["process"]["user"]["uid"], 0);
         assert!(!unlimited["process"]["capabilities"]["bounding"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_writable_root_volumes_and_a_network_of_its_own_are_in_the_bundle() {
+        let volumes = [
+            ssntp::payload::Volume { source: "/srv/data".into(), destination: "/data".into(), read_only: true },
+            ssntp::payload::Volume { source: "/srv/cache".into(), destination: "/cache".into(), read_only: false },
+        ];
+        let none = ssntp::payload::OciNetwork::None;
+        let container = Container {
+            id: "abc",
+            rootfs: Path::new("/i/bundle/rootfs"),
+            writable_root: true,
+            volumes: &volumes,
+            network: &none,
+            results: Path::new("/i/results"),
+            user: None,
+        };
+        let c = config(&container, &["true".into()], &BTreeMap::new(), 0, 0);
+        assert_eq!(c["root"]["readonly"], false);
+        let mounts = c["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert_eq!((data["source"].as_str(), data["options"][1].as_str()), (Some("/srv/data"), Some("ro")));
+        let cache = mounts.iter().find(|m| m["destination"] == "/cache").unwrap();
+        assert_eq!(cache["options"][1], "rw");
+        let net = c["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
+        assert!(net.get("path").is_none(), "a new, empty namespace");
+        let named = ssntp::payload::OciNetwork::Namespace("/run/netns/blue".into());
+        let c = config(&Container { network: &named, ..container }, &["true".into()], &BTreeMap::new(), 0, 0);
+        let net = c["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
+        assert_eq!(net["path"], "/run/netns/blue");
     }
 }

@@ -264,6 +264,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         cpu_score: None,
         pci: Vec::new(),
         images: Vec::new(),
+        draining_until_unix_ms: None,
     }
 }
 

@@ -214,7 +214,7 @@ impl Shell {
                 pending.extend(self.core.handle(self.clock.now(), next));
             }
         }
-        self.metrics.state(self.core.running(), self.core.connected(), self.core.maintenance());
+        self.metrics.state(self.core.running(), self.core.connected(), self.core.maintenance(), self.core.draining());
     }
 
     async fn apply(&mut self, effect: Effect) -> Vec<Input> {
@@ -363,6 +363,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_systemd(systemd)
         .with_pin(pin)
         .with_oci_runtime(oci_runtime)
+        .with_volume_roots(&prepared.args.volume_roots)
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };
@@ -430,6 +431,7 @@ pub async fn run_with(
         drain_on_exit: args.drain_on_exit,
         metrics: Arc::new(crate::metrics::Metrics::new()),
     };
+    shell.metrics.capabilities(&shell.offer.capabilities);
     if let Some(addr) = args.metrics {
         let http =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr} (in use?)"))?;
@@ -494,6 +496,26 @@ pub async fn run_with(
         shell.exit_event(event).await;
     }
     shell.sample().await;
+    if args.drain_on_exit && !args.drain_deadline.is_zero() && shell.core.running() > 0 {
+        // A graceful drain: no new work, and what runs may finish until the deadline.
+        let drain_ms = u64::try_from(args.drain_deadline.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(instances = shell.core.running(), deadline = ?args.drain_deadline, "draining gracefully before exit");
+        shell.handle(Input::ExitDraining { drain_ms }).await;
+        shell.executor.flush();
+        let deadline = tokio::time::Instant::now() + args.drain_deadline;
+        while shell.core.running() > 0 {
+            tokio::select! {
+                event = tokio::time::timeout_at(deadline, instance_events.recv()) => match event {
+                    Ok(Some(event)) => shell.on_event(event).await,
+                    _ => break,
+                },
+                Some(event) = events.recv() => shell.exit_event(event).await,
+            }
+        }
+        // The ends so far go now; what still runs is stopped below.
+        shell.handle(Input::NewsDue).await;
+        shell.executor.flush();
+    }
     shell.handle(Input::ShuttingDown { drain: args.drain_on_exit }).await;
     shell.executor.flush();
     if args.drain_on_exit {

@@ -42,8 +42,10 @@ pub(crate) fn note(dir: &Path, text: &str) {
     }
 }
 
-/// Keeps `results/` and the state files; removes what the workload left elsewhere.
+/// Keeps `results/` and the state files; removes what the workload left elsewhere (an OCI
+/// bundle's overlay unmounted first).
 pub fn clean_up(dir: &Path) {
+    crate::oci::unmount_overlay(&dir.join("bundle"));
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();

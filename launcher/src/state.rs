@@ -128,6 +128,9 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>,
 pub struct NodeFlags {
     /// Evacuated: take no work until RESTORE.
     pub maintenance: bool,
+    /// Draining (a graceful evacuation): what still runs at this time, Unix ms, is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until_unix_ms: Option<u64>,
 }
 
 /// The persisted record of one instance.
@@ -355,8 +358,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
         assert_eq!(read_json::<NodeFlags>(&path).unwrap(), None);
-        write_json(&path, &NodeFlags { maintenance: true }).unwrap();
-        assert_eq!(read_json::<NodeFlags>(&path).unwrap(), Some(NodeFlags { maintenance: true }));
+        write_json(&path, &NodeFlags { maintenance: true, drain_until_unix_ms: Some(7) }).unwrap();
+        assert_eq!(
+            read_json::<NodeFlags>(&path).unwrap(),
+            Some(NodeFlags { maintenance: true, drain_until_unix_ms: Some(7) })
+        );
         std::fs::write(&path, b"{\"maintenance\": tru").unwrap();
         assert!(matches!(read_json::<NodeFlags>(&path), Err(StateError::Corrupt { .. })));
     }

@@ -111,3 +111,42 @@ fn the_packaged_configuration_parses_and_a_bad_key_is_refused() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("servr: not a flag of drover-launcher"), "{err}");
 }
+
+#[test]
+fn doctor_inspects_this_host_and_asks_when_interactive() {
+    // This machine, non-interactive: facts, flags with reasons, a command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-launcher")).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "This host:",
+        "memory",
+        "cgroups",
+        "Recommended:",
+        "--mem-reserve-mb",
+        "--backend process",
+        "--max-instances",
+        "Command line:",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+    // Interactive: a build node on a shared machine.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drover-launcher"))
+        .args(["doctor", "--interactive"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(b"builds\nyes\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("[b]uilds") && text.contains("a quarter of its"), "{text}");
+    assert!(text.contains("--label kind=build") && text.contains("builds are CPU-bound"), "{text}");
+    // A bad flag is a usage error.
+    let (code, _) = launcher(&["doctor", "--no-such-flag"]);
+    assert_eq!(code, 64);
+}

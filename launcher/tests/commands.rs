@@ -78,13 +78,24 @@ async fn admission_evacuation_restore_and_sigterm() {
     assert_eq!(reason, FailureReason::FullCn);
     assert!(detail.contains("memory"), "{detail}");
     let oci = Uuid::new_v4();
-    let backend = Backend::Oci { rootfs: "/nowhere".into(), args: vec!["true".into()], env: Default::default() };
+    let backend = Backend::Oci {
+        rootfs: "/nowhere".into(),
+        args: vec!["true".into()],
+        env: Default::default(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
+    };
     peer.sender.try_send(&Message::Start(Start::new(oci, Requirements::default(), backend))).unwrap();
     assert_eq!(refusal(&mut server, oci).await.0, FailureReason::UnknownBackend);
 
     // EVACUATE: instances stopped and reported, MAINTENANCE, new work refused.
     peer.sender
-        .try_send(&Message::Evacuate(Evacuate { workload_agent_uuid: peer.uuid, deadline_ms: Some(2000) }))
+        .try_send(&Message::Evacuate(Evacuate {
+            workload_agent_uuid: peer.uuid,
+            deadline_ms: Some(2000),
+            drain_ms: None,
+        }))
         .unwrap();
     reported(&mut server, "news of the stop", a, |s| s.state == InstanceState::Stopped).await;
     status(&mut server, "MAINTENANCE").await;

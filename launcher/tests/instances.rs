@@ -12,7 +12,7 @@ use std::time::Duration;
 use drover_launcher::cgroup::Cgroups;
 use drover_launcher::instances::{Adopted, Event, Exit, Instances, ShimCommand};
 use drover_launcher::users::{RunAs, Users};
-use ssntp::payload::{Backend, ExitReason, FailureReason, Requirements, Start};
+use ssntp::payload::{Backend, ExitReason, FailureReason, OciNetwork, Requirements, Start, Volume};
 use ssntp::Uuid;
 use tokio::sync::mpsc;
 
@@ -337,6 +337,9 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
             "echo hello from $(hostname) in $PWD as $(id -u); echo kept > /results/file; exit 3".into(),
         ],
         env: Default::default(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
     };
     instances.start(&Start::new(id, Requirements { vcpus: 1, mem_mb: 64, ..Default::default() }, backend)).unwrap();
     let exit = until_exit(&mut rx, &mut instances).await;
@@ -356,6 +359,9 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
         rootfs: rootfs.display().to_string(),
         args: vec!["sleep".into(), "60".into()],
         env: Default::default(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
     };
     instances.start(&Start::new(sleeper, Requirements::default(), backend)).unwrap();
     let Event::Started { pid, .. } = next(&mut rx).await else { panic!("not started") };
@@ -366,7 +372,14 @@ async fn oci_containers_run_with_runc_from_a_busybox_rootfs() {
     assert!(instances.exited(&exit), "reported as stopped: {exit:?}");
 
     // A rootfs that is not one is refused before anything runs.
-    let bad = Backend::Oci { rootfs: "relative/path".into(), args: vec!["true".into()], env: Default::default() };
+    let bad = Backend::Oci {
+        rootfs: "relative/path".into(),
+        args: vec!["true".into()],
+        env: Default::default(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
+    };
     assert_eq!(
         instances.start(&Start::new(Uuid::new_v4(), Requirements::default(), bad)).unwrap_err().0,
         FailureReason::ImageFailure
@@ -472,7 +485,7 @@ async fn workloads_run_as_their_tenants_user_never_root_and_apart() {
         .unwrap();
     let exit = until_exit(&mut rx, &mut instances).await;
     let output = std::fs::read_to_string(instances.output(acme)).unwrap();
-    assert_eq!(exit.code, Some(0), "{output}");
+    assert_eq!(exit.code, Some(0), "{exit:?}: {output}");
     assert!(output.contains("uid=1000000100"), "acme's workload runs as acme's user: {output}");
     assert!(output.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{output}");
     let session: i32 = output.lines().last().unwrap().trim().parse().unwrap();
@@ -489,7 +502,7 @@ async fn workloads_run_as_their_tenants_user_never_root_and_apart() {
     instances.start(&tenant_sh(globex, "globex", &script)).unwrap();
     let exit = until_exit(&mut rx, &mut instances).await;
     let output = std::fs::read_to_string(instances.output(globex)).unwrap();
-    assert_eq!(exit.code, Some(0), "{output}");
+    assert_eq!(exit.code, Some(0), "{exit:?}: {output}");
     assert!(output.contains("uid=1000000101"), "globex has a user of its own: {output}");
     assert!(output.contains("refused") && !output.contains("READ"), "another tenant's results stay closed: {output}");
     assert!(output.contains("unlisted"), "nobody lists the node's instances: {output}");
@@ -559,4 +572,106 @@ async fn a_root_task_keeps_its_state_directory_across_runs_and_gets_its_paramete
     let mut again = Instances::new(state.path(), shim(), Cgroups::Unavailable { why: "test".into() }, tx);
     assert_eq!(again.adopt().len(), 2);
     assert!(again.contains(Uuid::from_bytes([1; 16])));
+}
+
+/// The EVE seed's minimum OCI spec beyond the basics: a root the container may write (an
+/// overlay of its own: the shared rootfs is never written), node directories bind-mounted
+/// (only from a `--volume-root`, read-only when asked), and a network namespace of its own.
+#[tokio::test]
+async fn oci_containers_get_a_writable_root_of_their_own_volumes_and_their_own_network() {
+    const TEST: &str = "oci_containers_get_a_writable_root_of_their_own_volumes_and_their_own_network";
+    let runtime = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/bin/crun"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    let work = tempfile::tempdir().unwrap();
+    let (Some(runtime), true, Some(rootfs)) = (runtime, testutil::is_root(), busybox_rootfs(work.path())) else {
+        testutil::skip("oci", TEST, "needs root, runc or crun, and busybox-static");
+        return;
+    };
+    for tool in ["touch", "ip", "grep", "wc"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool));
+    }
+    // A directory anyone may write in the shared rootfs: writes there must land in the overlay.
+    std::fs::create_dir_all(rootfs.join("scratch")).unwrap();
+    std::fs::set_permissions(rootfs.join("scratch"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let volumes_root = work.path().join("volumes");
+    let (data, out) = (volumes_root.join("data"), volumes_root.join("out"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(data.join("input"), "from the node\n").unwrap();
+    let state = work.path().join("state");
+    let (tx, mut rx) = mpsc::channel(16);
+    let users = Users::new(
+        RunAs::PerTenant { first: 1_000_000_300, last: 1_000_000_399 },
+        Default::default(),
+        Default::default(),
+        false,
+    );
+    let mut instances = Instances::new(&state, shim(), Cgroups::detect(Path::new("/sys/fs/cgroup")), tx)
+        .with_oci_runtime(Some(runtime))
+        .with_volume_roots(std::slice::from_ref(&volumes_root))
+        .with_users(users, None);
+    let volumes = vec![
+        Volume { source: data.display().to_string(), destination: "/data".into(), read_only: true },
+        Volume { source: out.display().to_string(), destination: "/out".into(), read_only: false },
+    ];
+    let script = "cat /data/input; echo changed > /scratch/file && echo wrote-root; \
+                  touch /data/nope 2>/dev/null || echo data-is-read-only; echo result > /out/file; \
+                  echo links=$(ls /sys/class/net | wc -l)";
+    let backend = Backend::Oci {
+        rootfs: rootfs.display().to_string(),
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        env: Default::default(),
+        writable_root: true,
+        volumes: volumes.clone(),
+        network: OciNetwork::None,
+    };
+    let id = Uuid::new_v4();
+    instances.start(&Start::new(id, Requirements { vcpus: 1, mem_mb: 64, ..Default::default() }, backend)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    let output = std::fs::read_to_string(instances.output(id)).unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}: {output}");
+    for line in ["from the node", "wrote-root", "data-is-read-only", "links=1"] {
+        assert!(output.contains(line), "{line:?} in {output}");
+    }
+    assert!(!rootfs.join("scratch/file").exists(), "the shared rootfs was not written");
+    assert_eq!(std::fs::read_to_string(out.join("file")).unwrap(), "result\n", "the writable volume was");
+    instances.exited(&exit);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounted.contains(&id.to_string()), "the overlay is unmounted at the end");
+
+    // Refused before anything runs: a volume from outside the volume roots, a reserved
+    // destination, a namespace that is not one of the node's.
+    for (bad, why) in [
+        (vec![Volume { source: "/etc".into(), destination: "/etc2".into(), read_only: true }], "--volume-root"),
+        (
+            vec![Volume { source: data.display().to_string(), destination: "/proc".into(), read_only: true }],
+            "destination",
+        ),
+    ] {
+        let backend = Backend::Oci {
+            rootfs: rootfs.display().to_string(),
+            args: vec!["true".into()],
+            env: Default::default(),
+            writable_root: false,
+            volumes: bad,
+            network: OciNetwork::Host,
+        };
+        let (reason, text) =
+            instances.start(&Start::new(Uuid::new_v4(), Requirements::default(), backend)).unwrap_err();
+        assert_eq!(reason, FailureReason::InvalidData);
+        assert!(text.contains(why), "{text}");
+    }
+    let backend = Backend::Oci {
+        rootfs: rootfs.display().to_string(),
+        args: vec!["true".into()],
+        env: Default::default(),
+        writable_root: false,
+        volumes: vec![],
+        network: OciNetwork::Namespace("/etc/hostname".into()),
+    };
+    let (_, text) = instances.start(&Start::new(Uuid::new_v4(), Requirements::default(), backend)).unwrap_err();
+    assert!(text.contains("not a namespace of this node"), "{text}");
 }

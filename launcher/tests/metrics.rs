@@ -16,7 +16,7 @@ async fn the_launcher_serves_what_ran_and_how_it_ended_as_prometheus_text() {
     let port = testutil::process::free_port().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut launcher = Launcher::new(&pki, &server, &work);
-    launcher.extra = vec!["--metrics".into(), addr.to_string()];
+    launcher.extra = vec!["--metrics".into(), addr.to_string(), "--cpu-score".into(), "1234".into()];
     let _running = launcher.spawn();
     let peer = wait_for(&mut server, "launcher connect", |e| match e {
         ServerEvent::Connected(p) => Some(p),
@@ -35,8 +35,13 @@ async fn the_launcher_serves_what_ran_and_how_it_ended_as_prometheus_text() {
     })
     .await;
     assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
-    for line in ["drover_launcher_starts_total 1", "drover_launcher_connected 1", "drover_launcher_instances_running 0"]
-    {
+    for line in [
+        "drover_launcher_starts_total 1",
+        "drover_launcher_connected 1",
+        "drover_launcher_instances_running 0",
+        "drover_launcher_cpu_score 1234",
+        "drover_launcher_draining 0",
+    ] {
         assert!(text.contains(line), "{line} in {text}");
     }
     testutil::metrics::assert_documented(&text, "drover_launcher_");

@@ -569,7 +569,7 @@ impl Hub {
     }
 
     /// Whether what node `from` says it is (host, size, labels, features, architecture, NUMA
-    /// node, CPU) changed since the controllers last heard it; if so, it counts as heard. Its
+    /// node, CPU, capabilities, a drain) changed since the controllers last heard it; if so, it counts as heard. Its
     /// changing figures (load, free memory) travel in heartbeats instead.
     fn report_changed(&mut self, from: Uuid, report: &NodeReport) -> bool {
         use std::hash::{Hash as _, Hasher as _};
@@ -577,6 +577,8 @@ impl Hub {
         (&report.hostname, report.cpus_online, report.mem_total_mb, report.disk_total_mb).hash(&mut h);
         (&report.labels, &report.features, &report.arch, report.numa_node).hash(&mut h);
         (&report.cpu_model, report.cpu_mhz, report.away_grace_ms).hash(&mut h);
+        (&report.foreign_arches, report.cpu_score, &report.pci, &report.images, report.draining_until_unix_ms)
+            .hash(&mut h);
         let print = h.finish();
         self.nodes.update(&from, &self.cfg, |n| n.report_forwarded.replace(print) != Some(print)).unwrap_or(false)
     }

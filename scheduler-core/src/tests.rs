@@ -273,7 +273,14 @@ fn requirements_are_honoured() {
     s.requirements.labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
     assert_eq!(placed_on(&rig.start(s)), vec![(u(50), u(11))]);
     let mut s = start(u(51), 1, 10);
-    s.backend = Backend::Oci { rootfs: "/r".into(), args: vec![], env: BTreeMap::new() };
+    s.backend = Backend::Oci {
+        rootfs: "/r".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
+    };
     assert_eq!(placed_on(&rig.start(s)), vec![(u(51), u(11))]);
     let mut s = start(u(52), 1, 10);
     s.requirements.node_id = Some(u(10));
@@ -293,7 +300,11 @@ fn requirements_are_honoured() {
 fn evacuate_closes_a_node_at_once_and_restore_reopens_it() {
     let mut rig = Rig::new(Config::default());
     rig.node(10, 4, 1000);
-    let out = rig.send(u(1), CTL, Message::Evacuate(Evacuate { workload_agent_uuid: u(10), deadline_ms: None }));
+    let out = rig.send(
+        u(1),
+        CTL,
+        Message::Evacuate(Evacuate { workload_agent_uuid: u(10), deadline_ms: None, drain_ms: None }),
+    );
     assert!(matches!(&out[..], [(Some(to), Message::Evacuate(_))] if *to == u(10)), "forwarded");
     let q = queued(&rig.start(start(u(50), 1, 10))).cloned().unwrap();
     assert_eq!(q.reason, "0 of 1 nodes fit: 1 maintenance");
@@ -630,7 +641,7 @@ proptest! {
                 }
                 Op::Evacuate { n } => {
                     let id = node_id(n);
-                    let o = hub.handle(now, Input::Message { from: u(1), role: CTL, frame: None, message: Message::Evacuate(Evacuate { workload_agent_uuid: id, deadline_ms: None }) });
+                    let o = hub.handle(now, Input::Message { from: u(1), role: CTL, frame: None, message: Message::Evacuate(Evacuate { workload_agent_uuid: id, deadline_ms: None, drain_ms: None }) });
                     if let Some(m) = model.get_mut(&id).filter(|m| m.open) { m.maintenance = true; }
                     o
                 }
@@ -1061,7 +1072,14 @@ fn work_no_node_could_ever_take_fails_at_once_unless_the_operator_waits_for_capa
         f.detail
     );
     let mut oci = start(u(52), 1, 10);
-    oci.backend = Backend::Oci { rootfs: "/r".into(), args: vec!["true".into()], env: BTreeMap::new() };
+    oci.backend = Backend::Oci {
+        rootfs: "/r".into(),
+        args: vec!["true".into()],
+        env: BTreeMap::new(),
+        writable_root: false,
+        volumes: vec![],
+        network: Default::default(),
+    };
     assert!(failure(&rig.start(oci)).unwrap().detail.contains("2 backend oci not offered"));
     let mut labelled = start(u(53), 1, 10);
     labelled.requirements.labels = BTreeMap::from([("gpu".to_owned(), "a100".to_owned())]);
@@ -1155,7 +1173,11 @@ fn a_plan_that_does_not_fit_counts_the_reasons_over_the_nodes_and_says_what_woul
     }
     for n in 30..32 {
         rig.node(n, 4, 8192);
-        rig.send(u(1), CTL, Message::Evacuate(Evacuate { workload_agent_uuid: u(n), deadline_ms: None }));
+        rig.send(
+            u(1),
+            CTL,
+            Message::Evacuate(Evacuate { workload_agent_uuid: u(n), deadline_ms: None, drain_ms: None }),
+        );
     }
     let answer = plan_of(&mut rig, 1, 2048, 3);
     assert_eq!(answer.explanation, "0 of 12 nodes fit: 2 maintenance, 3 load above threshold, 7 insufficient memory");

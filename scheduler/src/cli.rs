@@ -26,6 +26,8 @@ pub struct Args {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub diag: ssntp::cli::DiagArgs,
     /// Several schedulers, one active: with `--etcd-endpoints`, this scheduler stands by (not
     /// listening: launchers and controllers, given every scheduler's address, move on to the
     /// next) until it wins the election, then listens; it stops listening and starts again as
@@ -184,6 +186,12 @@ impl Args {
             strong_workers_mb: self.strong_workers,
             ..Config::default()
         })
+    }
+}
+
+impl ssntp::cli::Daemon for Args {
+    fn diagnostics(&self) -> &ssntp::cli::DiagArgs {
+        &self.diag
     }
 }
 

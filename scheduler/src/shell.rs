@@ -126,6 +126,7 @@ pub async fn run_on(
     let clock = SystemClock::start();
     let uuid = Uuid::new_v4();
     tracing::info!(listen = %listener.local_addr()?, %uuid, "scheduler listening");
+    tracing::debug!(config = ?core_config, "placement and liveness configuration");
     ssntp::cli::notify_ready(&format!("listening on {}", listener.local_addr()?));
     let mut opts = ServerOptions::new(uuid);
     opts.max_connections = args.max_connections;

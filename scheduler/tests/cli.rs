@@ -101,3 +101,43 @@ fn the_packaged_configuration_parses() {
     let args = ssntp::config_file::parse::<drover_scheduler::cli::Args>(argv).unwrap();
     assert_eq!(args.listen, "0.0.0.0:8888".parse().unwrap());
 }
+
+/// `--log` sets levels per module (over `RUST_LOG`); `--cpu-profile FILE` writes a pprof
+/// profile when the daemon exits (ciao's `-cpuprofile`).
+#[test]
+fn log_levels_per_module_and_a_cpu_profile_on_exit() {
+    let pki = testutil::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("scheduler.pprof");
+    let (code, err) = scheduler(&["--log", "info,=bad[", "--cacert", "x", "--cert", "y"]);
+    assert_eq!(code, 64, "a bad filter is a usage error: {err}");
+    let port = testutil::process::free_port().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_drover-scheduler"))
+        .env("RUST_LOG", "error")
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--heartbeat", "--log", "warn,drover_scheduler=debug"])
+        .arg("--cacert")
+        .arg(pki.ca())
+        .arg("--cert")
+        .arg(pki.cert("scheduler"))
+        .arg("--key")
+        .arg(pki.key("scheduler"))
+        .arg("--cpu-profile")
+        .arg(&profile)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("DEBUG drover_scheduler"),
+        "debug for the scheduler's own modules, over RUST_LOG=error: {log}"
+    );
+    assert!(!log.contains("INFO ssntp"), "other modules at warn: {log}");
+    let bytes = std::fs::read(&profile).unwrap_or_else(|e| panic!("{}: {e}\n{log}", profile.display()));
+    // A pprof Profile: protobuf whose first field is sample_type (field 1, length-delimited).
+    assert!(bytes.len() > 16 && bytes[0] == 0x0a, "{} bytes", bytes.len());
+}

@@ -144,7 +144,7 @@ async fn placement_forwarding_refusals_evacuation_and_node_loss() {
     assert_eq!(f.reason, FailureReason::NotPermitted);
 
     // Evacuation: forwarded, node closed at once, queued work placed after RESTORE.
-    ctl.send(Message::Evacuate(Evacuate { workload_agent_uuid: node_id, deadline_ms: None })).await;
+    ctl.send(Message::Evacuate(Evacuate { workload_agent_uuid: node_id, deadline_ms: None, drain_ms: None })).await;
     node.expect("EVACUATE", |_, m| matches!(m, Message::Evacuate(_)).then_some(())).await;
     let second = Uuid::new_v4();
     ctl.send(start(second, 100)).await;

@@ -64,13 +64,92 @@ pub fn usage_error(program: &str, error: &dyn std::fmt::Display) -> ! {
     std::process::exit(EX_USAGE);
 }
 
-/// Logs to stderr with `RUST_LOG` (default `info`); colours only on a terminal, and never with
-/// `NO_COLOR` set (a log file gets no escape codes).
-pub fn init_logging() {
+/// The diagnostics every daemon takes: log levels per module, and a CPU profile (ciao's
+/// `-cpuprofile`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DiagArgs {
+    /// Log levels, overall and per module, in `RUST_LOG`'s syntax: `debug`,
+    /// `info,drover_scheduler_core=debug,ssntp=warn`. Wins over `RUST_LOG` (default: `RUST_LOG`,
+    /// else `info`).
+    #[arg(long, value_name = "FILTER", value_parser = parse_log_filter)]
+    pub log: Option<String>,
+    /// Sample this daemon's CPU use (99 times a second, from its start) and write the profile
+    /// in pprof format to FILE when it exits (`go tool pprof -http=: FILE`, or `pprof`).
+    #[arg(long, value_name = "FILE")]
+    pub cpu_profile: Option<std::path::PathBuf>,
+}
+
+/// A daemon's flags: where its [`DiagArgs`] are.
+pub trait Daemon {
+    /// The diagnostics flags.
+    fn diagnostics(&self) -> &DiagArgs;
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("{e} (examples: debug; info,drover_scheduler_core=debug)"))
+}
+
+/// A CPU profile being taken for `--cpu-profile`.
+pub struct CpuProfile {
+    path: std::path::PathBuf,
+    guard: pprof::ProfilerGuard<'static>,
+}
+
+impl std::fmt::Debug for CpuProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuProfile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Samples a second.
+pub const PROFILE_HZ: i32 = 99;
+
+impl CpuProfile {
+    /// Starts sampling; the profile goes to `path` at [`CpuProfile::write`].
+    ///
+    /// # Errors
+    /// The profiler cannot start (another one runs, no timer).
+    pub fn start(path: std::path::PathBuf) -> Result<Self, String> {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(PROFILE_HZ)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| format!("--cpu-profile: cannot start the profiler: {e}"))?;
+        Ok(Self { path, guard })
+    }
+
+    /// Writes what was sampled, in pprof's protobuf format.
+    ///
+    /// # Errors
+    /// The report cannot be built or the file written.
+    pub fn write(self) -> Result<std::path::PathBuf, String> {
+        use pprof::protos::Message as _;
+        let report = self.guard.report().build().map_err(|e| format!("building the CPU profile: {e}"))?;
+        let profile = report.pprof().map_err(|e| format!("encoding the CPU profile: {e}"))?;
+        let mut bytes = Vec::new();
+        profile.write_to_vec(&mut bytes).map_err(|e| format!("encoding the CPU profile: {e}"))?;
+        std::fs::write(&self.path, bytes).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        Ok(self.path)
+    }
+}
+
+/// Logs to stderr with `filter` (`--log`), else `RUST_LOG`, else `info`; colours only on a
+/// terminal, and never with `NO_COLOR` set (a log file gets no escape codes).
+pub fn init_logging_with(filter: Option<&str>) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = match filter {
+        Some(f) => tracing_subscriber::EnvFilter::new(f),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    };
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+}
+
+/// Logs to stderr with `RUST_LOG` (default `info`); see [`init_logging_with`].
+pub fn init_logging() {
+    init_logging_with(None);
 }
 
 /// Logs a failure to reach `target` as a warning with what to fix, when `log` says it is due
@@ -177,20 +256,31 @@ pub async fn run_daemon<A, P, E1, E2, Fut>(
     run: impl FnOnce(P, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
 ) -> std::process::ExitCode
 where
-    A: clap::Parser,
+    A: clap::Parser + Daemon,
     E1: std::fmt::Display,
     E2: std::fmt::Display,
     Fut: std::future::Future<Output = Result<(), E2>>,
 {
-    init_logging();
     let shutdown = shutdown_signal();
     let args: A = parse_daemon_args();
+    init_logging_with(args.diagnostics().log.as_deref());
+    let profile = match args.diagnostics().cpu_profile.clone().map(CpuProfile::start).transpose() {
+        Ok(p) => p,
+        Err(e) => usage_error(program, &e),
+    };
     let prepared = prepare(args).unwrap_or_else(|e| usage_error(program, &format_args!("{e:#}")));
     let shutdown = async {
         shutdown.await;
         notify_stopping();
     };
-    match run(prepared, Box::pin(shutdown)).await {
+    let result = run(prepared, Box::pin(shutdown)).await;
+    if let Some(profile) = profile {
+        match profile.write() {
+            Ok(path) => tracing::info!(path = %path.display(), "CPU profile written"),
+            Err(e) => tracing::error!(error = %e, "the CPU profile was not written"),
+        }
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{program}: error: {e:#}");

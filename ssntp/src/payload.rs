@@ -205,11 +205,14 @@ pub struct NodeReport {
     /// OCI root filesystems already on the node, by path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
+    /// Draining: it takes no new work, and what still runs at this time (Unix ms) is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_until_unix_ms: Option<u64>,
 }
 
 /// A PCI device of a node.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PciDevice {
     /// `vendor:device` in lower-case hex (`10de:2204`).
     pub id: String,
@@ -621,6 +624,17 @@ pub enum Backend {
         /// Extra environment.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
+        /// A root the container may write: an overlay of `rootfs` of its own, dropped at the
+        /// end (`rootfs` itself is never written).
+        #[serde(default, skip_serializing_if = "is_false")]
+        writable_root: bool,
+        /// Node directories bind-mounted into the container (the node allows them with
+        /// `--volume-root`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        volumes: Vec<Volume>,
+        /// Which network it is in.
+        #[serde(default, skip_serializing_if = "OciNetwork::is_host")]
+        network: OciNetwork,
     },
     /// A transient systemd service on the node's system manager (sd-taskpacker's
     /// `StartTransientUnit()`), with the same limits, user and output as `process`.
@@ -643,6 +657,45 @@ pub enum Backend {
         exit_code: i32,
     },
 }
+
+/// A node directory bind-mounted into an OCI container (the EVE seed's volumes).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// The directory on the node (absolute; under one of the launcher's `--volume-root`s).
+    pub source: String,
+    /// Where it appears in the container (absolute).
+    pub destination: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The network namespace of an OCI container (the EVE seed's choice of network).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OciNetwork {
+    /// The node's own network (the default).
+    #[default]
+    Host,
+    /// A namespace of its own with only loopback: no network.
+    None,
+    /// A named namespace of the node (`ip netns add NAME`), by path: `/run/netns/NAME`.
+    Namespace(String),
+}
+
+impl OciNetwork {
+    /// Whether it is the node's own network.
+    pub fn is_host(&self) -> bool {
+        *self == Self::Host
+    }
+}
+
+/// The feature a launcher offers when it allows volumes (`--volume-root`); workloads with
+/// volumes require it.
+pub const VOLUMES_FEATURE: &str = "volumes";
 
 impl Backend {
     /// The backend's name as launchers advertise it in `features`.
@@ -824,6 +877,10 @@ pub struct Evacuate {
     /// Stop deadline per instance, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// A graceful drain (OBS's graceful worker shutdown): no new work, running instances may
+    /// finish for this long (ms), and what is left then is stopped. None: stop them now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
 }
 
 /// RESTORE (COMMAND 12): leave maintenance.

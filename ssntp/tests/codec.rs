@@ -101,13 +101,29 @@ fn report(p: &Prims) -> NodeReport {
         cpu_score: p.flag.then_some(p.small),
         pci: p.words.iter().map(|w| ssntp::payload::PciDevice { id: w.clone(), class: p.text.clone() }).collect(),
         images: p.words.clone(),
+        draining_until_unix_ms: p.flag.then_some(p.n),
     }
 }
 
 fn backend(p: &Prims) -> Backend {
     match p.small % 4 {
         0 => Backend::Process { argv: p.words.clone(), env: p.labels.clone() },
-        1 => Backend::Oci { rootfs: p.text.clone(), args: p.words.clone(), env: p.labels.clone() },
+        1 => Backend::Oci {
+            rootfs: p.text.clone(),
+            args: p.words.clone(),
+            env: p.labels.clone(),
+            writable_root: p.flag,
+            volumes: p
+                .words
+                .iter()
+                .map(|w| ssntp::payload::Volume { source: w.clone(), destination: p.text.clone(), read_only: p.flag })
+                .collect(),
+            network: if p.flag {
+                ssntp::payload::OciNetwork::Namespace(p.text.clone())
+            } else {
+                ssntp::payload::OciNetwork::None
+            },
+        },
         2 => Backend::Systemd { argv: p.words.clone(), env: p.labels.clone() },
         _ => Backend::Sim { duration_ms: p.n, mem_usage_mb: u64::from(p.small), exit_code: p.int },
     }
@@ -216,9 +232,11 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     .collect(),
                 digest: p.flag.then_some(DigestPage { seq: p.n, page: p.small / 2, pages: p.small }),
             }),
-            Command::Evacuate => {
-                Message::Evacuate(Evacuate { workload_agent_uuid: a, deadline_ms: p.flag.then_some(p.n) })
-            }
+            Command::Evacuate => Message::Evacuate(Evacuate {
+                workload_agent_uuid: a,
+                deadline_ms: p.flag.then_some(p.n),
+                drain_ms: None,
+            }),
             Command::Delete => Message::Delete(Delete { instance_uuid: a, workload_agent_uuid: b, stop: p.flag }),
             Command::Restart => Message::Restart(Restart { instance_uuid: a, workload_agent_uuid: b }),
             Command::Configure => Message::Configure(Configure { config }),

@@ -176,8 +176,15 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
     let mut c = core();
     command(&mut c, Message::Start(start(1, 100)));
     command(&mut c, Message::Start(start(2, 100)));
-    let out = command(&mut c, Message::Evacuate(Evacuate { workload_agent_uuid: NODE, deadline_ms: Some(2000) }));
-    assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: true }), "saved before anything else");
+    let out = command(
+        &mut c,
+        Message::Evacuate(Evacuate { workload_agent_uuid: NODE, deadline_ms: Some(2000), drain_ms: None }),
+    );
+    assert_eq!(
+        out[0],
+        Effect::SaveFlags(NodeFlags { maintenance: true, drain_until_unix_ms: None }),
+        "saved before anything else"
+    );
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Maintenance(Some(_)))), "said at once: {out:?}");
     assert_eq!(stats_of(&out).unwrap().status, NodeState::Maintenance);
     let stops: Vec<Uuid> = out
@@ -200,9 +207,69 @@ fn evacuation_stops_everything_keeps_the_flag_and_refuses_new_work() {
     assert_eq!(news.len(), 1, "{out:?}");
     assert_eq!((news[0].0.instances[0].state, news[0].1), (InstanceState::Stopped, &vec![id(1)]));
     let out = command(&mut c, Message::Restore(Restore { workload_agent_uuid: NODE }));
-    assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: false }));
+    assert_eq!(out[0], Effect::SaveFlags(NodeFlags::default()));
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Ready(_))), "READY at once: {out:?}");
     assert!(failure_reason(&command(&mut c, Message::Start(start(3, 100)))).is_none());
+}
+
+#[test]
+fn a_drain_lets_running_work_finish_and_stops_what_is_left_at_its_deadline() {
+    let mut c = core();
+    command(&mut c, Message::Start(start(1, 100)));
+    command(&mut c, Message::Start(start(2, 100)));
+    let drain = Evacuate { workload_agent_uuid: NODE, deadline_ms: None, drain_ms: Some(10_000) };
+    let out = command(&mut c, Message::Evacuate(drain));
+    let until = at(1).unix_ms + 10_000;
+    assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: true, drain_until_unix_ms: Some(until) }));
+    assert!(!out.iter().any(|e| matches!(e, Effect::Stop { .. })), "nothing is stopped yet: {out:?}");
+    let report =
+        sent(&out).into_iter().find_map(|m| if let Message::Maintenance(Some(r)) = m { Some(r.clone()) } else { None });
+    assert_eq!(report.unwrap().draining_until_unix_ms, Some(until), "the node says it drains, and until when");
+    assert_eq!(failure_reason(&command(&mut c, Message::Start(start(3, 100)))), Some(FailureReason::NodeMaintenance));
+    // One finishes on its own; before the deadline the other runs on.
+    c.handle(
+        at(2_000),
+        Input::Workload(Event::Exited(Exit { instance: id(1), code: Some(0), reason: ExitReason::Completed })),
+    );
+    let out = c.handle(at(9_000), Input::ReportDue);
+    assert!(!out.iter().any(|e| matches!(e, Effect::Stop { .. })), "{out:?}");
+    // At the deadline what is left is stopped, and the drain is over (maintenance stays).
+    let out = c.handle(at(10_001), Input::ReportDue);
+    let stops: Vec<Uuid> =
+        out.iter().filter_map(|e| if let Effect::Stop { instance, .. } = e { Some(*instance) } else { None }).collect();
+    assert_eq!(stops, vec![id(2)]);
+    assert!(out.contains(&Effect::SaveFlags(NodeFlags { maintenance: true, drain_until_unix_ms: None })), "{out:?}");
+    // A drain of an idle node is an evacuation: nothing to wait for.
+    let mut idle = core();
+    let out = command(&mut idle, Message::Evacuate(drain_of(5_000)));
+    assert_eq!(out[0], Effect::SaveFlags(NodeFlags { maintenance: true, drain_until_unix_ms: None }));
+    // RESTORE ends a drain.
+    let mut c = core();
+    command(&mut c, Message::Start(start(1, 100)));
+    command(&mut c, Message::Evacuate(drain_of(5_000)));
+    let out = command(&mut c, Message::Restore(ssntp::payload::Restore { workload_agent_uuid: NODE }));
+    assert!(out.contains(&Effect::SaveFlags(NodeFlags::default())), "{out:?}");
+    assert!(!c.handle(at(60_000), Input::ReportDue).iter().any(|e| matches!(e, Effect::Stop { .. })));
+}
+
+#[test]
+fn a_launcher_exiting_with_a_drain_takes_no_work_and_says_until_when_without_keeping_maintenance() {
+    let mut c = core();
+    command(&mut c, Message::Start(start(1, 100)));
+    let out = c.handle(at(5), Input::ExitDraining { drain_ms: 30_000 });
+    let report =
+        sent(&out).into_iter().find_map(|m| if let Message::Maintenance(Some(r)) = m { Some(r.clone()) } else { None });
+    assert_eq!(report.expect("MAINTENANCE at once").draining_until_unix_ms, Some(at(5).unix_ms + 30_000));
+    assert!(
+        !out.iter().any(|e| matches!(e, Effect::Stop { .. } | Effect::SaveFlags(_))),
+        "nothing stopped, nothing kept: {out:?}"
+    );
+    assert_eq!(failure_reason(&command(&mut c, Message::Start(start(2, 100)))), Some(FailureReason::NodeMaintenance));
+    assert!(!c.maintenance(), "the next launcher takes work");
+}
+
+fn drain_of(ms: u64) -> Evacuate {
+    Evacuate { workload_agent_uuid: NODE, deadline_ms: None, drain_ms: Some(ms) }
 }
 
 #[test]
@@ -412,7 +479,7 @@ proptest! {
                     held.remove(&id(u128::from(n)));
                     out
                 }
-                Op::Evacuate => c.handle(now, Input::Command(Message::Evacuate(Evacuate { workload_agent_uuid: NODE, deadline_ms: None }))),
+                Op::Evacuate => c.handle(now, Input::Command(Message::Evacuate(Evacuate { workload_agent_uuid: NODE, deadline_ms: None, drain_ms: None }))),
                 Op::Restore => c.handle(now, Input::Command(Message::Restore(Restore { workload_agent_uuid: NODE }))),
                 Op::Reconnect => {
                     c.handle(now, Input::Disconnected);
