@@ -143,6 +143,10 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
             format!("{}ms", args.report_interval.as_millis()),
             "--max-instances".into(),
             (per_node * 2 + 16).to_string(),
+            // A thousand launchers on one machine measuring their CPU at once would measure
+            // each other; placement here needs no speed.
+            "--cpu-score".into(),
+            "1000".into(),
         ]);
         let log = work.path().join(format!("launcher{i}.log"));
         // `nice` execs the launcher: the process (and its pid, whose CPU is read) is the same.
@@ -172,6 +176,10 @@ struct ReadTimings {
     first_page: Duration,
     show: Duration,
     status: Duration,
+    /// The dashboard's pages (HTML, rendered on the server): overview, instances, events.
+    ui_overview: Duration,
+    ui_instances: Duration,
+    ui_events: Duration,
 }
 
 async fn read_timings(api: &ApiClient) -> anyhow::Result<ReadTimings> {
@@ -201,7 +209,15 @@ async fn read_timings(api: &ApiClient) -> anyhow::Result<ReadTimings> {
     })
     .await?;
     let status = best(|| api.get("/v1/status")).await?;
-    Ok(ReadTimings { first_page, show, status })
+    let page = |path: &'static str| async move {
+        let (code, body) = api.raw(hyper::Method::GET, path, None).await?;
+        anyhow::ensure!(code.is_success(), "{path}: {code}");
+        Ok(body)
+    };
+    let ui_overview = best(|| page("/ui")).await?;
+    let ui_instances = best(|| page("/ui/instances?state=running")).await?;
+    let ui_events = best(|| page("/ui/events")).await?;
+    Ok(ReadTimings { first_page, show, status, ui_overview, ui_instances, ui_events })
 }
 
 fn count(v: &Value, state: &str) -> u64 {
@@ -370,6 +386,9 @@ pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
         ("ps_first_page_ms", "`ps` first page (50), API", reads.first_page, 200.0),
         ("show_prefix_ms", "`show <8-char prefix>`, API", reads.show, 50.0),
         ("status_ms", "`status`, API", reads.status, 50.0),
+        ("ui_overview_ms", "dashboard `/ui`", reads.ui_overview, 200.0),
+        ("ui_instances_ms", "dashboard `/ui/instances?state=running`", reads.ui_instances, 200.0),
+        ("ui_events_ms", "dashboard `/ui/events`", reads.ui_events, 200.0),
     ] {
         let ms = took.as_secs_f64() * 1000.0;
         let goal = format!("≤ {goal_ms:.0} ms");

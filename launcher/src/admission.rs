@@ -68,10 +68,13 @@ fn margin(total_mb: u64) -> u64 {
 pub const LIMITS_FEATURE: &str = "limits";
 
 /// Why a START is refused here, if it is. `overcommit`: the scheduler's, from the cluster
-/// configuration; `has_limits`: whether this node can enforce memory and CPU limits.
+/// configuration; `has_limits`: whether this node can enforce memory and CPU limits;
+/// `tax_mb`: the anchor tax of its backend here, charged on top of its memory (the scheduler
+/// charges the same, from this node's report).
 ///
 /// # Errors
 /// The reason for the wire and a sentence for the operator.
+#[allow(clippy::too_many_arguments)] // each is an input of the one rule, named at the call
 pub fn admit(
     limits: &Limits,
     figures: &Figures,
@@ -80,6 +83,7 @@ pub fn admit(
     start: &Start,
     offered: &[String],
     has_limits: bool,
+    tax_mb: u64,
 ) -> Result<(), (FailureReason, String)> {
     let req = &start.requirements;
     let backend = start.backend.name();
@@ -100,7 +104,7 @@ pub fn admit(
     }
     let capacity = figures.capacity(limits);
     let usage = Usage { vcpus: figures.vcpus_allocated, mem_mb: figures.mem_allocated_mb, mem_unconfirmed_mb: 0 };
-    let charge = start.charged_mb();
+    let charge = start.charged_mb() + tax_mb;
     let demand = Demand { vcpus: req.vcpus, mem_mb: charge };
     if let Err(short) = drover_model::fit(&capacity, &usage, &demand, overcommit) {
         let detail = match short {
@@ -199,6 +203,36 @@ impl StatusMachine {
     }
 }
 
+/// The anchor tax per backend before anything is measured, MiB: a shim (a small static
+/// process) for `process`, a shim and runc for `oci`; a `systemd` unit's own cost is in its
+/// cgroup, a `sim` has none.
+pub const DEFAULT_ANCHOR_TAX_MB: [(&str, u64); 4] = [("process", 2), ("oci", 12), ("systemd", 0), ("sim", 0)];
+
+/// The anchor tax of the `backends` offered, before any measurement.
+pub fn initial_anchor_tax(backends: &[String]) -> std::collections::BTreeMap<String, u64> {
+    backends
+        .iter()
+        .map(|b| (b.clone(), DEFAULT_ANCHOR_TAX_MB.iter().find(|(name, _)| name == b).map_or(0, |(_, mb)| *mb)))
+        .collect()
+}
+
+/// The anchor tax after a sample of what each running instance's machinery takes
+/// (`(backend, KiB)`, -1 unknown): per backend, the most seen, in whole MiB rounded up, and
+/// never less than before (a node is never overcommitted by its own machinery).
+pub fn measured_anchor_tax<'a>(
+    before: &std::collections::BTreeMap<String, u64>,
+    samples: impl IntoIterator<Item = (&'a str, i64)>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut tax = before.clone();
+    for (backend, kb) in samples {
+        let Ok(kb) = u64::try_from(kb) else { continue };
+        let mb = kb.div_ceil(1024);
+        let entry = tax.entry(backend.to_owned()).or_insert(0);
+        *entry = (*entry).max(mb);
+    }
+    tax
+}
+
 /// The environment variable with an instance's CPU allowance (its vCPUs).
 pub const CPUS_ENV: &str = "DROVER_CPUS";
 /// The environment variable with a parallelism hint (`make -j"$DROVER_JOBS"`).
@@ -220,6 +254,37 @@ pub fn parallelism(vcpus: u32, cpus_online: u32, load: f64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_anchor_tax_is_measured_per_backend_and_charged_on_top_of_the_memory() {
+        let tax = initial_anchor_tax(&["process".into(), "oci".into(), "sim".into()]);
+        assert_eq!(tax.get("process"), Some(&2));
+        assert_eq!(tax.get("oci"), Some(&12));
+        let measured = measured_anchor_tax(&tax, [("process", 3000), ("process", -1), ("oci", 5000), ("sim", 0)]);
+        assert_eq!(measured.get("process"), Some(&3), "2.9 MiB seen: 3, rounded up");
+        assert_eq!(measured.get("oci"), Some(&12), "never less than before");
+        // 4096 MiB offered, 3950 given out: 96 MiB fits, 96 and a 100 MiB tax do not.
+        let f = Figures {
+            cpus_online: 4,
+            mem_total_mb: 4096 + 256,
+            mem_available_mb: 4096,
+            disk_available_mb: 100_000,
+            mem_allocated_mb: 3950,
+            ..Figures::default()
+        };
+        let limits = Limits { mem_reserve_mb: 256, disk_reserve_mb: 0, max_instances: 100, dwell_ms: 0 };
+        let start = Start::new(
+            ssntp::Uuid::nil(),
+            ssntp::payload::Requirements { vcpus: 1, mem_mb: 96, ..Default::default() },
+            ssntp::payload::Backend::Process { argv: vec!["true".into()], env: Default::default() },
+        );
+        let offered = vec!["process".to_owned()];
+        let oc = Overcommit::default();
+        assert!(admit(&limits, &f, oc, false, &start, &offered, true, 0).is_ok());
+        let (reason, detail) = admit(&limits, &f, oc, false, &start, &offered, true, 100).unwrap_err();
+        assert_eq!(reason, FailureReason::FullCn);
+        assert!(detail.contains("196 MiB requested"), "the tax is in the charge: {detail}");
+    }
 
     #[test]
     fn the_jobs_hint_is_the_idle_cpus_within_the_allowance() {
@@ -278,38 +343,42 @@ mod tests {
     fn refusals_name_their_reason() {
         let offered = vec!["process".to_owned()];
         let f = figures(4000);
-        assert!(admit(&LIMITS, &f, OC, false, &req(100), &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &req(100), &offered, true, 0).is_ok());
         assert_eq!(
-            admit(&LIMITS, &f, OC, true, &req(100), &offered, true).unwrap_err().0,
+            admit(&LIMITS, &f, OC, true, &req(100), &offered, true, 0).unwrap_err().0,
             FailureReason::NodeMaintenance
         );
         let oci = start_with(Requirements { vcpus: 1, mem_mb: 100, ..Default::default() }, "oci");
-        assert_eq!(admit(&LIMITS, &f, OC, false, &oci, &offered, true).unwrap_err().0, FailureReason::UnknownBackend);
+        assert_eq!(
+            admit(&LIMITS, &f, OC, false, &oci, &offered, true, 0).unwrap_err().0,
+            FailureReason::UnknownBackend
+        );
         let (reason, detail) =
-            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, OC, false, &req(100), &offered, true).unwrap_err();
+            admit(&LIMITS, &Figures { mem_allocated_mb: 3800, ..f }, OC, false, &req(100), &offered, true, 0)
+                .unwrap_err();
         assert_eq!(reason, FailureReason::FullCn);
         assert!(detail.contains("3800 MiB allocated"), "{detail}");
-        let (_, detail) = admit(&LIMITS, &figures(300), OC, false, &req(100), &offered, true).unwrap_err();
+        let (_, detail) = admit(&LIMITS, &figures(300), OC, false, &req(100), &offered, true, 0).unwrap_err();
         assert!(detail.contains("300 MiB available"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { vcpus_allocated: 8, ..f }, OC, false, &req(1), &offered, true).unwrap_err();
+            admit(&LIMITS, &Figures { vcpus_allocated: 8, ..f }, OC, false, &req(1), &offered, true, 0).unwrap_err();
         assert!(detail.starts_with("vCPUs: 8 given out"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, OC, false, &req(100), &offered, true)
+            admit(&LIMITS, &Figures { disk_available_mb: 1000, ..f }, OC, false, &req(100), &offered, true, 0)
                 .unwrap_err();
         assert!(detail.starts_with("disk"), "{detail}");
         let (_, detail) =
-            admit(&LIMITS, &Figures { instances: 10, ..f }, OC, false, &req(1), &offered, true).unwrap_err();
+            admit(&LIMITS, &Figures { instances: 10, ..f }, OC, false, &req(1), &offered, true, 0).unwrap_err();
         assert!(detail.contains("10 instances"), "{detail}");
         let needs_limits = start_with(
             Requirements { vcpus: 1, mem_mb: 1, features: vec![LIMITS_FEATURE.into()], ..Default::default() },
             "process",
         );
         assert_eq!(
-            admit(&LIMITS, &f, OC, false, &needs_limits, &offered, false).unwrap_err().0,
+            admit(&LIMITS, &f, OC, false, &needs_limits, &offered, false, 0).unwrap_err().0,
             FailureReason::NoLimits
         );
-        assert!(admit(&LIMITS, &f, OC, false, &needs_limits, &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &needs_limits, &offered, true, 0).is_ok());
     }
 
     #[test]
@@ -317,14 +386,14 @@ mod tests {
         let offered = vec!["process".to_owned()];
         // 3,840 MiB offered (4,096 − 256 reserve), 3,000 already allocated, 1,000 requested.
         let f = Figures { mem_allocated_mb: 3000, ..figures(4000) };
-        assert_eq!(admit(&LIMITS, &f, OC, false, &req(1000), &offered, true).unwrap_err().0, FailureReason::FullCn);
+        assert_eq!(admit(&LIMITS, &f, OC, false, &req(1000), &offered, true, 0).unwrap_err().0, FailureReason::FullCn);
         let doubled = Overcommit { cpu: 4.0, mem: 2.0 };
-        assert!(admit(&LIMITS, &f, doubled, false, &req(1000), &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, doubled, false, &req(1000), &offered, true, 0).is_ok());
         // An estimate below the request is what counts; a charge is never above the request.
         let estimated = Start { charge_mb: Some(500), ..req(1000) };
-        assert!(admit(&LIMITS, &f, OC, false, &estimated, &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &estimated, &offered, true, 0).is_ok());
         let inflated = Start { charge_mb: Some(5000), ..req(100) };
-        assert!(admit(&LIMITS, &f, OC, false, &inflated, &offered, true).is_ok());
+        assert!(admit(&LIMITS, &f, OC, false, &inflated, &offered, true, 0).is_ok());
         // With memory overcommitted the node is READY past its raw memory, FULL past the bound.
         let mut m = StatusMachine::default();
         let over = Figures { mem_allocated_mb: 5000, ..figures(4000) };

@@ -154,7 +154,10 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct Entry {
     vcpus: u32,
+    /// Its memory and its backend's anchor tax when it was admitted, MiB.
     charged_mb: u64,
+    /// Its backend (`process`, `oci` …), for the anchor tax.
+    backend: &'static str,
     workload: Option<Uuid>,
     restart: bool,
     stop_requested: bool,
@@ -169,10 +172,11 @@ struct Entry {
 }
 
 impl Entry {
-    fn of(start: &Start) -> Self {
+    fn of(start: &Start, tax_mb: u64) -> Self {
         Self {
             vcpus: start.requirements.vcpus,
-            charged_mb: start.charged_mb(),
+            charged_mb: start.charged_mb() + tax_mb,
+            backend: start.backend.name(),
             workload: start.workload_uuid,
             restart: start.restart,
             stop_requested: false,
@@ -311,11 +315,15 @@ pub struct Core {
     /// The launcher exits draining (`--drain-on-exit --drain-deadline`): no new work, and what
     /// runs may finish until this time, Unix ms. Not persisted: the next launcher takes work.
     exit_drain_until: Option<u64>,
+    /// What each backend's machinery takes per instance, MiB (measured; see
+    /// [`admission::measured_anchor_tax`]).
+    anchor_tax: std::collections::BTreeMap<String, u64>,
 }
 
 impl Core {
     /// A core for a node with `flags` as persisted.
     pub fn new(config: Config, flags: NodeFlags) -> Self {
+        let config_backends = config.backends.clone();
         let sample = NodeReport { node_uuid: config.node, ..NodeReport::default() };
         Self {
             config,
@@ -330,7 +338,13 @@ impl Core {
             news_seq: 0,
             changed: HashSet::new(),
             exit_drain_until: None,
+            anchor_tax: admission::initial_anchor_tax(&config_backends),
         }
+    }
+
+    /// The anchor tax of a START's backend here, MiB.
+    fn tax_of(&self, start: &Start) -> u64 {
+        self.anchor_tax.get(start.backend.name()).copied().unwrap_or(0)
     }
 
     /// Whether the node takes no new work: in maintenance, or exiting with a drain.
@@ -406,6 +420,13 @@ impl Core {
             }
             Input::Sample(report) => self.sample = *report,
             Input::Usage(usage) => {
+                let samples: Vec<(&'static str, i64)> = usage
+                    .iter()
+                    .filter_map(|(id, u)| {
+                        self.table.get(id).filter(|e| e.running()).map(|e| (e.backend, u.machinery_kb))
+                    })
+                    .collect();
+                self.anchor_tax = admission::measured_anchor_tax(&self.anchor_tax, samples);
                 for (id, u) in usage {
                     if let Some(e) = self.table.get_mut(&id) {
                         e.usage = u;
@@ -445,7 +466,8 @@ impl Core {
         for a in found {
             match a {
                 Adopted::Known { start, stop_requested, exit, exit_reported } => {
-                    let mut entry = Entry::of(&start);
+                    let tax = self.tax_of(&start);
+                    let mut entry = Entry::of(&start, tax);
                     entry.stop_requested = stop_requested;
                     entry.started = true;
                     if let Some(exit) = exit {
@@ -475,7 +497,8 @@ impl Core {
                         out.push(Effect::Delete(start.instance_uuid));
                         self.changed.remove(&start.instance_uuid);
                     }
-                    self.table.insert(start.instance_uuid, Entry::of(&start));
+                    let tax = self.tax_of(&start);
+                    self.table.insert(start.instance_uuid, Entry::of(&start, tax));
                     out.push(Effect::Run(Box::new(start)));
                     return None; // INSTANCE_STARTED follows once the workload runs
                 }
@@ -568,6 +591,7 @@ impl Core {
             start,
             &self.config.backends,
             self.config.limits_feature.is_some(),
+            self.tax_of(start),
         )?;
         match self.table.get(&start.instance_uuid) {
             None => Ok(false),
@@ -701,6 +725,7 @@ impl Core {
         r.mem_allocated_mb = Some(mem);
         r.instance_count = u32::try_from(self.running()).unwrap_or(u32::MAX);
         r.draining_until_unix_ms = self.flags.drain_until_unix_ms.or(self.exit_drain_until);
+        r.anchor_tax_mb = self.anchor_tax.clone();
         if let Some(feature) = &self.config.limits_feature {
             r.features.push(feature.clone());
             r.features.push(admission::LIMITS_FEATURE.to_owned());

@@ -53,11 +53,13 @@ pub struct InstanceUsage {
     pub cpu_percent: i32,
     /// What `results/` holds, MiB.
     pub disk_mb: i64,
+    /// What the backend's machinery for it takes (the shim; runc beside it), KiB; -1 unknown.
+    pub machinery_kb: i64,
 }
 
 impl Default for InstanceUsage {
     fn default() -> Self {
-        Self { memory_mb: -1, cpu_percent: -1, disk_mb: -1 }
+        Self { memory_mb: -1, cpu_percent: -1, disk_mb: -1, machinery_kb: -1 }
     }
 }
 

@@ -917,7 +917,7 @@ impl Instances {
             if let Backend::Sim { mem_usage_mb, .. } = &i.record.start.backend {
                 // Nothing to read: a sim uses what it says, and has no files.
                 let memory = if i.running { i64::try_from(*mem_usage_mb).unwrap_or(-1) } else { -1 };
-                out.push((*id, InstanceUsage { memory_mb: memory, cpu_percent: -1, disk_mb: -1 }));
+                out.push((*id, InstanceUsage { memory_mb: memory, ..InstanceUsage::default() }));
                 continue;
             }
             let memory = if i.running {
@@ -958,6 +958,7 @@ impl Instances {
                     memory_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
                     cpu_percent: cpu_usage,
                     disk_mb: disk.and_then(|d| i64::try_from(d).ok()).unwrap_or(-1),
+                    machinery_kb: if i.running { machinery_kb(&i.record.start.backend, i.pid) } else { -1 },
                 },
             ));
         }
@@ -1057,6 +1058,21 @@ fn dir_size_mb(dir: &Path) -> Option<u64> {
         }
     }
     Some(total / (1024 * 1024))
+}
+
+/// What an instance's machinery takes, KiB: its shim (the parent of the process it runs), and
+/// for `oci` the runtime it runs too (whose container lives in a cgroup of its own). -1 unknown.
+fn machinery_kb(backend: &Backend, pid: Option<u32>) -> i64 {
+    let Some(pid) = pid else { return -1 };
+    let status = |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).ok();
+    let field = |text: &str, key: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok()
+    };
+    let Some(own) = status(pid) else { return -1 };
+    let Some(shim) = field(&own, "PPid:").and_then(|pp| u32::try_from(pp).ok()).and_then(status) else { return -1 };
+    let shim_kb = field(&shim, "VmRSS:").unwrap_or(0);
+    let runtime_kb = if matches!(backend, Backend::Oci { .. }) { field(&own, "VmRSS:").unwrap_or(0) } else { 0 };
+    i64::try_from(shim_kb + runtime_kb).unwrap_or(-1)
 }
 
 /// Resident memory of a process in MiB (when the node has no cgroups).

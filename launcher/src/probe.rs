@@ -265,6 +265,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         pci: Vec::new(),
         images: Vec::new(),
         draining_until_unix_ms: None,
+        anchor_tax_mb: Default::default(),
     }
 }
 

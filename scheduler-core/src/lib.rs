@@ -817,10 +817,12 @@ impl Hub {
     /// Records a START on `node` (which fits it) and returns the forwarded START.
     fn place_on(&mut self, node: Uuid, from: Uuid, start: &Start) -> Output {
         let need = self.need(start);
+        let tax_mb = self.nodes.get(&node).map_or(0, |n| n.report.anchor_tax(need.backend));
         let placed = Placed {
             vcpus: need.vcpus,
             request_mb: start.requirements.mem_mb,
             charge_mb: need.charge_mb,
+            tax_mb,
             workload: start.workload_uuid,
             confirmed: false,
         };

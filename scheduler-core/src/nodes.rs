@@ -31,6 +31,8 @@ pub struct Placed {
     pub request_mb: u64,
     /// Memory charged against the node, MiB (≤ request).
     pub charge_mb: u64,
+    /// The anchor tax charged beside it: what its backend's machinery takes on that node, MiB.
+    pub tax_mb: u64,
     /// Workload, for the memory estimate.
     pub workload: Option<Uuid>,
     /// Whether the node has reported it (STATS or INSTANCE_STARTED).
@@ -50,6 +52,7 @@ pub struct Charges {
 struct Sums {
     vcpus: u64,
     charge_mb: u64,
+    tax_mb: u64,
     request_mb: u64,
     unconfirmed_mb: u64,
     unconfirmed: u64,
@@ -59,9 +62,10 @@ impl Sums {
     fn add(&mut self, p: &Placed) {
         self.vcpus += u64::from(p.vcpus);
         self.charge_mb += p.charge_mb;
+        self.tax_mb += p.tax_mb;
         self.request_mb += p.request_mb;
         if !p.confirmed {
-            self.unconfirmed_mb += p.charge_mb;
+            self.unconfirmed_mb += p.charge_mb + p.tax_mb;
             self.unconfirmed += 1;
         }
     }
@@ -69,9 +73,10 @@ impl Sums {
     fn sub(&mut self, p: &Placed) {
         self.vcpus -= u64::from(p.vcpus);
         self.charge_mb -= p.charge_mb;
+        self.tax_mb -= p.tax_mb;
         self.request_mb -= p.request_mb;
         if !p.confirmed {
-            self.unconfirmed_mb -= p.charge_mb;
+            self.unconfirmed_mb -= p.charge_mb + p.tax_mb;
             self.unconfirmed -= 1;
         }
     }
@@ -358,11 +363,18 @@ impl Node {
         known + u64::from(self.report.vcpus_allocated).saturating_sub(known)
     }
 
-    /// Memory in use, MiB: charges of the scheduler's instances plus what the node reports as
-    /// charged beyond them (the node sums the charges the STARTs carried).
+    /// Memory in use, MiB: charges (and anchor taxes) of the scheduler's instances plus what
+    /// the node reports as charged beyond them (the node sums the same: each START's charge
+    /// and its backend's tax).
     pub fn mem_used(&self) -> u64 {
         let sums = &self.instances.sums;
-        sums.charge_mb + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(sums.charge_mb)
+        let known = sums.charge_mb + sums.tax_mb;
+        known + self.report.mem_allocated_mb.unwrap_or(0).saturating_sub(known)
+    }
+
+    /// What a START is charged here, MiB: its memory and its backend's anchor tax on this node.
+    pub fn charge_for(&self, need: &Need<'_>) -> u64 {
+        need.charge_mb + self.report.anchor_tax(need.backend)
     }
 
     /// Memory charged to instances the node has not reported yet, MiB.
@@ -430,7 +442,7 @@ impl Node {
         }
         let usage =
             Usage { vcpus: self.cpu_used(), mem_mb: self.mem_used(), mem_unconfirmed_mb: self.unconfirmed_mb() };
-        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
+        let demand = Demand { vcpus: need.vcpus, mem_mb: self.charge_for(need) };
         drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).map_err(|short| match short {
             Shortfall::Cpu => Misfit::Cpu,
             Shortfall::Memory => Misfit::Memory,
@@ -450,14 +462,15 @@ impl Node {
             Ok(()) | Err(Misfit::Busy) => {}
             Err(_) => return 0,
         }
-        let demand = Demand { vcpus: need.vcpus, mem_mb: need.charge_mb };
+        let charge = self.charge_for(need);
+        let demand = Demand { vcpus: need.vcpus, mem_mb: charge };
         // Would the k-th instance fit after k - 1 more? Monotone in k: search for the last.
         let fits_kth = |k: u32| {
             let before = u64::from(k - 1);
             let usage = Usage {
                 vcpus: self.cpu_used() + before * u64::from(need.vcpus),
-                mem_mb: self.mem_used() + before * need.charge_mb,
-                mem_unconfirmed_mb: self.unconfirmed_mb() + before * need.charge_mb,
+                mem_mb: self.mem_used() + before * charge,
+                mem_unconfirmed_mb: self.unconfirmed_mb() + before * charge,
             };
             drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).is_ok()
         };
@@ -490,7 +503,7 @@ impl Node {
         if u64::from(need.vcpus) > vcpus {
             return Err(Misfit::Cpu);
         }
-        if need.charge_mb > mem_mb {
+        if self.charge_for(need) > mem_mb {
             return Err(Misfit::Memory);
         }
         Ok(())

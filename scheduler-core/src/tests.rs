@@ -1417,3 +1417,25 @@ proptest! {
         prop_assert_eq!(plan.placed.first().map(|p| p.0), with);
     }
 }
+
+#[test]
+fn placement_charges_each_instance_its_backends_anchor_tax_on_that_node() {
+    let mut rig = Rig::new(Config::default());
+    let mut taxed = report(u(10), 8, 1024, 0.0);
+    taxed.anchor_tax_mb = BTreeMap::from([("sim".to_owned(), 100)]);
+    join(&mut rig, 10, taxed);
+    // 300 MiB each: three would fit 1024 MiB, but with 100 MiB of machinery each only two do.
+    assert_eq!(placed_on(&rig.start(start(u(50), 1, 288))), vec![(u(50), u(10))]);
+    assert_eq!(placed_on(&rig.start(start(u(51), 1, 288))), vec![(u(51), u(10))]);
+    let out = rig.start(start(u(52), 1, 288));
+    assert!(placed_on(&out).is_empty(), "the third is not placed: {out:?}");
+    let why = &queued(&out).expect("queued").reason;
+    assert!(why.contains("insufficient memory"), "{why}");
+    assert_eq!(rig.hub.nodes.get(&u(10)).unwrap().mem_used(), 2 * (288 + 100), "the taxes count as used");
+    // The same node without a tax takes the third.
+    let mut rig = Rig::new(Config::default());
+    join(&mut rig, 10, report(u(10), 8, 1024, 0.0));
+    for n in 50..53 {
+        assert_eq!(placed_on(&rig.start(start(u(n), 1, 288))).len(), 1);
+    }
+}

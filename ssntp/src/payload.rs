@@ -208,6 +208,11 @@ pub struct NodeReport {
     /// Draining: it takes no new work, and what still runs at this time (Unix ms) is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_until_unix_ms: Option<u64>,
+    /// The anchor tax (the EVE seed): memory each backend's own machinery takes per instance
+    /// (the shim; runc beside it), MiB, as the launcher measured it. Both the scheduler and the
+    /// launcher charge an instance its memory plus its backend's tax.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anchor_tax_mb: BTreeMap<String, u64>,
 }
 
 /// A PCI device of a node.
@@ -243,6 +248,11 @@ pub fn canonical_arch(arch: &str) -> &str {
 }
 
 impl NodeReport {
+    /// The memory `backend`'s machinery takes per instance here, MiB (0 when not reported).
+    pub fn anchor_tax(&self, backend: &str) -> u64 {
+        self.anchor_tax_mb.get(backend).copied().unwrap_or(0)
+    }
+
     /// Whether the node runs `arch`: its own, or one of its foreign ones.
     pub fn runs_arch(&self, arch: &str) -> bool {
         let want = canonical_arch(arch);

@@ -102,6 +102,7 @@ fn report(p: &Prims) -> NodeReport {
         pci: p.words.iter().map(|w| ssntp::payload::PciDevice { id: w.clone(), class: p.text.clone() }).collect(),
         images: p.words.clone(),
         draining_until_unix_ms: p.flag.then_some(p.n),
+        anchor_tax_mb: p.words.iter().map(|w| (w.clone(), p.n)).collect(),
     }
 }
 

@@ -268,6 +268,20 @@ fn a_launcher_exiting_with_a_drain_takes_no_work_and_says_until_when_without_kee
     assert!(!c.maintenance(), "the next launcher takes work");
 }
 
+#[test]
+fn the_measured_anchor_tax_is_reported_and_charged_to_what_is_admitted_after() {
+    let mut c = core();
+    command(&mut c, Message::Start(start(1, 100)));
+    let before = c.node_report().anchor_tax_mb.get("process").copied();
+    assert_eq!(before, Some(2), "the default before any measurement");
+    let machinery = InstanceUsage { memory_mb: 50, cpu_percent: 1, disk_mb: 0, machinery_kb: 6 * 1024 + 1 };
+    c.handle(at(5), Input::Usage(vec![(id(1), machinery)]));
+    assert_eq!(c.node_report().anchor_tax_mb.get("process"), Some(&7), "measured: 6 MiB and a bit");
+    let allocated = c.node_report().mem_allocated_mb.unwrap();
+    command(&mut c, Message::Start(start(2, 100)));
+    assert_eq!(c.node_report().mem_allocated_mb.unwrap(), allocated + 100 + 7, "memory plus the tax");
+}
+
 fn drain_of(ms: u64) -> Evacuate {
     Evacuate { workload_agent_uuid: NODE, deadline_ms: None, drain_ms: Some(ms) }
 }
@@ -326,9 +340,9 @@ fn a_burst_of_starts_and_their_events_costs_one_news_on_the_timer() {
     let out = c.handle(at(3), Input::ReportDue);
     let heartbeat = stats_of(&out).unwrap();
     assert!(heartbeat.instances.is_empty() && heartbeat.digest.is_none(), "{heartbeat:?}");
-    // A change of status is said at once: 3,840 MiB offered, 384 given (12 chunks of 32 MiB),
-    // 3,456 more fill it.
-    let out = command(&mut c, Message::Start(start(99, 3456)));
+    // A change of status is said at once: 3,840 MiB offered, 408 given (12 chunks of 32 MiB and
+    // 12 anchor taxes of 2 MiB), 3,430 more and a tax fill it.
+    let out = command(&mut c, Message::Start(start(99, 3430)));
     assert!(sent(&out).iter().any(|m| matches!(m, Message::Full(_))), "FULL at once: {out:?}");
 }
 
@@ -411,7 +425,7 @@ fn adopted_instances_count_and_unreadable_ones_are_reported() {
         .iter()
         .any(|e| matches!(e, Effect::SendEnd { instance, message: Message::InstanceExited(_) } if *instance == id(8))));
     let ready = sent(&out).into_iter().find_map(|m| if let Message::Ready(r) = m { Some(r) } else { None }).unwrap();
-    assert_eq!((ready.mem_allocated_mb, ready.instance_count), (Some(2976), 1));
+    assert_eq!((ready.mem_allocated_mb, ready.instance_count), (Some(2976 + 2), 1), "its memory and the tax");
     assert_eq!(failure_reason(&command(&mut c, Message::Start(start(2, 1000)))), Some(FailureReason::FullCn));
 }
 
@@ -525,7 +539,7 @@ fn news_is_numbered_batched_and_digests_carry_the_last_number() {
     assert_eq!(pages[0].digest, Some(ssntp::payload::DigestPage { seq: 2, page: 0, pages: 1 }));
     assert_eq!(pages[0].instances.len(), NEWS_BATCH + 10);
     // Usage that moves is news; a wobble is not.
-    let usage = |mb| InstanceUsage { memory_mb: mb, cpu_percent: 5, disk_mb: 0 };
+    let usage = |mb| InstanceUsage { memory_mb: mb, cpu_percent: 5, disk_mb: 0, machinery_kb: -1 };
     c.handle(at(5), Input::Usage(vec![(id(1), usage(100)), (id(2), usage(100))]));
     let out = c.handle(at(5), Input::NewsDue);
     assert_eq!(news_of(&out)[0].0.instances.len(), 2, "figures became known");
