@@ -1036,12 +1036,7 @@ async fn node_command(
 #[utoipa::path(post, path = "/v1/nodes/{id}/evacuate", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
     responses(
         (status = 202, description = "Sent: the node takes no new work and its instances move elsewhere", body = NodeActionAnswer),
-        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
-        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
-        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
-        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
-        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
-        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+        crate::openapi::NodeRefusals,
     )
 )]
 async fn evacuate_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
@@ -1064,12 +1059,7 @@ pub const MAX_DRAIN: Duration = Duration::from_secs(7 * 24 * 3600);
     params(("id" = Uuid, Path, description = "The node's UUID"), DrainQuery, crate::openapi::TenantHeader),
     responses(
         (status = 202, description = "Sent: the node takes no new work, its running work may finish until the deadline, and what is left then is stopped and starts elsewhere", body = NodeActionAnswer),
-        (status = 400, description = "Not a UUID, or a deadline that is not a duration up to 7 days", body = drover_api::views::ErrorView),
-        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
-        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
-        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
-        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
-        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+        crate::openapi::NodeRefusals,
     )
 )]
 async fn drain_node(
@@ -1093,12 +1083,7 @@ async fn drain_node(
 #[utoipa::path(post, path = "/v1/nodes/{id}/restore", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
     responses(
         (status = 202, description = "Sent: the node takes work again", body = NodeActionAnswer),
-        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
-        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
-        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
-        (status = 409, description = "Not permitted: this controller is a backup", body = drover_api::views::ErrorView),
-        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
-        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+        crate::openapi::NodeRefusals,
     )
 )]
 async fn restore_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
@@ -1108,12 +1093,7 @@ async fn restore_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<Stri
 #[utoipa::path(post, path = "/v1/nodes/{id}/forget", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
     responses(
         (status = 202, description = "Sent: a silent node is declared lost now, brake or not", body = NodeActionAnswer),
-        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
-        (status = 403, description = "Not admin", body = drover_api::views::ErrorView),
-        (status = 404, description = "The scheduler knows no such node", body = drover_api::views::ErrorView),
-        (status = 409, description = "The node still reports, or this controller is a backup", body = drover_api::views::ErrorView),
-        (status = 502, description = "The scheduler refused for another reason", body = drover_api::views::ErrorView),
-        (status = 503, description = "No scheduler link", body = drover_api::views::ErrorView),
+        crate::openapi::NodeRefusals,
     )
 )]
 async fn forget_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {

@@ -170,6 +170,29 @@ pub struct StreamEvent {
     pub data: String,
 }
 
+/// What a node command (evacuate, drain, restore, forget) may be refused with.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum NodeRefusals {
+    /// Not a UUID (or, for a drain, a deadline that is not a duration up to 7 days).
+    #[response(status = 400)]
+    BadRequest(ErrorView),
+    /// Not admin.
+    #[response(status = 403)]
+    Forbidden(ErrorView),
+    /// The scheduler knows no such node.
+    #[response(status = 404)]
+    NoNode(ErrorView),
+    /// Not permitted: this controller is a backup (for forget: the node still reports).
+    #[response(status = 409)]
+    NotPermitted(ErrorView),
+    /// The scheduler refused for another reason.
+    #[response(status = 502)]
+    Refused(ErrorView),
+    /// No scheduler link.
+    #[response(status = 503)]
+    NoLink(ErrorView),
+}
+
 /// `GET /v1/status`: the scheduler link, nodes and instances by state, the store's revision.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusView {

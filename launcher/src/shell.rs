@@ -205,6 +205,25 @@ struct Shell {
 }
 
 impl Shell {
+    /// While exiting: carries instance events and the session's until nothing runs or the
+    /// deadline.
+    async fn until_ended(
+        &mut self,
+        deadline: tokio::time::Instant,
+        instance_events: &mut mpsc::Receiver<Event>,
+        events: &mut ssntp::client::ClientEvents,
+    ) {
+        while self.core.running() > 0 {
+            tokio::select! {
+                event = tokio::time::timeout_at(deadline, instance_events.recv()) => match event {
+                    Ok(Some(event)) => self.on_event(event).await,
+                    _ => break,
+                },
+                Some(event) = events.recv() => self.exit_event(event).await,
+            }
+        }
+    }
+
     /// Hands one input to the core and carries out what it decides, including what those
     /// effects feed back (a refused run, a delivered end).
     async fn handle(&mut self, input: Input) {
@@ -503,15 +522,7 @@ pub async fn run_with(
         shell.handle(Input::ExitDraining { drain_ms }).await;
         shell.executor.flush();
         let deadline = tokio::time::Instant::now() + args.drain_deadline;
-        while shell.core.running() > 0 {
-            tokio::select! {
-                event = tokio::time::timeout_at(deadline, instance_events.recv()) => match event {
-                    Ok(Some(event)) => shell.on_event(event).await,
-                    _ => break,
-                },
-                Some(event) = events.recv() => shell.exit_event(event).await,
-            }
-        }
+        shell.until_ended(deadline, &mut instance_events, &mut events).await;
         // The ends so far go now; what still runs is stopped below.
         shell.handle(Input::NewsDue).await;
         shell.executor.flush();
@@ -521,15 +532,7 @@ pub async fn run_with(
     if args.drain_on_exit {
         tracing::info!(instances = shell.core.running(), "draining before exit");
         let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(2);
-        while shell.core.running() > 0 {
-            tokio::select! {
-                event = tokio::time::timeout_at(deadline, instance_events.recv()) => match event {
-                    Ok(Some(event)) => shell.on_event(event).await,
-                    _ => break,
-                },
-                Some(event) = events.recv() => shell.exit_event(event).await,
-            }
-        }
+        shell.until_ended(deadline, &mut instance_events, &mut events).await;
     } else {
         tracing::info!(running = shell.core.running(), "exiting; workloads keep running and will be re-adopted");
     }

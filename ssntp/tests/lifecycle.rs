@@ -26,6 +26,21 @@ async fn wait_connected(rx: &mut ssntp::client::ClientEvents) -> Uuid {
     }
 }
 
+/// Binds `addr` again. On a busy machine another process's connection may hold the port as its
+/// ephemeral source for a moment (`AddrInUse`): that is retried, for at most 10 s.
+async fn rebind(addr: std::net::SocketAddr) -> TcpListener {
+    let mut last = None;
+    for _ in 0..200 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => panic!("binding {addr} again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binding {addr} again: still in use after 10 s: {last:?}");
+}
+
 #[tokio::test]
 async fn client_reconnects_after_server_restart_with_the_same_uuid() {
     let pki = Pki::new();
@@ -47,7 +62,7 @@ async fn client_reconnects_after_server_restart_with_the_same_uuid() {
     assert!(matches!(next_client_event(&mut events).await, ClientEvent::Disconnected { .. }));
     assert!(client.try_send(&Message::Offline).is_err(), "no session while disconnected");
     tokio::time::sleep(Duration::from_millis(100)).await; // let a few dials fail
-    let listener = TcpListener::bind(addr).await.unwrap();
+    let listener = rebind(addr).await;
     let mut server = TestServer::start_on(listener, &pki, "scheduler", |_| {});
     let second_server = wait_connected(&mut events).await;
     assert_eq!(second_server, server.uuid);
