@@ -289,6 +289,7 @@ pub fn parse_unit(file_name: &str, text: &str) -> Result<Workload, SpecError> {
         task: true,
         root,
         deadline_after_ms,
+        arch_setups: Vec::new(),
     })
 }
 

@@ -203,6 +203,10 @@ pub struct WorkloadFile {
     /// What orders the nodes that fit (soft; `requirements` are hard).
     #[serde(default)]
     preferences: PreferencesFile,
+    /// Per host/target architecture combination, the packages the job installs or skips and
+    /// more environment (cross builds); the node's launcher picks the first that applies.
+    #[serde(default)]
+    cross: Vec<ssntp::payload::ArchSetup>,
 }
 
 /// A parameter's type as a file writes it: `"string"`, `"int"`, `"bool"`, or the allowed values.
@@ -357,6 +361,39 @@ pub struct Workload {
     pub root: bool,
     /// Latest start counted from each instance's submission, ms.
     pub deadline_after_ms: Option<u64>,
+    /// What it needs per host/target architecture combination.
+    pub arch_setups: Vec<ssntp::payload::ArchSetup>,
+}
+
+/// At most this many `[[cross]]` combinations per workload.
+pub const MAX_ARCH_SETUPS: usize = 32;
+
+fn check_arch_setups(setups: &[ssntp::payload::ArchSetup]) -> Result<(), SpecError> {
+    if setups.len() > MAX_ARCH_SETUPS {
+        return Err(err("cross", format!("at most {MAX_ARCH_SETUPS} combinations")));
+    }
+    let arch_name =
+        |a: &str| !a.is_empty() && a.len() <= 32 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let word = |w: &str| !w.is_empty() && w.len() <= 128 && !w.chars().any(|c| c.is_whitespace() || c.is_control());
+    for (i, s) in setups.iter().enumerate() {
+        let at = |f: &str| format!("cross[{i}].{f}");
+        if s.host != "*" && !arch_name(&s.host) {
+            return Err(err(&at("host"), "an architecture name (x86_64, i586, armv7 …) or * for any"));
+        }
+        if s.target.as_deref().is_some_and(|t| !arch_name(t)) {
+            return Err(err(&at("target"), "an architecture name (x86_64, i586, armv7 …)"));
+        }
+        if let Some(bad) = s.packages.iter().chain(&s.skip).find(|p| !word(p)) {
+            return Err(err(&at("packages"), format!("{bad:?}: a package name is 1-128 characters without spaces")));
+        }
+        if let Some(key) = s.env.keys().find(|k| k.starts_with("DROVER_") || k.is_empty() || k.contains('=')) {
+            return Err(err(
+                &at("env"),
+                format!("{key:?}: not a variable a workload may set (DROVER_* are the node's)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// File format.
@@ -529,6 +566,7 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         (_, true) => return Err(err("preferences.image_cached", "only an oci workload has an image to find cached")),
     };
     let preferences = ssntp::payload::Preferences { labels: f.preferences.labels, image };
+    check_arch_setups(&f.cross)?;
     if f.run_as_root && !p.features.iter().any(|x| x == ssntp::payload::ROOT_FEATURE) {
         p.features.push(ssntp::payload::ROOT_FEATURE.to_owned());
     }
@@ -569,6 +607,7 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         task: f.task || f.root,
         root: f.root,
         deadline_after_ms,
+        arch_setups: f.cross,
     })
 }
 
@@ -667,6 +706,27 @@ backoff = "2s"
         );
         let e = parse("{", Format::Json).unwrap_err();
         assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn cross_build_combinations_are_carried_and_checked() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cross-build.toml")).unwrap();
+        let w = parse(&text, Format::Toml).unwrap();
+        assert_eq!(w.arch_setups.len(), 3);
+        let (chosen, env) = ssntp::payload::arch_setup(&w.arch_setups, "x86_64", w.requirements.arch.as_deref());
+        assert_eq!(chosen.map(|s| s.host.as_str()), Some("x86_64"));
+        assert_eq!(env["DROVER_PACKAGES"], "cross-arm-gcc rpm-x86 bash-x86");
+        assert_eq!(env["DROVER_PACKAGES_SKIP"], "rpm bash");
+        assert_eq!(env["CC"], "arm-linux-gnueabihf-gcc");
+        let (chosen, env) = ssntp::payload::arch_setup(&w.arch_setups, "arm", w.requirements.arch.as_deref());
+        assert_eq!((chosen.map(|s| s.host.as_str()), env["DROVER_PACKAGES"].as_str()), (Some("armv7"), ""));
+        let field = |replace: &str, with: &str| parse(&text.replace(replace, with), Format::Toml).unwrap_err().field;
+        assert_eq!(field("host = \"i586\"", "host = \"i 586\""), "cross[1].host");
+        assert_eq!(field("\"bash-x86\"]\nskip", "\"bash x86\"]\nskip"), "cross[0].packages");
+        assert_eq!(field("CC = ", "DROVER_JOBS = "), "cross[0].env");
+        assert_eq!(field("host = \"armv7\"", "host = \"armv7\"\ntarget = \"\""), "cross[2].target");
+        assert_eq!(field("host = \"armv7\"", "host = \"armv7\"\ncolour = 1"), "cross[2].colour");
     }
 
     #[test]

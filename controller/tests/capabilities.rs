@@ -2,7 +2,8 @@
 //! foreign architectures from a binfmt_misc tree, cached images, the CPU score) reaches the API
 //! and `drover node show`; workloads that require them land where they are, a preference
 //! orders without excluding, and what no node has is refused naming it. Every process instance
-//! finds `DROVER_CPUS` and `DROVER_JOBS` in its environment.
+//! finds `DROVER_CPUS` and `DROVER_JOBS` in its environment, and its host/target architectures
+//! with the package lists of its workload's `[[cross]]` entry for them.
 
 #![allow(clippy::disallowed_methods)] // tests wait with the real clock
 
@@ -68,12 +69,18 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
     let sh = |name: &str, extra: &str| {
         format!(
             "name = \"{name}\"\n[resources]\nvcpus = 2\nmem_mb = 64\n[backend]\ntype = \"process\"\n\
-             argv = [\"/bin/sh\", \"-c\", \"echo cpus=$DROVER_CPUS jobs=$DROVER_JOBS\"]\n[restart]\npolicy = \"never\"\n{extra}"
+             argv = [\"/bin/sh\", \"-c\", \"echo cpus=$DROVER_CPUS jobs=$DROVER_JOBS; \
+             echo $DROVER_HOST_ARCH $DROVER_TARGET_ARCH [$DROVER_PACKAGES] [$DROVER_PACKAGES_SKIP] $CC\"]\n[restart]\npolicy = \"never\"\n{extra}"
         )
     };
     for (name, extra, node) in [
         ("gpu", "[requirements]\npci = [\"10de:*\"]\n", &gpu_id),
-        ("armv7", "[requirements]\narch = \"armv7\"\n", &gpu_id),
+        (
+            "armv7",
+            "[requirements]\narch = \"armv7\"\n[[cross]]\nhost = \"armv7\"\n[[cross]]\nhost = \"*\"\ntarget = \"arm\"\n\
+             packages = [\"cross-arm-gcc\", \"rpm-x86\"]\nskip = [\"rpm\"]\nenv = { CC = \"arm-gcc\" }\n",
+            &gpu_id,
+        ),
         ("fast", "[requirements]\nmin_cpu_score = 1000\n", &gpu_id),
         ("zoned", "[preferences]\nlabels = { zone = \"b\" }\n", &plain_id),
     ] {
@@ -82,8 +89,18 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
         let done = instance_when(&api, &id, "exited", common::PATIENCE, |i| i["state"] == "exited").await;
         assert_eq!(&done["node"], node.as_str(), "{name} ran on {}: {done}", done["node"]);
         let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
-        let line = logs["data"].as_str().unwrap().trim().to_owned();
+        let text = logs["data"].as_str().unwrap().to_owned();
+        let mut lines = text.lines().map(str::trim);
+        let line = lines.next().unwrap_or_default();
         assert!(line == "cpus=2 jobs=1" || line == "cpus=2 jobs=2", "{name}: the parallelism hint: {line:?}");
+        // The host/target combination and, for the cross build, its package lists.
+        let host = std::env::consts::ARCH;
+        let setup = if name == "armv7" {
+            format!("{host} arm [cross-arm-gcc rpm-x86] [rpm] arm-gcc")
+        } else {
+            format!("{host} {host} [] []")
+        };
+        assert_eq!(lines.next(), Some(setup.as_str()), "{name}: {text:?}");
     }
 
     // What no node has: refused at once, naming the requirement; the plan says so too.

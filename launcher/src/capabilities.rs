@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use ssntp::payload::PciDevice;
 
 /// The PCI devices under `sysfs` (`/sys`): vendor:device and class of each, in address order.
-/// A device whose files cannot be read is left out.
-pub fn pci_devices(sysfs: &Path) -> Vec<PciDevice> {
+/// A device whose files cannot be read is left out. A launcher that serves one NUMA node
+/// (`numa_node`) offers only the devices attached to it (ciao's per-NUMA launchers: a workload
+/// that wants the fast NIC lands on the node it hangs off), and those whose node the kernel
+/// does not know (`-1`, as on one-node machines), which may be anywhere.
+pub fn pci_devices(sysfs: &Path, numa_node: Option<u32>) -> Vec<PciDevice> {
     let Ok(entries) = std::fs::read_dir(sysfs.join("bus/pci/devices")) else { return Vec::new() };
     let mut found: Vec<(String, PciDevice)> = entries
         .filter_map(Result::ok)
@@ -18,6 +21,12 @@ pub fn pci_devices(sysfs: &Path) -> Vec<PciDevice> {
             let dir = e.path();
             let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok().map(|t| hex_id(&t));
             let (vendor, device, class) = (read("vendor")?, read("device")?, read("class")?);
+            if let Some(want) = numa_node {
+                let on = std::fs::read_to_string(dir.join("numa_node")).ok().and_then(|t| t.trim().parse::<i64>().ok());
+                if on.is_some_and(|n| n >= 0 && n != i64::from(want)) {
+                    return None;
+                }
+            }
             let address = e.file_name().to_string_lossy().into_owned();
             Some((address, PciDevice { id: format!("{vendor}:{device}"), class }))
         })
@@ -148,7 +157,7 @@ mod tests {
             write(&devices.join(addr).join("class"), &format!("{class}\n"));
         }
         write(&devices.join("0000:02:00.0/vendor"), "0x1af4\n"); // no device file: left out
-        let found = pci_devices(root.path());
+        let found = pci_devices(root.path(), None);
         assert_eq!(
             found,
             vec![
@@ -156,7 +165,30 @@ mod tests {
                 PciDevice { id: "10de:2204".into(), class: "030000".into() },
             ]
         );
-        assert!(pci_devices(&root.path().join("absent")).is_empty());
+        assert!(pci_devices(&root.path().join("absent"), None).is_empty());
+    }
+
+    #[test]
+    fn a_launcher_for_one_numa_node_offers_the_devices_attached_to_it_and_those_of_no_known_node() {
+        let root = tempfile::tempdir().unwrap();
+        let devices = root.path().join("bus/pci/devices");
+        for (addr, device, node) in [
+            ("0000:01:00.0", "0x0001", Some("0")),
+            ("0000:81:00.0", "0x0002", Some("1")),
+            ("0000:00:02.0", "0x0003", Some("-1")),
+            ("0000:00:03.0", "0x0004", None),
+        ] {
+            write(&devices.join(addr).join("vendor"), "0x15b3\n");
+            write(&devices.join(addr).join("device"), &format!("{device}\n"));
+            write(&devices.join(addr).join("class"), "0x020000\n");
+            if let Some(node) = node {
+                write(&devices.join(addr).join("numa_node"), &format!("{node}\n"));
+            }
+        }
+        let ids = |n| pci_devices(root.path(), n).into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(None), ["15b3:0003", "15b3:0004", "15b3:0001", "15b3:0002"]);
+        assert_eq!(ids(Some(0)), ["15b3:0003", "15b3:0004", "15b3:0001"]);
+        assert_eq!(ids(Some(1)), ["15b3:0003", "15b3:0004", "15b3:0002"]);
     }
 
     #[test]

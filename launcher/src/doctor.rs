@@ -246,7 +246,7 @@ pub fn gather(args: &DoctorArgs) -> HostFacts {
     };
     // The state directory may not exist yet: its nearest existing ancestor holds its disk.
     let disk_mb = args.state_dir.ancestors().find(|p| p.exists()).and_then(crate::probe::disk_mb);
-    let gpus = crate::capabilities::pci_devices(&args.sysfs_root)
+    let gpus = crate::capabilities::pci_devices(&args.sysfs_root, None)
         .into_iter()
         .filter(|d| d.class.starts_with("03"))
         .map(|d| d.id)

@@ -492,6 +492,7 @@ impl Instances {
         if !is_sim {
             self.prepare_task(&mut start, &dir, user)?;
             self.add_parallelism(&mut start);
+            add_arch_setup(&mut start);
         }
         let start = &start;
         let mut record = InstanceRecord {
@@ -1147,5 +1148,26 @@ async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc:
             _ => {}
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+/// The host/target combination this node is for the instance (`DROVER_HOST_ARCH`,
+/// `DROVER_TARGET_ARCH`) and, when one of its workload's `[[cross]]` entries applies, that
+/// entry's packages and environment. The `DROVER_*` variables are the node's; of the others,
+/// what the workload's backend set itself wins.
+fn add_arch_setup(start: &mut Start) {
+    let (_, setup) =
+        ssntp::payload::arch_setup(&start.arch_setups, std::env::consts::ARCH, start.requirements.arch.as_deref());
+    match &mut start.backend {
+        Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
+            for (key, value) in setup {
+                if ssntp::payload::ARCH_ENV.contains(&key.as_str()) {
+                    env.insert(key, value);
+                } else {
+                    env.entry(key).or_insert(value);
+                }
+            }
+        }
+        Backend::Sim { .. } => {}
     }
 }

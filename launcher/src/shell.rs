@@ -169,7 +169,7 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
             args.cpu_score
                 .unwrap_or_else(|| crate::capabilities::cpu_score(&args.state_dir.join(CPU_SCORE_FILE), &cpu_model)),
         ),
-        pci: crate::capabilities::pci_devices(&args.sysfs_root),
+        pci: crate::capabilities::pci_devices(&args.sysfs_root, args.numa_node),
         image_dirs: args.image_dirs.clone(),
     };
     tracing::info!(

@@ -777,6 +777,67 @@ pub struct Start {
     /// request, or the workload's memory estimate). The launcher admits and accounts by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charge_mb: Option<u64>,
+    /// What the job needs on each host/target architecture combination (cross builds); the
+    /// launcher applies the first that matches its own architecture ([`arch_setup`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arch_setups: Vec<ArchSetup>,
+}
+
+/// What a job needs on one combination of the node's architecture (`host`) and the one it
+/// builds for or runs (`target`: the workload's `arch`, else the node's own) — the OBS seed's
+/// cross-build package lists: on an i586 host building for armv7, install the cross compilers
+/// and the host's `rpm-x86`; on an armv7 host, nothing extra. The instance finds the chosen
+/// combination in its environment ([`ARCH_ENV`]) and applies it itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSetup {
+    /// The node's architecture, or `*` for any.
+    pub host: String,
+    /// The target architecture; any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Packages to install first (`DROVER_PACKAGES`, space-separated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Packages not to (re)install, or to remove (`DROVER_PACKAGES_SKIP`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<String>,
+    /// More environment for this combination.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The environment variables an instance is told its architectures and setup in:
+/// `DROVER_HOST_ARCH`, `DROVER_TARGET_ARCH`, `DROVER_PACKAGES`, `DROVER_PACKAGES_SKIP`.
+pub const ARCH_ENV: [&str; 4] = ["DROVER_HOST_ARCH", "DROVER_TARGET_ARCH", "DROVER_PACKAGES", "DROVER_PACKAGES_SKIP"];
+
+impl ArchSetup {
+    /// Whether it is for a node of architecture `host` running `target`.
+    pub fn applies(&self, host: &str, target: &str) -> bool {
+        (self.host == "*" || canonical_arch(&self.host) == canonical_arch(host))
+            && self.target.as_deref().is_none_or(|t| canonical_arch(t) == canonical_arch(target))
+    }
+}
+
+/// The combination a node of architecture `host` uses for a job that wants `target` (`None`:
+/// the node's own): the first of `setups` that applies, and the environment that tells the
+/// instance about it (the architectures always; packages and extra variables when one applies).
+pub fn arch_setup<'a>(
+    setups: &'a [ArchSetup],
+    host: &str,
+    target: Option<&str>,
+) -> (Option<&'a ArchSetup>, BTreeMap<String, String>) {
+    let host = canonical_arch(host);
+    let target = canonical_arch(target.unwrap_or(host));
+    let chosen = setups.iter().find(|s| s.applies(host, target));
+    let mut env = chosen.map(|s| s.env.clone()).unwrap_or_default();
+    let [host_var, target_var, packages_var, skip_var] = ARCH_ENV;
+    env.insert(host_var.to_owned(), host.to_owned());
+    env.insert(target_var.to_owned(), target.to_owned());
+    env.insert(packages_var.to_owned(), chosen.map(|s| s.packages.join(" ")).unwrap_or_default());
+    env.insert(skip_var.to_owned(), chosen.map(|s| s.skip.join(" ")).unwrap_or_default());
+    (chosen, env)
 }
 
 /// A task parameter's value (sd-taskpacker's `a{sv}`), checked against the task's schema by
@@ -841,6 +902,7 @@ impl Start {
             parameters: BTreeMap::new(),
             workload_agent_uuid: None,
             charge_mb: None,
+            arch_setups: Vec::new(),
         }
     }
 }
@@ -1397,5 +1459,47 @@ mod charge_tests {
         assert_eq!((charge_mb(4, 4), charge_mb(100, 100), charge_mb(90, 100)), (4, 100, 96));
         assert_eq!(SizeClass::ALL.map(SizeClass::mem_mb), [32, 128, 256, 1024]);
         assert!(SizeClass::ALL.iter().all(|c| c.mem_mb() % MEMORY_CHUNK_MB == 0));
+    }
+}
+
+#[cfg(test)]
+mod arch_setup_tests {
+    use super::*;
+
+    fn setup(host: &str, target: Option<&str>, packages: &[&str]) -> ArchSetup {
+        ArchSetup {
+            host: host.into(),
+            target: target.map(Into::into),
+            packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+            ..ArchSetup::default()
+        }
+    }
+
+    #[test]
+    fn each_host_and_target_combination_gets_its_own_package_list() {
+        // The OBS seed's example: an i586 host building for armv7 adds cross compilers and the
+        // host's rpm; an armv7 host builds natively and adds nothing.
+        let setups = [
+            setup("i586", Some("armv7"), &["cross-arm-gcc", "rpm-x86", "bash-x86"]),
+            setup("armv7", None, &[]),
+            setup("*", None, &["qemu-user-static"]),
+        ];
+        let (chosen, env) = arch_setup(&setups, "i586", Some("armv7"));
+        assert_eq!(chosen, Some(&setups[0]));
+        assert_eq!(env["DROVER_PACKAGES"], "cross-arm-gcc rpm-x86 bash-x86");
+        assert_eq!((env["DROVER_HOST_ARCH"].as_str(), env["DROVER_TARGET_ARCH"].as_str()), ("i586", "arm"));
+        let (chosen, env) = arch_setup(&setups, "arm", Some("armhf"));
+        assert_eq!(chosen, Some(&setups[1]), "aliases name the same machines");
+        assert_eq!(env["DROVER_PACKAGES"], "");
+        let (chosen, env) = arch_setup(&setups, "x86_64", Some("arm"));
+        assert_eq!(chosen, Some(&setups[2]), "the first that applies; `*` is any host");
+        assert_eq!(env["DROVER_TARGET_ARCH"], "arm");
+        let (chosen, env) = arch_setup(&setups[..2], "x86_64", None);
+        assert_eq!(chosen, None, "none applies");
+        assert_eq!(
+            (env["DROVER_HOST_ARCH"].as_str(), env["DROVER_TARGET_ARCH"].as_str(), env["DROVER_PACKAGES"].as_str()),
+            ("x86_64", "x86_64", ""),
+            "no target: the node's own"
+        );
     }
 }

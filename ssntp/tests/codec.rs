@@ -204,6 +204,17 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     .collect(),
                 workload_agent_uuid: (!p.flag).then_some(b),
                 charge_mb: (!p.flag).then_some(p.n / 2),
+                arch_setups: p
+                    .words
+                    .iter()
+                    .map(|w| ssntp::payload::ArchSetup {
+                        host: w.clone(),
+                        target: p.flag.then(|| p.text.clone()),
+                        packages: p.words.clone(),
+                        skip: p.words.clone(),
+                        env: p.labels.clone(),
+                    })
+                    .collect(),
             }),
             Command::Stop => {
                 Message::Stop(Stop { instance_uuid: a, workload_agent_uuid: b, grace_ms: p.flag.then_some(p.n) })
