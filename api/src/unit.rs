@@ -290,6 +290,7 @@ pub fn parse_unit(file_name: &str, text: &str) -> Result<Workload, SpecError> {
         root,
         deadline_after_ms,
         arch_setups: Vec::new(),
+        checks: Vec::new(),
     })
 }
 

@@ -207,6 +207,11 @@ pub struct WorkloadFile {
     /// more environment (cross builds); the node's launcher picks the first that applies.
     #[serde(default)]
     cross: Vec<ssntp::payload::ArchSetup>,
+    /// Scripts of the node's (`drover-launcher --script NAME=PATH`) to run, in order, after the
+    /// program exits 0 (acceptance tests): the first that fails fails the instance. Only nodes
+    /// that offer them run the workload.
+    #[serde(default)]
+    checks: Vec<String>,
 }
 
 /// A parameter's type as a file writes it: `"string"`, `"int"`, `"bool"`, or the allowed values.
@@ -363,6 +368,8 @@ pub struct Workload {
     pub deadline_after_ms: Option<u64>,
     /// What it needs per host/target architecture combination.
     pub arch_setups: Vec<ssntp::payload::ArchSetup>,
+    /// The node's scripts it runs after its program, in order.
+    pub checks: Vec<String>,
 }
 
 /// At most this many `[[cross]]` combinations per workload.
@@ -567,6 +574,21 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
     };
     let preferences = ssntp::payload::Preferences { labels: f.preferences.labels, image };
     check_arch_setups(&f.cross)?;
+    if !f.checks.is_empty() && !matches!(f.backend, Backend::Process { .. } | Backend::Systemd { .. }) {
+        return Err(err("checks", "the node's scripts run only after a process or systemd program"));
+    }
+    if f.checks.len() > 16 {
+        return Err(err("checks", "at most 16"));
+    }
+    for name in &f.checks {
+        if !ssntp::payload::is_script_name(name) {
+            return Err(err("checks", format!("{name:?}: a script's name is 1-64 of a-z, 0-9, - _ .")));
+        }
+        let feature = ssntp::payload::script_feature(name);
+        if !p.features.contains(&feature) {
+            p.features.push(feature);
+        }
+    }
     if f.run_as_root && !p.features.iter().any(|x| x == ssntp::payload::ROOT_FEATURE) {
         p.features.push(ssntp::payload::ROOT_FEATURE.to_owned());
     }
@@ -608,6 +630,7 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         root: f.root,
         deadline_after_ms,
         arch_setups: f.cross,
+        checks: f.checks,
     })
 }
 
@@ -727,6 +750,19 @@ backoff = "2s"
         assert_eq!(field("CC = ", "DROVER_JOBS = "), "cross[0].env");
         assert_eq!(field("host = \"armv7\"", "host = \"armv7\"\ntarget = \"\""), "cross[2].target");
         assert_eq!(field("host = \"armv7\"", "host = \"armv7\"\ncolour = 1"), "cross[2].colour");
+    }
+
+    #[test]
+    fn checks_require_the_scripts_and_a_backend_that_runs_them() {
+        let w = parse(&TOML.replace("priority = 5", "priority = 5\nchecks = [\"accept\", \"lint\"]"), Format::Toml)
+            .unwrap();
+        assert_eq!(w.checks, ["accept", "lint"]);
+        assert_eq!(w.requirements.features, ["limits", "script:accept", "script:lint"]);
+        let field = |text: &str| parse(text, Format::Toml).unwrap_err();
+        let bad = field(&TOML.replace("priority = 5", "priority = 5\nchecks = [\"Accept Test\"]"));
+        assert_eq!(bad.field, "checks");
+        let sim = "name = \"s\"\nsize = \"tiny\"\nchecks = [\"accept\"]\n[backend]\ntype = \"sim\"\nduration_ms = 1\n";
+        assert!(field(sim).message.contains("process or systemd"), "{}", field(sim));
     }
 
     #[test]

@@ -27,6 +27,11 @@ fn fixtures(root: &Path) {
     write(&gpu.join("class"), "0x030000\n");
     write(&root.join("binfmt/qemu-arm"), "enabled\ninterpreter /usr/libexec/qemu-binfmt/arm-binfmt-P\n");
     std::fs::create_dir_all(root.join("images/alpine")).unwrap();
+    std::fs::create_dir_all(root.join("volumes")).unwrap();
+    let accept = root.join("accept.sh");
+    write(&accept, "#!/bin/sh\necho \"accepting $(cat result)\"\ntest \"$(cat result)\" = good\n");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&accept, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,8 +43,12 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
     let images = dir.path().join("images").display().to_string();
     let empty = dir.path().join("empty").display().to_string();
     std::fs::create_dir_all(&empty).unwrap();
+    let script = format!("accept={}", dir.path().join("accept.sh").display());
+    let volumes = dir.path().join("volumes").display().to_string();
+    #[rustfmt::skip]
     let cluster = Cluster::start(&[
-        &["--sysfs-root", &sys, "--binfmt-root", &binfmt, "--image-dir", &images, "--cpu-score", "1234"],
+        &["--sysfs-root", &sys, "--binfmt-root", &binfmt, "--image-dir", &images, "--cpu-score", "1234",
+          "--script", &script, "--volume-root", &volumes],
         // The other node's trees are empty: what it has is known whatever this machine has.
         &["--label", "zone=b", "--cpu-score", "700", "--sysfs-root", &empty, "--binfmt-root", &empty],
     ]);
@@ -56,6 +65,10 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
     assert_eq!(gpu_node["report"]["pci"][0]["id"], "10de:2204", "{gpu_node}");
     assert_eq!(gpu_node["report"]["foreign_arches"][0], "arm");
     assert!(gpu_node["report"]["images"][0].as_str().unwrap().ends_with("/images/alpine"), "{gpu_node}");
+    let features = gpu_node["report"]["features"].as_array().unwrap();
+    for offered in ["script:accept", "volumes"] {
+        assert!(features.iter().any(|f| f == offered), "the node offers {offered}: {gpu_node}");
+    }
     let out = cluster.cli(&["node", "show", &gpu_id[..8]]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
@@ -101,6 +114,23 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
             format!("{host} {host} [] []")
         };
         assert_eq!(lines.next(), Some(setup.as_str()), "{name}: {text:?}");
+    }
+
+    // Checks: the node's script runs after the program, where the program ran; its failure is
+    // the instance's.
+    for (name, result, state, code) in [("accepted", "good", "exited", 0), ("rejected", "bad", "failed", 1)] {
+        let file = format!(
+            "name = \"{name}\"\nsize = \"tiny\"\nchecks = [\"accept\"]\n[backend]\ntype = \"process\"\n\
+             argv = [\"/bin/sh\", \"-c\", \"echo {result} > result\"]\n[restart]\npolicy = \"never\"\n"
+        );
+        create_workload(&api, &file).await;
+        let id = launch_one(&api, name).await;
+        let done = instance_when(&api, &id, state, common::PATIENCE, |i| i["state"] == state).await;
+        assert_eq!((&done["node"], &done["exit_code"]), (&gpu_node["uuid"], &serde_json::json!(code)), "{done}");
+        let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
+        let text = logs["data"].as_str().unwrap();
+        assert!(text.contains(&format!("accepting {result}")), "{name}: {text:?}");
+        assert_eq!(text.contains("drover: check accept failed (exit 1)"), code == 1, "{name}: {text:?}");
     }
 
     // What no node has: refused at once, naming the requirement; the plan says so too.

@@ -98,6 +98,12 @@ pub struct Args {
     /// refused.
     #[arg(long = "volume-root", value_name = "DIR")]
     pub volume_roots: Vec<PathBuf>,
+    /// A script workloads may run as a check after their program succeeds (repeatable), e.g.
+    /// --script rpmlint=/usr/local/bin/drover-rpmlint: it runs in the instance's directory, as
+    /// its user, under its limits and with its environment; its exit code decides the
+    /// instance's. The node offers the feature `script:NAME`, which such workloads require.
+    #[arg(long = "script", value_name = "NAME=PATH", value_parser = parse_script)]
+    pub scripts: Vec<(String, PathBuf)>,
     /// The CPU speed score to report instead of measuring it at start (a short benchmark,
     /// cached in the state directory per CPU model).
     #[arg(long, value_name = "SCORE", value_parser = clap::value_parser!(u32).range(1..))]
@@ -123,6 +129,17 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+fn parse_script(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text.split_once('=').ok_or_else(|| format!("{text:?}: give NAME=PATH"))?;
+    if !ssntp::payload::is_script_name(name) {
+        return Err(format!("{name:?}: a script's name is 1-64 of a-z, 0-9, - _ ."));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?}: give the script's absolute path"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
 fn parse_tenant_user(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((tenant, user)) if !tenant.is_empty() && !user.is_empty() => Ok((tenant.to_owned(), user.to_owned())),
@@ -133,5 +150,18 @@ fn parse_tenant_user(text: &str) -> Result<(String, String), String> {
 impl ssntp::cli::Daemon for Args {
     fn diagnostics(&self) -> &ssntp::cli::DiagArgs {
         &self.diag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_is_a_name_and_an_absolute_path() {
+        assert_eq!(parse_script("rpmlint=/usr/bin/lint").unwrap(), ("rpmlint".into(), PathBuf::from("/usr/bin/lint")));
+        assert!(parse_script("rpmlint").unwrap_err().contains("NAME=PATH"));
+        assert!(parse_script("Rpm Lint=/x").unwrap_err().contains("name"));
+        assert!(parse_script("lint=bin/lint").unwrap_err().contains("absolute"));
     }
 }

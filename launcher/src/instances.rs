@@ -177,6 +177,8 @@ pub struct Instances {
     oci_runtime: Option<PathBuf>,
     /// Where OCI volumes may come from (`--volume-root`, canonical); none: no volumes.
     volume_roots: Vec<PathBuf>,
+    /// The scripts workloads may run as checks, by name (`--script`).
+    scripts: std::collections::BTreeMap<String, PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
     /// The sim records' journal; changes wait in it until [`Instances::flush`].
@@ -211,6 +213,7 @@ impl Instances {
             pin: None,
             oci_runtime: None,
             volume_roots: Vec::new(),
+            scripts: std::collections::BTreeMap::new(),
             table: HashMap::new(),
             events,
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
@@ -256,6 +259,13 @@ impl Instances {
     #[must_use]
     pub fn with_volume_roots(mut self, roots: &[PathBuf]) -> Self {
         self.volume_roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+        self
+    }
+
+    /// The scripts workloads may run as checks, by name.
+    #[must_use]
+    pub fn with_scripts(mut self, scripts: std::collections::BTreeMap<String, PathBuf>) -> Self {
+        self.scripts = scripts;
         self
     }
 
@@ -493,6 +503,7 @@ impl Instances {
             self.prepare_task(&mut start, &dir, user)?;
             self.add_parallelism(&mut start);
             add_arch_setup(&mut start);
+            with_checks(&mut start, &self.scripts)?;
         }
         let start = &start;
         let mut record = InstanceRecord {
@@ -1169,5 +1180,105 @@ fn add_arch_setup(start: &mut Start) {
             }
         }
         Backend::Sim { .. } => {}
+    }
+}
+
+/// Makes the instance run its workload's checks after its program: the program, then each
+/// script in order, in one shell so they share its directory, user, limits and environment.
+/// The first failure ends it with that exit code, and a check's failure says which failed.
+/// Refused: a check this node has no script for, or a backend that cannot run the node's
+/// scripts (an OCI container sees only its own root).
+fn with_checks(start: &mut Start, scripts: &std::collections::BTreeMap<String, PathBuf>) -> Result<(), Refusal> {
+    if start.checks.is_empty() {
+        return Ok(());
+    }
+    let argv = match &mut start.backend {
+        Backend::Process { argv, .. } | Backend::Systemd { argv, .. } => argv,
+        Backend::Oci { .. } | Backend::Sim { .. } => {
+            return Err((FailureReason::InvalidData, "checks run only with the process and systemd backends".into()));
+        }
+    };
+    let quote = |text: &str| format!("'{}'", text.replace('\'', "'\\''"));
+    let mut program = String::from("\"$@\" || exit\n");
+    for name in &start.checks {
+        let Some(path) = scripts.get(name) else {
+            return Err((FailureReason::InvalidData, format!("this node has no script {name:?} (--script)")));
+        };
+        program.push_str(&format!(
+            "{} || {{ rc=$?; echo \"drover: check {name} failed (exit $rc)\" >&2; exit $rc; }}\n",
+            quote(&path.display().to_string())
+        ));
+    }
+    let mut wrapped = vec!["/bin/sh".to_owned(), "-c".to_owned(), program, "drover-checks".to_owned()];
+    wrapped.append(argv);
+    *argv = wrapped;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(argv: &[String], dir: &Path) -> (Option<i32>, String) {
+        let out = std::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(dir).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    #[test]
+    fn checks_run_after_the_program_succeeds_and_the_first_failure_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = dir.path().join(format!("it's {name}"));
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            (name.to_owned(), path)
+        };
+        let scripts = [script("accept", "echo accepting; test -s result"), script("lint", "echo linted")].into();
+        let start_of = |program: &str, checks: &[&str]| {
+            let backend = Backend::Process {
+                argv: vec!["/bin/sh".into(), "-c".into(), program.into(), "job".into()],
+                env: Default::default(),
+            };
+            let mut start = Start::new(Uuid::nil(), Default::default(), backend);
+            start.checks = checks.iter().map(|c| (*c).to_owned()).collect();
+            start
+        };
+        let argv = |start: &Start| match &start.backend {
+            Backend::Process { argv, .. } => argv.clone(),
+            _ => unreachable!(),
+        };
+
+        let mut good = start_of("echo built > result", &["accept", "lint"]);
+        with_checks(&mut good, &scripts).unwrap();
+        assert_eq!(run(&argv(&good), dir.path()), (Some(0), "accepting\nlinted\n".into()));
+
+        let mut rejected = start_of("echo -n > result", &["accept", "lint"]);
+        with_checks(&mut rejected, &scripts).unwrap();
+        let (code, out) = run(&argv(&rejected), dir.path());
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("drover: check accept failed (exit 1)") && !out.contains("linted"), "{out}");
+
+        let mut broken = start_of("exit 3", &["accept"]);
+        with_checks(&mut broken, &scripts).unwrap();
+        assert_eq!(run(&argv(&broken), dir.path()), (Some(3), String::new()), "a failed program runs no check");
+
+        let mut plain = start_of("exit 0", &[]);
+        with_checks(&mut plain, &scripts).unwrap();
+        assert_eq!(argv(&plain)[2], "exit 0", "no checks: the program as it is");
+
+        let (reason, detail) = with_checks(&mut start_of("true", &["absent"]), &scripts).unwrap_err();
+        assert_eq!(reason, FailureReason::InvalidData);
+        assert!(detail.contains("no script \"absent\""), "{detail}");
+        let mut oci = start_of("true", &["lint"]);
+        oci.backend = Backend::Oci {
+            rootfs: "/srv".into(),
+            args: vec!["true".into()],
+            env: Default::default(),
+            writable_root: false,
+            volumes: Vec::new(),
+            network: Default::default(),
+        };
+        assert!(with_checks(&mut oci, &scripts).is_err(), "a container cannot run the node's scripts");
     }
 }

@@ -158,6 +158,18 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
             backends.push(b.clone());
         }
     }
+    let mut features = probe::machine_features();
+    if !args.volume_roots.is_empty() {
+        features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
+    }
+    for (name, path) in &args.scripts {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).with_context(|| format!("--script {name}={}", path.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            anyhow::bail!("--script {name}={}: not an executable file", path.display());
+        }
+        features.push(ssntp::payload::script_feature(name));
+    }
     let numa = args.numa_node.map(|n| (n, args.sysfs_root.clone()));
     if let Some((n, sysfs)) = &numa {
         probe::numa_node(sysfs, *n).map_err(|e| anyhow::anyhow!("--numa-node {n}: {e}"))?;
@@ -178,13 +190,7 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         foreign_arches = ?capabilities.foreign_arches,
         "capabilities"
     );
-    Ok(probe::Offer {
-        backends,
-        features: probe::machine_features(),
-        labels: args.labels.iter().cloned().collect(),
-        numa,
-        capabilities,
-    })
+    Ok(probe::Offer { backends, features, labels: args.labels.iter().cloned().collect(), numa, capabilities })
 }
 
 /// How long FULL lasts at least before READY again.
@@ -383,6 +389,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_pin(pin)
         .with_oci_runtime(oci_runtime)
         .with_volume_roots(&prepared.args.volume_roots)
+        .with_scripts(prepared.args.scripts.iter().cloned().collect())
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };

@@ -707,6 +707,20 @@ impl OciNetwork {
 /// volumes require it.
 pub const VOLUMES_FEATURE: &str = "volumes";
 
+/// A launcher offers each of its scripts (`--script NAME=PATH`: acceptance tests, linters —
+/// the OBS seed's "additional scripting") as the feature `script:NAME`; a workload that runs
+/// one as a check requires it.
+pub fn script_feature(name: &str) -> String {
+    format!("script:{name}")
+}
+
+/// Whether `name` can name a script: 1-64 of a-z, 0-9, `-`, `_`, `.`.
+pub fn is_script_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
 impl Backend {
     /// The backend's name as launchers advertise it in `features`.
     pub const fn name(&self) -> &'static str {
@@ -781,6 +795,11 @@ pub struct Start {
     /// launcher applies the first that matches its own architecture ([`arch_setup`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arch_setups: Vec<ArchSetup>,
+    /// Scripts of the node's to run, in order, after the program exits 0 (acceptance tests):
+    /// the first that fails fails the instance with its exit code. Only nodes that offer them
+    /// ([`script_feature`]) run it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
 }
 
 /// What a job needs on one combination of the node's architecture (`host`) and the one it
@@ -903,6 +922,7 @@ impl Start {
             workload_agent_uuid: None,
             charge_mb: None,
             arch_setups: Vec::new(),
+            checks: Vec::new(),
         }
     }
 }

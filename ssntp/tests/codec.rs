@@ -215,6 +215,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                         env: p.labels.clone(),
                     })
                     .collect(),
+                checks: p.words.clone(),
             }),
             Command::Stop => {
                 Message::Stop(Stop { instance_uuid: a, workload_agent_uuid: b, grace_ms: p.flag.then_some(p.n) })

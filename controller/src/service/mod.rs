@@ -184,6 +184,7 @@ pub fn start_of(id: Uuid, w: &Workload, workload_uuid: Option<Uuid>, tenant: &st
     start.priority = w.priority;
     start.max_run_time_s = w.max_run_time_s;
     start.arch_setups = w.arch_setups.clone();
+    start.checks = w.checks.clone();
     start
 }
 
