@@ -100,6 +100,13 @@ pub struct Config {
     /// fastest node that fits (highest CPU score), before the policy's order; the others still
     /// take it when no fast one fits.
     pub strong_workers_mb: Option<u64>,
+    /// Reservations for big jobs: a START charged at least this much memory (MiB) that no node
+    /// fits now gets a node of its own that could hold it (the one with the most free memory):
+    /// that node takes no other work until enough of its own has ended, then this START. Big
+    /// jobs are otherwise starved by small ones that take every bit of room freed.
+    pub reserve_big_mb: Option<u64>,
+    /// Most nodes reserved at once (the rest of the cluster keeps taking small work).
+    pub reserve_max: usize,
 }
 
 impl Default for Config {
@@ -119,6 +126,8 @@ impl Default for Config {
             start_window: 256,
             wait_for_capacity: false,
             strong_workers_mb: None,
+            reserve_big_mb: None,
+            reserve_max: 1,
         }
     }
 }
@@ -221,6 +230,8 @@ pub struct Summary {
     pub lost: usize,
     /// STARTs waiting.
     pub queued: usize,
+    /// Nodes reserved for a big START (`Config::reserve_big_mb`).
+    pub reserved: usize,
     /// Longest current wait, ms.
     pub oldest_wait_ms: u64,
     /// STARTs placed since the scheduler started.
@@ -248,6 +259,8 @@ pub struct Hub {
     placements: u64,
     refused: u64,
     brake: bool,
+    /// Big queued STARTs and the node reserved for each.
+    reservations: std::collections::BTreeMap<Uuid, Uuid>,
 }
 
 impl Hub {
@@ -266,6 +279,7 @@ impl Hub {
             placements: 0,
             refused: 0,
             brake: false,
+            reservations: std::collections::BTreeMap::new(),
         }
     }
 
@@ -318,6 +332,7 @@ impl Hub {
     pub fn summary(&self, now: Now) -> Summary {
         let mut s = Summary {
             queued: self.queue.len(),
+            reserved: self.reservations.len(),
             oldest_wait_ms: self.queue.oldest_wait_ms(now.mono_ms),
             placements: self.placements,
             brake: self.brake,
@@ -390,6 +405,7 @@ impl Hub {
         self.estimator.settle(now.mono_ms);
         self.liveness(now, &mut out);
         self.drain(&mut out);
+        self.reserve(&mut out);
         self.explain_again(&mut out);
         out
     }
@@ -635,7 +651,9 @@ impl Hub {
             // of queued work must not place it first and stop it after).
             if self.queue.remove_instance(stop.instance_uuid).is_some() {
                 let stopped = InstanceEvent { instance_uuid: stop.instance_uuid, node_uuid: None };
-                return vec![Output::ToControllers(self.own(Message::InstanceStopped(stopped)))];
+                let mut out = vec![Output::ToControllers(self.own(Message::InstanceStopped(stopped)))];
+                self.release(stop.instance_uuid, &mut out);
+                return out;
             }
         }
         let target = match &message {
@@ -742,6 +760,7 @@ impl Hub {
             backend: start.backend.name(),
             vcpus: start.requirements.vcpus,
             charge_mb: charge,
+            instance: Some(start.instance_uuid),
         }
     }
 
@@ -801,10 +820,15 @@ impl Hub {
             let detail = format!("the queue holds {} STARTs already; {reason}", self.cfg.queue_max);
             return self.refuse_start(from, &start, FailureReason::QueueFull, detail);
         }
+        let big = self.cfg.reserve_big_mb.is_some_and(|big| need.charge_mb >= big);
         let queued = Queued { start, from, since_ms: now.mono_ms, expires_ms, reason: reason.clone() };
         let position = self.queue.push(queued).expect("the queue has room");
         let event = InstanceQueued { instance_uuid: id, reason, position: u32::try_from(position).unwrap_or(u32::MAX) };
-        vec![Output::ToControllers(self.own(Message::InstanceQueued(event)))]
+        let mut out = vec![Output::ToControllers(self.own(Message::InstanceQueued(event)))];
+        if big {
+            self.reserve(&mut out);
+        }
+        out
     }
 
     /// Places a START if a node fits; returns the forwarded START.
@@ -854,6 +878,12 @@ impl Hub {
         if self.queue.is_empty() {
             return;
         }
+        if let Some(holder) = self.nodes.get(&node).and_then(|n| n.reserved_for) {
+            // Only its big START, once it fits; then the rest of the room goes to the queue.
+            if !self.place_reserved(holder, node, out) {
+                return;
+            }
+        }
         let keys: Vec<QueueKey> = self.queue.iter().take(LOOK_LIMIT).map(|(k, _)| *k).collect();
         let mut placed = 0;
         for key in keys {
@@ -865,6 +895,7 @@ impl Hub {
             if self.nodes.get(&node).is_some_and(|n| n.check(&need, &self.cfg).is_ok()) {
                 let queued = self.queue.remove(&key).expect("looked up just now");
                 out.push(self.place_on(node, queued.from, &queued.start));
+                self.release(queued.start.instance_uuid, out);
                 placed += 1;
             }
         }
@@ -885,8 +916,94 @@ impl Hub {
             if let Some(forward) = self.try_place(from, &start, None) {
                 self.queue.remove(&key);
                 out.push(forward);
+                self.release(start.instance_uuid, out);
             }
         }
+    }
+
+    // === reservations for big jobs ===
+
+    /// Keeps the reservations true (`Config::reserve_big_mb`): drops those whose START left
+    /// the queue or whose node can no longer be used, places the big STARTs that now fit their
+    /// node, and reserves a node for each big START at the head of the queue that has none,
+    /// up to `reserve_max` nodes: the node that could hold it with the most free memory now
+    /// (the least to wait for).
+    fn reserve(&mut self, out: &mut Vec<Output>) {
+        let stale: Vec<Uuid> = self
+            .reservations
+            .iter()
+            .filter(|(instance, node)| {
+                let usable = self.nodes.get(node).is_some_and(|n| {
+                    n.conn_id.is_some() && !n.lost && !n.suspect && !n.maintenance && n.reserved_for == Some(**instance)
+                });
+                !usable || !self.queue.contains(**instance)
+            })
+            .map(|(instance, _)| *instance)
+            .collect();
+        for instance in stale {
+            self.release(instance, out);
+        }
+        let held: Vec<(Uuid, Uuid)> = self.reservations.iter().map(|(i, n)| (*i, *n)).collect();
+        for (instance, node) in held {
+            self.place_reserved(instance, node, out);
+        }
+        let Some(big_mb) = self.cfg.reserve_big_mb else { return };
+        let waiting: Vec<Start> = self
+            .queue
+            .iter()
+            .take(LOOK_LIMIT)
+            .filter(|(_, q)| !self.reservations.contains_key(&q.start.instance_uuid))
+            .map(|(_, q)| q.start.clone())
+            .collect();
+        for start in waiting {
+            if self.reservations.len() >= self.cfg.reserve_max {
+                break;
+            }
+            let need = self.need(&start);
+            if need.charge_mb < big_mb {
+                continue;
+            }
+            let best = self
+                .nodes
+                .iter()
+                .filter(|n| n.may_reserve() && n.could_ever_fit(&need, &self.cfg).is_ok())
+                .max_by_key(|n| (n.mem_free(&self.cfg), n.uuid))
+                .map(|n| n.uuid);
+            if let Some(node) = best {
+                self.nodes.update(&node, &self.cfg, |n| n.reserved_for = Some(start.instance_uuid));
+                self.reservations.insert(start.instance_uuid, node);
+                self.place_reserved(start.instance_uuid, node, out);
+            }
+        }
+    }
+
+    /// Places big START `instance` on `node`, reserved for it, if it fits there now, and ends
+    /// the reservation. Returns whether the node is free of it (placed, or not reserved).
+    fn place_reserved(&mut self, instance: Uuid, node: Uuid, out: &mut Vec<Output>) -> bool {
+        let Some(key) = self.queue.key_of(instance) else {
+            self.release(instance, out);
+            return true;
+        };
+        let Some(queued) = self.queue.get_by_key(&key) else { return false };
+        let need = self.need(&queued.start);
+        if self.nodes.get(&node).is_none_or(|n| n.check(&need, &self.cfg).is_err()) {
+            return false;
+        }
+        let queued = self.queue.remove(&key).expect("looked up just now");
+        out.push(self.place_on(node, queued.from, &queued.start));
+        self.release(instance, out);
+        true
+    }
+
+    /// Ends `instance`'s reservation, if it has one; its node takes work again.
+    fn release(&mut self, instance: Uuid, out: &mut Vec<Output>) {
+        let Some(node) = self.reservations.remove(&instance) else { return };
+        let _ = self.nodes.update(&node, &self.cfg, |n| {
+            if n.reserved_for == Some(instance) {
+                n.reserved_for = None;
+            }
+        });
+        self.drain_on(node, out);
     }
 
     // === liveness ===

@@ -191,6 +191,9 @@ pub struct Node {
     /// Its launcher stopped and left its workloads running (MAINTENANCE with a grace): not
     /// declared lost before this time (monotonic ms), so the next launcher finds them.
     pub away_until_ms: Option<u64>,
+    /// Reserved for one big queued START (the OBS seed's workers that shrink to make room for
+    /// a huge job): takes no other work until that one fits and is placed here.
+    pub reserved_for: Option<Uuid>,
 }
 
 /// Why a START does not fit a node, in the order of the checks: the node's state first (a node
@@ -238,6 +241,8 @@ pub enum Misfit {
     AvailableMemory,
     /// As many STARTs in flight as `--start-window` allows: it takes more once it confirms some.
     Busy,
+    /// Reserved for a big START that waits for room here (`--reserve-big`).
+    Reserved,
 }
 
 impl Misfit {
@@ -264,6 +269,7 @@ impl Misfit {
             Self::Memory => "insufficient memory",
             Self::AvailableMemory => "insufficient available memory",
             Self::Busy => "busy starting earlier work",
+            Self::Reserved => "reserved for a big job",
         }
     }
 
@@ -315,6 +321,8 @@ pub struct Need<'a> {
     pub vcpus: u32,
     /// Memory to charge, MiB.
     pub charge_mb: u64,
+    /// The instance, when a real START (a node reserved for it takes it).
+    pub instance: Option<Uuid>,
 }
 
 impl Node {
@@ -335,6 +343,7 @@ impl Node {
             expected: false,
             suspect: false,
             away_until_ms: None,
+            reserved_for: None,
         }
     }
 
@@ -410,6 +419,18 @@ impl Node {
             && !self.maintenance
             && self.status == NodeStatus::Ready
             && !self.is_busy(cfg)
+            && self.reserved_for.is_none()
+    }
+
+    /// Whether it may be reserved for a big START: connected and heard from, not lost or in
+    /// maintenance, reporting (READY or FULL: a full node empties as its work ends).
+    pub fn may_reserve(&self) -> bool {
+        self.conn_id.is_some()
+            && !self.lost
+            && !self.suspect
+            && !self.maintenance
+            && matches!(self.status, NodeStatus::Ready | NodeStatus::Full)
+            && self.reserved_for.is_none()
     }
 
     /// Whether the START fits, and if not, the first reason why not.
@@ -437,6 +458,9 @@ impl Node {
             }
         }
         self.meets(need)?;
+        if self.reserved_for.is_some_and(|r| need.instance != Some(r)) {
+            return Err(Misfit::Reserved);
+        }
         if self.load_per_cpu() > cfg.load_threshold {
             return Err(Misfit::Load);
         }

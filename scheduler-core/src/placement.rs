@@ -286,6 +286,9 @@ fn advise(
                 )
             }
             Misfit::Maintenance => format!("{n} nodes are in maintenance: drover node restore NODE takes one back"),
+            Misfit::Reserved => format!(
+                "{n} nodes are reserved for a big job that waits for room there (the scheduler's --reserve-big): they take work again once it starts"
+            ),
             Misfit::Full => format!("{n} nodes report full (their launcher's --max-instances or memory): they take work again as theirs ends"),
             Misfit::Disconnected | Misfit::Lost | Misfit::Silent | Misfit::NotReady => format!(
                 "{n} nodes are {}: see drover node ls, and start their launchers again",

@@ -579,8 +579,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit])) {
-        let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
+    fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit]), reserve_big_mb in prop::option::of(500u64..1500), reserve_max in 1usize..3) {
+        let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, reserve_big_mb, reserve_max, ..Config::default() };
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
         let mut now = at(0);
         hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
@@ -594,6 +594,8 @@ proptest! {
         let mut lost_nodes: HashSet<Uuid> = HashSet::new();
 
         for op in ops {
+            // Which node was reserved for which big START before this step.
+            let reserved_before: HashMap<Uuid, Uuid> = hub.nodes().filter_map(|n| n.reserved_for.map(|i| (n.uuid, i))).collect();
             let out = match op {
                 Op::Node { n, cpus, mem, load10 } => {
                     conn += 1;
@@ -671,7 +673,29 @@ proptest! {
                 }
             };
             prop_assert!(hub.indexes_consistent(), "placement indexes drifted from the node table");
-            for (to, message) in decode(out) {
+            let decoded = decode(out);
+            // Reservations: only for queued STARTs, at most reserve_max nodes; a reserved node
+            // takes its big START before anything else while that one still waits.
+            let reserved: Vec<Uuid> = hub.nodes().filter_map(|n| n.reserved_for).collect();
+            prop_assert!(reserved.len() <= reserve_max && (reserve_big_mb.is_some() || reserved.is_empty()));
+            prop_assert!(reserved.iter().all(|i| hub.is_queued(i)), "a reservation outlived its START's wait");
+            let mut holder_placed: HashSet<Uuid> = HashSet::new();
+            for (to, message) in &decoded {
+                if let (Some(node), Message::Start(s)) = (to, message) {
+                    if placed.contains_key(&s.instance_uuid) {
+                        continue; // a repeat of one placed before, resent where it is
+                    }
+                    match reserved_before.get(node) {
+                        Some(holder) if *holder == s.instance_uuid => { holder_placed.insert(*node); }
+                        Some(holder) => prop_assert!(
+                            holder_placed.contains(node) || !hub.is_queued(holder),
+                            "{} went to {} reserved for {}", s.instance_uuid, node, holder
+                        ),
+                        None => {}
+                    }
+                }
+            }
+            for (to, message) in decoded {
                 match message {
                     Message::Start(s) => {
                         let node = to.unwrap();
@@ -1364,6 +1388,91 @@ fn strong_workers_take_big_jobs_first_and_the_others_take_them_when_no_fast_one_
         }
     };
     assert_eq!(answer.placed.len(), 1);
+}
+
+/// Two 2 GiB nodes full of 448 MiB work (256 MiB free each), and a 1 GiB START queued behind
+/// it: the nodes each instance went to.
+fn full_of_small_work(rig: &mut Rig) -> BTreeMap<Uuid, Vec<Uuid>> {
+    rig.node(10, 8, 2048);
+    rig.node(11, 8, 2048);
+    let mut on: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for i in 0..8 {
+        for (instance, node) in placed_on(&rig.start(start(u(50 + i), 1, 448))) {
+            on.entry(node).or_default().push(instance);
+        }
+    }
+    assert_eq!(on.values().map(Vec::len).collect::<Vec<_>>(), [4, 4]);
+    assert!(queued(&rig.start(start(u(70), 1, 1024))).is_some(), "no node has 1 GiB free");
+    on
+}
+
+fn exit(rig: &mut Rig, node: Uuid, instance: Uuid) -> Vec<(Option<Uuid>, Message)> {
+    let exited =
+        InstanceExited { instance_uuid: instance, node_uuid: node, exit_code: Some(0), reason: ExitReason::Completed };
+    rig.send(node, AGENT, Message::InstanceExited(exited))
+}
+
+#[test]
+fn without_a_reservation_small_work_takes_every_bit_of_room_and_the_big_job_starves() {
+    let mut rig = Rig::new(Config::default());
+    let on = full_of_small_work(&mut rig);
+    for (i, instance) in on[&u(11)].clone().into_iter().enumerate() {
+        assert!(queued(&rig.start(start(u(80 + u8::try_from(i).unwrap()), 1, 448))).is_some());
+        let out = exit(&mut rig, u(11), instance);
+        assert_eq!(placed_on(&out).len(), 1, "the freed room goes to the small START behind it");
+        assert!(placed_on(&out).iter().all(|(id, _)| *id != u(70)), "never the big one");
+    }
+}
+
+#[test]
+fn a_big_job_gets_a_node_reserved_which_takes_nothing_else_until_it_fits() {
+    let mut rig = Rig::new(Config { reserve_big_mb: Some(1024), ..Config::default() });
+    let on = full_of_small_work(&mut rig);
+    // Node 11 (equal room; the higher UUID) is reserved at once: new small work goes to node 10
+    // while it has room, then waits, saying why.
+    assert_eq!(placed_on(&rig.start(start(u(80), 1, 256))), vec![(u(80), u(10))]);
+    let waiting = rig.start(start(u(81), 1, 256));
+    let why = &queued(&waiting).expect("node 10 is full, node 11 reserved").reason;
+    assert!(why.contains("1 reserved for a big job"), "{why}");
+    // Node 11 empties: its first freed room is kept, not given to the small START.
+    let mut mine = on[&u(11)].clone().into_iter();
+    assert!(placed_on(&exit(&mut rig, u(11), mine.next().unwrap())).is_empty(), "704 MiB free: kept");
+    assert_eq!(
+        placed_on(&exit(&mut rig, u(11), mine.next().unwrap())),
+        vec![(u(70), u(11))],
+        "1152 MiB free: the big job starts there"
+    );
+    // The reservation is over: node 11 takes small work again.
+    assert_eq!(placed_on(&exit(&mut rig, u(11), mine.next().unwrap())), vec![(u(81), u(11))]);
+    assert!(rig.hub.indexes_consistent());
+    let plan = ssntp::payload::Plan { request_id: 1, start: start(u(99), 1, 64), count: 1 };
+    match &rig.send(u(1), CTL, Message::Plan(plan))[..] {
+        [(_, Message::PlanAnswer(a))] => assert_eq!(a.placed.len(), 1, "a plan sees node 11 open again: {a:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_reservation_ends_when_its_start_is_cancelled_or_its_node_goes() {
+    let mut rig = Rig::new(Config { reserve_big_mb: Some(1024), ..Config::default() });
+    let on = full_of_small_work(&mut rig);
+    // Cancelled while it waits: node 11 is open again, and takes what fits.
+    let stop = ssntp::payload::Stop { instance_uuid: u(70), workload_agent_uuid: Uuid::nil(), grace_ms: None };
+    rig.send(u(1), CTL, Message::Stop(stop));
+    assert!(!rig.hub.is_queued(&u(70)));
+    let out = rig.start(start(u(80), 1, 256));
+    assert_eq!(placed_on(&out).len(), 1, "{out:?}");
+    assert!(placed_on(&rig.start(start(u(81), 1, 256))).len() == 1, "both nodes take small work");
+    // A second big START reserves a node; that node disconnects: the reservation moves on the
+    // next tick to the node left.
+    assert!(queued(&rig.start(start(u(71), 1, 1024))).is_some());
+    let reserved = [u(10), u(11)].into_iter().find(|n| rig.hub.node(n).unwrap().reserved_for == Some(u(71))).unwrap();
+    let other = if reserved == u(10) { u(11) } else { u(10) };
+    rig.hub.handle(rig.now, Input::Disconnected { conn_id: u64::from(reserved.as_bytes()[0]) + 100, uuid: reserved });
+    rig.tick(1);
+    assert_eq!(rig.hub.node(&other).unwrap().reserved_for, Some(u(71)));
+    let _ = on;
+    assert!(rig.hub.indexes_consistent());
 }
 
 fn arbitrary_node() -> impl Strategy<Value = (u32, u64, u8, Option<u32>, bool)> {

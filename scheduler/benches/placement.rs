@@ -73,7 +73,7 @@ fn choose(c: &mut Criterion) {
         labels: BTreeMap::from([("gpu".to_owned(), "yes".to_owned())]),
         ..Default::default()
     };
-    let need = Need { requirements: &requirements, backend: "process", vcpus: 1, charge_mb: 512 };
+    let need = Need { requirements: &requirements, backend: "process", vcpus: 1, charge_mb: 512, instance: None };
     let mut group = c.benchmark_group("choose");
     for policy in [Policy::Spread, Policy::Binpack, Policy::Firstfit] {
         let cfg = Config { policy, ..Config::default() };

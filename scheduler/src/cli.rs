@@ -96,6 +96,15 @@ pub struct Args {
     /// slower nodes still take it when no fast one fits.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub strong_workers: Option<u64>,
+    /// Reserve nodes for big jobs: a START charged at least this much memory (MiB) that no node
+    /// fits gets a node of its own that could hold it, which takes no other work until enough
+    /// of its work has ended; then the big START starts there. Without, small work takes every
+    /// bit of room freed and a big job may wait until its queue timeout.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reserve_big: Option<u64>,
+    /// With --reserve-big: most nodes reserved at once (the others keep taking small work).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reserve_nodes: u64,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -184,6 +193,8 @@ impl Args {
             start_window: self.start_window,
             wait_for_capacity: self.wait_for_capacity,
             strong_workers_mb: self.strong_workers,
+            reserve_big_mb: self.reserve_big,
+            reserve_max: usize::try_from(self.reserve_nodes).unwrap_or(usize::MAX),
             ..Config::default()
         })
     }

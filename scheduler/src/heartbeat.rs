@@ -46,6 +46,9 @@ impl Heartbeat {
             s.oldest_wait_ms / 1000,
             s.reclaimed_mb
         );
+        if s.reserved > 0 {
+            let _ = write!(out, " | {} reserved for big jobs", s.reserved);
+        }
         if s.brake {
             out.push_str(" | BRAKE: NODE_LOST held back (nodes gone for good: drover node forget NODE)");
         }
@@ -136,5 +139,7 @@ mod tests {
         assert!(heartbeat.line(&hub, &hub.summary(now), now).ends_with(
             " | nodes: 2 ready, 0 full, 0 maintenance, 0 down, 0 lost | queued 0 (oldest 0s) | 0 starts/s | reclaimed 0 MiB"
         ));
+        let reserving = Summary { reserved: 1, ..hub.summary(now) };
+        assert!(heartbeat.line(&hub, &reserving, now).ends_with(" | 1 reserved for big jobs"));
     }
 }

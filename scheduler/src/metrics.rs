@@ -22,6 +22,7 @@ pub struct Metrics {
     registry: Registry,
     nodes: Family<StateLabel, Gauge>,
     queued: Gauge,
+    reserved: Gauge,
     oldest_wait: Gauge<f64, AtomicU64>,
     placements: Counter,
     refused: Counter,
@@ -45,6 +46,8 @@ impl Metrics {
         registry.register("nodes", "Launchers by state", nodes.clone());
         let queued = Gauge::default();
         registry.register("queue_length", "STARTs waiting for room", queued.clone());
+        let reserved = Gauge::default();
+        registry.register("reserved_nodes", "Nodes reserved for a big START waiting for room there", reserved.clone());
         let oldest_wait = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "queue_oldest_wait_seconds",
@@ -77,6 +80,7 @@ impl Metrics {
             registry,
             nodes,
             queued,
+            reserved,
             oldest_wait,
             placements,
             refused,
@@ -104,6 +108,7 @@ impl Metrics {
         set("disconnected", s.disconnected);
         set("lost", s.lost);
         self.queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
+        self.reserved.set(i64::try_from(s.reserved).unwrap_or(i64::MAX));
         #[allow(clippy::cast_precision_loss)] // milliseconds of waiting fit an f64 exactly
         self.oldest_wait.set(s.oldest_wait_ms as f64 / 1000.0);
         self.placements.inc_by(s.placements.saturating_sub(self.last.placements));
