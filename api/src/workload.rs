@@ -514,6 +514,16 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
                 }
             }
         }
+        Backend::Vm { kernel, initrd, disks, arch, .. } => {
+            if std::iter::once(kernel).chain(initrd).chain(disks).any(|p| !p.starts_with('/')) {
+                return Err(err("backend", "kernel, initrd and disks are absolute paths on the node"));
+            }
+            if arch.as_deref().is_some_and(|a| {
+                a.is_empty() || a.len() > 32 || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) {
+                return Err(err("backend.arch", "an architecture name (x86_64, aarch64, riscv64 …)"));
+            }
+        }
         _ => {}
     }
     if f.restart.attempts > 1000 {
@@ -574,6 +584,20 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
     };
     let preferences = ssntp::payload::Preferences { labels: f.preferences.labels, image };
     check_arch_setups(&f.cross)?;
+    // A VM of another architecture runs where there is a device model for it; one that
+    // insists on KVM, where there is KVM.
+    if let Backend::Vm { arch, accel, .. } = &f.backend {
+        let needed = arch
+            .as_deref()
+            .map(ssntp::payload::vm_feature)
+            .into_iter()
+            .chain((*accel == ssntp::payload::VmAccel::Kvm).then(|| "kvm".to_owned()));
+        for feature in needed {
+            if !p.features.contains(&feature) {
+                p.features.push(feature);
+            }
+        }
+    }
     if !f.checks.is_empty() && !matches!(f.backend, Backend::Process { .. } | Backend::Systemd { .. }) {
         return Err(err("checks", "the node's scripts run only after a process or systemd program"));
     }
@@ -763,6 +787,19 @@ backoff = "2s"
         assert_eq!(bad.field, "checks");
         let sim = "name = \"s\"\nsize = \"tiny\"\nchecks = [\"accept\"]\n[backend]\ntype = \"sim\"\nduration_ms = 1\n";
         assert!(field(sim).message.contains("process or systemd"), "{}", field(sim));
+    }
+
+    #[test]
+    fn a_vm_requires_a_device_model_for_its_architecture_and_kvm_when_it_insists() {
+        let vm = |extra: &str| {
+            format!("name = \"v\"\nsize = \"small\"\n[backend]\ntype = \"vm\"\nkernel = \"/srv/vmlinuz\"\n{extra}")
+        };
+        let w = parse(&vm("arch = \"arm64\"\naccel = \"kvm\"\n"), Format::Toml).unwrap();
+        assert_eq!(w.requirements.features, ["vm:aarch64", "kvm"]);
+        assert!(parse(&vm(""), Format::Toml).unwrap().requirements.features.is_empty(), "the node's own architecture");
+        let e = parse(&vm("disks = [\"disk.qcow2\"]\n"), Format::Toml).unwrap_err();
+        assert_eq!(e.field, "backend", "{e}");
+        assert_eq!(parse(&vm("accel = \"fast\"\n"), Format::Toml).unwrap_err().field, "backend");
     }
 
     #[test]

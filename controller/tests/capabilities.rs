@@ -200,3 +200,61 @@ async fn a_drain_lets_work_finish_then_moves_what_is_left_at_its_deadline_and_le
     assert_ne!(moved["node"], node.as_str());
     common::restore_evacuated(&api, &node).await;
 }
+
+/// The `vm` backend on a real cluster (the EVE seed's hypervisor tasks): the launcher offers a
+/// guest architecture per device model it finds and its tax; a guest boots under qemu, its
+/// console is the instance's output and its reset the instance's end; a guest of an
+/// architecture no node has a device model for is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_under_its_device_model_and_its_console_is_the_output() {
+    const TEST: &str = "a_vm_boots_under_its_device_model_and_its_console_is_the_output";
+    if std::env::consts::ARCH != "x86_64" {
+        return testutil::skip("qemu", TEST, "the test guest is an x86 multiboot kernel");
+    }
+    if testutil::vm::x86_device_model().is_none() {
+        return testutil::skip("qemu", TEST, "no qemu-system-x86_64 on PATH (apt-get install qemu-system-x86)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = match testutil::vm::multiboot_kernel(dir.path()) {
+        Ok(kernel) => kernel,
+        Err(why) => return testutil::skip("qemu", TEST, &why),
+    };
+    let cluster = Cluster::start(&[&["--backend", "vm", "--backend", "process"]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    let report = &nodes[0]["report"];
+    assert!(report["features"].as_array().unwrap().iter().any(|f| f == "vm:x86_64"), "{report}");
+    assert_eq!(report["anchor_tax_mb"]["vm"], 128, "the device model's share before any is measured: {report}");
+
+    let vm = |name: &str, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[resources]\nvcpus = 1\nmem_mb = 64\n[backend]\ntype = \"vm\"\nkernel = \"{}\"\n\
+             accel = \"tcg\"\n{extra}[restart]\npolicy = \"never\"\n",
+            kernel.display()
+        )
+    };
+    create_workload(&api, &vm("guest", "")).await;
+    let id = launch_one(&api, "guest").await;
+    let done = instance_when(&api, &id, "the guest to end", common::PATIENCE, |i| {
+        ["exited", "failed"].contains(&i["state"].as_str().unwrap_or_default())
+    })
+    .await;
+    let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
+    let text = logs["data"].as_str().unwrap();
+    assert_eq!(
+        (&done["state"], &done["exit_code"]),
+        (&serde_json::json!("exited"), &serde_json::json!(0)),
+        "{done} {text:?}"
+    );
+    assert!(text.contains(testutil::vm::GREETING), "the guest's console: {text:?}");
+
+    create_workload(&api, &vm("riscv", "arch = \"riscv64\"\n")).await;
+    let id = launch_one(&api, "riscv").await;
+    let failed = instance_when(&api, &id, "an answer", common::PATIENCE, |i| {
+        !["pending", "starting"].contains(&i["state"].as_str().unwrap_or_default())
+    })
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["why"].as_str().unwrap().contains("vm:riscv64"), "{failed}");
+}

@@ -204,9 +204,11 @@ impl StatusMachine {
 }
 
 /// The anchor tax per backend before anything is measured, MiB: a shim (a small static
-/// process) for `process`, a shim and runc for `oci`; a `systemd` unit's own cost is in its
+/// process) for `process`, a shim and runc for `oci`, what a device model may take beyond its
+/// guest for `vm`; a `systemd` unit's own cost is in its
 /// cgroup, a `sim` has none.
-pub const DEFAULT_ANCHOR_TAX_MB: [(&str, u64); 4] = [("process", 2), ("oci", 12), ("systemd", 0), ("sim", 0)];
+pub const DEFAULT_ANCHOR_TAX_MB: [(&str, u64); 5] =
+    [("process", 2), ("oci", 12), ("systemd", 0), ("vm", crate::vm::DEVICE_MODEL_MB), ("sim", 0)];
 
 /// The anchor tax of the `backends` offered, before any measurement.
 pub fn initial_anchor_tax(backends: &[String]) -> std::collections::BTreeMap<String, u64> {

@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub numa_node: Option<u32>,
     /// Backend this node offers (repeatable): process, oci (needs runc or crun), systemd
-    /// (transient units; needs systemd as PID 1 answering on the D-Bus system bus), sim.
+    /// (transient units; needs systemd as PID 1 answering on the D-Bus system bus), vm
+    /// (virtual machines; needs a device model, qemu-system-ARCH), sim.
     #[arg(long = "backend", value_name = "NAME", default_values_t = ["process".to_owned()])]
     pub backends: Vec<String>,
     /// Label placement can require (repeatable), e.g. --label zone=b --label gpu=a100.
@@ -98,6 +99,11 @@ pub struct Args {
     /// refused.
     #[arg(long = "volume-root", value_name = "DIR")]
     pub volume_roots: Vec<PathBuf>,
+    /// Where the vm backend's device models are (repeatable): the `qemu-system-ARCH` programs
+    /// in these directories, each a guest architecture the node offers (feature `vm:ARCH`).
+    /// Without, those on PATH.
+    #[arg(long = "hypervisor-tools", value_name = "DIR")]
+    pub hypervisor_tools: Vec<PathBuf>,
     /// A script workloads may run as a check after their program succeeds (repeatable), e.g.
     /// --script rpmlint=/usr/local/bin/drover-rpmlint: it runs in the instance's directory, as
     /// its user, under its limits and with its environment; its exit code decides the

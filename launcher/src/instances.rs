@@ -25,6 +25,7 @@ pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Journal, ShimSpec};
 use crate::systemd::{Systemd, UnitSpec};
 use crate::users::{Account, Users};
+use crate::vm::VmSpec;
 
 /// The launcher's own user and group.
 pub fn own_account() -> Account {
@@ -179,6 +180,8 @@ pub struct Instances {
     volume_roots: Vec<PathBuf>,
     /// The scripts workloads may run as checks, by name (`--script`).
     scripts: std::collections::BTreeMap<String, PathBuf>,
+    /// The device models VMs run with, by guest architecture (`qemu-system-ARCH`).
+    device_models: std::collections::BTreeMap<String, PathBuf>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
     /// The sim records' journal; changes wait in it until [`Instances::flush`].
@@ -214,6 +217,7 @@ impl Instances {
             oci_runtime: None,
             volume_roots: Vec::new(),
             scripts: std::collections::BTreeMap::new(),
+            device_models: std::collections::BTreeMap::new(),
             table: HashMap::new(),
             events,
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
@@ -259,6 +263,13 @@ impl Instances {
     #[must_use]
     pub fn with_volume_roots(mut self, roots: &[PathBuf]) -> Self {
         self.volume_roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+        self
+    }
+
+    /// The device models VMs run with, by guest architecture.
+    #[must_use]
+    pub fn with_device_models(mut self, models: std::collections::BTreeMap<String, PathBuf>) -> Self {
+        self.device_models = models;
         self
     }
 
@@ -516,7 +527,18 @@ impl Instances {
             user,
         };
         let result = match &start.backend {
-            Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env, &mut record).map(|()| None),
+            Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env, 0, &mut record).map(|()| None),
+            Backend::Vm { kernel, initrd, append, disks, arch, accel } => {
+                let vm = VmSpec {
+                    kernel,
+                    initrd: initrd.as_deref(),
+                    append: append.as_deref(),
+                    disks,
+                    arch: arch.as_deref(),
+                    accel: *accel,
+                };
+                self.spawn_vm(id, &dir, &vm, &mut record).map(|()| None)
+            }
             Backend::Sim { duration_ms, exit_code, .. } => {
                 Ok(Some(self.spawn_sim(id, Duration::from_millis(*duration_ms), *exit_code)))
             }
@@ -546,6 +568,7 @@ impl Instances {
         dir: &Path,
         argv: &[String],
         env: &std::collections::BTreeMap<String, String>,
+        extra_mb: u64,
         record: &mut InstanceRecord,
     ) -> Result<(), Refusal> {
         if argv.is_empty() {
@@ -557,10 +580,32 @@ impl Instances {
         {
             record.cgroups = self
                 .cgroups
-                .create(&id.to_string(), req.mem_mb, req.vcpus, self.pin.as_ref())
+                .create(&id.to_string(), req.mem_mb + extra_mb, req.vcpus, self.pin.as_ref())
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
         self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record.user, record)
+    }
+
+    /// Runs a VM's device model as a process instance whose memory limit holds the guest's
+    /// memory and the device model's own ([`crate::vm::DEVICE_MODEL_MB`]).
+    fn spawn_vm(&mut self, id: Uuid, dir: &Path, vm: &VmSpec<'_>, record: &mut InstanceRecord) -> Result<(), Refusal> {
+        let arch = ssntp::payload::canonical_arch(vm.arch.unwrap_or(std::env::consts::ARCH)).to_owned();
+        let Some(model) = self.device_models.get(&arch) else {
+            return Err((
+                FailureReason::InvalidData,
+                format!("this node has no device model for {arch} guests (qemu-system-{arch})"),
+            ));
+        };
+        for file in std::iter::once(vm.kernel).chain(vm.initrd).chain(vm.disks.iter().map(String::as_str)) {
+            if !Path::new(file).is_file() {
+                return Err((FailureReason::LaunchFailure, format!("{file}: no such file on this node")));
+            }
+        }
+        let req = &record.start.requirements;
+        let kvm = crate::vm::use_kvm(vm.accel, &arch, Path::new("/dev/kvm").exists())
+            .map_err(|e| (FailureReason::InvalidData, e))?;
+        let argv = crate::vm::argv(model, vm, req.mem_mb, req.vcpus, kvm);
+        self.spawn_process(id, dir, &argv, &std::collections::BTreeMap::new(), crate::vm::DEVICE_MODEL_MB, record)
     }
 
     /// What a task's run gets besides its command: `parameters.json` in its working directory
@@ -594,7 +639,7 @@ impl Instances {
                 Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
                     env.insert(STATE_DIR_ENV.to_owned(), value);
                 }
-                Backend::Sim { .. } => {}
+                Backend::Vm { .. } | Backend::Sim { .. } => {}
             }
         }
         Ok(())
@@ -616,7 +661,7 @@ impl Instances {
                 env.insert(crate::admission::CPUS_ENV.to_owned(), allowance.to_string());
                 env.insert(crate::admission::JOBS_ENV.to_owned(), hint.to_string());
             }
-            Backend::Sim { .. } => {}
+            Backend::Vm { .. } | Backend::Sim { .. } => {}
         }
     }
 
@@ -970,7 +1015,11 @@ impl Instances {
                     memory_mb: memory.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
                     cpu_percent: cpu_usage,
                     disk_mb: disk.and_then(|d| i64::try_from(d).ok()).unwrap_or(-1),
-                    machinery_kb: if i.running { machinery_kb(&i.record.start.backend, i.pid) } else { -1 },
+                    machinery_kb: if i.running {
+                        machinery_kb(&i.record.start.backend, i.record.start.requirements.mem_mb, i.pid)
+                    } else {
+                        -1
+                    },
                 },
             ));
         }
@@ -1073,8 +1122,9 @@ fn dir_size_mb(dir: &Path) -> Option<u64> {
 }
 
 /// What an instance's machinery takes, KiB: its shim (the parent of the process it runs), and
-/// for `oci` the runtime it runs too (whose container lives in a cgroup of its own). -1 unknown.
-fn machinery_kb(backend: &Backend, pid: Option<u32>) -> i64 {
+/// for `oci` the runtime it runs too (whose container lives in a cgroup of its own), for `vm`
+/// what the device model holds beyond its guest's memory. -1 unknown.
+fn machinery_kb(backend: &Backend, guest_mb: u64, pid: Option<u32>) -> i64 {
     let Some(pid) = pid else { return -1 };
     let status = |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).ok();
     let field = |text: &str, key: &str| -> Option<u64> {
@@ -1083,7 +1133,11 @@ fn machinery_kb(backend: &Backend, pid: Option<u32>) -> i64 {
     let Some(own) = status(pid) else { return -1 };
     let Some(shim) = field(&own, "PPid:").and_then(|pp| u32::try_from(pp).ok()).and_then(status) else { return -1 };
     let shim_kb = field(&shim, "VmRSS:").unwrap_or(0);
-    let runtime_kb = if matches!(backend, Backend::Oci { .. }) { field(&own, "VmRSS:").unwrap_or(0) } else { 0 };
+    let runtime_kb = match backend {
+        Backend::Oci { .. } => field(&own, "VmRSS:").unwrap_or(0),
+        Backend::Vm { .. } => field(&own, "VmRSS:").unwrap_or(0).saturating_sub(guest_mb * 1024),
+        _ => 0,
+    };
     i64::try_from(shim_kb + runtime_kb).unwrap_or(-1)
 }
 
@@ -1179,7 +1233,7 @@ fn add_arch_setup(start: &mut Start) {
                 }
             }
         }
-        Backend::Sim { .. } => {}
+        Backend::Vm { .. } | Backend::Sim { .. } => {}
     }
 }
 
@@ -1194,7 +1248,7 @@ fn with_checks(start: &mut Start, scripts: &std::collections::BTreeMap<String, P
     }
     let argv = match &mut start.backend {
         Backend::Process { argv, .. } | Backend::Systemd { argv, .. } => argv,
-        Backend::Oci { .. } | Backend::Sim { .. } => {
+        Backend::Oci { .. } | Backend::Vm { .. } | Backend::Sim { .. } => {
             return Err((FailureReason::InvalidData, "checks run only with the process and systemd backends".into()));
         }
     };

@@ -4,8 +4,8 @@
 //! node's real memory, disk, CPUs and load and STATS with every instance's usage, and runs
 //! `process` workloads under a per-instance shim (own process group, cgroup limits where the
 //! node has them, output in `results/output.txt`), `oci` containers through runc or crun under
-//! the same shim, `systemd` workloads as transient units of the node's system manager, and
-//! `sim` workloads for scale tests.
+//! the same shim, `systemd` workloads as transient units of the node's system manager, `vm`
+//! workloads as a qemu device model under the same shim, and `sim` workloads for scale tests.
 //! Workloads outlive the launcher; a restarted launcher re-adopts them.
 //!
 //! # Layout
@@ -23,6 +23,7 @@
 //!   restart.
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
+//! - [`vm`]: the `vm` backend's device models (hypervisor tools) and their command lines.
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
 //! - [`metrics`]: Prometheus metrics on `--metrics ADDR`.
@@ -48,3 +49,4 @@ pub mod shim;
 pub mod state;
 pub mod systemd;
 pub mod users;
+pub mod vm;

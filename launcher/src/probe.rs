@@ -107,6 +107,8 @@ pub struct Offer {
     pub numa: Option<(u32, PathBuf)>,
     /// What the node can do beyond capacity (read at start).
     pub capabilities: Capabilities,
+    /// The `vm` backend's device models, by guest architecture (empty without it).
+    pub device_models: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// What a node can do beyond capacity, read once at the launcher's start

@@ -152,13 +152,27 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
                     anyhow::bail!("--backend oci needs runc or crun on PATH (Debian: apt-get install runc)");
                 }
             }
-            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, systemd, sim)"),
+            "vm" => {}
+            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, systemd, vm, sim)"),
         }
         if !backends.contains(b) {
             backends.push(b.clone());
         }
     }
     let mut features = probe::machine_features();
+    let device_models = if backends.iter().any(|b| b == "vm") {
+        crate::vm::device_models(&args.hypervisor_tools)
+    } else {
+        Default::default()
+    };
+    if backends.iter().any(|b| b == "vm") && device_models.is_empty() {
+        let place =
+            if args.hypervisor_tools.is_empty() { "on PATH".to_owned() } else { "in --hypervisor-tools".to_owned() };
+        anyhow::bail!(
+            "--backend vm needs a device model, qemu-system-ARCH, {place} (Debian: apt-get install qemu-system-x86)"
+        );
+    }
+    features.extend(device_models.keys().map(|arch| ssntp::payload::vm_feature(arch)));
     if !args.volume_roots.is_empty() {
         features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
     }
@@ -190,7 +204,14 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         foreign_arches = ?capabilities.foreign_arches,
         "capabilities"
     );
-    Ok(probe::Offer { backends, features, labels: args.labels.iter().cloned().collect(), numa, capabilities })
+    Ok(probe::Offer {
+        backends,
+        features,
+        labels: args.labels.iter().cloned().collect(),
+        numa,
+        capabilities,
+        device_models,
+    })
 }
 
 /// How long FULL lasts at least before READY again.
@@ -390,6 +411,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_oci_runtime(oci_runtime)
         .with_volume_roots(&prepared.args.volume_roots)
         .with_scripts(prepared.args.scripts.iter().cloned().collect())
+        .with_device_models(prepared.offer.device_models.clone())
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };

@@ -655,6 +655,32 @@ pub enum Backend {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// A virtual machine (the EVE seed's hypervisor tasks): its device model, the node's
+    /// `qemu-system-ARCH` (from its hypervisor tools), is the instance's anchor process, run
+    /// like a `process` instance under the instance's limits and charged the guest's memory
+    /// plus the device model's own (the anchor tax). The guest's serial console is the
+    /// instance's output; it ends when the guest powers off or resets.
+    Vm {
+        /// The kernel to boot, a path on the node (a Linux bzImage, or a multiboot image).
+        kernel: String,
+        /// An initial ramdisk, a path on the node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<String>,
+        /// The kernel's command line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        append: Option<String>,
+        /// Disk images (raw or qcow2, paths on the node) as virtio drives, in snapshot mode:
+        /// the guest's writes are dropped at the end, so one image serves many instances.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        disks: Vec<String>,
+        /// The guest's architecture (`x86_64`, `aarch64`, `riscv64` …): the node's own when
+        /// absent; another runs under emulation (cross-architecture code).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arch: Option<String>,
+        /// How the guest's CPU runs.
+        #[serde(default, skip_serializing_if = "VmAccel::is_auto")]
+        accel: VmAccel,
+    },
     /// No process: "runs" for a while and reports synthetic usage (scale tests).
     Sim {
         /// How long the instance runs, ms.
@@ -703,6 +729,33 @@ impl OciNetwork {
     }
 }
 
+/// How a VM's CPU runs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAccel {
+    /// KVM when the node has it and the guest is of its own architecture, else emulation.
+    #[default]
+    Auto,
+    /// KVM only (the workload requires the node's `kvm` feature).
+    Kvm,
+    /// Emulation (TCG) always: slower, but starts at once and runs anywhere.
+    Tcg,
+}
+
+impl VmAccel {
+    /// Whether it is the default.
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
+/// A launcher offers the feature `vm:ARCH` for each guest architecture it has a device model
+/// (`qemu-system-ARCH`) for; a VM workload of that architecture requires it.
+pub fn vm_feature(arch: &str) -> String {
+    format!("vm:{}", canonical_arch(arch))
+}
+
 /// The feature a launcher offers when it allows volumes (`--volume-root`); workloads with
 /// volumes require it.
 pub const VOLUMES_FEATURE: &str = "volumes";
@@ -728,6 +781,7 @@ impl Backend {
             Self::Process { .. } => "process",
             Self::Oci { .. } => "oci",
             Self::Systemd { .. } => "systemd",
+            Self::Vm { .. } => "vm",
             Self::Sim { .. } => "sim",
         }
     }

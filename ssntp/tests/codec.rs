@@ -107,7 +107,7 @@ fn report(p: &Prims) -> NodeReport {
 }
 
 fn backend(p: &Prims) -> Backend {
-    match p.small % 4 {
+    match p.small % 5 {
         0 => Backend::Process { argv: p.words.clone(), env: p.labels.clone() },
         1 => Backend::Oci {
             rootfs: p.text.clone(),
@@ -126,6 +126,15 @@ fn backend(p: &Prims) -> Backend {
             },
         },
         2 => Backend::Systemd { argv: p.words.clone(), env: p.labels.clone() },
+        3 => Backend::Vm {
+            kernel: p.text.clone(),
+            initrd: p.flag.then(|| p.text.clone()),
+            append: p.words.first().cloned(),
+            disks: p.words.clone(),
+            arch: (!p.flag).then(|| p.text.clone()),
+            accel: [ssntp::payload::VmAccel::Auto, ssntp::payload::VmAccel::Kvm, ssntp::payload::VmAccel::Tcg]
+                [usize::try_from(p.n % 3).unwrap()],
+        },
         _ => Backend::Sim { duration_ms: p.n, mem_usage_mb: u64::from(p.small), exit_code: p.int },
     }
 }

@@ -13,6 +13,7 @@
 //! - [`etcd`]: real etcd members on loopback ports, each in a temporary directory.
 //! - [`netlab`]: hosts as network namespaces on a bridge, for multi-host tests and partitions.
 //! - [`systemd`]: a real systemd as PID 1 of namespaces of its own, fenced off from the host.
+//! - [`vm`]: a tiny multiboot guest, built with the node's assembler, for the `vm` backend.
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod netlab;
 pub mod process;
 pub mod systemd;
+pub mod vm;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,7 +54,7 @@ use tokio_rustls::client::TlsStream;
 
 /// A test that cannot run because `feature` is missing here (`why` says what was looked for).
 /// Where the machine is known to have the feature — `DROVER_REQUIRE` names it (comma-separated;
-/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`, `etcd`, `systemd`) — a skip
+/// `.ci/run` sets it from what it probed: `root`, `cgroup-memory`, `cpuset`, `oci`, `netns`, `etcd`, `systemd`, `qemu` …) — a skip
 /// would hide a failure, so this panics. Otherwise it prints `SKIPPED`, and appends a line to
 /// the file `DROVER_SKIP_LOG` names (if any) for the run's summary.
 ///

@@ -46,7 +46,7 @@ pub(super) fn dress(start: &mut Start, record: &InstanceRecord, w: &Workload, ta
     let (args, env) = match &mut start.backend {
         Backend::Process { argv, env } | Backend::Systemd { argv, env } => (Some(argv), Some(env)),
         Backend::Oci { args, env, .. } => (Some(args), Some(env)),
-        Backend::Sim { .. } => (None, None),
+        Backend::Vm { .. } | Backend::Sim { .. } => (None, None),
     };
     match w.parameters_as {
         crate::workload::ParamsAs::Arguments => {
