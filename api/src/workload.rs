@@ -86,6 +86,9 @@ pub struct Placement {
     pub pci: Vec<String>,
     /// The least CPU speed score the node must have (a 2020 server core scores about 1000).
     pub min_cpu_score: Option<u32>,
+    /// Last-level cache ways for each instance alone (nodes with cache allocation, resctrl).
+    #[serde(default)]
+    pub cache_ways: u32,
 }
 
 /// Soft wishes that order the nodes that fit without excluding any.
@@ -633,6 +636,7 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
             numa_local: p.numa_local,
             pci: p.pci,
             min_cpu_score: p.min_cpu_score,
+            cache_ways: p.cache_ways,
             preferences,
         },
         backend: f.backend,

@@ -258,3 +258,61 @@ async fn a_vm_boots_under_its_device_model_and_its_console_is_the_output() {
     assert_eq!(failed["state"], "failed", "{failed}");
     assert!(failed["why"].as_str().unwrap().contains("vm:riscv64"), "{failed}");
 }
+
+/// Cache ways as a resource (ciao's cache QoS) on a real cluster, against a resctrl tree: the
+/// node reports its ways, each instance that asks gets a group of its own with disjoint ways
+/// that its shim joined, one that finds none free waits saying why, and an instance's end
+/// gives its ways to the one waiting and removes its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_ways_are_given_to_one_instance_at_a_time_through_resctrl_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let resctrl = dir.path().join("resctrl");
+    write(&resctrl.join("info/L3/cbm_mask"), "fff\n");
+    write(&resctrl.join("info/L3/num_closids"), "16\n");
+    write(&resctrl.join("schemata"), "L3:0=fff;1=fff\n");
+    let root = resctrl.display().to_string();
+    let cluster = Cluster::start(&[&["--resctrl-root", &root]]);
+    cluster.wait_ready(1).await;
+    let api = cluster.admin();
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    assert_eq!(nodes[0]["report"]["cache_ways"], 12, "{}", nodes[0]);
+    create_workload(
+        &api,
+        "name = \"ways\"\nsize = \"tiny\"\n[requirements]\ncache_ways = 4\n[backend]\ntype = \"process\"\n\
+         argv = [\"/bin/sleep\", \"60\"]\n[restart]\npolicy = \"never\"\n",
+    )
+    .await;
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let id = launch_one(&api, "ways").await;
+        instance_when(&api, &id, "running", common::PATIENCE, |i| i["state"] == "running").await;
+        running.push(id);
+    }
+    let mut masks: Vec<String> = running
+        .iter()
+        .map(|id| {
+            let group = resctrl.join(format!("drover-{id}"));
+            let tasks = std::fs::read_to_string(group.join("tasks")).unwrap_or_default();
+            assert!(tasks.trim().parse::<u32>().is_ok(), "the shim joined {}: {tasks:?}", group.display());
+            std::fs::read_to_string(group.join("schemata")).unwrap().trim().to_owned()
+        })
+        .collect();
+    masks.sort();
+    assert_eq!(masks, ["L3:0=00f;1=00f", "L3:0=0f0;1=0f0", "L3:0=f00;1=f00"], "disjoint ways in every domain");
+
+    let waiting = launch_one(&api, "ways").await;
+    let queued = instance_when(&api, &waiting, "queued", common::PATIENCE, |i| {
+        i["why"].as_str().unwrap_or_default().contains("insufficient cache ways")
+    })
+    .await;
+    assert_ne!(queued["state"], "running", "{queued}");
+    api.post(&format!("/v1/instances/{}/stop", running[0]), &serde_json::json!({})).await.unwrap();
+    instance_when(&api, &waiting, "running", common::PATIENCE, |i| i["state"] == "running").await;
+    let gone = resctrl.join(format!("drover-{}", running[0]));
+    testutil::wait_for("the stopped instance's group to be removed", std::time::Duration::from_secs(10), || {
+        let gone = gone.clone();
+        async move { (!gone.exists()).then_some(()) }
+    })
+    .await;
+    assert!(resctrl.join(format!("drover-{waiting}")).join("schemata").exists());
+}

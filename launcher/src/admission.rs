@@ -45,6 +45,10 @@ pub struct Figures {
     pub mem_allocated_mb: u64,
     /// Running instances.
     pub instances: usize,
+    /// Last-level cache ways the node gives out (0: no cache allocation).
+    pub cache_ways: u32,
+    /// Cache ways held by running instances.
+    pub cache_ways_allocated: u32,
 }
 
 impl Figures {
@@ -138,6 +142,17 @@ pub fn admit(
                 figures.disk_available_mb, req.disk_mb, limits.disk_reserve_mb
             ),
         ));
+    }
+    if req.cache_ways > 0 && figures.cache_ways_allocated.saturating_add(req.cache_ways) > figures.cache_ways {
+        let detail = if figures.cache_ways == 0 {
+            "cache ways: this node has no cache allocation (resctrl)".to_owned()
+        } else {
+            format!(
+                "cache ways: {} given out + {} requested > {} offered",
+                figures.cache_ways_allocated, req.cache_ways, figures.cache_ways
+            )
+        };
+        return Err((FailureReason::FullCn, detail));
     }
     if figures.instances >= limits.max_instances {
         return Err((
@@ -319,7 +334,24 @@ mod tests {
             vcpus_allocated: 0,
             mem_allocated_mb: 0,
             instances: 0,
+            cache_ways: 0,
+            cache_ways_allocated: 0,
         }
+    }
+
+    #[test]
+    fn cache_ways_are_admitted_within_what_the_node_gives_out() {
+        let start = start_with(Requirements { vcpus: 1, mem_mb: 64, cache_ways: 4, ..Default::default() }, "process");
+        let offered = ["process".to_owned()];
+        let admit_with = |total, given| {
+            let f = Figures { cache_ways: total, cache_ways_allocated: given, ..figures(4096) };
+            admit(&LIMITS, &f, OC, false, &start, &offered, true, 0)
+        };
+        assert!(admit_with(12, 8).is_ok());
+        let (reason, detail) = admit_with(12, 9).unwrap_err();
+        assert_eq!(reason, FailureReason::FullCn);
+        assert_eq!(detail, "cache ways: 9 given out + 4 requested > 12 offered");
+        assert!(admit_with(0, 0).unwrap_err().1.contains("no cache allocation"));
     }
 
     fn start_with(requirements: Requirements, backend: &str) -> Start {

@@ -121,6 +121,10 @@ pub struct Args {
     /// architectures this node runs (tests point this at a fixture tree).
     #[arg(long, default_value = "/proc/sys/fs/binfmt_misc", hide = true)]
     pub binfmt_root: PathBuf,
+    /// Where the resctrl file system is mounted: its L3 cache allocation, if any, is given to
+    /// workloads as cache ways (tests point this at a fixture tree).
+    #[arg(long, default_value = "/sys/fs/resctrl", hide = true)]
+    pub resctrl_root: PathBuf,
     /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,

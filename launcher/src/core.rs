@@ -154,6 +154,8 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct Entry {
     vcpus: u32,
+    /// Last-level cache ways of its own.
+    cache_ways: u32,
     /// Its memory and its backend's anchor tax when it was admitted, MiB.
     charged_mb: u64,
     /// Its backend (`process`, `oci` …), for the anchor tax.
@@ -175,6 +177,7 @@ impl Entry {
     fn of(start: &Start, tax_mb: u64) -> Self {
         Self {
             vcpus: start.requirements.vcpus,
+            cache_ways: start.requirements.cache_ways,
             charged_mb: start.charged_mb() + tax_mb,
             backend: start.backend.name(),
             workload: start.workload_uuid,
@@ -213,6 +216,7 @@ struct InstanceTable {
     running: usize,
     vcpus: u32,
     charged_mb: u64,
+    cache_ways: u32,
 }
 
 impl InstanceTable {
@@ -224,10 +228,12 @@ impl InstanceTable {
             self.running += 1;
             self.vcpus = self.vcpus.saturating_add(e.vcpus);
             self.charged_mb = self.charged_mb.saturating_add(e.charged_mb);
+            self.cache_ways = self.cache_ways.saturating_add(e.cache_ways);
         } else {
             self.running -= 1;
             self.vcpus = self.vcpus.saturating_sub(e.vcpus);
             self.charged_mb = self.charged_mb.saturating_sub(e.charged_mb);
+            self.cache_ways = self.cache_ways.saturating_sub(e.cache_ways);
         }
     }
 
@@ -714,6 +720,8 @@ impl Core {
             vcpus_allocated: u64::from(vcpus),
             mem_allocated_mb: mem,
             instances: self.running(),
+            cache_ways: self.sample.cache_ways,
+            cache_ways_allocated: self.table.cache_ways,
         }
     }
 

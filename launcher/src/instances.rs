@@ -182,6 +182,10 @@ pub struct Instances {
     scripts: std::collections::BTreeMap<String, PathBuf>,
     /// The device models VMs run with, by guest architecture (`qemu-system-ARCH`).
     device_models: std::collections::BTreeMap<String, PathBuf>,
+    /// Last-level cache allocation, where the node has it.
+    cache: Option<crate::resctrl::Cache>,
+    /// The cache ways each running instance holds (bit masks).
+    cache_masks: HashMap<Uuid, u64>,
     table: HashMap<Uuid, Instance>,
     events: mpsc::Sender<Event>,
     /// The sim records' journal; changes wait in it until [`Instances::flush`].
@@ -218,6 +222,8 @@ impl Instances {
             volume_roots: Vec::new(),
             scripts: std::collections::BTreeMap::new(),
             device_models: std::collections::BTreeMap::new(),
+            cache: None,
+            cache_masks: HashMap::new(),
             table: HashMap::new(),
             events,
             sims: Journal::new(state_dir.join("instances").join(files::SIMS)),
@@ -263,6 +269,13 @@ impl Instances {
     #[must_use]
     pub fn with_volume_roots(mut self, roots: &[PathBuf]) -> Self {
         self.volume_roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+        self
+    }
+
+    /// Gives instances that ask for them cache ways of this allocation.
+    #[must_use]
+    pub fn with_cache(mut self, cache: Option<crate::resctrl::Cache>) -> Self {
+        self.cache = cache;
         self
     }
 
@@ -388,6 +401,11 @@ impl Instances {
                 }
             }
             let running = record.exit.is_none();
+            if let Some(mask) = record.resctrl.as_ref().filter(|_| running).and_then(|g| {
+                std::fs::read_to_string(g.join("schemata")).ok().as_deref().and_then(crate::resctrl::mask_of)
+            }) {
+                self.cache_masks.insert(id, mask);
+            }
             let instance = Instance {
                 record: record.clone(),
                 pid,
@@ -524,8 +542,13 @@ impl Instances {
             exit: None,
             exit_reported: false,
             cgroups: Vec::new(),
+            resctrl: None,
             user,
         };
+        if let Err(refusal) = self.take_cache(id, &mut record) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(refusal);
+        }
         let result = match &start.backend {
             Backend::Process { argv, env } => self.spawn_process(id, &dir, argv, env, 0, &mut record).map(|()| None),
             Backend::Vm { kernel, initrd, append, disks, arch, accel } => {
@@ -552,6 +575,7 @@ impl Instances {
             Ok(cancel) => cancel,
             Err(refusal) => {
                 self.cgroups.remove(&record.cgroups);
+                self.release_cache(id, &mut record);
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(refusal);
             }
@@ -584,6 +608,48 @@ impl Instances {
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
         self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record.user, record)
+    }
+
+    /// Gives the instance the cache ways it asks for: a resctrl group of its own with the first
+    /// free run of that many ways, which its shim joins. Refused where the node has no cache
+    /// allocation or the backend does not run under the shim, and when no run or no group is
+    /// free (the scheduler counted the ways; this is the node's own check).
+    fn take_cache(&mut self, id: Uuid, record: &mut InstanceRecord) -> Result<(), Refusal> {
+        let n = record.start.requirements.cache_ways;
+        if n == 0 {
+            return Ok(());
+        }
+        let Some(cache) = &self.cache else {
+            return Err((FailureReason::InvalidData, "this node has no cache allocation (resctrl)".into()));
+        };
+        if matches!(record.start.backend, Backend::Systemd { .. } | Backend::Sim { .. }) {
+            return Err((FailureReason::InvalidData, "cache ways are given to process, oci and vm instances".into()));
+        }
+        // The default group holds one of the hardware's groups.
+        if self.cache_masks.len() + 1 >= usize::try_from(cache.closids).unwrap_or(usize::MAX) {
+            return Err((FailureReason::FullCn, format!("all {} cache groups are in use", cache.closids)));
+        }
+        let Some(mask) = crate::resctrl::allocate(cache.ways, self.cache_masks.values().copied(), n) else {
+            return Err((FailureReason::FullCn, format!("no {n} contiguous cache ways free of {}", cache.ways)));
+        };
+        let group = crate::resctrl::group(&cache.root, &id.to_string());
+        let made = std::fs::create_dir(&group)
+            .and_then(|()| std::fs::write(group.join("schemata"), crate::resctrl::schemata(cache, mask)));
+        if let Err(e) = made {
+            crate::resctrl::remove(&group);
+            return Err((FailureReason::LaunchFailure, format!("cache group {}: {e}", group.display())));
+        }
+        self.cache_masks.insert(id, mask);
+        record.resctrl = Some(group);
+        Ok(())
+    }
+
+    /// Gives back an instance's cache ways and removes its group.
+    fn release_cache(&mut self, id: Uuid, record: &mut InstanceRecord) {
+        self.cache_masks.remove(&id);
+        if let Some(group) = record.resctrl.take() {
+            crate::resctrl::remove(&group);
+        }
     }
 
     /// Runs a VM's device model as a process instance whose memory limit holds the guest's
@@ -710,8 +776,14 @@ impl Instances {
         user: Option<Account>,
         record: &mut InstanceRecord,
     ) -> Result<(), Refusal> {
-        let spec =
-            ShimSpec { argv, env, cgroups: record.cgroups.clone(), max_run_time_s: record.start.max_run_time_s, user };
+        let spec = ShimSpec {
+            argv,
+            env,
+            cgroups: record.cgroups.clone(),
+            resctrl: record.resctrl.clone(),
+            max_run_time_s: record.start.max_run_time_s,
+            user,
+        };
         write_json(&dir.join(files::SPEC), &spec).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         write_json(&dir.join(files::STATE), &*record).map_err(|e| (FailureReason::LaunchFailure, e.to_string()))?;
         // The shim makes itself a session of its own as its first step (see `shim::isolate`): a
@@ -879,6 +951,11 @@ impl Instances {
             // A unit's groups are systemd's to remove.
             self.cgroups.remove(&cgroups);
         }
+        let mut record = i.record.clone();
+        self.release_cache(exit.instance, &mut record);
+        if let Some(i) = self.table.get_mut(&exit.instance) {
+            i.record.resctrl = None;
+        }
         self.persist(exit.instance);
         if has_files {
             let dir = self.dir(exit.instance);
@@ -936,6 +1013,8 @@ impl Instances {
             if !matches!(i.record.start.backend, Backend::Systemd { .. }) {
                 self.cgroups.remove(&i.record.cgroups);
             }
+            let mut record = i.record;
+            self.release_cache(id, &mut record);
         }
         crate::oci::unmount_overlay(&dir.join("bundle"));
         let _ = std::fs::remove_dir_all(dir);

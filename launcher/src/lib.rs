@@ -24,6 +24,7 @@
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
 //! - [`vm`]: the `vm` backend's device models (hypervisor tools) and their command lines.
+//! - [`resctrl`]: last-level cache ways as a resource (Intel RDT cache allocation).
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
 //! - [`metrics`]: Prometheus metrics on `--metrics ADDR`.
@@ -44,6 +45,7 @@ pub mod instances;
 pub mod metrics;
 pub mod oci;
 pub mod probe;
+pub mod resctrl;
 pub mod shell;
 pub mod shim;
 pub mod state;

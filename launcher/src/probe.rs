@@ -123,6 +123,8 @@ pub struct Capabilities {
     pub pci: Vec<ssntp::payload::PciDevice>,
     /// The directories images are cached in, listed again at each report (images come and go).
     pub image_dirs: Vec<PathBuf>,
+    /// Last-level cache allocation, where resctrl offers it.
+    pub cache: Option<crate::resctrl::Cache>,
 }
 
 /// Capabilities found on this machine: `kvm` when /dev/kvm exists.
@@ -161,6 +163,7 @@ pub fn report_for(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64, offer:
     r.cpu_score = caps.cpu_score;
     r.pci = caps.pci.clone();
     r.images = crate::capabilities::cached_images(&caps.image_dirs);
+    r.cache_ways = caps.cache.as_ref().map_or(0, |c| c.ways);
     Ok(r)
 }
 
@@ -268,6 +271,7 @@ pub fn report(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64) -> NodeRep
         images: Vec::new(),
         draining_until_unix_ms: None,
         anchor_tax_mb: Default::default(),
+        cache_ways: 0,
     }
 }
 

@@ -197,6 +197,7 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         ),
         pci: crate::capabilities::pci_devices(&args.sysfs_root, args.numa_node),
         image_dirs: args.image_dirs.clone(),
+        cache: crate::resctrl::read(&args.resctrl_root),
     };
     tracing::info!(
         cpu_score = capabilities.cpu_score,
@@ -412,6 +413,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_volume_roots(&prepared.args.volume_roots)
         .with_scripts(prepared.args.scripts.iter().cloned().collect())
         .with_device_models(prepared.offer.device_models.clone())
+        .with_cache(prepared.offer.capabilities.cache.clone())
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };

@@ -99,6 +99,13 @@ pub fn run(dir: &Path) -> i32 {
         note(dir, &format!("cannot apply limits: {e}"));
         return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
     }
+    if let Some(group) = &spec.resctrl {
+        // The workload, forked after this, inherits the group's cache ways.
+        if let Err(e) = std::fs::write(group.join("tasks"), std::process::id().to_string()) {
+            note(dir, &format!("cannot join the cache group {}: {e}", group.display()));
+            return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
+        }
+    }
     let output = dir.join(files::RESULTS).join(files::OUTPUT);
     let open = || crate::state::open_output(&output, true);
     let (Ok(out), Ok(err)) = (open(), open()) else {

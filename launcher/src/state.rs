@@ -152,6 +152,9 @@ pub struct InstanceRecord {
     /// cgroup directories the instance runs in.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// Its cache allocation group (resctrl), when it has cache ways of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resctrl: Option<PathBuf>,
     /// The user its workload runs as (`None`: root, asked for and allowed; or a record from
     /// before users were chosen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +181,9 @@ pub struct ShimSpec {
     pub env: std::collections::BTreeMap<String, String>,
     /// cgroup directories to join before starting the workload.
     pub cgroups: Vec<PathBuf>,
+    /// The cache allocation group (resctrl) to join before starting it.
+    #[serde(default)]
+    pub resctrl: Option<PathBuf>,
     /// Kill the workload after this long, seconds.
     pub max_run_time_s: Option<u64>,
     /// The user to run it as; `None`: the shim's own (root, when the workload asked for it and

@@ -847,6 +847,7 @@ impl Hub {
             request_mb: start.requirements.mem_mb,
             charge_mb: need.charge_mb,
             tax_mb,
+            cache_ways: start.requirements.cache_ways,
             workload: start.workload_uuid,
             confirmed: false,
         };

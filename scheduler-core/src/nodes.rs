@@ -33,6 +33,8 @@ pub struct Placed {
     pub charge_mb: u64,
     /// The anchor tax charged beside it: what its backend's machinery takes on that node, MiB.
     pub tax_mb: u64,
+    /// Last-level cache ways it holds alone.
+    pub cache_ways: u32,
     /// Workload, for the memory estimate.
     pub workload: Option<Uuid>,
     /// Whether the node has reported it (STATS or INSTANCE_STARTED).
@@ -56,6 +58,7 @@ struct Sums {
     request_mb: u64,
     unconfirmed_mb: u64,
     unconfirmed: u64,
+    cache_ways: u64,
 }
 
 impl Sums {
@@ -64,6 +67,7 @@ impl Sums {
         self.charge_mb += p.charge_mb;
         self.tax_mb += p.tax_mb;
         self.request_mb += p.request_mb;
+        self.cache_ways += u64::from(p.cache_ways);
         if !p.confirmed {
             self.unconfirmed_mb += p.charge_mb + p.tax_mb;
             self.unconfirmed += 1;
@@ -75,6 +79,7 @@ impl Sums {
         self.charge_mb -= p.charge_mb;
         self.tax_mb -= p.tax_mb;
         self.request_mb -= p.request_mb;
+        self.cache_ways -= u64::from(p.cache_ways);
         if !p.confirmed {
             self.unconfirmed_mb -= p.charge_mb + p.tax_mb;
             self.unconfirmed -= 1;
@@ -105,6 +110,11 @@ impl Charges {
         let result = change(placed);
         self.sums.add(placed);
         Some(result)
+    }
+
+    /// Cache ways the instances hold, from the sums.
+    pub fn cache_ways(&self) -> u64 {
+        self.sums.cache_ways
     }
 
     /// Memory requested but not charged (what estimates reclaimed), MiB, from the sums.
@@ -243,6 +253,8 @@ pub enum Misfit {
     Busy,
     /// Reserved for a big START that waits for room here (`--reserve-big`).
     Reserved,
+    /// Not enough last-level cache ways free (or none at all).
+    CacheWays,
 }
 
 impl Misfit {
@@ -270,6 +282,7 @@ impl Misfit {
             Self::AvailableMemory => "insufficient available memory",
             Self::Busy => "busy starting earlier work",
             Self::Reserved => "reserved for a big job",
+            Self::CacheWays => "insufficient cache ways",
         }
     }
 
@@ -472,6 +485,10 @@ impl Node {
             Shortfall::Memory => Misfit::Memory,
             Shortfall::AvailableMemory => Misfit::AvailableMemory,
         })?;
+        let ways = u64::from(need.requirements.cache_ways);
+        if ways > 0 && self.instances.cache_ways() + ways > u64::from(self.report.cache_ways) {
+            return Err(Misfit::CacheWays);
+        }
         if self.is_busy(cfg) {
             return Err(Misfit::Busy);
         }
@@ -496,7 +513,9 @@ impl Node {
                 mem_mb: self.mem_used() + before * charge,
                 mem_unconfirmed_mb: self.unconfirmed_mb() + before * charge,
             };
+            let ways = u64::from(need.requirements.cache_ways);
             drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).is_ok()
+                && (ways == 0 || self.instances.cache_ways() + u64::from(k) * ways <= u64::from(self.report.cache_ways))
         };
         let (mut fits, mut fails) = (1, up_to.saturating_add(1));
         while fails - fits > 1 {
@@ -529,6 +548,9 @@ impl Node {
         }
         if self.charge_for(need) > mem_mb {
             return Err(Misfit::Memory);
+        }
+        if need.requirements.cache_ways > self.report.cache_ways {
+            return Err(Misfit::CacheWays);
         }
         Ok(())
     }

@@ -286,6 +286,18 @@ fn advise(
                 )
             }
             Misfit::Maintenance => format!("{n} nodes are in maintenance: drover node restore NODE takes one back"),
+            Misfit::CacheWays => {
+                let most = nodes
+                    .iter()
+                    .filter(|n| n.is_open(cfg))
+                    .map(|n| u64::from(n.report.cache_ways).saturating_sub(n.instances.cache_ways()))
+                    .max()
+                    .unwrap_or(0);
+                format!(
+                    "{n} nodes lack cache ways: each instance asks for {} and the most free on a ready node is {most}; ask for fewer (cache_ways), or wait for others to end",
+                    req.cache_ways
+                )
+            }
             Misfit::Reserved => format!(
                 "{n} nodes are reserved for a big job that waits for room there (the scheduler's --reserve-big): they take work again once it starts"
             ),

@@ -585,6 +585,8 @@ proptest! {
         let mut now = at(0);
         hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
         let node_id = |n: u8| u(100 + n);
+        // Node n gives out 2n cache ways (node 0 none); START i asks for i % 4.
+        let cache_of = |id: Uuid| u32::from(id.as_bytes()[0] - 100) * 2;
         let mut model: HashMap<Uuid, ModelNode> = HashMap::new();
         let mut conn = 1000u64;
         // Every START submitted: its requirements, and how it ended so far.
@@ -604,6 +606,7 @@ proptest! {
                     let zone = n % 2;
                     let mut r = report(id, cpus, mem, f64::from(load10) / 10.0);
                     r.labels = BTreeMap::from([("zone".to_owned(), zone.to_string())]);
+                    r.cache_ways = cache_of(id);
                     o.extend(hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) }));
                     let maintenance = model.get(&id).is_some_and(|m| m.maintenance) && !lost_nodes.contains(&id);
                     lost_nodes.remove(&id);
@@ -616,6 +619,7 @@ proptest! {
                     m.load10 = load10;
                     let mut r = report(id, m.cpus, m.mem, f64::from(load10) / 10.0);
                     r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
+                    r.cache_ways = cache_of(id);
                     hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) })
                 }
                 Op::Start { id, vcpus, mem, zone, batch, priority } => {
@@ -623,6 +627,7 @@ proptest! {
                     let mut s = start(instance, vcpus, mem);
                     s.class = if batch { WorkClass::Batch } else { WorkClass::Workorder };
                     s.priority = u32::from(priority);
+                    s.requirements.cache_ways = u32::from(id % 4);
                     if let Some(z) = zone {
                         s.requirements.labels = BTreeMap::from([("zone".to_owned(), z.to_string())]);
                     }
@@ -666,6 +671,7 @@ proptest! {
                     for (id, m) in model.iter().filter(|(_, m)| m.open) {
                         let mut r = report(*id, m.cpus, m.mem, f64::from(m.load10) / 10.0);
                         r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
+                        r.cache_ways = cache_of(*id);
                         o.extend(hub.handle(now, Input::Message { from: *id, role: AGENT, frame: None, message: Message::Ready(r) }));
                     }
                     o.extend(hub.tick(now));
@@ -720,6 +726,8 @@ proptest! {
                         let (vcpus, mem) = on_node.fold((0u64, 0u64), |(c, m), r| (c + u64::from(r.vcpus), m + r.mem_mb));
                         prop_assert!(vcpus <= u64::from(m.cpus) * 2, "vCPUs {} on {} CPUs", vcpus, m.cpus);
                         prop_assert!(mem <= m.mem, "memory {} of {}", mem, m.mem);
+                        let ways: u32 = placed.iter().filter(|(_, n)| **n == node).map(|(i, _)| submitted[i].requirements.cache_ways).sum();
+                        prop_assert!(ways <= cache_of(node), "cache ways {} of {}", ways, cache_of(node));
                         outcomes.entry(s.instance_uuid).or_default().push("placed");
                     }
                     Message::StartFailure(f) => {
@@ -1473,6 +1481,31 @@ fn a_reservation_ends_when_its_start_is_cancelled_or_its_node_goes() {
     assert_eq!(rig.hub.node(&other).unwrap().reserved_for, Some(u(71)));
     let _ = on;
     assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
+fn cache_ways_are_a_resource_given_to_one_instance_at_a_time() {
+    let mut rig = Rig::new(Config::default());
+    let mut cached = report(u(10), 8, 8192, 0.0);
+    cached.cache_ways = 12;
+    join(&mut rig, 10, cached);
+    rig.node(11, 8, 8192); // no cache allocation
+    let with_ways = |n: u8, ways: u32| {
+        let mut s = start(u(n), 1, 64);
+        s.requirements.cache_ways = ways;
+        s
+    };
+    for n in 50..53 {
+        assert_eq!(placed_on(&rig.start(with_ways(n, 4))), vec![(u(n), u(10))], "12 ways: three of 4");
+    }
+    let waiting = rig.start(with_ways(53, 4));
+    let why = &queued(&waiting).expect("the ways are given out").reason;
+    assert!(why.contains("insufficient cache ways"), "{why}");
+    assert_eq!(placed_on(&rig.start(start(u(60), 1, 64))).len(), 1, "work without ways places anywhere");
+    let too_many = rig.start(with_ways(54, 13));
+    assert!(failure(&too_many).is_some_and(|f| f.detail.contains("insufficient cache ways")), "{too_many:?}");
+    // One ends: its ways go to the one waiting.
+    assert_eq!(placed_on(&exit(&mut rig, u(10), u(50))), vec![(u(53), u(10))]);
 }
 
 fn arbitrary_node() -> impl Strategy<Value = (u32, u64, u8, Option<u32>, bool)> {

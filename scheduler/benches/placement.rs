@@ -58,7 +58,15 @@ fn table(n: u64, case: Case, cfg: &Config) -> NodeTable {
             // Nearly full: 64 MiB left.
             node.instances.insert(
                 uuid(1 << 40 | i),
-                Placed { vcpus: 1, request_mb: 65_472, charge_mb: 65_472, tax_mb: 0, workload: None, confirmed: true },
+                Placed {
+                    vcpus: 1,
+                    request_mb: 65_472,
+                    charge_mb: 65_472,
+                    tax_mb: 0,
+                    cache_ways: 0,
+                    workload: None,
+                    confirmed: true,
+                },
             );
         }
         table.insert(node, cfg);

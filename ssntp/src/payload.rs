@@ -213,6 +213,10 @@ pub struct NodeReport {
     /// launcher charge an instance its memory plus its backend's tax.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub anchor_tax_mb: BTreeMap<String, u64>,
+    /// Last-level cache ways workloads may be given for their own (ciao's "cache quality of
+    /// service capacity": Intel RDT cache allocation through resctrl); 0 without.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub cache_ways: u32,
 }
 
 /// A PCI device of a node.
@@ -573,6 +577,10 @@ pub struct Requirements {
     /// The least CPU score the node must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_cpu_score: Option<u32>,
+    /// Last-level cache ways for this instance alone (a resource, like vCPUs: a node gives
+    /// each way to one instance at a time).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub cache_ways: u32,
     /// What orders the nodes that fit, without excluding any.
     #[serde(default, skip_serializing_if = "Preferences::is_empty")]
     pub preferences: Preferences,

@@ -103,6 +103,7 @@ fn report(p: &Prims) -> NodeReport {
         images: p.words.clone(),
         draining_until_unix_ms: p.flag.then_some(p.n),
         anchor_tax_mb: p.words.iter().map(|w| (w.clone(), p.n)).collect(),
+        cache_ways: p.small % 32,
     }
 }
 
@@ -193,6 +194,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                     numa_local: p.flag,
                     pci: p.words.clone(),
                     min_cpu_score: p.flag.then_some(p.small),
+                    cache_ways: p.small % 20,
                     preferences: ssntp::payload::Preferences {
                         labels: p.labels.clone(),
                         image: p.flag.then(|| p.text.clone()),
