@@ -13,7 +13,7 @@
 //! not flap (kubelet's eviction-pressure transition period, scaled down).
 
 use drover_model::{Capacity, Demand, NodeStatus, Overcommit, Shortfall, Usage};
-use ssntp::payload::{FailureReason, Start};
+use ssntp::payload::{Backend, FailureReason, Start};
 
 /// The node's thresholds (from the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +266,20 @@ pub fn parallelism(vcpus: u32, cpus_online: u32, load: f64) -> (u32, u32) {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 1..=allowance
     let hint = idle.clamp(1.0, f64::from(allowance)) as u32;
     (allowance, hint)
+}
+
+/// `DROVER_CPUS` and `DROVER_JOBS` in the instance's environment, from its vCPUs and the node's
+/// CPUs (a NUMA launcher's own) and load as last sampled: decided with admission, so a START
+/// costs no reading of `/proc`.
+pub fn add_parallelism(start: &mut Start, cpus_online: u32, load: f64) {
+    let (allowance, hint) = parallelism(start.requirements.vcpus, cpus_online, load);
+    match &mut start.backend {
+        Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
+            env.insert(CPUS_ENV.to_owned(), allowance.to_string());
+            env.insert(JOBS_ENV.to_owned(), hint.to_string());
+        }
+        Backend::Vm { .. } | Backend::Sim { .. } => {}
+    }
 }
 
 #[cfg(test)]

@@ -497,8 +497,9 @@ impl Core {
         let failure =
             |instance_uuid, reason, detail| InstanceFailure { node_uuid: Some(node), instance_uuid, reason, detail };
         Some(match message {
-            Message::Start(start) => match self.admit(&start) {
+            Message::Start(mut start) => match self.admit(&start) {
                 Ok(replaces) => {
+                    admission::add_parallelism(&mut start, self.sample.cpus_online, self.sample.load);
                     if replaces {
                         out.push(Effect::Delete(start.instance_uuid));
                         self.changed.remove(&start.instance_uuid);

@@ -530,7 +530,6 @@ impl Instances {
         let mut start = start.clone();
         if !is_sim {
             self.prepare_task(&mut start, &dir, user)?;
-            self.add_parallelism(&mut start);
             add_arch_setup(&mut start);
             with_checks(&mut start, &self.scripts)?;
         }
@@ -709,26 +708,6 @@ impl Instances {
             }
         }
         Ok(())
-    }
-
-    /// `DROVER_CPUS` and `DROVER_JOBS` in the instance's environment, from its vCPUs and the
-    /// node's CPUs (the pinned ones when it serves a NUMA node) and load now.
-    fn add_parallelism(&self, start: &mut Start) {
-        let cpus = match &self.pin {
-            Some(pin) => {
-                crate::probe::parse_cpulist(&pin.cpus).map_or(0, |c| u32::try_from(c.len()).unwrap_or(u32::MAX))
-            }
-            None => std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
-        };
-        let load = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(crate::probe::parse_loadavg);
-        let (allowance, hint) = crate::admission::parallelism(start.requirements.vcpus, cpus, load.unwrap_or(f64::NAN));
-        match &mut start.backend {
-            Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
-                env.insert(crate::admission::CPUS_ENV.to_owned(), allowance.to_string());
-                env.insert(crate::admission::JOBS_ENV.to_owned(), hint.to_string());
-            }
-            Backend::Vm { .. } | Backend::Sim { .. } => {}
-        }
     }
 
     /// Starts a `systemd` instance as a transient unit; its usage is read from the unit's
