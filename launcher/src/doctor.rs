@@ -74,6 +74,10 @@ pub struct HostFacts {
     pub gpus: Vec<String>,
     /// The doctor runs as root (the launcher must, for per-tenant users and cgroups).
     pub root: bool,
+    /// Guest architectures there is a device model (`qemu-system-ARCH`) for on PATH.
+    pub vm_arches: Vec<String>,
+    /// L3 cache ways resctrl offers (0: no cache allocation).
+    pub cache_ways: u32,
 }
 
 /// What the node will mostly run.
@@ -187,6 +191,25 @@ pub fn recommend(facts: &HostFacts, answers: &Answers) -> (Vec<Advice>, Vec<Stri
     if facts.kvm {
         add("(advertised, no flag)".into(), "/dev/kvm exists: the node advertises the kvm feature".into());
     }
+    if !facts.vm_arches.is_empty() {
+        let accel = if facts.kvm { "with KVM for its own architecture" } else { "emulated (no /dev/kvm)" };
+        add(
+            "--backend vm".into(),
+            format!(
+                "device models for {} guests are on PATH: virtual machines can run, {accel}",
+                facts.vm_arches.join(", ")
+            ),
+        );
+    }
+    if facts.cache_ways > 0 {
+        add(
+            "(advertised, no flag)".into(),
+            format!(
+                "resctrl offers {} L3 cache ways: workloads may ask for ways of their own (cache_ways)",
+                facts.cache_ways
+            ),
+        );
+    }
     if !facts.foreign_arches.is_empty() {
         add(
             "(advertised, no flag)".into(),
@@ -263,6 +286,8 @@ pub fn gather(args: &DoctorArgs) -> HostFacts {
         foreign_arches: crate::capabilities::foreign_arches(&args.binfmt_root),
         gpus,
         root: nix::unistd::geteuid().is_root(),
+        vm_arches: crate::vm::device_models(&[]).into_keys().collect(),
+        cache_ways: crate::resctrl::read(std::path::Path::new("/sys/fs/resctrl")).map_or(0, |c| c.ways),
     }
 }
 
@@ -382,6 +407,8 @@ mod tests {
             foreign_arches: vec!["arm".into()],
             gpus: vec!["10de:2204".into()],
             root: true,
+            vm_arches: vec!["aarch64".into(), "x86_64".into()],
+            cache_ways: 12,
         }
     }
 
@@ -399,6 +426,7 @@ mod tests {
             "--backend process",
             "--backend oci",
             "--backend systemd",
+            "--backend vm",
             "--max-instances 128",
         ] {
             assert!(f.contains(&want), "{want} in {f:?}");
@@ -433,11 +461,16 @@ mod tests {
             foreign_arches: Vec::new(),
             gpus: Vec::new(),
             root: false,
+            vm_arches: Vec::new(),
+            cache_ways: 0,
         };
         let (advice, warnings) = recommend(&small, &Answers::default());
         let f = flags(&advice);
         assert!(f.contains(&"--mem-reserve-mb 256") && f.contains(&"--max-instances 8"), "{f:?}");
-        assert!(!f.iter().any(|f| f.starts_with("--numa-node") || *f == "--backend oci" || *f == "--backend systemd"));
+        assert!(!f.iter().any(|f| f.starts_with("--numa-node")
+            || *f == "--backend oci"
+            || *f == "--backend systemd"
+            || *f == "--backend vm"));
         let text = warnings.join("\n");
         assert!(
             text.contains("no runc or crun") && text.contains("no cgroup limits") && text.contains("not root"),
