@@ -115,11 +115,14 @@ pub fn run(dir: &Path) -> i32 {
         note(dir, "argv is empty");
         return finish(dir, ExitRecord { code: Some(CANNOT_RUN), signal: None, reason: ExitReason::Failed });
     };
+    let work = dir.join(files::RESULTS);
     let mut command = Command::new(program);
     command
         .args(args)
+        .env_clear()
+        .envs(base_env(&work))
         .envs(&spec.env)
-        .current_dir(dir.join(files::RESULTS))
+        .current_dir(&work)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -189,4 +192,17 @@ pub fn run(dir: &Path) -> i32 {
         None => ExitRecord { code: None, signal: None, reason: ExitReason::Unknown },
     };
     finish(dir, record)
+}
+
+/// Where programs are looked up when the launcher itself has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a workload's environment starts from: nothing of the launcher's own (its log settings,
+/// its service manager's variables, whatever its operator exported) but `PATH`, and `HOME` set
+/// to its working directory; its START's `env` and the node's `DROVER_*` go on top.
+fn base_env(work: &Path) -> [(String, String); 2] {
+    [
+        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned())),
+        ("HOME".to_owned(), work.display().to_string()),
+    ]
 }

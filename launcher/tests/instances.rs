@@ -71,6 +71,21 @@ async fn output_exit_codes_clean_up_and_launch_failures() {
     let (all, truncated) = instances.tail(ok, u32::MAX).unwrap();
     assert_eq!((all.len(), truncated), (11, false), "a huge request is bounded and still exact for small output");
 
+    // Nothing of the launcher's environment reaches the workload (cargo set these for this
+    // test process, the shim's parent) but PATH; HOME is its working directory.
+    let env = Uuid::new_v4();
+    instances
+        .start(&sh(env, "echo \"[$CARGO_MANIFEST_DIR][$CARGO_PKG_NAME]\"; echo \"$HOME\"; command -v sh", 16))
+        .unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.code, Some(0));
+    let shown = std::fs::read_to_string(instances.output(env)).unwrap();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines[0], "[][]", "the launcher's variables stay with it: {shown}");
+    assert_eq!(Path::new(lines[1]), instances.dir(env).join("results"), "{shown}");
+    assert!(lines[2].ends_with("/sh"), "PATH finds programs: {shown}");
+    instances.exited(&exit);
+
     let failing = Uuid::new_v4();
     instances.start(&sh(failing, "exit 3", 16)).unwrap();
     assert_eq!(instances.start(&sh(failing, "true", 16)).unwrap_err().0, FailureReason::AlreadyRunning);
