@@ -174,6 +174,11 @@ pub fn run(dir: &Path) -> i32 {
     for dir in &spec.cgroups {
         let _ = std::fs::remove_dir(dir);
     }
+    // Its cache group too (resctrl moves any task left in it back to the default group), so
+    // the ways are free again even if no launcher runs now.
+    if let Some(group) = &spec.resctrl {
+        crate::resctrl::remove(group);
+    }
     let record = match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(0), _) => ExitRecord { code: Some(0), signal: None, reason: ExitReason::Completed },
