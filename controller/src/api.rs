@@ -829,17 +829,20 @@ async fn batch(State(c): Ctl, Tenant(tenant): Tenant, body: String) -> ApiResult
         }
     }
     // By the rule placement uses, from each READY node's last STATS (what it has given out is
-    // in its real available memory; the scheduler's own charges are not known here).
+    // in its real available memory; the scheduler's own charges are not known here), each
+    // instance charged its memory and the node's anchor tax for its backend.
+    let backend = w.backend.name();
     let free: u64 = usable
         .iter()
         .filter(|n| n.status == NodeStatus::Ready)
-        .filter_map(|n| n.stats.as_ref())
-        .map(|s| {
+        .filter_map(|n| n.stats.as_ref().map(|s| (s, n.report.as_ref().map_or(0, |r| r.anchor_tax(backend)))))
+        .map(|(s, tax_mb)| {
             let capacity = drover_model::Capacity {
                 cpus_online: s.cpus_online,
                 mem_total_mb: s.mem_total_mb,
                 mem_available_mb: s.mem_available_mb,
             };
+            let demand = drover_model::Demand { mem_mb: demand.mem_mb + tax_mb, ..demand };
             drover_model::slots(&capacity, &drover_model::Usage::default(), &demand, overcommit)
         })
         .fold(0, u64::saturating_add);

@@ -729,25 +729,70 @@ pub fn slots_by_size(
     placed_mb: u64,
 ) -> BTreeMap<String, u64> {
     use ssntp::payload::SizeClass;
-    let ready: Vec<drover_model::Capacity> = nodes
+    // Each with the node's anchor tax for a process instance (what batch work mostly is).
+    let ready: Vec<(drover_model::Capacity, u64)> = nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Ready && !n.load_blocked)
-        .filter_map(|n| n.stats.as_ref())
-        .map(|s| drover_model::Capacity {
-            cpus_online: s.cpus_online,
-            mem_total_mb: s.mem_total_mb,
-            mem_available_mb: s.mem_available_mb,
+        .filter_map(|n| n.stats.as_ref().map(|s| (s, n.report.as_ref().map_or(0, |r| r.anchor_tax("process")))))
+        .map(|(s, tax_mb)| {
+            let capacity = drover_model::Capacity {
+                cpus_online: s.cpus_online,
+                mem_total_mb: s.mem_total_mb,
+                mem_available_mb: s.mem_available_mb,
+            };
+            (capacity, tax_mb)
         })
         .collect();
     SizeClass::ALL
         .into_iter()
         .map(|class| {
-            let demand = drover_model::Demand { vcpus: 1, mem_mb: class.mem_mb() };
             let fit: u64 = ready
                 .iter()
-                .map(|c| drover_model::slots(c, &drover_model::Usage::default(), &demand, overcommit))
+                .map(|(c, tax_mb)| {
+                    let demand = drover_model::Demand { vcpus: 1, mem_mb: class.mem_mb() + tax_mb };
+                    drover_model::slots(c, &drover_model::Usage::default(), &demand, overcommit)
+                })
                 .fold(0, u64::saturating_add);
             (class.name().to_owned(), fit.saturating_sub(placed_mb.div_ceil(class.mem_mb())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_slots_count_each_instance_with_the_nodes_anchor_tax() {
+        let node = |tax_mb: u64| NodeView {
+            uuid: Uuid::nil(),
+            status: NodeStatus::Ready,
+            stats: Some(Stats {
+                node_uuid: Uuid::nil(),
+                status: ssntp::payload::NodeState::Ready,
+                mem_total_mb: 1024,
+                mem_available_mb: 1024,
+                disk_total_mb: 0,
+                disk_available_mb: 0,
+                load: 0.0,
+                cpus_online: 64,
+                hostname: String::new(),
+                networks: Vec::new(),
+                instances: Vec::new(),
+                digest: None,
+            }),
+            report: Some(ssntp::payload::NodeReport {
+                anchor_tax_mb: [("process".to_owned(), tax_mb)].into(),
+                ..Default::default()
+            }),
+            instances: 0,
+            reported_active: None,
+            last_seen_unix_ms: 0,
+            load_blocked: false,
+        };
+        let oc = drover_model::Overcommit::default();
+        assert_eq!(slots_by_size(&[node(0)], oc, 0)["tiny"], 32, "1024 MiB in 32 MiB slots");
+        assert_eq!(slots_by_size(&[node(32)], oc, 0)["tiny"], 16, "each slot also holds its shim's 32 MiB");
+        assert_eq!(slots_by_size(&[node(32)], oc, 0)["large"], 0);
+    }
 }
