@@ -531,7 +531,10 @@ impl Instances {
         if !is_sim {
             self.prepare_task(&mut start, &dir, user)?;
             add_arch_setup(&mut start);
-            with_checks(&mut start, &self.scripts)?;
+            if let Err(refusal) = with_checks(&mut start, &self.scripts) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(refusal);
+            }
         }
         let start = &start;
         let mut record = InstanceRecord {
