@@ -767,20 +767,7 @@ mod tests {
         let node = |tax_mb: u64| NodeView {
             uuid: Uuid::nil(),
             status: NodeStatus::Ready,
-            stats: Some(Stats {
-                node_uuid: Uuid::nil(),
-                status: ssntp::payload::NodeState::Ready,
-                mem_total_mb: 1024,
-                mem_available_mb: 1024,
-                disk_total_mb: 0,
-                disk_available_mb: 0,
-                load: 0.0,
-                cpus_online: 64,
-                hostname: String::new(),
-                networks: Vec::new(),
-                instances: Vec::new(),
-                digest: None,
-            }),
+            stats: Some(testutil::ready_stats(Uuid::nil(), 64, 1024)),
             report: Some(ssntp::payload::NodeReport {
                 anchor_tax_mb: [("process".to_owned(), tax_mb)].into(),
                 ..Default::default()

@@ -13,7 +13,7 @@
 //! not flap (kubelet's eviction-pressure transition period, scaled down).
 
 use drover_model::{Capacity, Demand, NodeStatus, Overcommit, Shortfall, Usage};
-use ssntp::payload::{Backend, FailureReason, Start};
+use ssntp::payload::{FailureReason, Start};
 
 /// The node's thresholds (from the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,12 +273,26 @@ pub fn parallelism(vcpus: u32, cpus_online: u32, load: f64) -> (u32, u32) {
 /// costs no reading of `/proc`.
 pub fn add_parallelism(start: &mut Start, cpus_online: u32, load: f64) {
     let (allowance, hint) = parallelism(start.requirements.vcpus, cpus_online, load);
-    match &mut start.backend {
-        Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
-            env.insert(CPUS_ENV.to_owned(), allowance.to_string());
-            env.insert(JOBS_ENV.to_owned(), hint.to_string());
+    if let Some(env) = start.backend.env_mut() {
+        env.insert(CPUS_ENV.to_owned(), allowance.to_string());
+        env.insert(JOBS_ENV.to_owned(), hint.to_string());
+    }
+}
+
+/// The host/target combination this node is for the instance (`DROVER_HOST_ARCH`,
+/// `DROVER_TARGET_ARCH`) and, when one of its workload's `[[cross]]` entries applies, that
+/// entry's packages and environment. The `DROVER_*` variables are the node's; of the others,
+/// what the workload's backend set itself wins.
+pub fn add_arch_setup(start: &mut Start) {
+    let (_, setup) =
+        ssntp::payload::arch_setup(&start.arch_setups, std::env::consts::ARCH, start.requirements.arch.as_deref());
+    let Some(env) = start.backend.env_mut() else { return };
+    for (key, value) in setup {
+        if ssntp::payload::ARCH_ENV.contains(&key.as_str()) {
+            env.insert(key, value);
+        } else {
+            env.entry(key).or_insert(value);
         }
-        Backend::Vm { .. } | Backend::Sim { .. } => {}
     }
 }
 

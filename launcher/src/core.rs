@@ -500,6 +500,7 @@ impl Core {
             Message::Start(mut start) => match self.admit(&start) {
                 Ok(replaces) => {
                     admission::add_parallelism(&mut start, self.sample.cpus_online, self.sample.load);
+                    admission::add_arch_setup(&mut start);
                     if replaces {
                         out.push(Effect::Delete(start.instance_uuid));
                         self.changed.remove(&start.instance_uuid);

@@ -530,7 +530,6 @@ impl Instances {
         let mut start = start.clone();
         if !is_sim {
             self.prepare_task(&mut start, &dir, user)?;
-            add_arch_setup(&mut start);
             if let Err(refusal) = with_checks(&mut start, &self.scripts) {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(refusal);
@@ -577,7 +576,7 @@ impl Instances {
             Ok(cancel) => cancel,
             Err(refusal) => {
                 self.cgroups.remove(&record.cgroups);
-                self.release_cache(id, &mut record);
+                self.release_cache(id, record.resctrl.take());
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(refusal);
             }
@@ -647,9 +646,9 @@ impl Instances {
     }
 
     /// Gives back an instance's cache ways and removes its group.
-    fn release_cache(&mut self, id: Uuid, record: &mut InstanceRecord) {
+    fn release_cache(&mut self, id: Uuid, group: Option<PathBuf>) {
         self.cache_masks.remove(&id);
-        if let Some(group) = record.resctrl.take() {
+        if let Some(group) = group {
             crate::resctrl::remove(&group);
         }
     }
@@ -702,12 +701,8 @@ impl Instances {
             if let Some(user) = user {
                 std::os::unix::fs::chown(&state, Some(user.uid), Some(user.gid)).map_err(|e| failed(&state, e))?;
             }
-            let value = state.display().to_string();
-            match &mut start.backend {
-                Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
-                    env.insert(STATE_DIR_ENV.to_owned(), value);
-                }
-                Backend::Vm { .. } | Backend::Sim { .. } => {}
+            if let Some(env) = start.backend.env_mut() {
+                env.insert(STATE_DIR_ENV.to_owned(), state.display().to_string());
             }
         }
         Ok(())
@@ -732,10 +727,7 @@ impl Instances {
             ));
         }
         // Checked here because a unit whose program is missing may still "start" (setpriv).
-        let executable = std::fs::metadata(&argv[0]).map(|m| {
-            use std::os::unix::fs::PermissionsExt as _;
-            m.is_file() && m.permissions().mode() & 0o111 != 0
-        });
+        let executable = std::fs::metadata(&argv[0]).map(|m| crate::probe::is_executable(&m));
         match executable {
             Ok(true) => {}
             Ok(false) => return Err((FailureReason::LaunchFailure, format!("{}: not an executable file", argv[0]))),
@@ -929,15 +921,12 @@ impl Instances {
         let stopped = i.record.stop_requested;
         let has_files = !matches!(i.record.start.backend, Backend::Sim { .. });
         let cgroups = std::mem::take(&mut i.record.cgroups);
+        let cache_group = i.record.resctrl.take();
         if !matches!(i.record.start.backend, Backend::Systemd { .. }) {
             // A unit's groups are systemd's to remove.
             self.cgroups.remove(&cgroups);
         }
-        let mut record = i.record.clone();
-        self.release_cache(exit.instance, &mut record);
-        if let Some(i) = self.table.get_mut(&exit.instance) {
-            i.record.resctrl = None;
-        }
+        self.release_cache(exit.instance, cache_group);
         self.persist(exit.instance);
         if has_files {
             let dir = self.dir(exit.instance);
@@ -995,8 +984,7 @@ impl Instances {
             if !matches!(i.record.start.backend, Backend::Systemd { .. }) {
                 self.cgroups.remove(&i.record.cgroups);
             }
-            let mut record = i.record;
-            self.release_cache(id, &mut record);
+            self.release_cache(id, i.record.resctrl);
         }
         crate::oci::unmount_overlay(&dir.join("bundle"));
         let _ = std::fs::remove_dir_all(dir);
@@ -1274,27 +1262,6 @@ async fn watch(dir: PathBuf, instance: Uuid, mut pid: Option<u32>, events: mpsc:
             _ => {}
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
-    }
-}
-
-/// The host/target combination this node is for the instance (`DROVER_HOST_ARCH`,
-/// `DROVER_TARGET_ARCH`) and, when one of its workload's `[[cross]]` entries applies, that
-/// entry's packages and environment. The `DROVER_*` variables are the node's; of the others,
-/// what the workload's backend set itself wins.
-fn add_arch_setup(start: &mut Start) {
-    let (_, setup) =
-        ssntp::payload::arch_setup(&start.arch_setups, std::env::consts::ARCH, start.requirements.arch.as_deref());
-    match &mut start.backend {
-        Backend::Process { env, .. } | Backend::Systemd { env, .. } | Backend::Oci { env, .. } => {
-            for (key, value) in setup {
-                if ssntp::payload::ARCH_ENV.contains(&key.as_str()) {
-                    env.insert(key, value);
-                } else {
-                    env.entry(key).or_insert(value);
-                }
-            }
-        }
-        Backend::Vm { .. } | Backend::Sim { .. } => {}
     }
 }
 

@@ -136,6 +136,13 @@ pub fn machine_features() -> Vec<String> {
     f
 }
 
+/// Whether a file with this metadata is a program someone may run (a regular file with an
+/// execute bit).
+pub fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
+}
+
 /// The first of `names` found on `PATH`.
 pub fn find_program(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

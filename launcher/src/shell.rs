@@ -177,9 +177,8 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
     }
     for (name, path) in &args.scripts {
-        use std::os::unix::fs::PermissionsExt as _;
         let meta = std::fs::metadata(path).with_context(|| format!("--script {name}={}", path.display()))?;
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        if !probe::is_executable(&meta) {
             anyhow::bail!("--script {name}={}: not an executable file", path.display());
         }
         features.push(ssntp::payload::script_feature(name));

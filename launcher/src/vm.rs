@@ -46,10 +46,7 @@ pub fn device_models(dirs: &[PathBuf]) -> BTreeMap<String, PathBuf> {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let arch = name.strip_prefix("qemu-system-")?;
-                let executable = e.metadata().is_ok_and(|m| {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    m.is_file() && m.permissions().mode() & 0o111 != 0
-                });
+                let executable = e.metadata().is_ok_and(|m| crate::probe::is_executable(&m));
                 (executable && !arch.is_empty() && !arch.contains('.'))
                     .then(|| (canonical_arch(arch).to_owned(), e.path()))
             })

@@ -934,9 +934,7 @@ impl Hub {
             .reservations
             .iter()
             .filter(|(instance, node)| {
-                let usable = self.nodes.get(node).is_some_and(|n| {
-                    n.conn_id.is_some() && !n.lost && !n.suspect && !n.maintenance && n.reserved_for == Some(**instance)
-                });
+                let usable = self.nodes.get(node).is_some_and(|n| n.in_service() && n.reserved_for == Some(**instance));
                 !usable || !self.queue.contains(**instance)
             })
             .map(|(instance, _)| *instance)

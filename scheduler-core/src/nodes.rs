@@ -426,24 +426,18 @@ impl Node {
 
     /// Whether the node may take new work at all (before looking at the START).
     pub fn is_open(&self, cfg: &Config) -> bool {
-        self.conn_id.is_some()
-            && !self.lost
-            && !self.suspect
-            && !self.maintenance
-            && self.status == NodeStatus::Ready
-            && !self.is_busy(cfg)
-            && self.reserved_for.is_none()
+        self.in_service() && self.status == NodeStatus::Ready && !self.is_busy(cfg) && self.reserved_for.is_none()
     }
 
     /// Whether it may be reserved for a big START: connected and heard from, not lost or in
     /// maintenance, reporting (READY or FULL: a full node empties as its work ends).
     pub fn may_reserve(&self) -> bool {
-        self.conn_id.is_some()
-            && !self.lost
-            && !self.suspect
-            && !self.maintenance
-            && matches!(self.status, NodeStatus::Ready | NodeStatus::Full)
-            && self.reserved_for.is_none()
+        self.in_service() && matches!(self.status, NodeStatus::Ready | NodeStatus::Full) && self.reserved_for.is_none()
+    }
+
+    /// Connected, heard from, not lost and not in maintenance (whatever it last reported).
+    pub fn in_service(&self) -> bool {
+        self.conn_id.is_some() && !self.lost && !self.suspect && !self.maintenance
     }
 
     /// Whether the START fits, and if not, the first reason why not.

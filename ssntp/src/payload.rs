@@ -793,6 +793,15 @@ impl Backend {
             Self::Sim { .. } => "sim",
         }
     }
+
+    /// The environment its program gets, for backends that run one in an environment of the
+    /// node's (`process`, `oci`, `systemd`); `None` for a guest or a simulation.
+    pub fn env_mut(&mut self) -> Option<&mut BTreeMap<String, String>> {
+        match self {
+            Self::Process { env, .. } | Self::Systemd { env, .. } | Self::Oci { env, .. } => Some(env),
+            Self::Vm { .. } | Self::Sim { .. } => None,
+        }
+    }
 }
 
 /// START (COMMAND 1): run one instance.

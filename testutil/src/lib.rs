@@ -75,6 +75,25 @@ pub fn skip(feature: &str, test: &str, why: &str) {
     }
 }
 
+/// A READY node's STATS with these CPUs and memory (all of it available), no instances and
+/// no digest page: the base of a test's reports.
+pub fn ready_stats(node_uuid: Uuid, cpus_online: u32, mem_mb: u64) -> ssntp::payload::Stats {
+    ssntp::payload::Stats {
+        node_uuid,
+        status: ssntp::payload::NodeState::Ready,
+        mem_total_mb: mem_mb,
+        mem_available_mb: mem_mb,
+        disk_total_mb: 0,
+        disk_available_mb: 0,
+        load: 0.0,
+        cpus_online,
+        hostname: "n".into(),
+        networks: Vec::new(),
+        instances: Vec::new(),
+        digest: None,
+    }
+}
+
 /// Whether this process runs as root (tests of switching users need it).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -148,16 +148,6 @@ fn node_loss_evacuation_user_stop_and_tenant_isolation() {
 
 fn stats(node: Uuid, instances: &[(Uuid, InstanceState, Option<i32>)]) -> Stats {
     Stats {
-        node_uuid: node,
-        status: ssntp::payload::NodeState::Ready,
-        mem_total_mb: 1024,
-        mem_available_mb: 1024,
-        disk_total_mb: 0,
-        disk_available_mb: 0,
-        load: 0.0,
-        cpus_online: 1,
-        hostname: "n".into(),
-        networks: vec![],
         instances: instances
             .iter()
             .map(|(id, state, exit_code)| ssntp::payload::InstanceStat {
@@ -172,6 +162,7 @@ fn stats(node: Uuid, instances: &[(Uuid, InstanceState, Option<i32>)]) -> Stats 
             })
             .collect(),
         digest: Some(ssntp::payload::DigestPage { seq: 0, page: 0, pages: 1 }),
+        ..testutil::ready_stats(node, 1, 1024)
     }
 }
 
