@@ -345,6 +345,14 @@ pub struct NodeActionAnswer {
     pub node: Uuid,
     /// `evacuate`, `restore` or `forget`.
     pub action: String,
+    /// Of an evacuation: how many `vm` instances move live (the rest stop and start elsewhere
+    /// once they have).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub live_migrations: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Every error the API answers: `{"error": {"status": 404, "message": "…"}}`.

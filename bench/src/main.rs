@@ -8,10 +8,12 @@
 //! - `relay`: the no-scheduling relay that `ceiling` measures.
 //! - `scenarios`: `place`, `hold`, `storm`, `ceiling`, each a table of figures against goals.
 //! - `e2e`: the user's path through the API to real launchers.
+//! - `migrate`: live migration on the user's path: one guest moved back and forth.
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 
 mod e2e;
+mod migrate;
 mod relay;
 mod scenarios;
 
@@ -57,6 +59,9 @@ enum Scenario {
     /// The user's path: real scheduler, controller and K launchers (sim backend); M instances
     /// launched through the API; instances/s until all run, each daemon's CPU and peak RSS.
     E2e(e2e::E2eArgs),
+    /// Live migration on the user's path: real scheduler, controller and two vm launchers; one
+    /// guest moved back and forth through the API; time per move, the guest's downtime, CPU.
+    Migrate(migrate::MigrateArgs),
     /// `place` through the scheduler and through a relay that does no scheduling, side by
     /// side: what share of the machine's transport ceiling placement reaches.
     Ceiling(scenarios::PlaceArgs),
@@ -85,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Storm(a) => scenarios::storm(&a, &ui).await,
             Scenario::Ceiling(a) => scenarios::ceiling(&a, &ui).await,
             Scenario::E2e(a) => e2e::e2e(&a, &ui).await,
+            Scenario::Migrate(a) => migrate::migrate(&a, &ui).await,
             Scenario::Relay { listen, cacert, cert, key } => {
                 let paths = ssntp::tls::TlsPaths { ca: cacert, cert, key: Some(key), crl: None };
                 relay::run(listen, paths).await.map(|()| true)

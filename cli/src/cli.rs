@@ -222,6 +222,16 @@ pub enum Cmd {
         /// Instance UUID (or a unique prefix).
         id: String,
     },
+    /// Move a running vm instance to another node without stopping it (live migration; admin).
+    /// Its events (`drover show ID`) say where it runs once the state is copied, or why it
+    /// stayed. Both nodes' launchers need --migration-listen.
+    Migrate {
+        /// Instance UUID (or a unique prefix).
+        id: String,
+        /// The node to move it to; where the scheduler's placement rules choose when absent.
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
     /// Cancel an instance for good.
     Cancel {
         /// Instance UUID (or a unique prefix).
@@ -354,10 +364,15 @@ pub enum NodeCmd {
         /// Node UUID (or a unique prefix).
         id: String,
     },
-    /// Move every instance off a node and put it in maintenance (admin).
+    /// Move every instance off a node and put it in maintenance (admin). Its vm instances move
+    /// live first where they can (both launchers run with --migration-listen); the rest are
+    /// stopped and start elsewhere.
     Evacuate {
         /// Node UUID (or a unique prefix).
         id: String,
+        /// Stop and restart everything, vm instances too (no live migration).
+        #[arg(long)]
+        no_live: bool,
     },
     /// Drain a node gracefully (admin): it takes no new work, what runs may finish until the
     /// deadline, and what is left then is stopped and starts elsewhere. `drover node ls` shows
@@ -676,6 +691,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Cmd::Stop { id } => action(&api, &id, "stop", json).await?,
         Cmd::Start { id } => action(&api, &id, "start", json).await?,
         Cmd::Cancel { id } => action(&api, &id, "cancel", json).await?,
+        Cmd::Migrate { id, to } => {
+            let id = resolve(&api, &id, "instance", "/v1/instances").await?;
+            let query = to.map(|to| format!("?to={to}")).unwrap_or_default();
+            let v = api.post(&format!("/v1/instances/{id}/migrate{query}"), &json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}: migration requested (see `drover show {}`)", short(&id), short(&id));
+            }
+        }
         Cmd::Rm { id } => {
             let id = resolve(&api, &id, "instance", "/v1/instances").await?;
             api.call(Method::DELETE, &format!("/v1/instances/{id}"), None).await?;
@@ -1022,10 +1047,13 @@ async fn node(api: &ApiClient, cmd: NodeCmd, json: bool) -> anyhow::Result<()> {
                 print!("{}", node_details(node));
             }
         }
-        NodeCmd::Evacuate { id } | NodeCmd::Restore { id } | NodeCmd::Forget { id } if id.is_empty() => {
+        NodeCmd::Evacuate { id, .. } | NodeCmd::Restore { id } | NodeCmd::Forget { id } if id.is_empty() => {
             bail!("a node id is required")
         }
-        NodeCmd::Evacuate { id } => node_action(api, &id, "evacuate", json).await?,
+        NodeCmd::Evacuate { id, no_live } => {
+            let verb = if no_live { "evacuate?live=false" } else { "evacuate" };
+            node_action(api, &id, verb, json).await?;
+        }
         NodeCmd::Drain { id, .. } if id.is_empty() => bail!("a node id is required"),
         NodeCmd::Drain { id, deadline } => {
             drover_model::parse_duration(&deadline).map_err(|e| anyhow::anyhow!("--deadline {deadline:?}: {e}"))?;
@@ -1157,6 +1185,9 @@ async fn node_action(api: &ApiClient, id: &str, verb: &str, json: bool) -> anyho
         print_json(&v);
     } else {
         println!("{}: sent to node {}", verb.split('?').next().unwrap_or(verb), short(&id));
+        if let Some(n) = v["live_migrations"].as_u64().filter(|n| *n > 0) {
+            println!("{n} vm instances move live first; the rest stop and start elsewhere once they have");
+        }
     }
     Ok(())
 }

@@ -265,6 +265,7 @@ fn api_routes() -> OpenApiRouter<Arc<Controller>> {
         .routes(routes!(stop_instance))
         .routes(routes!(start_instance))
         .routes(routes!(cancel_instance))
+        .routes(routes!(migrate_instance))
         .routes(routes!(logs))
         .routes(routes!(batch))
         .routes(routes!(list_tasks))
@@ -731,6 +732,52 @@ async fn cancel_instance(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<S
     instance_action(c, tenant, id, Input::Cancel).await
 }
 
+/// `?to=` of `POST /v1/instances/{id}/migrate`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MigrateQuery {
+    /// The node to move it to (a UUID); where the scheduler's placement rules choose when
+    /// absent.
+    to: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/migrate", tag = "instances",
+    params(("id" = Uuid, Path, description = "The instance's UUID"), MigrateQuery, crate::openapi::TenantHeader),
+    responses(
+        (status = 202, description = "Sent: a running vm instance moves live, without a stop; its events say where it runs, or why it stayed", body = InstanceView),
+        (status = 400, description = "Not a UUID", body = drover_api::views::ErrorView),
+        (status = 403, description = "Only admin moves instances between nodes", body = drover_api::views::ErrorView),
+        (status = 404, description = "No such instance", body = drover_api::views::ErrorView),
+        (status = 409, description = "It is not running, or its workload is gone", body = drover_api::views::ErrorView),
+    )
+)]
+async fn migrate_instance(
+    State(c): Ctl,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<MigrateQuery>,
+) -> ApiResult<Response> {
+    if tenant != ADMIN {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin moves instances between nodes"));
+    }
+    let id = parse_id(&id)?;
+    let to = match q.to.as_deref() {
+        Some(to) => Some(
+            to.parse::<Uuid>()
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("to={to:?} is not a node UUID")))?,
+        ),
+        None => None,
+    };
+    let (commands, record) = c
+        .blocking(move |c| {
+            let commands = c.service().migrate(&tenant, id, to)?;
+            c.service().owned(&tenant, id).map(|r| (commands, r))
+        })
+        .await?;
+    c.submit(commands).await;
+    Ok((StatusCode::ACCEPTED, Json(instance_view(&record))).into_response())
+}
+
 #[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
     responses(
         (status = 204, description = "Deleted; its node removes its files"),
@@ -995,7 +1042,7 @@ async fn nodes(State(c): Ctl, Tenant(tenant): Tenant, Query(q): Query<NodesQuery
 
 /// `POST /v1/nodes/{id}/evacuate`, `…/restore`, `…/forget`: a node command, admin's.
 async fn node_action(c: Arc<Controller>, tenant: String, id: String, action: &'static str) -> ApiResult<Response> {
-    node_command(c, tenant, id, action, None).await
+    node_command(c, tenant, id, action, None, false).await
 }
 
 /// A node command; `drain_ms` makes an evacuation a drain.
@@ -1005,6 +1052,7 @@ async fn node_command(
     id: String,
     action: &'static str,
     drain_ms: Option<u64>,
+    live: bool,
 ) -> ApiResult<Response> {
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate, restore or forget nodes"));
@@ -1014,6 +1062,14 @@ async fn node_command(
     // Whether the node exists is the scheduler's to say (404 from its NoNode): this controller
     // may never have heard from it (it restarted while the node was gone, or it is a backup,
     // whose refusal must read as one and not as an unknown node).
+    // A live evacuation moves the vm instances that can move first: the node drains (no new
+    // work, nothing stopped) while they migrate, then what is left is stopped.
+    let moves = if live { c.blocking(move |c| c.service().live_moves_from(node)).await? } else { Vec::new() };
+    let moving: Vec<Uuid> = moves
+        .iter()
+        .filter_map(|m| if let Message::Migrate(m) = m { Some(m.start.instance_uuid) } else { None })
+        .collect();
+    let drain_ms = if moving.is_empty() { drain_ms } else { Some(LIVE_EVACUATION_DRAIN_MS) };
     let message = match action {
         "evacuate" | "drain" => Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None, drain_ms }),
         "restore" => Message::Restore(Restore { workload_agent_uuid: node }),
@@ -1021,10 +1077,11 @@ async fn node_command(
     };
     // The scheduler answers only a refusal: a moment's wait tells the caller of one (a backup
     // controller may not command, a node still reporting is not forgotten).
-    let refused = c
-        .node_command(message, node, NODE_COMMAND_WAIT)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let refused = c.node_command(message, node, NODE_COMMAND_WAIT).await;
+    if refused.as_ref().map_or(true, Option::is_some) {
+        c.service().migrations_dropped(&moving);
+    }
+    let refused = refused.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     if let Some(f) = refused {
         let status = match f.reason {
             ssntp::payload::FailureReason::NoNode => StatusCode::NOT_FOUND,
@@ -1033,17 +1090,69 @@ async fn node_command(
         };
         return Err(ApiError::new(status, format!("the scheduler refused to {action} node {node}: {}", f.detail)));
     }
-    Ok((StatusCode::ACCEPTED, Json(NodeActionAnswer { node, action: action.to_owned() })).into_response())
+    let live_migrations = moving.len();
+    if live_migrations > 0 {
+        c.submit(moves).await;
+        tokio::spawn(finish_live_evacuation(Arc::clone(&c), node, moving));
+    }
+    let answer = NodeActionAnswer { node, action: action.to_owned(), live_migrations };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/nodes/{id}/evacuate", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),
+/// How long the node of a live evacuation drains, ms: past the migrations' own limit, so the
+/// drain's deadline stops what is left only if this controller never does.
+const LIVE_EVACUATION_DRAIN_MS: u64 = ssntp::payload::MIGRATION_TIMEOUT_MS + 60_000;
+
+/// The second half of a live evacuation: once every migration has its outcome (or the
+/// scheduler's limit passed), what still runs on the node is stopped to start elsewhere.
+#[allow(clippy::disallowed_methods)] // the shell: waiting on the real clock
+async fn finish_live_evacuation(c: Arc<Controller>, node: Uuid, moving: Vec<Uuid>) {
+    let limit = Duration::from_millis(ssntp::payload::MIGRATION_TIMEOUT_MS + 5_000);
+    let deadline = tokio::time::Instant::now() + limit;
+    while c.service().still_migrating(&moving) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = c.service().still_migrating(&moving);
+    c.service().migrations_dropped(&moving);
+    // Restored meanwhile: the operator changed their mind, nothing more is stopped.
+    if c.nodes().iter().any(|n| n.uuid == node && n.status != NodeStatus::Maintenance) {
+        tracing::info!(%node, "the node was restored during its live evacuation; nothing left is stopped");
+        return;
+    }
+    tracing::info!(%node, answered = moving.len() - left, unanswered = left, "live migrations over; stopping what is left");
+    let message = Message::Evacuate(Evacuate { workload_agent_uuid: node, deadline_ms: None, drain_ms: None });
+    match c.node_command(message, node, NODE_COMMAND_WAIT).await {
+        Ok(None) => {}
+        Ok(Some(f)) => {
+            tracing::warn!(%node, detail = %f.detail, "the evacuation after the live migrations was refused")
+        }
+        Err(e) => tracing::warn!(%node, error = %e, "the evacuation after the live migrations was not sent"),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{id}/evacuate", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), EvacuateQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 202, description = "Sent: the node takes no new work and its instances move elsewhere", body = NodeActionAnswer),
+        (status = 202, description = "Sent: the node takes no new work and its instances move elsewhere (its vm instances live first, unless live=false)", body = NodeActionAnswer),
         crate::openapi::NodeRefusals,
     )
 )]
-async fn evacuate_node(State(c): Ctl, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
-    node_action(c, tenant, id, "evacuate").await
+async fn evacuate_node(
+    State(c): Ctl,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<EvacuateQuery>,
+) -> ApiResult<Response> {
+    node_command(c, tenant, id, "evacuate", None, q.live.unwrap_or(true)).await
+}
+
+/// `?live=` of `POST /v1/nodes/{id}/evacuate`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EvacuateQuery {
+    /// Move the node's vm instances live where they can (both nodes' launchers take
+    /// migrations) before the rest is stopped to start elsewhere (default true); `false`
+    /// stops everything at once.
+    live: Option<bool>,
 }
 
 /// `?deadline=` of `POST /v1/nodes/{id}/drain`.
@@ -1080,7 +1189,7 @@ async fn drain_node(
             )
         })?;
     let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-    node_command(c, tenant, id, "drain", Some(ms)).await
+    node_command(c, tenant, id, "drain", Some(ms), false).await
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{id}/restore", tag = "nodes", params(("id" = Uuid, Path, description = "The node's UUID"), crate::openapi::TenantHeader),

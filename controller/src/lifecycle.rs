@@ -125,6 +125,16 @@ pub enum Input {
     },
     /// The scheduler declared its node lost.
     NodeLost,
+    /// Something to say about it that changes nothing (a live migration refused).
+    Noted,
+    /// A live migration's outcome: it runs at `to` now if it ran at `from` (an abandoned one
+    /// has `to` equal to `from`).
+    Migrated {
+        /// Where it ran.
+        from: Uuid,
+        /// Where it runs.
+        to: Uuid,
+    },
     /// The user wants it stopped (kept, startable again).
     Stop,
     /// The user wants it started again after a final state.
@@ -251,6 +261,12 @@ impl Lifecycle {
             // The cluster.
             (State::Starting, Input::Queued { reason }) | (State::Queued { .. }, Input::Queued { reason }) => {
                 self.state = State::Queued { reason };
+            }
+            (State::Running { node }, Input::Migrated { from, to }) if node == from && to != from => {
+                self.state = State::Running { node: to };
+                if self.stop_requested {
+                    actions.push(Action::SendStop { node: to });
+                }
             }
             (State::Starting | State::Queued { .. }, Input::Started { node }) => {
                 self.state = State::Running { node };
@@ -488,5 +504,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_migration_moves_a_running_instance_only_from_where_it_runs() {
+        let other = Uuid::from_bytes([8; 16]);
+        let mut l = Lifecycle::new(ON_FAILURE, 0);
+        l.handle(0, Input::Tick);
+        l.handle(0, Input::Started { node: node() });
+        assert!(l.handle(1, Input::Migrated { from: other, to: other }).is_empty());
+        assert_eq!(l.state, State::Running { node: node() }, "news of another copy changes nothing");
+        assert!(l.handle(1, Input::Migrated { from: node(), to: other }).is_empty());
+        assert_eq!(l.state, State::Running { node: other });
+        assert_eq!((l.restarts, l.starts_sent), (0, 1), "not a restart");
+        // A stop asked for while it moved goes to where it is now.
+        l.stop_requested = true;
+        let actions = l.handle(2, Input::Migrated { from: other, to: node() });
+        assert_eq!(actions, vec![Action::SendStop { node: node() }]);
     }
 }

@@ -282,6 +282,9 @@ async fn cache_ways_are_given_to_one_instance_at_a_time_through_resctrl_groups()
          argv = [\"/bin/sleep\", \"60\"]\n[restart]\npolicy = \"never\"\n",
     )
     .await;
+    // Groups are named after the node and the instance (`drover-NODE-INSTANCE`).
+    let node = api.get("/v1/nodes").await.unwrap()[0]["uuid"].as_str().unwrap().to_owned();
+    let group_of = |id: &str| resctrl.join(format!("drover-{node}-{id}"));
     let mut running = Vec::new();
     for _ in 0..3 {
         let id = launch_one(&api, "ways").await;
@@ -291,7 +294,7 @@ async fn cache_ways_are_given_to_one_instance_at_a_time_through_resctrl_groups()
     let mut masks: Vec<String> = running
         .iter()
         .map(|id| {
-            let group = resctrl.join(format!("drover-{id}"));
+            let group = group_of(id);
             let tasks = std::fs::read_to_string(group.join("tasks")).unwrap_or_default();
             assert!(tasks.trim().parse::<u32>().is_ok(), "the shim joined {}: {tasks:?}", group.display());
             std::fs::read_to_string(group.join("schemata")).unwrap().trim().to_owned()
@@ -308,11 +311,152 @@ async fn cache_ways_are_given_to_one_instance_at_a_time_through_resctrl_groups()
     assert_ne!(queued["state"], "running", "{queued}");
     api.post(&format!("/v1/instances/{}/stop", running[0]), &serde_json::json!({})).await.unwrap();
     instance_when(&api, &waiting, "running", common::PATIENCE, |i| i["state"] == "running").await;
-    let gone = resctrl.join(format!("drover-{}", running[0]));
+    let gone = group_of(&running[0]);
     testutil::wait_for("the stopped instance's group to be removed", std::time::Duration::from_secs(10), || {
         let gone = gone.clone();
         async move { (!gone.exists()).then_some(()) }
     })
     .await;
-    assert!(resctrl.join(format!("drover-{waiting}")).join("schemata").exists());
+    assert!(group_of(&waiting).join("schemata").exists());
+}
+
+/// Live migration (ciao's TODO) on a real cluster: a counting guest on one launcher moves to
+/// the other without a stop. Its count goes on where it was (the state travelled, not a new
+/// boot), it never leaves `running`, the controller's record and the nodes' own reports move
+/// with it, and a second migration brings it back. A guest asked to go to a node that does not
+/// take migrations stays where it runs, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_moves_live_to_another_node_and_counts_on_there() {
+    const TEST: &str = "a_running_vm_moves_live_to_another_node_and_counts_on_there";
+    if std::env::consts::ARCH != "x86_64" {
+        return testutil::skip("qemu", TEST, "the test guest is an x86 multiboot kernel");
+    }
+    if testutil::vm::x86_device_model().is_none() {
+        return testutil::skip("qemu", TEST, "no qemu-system-x86_64 on PATH (apt-get install qemu-system-x86)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = match testutil::vm::counting_kernel(dir.path()) {
+        Ok(kernel) => kernel,
+        Err(why) => return testutil::skip("qemu", TEST, &why),
+    };
+    let migrating: &[&str] = &["--backend", "vm", "--migration-listen", "127.0.0.1:0"];
+    let cluster = Cluster::start(&[migrating, migrating, &["--backend", "vm"]]);
+    cluster.wait_ready(3).await;
+    let api = cluster.admin();
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    let features = |n: &serde_json::Value| n["report"]["features"].as_array().unwrap().clone();
+    let plain: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !features(n).iter().any(|f| f == "migrate"))
+        .map(|n| n["uuid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(plain.len(), 1, "two nodes take migrations: {nodes}");
+
+    let workload = format!(
+        // Bounded: a guest that never ends must not outlive a failed run (workloads outlive
+        // their launchers by design).
+        "name = \"counter\"\nmax_run_time = \"3m\"\n[resources]\nvcpus = 1\nmem_mb = 32\n[requirements]\n\
+         features = [\"migrate\"]\n[backend]\ntype = \"vm\"\nkernel = \"{}\"\naccel = \"tcg\"\n[restart]\n\
+         policy = \"never\"\n",
+        kernel.display()
+    );
+    create_workload(&api, &workload).await;
+    let id = launch_one(&api, "counter").await;
+    let ticks = |id: String| {
+        let api = &api;
+        async move {
+            let logs = api.get(&format!("/v1/instances/{id}/logs")).await.ok()?;
+            Some(testutil::vm::ticks(logs["data"].as_str()?))
+        }
+    };
+    let counting = |at_least: u64| {
+        let id = id.clone();
+        async move {
+            common::wait_within("the guest to count", common::PATIENCE, || {
+                let id = id.clone();
+                async move { ticks(id).await.filter(|t| t.last().is_some_and(|n| *n >= at_least)) }
+            })
+            .await
+        }
+    };
+    let first = instance_when(&api, &id, "the guest to run", common::PATIENCE, |i| i["state"] == "running").await;
+    let from = first["node"].as_str().unwrap().to_owned();
+    assert_eq!(counting(5).await.first(), Some(&1), "a fresh guest counts from 1");
+
+    // Moved where the scheduler chooses: the only other node that takes migrations.
+    let answer = api.post(&format!("/v1/instances/{id}/migrate"), &serde_json::json!({})).await.unwrap();
+    assert_eq!(answer["state"], "running", "{answer}");
+    let moved = instance_when(&api, &id, "the guest to move", common::PATIENCE, |i| {
+        i["node"].as_str().is_some_and(|n| n != from)
+    })
+    .await;
+    let to = moved["node"].as_str().unwrap().to_owned();
+    assert!(!plain.contains(&to), "{moved}");
+    assert_eq!(moved["state"], "running", "{moved}");
+    assert!(moved["why"].as_str().unwrap_or_default().contains("migrated live"), "{moved}");
+    // Its output is now the destination's: the count goes on from where it was.
+    let there = counting(0).await;
+    let resumed_at = there.first().copied().unwrap();
+    assert!(resumed_at > 5, "the guest carried its count over (first line at the destination: tick {resumed_at})");
+    let later = counting(resumed_at + 5).await;
+    assert!(later.windows(2).all(|w| w[1] == w[0] + 1), "it counts on without a gap or a reboot: {later:?}");
+    // Only the destination reports it active; the source dropped its copy.
+    common::wait_within("one copy, at the destination", common::PATIENCE, || async {
+        let copies = common::active_copies(&api).await?;
+        (copies.get(&id)? == &vec![to.clone()]).then_some(())
+    })
+    .await;
+
+    // Asked to go to a node that takes no migrations, it stays and the record says why.
+    let refused = format!("/v1/instances/{id}/migrate?to={}", plain[0]);
+    api.post(&refused, &serde_json::json!({})).await.unwrap();
+    let stayed = instance_when(&api, &id, "the refusal", common::PATIENCE, |i| {
+        i["why"].as_str().unwrap_or_default().contains("live migration refused")
+    })
+    .await;
+    assert_eq!((stayed["state"].as_str(), stayed["node"].as_str()), (Some("running"), Some(to.as_str())), "{stayed}");
+
+    // And back, named.
+    api.post(&format!("/v1/instances/{id}/migrate?to={from}"), &serde_json::json!({})).await.unwrap();
+    let back =
+        instance_when(&api, &id, "the guest to come back", common::PATIENCE, |i| i["node"] == from.as_str()).await;
+    assert_eq!(back["state"], "running", "{back}");
+    let again = counting(0).await;
+    assert!(again.first().is_some_and(|n| *n > later.last().copied().unwrap_or(0)), "{again:?} after {later:?}");
+    assert_eq!(back["restarts"], 0, "never restarted: {back}");
+
+    // Evacuating its node moves it live too, before the node goes into maintenance.
+    let answer = api.post(&format!("/v1/nodes/{from}/evacuate"), &serde_json::json!({})).await.unwrap();
+    assert_eq!(answer["live_migrations"], 1, "{answer}");
+    let evacuated =
+        instance_when(&api, &id, "the evacuation to move it", common::PATIENCE, |i| i["node"] == to.as_str()).await;
+    assert_eq!(
+        (evacuated["state"].as_str(), evacuated["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{evacuated}"
+    );
+    let after = counting(0).await;
+    assert!(after.first().is_some_and(|n| *n > again.last().copied().unwrap_or(0)), "{after:?} after {again:?}");
+    // The evacuation is over once the node no longer drains: what was left has been stopped.
+    common::wait_within("the live evacuation to end", common::PATIENCE, || async {
+        let nodes = api.get("/v1/nodes").await.ok()?;
+        let n = nodes.as_array()?.iter().find(|n| n["uuid"] == from.as_str())?.clone();
+        (n["status"] == "maintenance" && n["report"]["draining_until_unix_ms"].is_null()).then_some(())
+    })
+    .await;
+    common::restore_evacuated(&api, &from).await;
+    // Without live migration, an evacuation stops it and it starts afresh elsewhere.
+    let answer = api.post(&format!("/v1/nodes/{to}/evacuate?live=false"), &serde_json::json!({})).await.unwrap();
+    assert!(answer.get("live_migrations").is_none(), "{answer}");
+    let restarted = instance_when(&api, &id, "the evacuation to restart it", common::PATIENCE, |i| {
+        i["state"] == "running" && i["node"].as_str().is_some_and(|n| n != to)
+    })
+    .await;
+    assert_eq!(counting(1).await.first(), Some(&1), "a new boot counts from 1: {restarted}");
+    common::restore_evacuated(&api, &to).await;
+
+    api.post(&format!("/v1/instances/{id}/cancel"), &serde_json::json!({})).await.unwrap();
+    instance_when(&api, &id, "the guest to stop", common::PATIENCE, |i| i["state"] == "canceled").await;
 }

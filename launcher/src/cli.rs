@@ -104,6 +104,20 @@ pub struct Args {
     /// Without, those on PATH.
     #[arg(long = "hypervisor-tools", value_name = "DIR")]
     pub hypervisor_tools: Vec<PathBuf>,
+    /// Take part in live migrations of vm instances: the address other launchers send an
+    /// instance's state to (mutual TLS with launcher certificates; port 0 picks one). The node
+    /// then offers the feature `migrate`. Without, its vm instances are evacuated by stopping
+    /// them instead.
+    #[arg(long, value_name = "ADDR")]
+    pub migration_listen: Option<std::net::SocketAddr>,
+    /// The host other launchers reach this one at for migrations, when --migration-listen is
+    /// a wildcard address (0.0.0.0, [::]).
+    #[arg(long, value_name = "HOST", requires = "migration_listen")]
+    pub migration_advertise: Option<String>,
+    /// Most a migration's state stream may take of the network, MiB/s (0: as fast as it goes;
+    /// the device model's own default would be 128).
+    #[arg(long, value_name = "MIB_S", default_value_t = 0, requires = "migration_listen")]
+    pub migration_bandwidth: u64,
     /// A script workloads may run as a check after their program succeeds (repeatable), e.g.
     /// --script rpmlint=/usr/local/bin/drover-rpmlint: it runs in the instance's directory, as
     /// its user, under its limits and with its environment; its exit code decides the

@@ -26,7 +26,8 @@ use std::time::Duration;
 use drover_model::{NodeStatus, Now, Overcommit};
 use ssntp::payload::{
     CommandFailure, DigestPage, ExitReason, FailureReason, InstanceEvent, InstanceExited, InstanceFailure,
-    InstanceNews, InstanceStat, InstanceState, LogFetch, Message, NodeReport, NodeState, Start, StartFailure, Stats,
+    InstanceNews, InstanceStat, InstanceState, LogFetch, Message, MigrateOut, MigrationDone, NodeReport, NodeState,
+    Start, StartFailure, Stats,
 };
 use ssntp::Uuid;
 
@@ -83,6 +84,9 @@ pub enum Input {
     Sample(Box<NodeReport>),
     /// Every instance's use of the node, freshly sampled.
     Usage(Vec<(Uuid, InstanceUsage)>),
+    /// The shell's part of a live migration: the incoming copy waits at `address`
+    /// (MIGRATION_READY), or the copy ended (MIGRATION_DONE).
+    Migration(Message),
     /// The report timer fired: a heartbeat.
     ReportDue,
     /// The news timer fired: send the instances that changed.
@@ -140,6 +144,27 @@ pub enum Effect {
     Tail(LogFetch),
     /// Persist the node flags.
     SaveFlags(NodeFlags),
+    /// Send a `vm` instance's state to another node (live migration); MIGRATION_DONE follows
+    /// as [`Input::Migration`].
+    MigrateOut(MigrateOut),
+    /// Resume the paused guest of an incoming instance whose migration was committed.
+    Resume(Uuid),
+    /// Cancel an outgoing migration and resume the guest if it was paused.
+    CancelMigration(Uuid),
+}
+
+/// An instance's part in a live migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationRole {
+    /// The destination's copy, waiting for its state: not reported until committed.
+    Incoming,
+    /// The source's copy, sending its state: reported as usual (it still runs here).
+    Outgoing,
+    /// A copy that is no longer the instance (the source's once committed, the destination's
+    /// once abandoned): stopped, its end reported like any stop (the controller and the
+    /// scheduler know the instance is elsewhere and only note that this copy is gone), then
+    /// removed with its files.
+    Leaving,
 }
 
 /// Where an instance is in its life on this node.
@@ -171,6 +196,8 @@ struct Entry {
     usage: InstanceUsage,
     /// The usage last sent: news carries usage only when it moved enough.
     reported_usage: InstanceUsage,
+    /// Its part in a live migration under way.
+    migration: Option<MigrationRole>,
 }
 
 impl Entry {
@@ -188,13 +215,20 @@ impl Entry {
             phase: Phase::Running,
             usage: InstanceUsage::default(),
             reported_usage: InstanceUsage::default(),
+            migration: start.migrate_from.map(|_| MigrationRole::Incoming),
         }
+    }
+
+    /// Whether nothing about it is reported: a failed start (its end travels as START_FAILURE),
+    /// or an incoming copy not yet committed (see [`MigrationRole`]).
+    fn unreported(&self) -> bool {
+        self.failed_start || self.migration == Some(MigrationRole::Incoming)
     }
 
     /// Whether a digest at `now_ms` lists it: not a failed start, and not an end delivered
     /// longer than `retention_ms` ago.
     fn listed(&self, now_ms: u64, retention_ms: u64) -> bool {
-        !self.failed_start
+        !self.unreported()
             && match self.phase {
                 Phase::Running | Phase::Ended { delivered: false, .. } => true,
                 Phase::Ended { delivered: true, at_ms, .. } => now_ms.saturating_sub(at_ms) < retention_ms,
@@ -422,9 +456,16 @@ impl Core {
                 if let Some(Phase::Ended { delivered, .. }) = self.table.get_mut(&instance).map(|e| &mut e.phase) {
                     *delivered = true;
                 }
+                if self.table.get(&instance).is_some_and(|e| e.migration == Some(MigrationRole::Leaving)) {
+                    // Its end is known; the instance's files are at its other node.
+                    self.table.remove(&instance);
+                    self.changed.remove(&instance);
+                    out.push(Effect::Delete(instance));
+                }
                 self.orphans.retain(|o| o.instance != instance);
             }
             Input::Sample(report) => self.sample = *report,
+            Input::Migration(message) => self.migration_news(message, &mut out),
             Input::Usage(usage) => {
                 let samples: Vec<(&'static str, i64)> = usage
                     .iter()
@@ -474,6 +515,9 @@ impl Core {
                 Adopted::Known { start, stop_requested, exit, exit_reported } => {
                     let tax = self.tax_of(&start);
                     let mut entry = Entry::of(&start, tax);
+                    // A migration does not survive a restart: the copy is reported as this
+                    // node's, and the scheduler's MIGRATE_END (if one comes) says what it is.
+                    entry.migration = None;
                     entry.stop_requested = stop_requested;
                     entry.started = true;
                     if let Some(exit) = exit {
@@ -579,6 +623,12 @@ impl Core {
                 }
                 return None; // MAINTENANCE and one INSTANCE_STOPPED per instance follow
             }
+            Message::MigrateOut(o) => return self.migrate_out(o, out),
+            Message::MigrateEnd(end) => {
+                let incoming = end.to_node == self.config.node;
+                self.migrate_end(end.instance_uuid, end.committed, incoming, out);
+                return None;
+            }
             Message::Restore(_) => {
                 self.flags.maintenance = false;
                 self.flags.drain_until_unix_ms = None;
@@ -587,6 +637,84 @@ impl Core {
             }
             _ => return None,
         })
+    }
+
+    /// MIGRATE_OUT: a running, started `vm` instance not already migrating sends its state.
+    fn migrate_out(&mut self, o: MigrateOut, out: &mut Vec<Effect>) -> Option<Message> {
+        let id = o.instance_uuid;
+        let refusal = match self.table.get_mut(&id) {
+            None => Some(format!("no instance {id} here")),
+            Some(e) if e.backend != "vm" => Some(format!("instance {id} is not a vm")),
+            Some(e) if !e.running() || !e.started || e.stop_requested => Some(format!("instance {id} is not running")),
+            Some(e) if e.migration.is_some() => Some(format!("instance {id} is migrating already")),
+            Some(e) => {
+                e.migration = Some(MigrationRole::Outgoing);
+                None
+            }
+        };
+        match refusal {
+            Some(detail) => Some(Message::MigrationDone(MigrationDone { instance_uuid: id, ok: false, detail })),
+            None => {
+                out.push(Effect::MigrateOut(o));
+                None
+            }
+        }
+    }
+
+    /// MIGRATE_END: the copy here becomes the instance, stays it, or leaves. Its part is
+    /// whether this node is the destination (`incoming`): a launcher restarted meanwhile has
+    /// forgotten it.
+    fn migrate_end(&mut self, id: Uuid, committed: bool, incoming: bool, out: &mut Vec<Effect>) {
+        let Some(e) = self.table.get_mut(&id) else { return };
+        let role = match e.migration {
+            Some(MigrationRole::Leaving) => MigrationRole::Leaving,
+            _ if incoming => MigrationRole::Incoming,
+            _ => MigrationRole::Outgoing,
+        };
+        match (role, committed) {
+            (MigrationRole::Incoming, true) => {
+                e.migration = None;
+                self.changed.insert(id);
+                out.push(Effect::Resume(id));
+            }
+            (MigrationRole::Outgoing, false) => {
+                e.migration = None;
+                out.push(Effect::CancelMigration(id));
+            }
+            (MigrationRole::Incoming, false) | (MigrationRole::Outgoing, true) => {
+                e.migration = Some(MigrationRole::Leaving);
+                match e.phase {
+                    Phase::Running => {
+                        e.stop_requested = true;
+                        out.push(Effect::Stop { instance: id, grace: Duration::ZERO });
+                    }
+                    // It ended already (a STOP raced the end) and its end went: gone now.
+                    Phase::Ended { delivered: true, .. } => {
+                        self.table.remove(&id);
+                        self.changed.remove(&id);
+                        out.push(Effect::Delete(id));
+                    }
+                    Phase::Ended { delivered: false, .. } => {}
+                }
+            }
+            (MigrationRole::Leaving, _) => {}
+        }
+    }
+
+    /// What the shell's migration work says: sent on to the scheduler while the migration is
+    /// still this node's to report.
+    fn migration_news(&mut self, message: Message, out: &mut Vec<Effect>) {
+        let role = |id: &Uuid| self.table.get(id).and_then(|e| e.migration);
+        let current = match &message {
+            Message::MigrationReady(r) => role(&r.instance_uuid) == Some(MigrationRole::Incoming),
+            Message::MigrationDone(d) => {
+                matches!(role(&d.instance_uuid), Some(MigrationRole::Incoming | MigrationRole::Outgoing))
+            }
+            _ => false,
+        };
+        if current {
+            out.push(Effect::Send(message));
+        }
     }
 
     /// Whether a START may run here; `Ok(true)` when it replaces an ended copy (a restart).
@@ -605,6 +733,11 @@ impl Core {
             None => Ok(false),
             // A restart of a copy that ended here: the new run replaces it (ciao's restart).
             Some(e) if start.restart && !e.running() => Ok(true),
+            // A copy that moved away not long ago: its files go once its end is reported.
+            Some(e) if e.migration == Some(MigrationRole::Leaving) => Err((
+                FailureReason::InstanceExists,
+                format!("the previous copy of instance {} here is still being removed; try again", start.instance_uuid),
+            )),
             Some(e) => {
                 let reason = if e.running() { FailureReason::AlreadyRunning } else { FailureReason::InstanceExists };
                 Err((reason, format!("instance {} is already on this node", start.instance_uuid)))
@@ -646,7 +779,9 @@ impl Core {
                 if let Some(e) = self.table.get_mut(&instance) {
                     if e.running() && !e.started {
                         e.started = true;
-                        self.changed.insert(instance);
+                        if !e.unreported() {
+                            self.changed.insert(instance);
+                        }
                     }
                 }
             }
@@ -667,6 +802,18 @@ impl Core {
                     detail,
                 };
                 out.push(Effect::SendEnd { instance, message: Message::StartFailure(failure) });
+            }
+            Event::Exited(exit)
+                if self.table.get(&exit.instance).is_some_and(|e| e.migration == Some(MigrationRole::Incoming)) =>
+            {
+                // An incoming copy whose migration was still under way: it failed, and the
+                // copy is gone without a word (the instance runs on at its source).
+                self.table.remove(&exit.instance);
+                self.changed.remove(&exit.instance);
+                out.push(Effect::Delete(exit.instance));
+                let detail = format!("the incoming device model ended (code {:?})", exit.code);
+                let done = MigrationDone { instance_uuid: exit.instance, ok: false, detail };
+                out.push(Effect::Send(Message::MigrationDone(done)));
             }
             Event::Exited(exit) => {
                 if self.table.end(&exit.instance, exit.code, exit.reason, now.mono_ms).is_some() {
@@ -859,7 +1006,7 @@ impl Core {
         let mut ends = Vec::new();
         for id in ids {
             let Some(e) = self.table.get_mut(id) else { continue };
-            if e.failed_start {
+            if e.unreported() {
                 continue;
             }
             e.reported_usage = e.usage;

@@ -106,6 +106,10 @@ pub trait Executor: std::fmt::Debug {
     fn tail(&self, instance: Uuid, max_bytes: u32) -> Result<(String, bool), Refusal>;
     /// Samples every instance's use of the node.
     fn usage(&mut self) -> Vec<(Uuid, InstanceUsage)>;
+    /// The device model sockets of a `vm` instance (live migration); `None` for any other.
+    fn vm_sockets(&self, _instance: Uuid) -> Option<crate::migration::VmSockets> {
+        None
+    }
     /// Writes what it keeps in memory between the shell's report ticks (group commit).
     fn flush(&mut self) {}
 }

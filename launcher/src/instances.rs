@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::cgroup::{Cgroups, Pin};
 use crate::executor::Executor;
 pub use crate::executor::{Adopted, Event, Exit, InstanceUsage, Refusal};
+use crate::migration::VmSockets;
 use crate::state::{files, read_json, write_json, ExitRecord, InstanceRecord, Journal, ShimSpec};
 use crate::systemd::{Systemd, UnitSpec};
 use crate::users::{Account, Users};
@@ -196,6 +197,8 @@ pub struct Instances {
     users_file: Option<PathBuf>,
     /// The system manager, when the node offers the `systemd` backend.
     systemd: Option<Systemd>,
+    /// The launcher's node, in machine-wide names ([`Instances::with_node`]).
+    node: Option<Uuid>,
 }
 
 fn unix_ms() -> u64 {
@@ -230,6 +233,24 @@ impl Instances {
             users: Users::one(own_account()),
             users_file: None,
             systemd: None,
+            node: None,
+        }
+    }
+
+    /// Names what it makes machine-wide (cgroups, cache groups) after `node` too: two
+    /// launchers of one machine (one per NUMA node) may hold copies of the same instance while
+    /// it migrates from one to the other, and each copy needs limits of its own.
+    #[must_use]
+    pub fn with_node(mut self, node: Uuid) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// The machine-wide name of an instance's cgroups and cache group.
+    fn machine_name(&self, id: Uuid) -> String {
+        match self.node {
+            Some(node) => format!("{node}-{id}"),
+            None => id.to_string(),
         }
     }
 
@@ -605,7 +626,7 @@ impl Instances {
         {
             record.cgroups = self
                 .cgroups
-                .create(&id.to_string(), req.mem_mb + extra_mb, req.vcpus, self.pin.as_ref())
+                .create(&self.machine_name(id), req.mem_mb + extra_mb, req.vcpus, self.pin.as_ref())
                 .map_err(|e| (FailureReason::LaunchFailure, e))?;
         }
         self.spawn_shim(id, dir, argv.to_vec(), env.clone(), record.user, record)
@@ -633,7 +654,7 @@ impl Instances {
         let Some(mask) = crate::resctrl::allocate(cache.ways, self.cache_masks.values().copied(), n) else {
             return Err((FailureReason::FullCn, format!("no {n} contiguous cache ways free of {}", cache.ways)));
         };
-        let group = crate::resctrl::group(&cache.root, &id.to_string());
+        let group = crate::resctrl::group(&cache.root, &self.machine_name(id));
         let made = std::fs::create_dir(&group)
             .and_then(|()| std::fs::write(group.join("schemata"), crate::resctrl::schemata(cache, mask)));
         if let Err(e) = made {
@@ -671,7 +692,15 @@ impl Instances {
         let req = &record.start.requirements;
         let kvm = crate::vm::use_kvm(vm.accel, &arch, Path::new("/dev/kvm").exists())
             .map_err(|e| (FailureReason::InvalidData, e))?;
-        let argv = crate::vm::argv(model, vm, req.mem_mb, req.vcpus, kvm);
+        // Disks are snapshots beside this device model: such a guest never migrates, so it
+        // needs no monitor.
+        let incoming = record.start.migrate_from.is_some();
+        let sockets = if vm.disks.is_empty() { VmSockets::in_dir(&dir.join(files::RESULTS)) } else { None };
+        if incoming && sockets.is_none() {
+            let detail = format!("{}: too long a path for the migration sockets", dir.display());
+            return Err((FailureReason::LaunchFailure, detail));
+        }
+        let argv = crate::vm::argv(model, vm, req.mem_mb, req.vcpus, kvm, sockets.as_ref(), incoming);
         self.spawn_process(id, dir, &argv, &std::collections::BTreeMap::new(), crate::vm::DEVICE_MODEL_MB, record)
     }
 
@@ -1079,6 +1108,16 @@ impl Instances {
 impl Executor for Instances {
     fn run(&mut self, start: &Start) -> Result<(), Refusal> {
         self.start(start)
+    }
+
+    fn vm_sockets(&self, instance: Uuid) -> Option<VmSockets> {
+        let i = self.table.get(&instance)?;
+        match &i.record.start.backend {
+            Backend::Vm { disks, .. } if disks.is_empty() => {
+                VmSockets::in_dir(&self.dir(instance).join(files::RESULTS))
+            }
+            _ => None,
+        }
     }
 
     fn stop(&mut self, instance: Uuid, grace: Duration) {

@@ -24,6 +24,8 @@
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
 //! - [`vm`]: the `vm` backend's device models (hypervisor tools) and their command lines.
+//! - [`migration`]: live migration of `vm` instances: the state stream between launchers over
+//!   mutual TLS, and the device models' QMP monitors.
 //! - [`resctrl`]: last-level cache ways as a resource (Intel RDT cache allocation).
 //! - [`shell`]: the IO around the core: the SSNTP client, the report timer and machine probe,
 //!   the executor.
@@ -43,6 +45,7 @@ pub mod doctor;
 pub mod executor;
 pub mod instances;
 pub mod metrics;
+pub mod migration;
 pub mod oci;
 pub mod probe;
 pub mod resctrl;

@@ -36,6 +36,8 @@ pub struct Prepared {
     shim: ShimCommand,
     offer: probe::Offer,
     users: Users,
+    /// The server and peer-client TLS configurations of live migrations.
+    migration_tls: (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>),
 }
 
 /// Loads TLS material, checks the agent role, creates the state directory and loads the
@@ -59,7 +61,11 @@ pub fn prepare(args: Args) -> anyhow::Result<Prepared> {
     if users.allows_root() {
         offer.features.push(ROOT_FEATURE.to_owned());
     }
-    Ok(Prepared { args, tls, uuid, shim, offer, users })
+    let migration_tls = (
+        ssntp::tls::server_config(&identity).context("building the migration TLS configuration")?,
+        ssntp::tls::peer_client_config(&identity).context("building the migration TLS configuration")?,
+    );
+    Ok(Prepared { args, tls, uuid, shim, offer, users, migration_tls })
 }
 
 /// Where `--run-as auto` keeps the uid it gave each tenant.
@@ -173,6 +179,12 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         );
     }
     features.extend(device_models.keys().map(|arch| ssntp::payload::vm_feature(arch)));
+    if args.migration_listen.is_some() {
+        if !backends.iter().any(|b| b == "vm") {
+            anyhow::bail!("--migration-listen moves vm instances: it needs --backend vm");
+        }
+        features.push(ssntp::payload::MIGRATE_FEATURE.to_owned());
+    }
     if !args.volume_roots.is_empty() {
         features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
     }
@@ -229,6 +241,8 @@ struct Shell {
     mem_reserve_mb: u64,
     drain_on_exit: bool,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Live migrations, where this launcher takes part in them (`--migration-listen`).
+    migrations: Option<crate::migration::Migrations>,
 }
 
 impl Shell {
@@ -295,9 +309,30 @@ impl Shell {
                     tracing::warn!(instance = %start.instance_uuid, %detail, "cannot start the workload");
                     return vec![Input::RunRefused { instance: start.instance_uuid, reason, detail }];
                 }
+                if let Some(from) = start.migrate_from {
+                    let id = start.instance_uuid;
+                    match (&self.migrations, self.executor.vm_sockets(id)) {
+                        (Some(migrations), Some(sockets)) => migrations.expect(id, from, sockets),
+                        _ => return vec![migration_failed(id, "this launcher takes no migrations")],
+                    }
+                }
             }
+            Effect::MigrateOut(o) => {
+                let id = o.instance_uuid;
+                match (&self.migrations, self.executor.vm_sockets(id)) {
+                    (Some(migrations), Some(sockets)) => migrations.send(id, o.to_node, o.address, sockets),
+                    _ => return vec![migration_failed(id, "this launcher takes no migrations")],
+                }
+            }
+            Effect::Resume(instance) => self.monitor(instance, true),
+            Effect::CancelMigration(instance) => self.monitor(instance, false),
             Effect::Stop { instance, grace } => self.executor.stop(instance, grace),
-            Effect::Delete(instance) => self.executor.delete(instance),
+            Effect::Delete(instance) => {
+                if let Some(migrations) = &self.migrations {
+                    migrations.forget(instance);
+                }
+                self.executor.delete(instance);
+            }
             Effect::Tail(fetch) => {
                 let answer = self.tail(&fetch);
                 if let Err(e) = self.client.send(&answer).await {
@@ -311,6 +346,27 @@ impl Shell {
             }
         }
         Vec::new()
+    }
+
+    /// Resumes a guest whose incoming migration was committed, or cancels an outgoing one, on
+    /// its device model's monitor (in the background: a guest still taking its last state
+    /// must not hold up the launcher).
+    fn monitor(&self, instance: Uuid, resume: bool) {
+        let Some(sockets) = self.executor.vm_sockets(instance) else { return };
+        tokio::spawn(async move {
+            let result = if resume {
+                crate::migration::resume(&sockets).await
+            } else {
+                crate::migration::cancel(&sockets).await
+            };
+            match result {
+                Ok(()) if resume => tracing::info!(%instance, "migrated instance resumed here"),
+                Ok(()) => tracing::info!(%instance, "migration abandoned; the instance runs on here"),
+                Err(e) => {
+                    tracing::error!(%instance, resume, error = %format!("{e:#}"), "the device model's monitor failed")
+                }
+            }
+        });
     }
 
     fn tail(&self, fetch: &LogFetch) -> Message {
@@ -376,6 +432,12 @@ impl Shell {
     }
 }
 
+/// A migration that cannot go on here, for the core.
+fn migration_failed(instance: Uuid, detail: &str) -> Input {
+    let done = ssntp::payload::MigrationDone { instance_uuid: instance, ok: false, detail: detail.to_owned() };
+    Input::Migration(Message::MigrationDone(done))
+}
+
 /// Runs until `shutdown` completes. Workloads keep running when the launcher exits.
 ///
 /// # Errors
@@ -413,6 +475,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_scripts(prepared.args.scripts.iter().cloned().collect())
         .with_device_models(prepared.offer.device_models.clone())
         .with_cache(prepared.offer.capabilities.cache.clone())
+        .with_node(prepared.uuid)
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));
     let adopted = instances.adopt();
     let executor = Executing { executor: Box::new(instances), events: instance_events, adopted, limits_feature };
@@ -443,7 +506,21 @@ pub async fn run_with(
     executing: Executing,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let Prepared { args, tls, uuid, offer, .. } = prepared;
+    let Prepared { args, tls, uuid, offer, migration_tls, .. } = prepared;
+    let (migration_events, mut migration_inputs) = mpsc::channel::<Message>(256);
+    let migrations = match args.migration_listen {
+        Some(bind) => Some(
+            crate::migration::Migrations::listen(
+                bind,
+                args.migration_advertise.clone(),
+                migration_tls,
+                args.migration_bandwidth,
+                migration_events,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let Executing { executor, events: mut instance_events, adopted, limits_feature } = executing;
     let mut opts = ClientOptions::new(args.servers.clone(), tls, Role::AGENT, uuid);
     opts.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned());
@@ -479,6 +556,7 @@ pub async fn run_with(
         mem_reserve_mb: args.mem_reserve_mb,
         drain_on_exit: args.drain_on_exit,
         metrics: Arc::new(crate::metrics::Metrics::new()),
+        migrations,
     };
     shell.metrics.capabilities(&shell.offer.capabilities);
     if let Some(addr) = args.metrics {
@@ -532,6 +610,7 @@ pub async fn run_with(
                 }
             }
             Some(event) = instance_events.recv() => shell.on_event(event).await,
+            Some(message) = migration_inputs.recv() => shell.handle(Input::Migration(message)).await,
             _ = ticker.tick() => {
                 shell.sample().await;
                 shell.handle(Input::ReportDue).await;

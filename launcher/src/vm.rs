@@ -78,7 +78,17 @@ pub fn use_kvm(accel: VmAccel, guest_arch: &str, node_has_kvm: bool) -> Result<b
 /// The device model's command line: `mem_mb` of memory, `vcpus` CPUs (at least 1), no display,
 /// no default devices or user configuration, the serial console on its standard output (the
 /// instance's output), and no reboot: a guest that resets or powers off ends the instance.
-pub fn argv(model: &Path, vm: &VmSpec<'_>, mem_mb: u64, vcpus: u32, kvm: bool) -> Vec<String> {
+/// With `sockets`, the device model also has a QMP monitor (live migration), and when
+/// `incoming` it starts paused, waiting for its state on the incoming socket.
+pub fn argv(
+    model: &Path,
+    vm: &VmSpec<'_>,
+    mem_mb: u64,
+    vcpus: u32,
+    kvm: bool,
+    sockets: Option<&crate::migration::VmSockets>,
+    incoming: bool,
+) -> Vec<String> {
     let mut argv: Vec<String> = vec![model.display().to_string()];
     let mut push = |args: &[&str]| argv.extend(args.iter().map(|a| (*a).to_owned()));
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"]);
@@ -94,6 +104,13 @@ pub fn argv(model: &Path, vm: &VmSpec<'_>, mem_mb: u64, vcpus: u32, kvm: bool) -
     for disk in vm.disks {
         // A comma in a path would start another option: qemu doubles it to escape it.
         push(&["-drive", &format!("file={},if=virtio,snapshot=on", disk.replace(',', ",,"))]);
+    }
+    if let Some(sockets) = sockets {
+        let path = |p: &Path| p.display().to_string().replace(',', ",,");
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", path(&sockets.qmp))]);
+        if incoming {
+            push(&["-S", "-incoming", &format!("unix:{}", path(&sockets.incoming))]);
+        }
     }
     argv
 }
@@ -113,13 +130,23 @@ mod tests {
             arch: None,
             accel: VmAccel::Auto,
         };
-        let argv = argv(Path::new("/usr/bin/qemu-system-x86_64"), &vm, 256, 0, true);
+        let argv = argv(Path::new("/usr/bin/qemu-system-x86_64"), &vm, 256, 0, true, None, false);
         assert_eq!(
             argv.join(" "),
             "/usr/bin/qemu-system-x86_64 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
              -m 256 -smp 1 -accel kvm -kernel /srv/vmlinuz -initrd /srv/initrd -append console=ttyS0 \
              -drive file=/srv/images/a,,b.qcow2,if=virtio,snapshot=on"
         );
+    }
+
+    #[test]
+    fn a_migrating_guest_has_a_monitor_and_an_incoming_one_starts_paused_waiting_for_its_state() {
+        let vm = VmSpec { kernel: "/k", initrd: None, append: None, disks: &[], arch: None, accel: VmAccel::Tcg };
+        let sockets = crate::migration::VmSockets::in_dir(Path::new("/i,d")).unwrap();
+        let model = Path::new("/usr/bin/qemu-system-x86_64");
+        let tail = |incoming| argv(model, &vm, 64, 1, false, Some(&sockets), incoming)[16..].join(" ");
+        assert_eq!(tail(false), "-qmp unix:/i,,d/q.sock,server=on,wait=off");
+        assert_eq!(tail(true), "-qmp unix:/i,,d/q.sock,server=on,wait=off -S -incoming unix:/i,,d/in.sock");
     }
 
     #[test]

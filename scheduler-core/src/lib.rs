@@ -11,6 +11,8 @@
 //! - [`placement`]: the policies (spread, bin-pack, ciao's first fit) and explanations.
 //! - [`queue`]: STARTs waiting for room, in class/priority/deadline/arrival order.
 //! - [`estimate`]: real versus requested memory per workload.
+//! - `migrate`: live migration of `vm` instances: the destination chosen and charged while the
+//!   state is copied, the outcome committed or abandoned.
 //!
 //! Rules in brief: only the master controller commands (the first connected; the next is
 //! promoted when it leaves); a START is placed at once, or queued with its reason, or refused
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod estimate;
+mod migrate;
 pub mod nodes;
 pub mod placement;
 pub mod queue;
@@ -37,6 +40,7 @@ use ssntp::payload::{
 use ssntp::{Frame, Role, Uuid};
 
 use self::estimate::Estimator;
+pub use self::migrate::MIGRATION_TIMEOUT_MS;
 use self::nodes::{Need, Node, NodeTable, Placed};
 pub use self::placement::Policy;
 use self::queue::{Queue, QueueKey, Queued};
@@ -232,6 +236,8 @@ pub struct Summary {
     pub queued: usize,
     /// Nodes reserved for a big START (`Config::reserve_big_mb`).
     pub reserved: usize,
+    /// Live migrations under way.
+    pub migrating: usize,
     /// Longest current wait, ms.
     pub oldest_wait_ms: u64,
     /// STARTs placed since the scheduler started.
@@ -333,6 +339,7 @@ impl Hub {
         let mut s = Summary {
             queued: self.queue.len(),
             reserved: self.reservations.len(),
+            migrating: self.nodes.migrations().count(),
             oldest_wait_ms: self.queue.oldest_wait_ms(now.mono_ms),
             placements: self.placements,
             brake: self.brake,
@@ -404,6 +411,7 @@ impl Hub {
         }
         self.estimator.settle(now.mono_ms);
         self.liveness(now, &mut out);
+        self.check_migrations(now, &mut out);
         self.drain(&mut out);
         self.reserve(&mut out);
         self.explain_again(&mut out);
@@ -510,6 +518,10 @@ impl Hub {
             let request = Message::ReportRequest(ReportRequest { node_uuid: Some(from) });
             out.push(Output::To { peer: from, payload: self.own(request) });
         }
+        if self.incoming_report(from, &message, &mut out) {
+            self.drain_on(from, &mut out);
+            return out;
+        }
         if let Message::Ready(report) | Message::Full(Some(report)) | Message::Maintenance(Some(report)) = &message {
             if self.report_changed(from, report) {
                 out.push(Output::ToControllers(frame.clone()));
@@ -576,8 +588,14 @@ impl Hub {
                     _ => out.push(Output::ToControllers(frame)),
                 }
             }
+            Message::MigrationReady(r) => out.extend(self.migration_ready(from, r.instance_uuid, r.address)),
+            Message::MigrationDone(d) => out.extend(self.migration_done(from, d)),
             // Other launcher events and errors: every controller (ciao's role rule).
             _ => out.push(Output::ToControllers(frame)),
+        }
+        // An instance that left or a node that fell silent may break a migration.
+        if self.nodes.migrations().next().is_some() {
+            self.check_migrations(now, &mut out);
         }
         // A report or a departed instance can only make room on this node.
         self.drain_on(from, &mut out);
@@ -646,6 +664,10 @@ impl Hub {
             let detail = "only the master controller may command; this controller is a backup".to_owned();
             return self.refuse(from, &message, FailureReason::NotPermitted, detail);
         }
+        let message = match message {
+            Message::Migrate(m) => return self.migrate(now, from, m),
+            other => other,
+        };
         if let Message::Stop(stop) = &message {
             // A STOP of work still in the queue takes it out: it never runs (a user's cancel
             // of queued work must not place it first and stop it after).
@@ -838,11 +860,11 @@ impl Hub {
         Some(self.place_on(node, from, start))
     }
 
-    /// Records a START on `node` (which fits it) and returns the forwarded START.
-    fn place_on(&mut self, node: Uuid, from: Uuid, start: &Start) -> Output {
+    /// What a START costs `node`: its charge and the node's anchor tax for its backend.
+    fn placed_for(&self, node: Uuid, start: &Start) -> Placed {
         let need = self.need(start);
         let tax_mb = self.nodes.get(&node).map_or(0, |n| n.report.anchor_tax(need.backend));
-        let placed = Placed {
+        Placed {
             vcpus: need.vcpus,
             request_mb: start.requirements.mem_mb,
             charge_mb: need.charge_mb,
@@ -850,7 +872,13 @@ impl Hub {
             cache_ways: start.requirements.cache_ways,
             workload: start.workload_uuid,
             confirmed: false,
-        };
+        }
+    }
+
+    /// Records a START on `node` (which fits it) and returns the forwarded START.
+    fn place_on(&mut self, node: Uuid, from: Uuid, start: &Start) -> Output {
+        let need = self.need(start);
+        let placed = self.placed_for(node, start);
         self.nodes.place(node, placed, start, from, &self.cfg);
         self.mru = Some(node);
         self.placements += 1;

@@ -599,6 +599,20 @@ pub struct Location {
     pub unconfirmed: Option<Box<(Start, Uuid)>>,
 }
 
+/// A live migration under way: the instance runs at `from` and is charged at `to` too, so that
+/// the destination's room is held while the state is copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The node it runs on.
+    pub from: Uuid,
+    /// The node it moves to.
+    pub to: Uuid,
+    /// It is abandoned if not over by then (monotonic ms).
+    pub expires_ms: u64,
+    /// The destination said it is ready and the source was told to send (MIGRATE_OUT).
+    pub sending: bool,
+}
+
 /// All known nodes and the one index of where instances are, with indexes of the open nodes by
 /// free memory: one over all of them, and one per label, so that a START requiring a rare label
 /// finds its node as fast as any other.
@@ -614,6 +628,9 @@ pub struct NodeTable {
     by_label: LabelIndex,
     /// Instance → where it is.
     instances: HashMap<Uuid, Location>,
+    /// Instance → its migration under way (its destination's charge is the second place it is
+    /// charged).
+    migrations: BTreeMap<Uuid, Migration>,
 }
 
 impl NodeTable {
@@ -766,10 +783,69 @@ impl NodeTable {
         location.and_then(|l| l.unconfirmed).map(|b| *b)
     }
 
+    /// A migration of `instance`, if one is under way.
+    pub fn migration(&self, instance: &Uuid) -> Option<&Migration> {
+        self.migrations.get(instance)
+    }
+
+    /// Every migration under way, by instance.
+    pub fn migrations(&self) -> impl Iterator<Item = (&Uuid, &Migration)> {
+        self.migrations.iter()
+    }
+
+    /// Starts a migration: the destination is charged `placed` beside the source's charge.
+    pub fn begin_migration(&mut self, instance: Uuid, migration: Migration, placed: Placed, cfg: &Config) {
+        self.update(&migration.to, cfg, |n| {
+            n.instances.insert(instance, placed);
+            n.starts += 1;
+        });
+        self.migrations.insert(instance, migration);
+    }
+
+    /// The source was told to send.
+    pub fn migration_sending(&mut self, instance: &Uuid) {
+        if let Some(m) = self.migrations.get_mut(instance) {
+            m.sending = true;
+        }
+    }
+
+    /// Ends a migration. Committed: the instance is at the destination, confirmed, and the
+    /// source's charge is gone; abandoned: the destination's charge is gone.
+    pub fn end_migration(&mut self, instance: Uuid, committed: bool, cfg: &Config) -> Option<Migration> {
+        let m = self.migrations.remove(&instance)?;
+        if committed {
+            self.update(&m.from, cfg, |n| n.instances.remove(&instance));
+            self.update(&m.to, cfg, |n| n.instances.modify(&instance, |p| p.confirmed = true));
+            self.instances.insert(instance, Location { node: m.to, unconfirmed: None });
+        } else {
+            self.update(&m.to, cfg, |n| n.instances.remove(&instance));
+        }
+        Some(m)
+    }
+
+    /// Migrations that cannot go on, with why: the instance left its source (it ended, or the
+    /// source was lost), or the destination no longer holds its charge (it refused or ended
+    /// the incoming copy, or it was lost).
+    pub fn broken_migrations(&self) -> Vec<(Uuid, String)> {
+        self.migrations
+            .iter()
+            .filter_map(|(id, m)| {
+                if self.instances.get(id).is_none_or(|l| l.node != m.from) {
+                    Some((*id, format!("the instance no longer runs on node {}", m.from)))
+                } else if self.nodes.get(&m.to).is_none_or(|n| n.instances.get(id).is_none()) {
+                    Some((*id, format!("node {} no longer holds the incoming copy", m.to)))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Forgets every instance on a node (it was lost, or came back after being lost); returns
-    /// them, sorted.
+    /// them, sorted. An instance only migrating to it is not among them (it runs elsewhere).
     pub fn forget_all_on(&mut self, node: Uuid, cfg: &Config) -> Vec<Uuid> {
         let mut gone: Vec<Uuid> = self.update(&node, cfg, |n| n.instances.drain()).unwrap_or_default();
+        gone.retain(|id| self.migrations.get(id).is_none_or(|m| m.to != node));
         self.instances.retain(|id, l| {
             if l.node == node {
                 gone.push(*id);
@@ -830,9 +906,12 @@ impl NodeTable {
     /// Whether the index agrees with the nodes' charges: every charged instance is located on
     /// its node.
     fn check_instance_index(&self) -> bool {
-        self.nodes
-            .values()
-            .all(|n| n.instances.ids().all(|id| self.instances.get(id).is_some_and(|l| l.node == n.uuid)))
+        self.nodes.values().all(|n| {
+            n.instances.ids().all(|id| {
+                self.instances.get(id).is_some_and(|l| l.node == n.uuid)
+                    || self.migrations.get(id).is_some_and(|m| m.to == n.uuid)
+            })
+        })
     }
 
     /// Changes a node and keeps the indexes true. Returns what `change` returned, or `None` for

@@ -1581,3 +1581,419 @@ fn placement_charges_each_instance_its_backends_anchor_tax_on_that_node() {
         assert_eq!(placed_on(&rig.start(start(u(n), 1, 288))).len(), 1);
     }
 }
+
+// === live migration ===
+
+fn vm(instance: Uuid, mem_mb: u64) -> Start {
+    let backend = Backend::Vm {
+        kernel: "/guest.elf".into(),
+        initrd: None,
+        append: None,
+        disks: Vec::new(),
+        arch: None,
+        accel: ssntp::payload::VmAccel::default(),
+    };
+    Start::new(instance, Requirements { vcpus: 1, mem_mb, ..Default::default() }, backend)
+}
+
+fn vm_node(rig: &mut Rig, n: u8) {
+    rig.hub.handle(rig.now, Input::Connected { conn_id: u64::from(n) + 100, uuid: u(n), role: AGENT, term: None });
+    vm_ready(rig, n);
+}
+
+fn vm_ready(rig: &mut Rig, n: u8) {
+    let mut r = report(u(n), 4, 1000, 0.0);
+    r.features.extend(["vm".to_owned(), "vm:x86_64".to_owned(), "migrate".to_owned()]);
+    rig.ready(n, r);
+}
+
+/// A rig with a vm instance of 400 MiB running, confirmed, on node 10, and node 11 empty.
+fn migration_rig() -> (Rig, Start) {
+    migration_rig_with(Config::default())
+}
+
+fn migration_rig_with(cfg: Config) -> (Rig, Start) {
+    let mut rig = Rig::new(cfg);
+    vm_node(&mut rig, 10);
+    let s = vm(u(50), 400);
+    assert_eq!(placed_on(&rig.start(s.clone())), vec![(u(50), u(10))]);
+    rig.send(u(10), AGENT, Message::InstanceStarted(InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(10)) }));
+    vm_node(&mut rig, 11);
+    (rig, s)
+}
+
+fn migrate(rig: &mut Rig, s: &Start, from: u8, to: Option<u8>) -> Vec<(Option<Uuid>, Message)> {
+    let m = ssntp::payload::Migrate { start: s.clone(), from_node: u(from), to_node: to.map(u) };
+    rig.send(u(1), CTL, Message::Migrate(m))
+}
+
+fn migrated(out: &[(Option<Uuid>, Message)]) -> Option<&ssntp::payload::InstanceMigrated> {
+    out.iter().find_map(|(to, m)| match m {
+        Message::InstanceMigrated(e) if to.is_none() => Some(e),
+        _ => None,
+    })
+}
+
+fn ends(out: &[(Option<Uuid>, Message)]) -> Vec<(Uuid, bool)> {
+    let mut ends: Vec<(Uuid, bool)> = out
+        .iter()
+        .filter_map(|(to, m)| match m {
+            Message::MigrateEnd(e) => Some((to.expect("to a node"), e.committed)),
+            _ => None,
+        })
+        .collect();
+    ends.sort_unstable();
+    ends
+}
+
+#[test]
+fn a_migration_charges_the_destination_while_the_state_is_copied_then_moves_the_instance() {
+    let (mut rig, s) = migration_rig();
+    let out = migrate(&mut rig, &s, 10, None);
+    let Some((Some(to), Message::Start(incoming))) = out.first() else { panic!("{out:?}") };
+    assert_eq!((*to, incoming.migrate_from, incoming.charge_mb), (u(11), Some(u(10)), Some(400)));
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)), "it runs at the source meanwhile");
+    assert!(rig.hub.indexes_consistent());
+    // The destination's room is held: 700 MiB no longer fits there.
+    let q = rig.start(start(u(60), 1, 700));
+    assert!(queued(&q).is_some(), "{q:?}");
+
+    let ready = ssntp::payload::MigrationReady { instance_uuid: u(50), address: "127.0.0.1:4000".into() };
+    let out = rig.send(u(11), AGENT, Message::MigrationReady(ready.clone()));
+    let Some((Some(peer), Message::MigrateOut(o))) = out.first() else { panic!("{out:?}") };
+    assert_eq!((*peer, o.to_node, o.address.as_str()), (u(10), u(11), "127.0.0.1:4000"));
+    assert!(rig.send(u(11), AGENT, Message::MigrationReady(ready)).is_empty(), "said once");
+
+    let done = ssntp::payload::MigrationDone { instance_uuid: u(50), ok: true, detail: String::new() };
+    let out = rig.send(u(10), AGENT, Message::MigrationDone(done));
+    let e = migrated(&out).expect("the controllers hear it");
+    assert!(e.ok && e.from_node == u(10) && e.to_node == Some(u(11)), "{e:?}");
+    assert_eq!(ends(&out), vec![(u(10), true), (u(11), true)]);
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(11)));
+    assert!(rig.hub.node(&u(10)).unwrap().instances.get(&u(50)).is_none(), "the source's charge is gone");
+    assert_eq!(placed_on(&out), vec![(u(60), u(10))], "and its room goes to the queue");
+    assert!(rig.hub.indexes_consistent());
+    // The source's copy ending now concerns nobody.
+    let exited =
+        InstanceExited { instance_uuid: u(50), node_uuid: u(10), exit_code: Some(0), reason: ExitReason::Completed };
+    rig.send(u(10), AGENT, Message::InstanceExited(exited));
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(11)));
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
+fn a_destination_that_refuses_abandons_the_migration_and_the_instance_runs_on() {
+    let (mut rig, s) = migration_rig();
+    migrate(&mut rig, &s, 10, Some(11));
+    let refusal = StartFailure {
+        node_uuid: Some(u(11)),
+        instance_uuid: u(50),
+        reason: FailureReason::LaunchFailure,
+        restart: false,
+        detail: "no device model".into(),
+    };
+    let out = rig.send(u(11), AGENT, Message::StartFailure(refusal));
+    assert!(failure(&out).is_none(), "the controllers must not see the running instance fail: {out:?}");
+    let e = migrated(&out).expect("told");
+    assert!(!e.ok && e.detail.contains("no device model"), "{e:?}");
+    assert_eq!(ends(&out), vec![(u(10), false), (u(11), false)]);
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)));
+    assert!(rig.hub.node(&u(11)).unwrap().instances.is_empty());
+    assert!(rig.hub.indexes_consistent());
+    // A failed copy from the source abandons it the same way, and a new migration may start.
+    let out = migrate(&mut rig, &s, 10, None);
+    assert!(matches!(out.first(), Some((Some(_), Message::Start(_)))), "{out:?}");
+    let failed = ssntp::payload::MigrationDone { instance_uuid: u(50), ok: false, detail: "connection reset".into() };
+    let out = rig.send(u(10), AGENT, Message::MigrationDone(failed));
+    assert_eq!(migrated(&out).map(|e| (e.ok, e.detail.as_str())), Some((false, "connection reset")));
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)));
+}
+
+#[test]
+fn a_migration_is_refused_with_the_reason_when_it_cannot_start() {
+    let (mut rig, s) = migration_rig();
+    let reason = |out: Vec<(Option<Uuid>, Message)>| {
+        assert!(placed_on(&out).is_empty() && migrated(&out).is_none(), "{out:?}");
+        match &out[..] {
+            [(Some(to), Message::CommandFailure(f))] if *to == u(1) && f.command == "MIGRATE" => {
+                assert_eq!(f.instance_uuid, Some(u(50)));
+                f.detail.clone()
+            }
+            _ => panic!("not refused to the controller: {out:?}"),
+        }
+    };
+    let not_vm = Start { backend: start(u(50), 1, 1).backend, ..s.clone() };
+    assert!(reason(migrate(&mut rig, &not_vm, 10, None)).contains("only vm instances"));
+    let with_disk = match s.backend.clone() {
+        Backend::Vm { kernel, initrd, append, arch, accel, .. } => {
+            Backend::Vm { kernel, initrd, append, disks: vec!["/d.img".into()], arch, accel }
+        }
+        _ => unreachable!(),
+    };
+    assert!(reason(migrate(&mut rig, &Start { backend: with_disk, ..s.clone() }, 10, None)).contains("disks"));
+    assert!(reason(migrate(&mut rig, &s, 11, None)).contains("runs on node"));
+    assert!(reason(migrate(&mut rig, &s, 10, Some(10))).contains("already runs"));
+    assert!(reason(migrate(&mut rig, &s, 10, Some(99))).contains("not known"));
+    // One at a time: a second MIGRATE is refused and the first goes on.
+    assert!(matches!(migrate(&mut rig, &s, 10, Some(11)).first(), Some((Some(_), Message::Start(_)))));
+    assert!(reason(migrate(&mut rig, &s, 10, None)).contains("under way"));
+    assert_eq!(rig.hub.summary(rig.now).migrating, 1);
+    let failed = ssntp::payload::MigrationDone { instance_uuid: u(50), ok: false, detail: "x".into() };
+    rig.send(u(10), AGENT, Message::MigrationDone(failed));
+    let filler = Requirements { vcpus: 1, mem_mb: 800, node_id: Some(u(11)), ..Requirements::default() };
+    assert_eq!(placed_on(&rig.start(Start { requirements: filler, ..vm(u(61), 800) })), vec![(u(61), u(11))]);
+    assert!(reason(migrate(&mut rig, &s, 10, None)).contains("no other node"));
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
+fn losing_either_node_abandons_the_migration_and_only_the_source_loses_the_instance() {
+    let cfg = Config { failover_grace_ms: 0, ..Config::default() };
+    for lose_source in [true, false] {
+        let mut rig = Rig::new(cfg.clone());
+        vm_node(&mut rig, 10);
+        let s = vm(u(50), 400);
+        rig.start(s.clone());
+        rig.send(
+            u(10),
+            AGENT,
+            Message::InstanceStarted(InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(10)) }),
+        );
+        vm_node(&mut rig, 11);
+        vm_node(&mut rig, 12);
+        migrate(&mut rig, &s, 10, Some(11));
+        let (lost, kept) = if lose_source { (10, 11) } else { (11, 10) };
+        // The others keep reporting; the lost one is silent past TTL and grace.
+        let mut out = Vec::new();
+        for sec in 1..=25 {
+            rig.now = at(sec);
+            vm_ready(&mut rig, kept);
+            vm_ready(&mut rig, 12);
+            out.extend(rig.tick(sec));
+        }
+        let lost_instances = out.iter().find_map(|(_, m)| match m {
+            Message::NodeLost(l) if l.node_uuid == u(lost) => Some(l.instances.clone()),
+            _ => None,
+        });
+        let expected = if lose_source { vec![u(50)] } else { Vec::new() };
+        assert_eq!(lost_instances, Some(expected), "lose source: {lose_source}");
+        let e = migrated(&out).expect("abandoned");
+        assert!(!e.ok, "{e:?}");
+        assert!(ends(&out).contains(&(u(kept), false)), "{out:?}");
+        assert_eq!(rig.hub.node_of(&u(50)), (!lose_source).then_some(u(10)));
+        assert!(rig.hub.node(&u(11)).unwrap().instances.is_empty());
+        assert!(rig.hub.indexes_consistent());
+    }
+}
+
+#[test]
+fn a_migration_not_done_in_time_is_abandoned() {
+    // Nodes are trusted for longer than the migration may take: only its own clock runs out.
+    let day = 86_400_000;
+    let (mut rig, s) = migration_rig_with(Config { node_ttl_ms: day, node_grace_ms: day, ..Config::default() });
+    migrate(&mut rig, &s, 10, None);
+    let limit = MIGRATION_TIMEOUT_MS / 1000;
+    assert!(migrated(&rig.tick(limit - 1)).is_none());
+    let out = rig.tick(limit);
+    assert!(migrated(&out).is_some_and(|e| !e.ok && e.detail.contains("not done")), "{out:?}");
+    assert_eq!(rig.hub.node_of(&u(50)), Some(u(10)));
+}
+
+#[derive(Debug, Clone)]
+enum MigrationOp {
+    Start {
+        id: u8,
+    },
+    Migrate {
+        id: u8,
+        to: Option<u8>,
+    },
+    /// The destination of `id`'s migration says it is ready.
+    Ready {
+        id: u8,
+    },
+    /// The source (or, when `!from_source`, the destination) reports the copy's outcome.
+    Done {
+        id: u8,
+        ok: bool,
+        from_source: bool,
+    },
+    /// The destination refuses or loses its copy.
+    DestinationEnds {
+        id: u8,
+    },
+    /// The instance ends at its source.
+    Exit {
+        id: u8,
+    },
+    /// A node falls silent for good (it will be declared lost).
+    Silence {
+        n: u8,
+    },
+    Tick {
+        secs: u16,
+    },
+}
+
+fn migration_ops() -> impl Strategy<Value = MigrationOp> {
+    prop_oneof![
+        1 => (0u8..8).prop_map(|id| MigrationOp::Start { id }),
+        3 => (0u8..8, prop::option::of(0u8..4)).prop_map(|(id, to)| MigrationOp::Migrate { id, to }),
+        3 => (0u8..8).prop_map(|id| MigrationOp::Ready { id }),
+        3 => (0u8..8, any::<bool>(), any::<bool>()).prop_map(|(id, ok, from_source)| MigrationOp::Done { id, ok, from_source }),
+        1 => (0u8..8).prop_map(|id| MigrationOp::DestinationEnds { id }),
+        1 => (0u8..8).prop_map(|id| MigrationOp::Exit { id }),
+        1 => (0u8..4).prop_map(|n| MigrationOp::Silence { n }),
+        1 => (1u16..700).prop_map(|secs| MigrationOp::Tick { secs }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Live migrations against the rules: an instance is located on one node and charged on at
+    /// most two (a second only while it migrates there); no node is charged past its capacity;
+    /// a migration ends once, with one INSTANCE_MIGRATED, committed only after its source said
+    /// the state was copied; and a lost node's NODE_LOST names only what ran there.
+    #[test]
+    fn migrations_keep_one_location_bounded_charges_and_one_outcome(
+        mems in prop::collection::vec(300u64..1500, 4),
+        ops in prop::collection::vec(migration_ops(), 1..80),
+    ) {
+        let cfg = Config { node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, ..Config::default() };
+        let mut hub = Hub::new(u(0), cfg.clone(), at(0));
+        hub.handle(at(0), Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
+        let node = |n: u8| u(100 + n);
+        let vm_report = |n: u8| {
+            let mut r = report(node(n), 4, mems[usize::from(n)], 0.0);
+            r.features.extend(["vm".to_owned(), "vm:x86_64".to_owned(), "migrate".to_owned()]);
+            r
+        };
+        let mut now = at(0);
+        let mut silent: HashSet<Uuid> = HashSet::new();
+        for n in 0..4u8 {
+            hub.handle(now, Input::Connected { conn_id: 100 + u64::from(n), uuid: node(n), role: AGENT, term: None });
+            hub.handle(now, Input::Message { from: node(n), role: AGENT, frame: None, message: Message::Ready(vm_report(n)) });
+        }
+        let instance = |id: u8| Uuid::from_bytes([id + 1; 16]);
+        let mut starts: HashMap<Uuid, Start> = HashMap::new();
+        // Migrations the model knows are under way: instance → (from, to, source told to send).
+        let mut migrating: HashMap<Uuid, (Uuid, Uuid, bool)> = HashMap::new();
+        let mut copied: HashSet<Uuid> = HashSet::new(); // the source said ok while sending
+        for op in ops {
+            let send = |hub: &mut Hub, now: Now, from: Uuid, role: Role, message: Message| {
+                hub.handle(now, Input::Message { from, role, frame: None, message })
+            };
+            let out = match op {
+                MigrationOp::Start { id } => {
+                    let s = vm(instance(id), 200);
+                    starts.insert(s.instance_uuid, s.clone());
+                    let i = s.instance_uuid;
+                    let o = send(&mut hub, now, u(1), CTL, Message::Start(s));
+                    // Confirmed at once where it went.
+                    if let Some(to) = hub.node_of(&i) {
+                        let e = InstanceEvent { instance_uuid: i, node_uuid: Some(to) };
+                        send(&mut hub, now, to, AGENT, Message::InstanceStarted(e));
+                    }
+                    o
+                }
+                MigrationOp::Migrate { id, to } => {
+                    let i = instance(id);
+                    let (Some(s), Some(from)) = (starts.get(&i).cloned(), hub.node_of(&i)) else { continue };
+                    let m = ssntp::payload::Migrate { start: s, from_node: from, to_node: to.map(node) };
+                    send(&mut hub, now, u(1), CTL, Message::Migrate(m))
+                }
+                MigrationOp::Ready { id } => {
+                    let i = instance(id);
+                    let Some((_, to, _)) = migrating.get(&i).copied() else { continue };
+                    let r = ssntp::payload::MigrationReady { instance_uuid: i, address: "x:1".into() };
+                    send(&mut hub, now, to, AGENT, Message::MigrationReady(r))
+                }
+                MigrationOp::Done { id, ok, from_source } => {
+                    let i = instance(id);
+                    let Some((from, to, sending)) = migrating.get(&i).copied() else { continue };
+                    let who = if from_source { from } else { to };
+                    if ok && from_source && sending {
+                        copied.insert(i);
+                    }
+                    let d = ssntp::payload::MigrationDone { instance_uuid: i, ok, detail: String::new() };
+                    send(&mut hub, now, who, AGENT, Message::MigrationDone(d))
+                }
+                MigrationOp::DestinationEnds { id } => {
+                    let i = instance(id);
+                    let Some((_, to, _)) = migrating.get(&i).copied() else { continue };
+                    let e = InstanceEvent { instance_uuid: i, node_uuid: Some(to) };
+                    send(&mut hub, now, to, AGENT, Message::InstanceStopped(e))
+                }
+                MigrationOp::Exit { id } => {
+                    let i = instance(id);
+                    let Some(at_node) = hub.node_of(&i) else { continue };
+                    starts.remove(&i);
+                    let e = InstanceEvent { instance_uuid: i, node_uuid: Some(at_node) };
+                    send(&mut hub, now, at_node, AGENT, Message::InstanceStopped(e))
+                }
+                MigrationOp::Silence { n } => {
+                    silent.insert(node(n));
+                    continue;
+                }
+                MigrationOp::Tick { secs } => {
+                    now = Now { mono_ms: now.mono_ms + u64::from(secs) * 1000, unix_ms: now.unix_ms + u64::from(secs) * 1000 };
+                    let mut o = Vec::new();
+                    for n in 0..4u8 {
+                        if !silent.contains(&node(n)) {
+                            o.extend(send(&mut hub, now, node(n), AGENT, Message::Ready(vm_report(n))));
+                        }
+                    }
+                    o.extend(hub.tick(now));
+                    o
+                }
+            };
+            prop_assert!(hub.indexes_consistent(), "indexes drifted");
+            for (to, message) in decode(out) {
+                match message {
+                    Message::Start(s) if s.migrate_from.is_some() => {
+                        let i = s.instance_uuid;
+                        prop_assert!(!migrating.contains_key(&i), "a second migration of {} at once", i);
+                        prop_assert_eq!(s.migrate_from, hub.nodes().find(|n| n.uuid != to.unwrap() && n.instances.get(&i).is_some()).map(|n| n.uuid));
+                        migrating.insert(i, (s.migrate_from.unwrap(), to.unwrap(), false));
+                        copied.remove(&i);
+                    }
+                    Message::MigrateOut(o) => {
+                        let m = migrating.get_mut(&o.instance_uuid).expect("MIGRATE_OUT of a migration under way");
+                        prop_assert_eq!((to, o.to_node, m.2), (Some(m.0), m.1, false), "sent to the source, once");
+                        m.2 = true;
+                    }
+                    Message::MigrateEnd(e) if e.committed => {
+                        prop_assert!(copied.contains(&e.instance_uuid), "committed before the state was copied");
+                    }
+                    Message::InstanceMigrated(e) => {
+                        let (from, to, _) = migrating.remove(&e.instance_uuid).expect("the outcome of a migration under way, once");
+                        prop_assert_eq!((e.from_node, e.to_node), (from, Some(to)));
+                        if e.ok {
+                            prop_assert_eq!(hub.node_of(&e.instance_uuid), Some(to));
+                        }
+                    }
+                    Message::NodeLost(l) => {
+                        for i in &l.instances {
+                            let incoming = migrating.get(i).is_some_and(|m| m.1 == l.node_uuid);
+                            prop_assert!(!incoming, "{} listed lost with a node it was only moving to", i);
+                            starts.remove(i);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // One location; charged on a second node only while migrating there; no node over
+            // its capacity.
+            prop_assert_eq!(hub.summary(now).migrating, migrating.len());
+            for n in hub.nodes() {
+                prop_assert!(n.mem_used() <= n.mem_capacity(&cfg), "{} over its memory", n.uuid);
+                for i in n.instances.ids() {
+                    let here = hub.node_of(i) == Some(n.uuid);
+                    let incoming = migrating.get(i).is_some_and(|m| m.1 == n.uuid);
+                    prop_assert!(here != incoming, "{} on {}: located {}, incoming {}", i, n.uuid, here, incoming);
+                }
+            }
+        }
+    }
+}

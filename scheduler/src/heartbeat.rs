@@ -49,6 +49,9 @@ impl Heartbeat {
         if s.reserved > 0 {
             let _ = write!(out, " | {} reserved for big jobs", s.reserved);
         }
+        if s.migrating > 0 {
+            let _ = write!(out, " | {} migrating", s.migrating);
+        }
         if s.brake {
             out.push_str(" | BRAKE: NODE_LOST held back (nodes gone for good: drover node forget NODE)");
         }
@@ -141,5 +144,7 @@ mod tests {
         ));
         let reserving = Summary { reserved: 1, ..hub.summary(now) };
         assert!(heartbeat.line(&hub, &reserving, now).ends_with(" | 1 reserved for big jobs"));
+        let moving = Summary { migrating: 2, ..hub.summary(now) };
+        assert!(heartbeat.line(&hub, &moving, now).ends_with(" | 2 migrating"));
     }
 }

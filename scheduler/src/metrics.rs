@@ -23,6 +23,7 @@ pub struct Metrics {
     nodes: Family<StateLabel, Gauge>,
     queued: Gauge,
     reserved: Gauge,
+    migrating: Gauge,
     oldest_wait: Gauge<f64, AtomicU64>,
     placements: Counter,
     refused: Counter,
@@ -48,6 +49,8 @@ impl Metrics {
         registry.register("queue_length", "STARTs waiting for room", queued.clone());
         let reserved = Gauge::default();
         registry.register("reserved_nodes", "Nodes reserved for a big START waiting for room there", reserved.clone());
+        let migrating = Gauge::default();
+        registry.register("migrations", "Live migrations under way", migrating.clone());
         let oldest_wait = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "queue_oldest_wait_seconds",
@@ -81,6 +84,7 @@ impl Metrics {
             nodes,
             queued,
             reserved,
+            migrating,
             oldest_wait,
             placements,
             refused,
@@ -109,6 +113,7 @@ impl Metrics {
         set("lost", s.lost);
         self.queued.set(i64::try_from(s.queued).unwrap_or(i64::MAX));
         self.reserved.set(i64::try_from(s.reserved).unwrap_or(i64::MAX));
+        self.migrating.set(i64::try_from(s.migrating).unwrap_or(i64::MAX));
         #[allow(clippy::cast_precision_loss)] // milliseconds of waiting fit an f64 exactly
         self.oldest_wait.set(s.oldest_wait_ms as f64 / 1000.0);
         self.placements.inc_by(s.placements.saturating_sub(self.last.placements));

@@ -153,6 +153,13 @@ wire_enum! {
         /// Controller → scheduler: where would a workload's instances go now, or why not? A
         /// dry run: nothing is placed or reserved; answered with PLAN_ANSWER.
         Plan = 19 => "PLAN",
+        /// Controller → scheduler: move a running `vm` instance to another node without
+        /// stopping it (live migration); the scheduler picks the destination unless named.
+        Migrate = 20 => "MIGRATE",
+        /// Scheduler → the source launcher: send the instance's state to the destination.
+        MigrateOut = 21 => "MIGRATE_OUT",
+        /// Scheduler → both launchers of a migration: it is over, committed or abandoned.
+        MigrateEnd = 22 => "MIGRATE_END",
     }
 }
 
@@ -199,6 +206,13 @@ wire_enum! {
         InstanceNews = 21 => "INSTANCE_NEWS",
         /// Scheduler → the controller that asked: the answer to PLAN.
         PlanAnswer = 22 => "PLAN_ANSWER",
+        /// Destination launcher → scheduler: the incoming instance waits for its state here.
+        MigrationReady = 23 => "MIGRATION_READY",
+        /// Either launcher of a migration → scheduler: the state was copied (source), or the
+        /// copy failed (either side).
+        MigrationDone = 24 => "MIGRATION_DONE",
+        /// Scheduler → controllers: a migration's outcome.
+        InstanceMigrated = 25 => "INSTANCE_MIGRATED",
     }
 }
 

@@ -758,6 +758,10 @@ impl VmAccel {
     }
 }
 
+/// A launcher that takes part in live migrations of `vm` instances (`--migration-listen`)
+/// offers this feature; both ends of a migration need it.
+pub const MIGRATE_FEATURE: &str = "migrate";
+
 /// A launcher offers the feature `vm:ARCH` for each guest architecture it has a device model
 /// (`qemu-system-ARCH`) for; a VM workload of that architecture requires it.
 pub fn vm_feature(arch: &str) -> String {
@@ -855,6 +859,11 @@ pub struct Start {
     /// arguments are in the backend's argv already).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParamValue>,
+    /// Set by the scheduler when the START is the destination's half of a live migration: the
+    /// node the instance runs on now. The launcher starts it waiting for its state
+    /// (MIGRATION_READY), reports it only once the migration is committed (MIGRATE_END).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_from: Option<Uuid>,
     /// Set by the scheduler when it forwards START: the chosen node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_agent_uuid: Option<Uuid>,
@@ -990,6 +999,7 @@ impl Start {
             version: None,
             root_task: false,
             parameters: BTreeMap::new(),
+            migrate_from: None,
             workload_agent_uuid: None,
             charge_mb: None,
             arch_setups: Vec::new(),
@@ -1293,6 +1303,86 @@ pub struct InstanceFailure {
     pub detail: String,
 }
 
+/// How long a live migration may take, from MIGRATE to the source's MIGRATION_DONE, ms: the
+/// scheduler abandons one that takes longer, and a live evacuation waits no longer.
+pub const MIGRATION_TIMEOUT_MS: u64 = 600_000;
+
+/// MIGRATE (COMMAND 20): move a running `vm` instance to another node without stopping it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migrate {
+    /// The instance's START as it was placed (the destination runs the same workload).
+    pub start: Start,
+    /// The node it runs on, as the controller knows it.
+    pub from_node: Uuid,
+    /// The destination; the scheduler chooses by its placement rules when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_node: Option<Uuid>,
+}
+
+/// MIGRATE_OUT (COMMAND 21): the source launcher sends the instance's state to `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateOut {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// The destination node (its certificate must name this UUID).
+    pub to_node: Uuid,
+    /// Where the destination launcher takes the state (`host:port`, mutual TLS).
+    pub address: String,
+}
+
+/// MIGRATE_END (COMMAND 22): the migration is over. Committed: the destination runs the
+/// instance from now and the source drops its paused copy. Abandoned: the source's copy runs
+/// on and the destination drops its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateEnd {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Whether the destination now holds it.
+    pub committed: bool,
+    /// The destination: a launcher that is not it is the source (each knows its part from
+    /// this, even after a restart that made it forget).
+    pub to_node: Uuid,
+}
+
+/// MIGRATION_READY (EVENT 23): the destination waits for the instance's state at `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReady {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// `host:port` of the destination launcher's migration listener.
+    pub address: String,
+}
+
+/// MIGRATION_DONE (EVENT 24): from the source, the state was copied (`ok`) and its copy is
+/// paused; from either side, the copy failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationDone {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Whether the state was copied.
+    pub ok: bool,
+    /// What went wrong, for the operator.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// INSTANCE_MIGRATED (EVENT 25): a migration's outcome, for the controllers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMigrated {
+    /// The instance.
+    pub instance_uuid: Uuid,
+    /// Where it ran.
+    pub from_node: Uuid,
+    /// Where it was to go (absent when no destination was found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_node: Option<Uuid>,
+    /// Whether it runs at `to_node` now; otherwise it runs on at `from_node`.
+    pub ok: bool,
+    /// Why not, for the operator.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
 /// COMMAND_FAILURE (ERROR 17): EVACUATE, RESTORE or LOG_FETCH failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandFailure {
@@ -1447,6 +1537,9 @@ messages! {
         ReportRequest(ReportRequest) via encode_cbor / decode_cbor = [C(Command::ReportRequest)] from CONTROLLERS;
         NodeForget(NodeForget) via encode_cbor / decode_cbor = [C(Command::NodeForget)] from CONTROLLERS;
         Plan(Plan) via encode_cbor / decode_cbor = [C(Command::Plan)] from CONTROLLERS;
+        Migrate(Migrate) via encode_cbor / decode_cbor = [C(Command::Migrate)] from CONTROLLERS;
+        MigrateOut(MigrateOut) via encode_cbor / decode_cbor = [C(Command::MigrateOut)] from SCHEDULER_ONLY;
+        MigrateEnd(MigrateEnd) via encode_cbor / decode_cbor = [C(Command::MigrateEnd)] from SCHEDULER_ONLY;
 
         Connected(Connected) via encode_cbor / decode_cbor = [S(Status::Connected)] from SCHEDULER_ONLY;
         Ready(NodeReport) via encode_cbor / decode_cbor = [S(Status::Ready)] from AGENTS;
@@ -1478,6 +1571,9 @@ messages! {
         LogData(LogData) via encode_cbor / decode_cbor = [E(Event::LogData)] from AGENTS;
         InstanceNews(InstanceNews) via encode_cbor / decode_cbor = [E(Event::InstanceNews)] from AGENTS;
         PlanAnswer(PlanAnswer) via encode_cbor / decode_cbor = [E(Event::PlanAnswer)] from SCHEDULER_ONLY;
+        MigrationReady(MigrationReady) via encode_cbor / decode_cbor = [E(Event::MigrationReady)] from AGENTS;
+        MigrationDone(MigrationDone) via encode_cbor / decode_cbor = [E(Event::MigrationDone)] from AGENTS;
+        InstanceMigrated(InstanceMigrated) via encode_cbor / decode_cbor = [E(Event::InstanceMigrated)] from SCHEDULER_ONLY;
     }
     without payload {
         Offline = [S(Status::Offline)] from AGENTS;

@@ -278,6 +278,68 @@ pub fn client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, T
     Ok(Arc::new(config))
 }
 
+/// The client side for a connection to a peer known by its certificate's identity rather
+/// than its address (one launcher to another, for a live migration). Launcher certificates
+/// are client certificates, so the server's is verified as one: its chain against the CA and
+/// CRLs, for client authentication, with no name; the caller checks its identity and role
+/// ([`crate::role::cert_facts`]) once the handshake is done.
+///
+/// # Errors
+/// Bad CA, CRL, certificate or key.
+pub fn peer_client_config(identity: &Identity) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(identity.roots()?, provider());
+    if !identity.crls.is_empty() {
+        verifier = verifier.with_crls(identity.crls.iter().cloned());
+    }
+    let verifier = Arc::new(PeerAsClient(verifier.build()?));
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
+/// Verifies a server's certificate as the client certificate of a peer of the same cluster.
+#[derive(Debug)]
+struct PeerAsClient(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for PeerAsClient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// The name to verify the server's certificate against, from a `host:port` target: an IP
 /// address SAN for a literal address, a DNS SAN otherwise.
 ///

@@ -206,6 +206,7 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 name: p.flag.then(|| p.text.clone()),
                 version: p.words.last().cloned(),
                 root_task: p.flag,
+                migrate_from: p.flag.then_some(b),
                 parameters: p
                     .labels
                     .iter()
@@ -277,6 +278,14 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 let Message::Start(start) = build(Kind::Command(Command::Start), p) else { unreachable!() };
                 Message::Plan(Plan { request_id: p.n, start, count: p.small })
             }
+            Command::Migrate => {
+                let Message::Start(start) = build(Kind::Command(Command::Start), p) else { unreachable!() };
+                Message::Migrate(Migrate { start, from_node: b, to_node: p.flag.then_some(c) })
+            }
+            Command::MigrateOut => {
+                Message::MigrateOut(MigrateOut { instance_uuid: a, to_node: b, address: p.text.clone() })
+            }
+            Command::MigrateEnd => Message::MigrateEnd(MigrateEnd { instance_uuid: a, committed: p.flag, to_node: b }),
         },
         Kind::Status(status) => match status {
             Status::Connected => Message::Connected(Connected { role: Role::SCHEDULER, uuid: a, config }),
@@ -374,6 +383,19 @@ fn build(kind: Kind, p: &Prims) -> Message {
                 explanation: p.text.clone(),
                 never: p.flag.then(|| p.text.clone()),
                 advice: p.words.clone(),
+            }),
+            Event::MigrationReady => {
+                Message::MigrationReady(MigrationReady { instance_uuid: a, address: p.text.clone() })
+            }
+            Event::MigrationDone => {
+                Message::MigrationDone(MigrationDone { instance_uuid: a, ok: p.flag, detail: p.text.clone() })
+            }
+            Event::InstanceMigrated => Message::InstanceMigrated(InstanceMigrated {
+                instance_uuid: a,
+                from_node: b,
+                to_node: p.flag.then_some(c),
+                ok: !p.flag,
+                detail: p.text.clone(),
             }),
         },
     }

@@ -210,6 +210,69 @@ impl Service {
         self.apply(vec![(instance, input)], why, now_ms)
     }
 
+    /// MIGRATE for a running instance: its START as it would be sent now, moved without a stop
+    /// to `to`, or where the scheduler chooses. The outcome arrives as INSTANCE_MIGRATED.
+    ///
+    /// # Errors
+    /// Not this tenant's, not running (409), its workload gone, or the store.
+    pub fn migrate(&self, tenant: &str, instance: Uuid, to: Option<Uuid>) -> Result<Vec<Message>, ServiceError> {
+        let record = self.owned(tenant, instance)?;
+        let State::Running { node } = record.life.state else {
+            let state = record.life.state.name();
+            return Err(ServiceError::Conflict(format!("instance {instance} is {state}, not running")));
+        };
+        let Some(stored) = self.store.workload(&record.tenant, &record.workload)? else {
+            return Err(ServiceError::Conflict(format!("instance {instance}'s workload was deleted")));
+        };
+        let w = stored.parsed()?;
+        let Message::Start(start) = start_message(&record, &stored, &w, false, &self.task_env) else {
+            unreachable!("start_message makes a START")
+        };
+        self.migrating.lock().expect("migrating lock").insert(instance);
+        Ok(vec![Message::Migrate(ssntp::payload::Migrate { start, from_node: node, to_node: to })])
+    }
+
+    /// MIGRATEs for every instance running on `node` that can move live (a `vm` without
+    /// disks), where the scheduler chooses: the kind half of an evacuation.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn live_moves_from(&self, node: Uuid) -> Result<Vec<Message>, ServiceError> {
+        let mut moves = Vec::new();
+        for id in self.store.running_on(node) {
+            let Some(record) = self.store.instance(id)? else { continue };
+            let Some(stored) = self.store.workload(&record.tenant, &record.workload)? else { continue };
+            let live = match start_message(&record, &stored, &stored.parsed()?, false, &self.task_env) {
+                Message::Start(s) => {
+                    matches!(&s.backend, ssntp::payload::Backend::Vm { disks, .. } if disks.is_empty())
+                }
+                _ => false,
+            };
+            if live {
+                match self.migrate(ADMIN, id, None) {
+                    Ok(m) => moves.extend(m),
+                    Err(ServiceError::Conflict(_)) => {} // it ended meanwhile
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(moves)
+    }
+
+    /// Forgets that `instances` wait for an outcome (their MIGRATEs were never sent).
+    pub fn migrations_dropped(&self, instances: &[Uuid]) {
+        let mut migrating = self.migrating.lock().expect("migrating lock");
+        for id in instances {
+            migrating.remove(id);
+        }
+    }
+
+    /// How many of `instances` still wait for their migration's outcome.
+    pub fn still_migrating(&self, instances: &[Uuid]) -> usize {
+        let migrating = self.migrating.lock().expect("migrating lock");
+        instances.iter().filter(|id| migrating.contains(id)).count()
+    }
+
     /// Deletes an ended instance: its record goes and its node is told to remove its files.
     ///
     /// # Errors

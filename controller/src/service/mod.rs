@@ -83,6 +83,9 @@ pub struct Service {
     task_env: TaskEnv,
     /// Estimated slots remaining per size class, for batch events (kept current by the shell).
     slots: Mutex<BTreeMap<String, u64>>,
+    /// Instances this controller asked to migrate whose outcome has not arrived (a live
+    /// evacuation waits for them); in memory.
+    migrating: Mutex<HashSet<Uuid>>,
 }
 
 /// Where a task reaches the API from its node, handed to it in its environment with its
@@ -125,6 +128,7 @@ impl Service {
             watch: Mutex::new(crate::answer_watch::AnswerWatch::new(START_TIMEOUT_MS)),
             task_env: TaskEnv::default(),
             slots: Mutex::new(BTreeMap::new()),
+            migrating: Mutex::new(HashSet::new()),
         })
     }
 

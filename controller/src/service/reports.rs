@@ -24,7 +24,9 @@ impl Service {
             | Message::InstanceStarted(_)
             | Message::InstanceExited(_)
             | Message::InstanceStopped(_)
-            | Message::NodeLost(_) => true,
+            | Message::NodeLost(_)
+            | Message::InstanceMigrated(_) => true,
+            Message::CommandFailure(f) => f.command == ssntp::Command::Migrate.to_string(),
             _ => false,
         }
     }
@@ -106,6 +108,22 @@ impl Service {
                     vec![(e.instance_uuid, Input::Stopped { evacuated: !user })],
                     if user { "stopped".into() } else { "evacuated".into() },
                 )
+            }
+            Message::InstanceMigrated(m) => {
+                self.migrating.lock().expect("migrating lock").remove(&m.instance_uuid);
+                let (from, to) = (m.from_node, m.to_node.unwrap_or(m.from_node));
+                let why = if m.ok {
+                    format!("migrated live from node {} to {}", from.short(), to.short())
+                } else {
+                    format!("live migration abandoned, runs on at node {}: {}", from.short(), m.detail)
+                };
+                let to = if m.ok { to } else { from };
+                (vec![(m.instance_uuid, Input::Migrated { from, to })], why)
+            }
+            Message::CommandFailure(f) if f.command == ssntp::Command::Migrate.to_string() => {
+                let Some(id) = f.instance_uuid else { return Ok((Vec::new(), Vec::new())) };
+                self.migrating.lock().expect("migrating lock").remove(&id);
+                (vec![(id, Input::Noted)], format!("live migration refused: {}", f.detail))
             }
             Message::NodeLost(l) => {
                 // What the scheduler knew ran there, and what this controller believes runs

@@ -601,3 +601,205 @@ fn an_exit_that_leaves_workloads_running_asks_the_scheduler_to_hold_them() {
     assert_eq!(grace(false), Some(Some(600_000)), "left running: held for the maintenance grace");
     assert_eq!(grace(true), Some(None), "drained: nothing to hold");
 }
+
+// === live migration ===
+
+fn vm_core() -> Core {
+    let mut c = core();
+    c.config.backends.push("vm".into());
+    c
+}
+
+fn vm_start(n: u128, from: Option<Uuid>) -> Start {
+    let backend = Backend::Vm {
+        kernel: "/guest.elf".into(),
+        initrd: None,
+        append: None,
+        disks: Vec::new(),
+        arch: None,
+        accel: ssntp::payload::VmAccel::Tcg,
+    };
+    let mut s = Start::new(id(n), Requirements { vcpus: 1, mem_mb: 64, ..Default::default() }, backend);
+    s.migrate_from = from;
+    s
+}
+
+/// MIGRATE_END to this node as the destination (`to_here`) or as the source.
+fn end_as(instance: u128, committed: bool, to_here: bool) -> Message {
+    let to_node = if to_here { NODE } else { id(0xD0) };
+    Message::MigrateEnd(ssntp::payload::MigrateEnd { instance_uuid: id(instance), committed, to_node })
+}
+
+fn listed_now(c: &mut Core) -> Vec<(Uuid, InstanceState)> {
+    let out = c.handle(at(50), Input::Command(Message::ReportRequest(Default::default())));
+    digest_of(&out).iter().flat_map(|p| p.instances.iter().map(|s| (s.instance_uuid, s.state))).collect()
+}
+
+#[test]
+fn an_incoming_copy_holds_its_room_unreported_until_committed_then_resumes() {
+    let source = id(0xB0);
+    let mut c = vm_core();
+    let out = command(&mut c, Message::Start(vm_start(1, Some(source))));
+    assert!(matches!(&out[..], [Effect::Run(s)] if s.migrate_from == Some(source)), "{out:?}");
+    assert_eq!(c.running(), 1, "its room is held");
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(1), pid: 7 }));
+    assert!(news_of(&c.handle(at(3), Input::NewsDue)).is_empty(), "not the instance yet: no news");
+    assert!(listed_now(&mut c).is_empty(), "nor in a digest");
+    // The shell's word goes on while the copy is incoming, and only then.
+    let ready = Message::MigrationReady(ssntp::payload::MigrationReady { instance_uuid: id(1), address: "a:1".into() });
+    assert_eq!(sent(&c.handle(at(4), Input::Migration(ready.clone()))), vec![&ready]);
+
+    let out = command(&mut c, end_as(1, true, true));
+    assert!(out.contains(&Effect::Resume(id(1))), "{out:?}");
+    assert!(sent(&c.handle(at(5), Input::Migration(ready))).is_empty(), "it is the instance now");
+    let news = c.handle(at(6), Input::NewsDue);
+    assert_eq!(news_of(&news)[0].0.instances[0].state, InstanceState::Active, "reported from now on");
+    assert_eq!(listed_now(&mut c), vec![(id(1), InstanceState::Active)]);
+}
+
+#[test]
+fn an_abandoned_or_failed_incoming_copy_leaves_without_becoming_the_instance() {
+    let mut c = vm_core();
+    command(&mut c, Message::Start(vm_start(1, Some(id(0xB0)))));
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(1), pid: 7 }));
+    let out = command(&mut c, end_as(1, false, true));
+    assert!(out.contains(&Effect::Stop { instance: id(1), grace: std::time::Duration::ZERO }), "{out:?}");
+    // Its end is a stop like any (the instance runs elsewhere; only this copy is gone), and
+    // once delivered the copy and its files go.
+    let exit = Exit { instance: id(1), code: None, reason: ExitReason::Killed };
+    c.handle(at(3), Input::Workload(Event::Exited(exit)));
+    let news = c.handle(at(4), Input::NewsDue);
+    assert_eq!(news_of(&news)[0].0.instances[0].state, InstanceState::Stopped);
+    let out = c.handle(at(5), Input::EndDelivered(id(1)));
+    assert!(out.contains(&Effect::Delete(id(1))), "{out:?}");
+    assert!(listed_now(&mut c).is_empty());
+    assert_eq!(c.running(), 0);
+
+    // A device model that dies while its state comes: the migration failed, nothing else said.
+    command(&mut c, Message::Start(vm_start(2, Some(id(0xB0)))));
+    let exit = Exit { instance: id(2), code: Some(1), reason: ExitReason::Failed };
+    let out = c.handle(at(6), Input::Workload(Event::Exited(exit)));
+    assert!(matches!(sent(&out)[..], [Message::MigrationDone(d)] if !d.ok), "{out:?}");
+    assert!(out.contains(&Effect::Delete(id(2))));
+    assert!(news_of(&c.handle(at(7), Input::NewsDue)).is_empty());
+}
+
+#[test]
+fn a_source_sends_only_a_running_vm_and_drops_its_copy_once_committed() {
+    let mut c = vm_core();
+    command(&mut c, Message::Start(start(1, 100)));
+    command(&mut c, Message::Start(vm_start(2, None)));
+    let out_to = |n| {
+        Message::MigrateOut(ssntp::payload::MigrateOut {
+            instance_uuid: id(n),
+            to_node: id(0xD0),
+            address: "a:1".into(),
+        })
+    };
+    let refused = |out: Vec<Effect>| match sent(&out)[..] {
+        [Message::MigrationDone(d)] if !d.ok => d.detail.clone(),
+        _ => panic!("not refused: {out:?}"),
+    };
+    assert!(refused(command(&mut c, out_to(1))).contains("not a vm"));
+    assert!(refused(command(&mut c, out_to(2))).contains("not running"), "not started yet");
+    assert!(refused(command(&mut c, out_to(9))).contains("no instance"));
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(2), pid: 8 }));
+    let out = command(&mut c, out_to(2));
+    assert!(matches!(&out[..], [Effect::MigrateOut(o)] if o.instance_uuid == id(2)), "{out:?}");
+    assert!(refused(command(&mut c, out_to(2))).contains("migrating already"));
+    // While it sends, it is still the instance here.
+    assert!(listed_now(&mut c).contains(&(id(2), InstanceState::Active)));
+    let done =
+        Message::MigrationDone(ssntp::payload::MigrationDone { instance_uuid: id(2), ok: true, detail: String::new() });
+    assert_eq!(sent(&c.handle(at(3), Input::Migration(done))).len(), 1);
+
+    // Abandoned: cancelled, and it runs on as before.
+    assert_eq!(command(&mut c, end_as(2, false, false)), vec![Effect::CancelMigration(id(2))]);
+    assert!(matches!(&command(&mut c, out_to(2))[..], [Effect::MigrateOut(_)]), "it may be sent again");
+    // Committed: stopped, its end reported as a stop, then gone with its files.
+    let out = command(&mut c, end_as(2, true, false));
+    assert!(out.contains(&Effect::Stop { instance: id(2), grace: std::time::Duration::ZERO }), "{out:?}");
+    c.handle(at(4), Input::Workload(Event::Exited(Exit { instance: id(2), code: None, reason: ExitReason::Killed })));
+    let news = c.handle(at(5), Input::NewsDue);
+    assert_eq!(news_of(&news)[0].0.instances[0].state, InstanceState::Stopped);
+    assert!(c.handle(at(6), Input::EndDelivered(id(2))).contains(&Effect::Delete(id(2))));
+    assert_eq!(listed_now(&mut c), vec![(id(1), InstanceState::Pending)]);
+}
+
+#[test]
+fn after_a_restart_mid_migration_migrate_end_says_which_copy_this_is() {
+    // The destination's copy, adopted: reported as this node's, resumed if committed, stopped
+    // if abandoned.
+    for committed in [true, false] {
+        let mut c = vm_core();
+        let adopted = Adopted::Known {
+            start: Box::new(vm_start(1, Some(id(0xB0)))),
+            stop_requested: false,
+            exit: None,
+            exit_reported: false,
+        };
+        c.handle(at(0), Input::Adopted(vec![adopted]));
+        assert_eq!(listed_now(&mut c), vec![(id(1), InstanceState::Active)]);
+        let out = command(&mut c, end_as(1, committed, true));
+        if committed {
+            assert_eq!(out, vec![Effect::Resume(id(1))]);
+        } else {
+            assert!(out.contains(&Effect::Stop { instance: id(1), grace: std::time::Duration::ZERO }), "{out:?}");
+        }
+    }
+    // The source's, adopted: its paused guest resumed if abandoned, stopped if committed.
+    let mut c = vm_core();
+    let adopted =
+        Adopted::Known { start: Box::new(vm_start(2, None)), stop_requested: false, exit: None, exit_reported: false };
+    c.handle(at(0), Input::Adopted(vec![adopted]));
+    assert_eq!(command(&mut c, end_as(2, false, false)), vec![Effect::CancelMigration(id(2))]);
+    assert!(command(&mut c, end_as(2, true, false))
+        .contains(&Effect::Stop { instance: id(2), grace: std::time::Duration::ZERO }));
+}
+
+#[test]
+fn a_source_copy_already_ended_and_reported_when_the_commit_comes_is_removed() {
+    let mut c = vm_core();
+    command(&mut c, Message::Start(vm_start(2, None)));
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(2), pid: 8 }));
+    let out_to = Message::MigrateOut(ssntp::payload::MigrateOut {
+        instance_uuid: id(2),
+        to_node: id(0xD0),
+        address: "a:1".into(),
+    });
+    command(&mut c, out_to);
+    // A controller's STOP of the stale copy raced the commit: it ended and its end went.
+    command(&mut c, Message::Stop(Stop { instance_uuid: id(2), workload_agent_uuid: NODE, grace_ms: None }));
+    c.handle(at(3), Input::Workload(Event::Exited(Exit { instance: id(2), code: None, reason: ExitReason::Killed })));
+    c.handle(at(4), Input::NewsDue);
+    c.handle(at(5), Input::EndDelivered(id(2)));
+    let out = command(&mut c, end_as(2, true, false));
+    assert_eq!(out, vec![Effect::Delete(id(2))]);
+    assert!(listed_now(&mut c).is_empty());
+}
+
+#[test]
+fn only_the_copy_a_migration_concerns_leaves() {
+    // An instance that came here by a migration, committed, then a second migration away
+    // that the other node refused: this node, now its source, hears MIGRATE_END abandoned and
+    // must keep it running.
+    let mut c = vm_core();
+    command(&mut c, Message::Start(vm_start(1, Some(id(0xB0)))));
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(1), pid: 7 }));
+    command(&mut c, end_as(1, true, true));
+    assert_eq!(command(&mut c, end_as(1, false, false)), vec![Effect::CancelMigration(id(1))]);
+    assert_eq!(c.running(), 1);
+    assert_eq!(listed_now(&mut c), vec![(id(1), InstanceState::Active)]);
+
+    // A copy that left not long ago is still here: a migration back is refused saying so.
+    let mut c = vm_core();
+    command(&mut c, Message::Start(vm_start(2, None)));
+    c.handle(at(2), Input::Workload(Event::Started { instance: id(2), pid: 8 }));
+    command(&mut c, end_as(2, true, false));
+    let out = command(&mut c, Message::Start(vm_start(2, Some(id(0xB0)))));
+    let refusal =
+        sent(&out)
+            .into_iter()
+            .find_map(|m| if let Message::StartFailure(f) = m { Some(f.detail.clone()) } else { None });
+    assert!(refusal.is_some_and(|d| d.contains("still being removed")), "{out:?}");
+}
