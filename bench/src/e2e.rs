@@ -6,15 +6,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use drover_cli::client::{ApiClient, ApiConfig};
+use drover_cli::client::ApiClient;
 use drover_cli::local;
 use hyper::Method;
 use serde_json::{json, Value};
-use ssntp::Role;
-use testutil::process::{free_port, scheduler_view, sibling_binary, Daemon, Usage};
+use testutil::process::{scheduler_view, sibling_binary, Daemon, Usage};
 use testutil::Pki;
 
-use crate::scenarios::{mib, scheduler, wait_listening, Report, Ui};
+use crate::scenarios::{control_plane, mib, ControlPlane, Report, Ui};
 
 /// `e2e` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -101,17 +100,7 @@ impl Cluster {
 
 async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
     let work = tempfile::tempdir()?;
-    let mut scheduler = scheduler(pki, &["--load-threshold", "1000"])?;
-    wait_listening(&mut scheduler).await?;
-    let sched = scheduler.addr.to_string();
-    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut controller_args = local::controller_args(
-        &sched,
-        work.path(),
-        &api_addr.to_string(),
-        &pki.cert("server-api"),
-        &pki.paths("controller-local", false),
-    );
+    let mut controller_args = Vec::new();
     let etcd = if args.store == "etcd" {
         let etcd =
             testutil::etcd::EtcdCluster::start("e2e", 1, &["--max-txn-ops", "4096", "--max-request-bytes", "8388608"])
@@ -124,13 +113,10 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
     } else {
         None
     };
-    let controller = Daemon::start(
-        &sibling_binary("drover-controller")?,
-        controller_args,
-        work.path().join("controller.log"),
-        api_addr,
-        None,
-    )?;
+    let ControlPlane { scheduler, controller, api } =
+        control_plane(pki, work.path(), &["--load-threshold", "1000"], controller_args, Duration::from_secs(120))
+            .await?;
+    let sched = scheduler.addr.to_string();
     let per_node = args.instances.div_ceil(args.launchers.max(1));
     let launcher = sibling_binary("drover-launcher")?;
     let mut launchers = Vec::with_capacity(args.launchers);
@@ -154,14 +140,6 @@ async fn start(args: &E2eArgs, pki: &Pki) -> anyhow::Result<Cluster> {
         niced.extend(a);
         launchers.push(Daemon::start(std::path::Path::new("nice"), niced, log, scheduler.addr, None)?);
     }
-    let mut api = ApiClient::new(&ApiConfig {
-        addr: api_addr.to_string(),
-        cacert: pki.ca(),
-        cert: Some(pki.cert("user-admin")),
-        key: None,
-        tenant: None,
-    })?;
-    api.timeout = Duration::from_secs(120);
     Ok(Cluster { scheduler, controller, launchers, api, _etcd: etcd, _work: work })
 }
 
@@ -227,9 +205,6 @@ fn count(v: &Value, state: &str) -> u64 {
 #[allow(clippy::cast_precision_loss)] // counts and seconds in a report
 pub(crate) async fn e2e(args: &E2eArgs, ui: &Ui) -> anyhow::Result<bool> {
     let pki = Pki::new();
-    pki.issue_named(Role::CONTROLLER, "local", &[], &[]);
-    pki.issue_named(Role::USER, "admin", &[], &["admin"]);
-    pki.issue_named(Role::SERVER, "api", &["localhost", "127.0.0.1"], &[]);
     let mut cluster = start(args, &pki).await?;
 
     ui.say(&format!("waiting for {} launchers to be READY", args.launchers));

@@ -9,15 +9,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use drover_cli::client::{ApiClient, ApiConfig};
+use drover_cli::client::ApiClient;
 use drover_cli::local;
 use hyper::Method;
 use serde_json::{json, Value};
 use ssntp::Role;
-use testutil::process::{free_port, sibling_binary, Daemon};
+use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{mib, scheduler, wait_listening, Report, Ui};
+use crate::scenarios::{control_plane, mib, ControlPlane, Report, Ui};
 
 /// `migrate` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,28 +96,9 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
     }
     let kernel = testutil::vm::counting_kernel_dirtying(work.as_path(), args.dirty_mib).map_err(anyhow::Error::msg)?;
     let pki = Pki::new();
-    pki.issue_named(Role::CONTROLLER, "local", &[], &[]);
-    pki.issue_named(Role::USER, "admin", &[], &["admin"]);
-    pki.issue_named(Role::SERVER, "api", &["localhost", "127.0.0.1"], &[]);
-
-    let mut scheduler = scheduler(&pki, &[])?;
-    wait_listening(&mut scheduler).await?;
+    let ControlPlane { mut scheduler, mut controller, api } =
+        control_plane(&pki, &work, &[], Vec::new(), Duration::from_secs(60)).await?;
     let sched = scheduler.addr.to_string();
-    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let controller_args = local::controller_args(
-        &sched,
-        work.as_path(),
-        &api_addr.to_string(),
-        &pki.cert("server-api"),
-        &pki.paths("controller-local", false),
-    );
-    let mut controller = Daemon::start(
-        &sibling_binary("drover-controller")?,
-        controller_args,
-        work.as_path().join("controller.log"),
-        api_addr,
-        None,
-    )?;
     let mut launchers = Vec::new();
     for i in 0..2 {
         // Certificates naming their node: launchers know each other by them.
@@ -131,14 +112,6 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
         let log = work.as_path().join(format!("launcher{i}.log"));
         launchers.push(Daemon::start(&sibling_binary("drover-launcher")?, a, log, scheduler.addr, None)?);
     }
-    let mut api = ApiClient::new(&ApiConfig {
-        addr: api_addr.to_string(),
-        cacert: pki.ca(),
-        cert: Some(pki.cert("user-admin")),
-        key: None,
-        tenant: None,
-    })?;
-    api.timeout = Duration::from_secs(60);
 
     ui.say("waiting for 2 launchers to be READY");
     let ready_by = Instant::now() + Duration::from_secs(60);

@@ -687,3 +687,48 @@ pub(crate) async fn storm(args: &StormArgs, ui: &Ui) -> anyhow::Result<bool> {
     fleet.close();
     Ok(report.print(ui))
 }
+
+/// The control plane of a scenario on the user's path: the scheduler, the controller (its files
+/// in `work`) and an API client with the admin's certificate.
+pub(crate) struct ControlPlane {
+    pub(crate) scheduler: Daemon,
+    pub(crate) controller: Daemon,
+    pub(crate) api: drover_cli::client::ApiClient,
+}
+
+/// Mints the controller's, the admin's and the API's certificates in `pki`, and starts the
+/// scheduler (with `scheduler_args`) and the controller (with `controller_args` besides its
+/// own) as child processes; the API client waits up to `api_timeout` per call.
+pub(crate) async fn control_plane(
+    pki: &Pki,
+    work: &std::path::Path,
+    scheduler_args: &[&str],
+    controller_args: Vec<String>,
+    api_timeout: Duration,
+) -> anyhow::Result<ControlPlane> {
+    pki.issue_named(ssntp::Role::CONTROLLER, "local", &[], &[]);
+    pki.issue_named(ssntp::Role::USER, "admin", &[], &["admin"]);
+    pki.issue_named(ssntp::Role::SERVER, "api", &["localhost", "127.0.0.1"], &[]);
+    let mut scheduler = scheduler(pki, scheduler_args)?;
+    wait_listening(&mut scheduler).await?;
+    let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut args = drover_cli::local::controller_args(
+        &scheduler.addr.to_string(),
+        work,
+        &api_addr.to_string(),
+        &pki.cert("server-api"),
+        &pki.paths("controller-local", false),
+    );
+    args.extend(controller_args);
+    let controller =
+        Daemon::start(&sibling_binary("drover-controller")?, args, work.join("controller.log"), api_addr, None)?;
+    let mut api = drover_cli::client::ApiClient::new(&drover_cli::client::ApiConfig {
+        addr: api_addr.to_string(),
+        cacert: pki.ca(),
+        cert: Some(pki.cert("user-admin")),
+        key: None,
+        tenant: None,
+    })?;
+    api.timeout = api_timeout;
+    Ok(ControlPlane { scheduler, controller, api })
+}

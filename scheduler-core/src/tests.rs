@@ -1585,15 +1585,7 @@ fn placement_charges_each_instance_its_backends_anchor_tax_on_that_node() {
 // === live migration ===
 
 fn vm(instance: Uuid, mem_mb: u64) -> Start {
-    let backend = Backend::Vm {
-        kernel: "/guest.elf".into(),
-        initrd: None,
-        append: None,
-        disks: Vec::new(),
-        arch: None,
-        accel: ssntp::payload::VmAccel::default(),
-    };
-    Start::new(instance, Requirements { vcpus: 1, mem_mb, ..Default::default() }, backend)
+    testutil::vm::start(instance, mem_mb)
 }
 
 fn vm_node(rig: &mut Rig, n: u8) {

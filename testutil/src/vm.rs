@@ -5,6 +5,21 @@
 
 use std::path::{Path, PathBuf};
 
+/// A START of a `vm` instance of one vCPU and `mem_mb` (a guest at `/guest.elf`, TCG), for
+/// tests of the rules around VMs rather than of a guest.
+pub fn start(instance: ssntp::Uuid, mem_mb: u64) -> ssntp::payload::Start {
+    let backend = ssntp::payload::Backend::Vm {
+        kernel: "/guest.elf".into(),
+        initrd: None,
+        append: None,
+        disks: Vec::new(),
+        arch: None,
+        accel: ssntp::payload::VmAccel::Tcg,
+    };
+    let requirements = ssntp::payload::Requirements { vcpus: 1, mem_mb, ..Default::default() };
+    ssntp::payload::Start::new(instance, requirements, backend)
+}
+
 /// The line the guest prints.
 pub const GREETING: &str = "hello from a drover vm";
 

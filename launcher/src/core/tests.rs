@@ -611,17 +611,7 @@ fn vm_core() -> Core {
 }
 
 fn vm_start(n: u128, from: Option<Uuid>) -> Start {
-    let backend = Backend::Vm {
-        kernel: "/guest.elf".into(),
-        initrd: None,
-        append: None,
-        disks: Vec::new(),
-        arch: None,
-        accel: ssntp::payload::VmAccel::Tcg,
-    };
-    let mut s = Start::new(id(n), Requirements { vcpus: 1, mem_mb: 64, ..Default::default() }, backend);
-    s.migrate_from = from;
-    s
+    Start { migrate_from: from, ..testutil::vm::start(id(n), 64) }
 }
 
 /// MIGRATE_END to this node as the destination (`to_here`) or as the source.
