@@ -358,7 +358,15 @@ pub struct Core {
     /// What each backend's machinery takes per instance, MiB (measured; see
     /// [`admission::measured_anchor_tax`]).
     anchor_tax: std::collections::BTreeMap<String, u64>,
+    /// Instances in a migration (incoming or outgoing) and since when (monotonic ms): one the
+    /// scheduler never ends (it restarted) is ended here ([`MIGRATION_GIVE_UP_MS`]).
+    migrating: std::collections::BTreeMap<Uuid, u64>,
 }
+
+/// How long a copy may wait in a migration for MIGRATE_END before the launcher ends it itself
+/// (an incoming copy stopped, an outgoing one resumed): past the scheduler's own limit, so this
+/// only matters when the scheduler forgot the migration (it restarted).
+pub const MIGRATION_GIVE_UP_MS: u64 = ssntp::payload::MIGRATION_TIMEOUT_MS + 60_000;
 
 impl Core {
     /// A core for a node with `flags` as persisted.
@@ -379,6 +387,7 @@ impl Core {
             changed: HashSet::new(),
             exit_drain_until: None,
             anchor_tax: admission::initial_anchor_tax(&config_backends),
+            migrating: std::collections::BTreeMap::new(),
         }
     }
 
@@ -485,6 +494,7 @@ impl Core {
             }
             Input::ReportDue => {
                 self.drain_due(now, &mut out);
+                self.migrations_due(now, &mut out);
                 self.report(now, &mut out);
             }
             Input::NewsDue => self.news(&mut out),
@@ -551,6 +561,9 @@ impl Core {
                     }
                     let tax = self.tax_of(&start);
                     self.table.insert(start.instance_uuid, Entry::of(&start, tax));
+                    if start.migrate_from.is_some() {
+                        self.migrating.insert(start.instance_uuid, now.mono_ms);
+                    }
                     out.push(Effect::Run(Box::new(start)));
                     return None; // INSTANCE_STARTED follows once the workload runs
                 }
@@ -623,7 +636,7 @@ impl Core {
                 }
                 return None; // MAINTENANCE and one INSTANCE_STOPPED per instance follow
             }
-            Message::MigrateOut(o) => return self.migrate_out(o, out),
+            Message::MigrateOut(o) => return self.migrate_out(now, o, out),
             Message::MigrateEnd(end) => {
                 let incoming = end.to_node == self.config.node;
                 self.migrate_end(end.instance_uuid, end.committed, incoming, out);
@@ -640,7 +653,7 @@ impl Core {
     }
 
     /// MIGRATE_OUT: a running, started `vm` instance not already migrating sends its state.
-    fn migrate_out(&mut self, o: MigrateOut, out: &mut Vec<Effect>) -> Option<Message> {
+    fn migrate_out(&mut self, now: Now, o: MigrateOut, out: &mut Vec<Effect>) -> Option<Message> {
         let id = o.instance_uuid;
         let refusal = match self.table.get_mut(&id) {
             None => Some(format!("no instance {id} here")),
@@ -655,6 +668,7 @@ impl Core {
         match refusal {
             Some(detail) => Some(Message::MigrationDone(MigrationDone { instance_uuid: id, ok: false, detail })),
             None => {
+                self.migrating.insert(id, now.mono_ms);
                 out.push(Effect::MigrateOut(o));
                 None
             }
@@ -665,6 +679,7 @@ impl Core {
     /// whether this node is the destination (`incoming`): a launcher restarted meanwhile has
     /// forgotten it.
     fn migrate_end(&mut self, id: Uuid, committed: bool, incoming: bool, out: &mut Vec<Effect>) {
+        self.migrating.remove(&id);
         let Some(e) = self.table.get_mut(&id) else { return };
         let role = match e.migration {
             Some(MigrationRole::Leaving) => MigrationRole::Leaving,
@@ -698,6 +713,26 @@ impl Core {
                 }
             }
             (MigrationRole::Leaving, _) => {}
+        }
+    }
+
+    /// Ends, as abandoned, the migrations the scheduler left without an end for longer than
+    /// [`MIGRATION_GIVE_UP_MS`] (it restarted and forgot them).
+    fn migrations_due(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let due: Vec<Uuid> = self
+            .migrating
+            .iter()
+            .filter(|(_, since)| now.mono_ms.saturating_sub(**since) >= MIGRATION_GIVE_UP_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            match self.table.get(&id).and_then(|e| e.migration) {
+                Some(MigrationRole::Incoming) => self.migrate_end(id, false, true, out),
+                Some(MigrationRole::Outgoing) => self.migrate_end(id, false, false, out),
+                _ => {
+                    self.migrating.remove(&id);
+                }
+            }
         }
     }
 
@@ -809,6 +844,7 @@ impl Core {
                 // An incoming copy whose migration was still under way: it failed, and the
                 // copy is gone without a word (the instance runs on at its source).
                 self.table.remove(&exit.instance);
+                self.migrating.remove(&exit.instance);
                 self.changed.remove(&exit.instance);
                 out.push(Effect::Delete(exit.instance));
                 let detail = format!("the incoming device model ended (code {:?})", exit.code);

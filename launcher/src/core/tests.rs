@@ -793,3 +793,30 @@ fn only_the_copy_a_migration_concerns_leaves() {
             .find_map(|m| if let Message::StartFailure(f) = m { Some(f.detail.clone()) } else { None });
     assert!(refusal.is_some_and(|d| d.contains("still being removed")), "{out:?}");
 }
+
+#[test]
+fn a_migration_the_scheduler_never_ends_is_ended_here() {
+    use super::MIGRATION_GIVE_UP_MS;
+    let mut c = vm_core();
+    // An incoming copy and an outgoing one, both left without MIGRATE_END (the scheduler
+    // restarted and forgot them).
+    command(&mut c, Message::Start(vm_start(1, Some(id(0xB0)))));
+    command(&mut c, Message::Start(vm_start(2, None)));
+    c.handle(at(1), Input::Workload(Event::Started { instance: id(2), pid: 8 }));
+    let out_to = Message::MigrateOut(ssntp::payload::MigrateOut {
+        instance_uuid: id(2),
+        to_node: id(0xD0),
+        address: "a:1".into(),
+    });
+    command(&mut c, out_to);
+    assert!(c
+        .handle(at(MIGRATION_GIVE_UP_MS), Input::ReportDue)
+        .iter()
+        .all(|e| !matches!(e, Effect::Stop { .. } | Effect::CancelMigration(_))));
+    let out = c.handle(at(MIGRATION_GIVE_UP_MS + 2), Input::ReportDue);
+    assert!(out.contains(&Effect::Stop { instance: id(1), grace: std::time::Duration::ZERO }), "{out:?}");
+    assert!(out.contains(&Effect::CancelMigration(id(2))), "{out:?}");
+    // Once only.
+    let out = c.handle(at(MIGRATION_GIVE_UP_MS + 3000), Input::ReportDue);
+    assert!(out.iter().all(|e| !matches!(e, Effect::Stop { .. } | Effect::CancelMigration(_))), "{out:?}");
+}
