@@ -105,9 +105,9 @@ pub struct Args {
     #[arg(long = "hypervisor-tools", value_name = "DIR")]
     pub hypervisor_tools: Vec<PathBuf>,
     /// Take part in live migrations of vm instances: the address other launchers send an
-    /// instance's state to (mutual TLS with launcher certificates; port 0 picks one). The node
-    /// then offers the feature `migrate`. Without, its vm instances are evacuated by stopping
-    /// them instead.
+    /// instance's state to (mutual TLS with launcher certificates that name their node, as
+    /// `drover-cert issue` writes them; port 0 picks one). The node then offers the feature
+    /// `migrate`. Without, its vm instances are evacuated by stopping them instead.
     #[arg(long, value_name = "ADDR")]
     pub migration_listen: Option<std::net::SocketAddr>,
     /// The host other launchers reach this one at for migrations, when --migration-listen is
