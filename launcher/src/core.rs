@@ -467,9 +467,7 @@ impl Core {
                 }
                 if self.table.get(&instance).is_some_and(|e| e.migration == Some(MigrationRole::Leaving)) {
                     // Its end is known; the instance's files are at its other node.
-                    self.table.remove(&instance);
-                    self.changed.remove(&instance);
-                    out.push(Effect::Delete(instance));
+                    self.drop_copy(instance, &mut out);
                 }
                 self.orphans.retain(|o| o.instance != instance);
             }
@@ -704,16 +702,20 @@ impl Core {
                         out.push(Effect::Stop { instance: id, grace: Duration::ZERO });
                     }
                     // It ended already (a STOP raced the end) and its end went: gone now.
-                    Phase::Ended { delivered: true, .. } => {
-                        self.table.remove(&id);
-                        self.changed.remove(&id);
-                        out.push(Effect::Delete(id));
-                    }
+                    Phase::Ended { delivered: true, .. } => self.drop_copy(id, out),
                     Phase::Ended { delivered: false, .. } => {}
                 }
             }
             (MigrationRole::Leaving, _) => {}
         }
+    }
+
+    /// Forgets a copy that is not (or no longer) the instance, and removes its files.
+    fn drop_copy(&mut self, id: Uuid, out: &mut Vec<Effect>) {
+        self.table.remove(&id);
+        self.migrating.remove(&id);
+        self.changed.remove(&id);
+        out.push(Effect::Delete(id));
     }
 
     /// Ends, as abandoned, the migrations the scheduler left without an end for longer than
@@ -843,10 +845,7 @@ impl Core {
             {
                 // An incoming copy whose migration was still under way: it failed, and the
                 // copy is gone without a word (the instance runs on at its source).
-                self.table.remove(&exit.instance);
-                self.migrating.remove(&exit.instance);
-                self.changed.remove(&exit.instance);
-                out.push(Effect::Delete(exit.instance));
+                self.drop_copy(exit.instance, out);
                 let detail = format!("the incoming device model ended (code {:?})", exit.code);
                 let done = MigrationDone { instance_uuid: exit.instance, ok: false, detail };
                 out.push(Effect::Send(Message::MigrationDone(done)));

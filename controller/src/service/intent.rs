@@ -221,15 +221,25 @@ impl Service {
             let state = record.life.state.name();
             return Err(ServiceError::Conflict(format!("instance {instance} is {state}, not running")));
         };
-        let Some(stored) = self.store.workload(&record.tenant, &record.workload)? else {
+        let Some(start) = self.start_now(&record)? else {
             return Err(ServiceError::Conflict(format!("instance {instance}'s workload was deleted")));
         };
-        let w = stored.parsed()?;
-        let Message::Start(start) = start_message(&record, &stored, &w, false, &self.task_env) else {
-            unreachable!("start_message makes a START")
-        };
-        self.migrating.lock().expect("migrating lock").insert(instance);
-        Ok(vec![Message::Migrate(ssntp::payload::Migrate { start, from_node: node, to_node: to })])
+        Ok(vec![self.migrate_message(start, node, to)])
+    }
+
+    /// The START an instance's record would be sent now; `None` when its workload is gone.
+    fn start_now(&self, record: &InstanceRecord) -> Result<Option<ssntp::payload::Start>, ServiceError> {
+        let Some(stored) = self.store.workload(&record.tenant, &record.workload)? else { return Ok(None) };
+        match start_message(record, &stored, &stored.parsed()?, false, &self.task_env) {
+            Message::Start(start) => Ok(Some(start)),
+            _ => unreachable!("start_message makes a START"),
+        }
+    }
+
+    /// MIGRATE of `start`'s instance from `node`, awaited by a live evacuation until its outcome.
+    fn migrate_message(&self, start: ssntp::payload::Start, node: Uuid, to: Option<Uuid>) -> Message {
+        self.migrating.lock().expect("migrating lock").insert(start.instance_uuid);
+        Message::Migrate(ssntp::payload::Migrate { start, from_node: node, to_node: to })
     }
 
     /// MIGRATEs for every instance running on `node` that can move live (a `vm` without
@@ -241,19 +251,12 @@ impl Service {
         let mut moves = Vec::new();
         for id in self.store.running_on(node) {
             let Some(record) = self.store.instance(id)? else { continue };
-            let Some(stored) = self.store.workload(&record.tenant, &record.workload)? else { continue };
-            let live = match start_message(&record, &stored, &stored.parsed()?, false, &self.task_env) {
-                Message::Start(s) => {
-                    matches!(&s.backend, ssntp::payload::Backend::Vm { disks, .. } if disks.is_empty())
-                }
-                _ => false,
-            };
-            if live {
-                match self.migrate(ADMIN, id, None) {
-                    Ok(m) => moves.extend(m),
-                    Err(ServiceError::Conflict(_)) => {} // it ended meanwhile
-                    Err(e) => return Err(e),
-                }
+            if record.life.state != (State::Running { node }) {
+                continue; // it ended or moved meanwhile
+            }
+            let Some(start) = self.start_now(&record)? else { continue };
+            if matches!(&start.backend, ssntp::payload::Backend::Vm { disks, .. } if disks.is_empty()) {
+                moves.push(self.migrate_message(start, node, None));
             }
         }
         Ok(moves)
