@@ -527,6 +527,19 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
                 return Err(err("backend.arch", "an architecture name (x86_64, aarch64, riscv64 …)"));
             }
         }
+        Backend::Artifact { path, .. } => {
+            if !path.starts_with('/') {
+                return Err(err("backend.path", "must be an absolute path on the node (under its --volume-root)"));
+            }
+            if ssntp::payload::artifact_kind(path).is_none() {
+                let known: Vec<String> =
+                    ssntp::payload::ARTIFACT_RUNTIMES.iter().map(|(kind, _)| format!(".{kind}")).collect();
+                return Err(err(
+                    "backend.path",
+                    format!("an artifact's kind comes from its name; known: {}", known.join(" ")),
+                ));
+            }
+        }
         _ => {}
     }
     if f.restart.attempts > 1000 {
@@ -568,11 +581,21 @@ fn check(f: WorkloadFile) -> Result<Workload, SpecError> {
         }
     }
     let mut p = f.requirements;
-    // Volumes run only where a launcher allows them.
-    if matches!(&f.backend, Backend::Oci { volumes, .. } if !volumes.is_empty())
-        && !p.features.iter().any(|x| x == ssntp::payload::VOLUMES_FEATURE)
-    {
+    // Volumes (and artifacts, which are files in one) run only where a launcher allows them;
+    // an artifact, where there is a runtime for its kind.
+    let has_volumes = match &f.backend {
+        Backend::Oci { volumes, .. } => !volumes.is_empty(),
+        Backend::Artifact { .. } => true,
+        _ => false,
+    };
+    if has_volumes && !p.features.iter().any(|x| x == ssntp::payload::VOLUMES_FEATURE) {
         p.features.push(ssntp::payload::VOLUMES_FEATURE.to_owned());
+    }
+    if let Backend::Artifact { path, .. } = &f.backend {
+        let runtime = ssntp::payload::runtime_feature(ssntp::payload::artifact_kind(path).unwrap_or_default());
+        if !p.features.contains(&runtime) {
+            p.features.push(runtime);
+        }
     }
     for pattern in &p.pci {
         check_pci(pattern).map_err(|m| err("requirements.pci", m))?;
@@ -804,6 +827,25 @@ backoff = "2s"
         let e = parse(&vm("disks = [\"disk.qcow2\"]\n"), Format::Toml).unwrap_err();
         assert_eq!(e.field, "backend", "{e}");
         assert_eq!(parse(&vm("accel = \"fast\"\n"), Format::Toml).unwrap_err().field, "backend");
+    }
+
+    #[test]
+    fn an_artifact_requires_a_runtime_for_its_kind_and_a_node_with_volumes() {
+        let artifact = |path: &str| {
+            format!(
+                "name = \"a\"\nsize = \"small\"\n[backend]\ntype = \"artifact\"\npath = \"{path}\"\nargs = [\"x\"]\n"
+            )
+        };
+        let w = parse(&artifact("/srv/artifacts/report.jar"), Format::Toml).unwrap();
+        assert_eq!(w.requirements.features, [ssntp::payload::VOLUMES_FEATURE, "runtime:jar"]);
+        let upper = parse(&artifact("/srv/artifacts/REPORT.JAR"), Format::Toml).unwrap();
+        assert_eq!(upper.requirements.features, [ssntp::payload::VOLUMES_FEATURE, "runtime:jar"]);
+        let e = parse(&artifact("report.jar"), Format::Toml).unwrap_err();
+        assert_eq!(e.field, "backend.path", "{e}");
+        let e = parse(&artifact("/srv/artifacts/report.war"), Format::Toml).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.contains("known: .jar")), ("backend.path", true), "{e}");
+        let e = parse(&artifact("/srv/artifacts/report"), Format::Toml).unwrap_err();
+        assert_eq!(e.field, "backend.path", "{e}");
     }
 
     #[test]

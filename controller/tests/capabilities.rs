@@ -3,7 +3,8 @@
 //! and `drover node show`; workloads that require them land where they are, a preference
 //! orders without excluding, and what no node has is refused naming it. Every process instance
 //! finds `DROVER_CPUS` and `DROVER_JOBS` in its environment, and its host/target architectures
-//! with the package lists of its workload's `[[cross]]` entry for them.
+//! with the package lists of its workload's `[[cross]]` entry for them. VMs boot, move live and
+//! get cache ways; JARs run under a node's JVM.
 
 #![allow(clippy::disallowed_methods)] // tests wait with the real clock
 
@@ -257,6 +258,86 @@ async fn a_vm_boots_under_its_device_model_and_its_console_is_the_output() {
     .await;
     assert_eq!(failed["state"], "failed", "{failed}");
     assert!(failed["why"].as_str().unwrap().contains("vm:riscv64"), "{failed}");
+}
+
+/// The EVE seed's binary artifacts on a real cluster: a launcher with `--backend artifact` finds
+/// the JVM among its hypervisor tools and offers `runtime:jar` with the runtime's tax; a JAR in
+/// its volume runs under the JVM as the instance's anchor process, with its arguments, its
+/// environment and its memory as the JVM's heap; a JAR that outgrows that heap fails with the
+/// JVM's own error; one outside the node's volumes is refused; a node with no runtime takes no
+/// JAR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jar_runs_under_the_nodes_jvm_with_its_memory_as_the_heap() {
+    const TEST: &str = "a_jar_runs_under_the_nodes_jvm_with_its_memory_as_the_heap";
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("artifacts");
+    std::fs::create_dir_all(&volume).unwrap();
+    let jar = match testutil::jar::report(&volume) {
+        Ok(jar) => jar,
+        Err(why) => return testutil::skip("jar", TEST, &why),
+    };
+    let elsewhere = dir.path().join("elsewhere.jar");
+    std::fs::copy(&jar, &elsewhere).unwrap();
+    // The JVM runs as the tenant's user (the launcher is root in CI): it must reach the JAR.
+    use std::os::unix::fs::PermissionsExt as _;
+    for open in [dir.path(), &volume] {
+        std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let volume_root = volume.display().to_string();
+    #[rustfmt::skip]
+    let cluster = Cluster::start(&[
+        &["--backend", "artifact", "--volume-root", &volume_root, "--label", "jvm=yes"],
+        &["--backend", "process", "--volume-root", &volume_root],
+    ]);
+    cluster.wait_ready(2).await;
+    let api = cluster.admin();
+    let nodes = api.get("/v1/nodes").await.unwrap();
+    let jvm = nodes.as_array().unwrap().iter().find(|n| n["report"]["labels"]["jvm"] == "yes").unwrap();
+    let report = &jvm["report"];
+    assert!(report["features"].as_array().unwrap().iter().any(|f| f == "runtime:jar"), "{report}");
+    assert_eq!(report["anchor_tax_mb"]["artifact"], 128, "the runtime's share before any is measured: {report}");
+
+    let artifact = |name: &str, path: &std::path::Path, args: &str| {
+        format!(
+            "name = \"{name}\"\n[resources]\nvcpus = 1\nmem_mb = 256\n[backend]\ntype = \"artifact\"\n\
+             path = \"{}\"\nargs = [{args}]\n[restart]\npolicy = \"never\"\n",
+            path.display()
+        )
+    };
+    let finished = |i: &serde_json::Value| ["exited", "failed"].contains(&i["state"].as_str().unwrap_or_default());
+    create_workload(&api, &artifact("report", &jar, "\"hello\", \"world\"")).await;
+    let id = launch_one(&api, "report").await;
+    let done = instance_when(&api, &id, "the JAR to end", common::PATIENCE, finished).await;
+    let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
+    let text = logs["data"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&done["state"], &done["exit_code"]),
+        (&serde_json::json!("exited"), &serde_json::json!(0)),
+        "{done} {text:?}"
+    );
+    assert_eq!(done["node"], jvm["uuid"], "only the node with a JVM runs JARs: {done}");
+    assert!(text.contains("args=hello world") && text.contains("cpus=1"), "{text:?}");
+    let heap: u64 = text.lines().find_map(|l| l.strip_prefix("heap_max_mib=")).unwrap().trim().parse().unwrap();
+    // The JVM reports its heap less a survivor space; left to size it from the cgroup (256 +
+    // the runtime's 128 MiB) it takes far less (121 MiB with JDK 17 here).
+    assert!((200..=256).contains(&heap), "the workload's 256 MiB is the JVM's heap: {heap} MiB");
+
+    create_workload(&api, &artifact("fill", &jar, "\"fill\"")).await;
+    let id = launch_one(&api, "fill").await;
+    let done = instance_when(&api, &id, "the JAR to fill its heap", common::PATIENCE, finished).await;
+    let logs = api.get(&format!("/v1/instances/{id}/logs")).await.unwrap();
+    let text = logs["data"].as_str().unwrap();
+    assert_eq!((&done["state"], &done["exit_code"]), (&serde_json::json!("failed"), &serde_json::json!(1)), "{done}");
+    assert!(text.contains("java.lang.OutOfMemoryError"), "the JVM's own error, not the kernel's kill: {text:?}");
+
+    create_workload(&api, &artifact("stray", &elsewhere, "")).await;
+    let id = launch_one(&api, "stray").await;
+    let refused = instance_when(&api, &id, "a refusal", common::PATIENCE, |i| {
+        !["pending", "starting"].contains(&i["state"].as_str().unwrap_or_default())
+    })
+    .await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["why"].as_str().unwrap().contains("not a file under this node's --volume-root"), "{refused}");
 }
 
 /// Cache ways as a resource (ciao's cache QoS) on a real cluster, against a resctrl tree: the

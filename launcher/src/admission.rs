@@ -220,10 +220,16 @@ impl StatusMachine {
 
 /// The anchor tax per backend before anything is measured, MiB: a shim (a small static
 /// process) for `process`, a shim and runc for `oci`, what a device model may take beyond its
-/// guest for `vm`; a `systemd` unit's own cost is in its
-/// cgroup, a `sim` has none.
-pub const DEFAULT_ANCHOR_TAX_MB: [(&str, u64); 5] =
-    [("process", 2), ("oci", 12), ("systemd", 0), ("vm", crate::vm::DEVICE_MODEL_MB), ("sim", 0)];
+/// guest for `vm`, what a runtime may take beyond its heap for `artifact`; a `systemd` unit's
+/// own cost is in its cgroup, a `sim` has none.
+pub const DEFAULT_ANCHOR_TAX_MB: [(&str, u64); 6] = [
+    ("process", 2),
+    ("oci", 12),
+    ("systemd", 0),
+    ("vm", crate::vm::DEVICE_MODEL_MB),
+    ("artifact", crate::artifact::RUNTIME_MB),
+    ("sim", 0),
+];
 
 /// The anchor tax of the `backends` offered, before any measurement.
 pub fn initial_anchor_tax(backends: &[String]) -> std::collections::BTreeMap<String, u64> {

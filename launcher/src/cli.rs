@@ -63,7 +63,8 @@ pub struct Args {
     pub numa_node: Option<u32>,
     /// Backend this node offers (repeatable): process, oci (needs runc or crun), systemd
     /// (transient units; needs systemd as PID 1 answering on the D-Bus system bus), vm
-    /// (virtual machines; needs a device model, qemu-system-ARCH), sim.
+    /// (virtual machines; needs a device model, qemu-system-ARCH), artifact (JAR files in the
+    /// node's volumes; needs a runtime, java, and --volume-root), sim.
     #[arg(long = "backend", value_name = "NAME", default_values_t = ["process".to_owned()])]
     pub backends: Vec<String>,
     /// Label placement can require (repeatable), e.g. --label zone=b --label gpu=a100.
@@ -94,14 +95,15 @@ pub struct Args {
     /// so workloads that prefer `image_cached` come to this node.
     #[arg(long = "image-dir", value_name = "DIR")]
     pub image_dirs: Vec<PathBuf>,
-    /// A directory OCI workloads may bind-mount from (repeatable): a volume's source must be a
-    /// directory under one. The node then offers the `volumes` feature. Without, volumes are
-    /// refused.
+    /// A directory OCI workloads may bind-mount from and artifacts are run from (repeatable): a
+    /// volume's source must be a directory under one, an artifact a file under one. The node
+    /// then offers the `volumes` feature. Without, volumes and artifacts are refused.
     #[arg(long = "volume-root", value_name = "DIR")]
     pub volume_roots: Vec<PathBuf>,
-    /// Where the vm backend's device models are (repeatable): the `qemu-system-ARCH` programs
-    /// in these directories, each a guest architecture the node offers (feature `vm:ARCH`).
-    /// Without, those on PATH.
+    /// Where the node's hypervisor tools are (repeatable): the vm backend's device models, the
+    /// `qemu-system-ARCH` programs in these directories, each a guest architecture the node
+    /// offers (feature `vm:ARCH`); the artifact backend's runtimes (`java`, feature
+    /// `runtime:jar`). Without, those on PATH.
     #[arg(long = "hypervisor-tools", value_name = "DIR")]
     pub hypervisor_tools: Vec<PathBuf>,
     /// Take part in live migrations of vm instances: the address other launchers send an

@@ -76,6 +76,8 @@ pub struct HostFacts {
     pub root: bool,
     /// Guest architectures there is a device model (`qemu-system-ARCH`) for on PATH.
     pub vm_arches: Vec<String>,
+    /// Kinds of artifact there is a runtime for on PATH (`jar`: java).
+    pub artifact_kinds: Vec<String>,
     /// L3 cache ways resctrl offers (0: no cache allocation).
     pub cache_ways: u32,
 }
@@ -201,6 +203,16 @@ pub fn recommend(facts: &HostFacts, answers: &Answers) -> (Vec<Advice>, Vec<Stri
             ),
         );
     }
+    if !facts.artifact_kinds.is_empty() {
+        let kinds: Vec<String> = facts.artifact_kinds.iter().map(|k| format!(".{k}")).collect();
+        add(
+            "--backend artifact --volume-root DIR".into(),
+            format!(
+                "runtimes for {} artifacts are on PATH: files under DIR can run as tasks (the artifact backend)",
+                kinds.join(", ")
+            ),
+        );
+    }
     if facts.cache_ways > 0 {
         add(
             "(advertised, no flag)".into(),
@@ -287,6 +299,7 @@ pub fn gather(args: &DoctorArgs) -> HostFacts {
         gpus,
         root: nix::unistd::geteuid().is_root(),
         vm_arches: crate::vm::device_models(&[]).into_keys().collect(),
+        artifact_kinds: crate::artifact::runtimes(&[]).into_keys().collect(),
         cache_ways: crate::resctrl::read(std::path::Path::new("/sys/fs/resctrl")).map_or(0, |c| c.ways),
     }
 }
@@ -408,6 +421,7 @@ mod tests {
             gpus: vec!["10de:2204".into()],
             root: true,
             vm_arches: vec!["aarch64".into(), "x86_64".into()],
+            artifact_kinds: vec!["jar".into()],
             cache_ways: 12,
         }
     }
@@ -427,6 +441,7 @@ mod tests {
             "--backend oci",
             "--backend systemd",
             "--backend vm",
+            "--backend artifact --volume-root DIR",
             "--max-instances 128",
         ] {
             assert!(f.contains(&want), "{want} in {f:?}");
@@ -462,6 +477,7 @@ mod tests {
             gpus: Vec::new(),
             root: false,
             vm_arches: Vec::new(),
+            artifact_kinds: Vec::new(),
             cache_ways: 0,
         };
         let (advice, warnings) = recommend(&small, &Answers::default());

@@ -5,7 +5,8 @@
 //! `process` workloads under a per-instance shim (own process group, cgroup limits where the
 //! node has them, output in `results/output.txt`), `oci` containers through runc or crun under
 //! the same shim, `systemd` workloads as transient units of the node's system manager, `vm`
-//! workloads as a qemu device model under the same shim, and `sim` workloads for scale tests.
+//! workloads as a qemu device model under the same shim, `artifact` workloads (JARs) under
+//! their runtime under the same shim, and `sim` workloads for scale tests.
 //! Workloads outlive the launcher; a restarted launcher re-adopts them.
 //!
 //! # Layout
@@ -24,6 +25,7 @@
 //! - [`oci`]: bundles for the `oci` backend (runc or crun under the shim).
 //! - [`systemd`]: the `systemd` backend: transient units over D-Bus, their ends, adoption.
 //! - [`vm`]: the `vm` backend's device models (hypervisor tools) and their command lines.
+//! - [`artifact`]: the `artifact` backend's runtimes (hypervisor tools) and command lines.
 //! - [`migration`]: live migration of `vm` instances: the state stream between launchers over
 //!   mutual TLS, and the device models' QMP monitors.
 //! - [`resctrl`]: last-level cache ways as a resource (Intel RDT cache allocation).
@@ -37,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod artifact;
 pub mod capabilities;
 pub mod cgroup;
 pub mod cli;

@@ -109,6 +109,8 @@ pub struct Offer {
     pub capabilities: Capabilities,
     /// The `vm` backend's device models, by guest architecture (empty without it).
     pub device_models: std::collections::BTreeMap<String, PathBuf>,
+    /// The `artifact` backend's runtimes, by kind of artifact (empty without it).
+    pub runtimes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// What a node can do beyond capacity, read once at the launcher's start
@@ -141,6 +143,16 @@ pub fn machine_features() -> Vec<String> {
 pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     meta.is_file() && meta.permissions().mode() & 0o111 != 0
+}
+
+/// Where the node's hypervisor tools (device models, runtimes) are looked for: the
+/// `--hypervisor-tools` directories, or `PATH`'s when there are none.
+pub fn tool_dirs(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    if dirs.is_empty() {
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default()
+    } else {
+        dirs.to_vec()
+    }
 }
 
 /// The first of `names` found on `PATH`.

@@ -158,8 +158,8 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
                     anyhow::bail!("--backend oci needs runc or crun on PATH (Debian: apt-get install runc)");
                 }
             }
-            "vm" => {}
-            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, systemd, vm, sim)"),
+            "vm" | "artifact" => {}
+            other => anyhow::bail!("--backend {other:?}: unknown backend (process, oci, systemd, vm, artifact, sim)"),
         }
         if !backends.contains(b) {
             backends.push(b.clone());
@@ -179,6 +179,22 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         );
     }
     features.extend(device_models.keys().map(|arch| ssntp::payload::vm_feature(arch)));
+    let runtimes = if backends.iter().any(|b| b == "artifact") {
+        let found = crate::artifact::runtimes(&args.hypervisor_tools);
+        let place = if args.hypervisor_tools.is_empty() { "on PATH" } else { "in --hypervisor-tools" };
+        if found.is_empty() {
+            anyhow::bail!(
+                "--backend artifact needs a runtime, java, {place} (Debian: apt-get install default-jre-headless)"
+            );
+        }
+        if args.volume_roots.is_empty() {
+            anyhow::bail!("--backend artifact runs files in the node's volumes: give --volume-root DIR");
+        }
+        found
+    } else {
+        Default::default()
+    };
+    features.extend(runtimes.keys().map(|kind| ssntp::payload::runtime_feature(kind)));
     if args.migration_listen.is_some() {
         if !backends.iter().any(|b| b == "vm") {
             anyhow::bail!("--migration-listen moves vm instances: it needs --backend vm");
@@ -223,6 +239,7 @@ fn offer(args: &Args) -> anyhow::Result<probe::Offer> {
         numa,
         capabilities,
         device_models,
+        runtimes,
     })
 }
 
@@ -474,6 +491,7 @@ pub async fn run(prepared: Prepared, shutdown: impl std::future::Future<Output =
         .with_volume_roots(&prepared.args.volume_roots)
         .with_scripts(prepared.args.scripts.iter().cloned().collect())
         .with_device_models(prepared.offer.device_models.clone())
+        .with_runtimes(prepared.offer.runtimes.clone())
         .with_cache(prepared.offer.capabilities.cache.clone())
         .with_node(prepared.uuid)
         .with_users(prepared.users.clone(), Some(prepared.args.state_dir.join(TENANT_UIDS_FILE)));

@@ -33,13 +33,8 @@ pub struct VmSpec<'a> {
 /// The device models in `dirs` (`qemu-system-ARCH`, executable), by canonical guest
 /// architecture; the first directory that has one wins. No directories: `PATH`'s.
 pub fn device_models(dirs: &[PathBuf]) -> BTreeMap<String, PathBuf> {
-    let search: Vec<PathBuf> = if dirs.is_empty() {
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default()
-    } else {
-        dirs.to_vec()
-    };
     let mut models = BTreeMap::new();
-    for dir in search {
+    for dir in crate::probe::tool_dirs(dirs) {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         let mut found: Vec<(String, PathBuf)> = entries
             .filter_map(Result::ok)

@@ -57,6 +57,27 @@ fn bad_configuration_exits_64_with_a_reason() {
     ]);
     assert_eq!(code, 64);
     assert!(err.contains("bad host"), "{err}");
+    // The artifact backend needs a runtime among the hypervisor tools, and volumes to run from.
+    let tools = tempfile::tempdir().unwrap();
+    let tools_dir = tools.path().display().to_string();
+    let artifact = |extra: &[&str]| {
+        let mut args = vec!["--server", "127.0.0.1:1", "--cacert", &ca];
+        let (c, k) = (cert("agent"), key("agent"));
+        args.extend(["--cert", &c, "--key", &k, "--state-dir", state, "--backend", "artifact"]);
+        args.extend(["--hypervisor-tools", &tools_dir]);
+        args.extend(extra);
+        launcher(&args)
+    };
+    let (code, err) = artifact(&[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("needs a runtime, java, in --hypervisor-tools"), "{err}");
+    let java = tools.path().join("java");
+    std::fs::write(&java, "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, err) = artifact(&[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("give --volume-root DIR"), "{err}");
     assert_eq!(launcher(&["--help"]).0, 0);
 }
 

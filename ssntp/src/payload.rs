@@ -689,6 +689,22 @@ pub enum Backend {
         #[serde(default, skip_serializing_if = "VmAccel::is_auto")]
         accel: VmAccel,
     },
+    /// A binary artifact run by a runtime among the node's hypervisor tools (the EVE seed's
+    /// "tasks defined by volumes derived from JAR files"): the artifact is a file in a volume
+    /// of the node's (under a `--volume-root`), its kind comes from its name (`.jar`: the
+    /// node's `java`), and the runtime is the instance's anchor process, run like a `process`
+    /// instance. The memory requested is the runtime's heap; what the runtime takes beyond it
+    /// is the backend's anchor tax.
+    Artifact {
+        /// The artifact, an absolute path on the node.
+        path: String,
+        /// Arguments after the artifact.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
+        /// Extra environment (for a JAR, `JAVA_TOOL_OPTIONS` passes options to the JVM).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
     /// No process: "runs" for a while and reports synthetic usage (scale tests).
     Sim {
         /// How long the instance runs, ms.
@@ -768,6 +784,22 @@ pub fn vm_feature(arch: &str) -> String {
     format!("vm:{}", canonical_arch(arch))
 }
 
+/// The kinds of binary artifact the `artifact` backend runs: the file name's extension, and the
+/// runtime (a program among the node's hypervisor tools) that runs it.
+pub const ARTIFACT_RUNTIMES: &[(&str, &str)] = &[("jar", "java")];
+
+/// The kind of the artifact at `path` (its extension, when a runtime is known for it).
+pub fn artifact_kind(path: &str) -> Option<&'static str> {
+    let ext = std::path::Path::new(path).extension()?.to_str()?;
+    ARTIFACT_RUNTIMES.iter().find(|(kind, _)| ext.eq_ignore_ascii_case(kind)).map(|(kind, _)| *kind)
+}
+
+/// A launcher offers the feature `runtime:KIND` for each kind of artifact it has a runtime for;
+/// an `artifact` workload of that kind requires it.
+pub fn runtime_feature(kind: &str) -> String {
+    format!("runtime:{kind}")
+}
+
 /// The feature a launcher offers when it allows volumes (`--volume-root`); workloads with
 /// volumes require it.
 pub const VOLUMES_FEATURE: &str = "volumes";
@@ -794,15 +826,19 @@ impl Backend {
             Self::Oci { .. } => "oci",
             Self::Systemd { .. } => "systemd",
             Self::Vm { .. } => "vm",
+            Self::Artifact { .. } => "artifact",
             Self::Sim { .. } => "sim",
         }
     }
 
     /// The environment its program gets, for backends that run one in an environment of the
-    /// node's (`process`, `oci`, `systemd`); `None` for a guest or a simulation.
+    /// node's (`process`, `oci`, `systemd`, `artifact`); `None` for a guest or a simulation.
     pub fn env_mut(&mut self) -> Option<&mut BTreeMap<String, String>> {
         match self {
-            Self::Process { env, .. } | Self::Systemd { env, .. } | Self::Oci { env, .. } => Some(env),
+            Self::Process { env, .. }
+            | Self::Systemd { env, .. }
+            | Self::Oci { env, .. }
+            | Self::Artifact { env, .. } => Some(env),
             Self::Vm { .. } | Self::Sim { .. } => None,
         }
     }

@@ -108,7 +108,7 @@ fn report(p: &Prims) -> NodeReport {
 }
 
 fn backend(p: &Prims) -> Backend {
-    match p.small % 5 {
+    match p.small % 6 {
         0 => Backend::Process { argv: p.words.clone(), env: p.labels.clone() },
         1 => Backend::Oci {
             rootfs: p.text.clone(),
@@ -136,6 +136,7 @@ fn backend(p: &Prims) -> Backend {
             accel: [ssntp::payload::VmAccel::Auto, ssntp::payload::VmAccel::Kvm, ssntp::payload::VmAccel::Tcg]
                 [usize::try_from(p.n % 3).unwrap()],
         },
+        4 => Backend::Artifact { path: p.text.clone(), args: p.words.clone(), env: p.labels.clone() },
         _ => Backend::Sim { duration_ms: p.n, mem_usage_mb: u64::from(p.small), exit_code: p.int },
     }
 }

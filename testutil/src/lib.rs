@@ -14,6 +14,7 @@
 //! - [`netlab`]: hosts as network namespaces on a bridge, for multi-host tests and partitions.
 //! - [`systemd`]: a real systemd as PID 1 of namespaces of its own, fenced off from the host.
 //! - [`vm`]: a tiny multiboot guest, built with the node's assembler, for the `vm` backend.
+//! - [`jar`]: a small JAR, compiled with the node's JDK, for the `artifact` backend.
 //! - [`executor`]: a launcher executor that runs nothing and records what it was asked.
 //! - [`process`]: daemons as child processes: free ports, sibling binaries, CPU and peak RSS
 //!   from `/proc`, the scheduler's `/metrics`.
@@ -28,6 +29,7 @@
 pub mod agents;
 pub mod etcd;
 pub mod executor;
+pub mod jar;
 pub mod metrics;
 pub mod netlab;
 pub mod process;

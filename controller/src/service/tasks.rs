@@ -45,7 +45,7 @@ pub(super) fn dress(start: &mut Start, record: &InstanceRecord, w: &Workload, ta
     start.root_task = w.root && record.task.as_ref().is_some_and(|t| t.root.is_none());
     let (args, env) = match &mut start.backend {
         Backend::Process { argv, env } | Backend::Systemd { argv, env } => (Some(argv), Some(env)),
-        Backend::Oci { args, env, .. } => (Some(args), Some(env)),
+        Backend::Oci { args, env, .. } | Backend::Artifact { args, env, .. } => (Some(args), Some(env)),
         Backend::Vm { .. } | Backend::Sim { .. } => (None, None),
     };
     match w.parameters_as {
