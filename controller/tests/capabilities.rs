@@ -147,6 +147,17 @@ async fn capabilities_reach_the_api_and_placement_and_instances_get_their_parall
     let said = String::from_utf8_lossy(&plan.stdout);
     assert_eq!(plan.status.code(), Some(1), "{said}");
     assert!(said.contains("lack the PCI devices it requires (dead:*)"), "{said}");
+
+    // Disk is placed by what the nodes report: more than any has in all is refused naming it.
+    let huge = sh("huge", "").replace("mem_mb = 64\n", "mem_mb = 64\ndisk_mb = 1000000000\n");
+    create_workload(&api, &huge).await;
+    let id = launch_one(&api, "huge").await;
+    let failed = instance_when(&api, &id, "an answer", common::PATIENCE, |i| {
+        !["pending", "starting"].contains(&i["state"].as_str().unwrap_or_default())
+    })
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(failed["why"].as_str().unwrap().contains("insufficient disk"), "{failed}");
 }
 
 /// A sim workload of `name` that runs `ms` and prefers zone a.

@@ -109,8 +109,42 @@ pub struct Config {
     /// that node takes no other work until enough of its own has ended, then this START. Big
     /// jobs are otherwise starved by small ones that take every bit of room freed.
     pub reserve_big_mb: Option<u64>,
+    /// As `reserve_big_mb`, for a START asking at least this much disk (MiB): the OBS seed's
+    /// huge jobs that need large disk space.
+    pub reserve_big_disk_mb: Option<u64>,
+    /// As `reserve_big_mb`, for a START asking at least this many vCPUs.
+    pub reserve_big_vcpus: Option<u32>,
     /// Most nodes reserved at once (the rest of the cluster keeps taking small work).
     pub reserve_max: usize,
+}
+
+impl Config {
+    /// Whether a START of `need` is big enough for a node of its own (`reserve_big_*`), and
+    /// in what: disk first (the node with the most free disk is the least to wait for), else
+    /// memory or vCPUs (the most free memory).
+    fn big(&self, need: &Need<'_>) -> Option<BigBy> {
+        if self.reserve_big_disk_mb.is_some_and(|least| need.requirements.disk_mb >= least) {
+            Some(BigBy::Disk)
+        } else if self.reserve_big_mb.is_some_and(|least| need.charge_mb >= least)
+            || self.reserve_big_vcpus.is_some_and(|least| need.vcpus >= least)
+        {
+            Some(BigBy::Memory)
+        } else {
+            None
+        }
+    }
+
+    /// Whether any kind of START gets a node reserved.
+    const fn reserves(&self) -> bool {
+        self.reserve_big_mb.is_some() || self.reserve_big_disk_mb.is_some() || self.reserve_big_vcpus.is_some()
+    }
+}
+
+/// What makes a START big, for choosing the node to reserve for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BigBy {
+    Disk,
+    Memory,
 }
 
 impl Default for Config {
@@ -131,6 +165,8 @@ impl Default for Config {
             wait_for_capacity: false,
             strong_workers_mb: None,
             reserve_big_mb: None,
+            reserve_big_disk_mb: None,
+            reserve_big_vcpus: None,
             reserve_max: 1,
         }
     }
@@ -842,7 +878,7 @@ impl Hub {
             let detail = format!("the queue holds {} STARTs already; {reason}", self.cfg.queue_max);
             return self.refuse_start(from, &start, FailureReason::QueueFull, detail);
         }
-        let big = self.cfg.reserve_big_mb.is_some_and(|big| need.charge_mb >= big);
+        let big = self.cfg.big(&need).is_some();
         let queued = Queued { start, from, since_ms: now.mono_ms, expires_ms, reason: reason.clone() };
         let position = self.queue.push(queued).expect("the queue has room");
         let event = InstanceQueued { instance_uuid: id, reason, position: u32::try_from(position).unwrap_or(u32::MAX) };
@@ -870,6 +906,7 @@ impl Hub {
             charge_mb: need.charge_mb,
             tax_mb,
             cache_ways: start.requirements.cache_ways,
+            disk_mb: start.requirements.disk_mb,
             workload: start.workload_uuid,
             confirmed: false,
         }
@@ -974,7 +1011,9 @@ impl Hub {
         for (instance, node) in held {
             self.place_reserved(instance, node, out);
         }
-        let Some(big_mb) = self.cfg.reserve_big_mb else { return };
+        if !self.cfg.reserves() {
+            return;
+        }
         let waiting: Vec<Start> = self
             .queue
             .iter()
@@ -987,14 +1026,15 @@ impl Hub {
                 break;
             }
             let need = self.need(&start);
-            if need.charge_mb < big_mb {
-                continue;
-            }
+            let Some(by) = self.cfg.big(&need) else { continue };
             let best = self
                 .nodes
                 .iter()
                 .filter(|n| n.may_reserve() && n.could_ever_fit(&need, &self.cfg).is_ok())
-                .max_by_key(|n| (n.mem_free(&self.cfg), n.uuid))
+                .max_by_key(|n| {
+                    let free = if by == BigBy::Disk { n.disk_free() } else { n.mem_free(&self.cfg) };
+                    (free, n.uuid)
+                })
                 .map(|n| n.uuid);
             if let Some(node) = best {
                 self.nodes.update(&node, &self.cfg, |n| n.reserved_for = Some(start.instance_uuid));

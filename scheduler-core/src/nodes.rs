@@ -35,6 +35,9 @@ pub struct Placed {
     pub tax_mb: u64,
     /// Last-level cache ways it holds alone.
     pub cache_ways: u32,
+    /// Disk requested for its working directory, MiB: taken from the node's reported free disk
+    /// until the node reports the instance (its files then count in the node's own figure).
+    pub disk_mb: u64,
     /// Workload, for the memory estimate.
     pub workload: Option<Uuid>,
     /// Whether the node has reported it (STATS or INSTANCE_STARTED).
@@ -58,6 +61,7 @@ struct Sums {
     request_mb: u64,
     unconfirmed_mb: u64,
     unconfirmed: u64,
+    unconfirmed_disk_mb: u64,
     cache_ways: u64,
 }
 
@@ -71,6 +75,7 @@ impl Sums {
         if !p.confirmed {
             self.unconfirmed_mb += p.charge_mb + p.tax_mb;
             self.unconfirmed += 1;
+            self.unconfirmed_disk_mb += p.disk_mb;
         }
     }
 
@@ -83,6 +88,7 @@ impl Sums {
         if !p.confirmed {
             self.unconfirmed_mb -= p.charge_mb + p.tax_mb;
             self.unconfirmed -= 1;
+            self.unconfirmed_disk_mb -= p.disk_mb;
         }
     }
 }
@@ -255,6 +261,8 @@ pub enum Misfit {
     Reserved,
     /// Not enough last-level cache ways free (or none at all).
     CacheWays,
+    /// Not enough free disk for the working directory.
+    Disk,
 }
 
 impl Misfit {
@@ -283,6 +291,7 @@ impl Misfit {
             Self::Busy => "busy starting earlier work",
             Self::Reserved => "reserved for a big job",
             Self::CacheWays => "insufficient cache ways",
+            Self::Disk => "insufficient disk",
         }
     }
 
@@ -404,6 +413,13 @@ impl Node {
         self.instances.sums.unconfirmed_mb
     }
 
+    /// Free disk, MiB: the node's last figure less what was placed there since and not yet
+    /// reported (a working directory takes its room as its work writes, not at once, so disk is
+    /// not charged like memory: the node's own figure is the truth).
+    pub fn disk_free(&self) -> u64 {
+        self.report.disk_available_mb.saturating_sub(self.instances.sums.unconfirmed_disk_mb)
+    }
+
     /// Free memory within the overcommit bound, MiB (the placement index key).
     pub fn mem_free(&self, cfg: &Config) -> u64 {
         self.mem_capacity(cfg).saturating_sub(self.mem_used())
@@ -483,6 +499,9 @@ impl Node {
         if ways > 0 && self.instances.cache_ways() + ways > u64::from(self.report.cache_ways) {
             return Err(Misfit::CacheWays);
         }
+        if need.requirements.disk_mb > self.disk_free() {
+            return Err(Misfit::Disk);
+        }
         if self.is_busy(cfg) {
             return Err(Misfit::Busy);
         }
@@ -508,8 +527,10 @@ impl Node {
                 mem_unconfirmed_mb: self.unconfirmed_mb() + before * charge,
             };
             let ways = u64::from(need.requirements.cache_ways);
+            let disk = need.requirements.disk_mb;
             drover_model::fit(&self.capacity(), &usage, &demand, cfg.overcommit).is_ok()
                 && (ways == 0 || self.instances.cache_ways() + u64::from(k) * ways <= u64::from(self.report.cache_ways))
+                && (disk == 0 || u64::from(k) * disk <= self.disk_free())
         };
         let (mut fits, mut fails) = (1, up_to.saturating_add(1));
         while fails - fits > 1 {
@@ -545,6 +566,9 @@ impl Node {
         }
         if need.requirements.cache_ways > self.report.cache_ways {
             return Err(Misfit::CacheWays);
+        }
+        if need.requirements.disk_mb > self.report.disk_total_mb {
+            return Err(Misfit::Disk);
         }
         Ok(())
     }

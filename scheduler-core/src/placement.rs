@@ -298,6 +298,13 @@ fn advise(
                     req.cache_ways
                 )
             }
+            Misfit::Disk => {
+                let most = nodes.iter().filter(|n| n.is_open(cfg)).map(Node::disk_free).max().unwrap_or(0);
+                format!(
+                    "{n} nodes lack disk: each instance asks for {} MiB and the most free on a ready node is {most} MiB; ask for less (disk_mb), free disk on the nodes (drover rm finished instances), or add nodes",
+                    req.disk_mb
+                )
+            }
             Misfit::Reserved => format!(
                 "{n} nodes are reserved for a big job that waits for room there (the scheduler's --reserve-big): they take work again once it starts"
             ),

@@ -579,14 +579,20 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit]), reserve_big_mb in prop::option::of(500u64..1500), reserve_max in 1usize..3) {
-        let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, reserve_big_mb, reserve_max, ..Config::default() };
+    fn placement_is_safe_and_no_start_is_lost_or_duplicated(ops in prop::collection::vec(ops(), 1..120), policy in prop::sample::select(vec![Policy::Spread, Policy::Binpack, Policy::Firstfit]), reserve_big_mb in prop::option::of(500u64..1500), reserve_big_disk_mb in prop::option::of(300u64..900), reserve_max in 1usize..3) {
+        let cfg = Config { policy, overcommit: Overcommit { cpu: 2.0, mem: 1.0 }, queue_timeout_ms: 30_000, queue_max: 20, node_ttl_ms: 10_000, node_grace_ms: 10_000, failover_grace_ms: 0, reserve_big_mb, reserve_big_disk_mb, reserve_max, ..Config::default() };
         let mut hub = Hub::new(u(0), cfg.clone(), at(0));
         let mut now = at(0);
         hub.handle(now, Input::Connected { conn_id: 1, uuid: u(1), role: CTL, term: None });
         let node_id = |n: u8| u(100 + n);
         // Node n gives out 2n cache ways (node 0 none); START i asks for i % 4.
         let cache_of = |id: Uuid| u32::from(id.as_bytes()[0] - 100) * 2;
+        // Node n has 200n MiB of disk free (node 0 none); START i asks for 100 × (i % 5).
+        let disk_of = |id: Uuid| u64::from(id.as_bytes()[0] - 100) * 200;
+        let with_figures = |r: &mut NodeReport, id: Uuid| {
+            r.cache_ways = cache_of(id);
+            (r.disk_total_mb, r.disk_available_mb) = (disk_of(id), disk_of(id));
+        };
         let mut model: HashMap<Uuid, ModelNode> = HashMap::new();
         let mut conn = 1000u64;
         // Every START submitted: its requirements, and how it ended so far.
@@ -606,7 +612,7 @@ proptest! {
                     let zone = n % 2;
                     let mut r = report(id, cpus, mem, f64::from(load10) / 10.0);
                     r.labels = BTreeMap::from([("zone".to_owned(), zone.to_string())]);
-                    r.cache_ways = cache_of(id);
+                    with_figures(&mut r, id);
                     o.extend(hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) }));
                     let maintenance = model.get(&id).is_some_and(|m| m.maintenance) && !lost_nodes.contains(&id);
                     lost_nodes.remove(&id);
@@ -619,7 +625,7 @@ proptest! {
                     m.load10 = load10;
                     let mut r = report(id, m.cpus, m.mem, f64::from(load10) / 10.0);
                     r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
-                    r.cache_ways = cache_of(id);
+                    with_figures(&mut r, id);
                     hub.handle(now, Input::Message { from: id, role: AGENT, frame: None, message: Message::Ready(r) })
                 }
                 Op::Start { id, vcpus, mem, zone, batch, priority } => {
@@ -628,6 +634,7 @@ proptest! {
                     s.class = if batch { WorkClass::Batch } else { WorkClass::Workorder };
                     s.priority = u32::from(priority);
                     s.requirements.cache_ways = u32::from(id % 4);
+                    s.requirements.disk_mb = u64::from(id % 5) * 100;
                     if let Some(z) = zone {
                         s.requirements.labels = BTreeMap::from([("zone".to_owned(), z.to_string())]);
                     }
@@ -671,7 +678,7 @@ proptest! {
                     for (id, m) in model.iter().filter(|(_, m)| m.open) {
                         let mut r = report(*id, m.cpus, m.mem, f64::from(m.load10) / 10.0);
                         r.labels = BTreeMap::from([("zone".to_owned(), m.zone.to_string())]);
-                        r.cache_ways = cache_of(*id);
+                        with_figures(&mut r, *id);
                         o.extend(hub.handle(now, Input::Message { from: *id, role: AGENT, frame: None, message: Message::Ready(r) }));
                     }
                     o.extend(hub.tick(now));
@@ -683,7 +690,7 @@ proptest! {
             // Reservations: only for queued STARTs, at most reserve_max nodes; a reserved node
             // takes its big START before anything else while that one still waits.
             let reserved: Vec<Uuid> = hub.nodes().filter_map(|n| n.reserved_for).collect();
-            prop_assert!(reserved.len() <= reserve_max && (reserve_big_mb.is_some() || reserved.is_empty()));
+            prop_assert!(reserved.len() <= reserve_max && (cfg.reserves() || reserved.is_empty()));
             prop_assert!(reserved.iter().all(|i| hub.is_queued(i)), "a reservation outlived its START's wait");
             let mut holder_placed: HashSet<Uuid> = HashSet::new();
             for (to, message) in &decoded {
@@ -728,6 +735,10 @@ proptest! {
                         prop_assert!(mem <= m.mem, "memory {} of {}", mem, m.mem);
                         let ways: u32 = placed.iter().filter(|(_, n)| **n == node).map(|(i, _)| submitted[i].requirements.cache_ways).sum();
                         prop_assert!(ways <= cache_of(node), "cache ways {} of {}", ways, cache_of(node));
+                        // Nothing here confirms an instance, so every one placed still holds
+                        // its disk against the node's reported free disk.
+                        let disk: u64 = placed.iter().filter(|(_, n)| **n == node).map(|(i, _)| submitted[i].requirements.disk_mb).sum();
+                        prop_assert!(disk <= disk_of(node), "disk {} of {}", disk, disk_of(node));
                         outcomes.entry(s.instance_uuid).or_default().push("placed");
                     }
                     Message::StartFailure(f) => {
@@ -1506,6 +1517,85 @@ fn cache_ways_are_a_resource_given_to_one_instance_at_a_time() {
     assert!(failure(&too_many).is_some_and(|f| f.detail.contains("insufficient cache ways")), "{too_many:?}");
     // One ends: its ways go to the one waiting.
     assert_eq!(placed_on(&exit(&mut rig, u(10), u(50))), vec![(u(53), u(10))]);
+}
+
+fn with_disk(n: u8, total_mb: u64, free_mb: u64) -> NodeReport {
+    let mut r = report(u(n), 2, 8192, 0.0);
+    (r.disk_total_mb, r.disk_available_mb) = (total_mb, free_mb);
+    r
+}
+
+fn start_with_disk(n: u8, disk_mb: u64) -> Start {
+    let mut s = start(u(n), 1, 64);
+    s.requirements.disk_mb = disk_mb;
+    s
+}
+
+#[test]
+fn disk_is_asked_of_the_nodes_free_disk_and_a_burst_cannot_take_it_twice() {
+    let mut rig = Rig::new(Config::default());
+    join(&mut rig, 10, with_disk(10, 10_000, 1000));
+    join(&mut rig, 11, with_disk(11, 10_000, 300));
+    assert_eq!(placed_on(&rig.start(start_with_disk(50, 600))), vec![(u(50), u(10))], "only node 10 has 600 MiB");
+    // Until node 10 reports it, the first START's 600 MiB are spoken for.
+    let waiting = rig.start(start_with_disk(51, 600));
+    let why = &queued(&waiting).expect("no node has 600 MiB free now").reason;
+    assert_eq!(why, "0 of 2 nodes fit: 2 insufficient disk");
+    assert_eq!(placed_on(&rig.start(start_with_disk(52, 0))).len(), 1, "work that asks no disk places anywhere");
+    let plan = ssntp::payload::Plan { request_id: 1, start: start_with_disk(99, 600), count: 1 };
+    match &rig.send(u(1), CTL, Message::Plan(plan))[..] {
+        [(_, Message::PlanAnswer(a))] => {
+            let advice = a.advice.join(" | ");
+            assert!(
+                advice.contains(
+                    "2 nodes lack disk: each instance asks for 600 MiB and the most free on a ready node is 400 MiB"
+                ),
+                "{advice}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Node 10 reports the instance: from then on its own figure counts (here, the files are
+    // still to be written), and the waiting START goes there.
+    let started = Message::InstanceStarted(InstanceEvent { instance_uuid: u(50), node_uuid: Some(u(10)) });
+    assert_eq!(placed_on(&rig.send(u(10), AGENT, started)), vec![(u(51), u(10))]);
+    // More than any node has at all is refused at once, naming disk.
+    let never = rig.start(start_with_disk(53, 20_000));
+    assert!(failure(&never).is_some_and(|f| f.detail.contains("insufficient disk")), "{never:?}");
+    assert!(rig.hub.indexes_consistent());
+}
+
+#[test]
+fn jobs_big_in_disk_or_in_vcpus_get_a_node_reserved_too() {
+    // Disk: the node with the most free disk is reserved; it takes nothing else until the job
+    // fits there.
+    let cfg = Config { reserve_big_disk_mb: Some(5000), reserve_big_vcpus: Some(6), ..Config::default() };
+    let mut rig = Rig::new(cfg.clone());
+    join(&mut rig, 10, with_disk(10, 10_000, 2000));
+    join(&mut rig, 11, with_disk(11, 10_000, 4000));
+    assert!(queued(&rig.start(start_with_disk(70, 6000))).is_some());
+    assert_eq!(rig.hub.node(&u(11)).unwrap().reserved_for, Some(u(70)), "the most free disk");
+    assert_eq!(placed_on(&rig.start(start_with_disk(80, 100))), vec![(u(80), u(10))], "small work goes elsewhere");
+    assert_eq!(placed_on(&rig.ready(11, with_disk(11, 10_000, 7000))), vec![(u(70), u(11))]);
+    assert_eq!(rig.hub.node(&u(11)).unwrap().reserved_for, None);
+
+    // vCPUs: 2 CPUs × 4 are 8 vCPUs a node; each runs four of one vCPU, so six fit nowhere.
+    let mut rig = Rig::new(cfg);
+    rig.node(10, 2, 8192);
+    rig.node(11, 2, 8192);
+    let mut on: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for i in 0..8 {
+        for (instance, node) in placed_on(&rig.start(start(u(50 + i), 1, 64))) {
+            on.entry(node).or_default().push(instance);
+        }
+    }
+    assert!(queued(&rig.start(start(u(70), 6, 64))).is_some());
+    let reserved = [u(10), u(11)].into_iter().find(|n| rig.hub.node(n).unwrap().reserved_for == Some(u(70)));
+    let reserved = reserved.expect("a node is reserved for six vCPUs");
+    let mut mine = on[&reserved].clone().into_iter();
+    assert!(placed_on(&exit(&mut rig, reserved, mine.next().unwrap())).is_empty(), "5 vCPUs free: kept");
+    assert_eq!(placed_on(&exit(&mut rig, reserved, mine.next().unwrap())), vec![(u(70), reserved)]);
+    assert!(rig.hub.indexes_consistent());
 }
 
 fn arbitrary_node() -> impl Strategy<Value = (u32, u64, u8, Option<u32>, bool)> {

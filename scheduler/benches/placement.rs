@@ -64,6 +64,7 @@ fn table(n: u64, case: Case, cfg: &Config) -> NodeTable {
                     charge_mb: 65_472,
                     tax_mb: 0,
                     cache_ways: 0,
+                    disk_mb: 0,
                     workload: None,
                     confirmed: true,
                 },

@@ -102,7 +102,15 @@ pub struct Args {
     /// bit of room freed and a big job may wait until its queue timeout.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub reserve_big: Option<u64>,
-    /// With --reserve-big: most nodes reserved at once (the others keep taking small work).
+    /// As --reserve-big, for a START asking at least this much disk (MiB, its disk_mb): the
+    /// node reserved is the one with the most free disk, and it takes no other work until the
+    /// big job fits there.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reserve_big_disk: Option<u64>,
+    /// As --reserve-big, for a START asking at least this many vCPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reserve_big_vcpus: Option<u32>,
+    /// With --reserve-big*: most nodes reserved at once (the others keep taking small work).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub reserve_nodes: u64,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9888.
@@ -194,6 +202,8 @@ impl Args {
             wait_for_capacity: self.wait_for_capacity,
             strong_workers_mb: self.strong_workers,
             reserve_big_mb: self.reserve_big,
+            reserve_big_disk_mb: self.reserve_big_disk,
+            reserve_big_vcpus: self.reserve_big_vcpus,
             reserve_max: usize::try_from(self.reserve_nodes).unwrap_or(usize::MAX),
             ..Config::default()
         })
