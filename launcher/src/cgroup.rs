@@ -241,6 +241,39 @@ pub fn leave(dirs: &[PathBuf]) {
     }
 }
 
+/// Kills every process left in each group (the caller has left them) and waits, at most
+/// `patience`, for them to be gone, so the groups can be removed: an instance ends with its
+/// main process, and what it started in another process group or session (a daemon) goes with
+/// it, as systemd's units do. A workload cannot leave its groups (their parents are root's), so
+/// whatever is in them is its own. cgroup v2 kills the whole group at once (`cgroup.kill`,
+/// Linux 5.14); otherwise each process listed is sent SIGKILL until none is left. Returns
+/// whether the groups are empty.
+pub fn kill_all(dirs: &[PathBuf], patience: std::time::Duration) -> bool {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+    let tries = patience.as_millis() / PAUSE.as_millis() + 1;
+    for _ in 0..tries {
+        let mut empty = true;
+        for dir in dirs {
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                continue;
+            }
+            empty = false;
+            if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        if empty {
+            return true;
+        }
+        std::thread::sleep(PAUSE);
+    }
+    false
+}
+
 /// Moves the calling process into each group (the shim does this before starting the
 /// workload, which then inherits the groups).
 ///

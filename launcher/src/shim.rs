@@ -8,7 +8,7 @@
 //!    `results/`, stdout and stderr appended to `results/output.txt`, and writes its PID to `pid`;
 //! 3. kills it when its maximum run time is up;
 //! 4. waits for it, tells an OOM kill from other ends with the cgroup's `oom_kill` counter,
-//!    removes everything in the directory but `results/` and the state files, and writes
+//!    kills what the workload left in its cgroups (daemons in other sessions), removes everything in the directory but `results/` and the state files, and writes
 //!    `exit.json` last — the launcher (this one or a restarted one) reports from that file.
 
 use std::io::Write as _;
@@ -169,6 +169,11 @@ pub fn run(dir: &Path) -> i32 {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
     }
     crate::cgroup::leave(&spec.cgroups);
+    // What the workload left running in another process group or session goes too: nothing
+    // of an ended instance runs on unaccounted, and its groups can be removed.
+    if !crate::cgroup::kill_all(&spec.cgroups, Duration::from_secs(5)) {
+        note(dir, "processes of the workload's were still in its cgroup after SIGKILL");
+    }
     // The shim knows the groups are empty now; removing them here does not depend on a launcher
     // being alive when the workload ends.
     for dir in &spec.cgroups {

@@ -220,6 +220,40 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
     testutil::assert_eventually!(|| async { !memory_dir.exists() });
 }
 
+/// An instance ends with its main process: what it left running in another session (a
+/// daemon) is killed with it, so nothing runs on unaccounted, and its cgroup is removed.
+#[tokio::test]
+async fn what_a_workload_leaves_running_in_its_cgroup_ends_with_it() {
+    const TEST: &str = "what_a_workload_leaves_running_in_its_cgroup_ends_with_it";
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"));
+    if let Cgroups::Unavailable { why } = &cgroups {
+        return testutil::skip("cgroup-memory", TEST, why);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let _no_leftovers = common::KillWorkloads(state.path().to_owned());
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut instances = Instances::new(state.path(), shim(), cgroups, tx);
+    let id = Uuid::new_v4();
+    instances.start(&sh(id, "setsid sleep 300 & echo $! > daemon.pid; sleep 0.2; exit 0", 64)).unwrap();
+    let exit = until_exit(&mut rx, &mut instances).await;
+    assert_eq!(exit.reason, ExitReason::Completed, "{exit:?}");
+    let pid_file = instances.output(id).with_file_name("daemon.pid");
+    let daemon: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let alive = || {
+        // A zombie has been killed; only its parent (init) has yet to reap it.
+        std::fs::read_to_string(format!("/proc/{daemon}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    };
+    assert!(!alive(), "the daemon it started in its own session ended with it");
+    let dir = match instances.cgroups() {
+        Cgroups::V1 { memory, .. } => memory.join("drover").join(id.to_string()),
+        Cgroups::V2 { root } => root.join("drover").join(id.to_string()),
+        Cgroups::Unavailable { .. } => unreachable!(),
+    };
+    assert!(!dir.exists(), "its cgroup is removed by its shim: {}", dir.display());
+    instances.exited(&exit);
+}
+
 #[tokio::test]
 async fn a_new_launcher_re_adopts_running_and_reports_ended_instances() {
     let state = tempfile::tempdir().unwrap();
