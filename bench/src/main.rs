@@ -9,9 +9,11 @@
 //! - `scenarios`: `place`, `hold`, `storm`, `ceiling`, each a table of figures against goals.
 //! - `e2e`: the user's path through the API to real launchers.
 //! - `migrate`: live migration on the user's path: one guest moved back and forth.
+//! - `artifact`: JARs on the user's path, one at a time and in a burst, beside the bare JVM.
 
 #![allow(clippy::disallowed_methods)] // tests and benches measure and wait with the real clock
 
+mod artifact;
 mod e2e;
 mod migrate;
 mod relay;
@@ -62,6 +64,9 @@ enum Scenario {
     /// Live migration on the user's path: real scheduler, controller and two vm launchers; one
     /// guest moved back and forth through the API; time per move, the guest's downtime, CPU.
     Migrate(migrate::MigrateArgs),
+    /// JARs on the user's path: real scheduler, controller and an artifact launcher (the
+    /// node's java); one JAR at a time and a burst through the API, beside the bare JVM.
+    Artifact(artifact::ArtifactArgs),
     /// `place` through the scheduler and through a relay that does no scheduling, side by
     /// side: what share of the machine's transport ceiling placement reaches.
     Ceiling(scenarios::PlaceArgs),
@@ -91,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Ceiling(a) => scenarios::ceiling(&a, &ui).await,
             Scenario::E2e(a) => e2e::e2e(&a, &ui).await,
             Scenario::Migrate(a) => migrate::migrate(&a, &ui).await,
+            Scenario::Artifact(a) => artifact::artifact(&a, &ui).await,
             Scenario::Relay { listen, cacert, cert, key } => {
                 let paths = ssntp::tls::TlsPaths { ca: cacert, cert, key: Some(key), crl: None };
                 relay::run(listen, paths).await.map(|()| true)
