@@ -15,7 +15,7 @@ use serde_json::json;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, mib, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, mib, wait_ready, ControlPlane, Report, Ui};
 
 /// `artifact` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -109,14 +109,7 @@ pub(crate) async fn artifact(args: &ArtifactArgs, ui: &Ui) -> anyhow::Result<boo
     a.extend(["--cpu-score", "1000"].map(String::from));
     let mut launcher =
         Daemon::start(&sibling_binary("drover-launcher")?, a, work.join("launcher.log"), scheduler.addr, None)?;
-    ui.say("waiting for the launcher to be READY");
-    let ready_by = Instant::now() + Duration::from_secs(60);
-    while api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["ready"].as_u64()).unwrap_or(0) < 1 {
-        if Instant::now() > ready_by {
-            bail!("the launcher was not READY within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api, ui, 1).await?;
     let workload = format!(
         "name = \"report\"\nclass = \"batch\"\nmax_run_time = \"5m\"\n[resources]\nvcpus = 1\nmem_mb = {}\n\
          [backend]\ntype = \"artifact\"\npath = \"{}\"\nargs = [\"bench\"]\n[restart]\npolicy = \"never\"\n",

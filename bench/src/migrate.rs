@@ -17,7 +17,7 @@ use ssntp::Role;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, mib, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, mib, wait_ready, ControlPlane, Report, Ui};
 
 /// `migrate` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -113,14 +113,7 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
         launchers.push(Daemon::start(&sibling_binary("drover-launcher")?, a, log, scheduler.addr, None)?);
     }
 
-    ui.say("waiting for 2 launchers to be READY");
-    let ready_by = Instant::now() + Duration::from_secs(60);
-    while api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["ready"].as_u64()).unwrap_or(0) < 2 {
-        if Instant::now() > ready_by {
-            bail!("the launchers were not READY within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api, ui, 2).await?;
     let workload = format!(
         // Bounded: the guest never ends by itself and workloads outlive their launchers.
         "name = \"guest\"\nmax_run_time = \"15m\"\n[resources]\nvcpus = 1\nmem_mb = {}\n[backend]\ntype = \"vm\"\n\

@@ -688,6 +688,22 @@ pub(crate) async fn storm(args: &StormArgs, ui: &Ui) -> anyhow::Result<bool> {
     Ok(report.print(ui))
 }
 
+/// Waits up to 60 s until the API counts `nodes` READY nodes.
+pub(crate) async fn wait_ready(api: &drover_cli::client::ApiClient, ui: &Ui, nodes: u64) -> anyhow::Result<()> {
+    ui.say(&format!("waiting for {nodes} launchers to be READY"));
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = api.get("/v1/status").await.ok().and_then(|s| s["nodes"]["ready"].as_u64()).unwrap_or(0);
+        if ready >= nodes {
+            return Ok(());
+        }
+        if Instant::now() > by {
+            anyhow::bail!("only {ready} of {nodes} launchers READY after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The control plane of a scenario on the user's path: the scheduler, the controller (its files
 /// in `work`) and an API client with the admin's certificate.
 pub(crate) struct ControlPlane {
