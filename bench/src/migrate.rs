@@ -34,6 +34,9 @@ pub(crate) struct MigrateArgs {
     /// The launchers' `--migration-bandwidth`, MiB/s (0: no cap).
     #[arg(long, default_value_t = 0)]
     bandwidth: u64,
+    /// The launchers' `--migration-downtime-limit`.
+    #[arg(long, default_value = "300ms")]
+    downtime_limit: String,
     /// Keep the work directory (the daemons' logs) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -109,6 +112,7 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
         // Each move's downtime and size is in the source's "state copied" line.
         a.extend(["--log", "warn,drover_launcher=info"].map(String::from));
         a.extend(["--migration-bandwidth".to_owned(), args.bandwidth.to_string()]);
+        a.extend(["--migration-downtime-limit".to_owned(), args.downtime_limit.clone()]);
         let log = work.as_path().join(format!("launcher{i}.log"));
         launchers.push(Daemon::start(&sibling_binary("drover-launcher")?, a, log, scheduler.addr, None)?);
     }
@@ -220,6 +224,7 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
         "dirty_mib": args.dirty_mib,
         "moves": args.moves,
         "bandwidth_mib_s": args.bandwidth,
+        "downtime_limit": args.downtime_limit,
         "accel": "tcg",
         "transport": "loopback, TLS 1.3 between the launchers",
     });

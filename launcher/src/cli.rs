@@ -120,6 +120,12 @@ pub struct Args {
     /// the device model's own default would be 128).
     #[arg(long, value_name = "MIB_S", default_value_t = 0, requires = "migration_listen")]
     pub migration_bandwidth: u64,
+    /// The longest a migrating guest may be paused for its last copy (the device model keeps
+    /// copying what the guest writes until the rest fits in this): lower pauses less and may
+    /// copy longer, or never finish for a guest that writes fast (the migration is then
+    /// abandoned after 10 minutes and the guest runs on where it was). At most 2000s.
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_downtime, requires = "migration_listen")]
+    pub migration_downtime_limit: Duration,
     /// A script workloads may run as a check after their program succeeds (repeatable), e.g.
     /// --script rpmlint=/usr/local/bin/drover-rpmlint: it runs in the instance's directory, as
     /// its user, under its limits and with its environment; its exit code decides the
@@ -144,6 +150,15 @@ pub struct Args {
     /// Where the cgroup file systems are mounted (tests point this at a fixture tree).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+}
+
+/// A migration's downtime limit: 1 ms to 2000 s (what the device model takes).
+fn parse_downtime(text: &str) -> Result<Duration, String> {
+    let d = drover_model::parse_duration(text)?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(2000) {
+        return Err(format!("{text:?}: between 1ms and 2000s"));
+    }
+    Ok(d)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -189,5 +204,14 @@ mod tests {
         assert!(parse_script("rpmlint").unwrap_err().contains("NAME=PATH"));
         assert!(parse_script("Rpm Lint=/x").unwrap_err().contains("name"));
         assert!(parse_script("lint=bin/lint").unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn a_downtime_limit_is_what_the_device_model_takes() {
+        assert_eq!(parse_downtime("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_downtime("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_downtime("0s").unwrap_err().contains("between 1ms and 2000s"));
+        assert!(parse_downtime("1h").unwrap_err().contains("between 1ms and 2000s"));
+        assert!(parse_downtime("soon").is_err());
     }
 }

@@ -81,12 +81,16 @@ pub struct Migrations {
     events: mpsc::Sender<Message>,
     /// The device model's bandwidth cap for the state stream, bytes/s.
     max_bandwidth: u64,
+    /// The longest the device model may pause the guest for the final copy, ms: it keeps
+    /// copying what the guest dirties until the rest fits this at the measured bandwidth.
+    downtime_limit_ms: u64,
 }
 
 impl Migrations {
     /// Binds the listener (`bind`, port 0 for any) and serves it. The address other launchers
     /// are told is `advertise`, else the bound address (which must then not be a wildcard).
-    /// Outgoing state streams are capped at `bandwidth_mib_s` (0: no cap).
+    /// Outgoing state streams are capped at `bandwidth_mib_s` (0: no cap), and pause their guest
+    /// for at most about `downtime_limit` at the end.
     ///
     /// # Errors
     /// The address cannot be bound, or there is nothing to advertise.
@@ -95,6 +99,7 @@ impl Migrations {
         advertise: Option<String>,
         tls: (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>),
         bandwidth_mib_s: u64,
+        downtime_limit: std::time::Duration,
         events: mpsc::Sender<Message>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
@@ -114,7 +119,8 @@ impl Migrations {
         let connector = tls.1;
         // The device model caps a migration at 128 MiB/s unless told otherwise.
         let max_bandwidth = if bandwidth_mib_s == 0 { UNCAPPED } else { bandwidth_mib_s.saturating_mul(1 << 20) };
-        let this = Self { advertised, expected: Arc::default(), connector, events, max_bandwidth };
+        let downtime_limit_ms = u64::try_from(downtime_limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        let this = Self { advertised, expected: Arc::default(), connector, events, max_bandwidth, downtime_limit_ms };
         tokio::spawn(this.clone().serve(listener, acceptor));
         tracing::info!(address = %this.advertised, "taking live migrations");
         Ok(this)
@@ -229,7 +235,8 @@ impl Migrations {
         }
         let mut qmp = Qmp::connect(&sockets.qmp).await?;
         let uri = format!("unix:{}", sockets.outgoing.display());
-        qmp.execute("migrate-set-parameters", json!({ "max-bandwidth": self.max_bandwidth })).await?;
+        let parameters = json!({ "max-bandwidth": self.max_bandwidth, "downtime-limit": self.downtime_limit_ms });
+        qmp.execute("migrate-set-parameters", parameters).await?;
         qmp.execute("migrate", json!({ "uri": uri })).await?;
         let (mut unix, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await??;
         let pipe = tokio::spawn(async move { tokio::io::copy_bidirectional(&mut unix, &mut tls).await });

@@ -533,6 +533,7 @@ pub async fn run_with(
                 args.migration_advertise.clone(),
                 migration_tls,
                 args.migration_bandwidth,
+                args.migration_downtime_limit,
                 migration_events,
             )
             .await?,

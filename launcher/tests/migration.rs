@@ -41,7 +41,9 @@ async fn only_the_named_source_node_gets_its_state_into_the_incoming_device_mode
     let source_uuid = pki.certified_uuid(&source).unwrap();
     let (events, mut inputs) = tokio::sync::mpsc::channel(8);
     let bind = "127.0.0.1:0".parse().unwrap();
-    let migrations = Migrations::listen(bind, None, tls(&pki, &dest), 0, events).await.unwrap();
+    let migrations = Migrations::listen(bind, None, tls(&pki, &dest), 0, std::time::Duration::from_millis(300), events)
+        .await
+        .unwrap();
     let address = migrations.address().to_owned();
 
     let dir = tempfile::tempdir().unwrap();
