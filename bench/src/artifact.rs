@@ -15,7 +15,7 @@ use serde_json::json;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, mib, wait_ready, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, wait_ready, ControlPlane, Report, Ui};
 
 /// `artifact` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -190,16 +190,7 @@ pub(crate) async fn artifact(args: &ArtifactArgs, ui: &Ui) -> anyhow::Result<boo
         ("controller", "controller", before.1, after.1),
         ("launcher", "launcher", before.2, after.2),
     ] {
-        let cpu = a.cpu_s - b.cpu_s;
-        report.figure(&format!("{key}_cpu_s"), &format!("{label} CPU"), cpu, format!("{cpu:.2} s"), None);
-        let peak = mib(a.peak_rss_kib);
-        report.figure(
-            &format!("{key}_peak_rss_mib"),
-            &format!("{label} peak RSS"),
-            peak,
-            format!("{peak:.1} MiB"),
-            None,
-        );
+        report.daemon(key, label, "", b, a);
     }
     report.check("failed", "instances that did not exit 0", failed as u64);
     drop((scheduler, controller, launcher, work_dir));

@@ -17,7 +17,7 @@ use ssntp::Role;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, mib, wait_ready, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, wait_ready, ControlPlane, Report, Ui};
 
 /// `migrate` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -257,22 +257,7 @@ pub(crate) async fn migrate(args: &MigrateArgs, ui: &Ui) -> anyhow::Result<bool>
         ("launcher0", "launcher 1", before.2, after.2),
         ("launcher1", "launcher 2", before.3, after.3),
     ] {
-        let cpu = a.cpu_s - b.cpu_s;
-        report.figure(
-            &format!("{key}_cpu_s"),
-            &format!("{label} CPU over the moves"),
-            cpu,
-            format!("{cpu:.2} s"),
-            None,
-        );
-        let peak = mib(a.peak_rss_kib);
-        report.figure(
-            &format!("{key}_peak_rss_mib"),
-            &format!("{label} peak RSS"),
-            peak,
-            format!("{peak:.1} MiB"),
-            None,
-        );
+        report.daemon(key, label, " over the moves", b, a);
     }
     report.check("restarted_not_moved", "moves whose count did not go on", broken);
     let state_copies = copies.len() as u64;

@@ -132,6 +132,16 @@ impl Report {
         }
     }
 
+    /// A daemon's CPU between two samples (`during` says over what) and its peak RSS, as
+    /// `{key}_cpu_s` and `{key}_peak_rss_mib`.
+    pub(crate) fn daemon(&mut self, key: &str, label: &str, during: &str, before: Usage, after: Usage) {
+        let cpu = after.cpu_s - before.cpu_s;
+        self.figure(&format!("{key}_cpu_s"), &format!("{label} CPU{during}"), cpu, format!("{cpu:.2} s"), None);
+        let peak = mib(after.peak_rss_kib);
+        let shown = format!("{peak:.1} MiB");
+        self.figure(&format!("{key}_peak_rss_mib"), &format!("{label} peak RSS"), peak, shown, None);
+    }
+
     /// A correctness check: failing one makes the run fail.
     pub(crate) fn check(&mut self, key: &str, label: &str, count: u64) {
         self.figures.insert(key.to_owned(), json!(count));

@@ -43,6 +43,15 @@ async fn until_exit(rx: &mut mpsc::Receiver<Event>, instances: &mut Instances) -
     }
 }
 
+/// An instance's memory cgroup (launchers without a node name call it by the instance alone).
+fn memory_group(instances: &Instances, id: Uuid) -> std::path::PathBuf {
+    match instances.cgroups() {
+        Cgroups::V1 { memory, .. } => memory.join("drover").join(id.to_string()),
+        Cgroups::V2 { root } => root.join("drover").join(id.to_string()),
+        Cgroups::Unavailable { .. } => unreachable!("the test has cgroups"),
+    }
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -194,11 +203,7 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
     assert!(!output.contains("survived") && output.contains("out of memory"), "{output}");
     instances.exited(&exit);
     // Its groups are gone once it ended.
-    let dir = match instances.cgroups() {
-        Cgroups::V1 { memory, .. } => memory.join("drover").join(hog.to_string()),
-        Cgroups::V2 { root } => root.join("drover").join(hog.to_string()),
-        Cgroups::Unavailable { .. } => unreachable!(),
-    };
+    let dir = memory_group(&instances, hog);
     testutil::assert_eventually!(|| async { !dir.exists() });
 
     // Within its limit, the same node reports real usage.
@@ -212,11 +217,7 @@ async fn a_workload_past_its_memory_limit_ends_with_oom() {
     // When it ends, its groups go too, removed by its shim.
     let exit = until_exit(&mut rx, &mut instances).await;
     assert_eq!(exit.reason, ExitReason::Completed);
-    let memory_dir = match instances.cgroups() {
-        Cgroups::V1 { memory, .. } => memory.join("drover").join(small.to_string()),
-        Cgroups::V2 { root } => root.join("drover").join(small.to_string()),
-        Cgroups::Unavailable { .. } => unreachable!(),
-    };
+    let memory_dir = memory_group(&instances, small);
     testutil::assert_eventually!(|| async { !memory_dir.exists() });
 }
 
@@ -245,11 +246,7 @@ async fn what_a_workload_leaves_running_in_its_cgroup_ends_with_it() {
             .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
     };
     assert!(!alive(), "the daemon it started in its own session ended with it");
-    let dir = match instances.cgroups() {
-        Cgroups::V1 { memory, .. } => memory.join("drover").join(id.to_string()),
-        Cgroups::V2 { root } => root.join("drover").join(id.to_string()),
-        Cgroups::Unavailable { .. } => unreachable!(),
-    };
+    let dir = memory_group(&instances, id);
     assert!(!dir.exists(), "its cgroup is removed by its shim: {}", dir.display());
     instances.exited(&exit);
 }
