@@ -21,6 +21,17 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
     Some((field("MemTotal")? / 1024, field("MemAvailable")? / 1024))
 }
 
+/// A NUMA node's share of the machine's load average: the kernel keeps one for the whole
+/// machine, so a launcher serving `node_cpus` of the machine's `machine_cpus` counts the share
+/// of its CPUs (the load spread evenly). Left whole, it would make each node look as loaded per
+/// CPU as the machine times the number of nodes, and give its workloads too small a `-j` hint.
+pub fn numa_share_of_load(load: f64, node_cpus: u32, machine_cpus: u32) -> f64 {
+    if machine_cpus == 0 {
+        return load;
+    }
+    load * f64::from(node_cpus.min(machine_cpus)) / f64::from(machine_cpus)
+}
+
 /// Reads the 1-minute load average from the text of `/proc/loadavg`.
 pub fn parse_loadavg(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
@@ -170,7 +181,9 @@ pub fn report_for(node_uuid: Uuid, state_dir: &Path, mem_reserve_mb: u64, offer:
     let mut r = report(node_uuid, state_dir, mem_reserve_mb);
     if let Some((id, sysfs)) = &offer.numa {
         let n = numa_node(sysfs, *id)?;
-        r.cpus_online = u32::try_from(n.cpus.len()).unwrap_or(u32::MAX);
+        let node_cpus = u32::try_from(n.cpus.len()).unwrap_or(u32::MAX);
+        r.load = numa_share_of_load(r.load, node_cpus, r.cpus_online);
+        r.cpus_online = node_cpus;
         r.mem_total_mb = n.mem_total_mb.saturating_sub(mem_reserve_mb);
         r.mem_available_mb = n.mem_available_mb.saturating_sub(mem_reserve_mb);
         r.numa_node = Some(*id);
@@ -354,6 +367,11 @@ mod tests {
         assert_eq!(parse_meminfo(meminfo), Some((24_000, 20_000)));
         assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
         assert_eq!(parse_loadavg("0.42 0.30 0.10 1/76 1650\n"), Some(0.42));
+        // Two nodes of 8 CPUs, a machine load of 8: each node has 4 of it, 0.5 per CPU, as the
+        // machine has.
+        assert!((numa_share_of_load(8.0, 8, 16) - 4.0).abs() < 1e-9);
+        assert!((numa_share_of_load(3.0, 16, 16) - 3.0).abs() < 1e-9, "one node: the machine's");
+        assert!((numa_share_of_load(3.0, 4, 0) - 3.0).abs() < 1e-9, "no count of the machine: as it is");
         assert_eq!(parse_loadavg(""), None);
         let (total, avail) = disk_mb(Path::new("/")).unwrap();
         assert!(total >= avail);
