@@ -15,7 +15,7 @@ use serde_json::json;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, wait_ready, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, spread, wait_ready, ControlPlane, Report, Ui};
 
 /// `artifact` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,11 +29,6 @@ pub(crate) struct ArtifactArgs {
     /// Each instance's memory: the JVM's heap, MiB.
     #[arg(long, default_value_t = 64)]
     heap_mib: u64,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[(values.len() - 1) / 2]
 }
 
 /// Waits until every instance of the workload has ended; how many exited 0.
@@ -147,7 +142,7 @@ pub(crate) async fn artifact(args: &ArtifactArgs, ui: &Ui) -> anyhow::Result<boo
         "runtime": "the node's java",
     });
     let mut report = Report::new("artifact", params);
-    let (one, jvm) = (median(singles), median(bare));
+    let (one, jvm) = (spread(singles).1, spread(bare).1);
     report.figure(
         "single_ms_median",
         "one JAR: API launch → API shows it exited (median)",

@@ -17,7 +17,7 @@ use ssntp::Role;
 use testutil::process::{sibling_binary, Daemon};
 use testutil::Pki;
 
-use crate::scenarios::{control_plane, wait_ready, ControlPlane, Report, Ui};
+use crate::scenarios::{control_plane, spread, wait_ready, ControlPlane, Report, Ui};
 
 /// `migrate` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,13 +40,6 @@ pub(crate) struct MigrateArgs {
     /// Keep the work directory (the daemons' logs) and print where it is.
     #[arg(long)]
     keep: bool,
-}
-
-/// The quantiles shown of a list of figures: min, median (the lower one of an even count), max.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let last = values.len() - 1;
-    (values[0], values[last / 2], values[last])
 }
 
 /// The value of `key=` on a log line (tracing's text format).

@@ -698,6 +698,13 @@ pub(crate) async fn storm(args: &StormArgs, ui: &Ui) -> anyhow::Result<bool> {
     Ok(report.print(ui))
 }
 
+/// The quantiles shown of a list of figures: min, median (the lower one of an even count), max.
+pub(crate) fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let last = values.len() - 1;
+    (values[0], values[last / 2], values[last])
+}
+
 /// Waits up to 60 s until the API counts `nodes` READY nodes.
 pub(crate) async fn wait_ready(api: &drover_cli::client::ApiClient, ui: &Ui, nodes: u64) -> anyhow::Result<()> {
     ui.say(&format!("waiting for {nodes} launchers to be READY"));

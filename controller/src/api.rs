@@ -668,6 +668,10 @@ fn parse_id(id: &str) -> ApiResult<Uuid> {
     id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an instance UUID")))
 }
 
+fn parse_node(id: &str) -> ApiResult<Uuid> {
+    id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))
+}
+
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path, description = "The instance's UUID"), crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "The instance", body = InstanceView),
@@ -761,13 +765,7 @@ async fn migrate_instance(
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin moves instances between nodes"));
     }
     let id = parse_id(&id)?;
-    let to = match q.to.as_deref() {
-        Some(to) => Some(
-            to.parse::<Uuid>()
-                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("to={to:?} is not a node UUID")))?,
-        ),
-        None => None,
-    };
+    let to = q.to.as_deref().map(parse_node).transpose()?;
     let (commands, record) = c
         .blocking(move |c| {
             let commands = c.service().migrate(&tenant, id, to)?;
@@ -1057,8 +1055,7 @@ async fn node_command(
     if tenant != ADMIN {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only admin may evacuate, restore or forget nodes"));
     }
-    let node: Uuid =
-        id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a node UUID")))?;
+    let node = parse_node(&id)?;
     // Whether the node exists is the scheduler's to say (404 from its NoNode): this controller
     // may never have heard from it (it restarted while the node was gone, or it is a backup,
     // whose refusal must read as one and not as an unknown node).

@@ -708,7 +708,7 @@ impl Instances {
         // Disks are snapshots beside this device model: such a guest never migrates, so it
         // needs no monitor.
         let incoming = record.start.migrate_from.is_some();
-        let sockets = if vm.disks.is_empty() { VmSockets::in_dir(&dir.join(files::RESULTS)) } else { None };
+        let sockets = if record.start.backend.migrates() { VmSockets::in_dir(&dir.join(files::RESULTS)) } else { None };
         if incoming && sockets.is_none() {
             let detail = format!("{}: too long a path for the migration sockets", dir.display());
             return Err((FailureReason::LaunchFailure, detail));
@@ -1157,11 +1157,10 @@ impl Executor for Instances {
 
     fn vm_sockets(&self, instance: Uuid) -> Option<VmSockets> {
         let i = self.table.get(&instance)?;
-        match &i.record.start.backend {
-            Backend::Vm { disks, .. } if disks.is_empty() => {
-                VmSockets::in_dir(&self.dir(instance).join(files::RESULTS))
-            }
-            _ => None,
+        if i.record.start.backend.migrates() {
+            VmSockets::in_dir(&self.dir(instance).join(files::RESULTS))
+        } else {
+            None
         }
     }
 

@@ -17,7 +17,7 @@
 //! (abandoned) and the controllers INSTANCE_MIGRATED with the reason.
 
 use ssntp::payload::{
-    Backend, CommandFailure, FailureReason, InstanceMigrated, Message, Migrate, MigrateEnd, MigrateOut, MigrationDone,
+    CommandFailure, FailureReason, InstanceMigrated, Message, Migrate, MigrateEnd, MigrateOut, MigrationDone,
     MIGRATE_FEATURE,
 };
 use ssntp::{Command, Uuid};
@@ -63,17 +63,8 @@ impl Hub {
     /// Where a MIGRATE may go, or why nowhere (naming the destination it concerns).
     fn destination(&self, m: &Migrate) -> Result<Uuid, (FailureReason, Option<Uuid>, String)> {
         let id = m.start.instance_uuid;
-        match &m.start.backend {
-            Backend::Vm { disks, .. } if disks.is_empty() => {}
-            Backend::Vm { .. } => {
-                // The guest's writes live in a snapshot beside the source's device model.
-                let detail = "a vm with disks does not migrate live: its writes are in a snapshot on its node";
-                return Err((FailureReason::InvalidData, m.to_node, detail.into()));
-            }
-            _ => {
-                let detail = "only vm instances migrate live; others are evacuated (stopped and started elsewhere)";
-                return Err((FailureReason::InvalidData, m.to_node, detail.into()));
-            }
+        if let Some(detail) = m.start.backend.migration_refusal() {
+            return Err((FailureReason::InvalidData, m.to_node, detail.into()));
         }
         if self.nodes.migration(&id).is_some() {
             return Err((

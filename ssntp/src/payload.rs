@@ -831,6 +831,22 @@ impl Backend {
         }
     }
 
+    /// Why an instance of this backend cannot move live to another node; `None` when it can (a
+    /// `vm` without disks).
+    pub const fn migration_refusal(&self) -> Option<&'static str> {
+        match self {
+            Self::Vm { disks, .. } if disks.is_empty() => None,
+            // The guest's writes live in a snapshot beside the source's device model.
+            Self::Vm { .. } => Some("a vm with disks does not migrate live: its writes are in a snapshot on its node"),
+            _ => Some("only vm instances migrate live; others are evacuated (stopped and started elsewhere)"),
+        }
+    }
+
+    /// Whether an instance of this backend can move live (a `vm` without disks).
+    pub const fn migrates(&self) -> bool {
+        self.migration_refusal().is_none()
+    }
+
     /// The environment its program gets, for backends that run one in an environment of the
     /// node's (`process`, `oci`, `systemd`, `artifact`); `None` for a guest or a simulation.
     pub fn env_mut(&mut self) -> Option<&mut BTreeMap<String, String>> {

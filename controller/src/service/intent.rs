@@ -255,7 +255,7 @@ impl Service {
                 continue; // it ended or moved meanwhile
             }
             let Some(start) = self.start_now(&record)? else { continue };
-            if matches!(&start.backend, ssntp::payload::Backend::Vm { disks, .. } if disks.is_empty()) {
+            if start.backend.migrates() {
                 moves.push(self.migrate_message(start, node, None));
             }
         }
